@@ -1,0 +1,5 @@
+import sys
+
+from inform_fast.cli import main
+
+sys.exit(main())

@@ -1,0 +1,74 @@
+"""Input checks shared by the public API. Every error names the argument and the problem.
+
+These raise ``ValueError`` (never ``assert``, which ``python -O`` removes).
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def check_float_tensor(name: str, tensor, ndims: Sequence[int] = (), finite: bool = False) -> torch.Tensor:
+    """Check ``tensor`` is a floating torch.Tensor with one of ``ndims`` ranks (any if empty)."""
+    if not isinstance(tensor, torch.Tensor):
+        raise ValueError(f"{name}: expected a torch.Tensor, got {type(tensor).__name__}")
+    if tensor.dtype not in FLOAT_DTYPES:
+        raise ValueError(f"{name}: expected a floating dtype (float16/bfloat16/float32/float64), got {tensor.dtype}")
+    if ndims and tensor.dim() not in ndims:
+        shapes = " or ".join(f"{d}-D" for d in ndims)
+        raise ValueError(f"{name}: expected a {shapes} tensor, got shape {tuple(tensor.shape)}")
+    if finite:
+        check_finite(name, tensor)
+    return tensor
+
+
+def check_finite(name: str, tensor: torch.Tensor) -> None:
+    """Raise if ``tensor`` holds NaN or Inf, saying where the first one is."""
+    bad = ~torch.isfinite(tensor)
+    if bool(bad.any()):
+        count = int(bad.sum())
+        first = tuple(int(i) for i in torch.nonzero(bad)[0].tolist())
+        raise ValueError(f"{name}: contains {count} NaN/Inf value(s), first at index {first}")
+
+
+def check_attention_mask(name: str, attention_mask: torch.Tensor, batch: int, seq_len: int) -> None:
+    """A [B, T] mask with at least one real token per row."""
+    if not isinstance(attention_mask, torch.Tensor):
+        raise ValueError(f"{name}: expected a torch.Tensor, got {type(attention_mask).__name__}")
+    if attention_mask.shape != (batch, seq_len):
+        raise ValueError(
+            f"{name}: expected shape {(batch, seq_len)} to match hidden states [B, T, H], "
+            f"got {tuple(attention_mask.shape)}"
+        )
+    empty = (attention_mask == 0).all(dim=-1)
+    if bool(empty.any()):
+        rows = torch.nonzero(empty).flatten()[:8].tolist()
+        raise ValueError(f"{name}: row(s) {rows} have no non-padding token; nothing to pool")
+
+
+def check_positive_int(name: str, value, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name}: expected an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def check_choice(name: str, value, choices: Sequence[str]) -> str:
+    if value not in choices:
+        raise ValueError(f"{name}: expected one of {tuple(choices)}, got {value!r}")
+    return value
+
+
+def check_same_rows(name_a: str, a: torch.Tensor, name_b: str, b: torch.Tensor) -> None:
+    if a.shape[0] != b.shape[0]:
+        raise ValueError(f"{name_a} and {name_b}: batch sizes differ ({a.shape[0]} vs {b.shape[0]})")
+
+
+def check_noise(name: str, noise: Optional[torch.Tensor], rows: int, latent_dim: int) -> None:
+    if noise is None:
+        return
+    check_float_tensor(name, noise, ndims=(2,))
+    if tuple(noise.shape) != (rows, latent_dim):
+        raise ValueError(f"{name}: expected shape {(rows, latent_dim)}, got {tuple(noise.shape)}")
