@@ -1,0 +1,34 @@
+"""Shared options for the benchmark suite.
+
+``pytest benchmarks/ --benchmark-only`` runs small sizes (CPU, minutes); ``--gpu-sizes`` selects
+the large sizes meant for an H100/H200.
+"""
+import os
+
+import pytest
+
+# The benchmarks time compiled kernels, never the Triton interpreter.
+os.environ.pop("TRITON_INTERPRET", None)
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--gpu-sizes",
+        action="store_true",
+        default=False,
+        help="benchmark the large sizes meant for a GPU (default: small CPU sizes)",
+    )
+
+
+@pytest.fixture(scope="session")
+def gpu_sizes(request) -> bool:
+    return bool(request.config.getoption("--gpu-sizes"))
+
+
+@pytest.fixture(scope="session")
+def device(gpu_sizes) -> str:
+    import torch
+
+    if gpu_sizes and not torch.cuda.is_available():
+        pytest.skip("--gpu-sizes needs a CUDA device")
+    return "cuda" if torch.cuda.is_available() else "cpu"
