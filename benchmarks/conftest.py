@@ -32,3 +32,17 @@ def device(gpu_sizes) -> str:
     if gpu_sizes and not torch.cuda.is_available():
         pytest.skip("--gpu-sizes needs a CUDA device")
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def pytest_benchmark_update_json(config, benchmarks, output_json):
+    """Record the command and the device in the saved JSON, for benchmarks/report.py."""
+    import platform
+
+    import torch
+
+    output_json["command"] = "pytest " + " ".join(config.invocation_params.args)
+    if torch.cuda.is_available():
+        output_json["device_name"] = torch.cuda.get_device_name()
+    else:
+        output_json["device_name"] = f"CPU {platform.processor() or platform.machine()} ({os.cpu_count()} logical cores)"
+    output_json["torch_version"] = torch.__version__

@@ -1,0 +1,59 @@
+"""benchmarks/report.py turns pytest-benchmark JSON into the performance table."""
+import importlib.util
+import json
+import pathlib
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def load_report_module():
+    spec = importlib.util.spec_from_file_location("bench_report", ROOT / "benchmarks" / "report.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def bench(name, group, median, **extra):
+    return {"name": name, "group": group, "params": None, "extra_info": extra,
+            "stats": {"median": median, "min": median, "mean": median}}
+
+
+def test_ratios_and_ceiling_fractions(tmp_path):
+    report = load_report_module()
+    data = {
+        "datetime": "2026-11-24T00:00:00", "device_name": "Test GPU", "command": "pytest benchmarks/",
+        "machine_info": {"python_version": "3.11"},
+        "benchmarks": [
+            bench("test_copy", "ceiling", 1.0, role="ceiling", kind="bandwidth", bytes=100e9),
+            bench("test_mm", "ceiling", 1.0, role="ceiling", kind="matmul", flops=50e12, dtype="float32"),
+            bench("test_mahalanobis_ours", "maha", 0.5, bytes=25e9, flops=5e12),
+            bench("test_mahalanobis_numpy", "maha", 2.0, role="baseline"),
+        ],
+    }
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps(data))
+    out = tmp_path / "perf.md"
+    assert report.main([str(path), "--output", str(out)]) == 0
+    text = out.read_text()
+    assert "Test GPU" in text and "copy bandwidth 100.0 GB/s" in text
+    assert "| 4.00x |" in text  # numpy 2.0 s / ours 0.5 s
+    assert "50% bw" in text and "20% mm" in text  # 50 GB/s of 100; 10 TFLOP/s of 50
+
+
+def test_rejects_non_benchmark_json(tmp_path, capsys):
+    report = load_report_module()
+    path = tmp_path / "bad.json"
+    path.write_text("{}")
+    assert report.main([str(path)]) == 2
+    assert "no 'benchmarks' key" in capsys.readouterr().err
+
+
+def test_ci_runs_the_readme_commands():
+    """.ci/run reads the README's first bash block, which must hold the two documented commands."""
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("```bash\n", 1)[1].split("```", 1)[0].strip().splitlines()
+    assert len(block) == 2
+    assert block[0].endswith("inform-fast demo") and block[1].endswith("pytest")
+    assert "README.md" in (ROOT / ".ci" / "run").read_text()
