@@ -1,0 +1,502 @@
+"""The Hugging Face InfoRM reward model: any ``AutoModel`` backbone + ``InfoRMHead``.
+
+Importing this module registers ``InfoRMConfig`` (model_type "inform") with ``AutoConfig`` and
+``InfoRMForRewardModel`` with ``AutoModel`` and ``AutoModelForSequenceClassification``; a saved
+checkpoint loads through the Auto classes only after ``import inform_fast.modeling`` (or
+``from inform_fast import InfoRMForRewardModel``). To serve without our code, fold the head into a
+stock checkpoint with ``export_sequence_classifier`` (``inform_fast.export``).
+
+Batches the model takes:
+
+* padded: ``input_ids`` [B, T] + ``attention_mask`` [B, T] (left or right padding, pad == eos is
+  fine: pooling reads the mask, never the pad id). Position ids are derived from the mask, so a row
+  gets the same reward whatever its padding.
+* packed (padding-free): ``input_ids`` [1, T] + ``position_ids`` [1, T] restarting at 0 for every
+  sequence and no ``attention_mask``; one reward per packed sequence. With flash-attn 2,
+  Transformers runs varlen attention from the position ids; with SDPA / eager we pass a
+  block-diagonal 4-D mask (T^2 memory).
+
+PEFT / LoRA: train the head in full and save it with the adapter:
+``LoraConfig(target_modules=[...], modules_to_save=["head"])``.
+"""
+from __future__ import annotations
+
+import copy
+import importlib.util
+import os
+from dataclasses import dataclass
+from typing import Optional, Union
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, PreTrainedConfig, PreTrainedModel
+from transformers.configuration_utils import SubConfigSpec
+from transformers.utils import ModelOutput
+
+from inform_fast import packing, reference
+from inform_fast.head import DECODERS, InfoRMHead, InfoRMLossOutput, _check_beta
+from inform_fast.validation import check_attention_mask, check_choice, check_positive_int
+
+__all__ = ["InfoRMConfig", "InfoRMForRewardModel", "InfoRMRewardModelOutput", "default_attn_implementation"]
+
+# Backbones whose attention is bidirectional: a packed batch needs a block mask without the
+# causal triangle. Everything else is treated as a causal decoder.
+_BIDIRECTIONAL = {"bert", "roberta", "xlm-roberta", "distilbert", "electra", "deberta", "deberta-v2", "modernbert", "camembert", "albert", "mpnet"}
+
+
+class InfoRMConfig(PreTrainedConfig):
+    r"""Configuration of ``InfoRMForRewardModel``.
+
+    Args:
+        backbone_config: the backbone's config (``PreTrainedConfig``, or a dict with its
+            ``model_type``; None gives a default Llama config). Saved as a nested sub-config.
+        latent_dim: L, the information-bottleneck size (default 128).
+        decoder: "linear" (default; foldable by ``export_sequence_classifier``) or "mlp".
+        head_bias: biases in the head's encoder and decoder.
+        beta: default KL weight of ``pairwise_loss``.
+        kl: "standard" (default) or "authors" (the authors' averaged-KL variant, for reproduction).
+        reward_mean, reward_std: serving normalisation, reward = (raw - mean) / std (identity by
+            default; ``fit_reward_normalization`` sets them).
+    """
+
+    model_type = "inform"
+    sub_configs_defaults = {"backbone_config": SubConfigSpec(config_class=AutoConfig, model_type="llama")}
+
+    backbone_config: Union[dict, PreTrainedConfig, None] = None
+    latent_dim: int = 128
+    decoder: str = "linear"
+    head_bias: bool = False
+    beta: float = 0.1
+    kl: str = "standard"
+    reward_mean: float = 0.0
+    reward_std: float = 1.0
+
+    def __post_init__(self, **kwargs):
+        check_positive_int("latent_dim", self.latent_dim)
+        check_choice("decoder", self.decoder, DECODERS)
+        check_choice("kl", self.kl, reference.KL_MODES)
+        _check_beta(self.beta)
+        self.head_bias = bool(self.head_bias)
+        self.reward_mean, self.reward_std = _check_normalization(self.reward_mean, self.reward_std)
+        # A reward model has one output, like a sequence-classification model with num_labels=1.
+        kwargs.setdefault("num_labels", 1)
+        super().__post_init__(**kwargs)
+        if self.problem_type is None:
+            self.problem_type = "regression"
+
+    @property
+    def hidden_size(self) -> int:
+        """The backbone's hidden size H."""
+        return self.backbone_config.hidden_size
+
+    @property
+    def backbone_is_bidirectional(self) -> bool:
+        return self.backbone_config.model_type in _BIDIRECTIONAL
+
+
+def _check_normalization(mean, std) -> tuple[float, float]:
+    mean, std = float(mean), float(std)
+    if not (mean == mean) or abs(mean) == float("inf"):
+        raise ValueError(f"reward_mean: expected a finite number, got {mean!r}")
+    if not (std > 0) or std == float("inf"):
+        raise ValueError(f"reward_std: expected a finite number > 0, got {std!r}")
+    return mean, std
+
+
+@dataclass
+class InfoRMRewardModelOutput(ModelOutput):
+    """Output of ``InfoRMForRewardModel.forward`` for B sequences (float32).
+
+    logits: [B, 1] the (normalised) reward, shaped like a sequence-classification model's output.
+    rewards: [B] the same values. mu, logvar, z: [B, L] the latent (z = mu in eval mode).
+    kl: [B] KL(q(z|h) || N(0, I)). loss: always None (use ``pairwise_loss``).
+    """
+
+    loss: Optional[torch.Tensor] = None
+    logits: Optional[torch.Tensor] = None
+    rewards: Optional[torch.Tensor] = None
+    mu: Optional[torch.Tensor] = None
+    logvar: Optional[torch.Tensor] = None
+    z: Optional[torch.Tensor] = None
+    kl: Optional[torch.Tensor] = None
+
+
+def default_attn_implementation(device: Optional[Union[str, torch.device]] = None) -> str:
+    """"flash_attention_2" when flash-attn is importable and a CUDA device is used, else "sdpa"."""
+    on_cuda = torch.device(device).type == "cuda" if device is not None else torch.cuda.is_available()
+    if on_cuda and importlib.util.find_spec("flash_attn") is not None:
+        return "flash_attention_2"
+    return "sdpa"
+
+
+class InfoRMForRewardModel(PreTrainedModel):
+    """InfoRM reward model: ``backbone`` (an ``AutoModel``) -> last non-padding token -> ``head``.
+
+    Build from pretrained weights with ``from_backbone``; save / load with ``save_pretrained`` /
+    ``from_pretrained`` (safetensors).
+    """
+
+    config_class = InfoRMConfig
+    base_model_prefix = "backbone"
+    main_input_name = "input_ids"
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+
+    def __init__(self, config: InfoRMConfig, backbone: Optional[PreTrainedModel] = None):
+        super().__init__(config)
+        if backbone is None:
+            backbone = AutoModel.from_config(config.backbone_config)
+        self.backbone = backbone
+        self.head = InfoRMHead(
+            config.hidden_size, latent_dim=config.latent_dim, decoder=config.decoder, bias=config.head_bias, kl=config.kl
+        )
+        # FSDP auto-wrap and device_map must not split the backbone's layers.
+        self._no_split_modules = list(getattr(backbone, "_no_split_modules", None) or [])
+        self.post_init()
+
+    def _init_weights(self, module):
+        # The backbone initialises itself (its own _init_weights); this only sees the head.
+        if isinstance(module, nn.Linear):
+            std = getattr(self.config.backbone_config, "initializer_range", None) or 0.02
+            from transformers import initialization as init
+
+            init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+
+    # ------------------------------------------------------------------------------------------
+    # construction
+
+    @classmethod
+    def from_backbone(
+        cls,
+        name_or_path_or_model: Union[str, "os.PathLike", PreTrainedModel],
+        latent_dim: int = 128,
+        decoder: str = "linear",
+        beta: float = 0.1,
+        kl: str = "standard",
+        head_bias: bool = False,
+        dtype: Optional[torch.dtype] = None,
+        attn_implementation: Optional[str] = None,
+        **kwargs,
+    ) -> "InfoRMForRewardModel":
+        """A reward model on pretrained backbone weights with a freshly initialised head.
+
+        Args:
+            name_or_path_or_model: a hub name or local path (loaded with ``AutoModel.from_pretrained``),
+                or a ``PreTrainedModel``; a ``*ForCausalLM`` / ``*ForSequenceClassification`` is
+                reduced to its base model (the LM / classifier head is dropped).
+            dtype: weights dtype when loading from a path (e.g. torch.bfloat16); the head is cast too.
+            attn_implementation: passed through; default "flash_attention_2" when flash-attn is
+                installed and CUDA is used, else "sdpa" (falling back to "eager" for backbones without SDPA).
+            kwargs: more ``from_pretrained`` arguments (``device_map``, ``revision``, ...).
+        """
+        if isinstance(name_or_path_or_model, PreTrainedModel):
+            backbone = name_or_path_or_model.base_model
+            if attn_implementation is not None:
+                backbone.set_attn_implementation(attn_implementation)
+        elif isinstance(name_or_path_or_model, nn.Module):
+            raise ValueError(
+                f"name_or_path_or_model: expected a transformers PreTrainedModel, a name or a path, "
+                f"got {type(name_or_path_or_model).__name__}"
+            )
+        else:
+            device_map = kwargs.get("device_map")
+            device = device_map if isinstance(device_map, (str, torch.device)) and device_map != "auto" else None
+            requested = attn_implementation or default_attn_implementation(device)
+            load = dict(kwargs)
+            if dtype is not None:
+                load["dtype"] = dtype
+            try:
+                backbone = AutoModel.from_pretrained(name_or_path_or_model, attn_implementation=requested, **load)
+            except (ValueError, ImportError):
+                if attn_implementation is not None or requested == "eager":
+                    raise
+                # The backbone family does not support the automatic choice: use eager attention.
+                backbone = AutoModel.from_pretrained(name_or_path_or_model, attn_implementation="eager", **load)
+        config = InfoRMConfig(
+            backbone_config=copy.deepcopy(backbone.config), latent_dim=latent_dim, decoder=decoder,
+            beta=beta, kl=kl, head_bias=head_bias,
+        )
+        # The loaded weights must survive post_init's initialisation pass.
+        flagged = []
+        for tensor in list(backbone.parameters()) + list(backbone.buffers()):
+            if not getattr(tensor, "_is_hf_initialized", False):
+                tensor._is_hf_initialized = True
+                flagged.append(tensor)
+        model = cls(config, backbone=backbone)
+        for tensor in flagged:
+            del tensor._is_hf_initialized
+        model.config.backbone_config = backbone.config
+        param = next(backbone.parameters())
+        model.head.to(device=param.device, dtype=param.dtype)
+        return model
+
+    def get_input_embeddings(self):
+        return self.backbone.get_input_embeddings()
+
+    def set_input_embeddings(self, value):
+        self.backbone.set_input_embeddings(value)
+
+    # ------------------------------------------------------------------------------------------
+    # backbone + pooling
+
+    def _is_flash(self) -> bool:
+        impl = getattr(self.backbone.config, "_attn_implementation", None) or ""
+        return "flash" in impl
+
+    def _encode(
+        self,
+        input_ids: Optional[torch.Tensor],
+        attention_mask: Optional[torch.Tensor],
+        position_ids: Optional[torch.Tensor],
+        inputs_embeds: Optional[torch.Tensor],
+        num_sequences: Optional[int] = None,
+        **kwargs,
+    ) -> torch.Tensor:
+        """Run the backbone and pool: returns [N, H] hidden states at each sequence's last token."""
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("input_ids: pass exactly one of input_ids and inputs_embeds")
+        if input_ids is not None:
+            if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
+                raise ValueError(f"input_ids: expected a [B, T] tensor, got {_describe(input_ids)}")
+            if input_ids.is_floating_point():
+                raise ValueError(f"input_ids: expected integer token ids, got {input_ids.dtype}")
+            batch, seq_len = input_ids.shape
+        else:
+            if not isinstance(inputs_embeds, torch.Tensor) or inputs_embeds.dim() != 3:
+                raise ValueError(f"inputs_embeds: expected a [B, T, H] tensor, got {_describe(inputs_embeds)}")
+            batch, seq_len = inputs_embeds.shape[:2]
+        if seq_len == 0:
+            raise ValueError("input_ids: sequence length is 0")
+        if position_ids is not None and (not isinstance(position_ids, torch.Tensor) or position_ids.shape[-1] != seq_len or position_ids.dim() != 2):
+            raise ValueError(f"position_ids: expected shape [B or 1, {seq_len}], got {_describe(position_ids)}")
+        embeds = {"input_ids": input_ids} if input_ids is not None else {"inputs_embeds": inputs_embeds}
+
+        packed = attention_mask is None and position_ids is not None and batch == 1
+        if packed:
+            ends = packing.packed_last_token_indices(position_ids)
+            if num_sequences is not None and ends.numel() not in (num_sequences, num_sequences + 1):
+                raise ValueError(
+                    f"position_ids: found {ends.numel()} packed sequences, expected {num_sequences} "
+                    f"(or one more for a padding filler)"
+                )
+            if self._is_flash():
+                if self.config.backbone_is_bidirectional:
+                    raise ValueError(
+                        f"position_ids: packed batches with flash attention are not supported for the "
+                        f"bidirectional {self.config.backbone_config.model_type!r} backbone; use sdpa or eager"
+                    )
+                # Transformers detects the restarts in position_ids and runs varlen flash attention.
+                mask = None
+            else:
+                dtype = self._compute_dtype()
+                mask = packing.block_diagonal_mask(
+                    position_ids, dtype=dtype, causal=not self.config.backbone_is_bidirectional
+                ).to(position_ids.device)
+            out = self.backbone(**embeds, attention_mask=mask, position_ids=position_ids, **kwargs)
+            hidden = out[0]  # [1, T, H]
+            return hidden[0, ends.to(hidden.device)]  # [n, H]
+
+        if attention_mask is None:
+            attention_mask = torch.ones(batch, seq_len, dtype=torch.long, device=(input_ids if input_ids is not None else inputs_embeds).device)
+        if not isinstance(attention_mask, torch.Tensor) or attention_mask.dim() != 2:
+            raise ValueError(f"attention_mask: expected a [B, T] tensor, got {_describe(attention_mask)}")
+        check_attention_mask("attention_mask", attention_mask, batch, seq_len)
+        if position_ids is None:
+            # Count positions over real tokens only, so left padding does not shift a row's positions.
+            position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        out = self.backbone(**embeds, attention_mask=attention_mask, position_ids=position_ids, **kwargs)
+        hidden = out[0]  # [B, T, H]
+        index = reference.last_token_indices(attention_mask).to(hidden.device)
+        return hidden[torch.arange(batch, device=hidden.device), index]  # [B, H]
+
+    def _compute_dtype(self) -> torch.dtype:
+        return self.get_input_embeddings().weight.dtype
+
+    # ------------------------------------------------------------------------------------------
+    # public API
+
+    def forward(
+        self,
+        input_ids: Optional[torch.Tensor] = None,
+        attention_mask: Optional[torch.Tensor] = None,
+        position_ids: Optional[torch.Tensor] = None,
+        inputs_embeds: Optional[torch.Tensor] = None,
+        return_dict: Optional[bool] = True,
+        noise: Optional[torch.Tensor] = None,
+        **kwargs,
+    ) -> InfoRMRewardModelOutput:
+        """Rewards and latents for a padded batch ([B, T] + mask) or a packed one ([1, T] + position ids).
+
+        Returns ``InfoRMRewardModelOutput`` with ``logits`` [B, 1] = (raw - reward_mean) / reward_std
+        in float32, ``rewards`` [B], ``mu`` / ``logvar`` / ``z`` [B, L], ``kl`` [B]. ``noise`` [B, L]
+        fixes the reparameterisation noise in training mode. Extra keyword arguments (except
+        ``labels``/``use_cache``, ignored) go to the backbone.
+        """
+        kwargs.pop("labels", None)
+        kwargs.pop("use_cache", None)
+        pooled = self._encode(input_ids, attention_mask, position_ids, inputs_embeds, **kwargs)
+        head_out = self.head(pooled, noise=noise)
+        rewards = self._normalize(head_out.reward).float()
+        output = InfoRMRewardModelOutput(
+            loss=None, logits=rewards[:, None], rewards=rewards, mu=head_out.mu,
+            logvar=head_out.logvar, z=head_out.z, kl=head_out.kl,
+        )
+        return output if return_dict is not False else output.to_tuple()
+
+    def _normalize(self, reward: torch.Tensor) -> torch.Tensor:
+        if self.config.reward_mean == 0.0 and self.config.reward_std == 1.0:
+            return reward
+        return (reward - self.config.reward_mean) / self.config.reward_std
+
+    def pairwise_loss(
+        self,
+        chosen_input_ids: torch.Tensor,
+        chosen_attention_mask: Optional[torch.Tensor],
+        rejected_input_ids: torch.Tensor,
+        rejected_attention_mask: Optional[torch.Tensor],
+        margin: Optional[Union[torch.Tensor, float]] = None,
+        beta: Optional[float] = None,
+        noise_chosen: Optional[torch.Tensor] = None,
+        noise_rejected: Optional[torch.Tensor] = None,
+    ) -> InfoRMLossOutput:
+        """InfoRM loss over B pairs with ONE backbone forward over chosen and rejected together.
+
+        chosen_* and rejected_* are [B, Tw] and [B, Tl] (any padding side; masks None = no padding);
+        the shorter side is right-padded to the longer. ``beta`` defaults to ``config.beta``. The
+        loss uses the raw head rewards (no serving normalisation). Returns ``InfoRMLossOutput``.
+        """
+        chosen_attention_mask = _default_mask("chosen", chosen_input_ids, chosen_attention_mask)
+        rejected_attention_mask = _default_mask("rejected", rejected_input_ids, rejected_attention_mask)
+        if chosen_input_ids.shape[0] != rejected_input_ids.shape[0]:
+            raise ValueError(
+                f"rejected_input_ids: {rejected_input_ids.shape[0]} rows but chosen_input_ids has "
+                f"{chosen_input_ids.shape[0]}; pairs must line up"
+            )
+        pairs = chosen_input_ids.shape[0]
+        if pairs == 0:
+            raise ValueError("chosen_input_ids: no pairs (batch size 0)")
+        length = max(chosen_input_ids.shape[1], rejected_input_ids.shape[1])
+        pad_id = self._pad_id()
+        input_ids = torch.cat([_right_pad(chosen_input_ids, length, pad_id), _right_pad(rejected_input_ids, length, pad_id)])
+        mask = torch.cat([_right_pad(chosen_attention_mask, length, 0), _right_pad(rejected_attention_mask, length, 0)])
+        pooled = self._encode(input_ids, mask, None, None)  # [2B, H]
+        return self.head.pairwise_loss(
+            pooled[:pairs], pooled[pairs:], beta=self.config.beta if beta is None else beta, margin=margin,
+            noise_chosen=noise_chosen, noise_rejected=noise_rejected,
+        )
+
+    def packed_pairwise_loss(
+        self,
+        input_ids: torch.Tensor,
+        position_ids: torch.Tensor,
+        num_pairs: int,
+        margin: Optional[Union[torch.Tensor, float]] = None,
+        beta: Optional[float] = None,
+        noise_chosen: Optional[torch.Tensor] = None,
+        noise_rejected: Optional[torch.Tensor] = None,
+    ) -> InfoRMLossOutput:
+        """InfoRM loss from one padding-free packed row.
+
+        ``input_ids`` / ``position_ids`` [1, T] hold 2 * num_pairs sequences in this order: the
+        num_pairs chosen responses (pair 0, 1, ...), then the num_pairs rejected ones in the same
+        pair order (``pack_sequences(chosen + rejected)``). A trailing filler sequence from
+        ``pad_to_multiple_of`` is allowed and ignored.
+        """
+        check_positive_int("num_pairs", num_pairs)
+        if position_ids is None:
+            raise ValueError("position_ids: required for a packed batch")
+        pooled = self._encode(input_ids, None, position_ids, None, num_sequences=2 * num_pairs)
+        pooled = pooled[: 2 * num_pairs]
+        return self.head.pairwise_loss(
+            pooled[:num_pairs], pooled[num_pairs:], beta=self.config.beta if beta is None else beta, margin=margin,
+            noise_chosen=noise_chosen, noise_rejected=noise_rejected,
+        )
+
+    @torch.no_grad()
+    def latents(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: Optional[torch.Tensor] = None,
+        position_ids: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        """Detection latents mu [B, L] (float32) without gradients (eval-mode latent, whatever the mode)."""
+        pooled = self._encode(input_ids, attention_mask, position_ids, None)
+        return self.head.latents(pooled)
+
+    @torch.no_grad()
+    def score(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None, position_ids: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(rewards [B], mu [B, L]) in eval style, without gradients: the normalised reward at z = mu."""
+        pooled = self._encode(input_ids, attention_mask, position_ids, None)
+        mu = self.head.latents(pooled)
+        return self._normalize(self.head.decode(mu)).float(), mu
+
+    def _pad_id(self) -> int:
+        pad = getattr(self.config.backbone_config, "pad_token_id", None)
+        if pad is None:
+            pad = getattr(self.config, "pad_token_id", None)
+        return 0 if pad is None else int(pad)
+
+    # ------------------------------------------------------------------------------------------
+    # reward normalisation and export
+
+    def set_reward_normalization(self, mean: float, std: float) -> None:
+        """Serve rewards as (raw - mean) / std; stored in the config (saved with the model)."""
+        self.config.reward_mean, self.config.reward_std = _check_normalization(mean, std)
+
+    def fit_reward_normalization(self, rewards: torch.Tensor) -> tuple[float, float]:
+        """Set the normalisation to the mean / std of RAW rewards (e.g. ``score`` output on a
+        reference set with normalisation at its default). Returns (mean, std)."""
+        rewards = torch.as_tensor(rewards).detach().double().flatten()
+        if rewards.numel() < 2:
+            raise ValueError(f"rewards: need at least 2 values, got {rewards.numel()}")
+        if not bool(torch.isfinite(rewards).all()):
+            raise ValueError("rewards: contains NaN or Inf")
+        mean, std = float(rewards.mean()), float(rewards.std())
+        if not std > 0:
+            raise ValueError("rewards: all values are equal; the standard deviation is 0")
+        self.set_reward_normalization(mean, std)
+        return mean, std
+
+    def export_sequence_classifier(self, output_dir, tokenizer=None):
+        """Fold the linear head into a stock ``*ForSequenceClassification`` checkpoint; see
+        ``inform_fast.export.export_sequence_classifier``."""
+        from inform_fast.export import export_sequence_classifier
+
+        return export_sequence_classifier(self, output_dir, tokenizer=tokenizer)
+
+
+def _describe(value) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"tensor of shape {tuple(value.shape)}"
+    return type(value).__name__
+
+
+def _default_mask(side: str, input_ids, attention_mask):
+    if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
+        raise ValueError(f"{side}_input_ids: expected a [B, T] tensor, got {_describe(input_ids)}")
+    if attention_mask is None:
+        return torch.ones_like(input_ids)
+    if not isinstance(attention_mask, torch.Tensor) or attention_mask.shape != input_ids.shape:
+        raise ValueError(
+            f"{side}_attention_mask: expected shape {tuple(input_ids.shape)} like {side}_input_ids, "
+            f"got {_describe(attention_mask)}"
+        )
+    check_attention_mask(f"{side}_attention_mask", attention_mask, *input_ids.shape)
+    return attention_mask
+
+
+def _right_pad(tensor: torch.Tensor, length: int, value: int) -> torch.Tensor:
+    extra = length - tensor.shape[1]
+    if extra == 0:
+        return tensor
+    return torch.nn.functional.pad(tensor, (0, extra), value=value)
+
+
+AutoConfig.register("inform", InfoRMConfig, exist_ok=True)
+AutoModel.register(InfoRMConfig, InfoRMForRewardModel, exist_ok=True)
+AutoModelForSequenceClassification.register(InfoRMConfig, InfoRMForRewardModel, exist_ok=True)
