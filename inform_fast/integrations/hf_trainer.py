@@ -1,0 +1,165 @@
+"""InfoRM training with a plain ``transformers.Trainer`` (no TRL needed).
+
+``InfoRMTrainer`` takes tokenised pairs (``inform_fast.data.load_preference_data`` output, or any
+dataset of dicts with ``chosen_ids`` / ``rejected_ids`` [/ ``margin``]) and trains with
+``loss = mean[-logsigmoid(r_w - r_l - margin)] + beta * mean[KL_w + KL_l]``. With ``packing=True``
+the chosen and rejected sequences of a batch go padding-free into one row.
+
+The loss is computed from ONE forward over chosen and rejected together (``model(...)`` returns
+rewards, z, mu, logvar and kl per sequence), so the latent statistics come for free:
+``kl``, ``preference_loss``, ``accuracy``, ``reward_margin``, ``mu_norm`` (mean L2 norm of mu),
+``logvar_mean`` are logged through ``self.log`` with the Trainer's ``loss``.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any, Dict, Optional
+
+import torch
+import transformers
+
+from inform_fast import reference
+from inform_fast.data import PackedPairCollator, PairCollator
+
+METRIC_NAMES = ("preference_loss", "kl", "accuracy", "reward_margin", "reward_chosen", "reward_rejected", "mu_norm", "logvar_mean")
+
+
+def _unwrap(model):
+    # DDP / accelerate wrappers keep the model in .module; PEFT in .base_model.model
+    while hasattr(model, "module"):
+        model = model.module
+    if not hasattr(model, "head") and hasattr(model, "get_base_model"):
+        model = model.get_base_model()
+    return model
+
+
+def inform_batch_loss(model, inputs: Dict[str, Any], beta: Optional[float] = None):
+    """InfoRM loss and metrics for one collated batch.
+
+    ``inputs``: a ``PairCollator`` batch (``chosen_input_ids``/``chosen_attention_mask``/
+    ``rejected_*`` [B, T]), a ``PackedPairCollator`` batch (``input_ids``/``position_ids`` [1, T],
+    ``num_pairs``), or TRL's ``DataCollatorForPreference`` batch (``input_ids``/``attention_mask``
+    [2B, T], chosen first); optional ``margin`` [B].
+
+    Returns ``(loss [] float32, metrics dict of python floats, model output)``.
+    """
+    margin = inputs.get("margin")
+    if "chosen_input_ids" in inputs:
+        pairs = inputs["chosen_input_ids"].shape[0]
+        if inputs["chosen_input_ids"].shape[1] != inputs["rejected_input_ids"].shape[1]:
+            raise ValueError("rejected_input_ids: chosen and rejected must be padded to one length (use PairCollator)")
+        input_ids = torch.cat([inputs["chosen_input_ids"], inputs["rejected_input_ids"]])
+        attention_mask = torch.cat([inputs["chosen_attention_mask"], inputs["rejected_attention_mask"]])
+        output = model(input_ids=input_ids, attention_mask=attention_mask)
+    elif "num_pairs" in inputs:
+        pairs = int(inputs["num_pairs"])
+        output = model(input_ids=inputs["input_ids"], position_ids=inputs["position_ids"])
+    elif "input_ids" in inputs and "attention_mask" in inputs:
+        rows = inputs["input_ids"].shape[0]
+        if rows % 2:
+            raise ValueError(f"input_ids: expected chosen then rejected rows (an even count), got {rows}")
+        pairs = rows // 2
+        output = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
+    else:
+        raise ValueError(f"inputs: not a preference batch (keys {sorted(inputs)})")
+    core = _unwrap(model)
+    beta = core.config.beta if beta is None else beta
+    # The loss uses the raw head reward (decode(z)), never the serving normalisation in logits.
+    z = output.z[: 2 * pairs]
+    raw = core.head.decode(z)
+    kl = output.kl[: 2 * pairs]
+    terms = reference.pairwise_loss_from_rewards(raw[:pairs], raw[pairs:], kl[:pairs], kl[pairs:], beta=beta, margin=margin)
+    with torch.no_grad():
+        mu = output.mu[: 2 * pairs].float()
+        metrics = {
+            "preference_loss": terms.preference_loss.item(),
+            "kl": terms.kl.item(),
+            "accuracy": terms.accuracy.item(),
+            "reward_margin": terms.reward_margin.item(),
+            "reward_chosen": raw[:pairs].mean().item(),
+            "reward_rejected": raw[pairs:].mean().item(),
+            "mu_norm": mu.norm(dim=-1).mean().item(),
+            "logvar_mean": output.logvar[: 2 * pairs].float().mean().item(),
+        }
+    return terms.loss, metrics, output
+
+
+def default_collator(tokenizer_or_pad_id, packing: bool = False, padding_side: Optional[str] = None):
+    if packing:
+        return PackedPairCollator()
+    if isinstance(tokenizer_or_pad_id, int):
+        return PairCollator(pad_token_id=tokenizer_or_pad_id, padding_side=padding_side or "right")
+    tok = tokenizer_or_pad_id
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    if pad is None:
+        raise ValueError("processing_class: the tokenizer has neither a pad token nor an EOS token")
+    return PairCollator(pad_token_id=pad, padding_side=padding_side or getattr(tok, "padding_side", "right") or "right")
+
+
+class _MetricsMixin:
+    """Collects per-step InfoRM metrics and merges their averages into each ``self.log`` call."""
+
+    def _record(self, metrics: Dict[str, float]) -> None:
+        mode = "train" if self.model.training else "eval"
+        store = self._inform_metrics[mode]
+        for key, value in metrics.items():
+            store[key].append(value)
+
+    def _merged_logs(self, logs: Dict[str, float]) -> Dict[str, float]:
+        mode = "train" if self.model.training else "eval"
+        store = self._inform_metrics[mode]
+        prefix = "eval_" if mode == "eval" else ""
+        for key, values in store.items():
+            if values:
+                logs[f"{prefix}{key}"] = sum(values) / len(values)
+        store.clear()
+        return logs
+
+
+class InfoRMTrainer(_MetricsMixin, transformers.Trainer):
+    """``transformers.Trainer`` for InfoRM reward models.
+
+    Args (besides the Trainer's):
+        processing_class: the tokenizer (used for the pad id of the default collator and saved with checkpoints).
+        packing: use ``PackedPairCollator`` (padding-free) instead of ``PairCollator``.
+        beta: KL weight; default ``model.config.beta``.
+
+    ``train_dataset`` holds dicts with ``chosen_ids`` / ``rejected_ids`` (lists of ints) and an
+    optional ``margin``. ``remove_unused_columns`` is forced off (the columns are not forward() args).
+    """
+
+    # compute_loss returns a mean over pairs; the Trainer divides it by the accumulation steps
+    loss_is_scaled_for_ga = False
+
+    def __init__(self, model=None, args=None, data_collator=None, train_dataset=None, eval_dataset=None,
+                 processing_class=None, packing: bool = False, beta: Optional[float] = None, **kwargs):
+        if args is None:
+            raise ValueError("args: pass a transformers.TrainingArguments")
+        args.remove_unused_columns = False
+        if data_collator is None:
+            if processing_class is None and not packing:
+                raise ValueError("processing_class: needed for the default collator's pad token (or pass data_collator)")
+            data_collator = default_collator(processing_class, packing=packing)
+        super().__init__(model=model, args=args, data_collator=data_collator, train_dataset=train_dataset,
+                         eval_dataset=eval_dataset, processing_class=processing_class, **kwargs)
+        self.packing = packing
+        self.beta = beta
+        self._inform_metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
+        # evaluation calls compute_loss only when the trainer can return a loss without labels
+        self.can_return_loss = True
+        self.label_names = []
+        self.model_accepts_loss_kwargs = False  # same meaning for transformers < 5.19
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss, metrics, output = inform_batch_loss(model, inputs, beta=self.beta)
+        self._record(metrics)
+        return (loss, {"logits": output.logits}) if return_outputs else loss
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad():
+            loss, _, _ = inform_batch_loss(model, inputs, beta=self.beta)
+        return loss.detach(), None, None
+
+    def log(self, logs: Dict[str, float], *args, **kwargs) -> None:
+        super().log(self._merged_logs(logs), *args, **kwargs)
