@@ -13,8 +13,9 @@ Batches the model takes:
   gets the same reward whatever its padding.
 * packed (padding-free): ``input_ids`` [1, T] + ``position_ids`` [1, T] restarting at 0 for every
   sequence and no ``attention_mask``; one reward per packed sequence. With flash-attn 2,
-  Transformers runs varlen attention from the position ids; with SDPA / eager we pass a
-  block-diagonal 4-D mask (T^2 memory).
+  Transformers runs varlen attention from the position ids. With SDPA / eager the row is unpacked
+  into a right-padded batch (``packed_fallback = "repad"``, the default: cheaper than T^2
+  attention) or kept packed with a block-diagonal 4-D mask (``packed_fallback = "block_mask"``).
 
 PEFT / LoRA: train the head in full and save it with the adapter:
 ``LoraConfig(target_modules=[...], modules_to_save=["head"])``.
@@ -144,6 +145,11 @@ class InfoRMForRewardModel(PreTrainedModel):
     _supports_flash_attn = True
     _supports_flex_attn = True
     _supports_attention_backend = True
+
+    # How packed batches run without flash attention: "repad" (default) unpacks them into a
+    # right-padded batch (n * max_len^2 attention); "block_mask" keeps the packed row and passes a
+    # block-diagonal 4-D mask (T^2 attention and mask memory). Both give the same rewards.
+    packed_fallback = "repad"
 
     def __init__(self, config: InfoRMConfig, backbone: Optional[PreTrainedModel] = None):
         super().__init__(config)
@@ -292,7 +298,14 @@ class InfoRMForRewardModel(PreTrainedModel):
                     )
                 # Transformers detects the restarts in position_ids and runs varlen flash attention.
                 mask = None
+            elif self.packed_fallback == "repad" and input_ids is not None:
+                # Without varlen attention a packed row costs T^2 attention (and a T^2 mask); the same
+                # sequences right-padded cost n * max_len^2 and give the same rewards, so run that.
+                ids, mask = _unpack(input_ids[0], position_ids.reshape(-1), ends, self._pad_id())
+                return self._encode(ids, mask, None, None, **kwargs)
             else:
+                if self.packed_fallback not in ("repad", "block_mask"):
+                    raise ValueError(f"packed_fallback: expected 'repad' or 'block_mask', got {self.packed_fallback!r}")
                 dtype = self._compute_dtype()
                 mask = packing.block_diagonal_mask(
                     position_ids, dtype=dtype, causal=not self.config.backbone_is_bidirectional
@@ -488,6 +501,18 @@ def _default_mask(side: str, input_ids, attention_mask):
         )
     check_attention_mask(f"{side}_attention_mask", attention_mask, *input_ids.shape)
     return attention_mask
+
+
+def _unpack(flat_ids: torch.Tensor, flat_positions: torch.Tensor, ends: torch.Tensor, pad_id: int):
+    """Packed [T] ids -> right-padded [n, max_len] ids and mask, using each sequence's last index."""
+    ends = ends.to(flat_ids.device)
+    lengths = flat_positions.to(flat_ids.device)[ends] + 1  # [n]
+    starts = ends - lengths + 1
+    offsets = torch.arange(int(lengths.max()), device=flat_ids.device)
+    valid = offsets[None, :] < lengths[:, None]  # [n, max_len]
+    index = (starts[:, None] + offsets[None, :]).clamp(max=flat_ids.numel() - 1)
+    ids = torch.where(valid, flat_ids[index], torch.full_like(index, pad_id))
+    return ids, valid.to(torch.long)
 
 
 def _right_pad(tensor: torch.Tensor, length: int, value: int) -> torch.Tensor:

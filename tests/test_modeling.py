@@ -149,11 +149,14 @@ def test_left_right_packed_and_single_agree(family, attn):
         right = model(right_ids, attention_mask=right_mask).rewards
         left = model(left_ids, attention_mask=left_mask).rewards
         packed_out = model(packed["input_ids"], position_ids=packed["position_ids"]).rewards
+        model.packed_fallback = "block_mask"  # one packed row, block-diagonal 4-D mask
+        block = model(packed["input_ids"], position_ids=packed["position_ids"]).rewards
         single = torch.stack([model(s[None]).rewards[0] for s in seqs])
     torch.testing.assert_close(right, single, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(left, single, rtol=1e-5, atol=1e-5)
     assert packed_out.shape == (3,)
     torch.testing.assert_close(packed_out, single, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(block, single, rtol=1e-5, atol=1e-5)
 
 
 def test_pad_equal_to_eos_pools_the_final_eos():
@@ -169,8 +172,10 @@ def test_pad_equal_to_eos_pools_the_final_eos():
     assert (padded - without_eos).abs().max() > 1e-3  # the pooled token really is the trailing eos
 
 
-def test_packed_pairwise_loss_matches_padded():
+@pytest.mark.parametrize("fallback", ["repad", "block_mask"])
+def test_packed_pairwise_loss_matches_padded(fallback):
     model = make_model("llama")
+    model.packed_fallback = fallback
     chosen, rejected = ragged((4, 6), seed=2), ragged((5, 2), seed=3)
     cw, mw = pad(chosen, "left")
     cl, ml = pad(rejected, "right")
@@ -309,5 +314,8 @@ def test_bad_input_errors():
         model.pairwise_loss(ids, mask, ids[:2], mask[:2])
     with pytest.raises(ValueError, match="chosen_attention_mask"):
         model.pairwise_loss(ids, mask[:, :3], ids, mask)
+    model.packed_fallback = "dense"
+    with pytest.raises(ValueError, match="packed_fallback"):
+        model(ids[:1], position_ids=torch.arange(7)[None])
     with pytest.raises(ValueError, match="num_pairs"):
         model.packed_pairwise_loss(ids[:1], torch.arange(7)[None], num_pairs=0)
