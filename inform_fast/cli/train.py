@@ -1,0 +1,138 @@
+"""``inform-fast train``: train an InfoRM reward model on a preference file and save a checkpoint.
+
+The data is read and validated first (a bad row stops the command before anything is written).
+Training runs in ``transformers.Trainer`` (``--trainer hf``, default) or TRL's RewardTrainer
+(``--trainer trl``) with the Trainer's tqdm progress bar. The checkpoint (model + tokenizer +
+``training_log.json``) is written into a temporary folder next to ``--output-dir`` and renamed to it
+at the end, so a failed or interrupted run leaves no half-written output directory.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+HELP = "train an InfoRM reward model on preference pairs"
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--model", required=True, help="backbone name/path (a fresh InfoRM head is added) or an InfoRM checkpoint to continue training")
+    parser.add_argument("--data", required=True, help="preference data: .jsonl, .json, .parquet or a datasets.save_to_disk folder")
+    parser.add_argument("--output-dir", required=True, help="where the checkpoint goes (must not exist yet)")
+    parser.add_argument("--latent-dim", type=int, default=128, help="latent size L of a new head (default 128)")
+    parser.add_argument("--beta", type=float, default=0.1, help="KL weight (default 0.1)")
+    parser.add_argument("--max-steps", type=int, default=-1, help="optimizer steps (default: one pass over the data, see --epochs)")
+    parser.add_argument("--epochs", type=float, default=1.0, help="passes over the data when --max-steps is not given")
+    parser.add_argument("--max-length", type=int, default=1024, help="max tokens per sequence; see --truncation (default 1024)")
+    parser.add_argument("--truncation", choices=("truncate", "drop"), default="truncate",
+                        help="over-long pairs: keep the end of the prompt and cut the response from the right keeping EOS (truncate, default), or drop them")
+    parser.add_argument("--batch-size", type=int, default=8, help="pairs per device step (default 8)")
+    parser.add_argument("--grad-accum", type=int, default=1, help="gradient accumulation steps (default 1)")
+    parser.add_argument("--lr", type=float, default=1e-5, help="learning rate (default 1e-5)")
+    parser.add_argument("--packing", action="store_true", help="padding-free packing of chosen and rejected into one row")
+    parser.add_argument("--trainer", choices=("hf", "trl"), default="hf", help="transformers.Trainer (hf, default) or TRL RewardTrainer (trl)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--bf16", action="store_true", help="bf16 mixed precision")
+    parser.add_argument("--logging-steps", type=int, default=10)
+    parser.add_argument("--gradient-checkpointing", action="store_true")
+
+
+def _check_args(args) -> None:
+    for name in ("latent_dim", "batch_size", "grad_accum", "logging_steps"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')}: must be >= 1, got {getattr(args, name)}")
+    if args.max_length < 2:
+        raise ValueError(f"--max-length: must be >= 2, got {args.max_length}")
+    if not args.beta >= 0 or args.beta == float("inf"):
+        raise ValueError(f"--beta: must be a finite number >= 0, got {args.beta}")
+    if not args.lr > 0:
+        raise ValueError(f"--lr: must be > 0, got {args.lr}")
+    if args.max_steps == 0 or args.max_steps < -1:
+        raise ValueError(f"--max-steps: must be >= 1 (or omitted), got {args.max_steps}")
+    if os.path.exists(args.output_dir):
+        raise ValueError(f"--output-dir: {args.output_dir} already exists; choose a new directory")
+
+
+def load_model(name_or_path: str, latent_dim: int, beta: float):
+    """An InfoRM checkpoint is loaded as is (``--beta`` overrides its training beta); anything else
+    is a backbone that gets a fresh head."""
+    from transformers import AutoConfig
+
+    from inform_fast.modeling import InfoRMForRewardModel
+
+    try:
+        model_type = AutoConfig.from_pretrained(name_or_path).model_type
+    except (OSError, ValueError) as error:
+        raise ValueError(f"--model: cannot load a config from {name_or_path!r} ({error})") from None
+    if model_type == "inform":
+        model = InfoRMForRewardModel.from_pretrained(name_or_path)
+        model.config.beta = beta
+        return model
+    return InfoRMForRewardModel.from_backbone(name_or_path, latent_dim=latent_dim, beta=beta)
+
+
+def run(args) -> int:
+    _check_args(args)
+    from transformers import AutoTokenizer, set_seed
+
+    from inform_fast import data
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(args.model)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"--model: cannot load a tokenizer from {args.model!r} ({error})") from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if tokenizer.eos_token_id is None:
+        raise ValueError(f"--model: the tokenizer of {args.model!r} has no EOS token")
+    pairs, report = data.load_preference_data(args.data, tokenizer, max_length=args.max_length,
+                                              truncation=args.truncation, return_report=True)
+    print(f"inform-fast train: {report.kept} pairs from {args.data} "
+          f"({report.truncated} truncated, {report.dropped} dropped at max_length={args.max_length})")
+
+    set_seed(args.seed)
+    model = load_model(args.model, args.latent_dim, args.beta)
+    model.config.backbone_config.pad_token_id = tokenizer.pad_token_id
+    if args.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+
+    output_dir = Path(args.output_dir).resolve()
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.tmp-", dir=output_dir.parent))
+    try:
+        common = dict(
+            output_dir=str(staging / "trainer"), max_steps=args.max_steps, num_train_epochs=args.epochs,
+            per_device_train_batch_size=args.batch_size, gradient_accumulation_steps=args.grad_accum,
+            learning_rate=args.lr, seed=args.seed, bf16=args.bf16, logging_steps=args.logging_steps,
+            save_strategy="no", report_to=[], disable_tqdm=False,
+        )
+        if args.trainer == "trl":
+            from inform_fast.integrations.trl import InfoRMRewardTrainer, RewardConfig
+
+            trainer = InfoRMRewardTrainer(
+                model=model, args=RewardConfig(max_length=None, **common), train_dataset=data.to_hf_dataset(pairs),
+                processing_class=tokenizer, packing=args.packing,
+            )
+        else:
+            from transformers import TrainingArguments
+
+            from inform_fast.integrations.hf_trainer import InfoRMTrainer
+
+            trainer = InfoRMTrainer(
+                model=model, args=TrainingArguments(**common), train_dataset=data.PreferenceDataset(pairs),
+                processing_class=tokenizer, packing=args.packing,
+            )
+        trainer.train()
+        shutil.rmtree(staging / "trainer", ignore_errors=True)
+        trainer.model.save_pretrained(str(staging))
+        tokenizer.save_pretrained(str(staging))
+        with open(staging / "training_log.json", "w") as handle:
+            json.dump({"args": vars(args), "log_history": trainer.state.log_history}, handle, indent=1, default=str)
+        os.replace(staging, output_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    print(f"inform-fast train: saved {output_dir}")
+    return 0
