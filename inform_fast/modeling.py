@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import inspect
 import os
 from dataclasses import dataclass
 from typing import Optional, Union
@@ -281,6 +282,9 @@ class InfoRMForRewardModel(PreTrainedModel):
         if position_ids is not None and (not isinstance(position_ids, torch.Tensor) or position_ids.shape[-1] != seq_len or position_ids.dim() != 2):
             raise ValueError(f"position_ids: expected shape [B or 1, {seq_len}], got {_describe(position_ids)}")
         embeds = {"input_ids": input_ids} if input_ids is not None else {"inputs_embeds": inputs_embeds}
+        if self._backbone_takes_use_cache():
+            # A reward model never decodes further: building a KV cache only costs memory.
+            kwargs.setdefault("use_cache", False)
 
         packed = attention_mask is None and position_ids is not None and batch == 1
         if packed:
@@ -327,6 +331,13 @@ class InfoRMForRewardModel(PreTrainedModel):
         index = reference.last_token_indices(attention_mask).to(hidden.device)
         return hidden[torch.arange(batch, device=hidden.device), index]  # [B, H]
 
+    def _backbone_takes_use_cache(self) -> bool:
+        cached = getattr(self, "_takes_use_cache", None)
+        if cached is None:
+            cached = "use_cache" in inspect.signature(self.backbone.forward).parameters
+            self._takes_use_cache = cached
+        return cached
+
     def _compute_dtype(self) -> torch.dtype:
         return self.get_input_embeddings().weight.dtype
 
@@ -350,8 +361,9 @@ class InfoRMForRewardModel(PreTrainedModel):
         fixes the reparameterisation noise in training mode. Extra keyword arguments (except
         ``labels``/``use_cache``, ignored) go to the backbone.
         """
-        kwargs.pop("labels", None)
-        kwargs.pop("use_cache", None)
+        # Arguments that trainers pass to sequence-classification models but a reward model has no use for.
+        for unused in ("labels", "use_cache", "num_items_in_batch", "return_loss"):
+            kwargs.pop(unused, None)
         pooled = self._encode(input_ids, attention_mask, position_ids, inputs_embeds, **kwargs)
         head_out = self.head(pooled, noise=noise)
         rewards = self._normalize(head_out.reward).float()

@@ -210,17 +210,22 @@ def test_gradients_reach_backbone_and_head(family):
     assert emb is not None and emb.abs().sum() > 0
 
 
-def test_gradient_checkpointing_gives_same_gradients():
+def test_gradient_checkpointing_recomputes_and_gives_same_gradients():
     ids, mask = pad(ragged())
-    grads = []
+    grads, calls = [], []
     for checkpointing in (False, True):
         model = make_model("llama").train()
         if checkpointing:
-            model.gradient_checkpointing_enable()
-            assert model.is_gradient_checkpointing
+            # transformers 5 renamed gradient_checkpointing_enable (deprecated) to activation_checkpointing_enable
+            enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+            enable()
+        count = [0]
+        model.backbone.layers[0].self_attn.register_forward_pre_hook(lambda *_: count.__setitem__(0, count[0] + 1))
         noise = torch.zeros(3, 8)
         model(ids, attention_mask=mask, noise=noise).rewards.sum().backward()
         grads.append(model.get_input_embeddings().weight.grad.clone())
+        calls.append(count[0])
+    assert calls == [1, 2]  # the checkpointed layer ran again during backward
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-5, atol=1e-6)
 
 
