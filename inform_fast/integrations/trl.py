@@ -31,7 +31,7 @@ except ImportError as error:  # pragma: no cover - depends on the environment
 from inform_fast.data import PackedPairCollator
 from inform_fast.integrations.hf_trainer import inform_batch_loss
 
-__all__ = ["InfoRMRewardTrainer", "RewardConfig"]
+__all__ = ["InfoRMRewardTrainer", "RewardConfig", "make_trl_reward_func"]
 
 
 class InfoRMRewardTrainer(RewardTrainer):
@@ -77,3 +77,36 @@ class InfoRMRewardTrainer(RewardTrainer):
         for key, value in metrics.items():
             store[key].append(value)
         return (loss, {"logits": output.logits}) if return_outputs else loss
+
+
+def make_trl_reward_func(model, tokenizer, batch_size: int = 32, max_length: Optional[int] = None,
+                         ibl_penalty=None, monitor=None, name: str = "inform_reward"):
+    """A reward function for TRL's GRPO / RLOO trainers (``reward_funcs=[...]``).
+
+    TRL calls it as ``f(prompts=..., completions=..., completion_ids=..., **reward_kwargs)`` where
+    prompts and completions are strings or conversational message lists (rendered with the
+    tokenizer's chat template) and ``reward_kwargs`` holds the dataset columns plus
+    ``trainer_state``, ``log_extra`` and ``log_metric``. It returns one float per completion:
+    the InfoRM reward of prompt + completion, after ``ibl_penalty(rewards [n], mu [n, L])`` when
+    given. Through ``log_metric`` (when TRL passes it) it logs ``inform/reward_raw_mean``,
+    ``inform/mu_norm``, ``inform/ibl_penalty_mean`` and whatever ``monitor(mu, rewards)`` returns.
+    Batched by ``batch_size`` on the model's device; ``__name__`` is ``name``.
+    """
+    from inform_fast.integrations.openrlhf import RewardScorer, apply_hooks
+
+    scorer = RewardScorer(model, tokenizer, batch_size=batch_size, max_length=max_length)
+
+    def reward_func(prompts=None, completions=None, completion_ids=None, **kwargs):
+        if completions is None:
+            raise ValueError("completions: required")
+        raw, mu = scorer.score(prompts, list(completions))
+        final, metrics = apply_hooks(raw, mu, ibl_penalty, monitor)
+        log_metric = kwargs.get("log_metric")
+        if callable(log_metric):
+            for key, value in metrics.items():
+                log_metric(key, value)
+        return final.float().cpu().tolist()
+
+    reward_func.__name__ = name
+    reward_func.scorer = scorer
+    return reward_func
