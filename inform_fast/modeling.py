@@ -180,7 +180,7 @@ class InfoRMForRewardModel(PreTrainedModel):
     @classmethod
     def from_backbone(
         cls,
-        name_or_path_or_model: Union[str, "os.PathLike", PreTrainedModel],
+        name_or_path_or_model: Union[str, os.PathLike, PreTrainedModel],
         latent_dim: int = 128,
         decoder: str = "linear",
         beta: float = 0.1,
