@@ -85,8 +85,13 @@ def test_hf_trainer_loss_falls(tmp_path, tok, packing):
         logging_steps=5, report_to=[], save_strategy="no", disable_tqdm=True, seed=0, use_cpu=True,
     )
     trainer = InfoRMTrainer(model=model, args=args, train_dataset=data.PreferenceDataset(pairs),
+                            eval_dataset=data.PreferenceDataset(synthetic_pairs(tok, n=16, seed=5)),
                             processing_class=tok, packing=packing)
+    before = trainer.evaluate()
     trainer.train()
+    after = trainer.evaluate()
+    assert after["eval_loss"] < before["eval_loss"] and after["eval_accuracy"] > 0.9
+    assert "eval_kl" in after and "eval_mu_norm" in after
     logs = [entry for entry in trainer.state.log_history if "loss" in entry]
     assert len(logs) >= 4
     for key in ("kl", "accuracy", "reward_margin", "mu_norm", "logvar_mean", "preference_loss"):

@@ -158,7 +158,8 @@ class InfoRMTrainer(_MetricsMixin, transformers.Trainer):
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         inputs = self._prepare_inputs(inputs)
         with torch.no_grad():
-            loss, _, _ = inform_batch_loss(model, inputs, beta=self.beta)
+            loss, metrics, _ = inform_batch_loss(model, inputs, beta=self.beta)
+        self._record(metrics)
         return loss.detach(), None, None
 
     def log(self, logs: Dict[str, float], *args, **kwargs) -> None:
