@@ -136,6 +136,14 @@ def count_records(path: str | os.PathLike) -> int:
         import pyarrow.parquet as pq
 
         return pq.ParquetFile(path).metadata.num_rows
+    if kind == "datasets":
+        from datasets import DatasetDict, load_from_disk
+
+        try:
+            dataset = load_from_disk(str(path))
+        except Exception as error:
+            raise ValueError(f"{path}: not a datasets.save_to_disk folder ({error})") from None
+        return len(dataset["train"] if isinstance(dataset, DatasetDict) and "train" in dataset else dataset)
     return sum(1 for _ in iter_records(path))
 
 

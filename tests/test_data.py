@@ -39,6 +39,7 @@ def test_formats_give_the_same_pairs(tmp_path, tok):
     expected = data.load_preference_data(jsonl, tok)
     for name in ("d.json", "d.parquet", "ds"):
         assert data.load_preference_data(tmp_path / name, tok) == expected, name
+        assert data.count_records(tmp_path / name) == len(ROWS), name
     hello, question, good, answer, eos = (tok.convert_tokens_to_ids(w) for w in ("hello", "question", "good", "answer", "<eos>"))
     assert expected[0]["chosen_ids"] == [hello, question, good, answer, eos]
     assert expected[1]["rejected_ids"][-1] == eos
