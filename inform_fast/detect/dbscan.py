@@ -1,0 +1,255 @@
+"""DBSCAN over latent matrices, tiled: never an n x n matrix.
+
+Same definition as scikit-learn's ``DBSCAN(eps, min_samples)`` with the Euclidean metric:
+
+* a point is *core* when at least ``min_samples`` points (itself included) lie within ``eps``;
+* core points within ``eps`` of each other are in the same cluster (connected components);
+* a non-core point within ``eps`` of a core point is a *border* point and joins the cluster of
+  one such core point (here: the one with the smallest index, so the result is deterministic;
+  scikit-learn's choice depends on its expansion order, the core partition is the same);
+* everything else is noise, label ``-1``.
+
+Clusters are numbered 0, 1, ... in the order of their smallest core point index.
+
+CPU algorithm (``reference`` and ``cpp`` backends): the data are centred (less cancellation),
+then three passes over square tiles of ``block`` rows, each tile a BLAS GEMM giving
+``partial = ||c||^2 - 2 r.c`` compared against ``eps^2 - ||r||^2``:
+
+1. neighbour counts over the upper triangle of tiles (each tile counts for its rows and,
+   mirrored, its columns);
+2. union-find over core points only: each tile emits the (root, root) pairs of neighbours whose
+   components differ (at most one per row and distinct root, from a root snapshot), so once the
+   clusters have merged the tiles emit nothing;
+3. non-core points against core points, for border assignment.
+
+The ``cpp`` backend runs the tile epilogues (threshold, counts, root pairs) and the union-find in
+``inform_fast._C`` with OpenMP; the ``reference`` backend does them with PyTorch / NumPy. The
+``triton`` backend (CUDA) counts with one kernel and finds components by min-label propagation
+with pointer jumping (``inform_fast.kernels.dbscan``).
+
+float64 input is computed in float64 (reference epilogues); everything else in float32.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import torch
+
+from inform_fast import dispatch
+from inform_fast.detect.inputs import as_latents
+from inform_fast.validation import check_positive_int
+
+dispatch.register("dbscan", "reference", "inform_fast.detect.dbscan:_dbscan_reference")
+dispatch.register("dbscan", "cpp", "inform_fast.detect.dbscan:_dbscan_cpp")
+dispatch.register("dbscan", "triton", "inform_fast.kernels.dbscan:dbscan_roots")
+
+DEFAULT_BLOCK = 4096
+
+
+@dataclass
+class DBSCANResult:
+    """labels: [n] int64, cluster id or -1 (noise); core_mask: [n] bool; n_clusters: int."""
+
+    labels: torch.Tensor
+    core_mask: torch.Tensor
+    n_clusters: int
+
+
+def check_eps(eps) -> float:
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not np.isfinite(eps) or eps <= 0:
+        raise ValueError(f"eps: expected a finite number > 0, got {eps!r}")
+    return float(eps)
+
+
+def dbscan(
+    x,
+    eps: float = 0.5,
+    min_samples: int = 5,
+    block: int = DEFAULT_BLOCK,
+    backend: Optional[str] = None,
+) -> DBSCANResult:
+    """Cluster ``x`` [n, L] (tensor or array, any float dtype) with DBSCAN(eps, min_samples).
+
+    ``block`` is the tile side: peak extra memory is about ``block^2`` floats (64 MiB at 4096).
+    Returns a DBSCANResult on ``x``'s device.
+    """
+    x = as_latents("x", x)
+    eps = check_eps(eps)
+    check_positive_int("min_samples", min_samples)
+    check_positive_int("block", block)
+    _, impl = dispatch.resolve("dbscan", x.device, backend)
+    core, root = impl(x, eps, min_samples, block)
+    return _number_clusters(core, root)
+
+
+def _number_clusters(core: torch.Tensor, root: torch.Tensor) -> DBSCANResult:
+    """core [n] bool; root [n] int64: index of the smallest core point of the component (-1 noise)."""
+    roots = torch.unique(root[core])  # sorted: cluster k has the k-th smallest first core index
+    labels = torch.full_like(root, -1)
+    assigned = root >= 0
+    labels[assigned] = torch.searchsorted(roots, root[assigned])
+    return DBSCANResult(labels=labels, core_mask=core, n_clusters=int(roots.numel()))
+
+
+def _blocks(n: int, block: int):
+    return [(start, min(start + block, n)) for start in range(0, n, block)]
+
+
+class _TorchEpilogue:
+    """Tile epilogues and union-find in PyTorch / NumPy (the reference)."""
+
+    def counts(self, partial, thr, count_rows, count_cols):
+        hit = partial <= thr[:, None]
+        count_rows += hit.sum(1)
+        if count_cols is not None:
+            count_cols += hit.sum(0)
+
+    def root_edges(self, partial, thr, root_rows, root_cols, n_roots):
+        hit = (partial <= thr[:, None]) & (root_rows[:, None] != root_cols[None, :])
+        i, j = torch.nonzero(hit, as_tuple=True)
+        if i.numel() == 0:
+            return None
+        pairs = torch.unique(root_rows[i] * n_roots + root_cols[j])
+        return pairs // n_roots, pairs % n_roots
+
+    def union(self, parent, a, b):
+        # Vectorised hooking: link each larger root under the smallest root it meets, compress,
+        # repeat until every edge is inside one component. parent[x] <= x always holds.
+        p = parent.numpy()
+        a = a.numpy()
+        b = b.numpy()
+        while True:
+            ra, rb = p[a], p[b]
+            differ = ra != rb
+            if not differ.any():
+                break
+            lo = np.minimum(ra, rb)[differ]
+            hi = np.maximum(ra, rb)[differ]
+            np.minimum.at(p, hi, lo)
+            _compress(p)
+
+
+def _compress(p: np.ndarray) -> None:
+    while True:
+        q = p[p]
+        if np.array_equal(q, p):
+            return
+        p[:] = q
+
+
+class _CppEpilogue:
+    """The same epilogues in inform_fast._C (float32, OpenMP)."""
+
+    def __init__(self):
+        from inform_fast import _native
+
+        self.C = _native.module()
+
+    def counts(self, partial, thr, count_rows, count_cols):
+        self.C.dbscan_tile_counts(partial.numpy(), thr.numpy(), count_rows.numpy(), None if count_cols is None else count_cols.numpy())
+
+    def root_edges(self, partial, thr, root_rows, root_cols, n_roots):
+        a, b = self.C.dbscan_tile_root_edges(partial.numpy(), thr.numpy(), root_rows.numpy(), root_cols.numpy(), n_roots)
+        if a.size == 0:
+            return None
+        return torch.from_numpy(a), torch.from_numpy(b)
+
+    def union(self, parent, a, b):
+        self.C.union_edges(parent.numpy(), a.contiguous().numpy(), b.contiguous().numpy())
+
+
+def _dbscan_reference(x: torch.Tensor, eps: float, min_samples: int, block: int):
+    return _dbscan_tiled(x, eps, min_samples, block, _TorchEpilogue())
+
+
+def _dbscan_cpp(x: torch.Tensor, eps: float, min_samples: int, block: int):
+    if x.dtype == torch.float64:  # the C++ epilogues are float32; keep float64 exact
+        return _dbscan_tiled(x, eps, min_samples, block, _TorchEpilogue())
+    return _dbscan_tiled(x, eps, min_samples, block, _CppEpilogue())
+
+
+class _Tiles:
+    """Square tiles of ||c||^2 - 2 r.c over one point set, written into one reused buffer."""
+
+    def __init__(self, x: torch.Tensor, eps: float, block: int):
+        self.x = x
+        self.norms = (x * x).sum(1)  # [n]
+        self.thr = eps * eps - self.norms  # [n]: neighbour iff partial <= thr[row]
+        side = min(block, x.shape[0])
+        self.buffer = torch.empty(side * side, dtype=x.dtype)
+
+    def partial(self, rows, cols, diagonal: bool):
+        (r0, r1), (c0, c1) = rows, cols
+        out = self.buffer[: (r1 - r0) * (c1 - c0)].view(r1 - r0, c1 - c0)
+        torch.addmm(self.norms[None, c0:c1], self.x[r0:r1], self.x[c0:c1].T, alpha=-2.0, out=out)
+        if diagonal:
+            out.diagonal().fill_(-float("inf"))  # a point is its own neighbour, whatever the rounding
+        return out
+
+
+def _dbscan_tiled(x: torch.Tensor, eps: float, min_samples: int, block: int, ops):
+    """Returns (core [n] bool, root [n] int64: smallest core index of the cluster, -1 for noise)."""
+    device = x.device
+    dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    x = x.detach().to("cpu", dtype)
+    x = (x - x.mean(0)).contiguous()  # centring shrinks ||x||^2 and so the GEMM cancellation
+    n = x.shape[0]
+
+    # 1. neighbour counts (upper triangle of tiles, mirrored)
+    tiles = _Tiles(x, eps, block)
+    counts = torch.zeros(n, dtype=torch.int64)
+    blocks = _blocks(n, block)
+    for bi, rows in enumerate(blocks):
+        for cols in blocks[bi:]:
+            diagonal = rows == cols
+            partial = tiles.partial(rows, cols, diagonal)
+            ops.counts(partial, tiles.thr[rows[0] : rows[1]], counts[rows[0] : rows[1]], None if diagonal else counts[cols[0] : cols[1]])
+    core = counts >= min_samples
+    core_index = torch.nonzero(core).flatten()  # sorted
+    root = torch.full((n,), -1, dtype=torch.int64)
+    if core_index.numel() == 0:
+        return core.to(device), root.to(device)
+
+    # 2. union-find over core points (local indices into core_index)
+    xc = x.index_select(0, core_index).contiguous()
+    n_core = xc.shape[0]
+    core_tiles = _Tiles(xc, eps, block)
+    parent = torch.arange(n_core, dtype=torch.int64)
+    core_blocks = _blocks(n_core, block)
+    for bi, rows in enumerate(core_blocks):
+        for cols in core_blocks[bi:]:
+            partial = core_tiles.partial(rows, cols, rows == cols)
+            edges = ops.root_edges(
+                partial, core_tiles.thr[rows[0] : rows[1]], parent[rows[0] : rows[1]].contiguous(), parent[cols[0] : cols[1]].contiguous(), n_core
+            )
+            if edges is not None:
+                ops.union(parent, *edges)  # leaves parent fully compressed (parent[x] = root)
+    root[core_index] = core_index[parent]  # roots are the smallest local index = smallest global index
+
+    # 3. border points: the smallest-index core neighbour
+    border_index = torch.nonzero(~core).flatten()
+    if border_index.numel():
+        _assign_borders(x, xc, core_index, border_index, root, eps, block)
+    return core.to(device), root.to(device)
+
+
+def _assign_borders(x, xc, core_index, border_index, root, eps, block):
+    xb = x.index_select(0, border_index)
+    bn = (xb * xb).sum(1)
+    cn = (xc * xc).sum(1)
+    for r0 in range(0, xb.shape[0], block):
+        rows = xb[r0 : r0 + block]
+        thr = (eps * eps - bn[r0 : r0 + block])[:, None]
+        first = torch.full((rows.shape[0],), -1, dtype=torch.int64)
+        for c0 in range(0, xc.shape[0], block):
+            pending = first < 0
+            if not bool(pending.any()):
+                break
+            hit = torch.addmm(cn[None, c0 : c0 + block], rows, xc[c0 : c0 + block].T, alpha=-2.0) <= thr
+            has = hit.any(1) & pending
+            first = torch.where(has, hit.to(torch.uint8).argmax(1) + c0, first)  # argmax: first True
+        found = first >= 0
+        targets = border_index[r0 : r0 + block][found]
+        root[targets] = root[core_index[first[found]]]

@@ -1,0 +1,133 @@
+"""ICDS against a hand computation on well-separated blobs, auto eps, projection, bad input."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from sklearn.datasets import make_blobs
+from sklearn.decomposition import PCA
+
+from inform_fast import icds as top_level_icds
+from inform_fast.detect.icds import auto_eps, icds, knee_of_sorted
+from inform_fast.detect.projection import PCAProjection
+from inform_fast.testing import requires_cpp
+
+CENTERS = np.array([[0.0, 0.0, 0.0], [30.0, 0.0, 0.0], [0.0, 30.0, 0.0]])
+
+
+def blobs(seed=0):
+    rlhf, truth = make_blobs(n_samples=[61, 47, 33], n_features=3, centers=CENTERS, cluster_std=0.5, random_state=seed)
+    rng = np.random.default_rng(seed)
+    reference = rng.normal(size=(211, 3)) * 0.5 + np.array([2.0, 1.0, 0.0])
+    return rlhf, truth, reference
+
+
+def hand_icds(rlhf, groups, reference):
+    total = 0.0
+    for members in groups:
+        centroid = rlhf[members].mean(0)
+        total += len(members) * np.sqrt(((reference - centroid) ** 2).sum(1)).min()
+    return total
+
+
+@pytest.mark.parametrize("backend", ["reference", pytest.param("cpp", marks=requires_cpp())])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_blobs_equal_hand_computation(backend, dtype):
+    rlhf, truth, reference = blobs()
+    rlhf_outlier = np.vstack([rlhf, [[100.0, 100.0, 100.0]]])  # one noise point
+    result = icds(rlhf_outlier.astype(dtype), reference.astype(dtype), eps=3.0, min_samples=5, backend=backend)
+    groups = [np.flatnonzero(truth == k) for k in range(3)]
+    expected = hand_icds(rlhf, groups, reference)
+    assert result.n_clusters == 3 and result.n_noise == 1
+    assert result.labels[-1] == -1
+    np.testing.assert_allclose(result.score, expected, rtol=1e-5)
+    np.testing.assert_allclose(result.normalized_score, expected / len(rlhf_outlier), rtol=1e-5)
+    assert sorted(result.cluster_sizes.tolist()) == [33, 47, 61]
+    # with the noise point as one more group
+    noisy = icds(rlhf_outlier.astype(dtype), reference.astype(dtype), eps=3.0, min_samples=5, include_noise=True, backend=backend)
+    extra = np.sqrt(((reference - np.array([100.0, 100.0, 100.0])) ** 2).sum(1)).min()
+    np.testing.assert_allclose(noisy.score, expected + extra, rtol=1e-5)
+    assert noisy.cluster_sizes.tolist()[-1] == 1 and noisy.n_clusters == 3
+    assert noisy.deviations.shape == (4,) and noisy.centroids.shape == (4, 3)
+    json.dumps(noisy.to_dict(include_labels=True))  # JSON-ready
+
+
+def test_top_level_export_and_no_clusters():
+    assert top_level_icds is icds
+    rng = np.random.default_rng(0)
+    result = icds(rng.normal(size=(20, 4)) * 100, rng.normal(size=(30, 4)), eps=0.01, min_samples=3)
+    assert result.n_clusters == 0 and result.score == 0.0 and result.n_noise == 20
+
+
+def test_auto_eps_on_blobs():
+    x, _ = make_blobs(n_samples=900, n_features=8, centers=4, cluster_std=1.0, center_box=(-60, 60), random_state=2)
+    eps = auto_eps(x, min_samples=5)
+    # sensible: above the typical 5-NN distance inside a blob, far below the blob separation
+    assert 1.0 < eps < 10.0
+    result = icds(x, x, eps="auto", min_samples=5)
+    assert result.eps == pytest.approx(eps)
+    assert result.n_clusters == 4
+    # the reference is the same set: each centroid is about one blob radius from a member
+    assert result.normalized_score < 3.0
+
+
+def test_knee_rule():
+    curve = torch.tensor([1.0] * 90 + [1.1, 1.3, 2.0, 5.0, 9.0, 20.0, 40.0, 60.0, 80.0, 100.0])
+    assert knee_of_sorted(curve) == pytest.approx(2.0) or knee_of_sorted(curve) == pytest.approx(5.0)
+    assert knee_of_sorted(torch.ones(10)) == 1.0
+
+
+def test_pca_projection_matches_sklearn():
+    rng = np.random.default_rng(4)
+    reference = rng.normal(size=(301, 7)) * np.arange(1, 8)
+    rlhf = rng.normal(size=(57, 7))
+    ours = PCAProjection(n_components=2, normalize=False).fit(reference)
+    theirs = PCA(n_components=2).fit(reference)
+    got = ours.transform(rlhf).numpy()
+    want = theirs.transform(rlhf)
+    np.testing.assert_allclose(np.abs(got), np.abs(want), rtol=1e-4, atol=1e-4)  # axes up to sign
+    scaled = PCAProjection().fit(reference).transform(reference).numpy()
+    assert scaled.min() == pytest.approx(0.0, abs=1e-6) and scaled.max() == pytest.approx(1.0, abs=1e-6)
+
+
+def test_projection_options():
+    rlhf, truth, reference = blobs(1)
+    reference = np.vstack([reference, rlhf[:5]])
+    by_name = icds(rlhf, reference, eps=0.05, min_samples=5, projection="pca")
+    assert by_name.centroids.shape[1] == 2 and by_name.projection == "pca"
+    by_object = icds(rlhf, reference, eps=0.05, min_samples=5, projection=PCA(n_components=2))
+    assert by_object.centroids.shape[1] == 2 and by_object.projection == "PCA"
+    with pytest.raises(ValueError, match="projection"):
+        icds(rlhf, reference, projection="tsne-please")
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(eps=0), "eps"),
+        (dict(eps=-0.5), "eps"),
+        (dict(eps="big"), "eps"),
+        (dict(min_samples=0), "min_samples"),
+        (dict(include_noise="yes"), "include_noise"),
+    ],
+)
+def test_bad_arguments(kwargs, match):
+    rlhf, _, reference = blobs()
+    with pytest.raises(ValueError, match=match):
+        icds(rlhf, reference, **kwargs)
+
+
+def test_bad_latents():
+    rlhf, _, reference = blobs()
+    with pytest.raises(ValueError, match="reference_latents"):
+        icds(rlhf, reference[:, :2])
+    with pytest.raises(ValueError, match="rlhf_latents"):
+        icds(np.zeros((0, 3)), reference)
+    with pytest.raises(ValueError, match="reference_latents"):
+        icds(rlhf, np.zeros((0, 3)))
+    bad = rlhf.copy()
+    bad[3, 2] = np.inf
+    with pytest.raises(ValueError, match="rlhf_latents"):
+        icds(bad, reference)
+    with pytest.raises(ValueError, match="x"):
+        auto_eps(np.zeros((1, 3)))
