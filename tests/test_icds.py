@@ -131,3 +131,86 @@ def test_bad_latents():
         icds(bad, reference)
     with pytest.raises(ValueError, match="x"):
         auto_eps(np.zeros((1, 3)))
+
+
+# --- command line ---------------------------------------------------------------------------
+
+
+def write_inputs(tmp_path):
+    from safetensors.numpy import save_file
+
+    rlhf, truth, reference = blobs()
+    np.save(tmp_path / "rlhf.npy", rlhf.astype(np.float32))
+    save_file({"mu": reference.astype(np.float32)}, str(tmp_path / "ref.safetensors"))
+    return rlhf, truth, reference
+
+
+def test_cli_icds_end_to_end(tmp_path, capsys):
+    from inform_fast.cli import main
+
+    rlhf, truth, reference = write_inputs(tmp_path)
+    out = tmp_path / "result.json"
+    code = main(["icds", "--rlhf", str(tmp_path / "rlhf.npy"), "--reference", str(tmp_path / "ref.safetensors"),
+                 "--eps", "3.0", "--min-samples", "5", "--output", str(out), "--labels"])
+    assert code == 0
+    payload = json.loads(out.read_text())
+    expected = hand_icds(rlhf, [np.flatnonzero(truth == k) for k in range(3)], reference)
+    assert payload["score"] == pytest.approx(expected, rel=1e-5)
+    assert payload["n_clusters"] == 3 and len(payload["labels"]) == len(rlhf)
+    assert "ICDS" in capsys.readouterr().out
+    auto = tmp_path / "auto.json"
+    assert main(["icds", "--rlhf", str(tmp_path / "rlhf.npy"), "--reference", str(tmp_path / "ref.safetensors"),
+                 "--eps", "auto", "--include-noise", "--projection", "pca", "--key", "mu", "--output", str(auto)]) == 2
+    # --key mu does not exist in the .npy (a single array): a clean error, nothing written
+    assert not auto.exists()
+    assert main(["icds", "--rlhf", str(tmp_path / "rlhf.npy"), "--reference", str(tmp_path / "ref.safetensors"),
+                 "--eps", "auto", "--include-noise", "--projection", "pca", "--output", str(auto)]) == 0
+    assert json.loads(auto.read_text())["projection"] == "pca"
+
+
+@pytest.mark.parametrize(
+    "extra, match",
+    [
+        (["--eps", "0"], "eps"),
+        (["--eps", "wide"], "--eps"),
+        (["--min-samples", "0"], "min_samples"),
+    ],
+)
+def test_cli_icds_bad_input_writes_nothing(tmp_path, capsys, extra, match):
+    from inform_fast.cli import main
+
+    write_inputs(tmp_path)
+    out = tmp_path / "result.json"
+    code = main(["icds", "--rlhf", str(tmp_path / "rlhf.npy"), "--reference", str(tmp_path / "ref.safetensors"), "--output", str(out), *extra])
+    assert code == 2 and not out.exists()
+    assert match in capsys.readouterr().err
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_cli_icds_dimension_mismatch_and_nan(tmp_path, capsys):
+    from inform_fast.cli import main
+
+    write_inputs(tmp_path)
+    np.save(tmp_path / "narrow.npy", np.zeros((10, 2), np.float32))
+    bad = np.zeros((10, 3), np.float32)
+    bad[4, 0] = np.nan
+    np.save(tmp_path / "nan.npy", bad)
+    out = tmp_path / "r.json"
+    assert main(["icds", "--rlhf", str(tmp_path / "narrow.npy"), "--reference", str(tmp_path / "ref.safetensors"), "--output", str(out)]) == 2
+    assert "--reference" in capsys.readouterr().err
+    assert main(["icds", "--rlhf", str(tmp_path / "nan.npy"), "--reference", str(tmp_path / "ref.safetensors"), "--output", str(out)]) == 2
+    assert "NaN" in capsys.readouterr().err and not out.exists()
+
+
+def test_cli_plot_latents(tmp_path):
+    from inform_fast.cli import main
+
+    write_inputs(tmp_path)
+    png = tmp_path / "map.png"
+    assert main(["plot-latents", "--rlhf", str(tmp_path / "rlhf.npy"), "--reference", str(tmp_path / "ref.safetensors"),
+                 "--out", str(png), "--eps", "3.0"]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    missing = tmp_path / "none.png"
+    assert main(["plot-latents", "--rlhf", str(tmp_path / "nope.npy"), "--reference", str(tmp_path / "ref.safetensors"),
+                 "--out", str(missing)]) == 2
+    assert not missing.exists()
