@@ -101,3 +101,20 @@ def test_penalty_with_wrong_shape_and_truncation(tok, model):
     assert len(ids) == 4 and ids[-1] == tok.eos_token_id
     with pytest.raises(ValueError, match="batch_size"):
         RewardScorer(model, tok, batch_size=0)
+
+
+def test_with_the_detection_ibl_penalty(tok, model):
+    ibl = pytest.importorskip("inform_fast.detect.ibl", reason="inform_fast.detect.ibl is not available")
+    from functools import partial
+
+    from inform_fast.detect.mahalanobis import MahalanobisScorer
+    from inform_fast.integrations.openrlhf import make_openrlhf_reward_func
+
+    torch.manual_seed(0)
+    scorer = MahalanobisScorer(precision="ieee").fit(torch.randn(200, 6))
+    queries = [p + c for p, c in zip(PROMPTS, COMPLETIONS)]
+    func = make_openrlhf_reward_func(model, tok, ibl_penalty=partial(ibl.ibl_penalty, scorer_or_scorers_by_class=scorer, coef=0.5))
+    out = func(queries, PROMPTS, None)
+    raw = out["extra_logs"]["inform_raw_reward"]
+    mu = torch.stack([m for _, m in one_by_one(model, tok, queries)])
+    torch.testing.assert_close(out["rewards"], raw - 0.5 * scorer.distance(mu), atol=1e-4, rtol=1e-4)
