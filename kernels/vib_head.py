@@ -311,8 +311,11 @@ def _pair_loss_fwd_kernel(
 
     if STORE_GRAD:
         # loss = mean_b softplus(-(gap_b - m_b)) + beta * mean_b (KL_w + KL_l)
-        # [BB] d loss / d r_w = -sigmoid(-t) / B = -1 / (B (1 + e^t)); d loss / d r_l = -dr_w
-        dr_w = -1.0 / ((1.0 + tl.exp(logits)) * B)
+        # [BB] d loss / d r_w = -sigmoid(-t) / B; d loss / d r_l = -dr_w. sigmoid(-t) from
+        # e^-|t| so that nothing overflows for large |t|
+        e = tl.exp(-tl.abs(logits))
+        sig_neg = tl.where(logits >= 0, e / (1.0 + e), 1.0 / (1.0 + e))
+        dr_w = -sig_neg / B
         dr_w = tl.where(row_mask, dr_w, tl.zeros_like(dr_w))
         c = tl.load(beta_ptr).to(ACC) / B
         g_mu_w = dr_w[:, None] * w_dec[None, :] + c * dkl_dmu_w

@@ -1,0 +1,351 @@
+"""Fused Triton kernels of the InfoRM head against the reference math (Triton interpreter on CPU).
+
+Shapes stay tiny (the interpreter is slow) and odd (H, L, B not powers of two; several H tiles
+and row blocks where it matters).
+"""
+import pytest
+import torch
+
+from inform_fast import InfoRMHead, dispatch, reference
+from inform_fast.head import _reference_linear_pairwise_loss, _reference_vib_encode
+from inform_fast.testing import requires_triton_interpreter
+
+pytestmark = requires_triton_interpreter()
+
+if dispatch.triton_importable():
+    from inform_fast.kernels import vib_head as K
+    from inform_fast.ops.vib_encode import VIBEncodeFunction, vib_encode
+    from inform_fast.ops.vib_loss import LinearPairwiseLossFunction, linear_pairwise_loss
+
+# dtype, atol, rtol: float64 is exact up to rounding; fp32 differs from the reference only in
+# summation order; bf16 outputs are computed in fp32 from the same bf16 values, and bf16
+# gradients are rounded once to bf16 (as the reference's are).
+DTYPES = [
+    (torch.float64, 1e-10, 1e-10),
+    (torch.float32, 2e-5, 2e-5),
+    (torch.bfloat16, 2e-2, 2e-2),
+]
+
+
+def assert_close(actual, expected, atol, rtol, name=""):
+    actual = actual.detach().to(torch.float64)
+    expected = expected.detach().to(torch.float64)
+    err = (actual - expected).abs()
+    bad = err > atol + rtol * expected.abs()
+    assert not bad.any(), (
+        f"{name}: {int(bad.sum())}/{bad.numel()} mismatches, max abs err {err.max().item():.3e}; "
+        f"first: actual {actual[bad][:5].tolist()} expected {expected[bad][:5].tolist()}"
+    )
+
+
+def make_params(hidden, latent, dtype, bias, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    w = (torch.randn(2 * latent, hidden, generator=g) * hidden ** -0.5).to(dtype).requires_grad_()
+    b = (torch.randn(2 * latent, generator=g) * 0.3).to(dtype).requires_grad_() if bias else None
+    wd = (torch.randn(1, latent, generator=g) * 0.5).to(dtype).requires_grad_()
+    bd = (torch.randn(1, generator=g)).to(dtype).requires_grad_() if bias else None
+    return w, b, wd, bd
+
+
+def rows(n, hidden, dtype, seed):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, hidden, generator=g).to(dtype).requires_grad_()
+
+
+def grads(outputs, inputs):
+    inputs = [t for t in inputs if t is not None]
+    return torch.autograd.grad(outputs, inputs, allow_unused=False)
+
+
+# ------------------------------------------------------------------------------------------------
+# encoder
+
+
+@pytest.mark.parametrize("dtype, atol, rtol", DTYPES)
+@pytest.mark.parametrize("kl_mode", ["standard", "authors"])
+@pytest.mark.parametrize("bias", [False, True])
+def test_encode_matches_reference(dtype, atol, rtol, kl_mode, bias):
+    n, hidden, latent = 5, 37, 7
+    x = rows(n, hidden, dtype, 1)
+    w, b, _, _ = make_params(hidden, latent, dtype, bias)
+    acc = reference.accumulation_dtype(dtype)
+    noise = torch.randn(n, latent, generator=torch.Generator().manual_seed(2), dtype=acc)
+    out = vib_encode(x, w, b, noise=noise, sample=True, kl_mode=kl_mode)
+    ref = _reference_vib_encode(x, w, b, noise=noise, sample=True, kl_mode=kl_mode)
+    for name, o, r in zip(("mu", "logvar", "z", "kl"), out, ref):
+        assert o.dtype == acc
+        assert_close(o, r, atol, rtol, name)
+    # upstream gradients != 1 on every output
+    g = torch.Generator().manual_seed(3)
+    up = [torch.randn(o.shape, generator=g, dtype=acc) for o in out]
+    inputs = (x, w, b)
+    got = grads(sum((o * u).sum() for o, u in zip(out, up)), inputs)
+    want = grads(sum((r * u).sum() for r, u in zip(ref, up)), inputs)
+    for name, a, e, t in zip(("pooled", "weight", "bias"), got, want, [t for t in inputs if t is not None]):
+        assert a.dtype == t.dtype
+        assert_close(a, e, atol * 5, rtol * 5, f"grad {name}")
+
+
+def test_encode_eval_mode_and_several_blocks():
+    # 37 rows (three row blocks), H = 70 (two H tiles), L = 19
+    x = rows(37, 70, torch.float32, 4)
+    w, b, _, _ = make_params(70, 19, torch.float32, True)
+    mu, logvar, z, kl = vib_encode(x, w, b, sample=False)
+    rmu, rlogvar, _, rkl = _reference_vib_encode(x, w, b, sample=False)
+    assert torch.equal(z, mu)
+    assert_close(mu, rmu, 2e-5, 2e-5, "mu")
+    assert_close(logvar, rlogvar, 2e-5, 2e-5, "logvar")
+    assert_close(kl, rkl, 2e-5, 2e-5, "kl")
+    got = grads(mu.sum() + 0.5 * z.square().sum() + kl.sum(), (x, w, b))
+    want = grads(rmu.sum() + 0.5 * rmu.square().sum() + rkl.sum(), (x, w, b))
+    for name, a, e in zip(("pooled", "weight", "bias"), got, want):
+        assert_close(a, e, 1e-4, 1e-4, name)
+
+
+def test_philox_noise_statistics_and_offsets():
+    noise = K.philox_noise(1234, 64, 128)
+    assert noise.shape == (64, 128) and noise.dtype == torch.float32
+    assert abs(noise.mean().item()) < 0.03
+    assert abs(noise.std().item() - 1.0) < 0.03
+    assert abs((noise.abs() < 1).float().mean().item() - 0.6827) < 0.02
+    # a row's noise depends only on the seed and its global row index
+    assert torch.equal(K.philox_noise(1234, 4, 128, row_base=10), noise[10:14])
+    assert not torch.equal(K.philox_noise(1235, 64, 128), noise)
+
+
+def test_encode_philox_deterministic_and_backward_consistent():
+    n, hidden, latent = 6, 21, 7
+    x = rows(n, hidden, torch.float64, 5)
+    w, b, _, _ = make_params(hidden, latent, torch.float64, True)
+    torch.manual_seed(7)
+    out1 = vib_encode(x, w, b, sample=True)
+    torch.manual_seed(7)
+    out2 = vib_encode(x, w, b, sample=True)
+    assert torch.equal(out1[2], out2[2])
+    out3 = vib_encode(x, w, b, sample=True)
+    assert not torch.equal(out1[2], out3[2])
+    # the same noise fed to the reference gives the same z and the same gradients, so the
+    # backward regenerated exactly the forward's noise
+    torch.manual_seed(7)
+    noise = K.philox_noise(K.draw_seed(), n, latent).double()
+    ref = _reference_vib_encode(x, w, b, noise=noise)
+    assert_close(out1[2], ref[2], 1e-12, 1e-12, "z")
+    up = torch.randn(n, latent, dtype=torch.float64)
+    got = grads((out1[2] * up).sum() + out1[3].sum(), (x, w, b))
+    want = grads((ref[2] * up).sum() + ref[3].sum(), (x, w, b))
+    for name, a, e in zip(("pooled", "weight", "bias"), got, want):
+        assert_close(a, e, 1e-10, 1e-10, name)
+
+
+@pytest.mark.parametrize("mode, kl_authors", [(1, False), (2, True)])
+def test_encode_gradcheck(mode, kl_authors):
+    n, hidden, latent = 3, 5, 3
+    x = rows(n, hidden, torch.float64, 6)
+    w, b, _, _ = make_params(hidden, latent, torch.float64, True)
+    noise = torch.randn(n, latent, dtype=torch.float64) if mode == 1 else None
+    assert torch.autograd.gradcheck(
+        lambda x, w, b: VIBEncodeFunction.apply(x, w, b, noise, 99, mode, kl_authors), (x, w, b), fast_mode=True
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+# pairwise loss
+
+
+def loss_outputs(terms, r_w, r_l):
+    return dict(zip(terms._fields, terms)) | {"reward_chosen": r_w, "reward_rejected": r_l}
+
+
+def check_loss(dtype, atol, rtol, kl_mode, bias, margin=None, pairs=5, hidden=37, latent=7, sample=True, upstream=2.5, param_dtype=None):
+    chosen = rows(pairs, hidden, dtype, 10)
+    rejected = rows(pairs, hidden, dtype, 11)
+    params = make_params(hidden, latent, param_dtype or dtype, bias)
+    acc = reference.accumulation_dtype(dtype)
+    g = torch.Generator().manual_seed(12)
+    noise_w = torch.randn(pairs, latent, generator=g, dtype=acc) if sample else None
+    noise_l = torch.randn(pairs, latent, generator=g, dtype=acc) if sample else None
+    kwargs = dict(noise_chosen=noise_w, noise_rejected=noise_l, sample=sample, beta=0.3, margin=margin, kl_mode=kl_mode)
+    out = loss_outputs(*linear_pairwise_loss(chosen, rejected, *params, **kwargs))
+    ref = loss_outputs(*_reference_linear_pairwise_loss(chosen, rejected, *params, **kwargs))
+    for name in out:
+        assert out[name].dtype == acc, name
+        assert_close(out[name], ref[name], atol, rtol, name)
+    assert not out["reward_chosen"].requires_grad and not out["kl"].requires_grad
+    inputs = [chosen, rejected, *params]
+    got = grads(out["loss"] * upstream, inputs)
+    want = grads(ref["loss"] * upstream, inputs)
+    names = ["chosen", "rejected", "encoder_weight", "encoder_bias", "decoder_weight", "decoder_bias"]
+    for name, a, e, t in zip([n for n, t in zip(names, inputs) if t is not None], got, want, [t for t in inputs if t is not None]):
+        assert a.dtype == t.dtype, name
+        assert_close(a, e, atol * 5, rtol * 5, f"grad {name}")
+
+
+@pytest.mark.parametrize("dtype, atol, rtol", DTYPES)
+@pytest.mark.parametrize("kl_mode", ["standard", "authors"])
+@pytest.mark.parametrize("bias", [False, True])
+def test_loss_matches_reference(dtype, atol, rtol, kl_mode, bias):
+    check_loss(dtype, atol, rtol, kl_mode, bias)
+
+
+@pytest.mark.parametrize("margin", [0.7, torch.tensor(-0.4, dtype=torch.float64), "tensor"])
+def test_loss_margin(margin):
+    if isinstance(margin, str):
+        margin = torch.linspace(-1, 1, 5, dtype=torch.float64)
+    check_loss(torch.float64, 1e-10, 1e-10, "standard", True, margin=margin, upstream=-0.75)
+
+
+def test_loss_eval_mode_several_blocks():
+    # 17 pairs (two pair blocks), H = 70 (two H tiles), L = 19, z = mu
+    check_loss(torch.float32, 2e-5, 2e-5, "standard", True, pairs=17, hidden=70, latent=19, sample=False)
+
+
+def test_loss_mixed_dtypes():
+    # bf16 rows with fp32 weights (bf16 backbone, fp32 head); gradients in each tensor's dtype
+    check_loss(torch.bfloat16, 2e-2, 2e-2, "standard", True, param_dtype=torch.float32)
+
+
+def test_loss_large_logits_are_finite():
+    # a huge decoder weight drives |r_w - r_l| to ~1e4: softplus and its gradient must stay finite
+    chosen, rejected = rows(5, 37, torch.float32, 13), rows(5, 37, torch.float32, 14)
+    w, b, wd, bd = make_params(37, 7, torch.float32, False)
+    wd = (wd.detach() * 1e4).requires_grad_()
+    terms, r_w, r_l = linear_pairwise_loss(chosen, rejected, w, b, wd, bd)
+    ref, _, _ = _reference_linear_pairwise_loss(chosen, rejected, w, b, wd, bd)
+    assert (r_w - r_l).abs().max() > 100
+    assert torch.isfinite(terms.loss)
+    assert_close(terms.loss, ref.loss, 1e-3, 1e-5, "loss")
+    got, want = grads(terms.loss, (chosen, w, wd)), grads(ref.loss, (chosen, w, wd))
+    for name, a, e in zip(("chosen", "w", "wd"), got, want):
+        assert torch.isfinite(a).all(), name
+        assert_close(a, e, 1e-3, 1e-4, name)
+
+
+def test_loss_partial_noise_without_sampling():
+    # one explicit noise and sample=False: the other side uses z = mu, as in the reference
+    chosen, rejected = rows(5, 19, torch.float64, 15), rows(5, 19, torch.float64, 16)
+    params = make_params(19, 7, torch.float64, True)
+    noise = torch.randn(5, 7, dtype=torch.float64)
+    terms, r_w, r_l = linear_pairwise_loss(chosen, rejected, *params, noise_chosen=noise)
+    ref, rr_w, rr_l = _reference_linear_pairwise_loss(chosen, rejected, *params, noise_chosen=noise)
+    assert_close(terms.loss, ref.loss, 1e-12, 1e-12, "loss")
+    assert_close(r_l, rr_l, 1e-12, 1e-12, "reward_rejected")
+
+
+def test_loss_philox_deterministic_and_consistent():
+    pairs, hidden, latent = 5, 21, 7
+    chosen, rejected = rows(pairs, hidden, torch.float64, 17), rows(pairs, hidden, torch.float64, 18)
+    params = make_params(hidden, latent, torch.float64, True)
+    torch.manual_seed(3)
+    terms, r_w, _ = linear_pairwise_loss(chosen, rejected, *params, sample=True)
+    torch.manual_seed(3)
+    again, r_w2, _ = linear_pairwise_loss(chosen, rejected, *params, sample=True)
+    assert torch.equal(terms.loss, again.loss) and torch.equal(r_w, r_w2)
+    other, _, _ = linear_pairwise_loss(chosen, rejected, *params, sample=True)
+    assert not torch.equal(terms.loss, other.loss)
+    # chosen rows use global Philox rows 0..B-1, rejected rows B..2B-1
+    torch.manual_seed(3)
+    seed = K.draw_seed()
+    noise_w = K.philox_noise(seed, pairs, latent).double()
+    noise_l = K.philox_noise(seed, pairs, latent, row_base=pairs).double()
+    ref, rr_w, _ = _reference_linear_pairwise_loss(chosen, rejected, *params, noise_chosen=noise_w, noise_rejected=noise_l)
+    assert_close(terms.loss, ref.loss, 1e-12, 1e-12, "loss")
+    inputs = [chosen, rejected, *params]
+    for name, a, e in zip(("chosen", "rejected", "w", "b", "wd", "bd"), grads(terms.loss, inputs), grads(ref.loss, inputs)):
+        assert_close(a, e, 1e-10, 1e-10, name)
+
+
+def test_loss_without_grad():
+    chosen, rejected = rows(5, 19, torch.float32, 19), rows(5, 19, torch.float32, 20)
+    params = make_params(19, 7, torch.float32, False)
+    with torch.no_grad():
+        terms, _, _ = linear_pairwise_loss(chosen, rejected, *params)
+    ref, _, _ = _reference_linear_pairwise_loss(chosen, rejected, *params)
+    assert not terms.loss.requires_grad
+    assert_close(terms.loss, ref.loss, 2e-5, 2e-5, "loss")
+
+
+@pytest.mark.parametrize("mode, kl_authors, bias", [(1, True, False), (2, False, True)])
+def test_loss_gradcheck(mode, kl_authors, bias):
+    pairs, hidden, latent = 3, 5, 3
+    chosen, rejected = rows(pairs, hidden, torch.float64, 21), rows(pairs, hidden, torch.float64, 22)
+    w, b, wd, bd = make_params(hidden, latent, torch.float64, bias)
+    noise_w = torch.randn(pairs, latent, dtype=torch.float64) if mode == 1 else None
+    noise_l = torch.randn(pairs, latent, dtype=torch.float64) if mode == 1 else None
+    margin = torch.tensor([0.1, -0.2, 0.3], dtype=torch.float64)
+
+    def fn(chosen, rejected, w, wd, *biases):
+        b, bd = biases if biases else (None, None)
+        return LinearPairwiseLossFunction.apply(
+            chosen, rejected, w, b, wd.reshape(-1), bd, noise_w, noise_l, margin, 5, mode, kl_authors, 0.3
+        )[0]
+
+    inputs = (chosen, rejected, w, wd) + ((b, bd) if bias else ())
+    assert torch.autograd.gradcheck(fn, inputs, fast_mode=True)
+
+
+# ------------------------------------------------------------------------------------------------
+# the head end to end, errors, dispatch
+
+
+@pytest.mark.parametrize("decoder", ["linear", "mlp"])
+def test_head_triton_matches_reference(decoder):
+    torch.manual_seed(0)
+    hidden, latent, batch, seq = 37, 7, 5, 6
+    ref_head = InfoRMHead(hidden, latent, decoder=decoder, bias=True, kl="standard", backend="reference")
+    tri_head = InfoRMHead(hidden, latent, decoder=decoder, bias=True, kl="standard", backend="triton")
+    tri_head.load_state_dict(ref_head.state_dict())
+    states_w = torch.randn(batch, seq, hidden)
+    states_l = torch.randn(batch, seq, hidden)
+    mask = torch.ones(batch, seq, dtype=torch.long)
+    mask[1, :2] = 0  # left padding
+    mask[3, -3:] = 0  # right padding
+    noise_w, noise_l = torch.randn(batch, latent), torch.randn(batch, latent)
+
+    for head in (ref_head, tri_head):
+        head.eval()
+    out_r, out_t = ref_head(states_w, mask), tri_head(states_w, mask)
+    for name in ("reward", "mu", "logvar", "z", "kl"):
+        assert_close(getattr(out_t, name), getattr(out_r, name), 2e-5, 2e-5, name)
+
+    for head in (ref_head, tri_head):
+        head.train()
+    losses = [
+        head.pairwise_loss(states_w, states_l, beta=0.2, margin=0.1, noise_chosen=noise_w, noise_rejected=noise_l,
+                           chosen_attention_mask=mask, rejected_attention_mask=mask)
+        for head in (ref_head, tri_head)
+    ]
+    for name in ("loss", "preference_loss", "kl", "accuracy", "reward_margin", "reward_chosen", "reward_rejected"):
+        assert_close(getattr(losses[1], name), getattr(losses[0], name), 2e-5, 2e-5, name)
+    for head, result in zip((ref_head, tri_head), losses):
+        head.zero_grad()
+        (result.loss * 1.5).backward()
+    for (name, p_r), p_t in zip(ref_head.named_parameters(), tri_head.parameters()):
+        assert_close(p_t.grad, p_r.grad, 1e-4, 1e-4, f"grad {name}")
+
+
+def test_bad_input_names_the_argument():
+    x = rows(5, 37, torch.float32, 0)
+    w, b, wd, bd = make_params(37, 7, torch.float32, True)
+    with pytest.raises(ValueError, match="weight"):
+        vib_encode(x, w[:, :30], b)
+    with pytest.raises(ValueError, match="noise"):
+        vib_encode(x, w, b, noise=torch.zeros(5, 6))
+    with pytest.raises(ValueError, match="kl_mode"):
+        vib_encode(x, w, b, kl_mode="nope")
+    with pytest.raises(ValueError, match="rejected"):
+        linear_pairwise_loss(x, x[:4], w, b, wd, bd)
+    with pytest.raises(ValueError, match="margin"):
+        linear_pairwise_loss(x, x, w, b, wd, bd, margin=torch.zeros(4))
+    with pytest.raises(ValueError, match="decoder_weight"):
+        linear_pairwise_loss(x, x, w, b, wd[:, :3], bd)
+    with pytest.raises(ValueError, match="noise_rejected"):
+        linear_pairwise_loss(x, x, w, b, wd, bd, noise_rejected=torch.zeros(5, 8))
+
+
+def test_forced_triton_on_cpu_without_interpreter_raises(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(RuntimeError, match="TRITON_INTERPRET"):
+        dispatch.resolve("linear_pairwise_loss", "cpu", "triton")
+    head = InfoRMHead(8, 4, backend="triton")
+    with pytest.raises(RuntimeError, match="triton"):
+        head(torch.randn(2, 8))
