@@ -86,6 +86,12 @@ class InfoRMConfig(PreTrainedConfig):
         if self.problem_type is None:
             self.problem_type = "regression"
 
+    def get_text_config(self, decoder=None, encoder=None) -> PreTrainedConfig:
+        """The backbone's config. ``decoder`` here is the head's decoder type (a string), which
+        transformers' default lookup would mistake for a text sub-config; Trainer and TRL read
+        pad/eos ids from what this returns."""
+        return self.backbone_config
+
     @property
     def hidden_size(self) -> int:
         """The backbone's hidden size H."""
