@@ -1,0 +1,73 @@
+"""DDP: two gloo processes on their halves of a batch give the full batch's gradients."""
+import os
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from inform_fast.integrations.hf_trainer import inform_batch_loss
+from inform_fast.modeling import InfoRMConfig, InfoRMForRewardModel
+from inform_fast.tiny import tiny_llama
+
+PAIRS, LENGTH, VOCAB = 6, 9, 40
+
+
+def build_model():
+    backbone = tiny_llama(VOCAB, hidden_size=32, layers=1, seed=0)
+    torch.manual_seed(1)
+    config = InfoRMConfig(backbone_config=backbone.config.to_dict(), latent_dim=8, beta=0.2)
+    model = InfoRMForRewardModel(config, backbone=backbone)
+    return model.eval()  # z = mu: no sampling noise, so the two runs see the same function
+
+
+def make_batch():
+    generator = torch.Generator().manual_seed(2)
+    ids = torch.randint(4, VOCAB, (2, PAIRS, LENGTH), generator=generator)
+    mask = torch.ones_like(ids)
+    mask[:, ::2, :3] = 0  # some left padding
+    return {"chosen_input_ids": ids[0], "chosen_attention_mask": mask[0],
+            "rejected_input_ids": ids[1], "rejected_attention_mask": mask[1]}
+
+
+def half(batch, rank):
+    rows = slice(rank * PAIRS // 2, (rank + 1) * PAIRS // 2)
+    return {key: value[rows] for key, value in batch.items()}
+
+
+def _worker(rank, world_size, port, result_dir):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    try:
+        model = torch.nn.parallel.DistributedDataParallel(build_model())
+        loss, _, _ = inform_batch_loss(model, half(make_batch(), rank))
+        loss.backward()
+        grads = {name: p.grad.clone() for name, p in model.module.named_parameters() if p.grad is not None}
+        torch.save(grads, os.path.join(result_dir, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="torch.distributed with gloo is not available")
+def test_ddp_gradients_match_single_process(tmp_path):
+    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    model = build_model()
+    loss, _, _ = inform_batch_loss(model, make_batch())
+    loss.backward()
+    rank_grads = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    names = [name for name, p in model.named_parameters() if p.grad is not None]
+    assert any(name.startswith("head.") for name in names) and any(name.startswith("backbone.") for name in names)
+    for name, p in model.named_parameters():
+        if p.grad is None:
+            continue
+        # DDP averages gradients, and the loss is a mean over equally sized halves.
+        torch.testing.assert_close(rank_grads[0][name], rank_grads[1][name])
+        torch.testing.assert_close(rank_grads[0][name], p.grad, rtol=1e-4, atol=1e-6, msg=name)
