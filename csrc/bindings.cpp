@@ -58,32 +58,30 @@ void tile_counts(py::handle partial_obj, py::handle thr_obj, py::handle count_ro
   inform_fast::dbscan_tile_counts(partial.data(), rows, cols, thr.data(), count_rows.mutable_data(), cc);
 }
 
-py::tuple tile_root_edges(py::handle partial_obj, py::handle thr_obj, py::handle root_rows_obj,
-                          py::handle root_cols_obj, int64_t n_roots) {
-  const std::string op = "dbscan_tile_root_edges";
+void tile_union(py::handle partial_obj, py::handle thr_obj, py::handle row_ids_obj, py::handle col_ids_obj,
+                py::handle parent_obj) {
+  const std::string op = "dbscan_tile_union";
   auto partial = checked<float>(op, "partial", partial_obj, 2);
   auto thr = checked<float>(op, "thr", thr_obj, 1);
-  auto root_rows = checked<int64_t>(op, "root_rows", root_rows_obj, 1);
-  auto root_cols = checked<int64_t>(op, "root_cols", root_cols_obj, 1);
-  const int64_t rows = partial.shape(0), cols = partial.shape(1);
+  auto row_ids = checked<int64_t>(op, "row_ids", row_ids_obj, 1);
+  auto col_ids = checked<int64_t>(op, "col_ids", col_ids_obj, 1);
+  auto parent = checked<int64_t>(op, "parent", parent_obj, 1);
+  const int64_t rows = partial.shape(0), cols = partial.shape(1), n = parent.shape(0);
+  if (n >= (int64_t{1} << 31)) fail(op, "parent must have fewer than 2^31 entries");
   check_len(op, "thr", thr, rows);
-  check_len(op, "root_rows", root_rows, rows);
-  check_len(op, "root_cols", root_cols, cols);
-  if (n_roots < 1) fail(op, "n_roots must be >= 1");
+  check_len(op, "row_ids", row_ids, rows);
+  check_len(op, "col_ids", col_ids, cols);
   for (int64_t i = 0; i < rows; ++i)
-    if (root_rows.data()[i] < 0 || root_rows.data()[i] >= n_roots) fail(op, "root_rows holds an index outside [0, n_roots)");
+    if (row_ids.data()[i] < 0 || row_ids.data()[i] >= n) fail(op, "row_ids holds an index outside [0, len(parent))");
   for (int64_t j = 0; j < cols; ++j)
-    if (root_cols.data()[j] < 0 || root_cols.data()[j] >= n_roots) fail(op, "root_cols holds an index outside [0, n_roots)");
-  std::vector<int64_t> a, b;
-  {
-    py::gil_scoped_release release;
-    inform_fast::dbscan_tile_root_edges(partial.data(), rows, cols, thr.data(), root_rows.data(), root_cols.data(),
-                                        n_roots, a, b);
-  }
-  I64 out_a(static_cast<py::ssize_t>(a.size())), out_b(static_cast<py::ssize_t>(b.size()));
-  std::copy(a.begin(), a.end(), out_a.mutable_data());
-  std::copy(b.begin(), b.end(), out_b.mutable_data());
-  return py::make_tuple(out_a, out_b);
+    if (col_ids.data()[j] < 0 || col_ids.data()[j] >= n) fail(op, "col_ids holds an index outside [0, len(parent))");
+  const int64_t* p = parent.data();
+  for (int64_t k = 0; k < n; ++k)
+    if (p[k] < 0 || p[k] > k || p[p[k]] != p[k])
+      fail(op, "parent must be fully compressed with parent[x] <= x (as union_edges leaves it)");
+  py::gil_scoped_release release;
+  inform_fast::dbscan_tile_union(partial.data(), rows, cols, thr.data(), row_ids.data(), col_ids.data(),
+                                 parent.mutable_data(), n);
 }
 
 void union_edges(py::handle parent_obj, py::handle a_obj, py::handle b_obj) {
@@ -123,13 +121,13 @@ py::tuple nearest_reference(py::handle queries_obj, py::handle refs_obj) {
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
-  m.doc() = "inform_fast CPU kernels (DBSCAN tile epilogues, union-find, exact nearest reference)";
+  m.doc() = "inform_fast CPU kernels (DBSCAN tile epilogues and union-find, exact nearest reference)";
   m.def("dbscan_tile_counts", &tile_counts, py::arg("partial"), py::arg("thr"), py::arg("count_rows"),
         py::arg("count_cols") = py::none(),
         "Add eps-neighbour counts of a [rows, cols] float32 tile (partial <= thr[row]) to count_rows / count_cols (int64, in place).");
-  m.def("dbscan_tile_root_edges", &tile_root_edges, py::arg("partial"), py::arg("thr"), py::arg("root_rows"),
-        py::arg("root_cols"), py::arg("n_roots"),
-        "Root pairs (int64 arrays a, b) of eps-neighbour pairs whose roots differ, one per row and distinct column root.");
+  m.def("dbscan_tile_union", &tile_union, py::arg("partial"), py::arg("thr"), py::arg("row_ids"), py::arg("col_ids"),
+        py::arg("parent"),
+        "Union-find (in place on a fully compressed int64 parent) over the eps-neighbour pairs of a float32 tile.");
   m.def("union_edges", &union_edges, py::arg("parent"), py::arg("edge_a"), py::arg("edge_b"),
         "Union-find over parent (int64, in place); roots are the smallest index of each component.");
   m.def("nearest_reference", &nearest_reference, py::arg("queries"), py::arg("references"),

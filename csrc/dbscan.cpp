@@ -42,44 +42,58 @@ void dbscan_tile_counts(const float* partial, int64_t rows, int64_t cols, const 
   }
 }
 
-void dbscan_tile_root_edges(const float* partial, int64_t rows, int64_t cols, const float* thr,
-                            const int64_t* root_rows, const int64_t* root_cols, int64_t n_roots,
-                            std::vector<int64_t>& edge_a, std::vector<int64_t>& edge_b) {
-#pragma omp parallel
-  {
-    std::vector<int64_t> a, b;
-    // seen[root] == i + 1 when row i already emitted an edge to that root.
-    std::vector<int64_t> seen(n_roots, 0);
-#pragma omp for schedule(dynamic, 16)
-    for (int64_t i = 0; i < rows; ++i) {
-      const float* row = partial + i * cols;
-      const float t = thr[i];
-      const int64_t ri = root_rows[i];
-      for (int64_t j = 0; j < cols; ++j) {
-        if (row[j] <= t) {
-          const int64_t rj = root_cols[j];
-          if (rj != ri && seen[rj] != i + 1) {
-            seen[rj] = i + 1;
-            a.push_back(ri);
-            b.push_back(rj);
-          }
-        }
-      }
-    }
-#pragma omp critical
-    {
-      edge_a.insert(edge_a.end(), a.begin(), a.end());
-      edge_b.insert(edge_b.end(), b.begin(), b.end());
-    }
-  }
-}
-
 static inline int64_t find_root(int64_t* parent, int64_t x) {
   while (parent[x] != x) {
     parent[x] = parent[parent[x]];  // path halving
     x = parent[x];
   }
   return x;
+}
+
+void dbscan_tile_union(const float* partial, int64_t rows, int64_t cols, const float* thr, const int64_t* row_ids,
+                       const int64_t* col_ids, int64_t* parent, int64_t n) {
+  // Phase 1 (parallel, read-only): with parent fully compressed, parent[id] is the root. A row
+  // needs work only if some neighbour has another root; once the clusters have merged almost no
+  // row does, and this branch-free, vectorised scan is all the tile costs.
+  std::vector<char> busy(rows, 0);
+  std::vector<int32_t> root_cols(cols);  // int32 snapshot (the binding checks n < 2^31): same width as float, SIMD-friendly
+  for (int64_t j = 0; j < cols; ++j) root_cols[j] = static_cast<int32_t>(parent[col_ids[j]]);
+  const int32_t* rc = root_cols.data();
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < rows; ++i) {
+    const float* row = partial + i * cols;
+    const float t = thr[i];
+    const int32_t ri = static_cast<int32_t>(parent[row_ids[i]]);
+    int32_t any = 0;
+#pragma omp simd reduction(| : any)
+    for (int64_t j = 0; j < cols; ++j) any |= static_cast<int32_t>(row[j] <= t) & static_cast<int32_t>(rc[j] != ri);
+    busy[i] = any != 0;
+  }
+  // Phase 2 (sequential, live union-find): after the first busy row of a cluster links its
+  // neighbours, the next rows of that cluster find one root and link nothing more.
+  bool changed = false;
+  for (int64_t i = 0; i < rows; ++i) {
+    if (!busy[i]) continue;
+    const float* row = partial + i * cols;
+    const float t = thr[i];
+    int64_t ri = find_root(parent, row_ids[i]);
+    for (int64_t j = 0; j < cols; ++j) {
+      if (row[j] > t) continue;
+      int64_t rj = find_root(parent, col_ids[j]);
+      if (rj == ri) continue;
+      if (rj < ri) std::swap(ri, rj);
+      parent[rj] = ri;  // smaller index becomes the root
+      changed = true;
+    }
+  }
+  if (changed) {
+#pragma omp parallel for schedule(static)
+    for (int64_t x = 0; x < n; ++x) {
+      int64_t r = x;
+      while (parent[r] != r) r = parent[r];
+      parent[x] = r;  // readers only; every write is a root, so concurrent chasing stays valid
+    }
+  }
 }
 
 void union_edges(int64_t* parent, int64_t n, const int64_t* edge_a, const int64_t* edge_b, int64_t n_edges) {

@@ -18,12 +18,11 @@ namespace inform_fast {
 void dbscan_tile_counts(const float* partial, int64_t rows, int64_t cols, const float* thr,
                         int64_t* count_rows, int64_t* count_cols);
 
-// Emits one (root_rows[i], root_cols[j]) pair per row and distinct column root, for the
-// eps-neighbour pairs whose roots differ (roots are a snapshot taken before the tile). The
-// number of emitted pairs collapses to ~0 once the clusters have been merged.
-void dbscan_tile_root_edges(const float* partial, int64_t rows, int64_t cols, const float* thr,
-                            const int64_t* root_rows, const int64_t* root_cols, int64_t n_roots,
-                            std::vector<int64_t>& edge_a, std::vector<int64_t>& edge_b);
+// Union-find over the eps-neighbour pairs of a tile, in place on parent[0:n], which must be
+// fully compressed on entry (parent[x] is x's root) and is again on exit. row_ids / col_ids map
+// tile rows / columns to parent indices. Roots are always the smallest index of the component.
+void dbscan_tile_union(const float* partial, int64_t rows, int64_t cols, const float* thr, const int64_t* row_ids,
+                       const int64_t* col_ids, int64_t* parent, int64_t n);
 
 // Union-find over parent[0:n] (in place): for each edge links the larger root under the smaller
 // one, so every root is the smallest index of its component; finishes with full compression.

@@ -34,23 +34,55 @@ def test_tile_counts_match_numpy():
     np.testing.assert_array_equal(rows, 2 * hit.sum(1))
 
 
-def test_root_edges_and_union_give_components():
-    partial, thr = tile(1, rows=40, cols=40)
-    n = 40
-    parent = np.arange(n, dtype=np.int64)
-    a, b = C().dbscan_tile_root_edges(partial, thr, parent.copy(), parent.copy(), n)
-    hit = partial <= thr[:, None]
-    pairs = {(i, j) for i, j in zip(*np.nonzero(hit)) if i != j}
-    assert set(zip(a.tolist(), b.tolist())) == pairs  # all-singleton roots: every off-diagonal edge
-    C().union_edges(parent, a, b)
-    # oracle: scipy connected components of the same graph
+def components(hit, n):
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
 
-    _, comp = connected_components(coo_matrix((np.ones(len(a)), (a, b)), shape=(n, n)), directed=False)
+    i, j = np.nonzero(hit)
+    return connected_components(coo_matrix((np.ones(len(i)), (i, j)), shape=(n, n)), directed=False)[1]
+
+
+def assert_roots_are_component_minima(parent, comp):
     for k in np.unique(comp):
         members = np.flatnonzero(comp == k)
         assert (parent[members] == members.min()).all()
+
+
+def test_tile_union_gives_components():
+    partial, thr = tile(1, rows=40, cols=40)
+    n = 40
+    parent = np.arange(n, dtype=np.int64)
+    ids = np.arange(n, dtype=np.int64)
+    C().dbscan_tile_union(partial, thr, ids, ids, parent)
+    assert_roots_are_component_minima(parent, components(partial <= thr[:, None], n))
+
+
+def test_tile_union_two_tiles_with_id_maps():
+    # rows of a 50-point set split into two tiles mapped through a permutation
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(50, 3)).astype(np.float32)
+    perm = rng.permutation(50).astype(np.int64)
+    parent = np.arange(50, dtype=np.int64)
+    xp = x[perm]
+    for rows in (slice(0, 25), slice(25, 50)):
+        for cols in (slice(0, 25), slice(25, 50)):
+            r, c = xp[rows], xp[cols]
+            partial = ((c * c).sum(1)[None, :] - 2 * r @ c.T).astype(np.float32)
+            thr = (0.6 - (r * r).sum(1)).astype(np.float32)
+            C().dbscan_tile_union(partial, thr, perm[rows].copy(), perm[cols].copy(), parent)
+    d2 = ((x[:, None] - x[None]) ** 2).sum(-1)
+    assert_roots_are_component_minima(parent, components(d2 <= 0.6, 50))
+
+
+def test_union_edges_gives_components():
+    rng = np.random.default_rng(6)
+    a = rng.integers(0, 60, 45).astype(np.int64)
+    b = rng.integers(0, 60, 45).astype(np.int64)
+    parent = np.arange(60, dtype=np.int64)
+    C().union_edges(parent, a, b)
+    hit = np.zeros((60, 60), bool)
+    hit[a, b] = True
+    assert_roots_are_component_minima(parent, components(hit, 60))
 
 
 def test_nearest_matches_numpy():
@@ -77,9 +109,11 @@ def test_checks_name_op_and_argument():
         C().nearest_reference(np.zeros((2, 3), np.float32), np.zeros((4, 2), np.float32))
     with pytest.raises(ValueError, match="nearest_reference: queries must have dtype"):
         C().nearest_reference(np.zeros((2, 3)), np.zeros((4, 3), np.float32))
-    with pytest.raises(ValueError, match="dbscan_tile_root_edges: root_rows holds an index"):
-        n = partial.shape[0]
-        C().dbscan_tile_root_edges(partial, thr, np.full(n, 99, np.int64), np.zeros(partial.shape[1], np.int64), 10)
+    rows, cols = partial.shape
+    with pytest.raises(ValueError, match="dbscan_tile_union: row_ids holds an index"):
+        C().dbscan_tile_union(partial, thr, np.full(rows, 99, np.int64), np.zeros(cols, np.int64), np.arange(60, dtype=np.int64))
+    with pytest.raises(ValueError, match="dbscan_tile_union: parent must be fully compressed"):
+        C().dbscan_tile_union(partial, thr, np.zeros(rows, np.int64), np.zeros(cols, np.int64), np.array([0, 0, 1] + list(range(3, 60)), np.int64))
 
 
 def test_dispatch_prefers_cpp_on_cpu():

@@ -5,21 +5,23 @@ Same definition as scikit-learn's ``DBSCAN(eps, min_samples)`` with the Euclidea
 * a point is *core* when at least ``min_samples`` points (itself included) lie within ``eps``;
 * core points within ``eps`` of each other are in the same cluster (connected components);
 * a non-core point within ``eps`` of a core point is a *border* point and joins the cluster of
-  one such core point (here: the one with the smallest index, so the result is deterministic;
+  one such core point (here: the first found in a fixed order, so the result is deterministic;
   scikit-learn's choice depends on its expansion order, the core partition is the same);
 * everything else is noise, label ``-1``.
 
 Clusters are numbered 0, 1, ... in the order of their smallest core point index.
 
-CPU algorithm (``reference`` and ``cpp`` backends): the data are centred (less cancellation),
-then three passes over square tiles of ``block`` rows, each tile a BLAS GEMM giving
-``partial = ||c||^2 - 2 r.c`` compared against ``eps^2 - ||r||^2``:
+CPU algorithm (``reference`` and ``cpp`` backends): the data are centred (less cancellation);
+every tile is a BLAS GEMM giving ``partial = ||c||^2 - 2 r.c``, compared against
+``eps^2 - ||r||^2``, over square tiles of ``block`` rows (see ``_dbscan_tiled``):
 
+0. counts against a strided sample of 2048 points find the points that are certainly core;
 1. neighbour counts over the upper triangle of tiles (each tile counts for its rows and,
-   mirrored, its columns);
-2. union-find over core points only: each tile emits the (root, root) pairs of neighbours whose
-   components differ (at most one per row and distinct root, from a root snapshot), so once the
-   clusters have merged the tiles emit nothing;
+   mirrored, its columns) and, in the same tiles, union-find among the certainly-core points
+   (only rows with a neighbour in another component do any work: a vectorised scan against a
+   root snapshot finds them, then C++ links them with a live union-find, or the reference emits
+   the distinct (root, root) pairs); for dense data this one pass does nearly all the work;
+2. the remaining core points against all core points (union);
 3. non-core points against core points, for border assignment.
 
 The ``cpp`` backend runs the tile epilogues (threshold, counts, root pairs) and the union-find in
@@ -93,10 +95,6 @@ def _number_clusters(core: torch.Tensor, root: torch.Tensor) -> DBSCANResult:
     return DBSCANResult(labels=labels, core_mask=core, n_clusters=int(roots.numel()))
 
 
-def _blocks(n: int, block: int):
-    return [(start, min(start + block, n)) for start in range(0, n, block)]
-
-
 class _TorchEpilogue:
     """Tile epilogues and union-find in PyTorch / NumPy (the reference)."""
 
@@ -113,6 +111,11 @@ class _TorchEpilogue:
             return None
         pairs = torch.unique(root_rows[i] * n_roots + root_cols[j])
         return pairs // n_roots, pairs % n_roots
+
+    def union_tile(self, partial, thr, row_ids, col_ids, parent):
+        edges = self.root_edges(partial, thr, parent[row_ids], parent[col_ids], parent.numel())
+        if edges is not None:
+            self.union(parent, *edges)
 
     def union(self, parent, a, b):
         # Vectorised hooking: link each larger root under the smallest root it meets, compress,
@@ -150,11 +153,8 @@ class _CppEpilogue:
     def counts(self, partial, thr, count_rows, count_cols):
         self.C.dbscan_tile_counts(partial.numpy(), thr.numpy(), count_rows.numpy(), None if count_cols is None else count_cols.numpy())
 
-    def root_edges(self, partial, thr, root_rows, root_cols, n_roots):
-        a, b = self.C.dbscan_tile_root_edges(partial.numpy(), thr.numpy(), root_rows.numpy(), root_cols.numpy(), n_roots)
-        if a.size == 0:
-            return None
-        return torch.from_numpy(a), torch.from_numpy(b)
+    def union_tile(self, partial, thr, row_ids, col_ids, parent):
+        self.C.dbscan_tile_union(partial.numpy(), thr.numpy(), row_ids.numpy(), col_ids.numpy(), parent.numpy())
 
     def union(self, parent, a, b):
         self.C.union_edges(parent.numpy(), a.contiguous().numpy(), b.contiguous().numpy())
@@ -171,16 +171,15 @@ def _dbscan_cpp(x: torch.Tensor, eps: float, min_samples: int, block: int):
 
 
 class _Tiles:
-    """Square tiles of ||c||^2 - 2 r.c over one point set, written into one reused buffer."""
+    """Tiles of ``||c||^2 - 2 r.c`` over one point set ``x`` [n, L], written into one reused buffer."""
 
     def __init__(self, x: torch.Tensor, eps: float, block: int):
         self.x = x
         self.norms = (x * x).sum(1)  # [n]
         self.thr = eps * eps - self.norms  # [n]: neighbour iff partial <= thr[row]
-        side = min(block, x.shape[0])
-        self.buffer = torch.empty(side * side, dtype=x.dtype)
+        self.buffer = torch.empty(block * block, dtype=x.dtype)
 
-    def partial(self, rows, cols, diagonal: bool):
+    def partial(self, rows, cols, diagonal: bool = False):
         (r0, r1), (c0, c1) = rows, cols
         out = self.buffer[: (r1 - r0) * (c1 - c0)].view(r1 - r0, c1 - c0)
         torch.addmm(self.norms[None, c0:c1], self.x[r0:r1], self.x[c0:c1].T, alpha=-2.0, out=out)
@@ -189,50 +188,95 @@ class _Tiles:
         return out
 
 
+def _blocks(start: int, stop: int, block: int):
+    return [(a, min(a + block, stop)) for a in range(start, stop, block)]
+
+
+SAMPLE_COLUMNS = 2048
+
+
 def _dbscan_tiled(x: torch.Tensor, eps: float, min_samples: int, block: int, ops):
-    """Returns (core [n] bool, root [n] int64: smallest core index of the cluster, -1 for noise)."""
+    """Returns (core [n] bool, root [n] int64: smallest core index of the cluster, -1 for noise).
+
+    Pass 0 counts neighbours among an evenly strided sample of SAMPLE_COLUMNS points: a point
+    with min_samples of them within eps is certainly core. The points are permuted so that the
+    certain ones come first; pass 1 then counts over the upper triangle of tiles and, in the
+    certain x certain tiles, also unions (same GEMM, so one pass does both for dense data).
+    Pass 2 connects the remaining core points (rows) to all core points; pass 3 assigns borders.
+    """
     device = x.device
     dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     x = x.detach().to("cpu", dtype)
     x = (x - x.mean(0)).contiguous()  # centring shrinks ||x||^2 and so the GEMM cancellation
     n = x.shape[0]
+    block = min(block, n)
 
-    # 1. neighbour counts (upper triangle of tiles, mirrored)
-    tiles = _Tiles(x, eps, block)
+    # 0. certainly-core points from a sample of columns (a lower bound of the true count)
+    sample = torch.unique(torch.linspace(0, n - 1, min(n, SAMPLE_COLUMNS)).round().long())
+    both = _Tiles(torch.cat([x, x[sample]]), eps, block)
+    sample_counts = torch.zeros(n, dtype=torch.int64)
+    for rows in _blocks(0, n, block):
+        for cols in _blocks(n, n + sample.numel(), block):
+            ops.counts(both.partial(rows, cols), both.thr[rows[0] : rows[1]], sample_counts[rows[0] : rows[1]], None)
+    del both
+    certain = sample_counts >= min_samples
+    perm = torch.cat([torch.nonzero(certain).flatten(), torch.nonzero(~certain).flatten()])  # [n] global index
+    n_cert = int(certain.sum())
+    xp = x.index_select(0, perm).contiguous()
+
+    # 1. counts everywhere; union among certain points in the same tiles
+    tiles = _Tiles(xp, eps, block)
     counts = torch.zeros(n, dtype=torch.int64)
-    blocks = _blocks(n, block)
+    parent = torch.arange(n, dtype=torch.int64)  # over permuted indices; kept fully compressed
+    blocks = _blocks(0, n_cert, block) + _blocks(n_cert, n, block)
     for bi, rows in enumerate(blocks):
         for cols in blocks[bi:]:
             diagonal = rows == cols
             partial = tiles.partial(rows, cols, diagonal)
-            ops.counts(partial, tiles.thr[rows[0] : rows[1]], counts[rows[0] : rows[1]], None if diagonal else counts[cols[0] : cols[1]])
-    core = counts >= min_samples
-    core_index = torch.nonzero(core).flatten()  # sorted
+            thr = tiles.thr[rows[0] : rows[1]]
+            ops.counts(partial, thr, counts[rows[0] : rows[1]], None if diagonal else counts[cols[0] : cols[1]])
+            if cols[1] <= n_cert:
+                _union_tile(ops, partial, thr, parent, rows, cols, n)
+    core = counts >= min_samples  # permuted order
+
+    # 2. the other core points: against all core points (rows: uncertain core; columns: all core)
+    late = torch.nonzero(core[n_cert:]).flatten() + n_cert
+    if late.numel():
+        z_index = torch.cat([late, torch.arange(n_cert)])  # permuted indices of z's rows
+        z = _Tiles(xp.index_select(0, z_index).contiguous(), eps, block)
+        n_late = late.numel()
+        late_blocks = _blocks(0, n_late, block)
+        for bi, rows in enumerate(late_blocks):
+            for cols in late_blocks[bi:] + _blocks(n_late, z_index.numel(), block):
+                partial = z.partial(rows, cols, rows == cols)
+                _union_tile(ops, partial, z.thr[rows[0] : rows[1]], parent, rows, cols, n, z_index)
+
+    root_p = torch.where(core, parent, torch.full_like(parent, -1))  # component id (permuted) or -1
+    core_p = torch.nonzero(core).flatten()
+    if core_p.numel() == 0:
+        return torch.zeros(n, dtype=torch.bool, device=device), torch.full((n,), -1, dtype=torch.int64, device=device)
+
+    # 3. border points: the first core neighbour found (core points in permuted order)
+    border_p = torch.nonzero(~core).flatten()
+    if border_p.numel():
+        _assign_borders(xp, xp.index_select(0, core_p), core_p, border_p, root_p, eps, block)
+
+    # component ids -> the smallest global index of the component's core points
+    smallest = torch.full((n,), n, dtype=torch.int64)
+    smallest.scatter_reduce_(0, root_p[core_p], perm[core_p], reduce="amin")
+    assigned = root_p >= 0
     root = torch.full((n,), -1, dtype=torch.int64)
-    if core_index.numel() == 0:
-        return core.to(device), root.to(device)
+    root[perm[assigned]] = smallest[root_p[assigned]]
+    out_core = torch.zeros(n, dtype=torch.bool)
+    out_core[perm] = core
+    return out_core.to(device), root.to(device)
 
-    # 2. union-find over core points (local indices into core_index)
-    xc = x.index_select(0, core_index).contiguous()
-    n_core = xc.shape[0]
-    core_tiles = _Tiles(xc, eps, block)
-    parent = torch.arange(n_core, dtype=torch.int64)
-    core_blocks = _blocks(n_core, block)
-    for bi, rows in enumerate(core_blocks):
-        for cols in core_blocks[bi:]:
-            partial = core_tiles.partial(rows, cols, rows == cols)
-            edges = ops.root_edges(
-                partial, core_tiles.thr[rows[0] : rows[1]], parent[rows[0] : rows[1]].contiguous(), parent[cols[0] : cols[1]].contiguous(), n_core
-            )
-            if edges is not None:
-                ops.union(parent, *edges)  # leaves parent fully compressed (parent[x] = root)
-    root[core_index] = core_index[parent]  # roots are the smallest local index = smallest global index
 
-    # 3. border points: the smallest-index core neighbour
-    border_index = torch.nonzero(~core).flatten()
-    if border_index.numel():
-        _assign_borders(x, xc, core_index, border_index, root, eps, block)
-    return core.to(device), root.to(device)
+def _union_tile(ops, partial, thr, parent, rows, cols, n, index=None):
+    """Union the eps-neighbour pairs of one tile; ``index`` maps tile rows/cols to parent indices."""
+    r = torch.arange(*rows) if index is None else index[rows[0] : rows[1]]
+    c = torch.arange(*cols) if index is None else index[cols[0] : cols[1]]
+    ops.union_tile(partial, thr, r.contiguous(), c.contiguous(), parent)  # parent stays fully compressed
 
 
 def _assign_borders(x, xc, core_index, border_index, root, eps, block):
