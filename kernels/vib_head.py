@@ -77,7 +77,7 @@ def _load_noise(noise_ptr, stride_noise, seed, rows, row_base, cols, valid, L, N
 def _store_input_grad(
     g_mu, g_lv,  # [BN, BL] gradients of mu and logvar (accumulation dtype)
     rows, row_mask, w_ptr, stride_w, dx_ptr, stride_dx, H, L,
-    UPCAST: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_L: tl.constexpr,
+    UPCAST: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_L: tl.constexpr,
 ):
     """dX[rows, :] = g_mu @ W[:L] + g_lv @ W[L:], tile by tile over H."""
     cols_l = tl.arange(0, BLOCK_L)
@@ -91,7 +91,7 @@ def _store_input_grad(
         if UPCAST:
             w_mu = w_mu.to(g_mu.dtype)
             w_lv = w_lv.to(g_mu.dtype)
-        acc = tl.zeros((g_mu.shape[0], BLOCK_H), dtype=g_mu.dtype)
+        acc = tl.zeros((BLOCK_N, BLOCK_H), dtype=g_mu.dtype)
         acc = tl.dot(g_mu.to(w_mu.dtype), w_mu, acc, input_precision="ieee")
         acc = tl.dot(g_lv.to(w_lv.dtype), w_lv, acc, input_precision="ieee")
         tl.store(dx_ptr + rows[:, None] * stride_dx + cols_h[None, :], acc, mask=row_mask[:, None] & h_mask[None, :])
@@ -100,13 +100,13 @@ def _store_input_grad(
 @triton.jit
 def _project(
     x_ptr, stride_x, rows, row_mask, w_ptr, stride_w, H, L,
-    ACC: tl.constexpr, UPCAST: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_L: tl.constexpr,
+    ACC: tl.constexpr, UPCAST: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_L: tl.constexpr,
 ):
     """mu, logvar [BN, BL] = x[rows] @ W[:L]^T, x[rows] @ W[L:]^T (no bias)."""
     cols_l = tl.arange(0, BLOCK_L)
     l_mask = cols_l < L
-    mu = tl.zeros((rows.shape[0], BLOCK_L), dtype=ACC)
-    lv = tl.zeros((rows.shape[0], BLOCK_L), dtype=ACC)
+    mu = tl.zeros((BLOCK_N, BLOCK_L), dtype=ACC)
+    lv = tl.zeros((BLOCK_N, BLOCK_L), dtype=ACC)
     for h0 in range(0, H, BLOCK_H):
         cols_h = h0 + tl.arange(0, BLOCK_H)
         h_mask = cols_h < H
@@ -148,7 +148,7 @@ def _encode_fwd_kernel(
     l_mask = cols < L
     valid = row_mask[:, None] & l_mask[None, :]
 
-    mu, lv = _project(x_ptr, stride_x, rows, row_mask, w_ptr, stride_w, H, L, ACC, UPCAST, BLOCK_H, BLOCK_L)
+    mu, lv = _project(x_ptr, stride_x, rows, row_mask, w_ptr, stride_w, H, L, ACC, UPCAST, BLOCK_N, BLOCK_H, BLOCK_L)
     if HAS_BIAS:
         mu += tl.load(b_ptr + cols, mask=l_mask, other=0.0).to(ACC)[None, :]
         lv += tl.load(b_ptr + L + cols, mask=l_mask, other=0.0).to(ACC)[None, :]
@@ -205,7 +205,7 @@ def _encode_bwd_kernel(
     g_idx = rows[:, None] * (2 * L) + cols[None, :]
     tl.store(g_ptr + g_idx, g_mu, mask=valid)
     tl.store(g_ptr + g_idx + L, g_lv, mask=valid)
-    _store_input_grad(g_mu, g_lv, rows, row_mask, w_ptr, stride_w, dx_ptr, stride_dx, H, L, UPCAST, BLOCK_H, BLOCK_L)
+    _store_input_grad(g_mu, g_lv, rows, row_mask, w_ptr, stride_w, dx_ptr, stride_dx, H, L, UPCAST, BLOCK_N, BLOCK_H, BLOCK_L)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -356,7 +356,7 @@ def _grad_input_kernel(
     g_idx = rows[:, None] * (2 * L) + cols[None, :]
     g_mu = tl.load(g_ptr + g_idx, mask=valid, other=0.0) * scale
     g_lv = tl.load(g_ptr + g_idx + L, mask=valid, other=0.0) * scale
-    _store_input_grad(g_mu, g_lv, rows, row_mask, w_ptr, stride_w, dx_ptr, stride_dx, H, L, UPCAST, BLOCK_H, BLOCK_L)
+    _store_input_grad(g_mu, g_lv, rows, row_mask, w_ptr, stride_w, dx_ptr, stride_dx, H, L, UPCAST, BLOCK_N, BLOCK_H, BLOCK_L)
 
 
 @triton.jit
@@ -434,9 +434,10 @@ def _block_l(latent: int) -> int:
     return max(16, triton.next_power_of_2(latent))
 
 
-def _block_h(hidden: int, block_l: int) -> int:
-    # keep the two W tiles of a step (2 x BLOCK_H x BLOCK_L) within shared memory for large L
-    return max(16, min(64, triton.next_power_of_2(hidden), 8192 // block_l))
+def _block_h(hidden: int, block_l: int, element_size: int) -> int:
+    # the two W tiles of a step (2 x BLOCK_H x BLOCK_L) take at most 32 KiB, so that several
+    # pipeline stages fit in shared memory (64 x 128 for bf16 at the default L = 128)
+    return max(16, min(64, triton.next_power_of_2(hidden), 16384 // (block_l * element_size)))
 
 
 def _block_rows(rows: int) -> int:
@@ -492,7 +493,7 @@ def encode_forward(x, weight, bias, noise, seed, noise_mode, kl_authors):
         x, x.stride(0), weight, weight.stride(0), bias if bias is not None else mu,
         noise_arg, noise_arg.stride(0), seed, mu, logvar, z, kl, rows, hidden, latent,
         HAS_BIAS=bias is not None, NOISE_MODE=noise_mode, KL_AUTHORS=kl_authors, UPCAST=_interpreting(),
-        ACC=_tl_acc(acc), BLOCK_N=block_n, BLOCK_H=_block_h(hidden, block_l), BLOCK_L=block_l,
+        ACC=_tl_acc(acc), BLOCK_N=block_n, BLOCK_H=_block_h(hidden, block_l, weight.element_size()), BLOCK_L=block_l,
         num_warps=_num_warps(block_l),
     )
     return mu, logvar, z, kl
@@ -514,7 +515,7 @@ def encode_backward(x, weight, mu, logvar, grad_mu, grad_logvar, grad_z, grad_kl
         weight_c, weight_c.stride(0), mu, logvar, grad_mu, grad_logvar, grad_z, grad_kl,
         noise_arg, noise_arg.stride(0), seed, g, dx, dx.stride(0), rows, hidden, latent,
         NOISE_MODE=noise_mode, KL_AUTHORS=kl_authors, UPCAST=_interpreting(),
-        BLOCK_N=block_n, BLOCK_H=_block_h(hidden, block_l), BLOCK_L=block_l, num_warps=_num_warps(block_l),
+        BLOCK_N=block_n, BLOCK_H=_block_h(hidden, block_l, weight_c.element_size()), BLOCK_L=block_l, num_warps=_num_warps(block_l),
     )
     return g, dx
 
@@ -551,7 +552,7 @@ def pair_loss_forward(chosen, rejected, weight, bias, dec_weight, dec_bias, nois
         seed, torch.full((1,), float(beta), device=device, dtype=acc), g, pair, rewards, dwdec, pairs, hidden, latent,
         HAS_BIAS=bias is not None, HAS_DEC_BIAS=dec_bias is not None, HAS_MARGIN=margin is not None,
         NOISE_MODE=noise_mode, KL_AUTHORS=kl_authors, STORE_GRAD=store_grad, UPCAST=_interpreting(),
-        ACC=_tl_acc(acc), BLOCK_B=block_b, BLOCK_H=_block_h(hidden, block_l), BLOCK_L=block_l,
+        ACC=_tl_acc(acc), BLOCK_B=block_b, BLOCK_H=_block_h(hidden, block_l, weight_c.element_size()), BLOCK_L=block_l,
         num_warps=_num_warps(block_l),
     )
     return pair, rewards, (g if store_grad else None), (dwdec if store_grad else None)
@@ -568,7 +569,7 @@ def grad_input(g, weight, scale, out_dtype):
     block_n = _block_rows(rows)
     _grad_input_kernel[(triton.cdiv(rows, block_n),)](
         g, weight, weight.stride(0), scale, dx, dx.stride(0), rows, hidden, latent,
-        UPCAST=_interpreting(), BLOCK_N=block_n, BLOCK_H=_block_h(hidden, block_l), BLOCK_L=block_l,
+        UPCAST=_interpreting(), BLOCK_N=block_n, BLOCK_H=_block_h(hidden, block_l, weight.element_size()), BLOCK_L=block_l,
         num_warps=_num_warps(block_l),
     )
     return dx
