@@ -81,6 +81,11 @@ def dbscan(
     eps = check_eps(eps)
     check_positive_int("min_samples", min_samples)
     check_positive_int("block", block)
+    return dbscan_checked(x, eps, min_samples, block, backend)
+
+
+def dbscan_checked(x: torch.Tensor, eps: float, min_samples: int, block: int = DEFAULT_BLOCK, backend: Optional[str] = None) -> DBSCANResult:
+    """``dbscan`` on arguments already validated by the caller (no second pass over ``x``)."""
     _, impl = dispatch.resolve("dbscan", x.device, backend)
     core, root = impl(x, eps, min_samples, block)
     return _number_clusters(core, root)

@@ -26,9 +26,9 @@ from typing import Optional, Union
 import numpy as np
 import torch
 
-from inform_fast.detect.dbscan import DEFAULT_BLOCK, check_eps, dbscan
+from inform_fast.detect.dbscan import DEFAULT_BLOCK, check_eps, dbscan_checked
 from inform_fast.detect.inputs import as_latents
-from inform_fast.detect.neighbors import nearest_distance
+from inform_fast.detect.neighbors import nearest_distance_checked
 from inform_fast.detect.projection import apply_projection
 from inform_fast.validation import check_positive_int
 
@@ -166,7 +166,11 @@ def icds(
     if not isinstance(include_noise, bool):
         raise ValueError(f"include_noise: expected a bool, got {include_noise!r}")
     projection_name = projection if (projection is None or isinstance(projection, str)) else type(projection).__name__
-    rlhf, reference = apply_projection(projection, rlhf, reference)
+    if projection is not None:
+        rlhf, reference = apply_projection(projection, rlhf, reference)
+        rlhf = as_latents("projection(rlhf_latents)", rlhf)
+        reference = as_latents("projection(reference_latents)", reference, dim=rlhf.shape[1])
+    check_positive_int("block", block)
     if isinstance(eps, str):
         if eps != "auto":
             raise ValueError(f"eps: expected a number > 0 or 'auto', got {eps!r}")
@@ -174,7 +178,7 @@ def icds(
     else:
         eps = check_eps(eps)
 
-    clusters = dbscan(rlhf, eps, min_samples, block=block, backend=backend)
+    clusters = dbscan_checked(rlhf, eps, min_samples, block=block, backend=backend)
     labels = clusters.labels
     n = rlhf.shape[0]
     n_groups = clusters.n_clusters
@@ -187,14 +191,27 @@ def icds(
     kept = group >= 0
     dim = rlhf.shape[1]
     sums = torch.zeros((n_groups, dim), dtype=torch.float64, device=rlhf.device)
-    sums.index_add_(0, group[kept], rlhf[kept].to(torch.float64))
-    sizes = torch.bincount(group[kept], minlength=n_groups)
+    members, member_group = rlhf[kept], group[kept]
+    for a in range(0, members.shape[0], 1 << 16):
+        # float32 partial sums over 65,536 rows at a time, accumulated in float64: accurate and
+        # much faster than a float64 index_add over all rows
+        chunk = members[a : a + (1 << 16)].to(torch.float32)
+        chunk_group = member_group[a : a + (1 << 16)]
+        if n_groups <= 256:  # one-hot GEMM: far faster than index_add_ on CPU for few clusters
+            one_hot = torch.zeros((n_groups, chunk.shape[0]), dtype=torch.float32, device=rlhf.device)
+            one_hot[chunk_group, torch.arange(chunk.shape[0], device=rlhf.device)] = 1.0
+            part = one_hot @ chunk
+        else:
+            part = torch.zeros((n_groups, dim), dtype=torch.float32, device=rlhf.device)
+            part.index_add_(0, chunk_group, chunk)
+        sums += part.to(torch.float64)
+    sizes = torch.bincount(member_group, minlength=n_groups)
     if n_groups:
         centroids = sums / sizes[:, None].to(torch.float64)
         # search with the reference's precision (float32 unless it is float64); the winner's
         # distance is recomputed exactly in float64 by nearest_distance
         search_dtype = torch.float64 if reference.dtype == torch.float64 else torch.float32
-        deviations, _ = nearest_distance(centroids.to(search_dtype), reference, backend=backend)
+        deviations, _ = nearest_distance_checked(centroids.to(search_dtype), reference, backend=backend)
         deviations = deviations.to(torch.float64)
         score = float((sizes.to(torch.float64) * deviations).sum())
     else:

@@ -110,6 +110,13 @@ def nearest_distance(
     check_positive_int("block_refs", block_refs)
     if q.device != r.device:
         raise ValueError(f"references: on {r.device}, but queries are on {q.device}")
+    return nearest_distance_checked(q, r, block_queries, block_refs, backend)
+
+
+def nearest_distance_checked(
+    q: torch.Tensor, r: torch.Tensor, block_queries: int = 1024, block_refs: int = 8192, backend: Optional[str] = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``nearest_distance`` on arguments already validated by the caller (no second pass)."""
     _, impl = dispatch.resolve("nearest_distance", q.device, backend)
     index = impl(q, r, block_queries, block_refs)
     out_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
