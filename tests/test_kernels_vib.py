@@ -3,6 +3,8 @@
 Shapes stay tiny (the interpreter is slow) and odd (H, L, B not powers of two; several H tiles
 and row blocks where it matters).
 """
+import os
+
 import pytest
 import torch
 
@@ -11,6 +13,10 @@ from inform_fast.head import _reference_linear_pairwise_loss, _reference_vib_enc
 from inform_fast.testing import requires_triton_interpreter
 
 pytestmark = requires_triton_interpreter()
+
+# CPU tensors under the interpreter; INFORM_FAST_TEST_GPU=1 on a CUDA machine tests the compiled
+# kernels on the GPU instead (see tests/conftest.py)
+DEVICE = "cuda" if os.environ.get("INFORM_FAST_TEST_GPU", "0") == "1" and torch.cuda.is_available() else "cpu"
 
 if dispatch.triton_importable():
     from inform_fast.kernels import vib_head as K
@@ -40,16 +46,16 @@ def assert_close(actual, expected, atol, rtol, name=""):
 
 def make_params(hidden, latent, dtype, bias, seed=0):
     g = torch.Generator().manual_seed(seed)
-    w = (torch.randn(2 * latent, hidden, generator=g) * hidden ** -0.5).to(dtype).requires_grad_()
-    b = (torch.randn(2 * latent, generator=g) * 0.3).to(dtype).requires_grad_() if bias else None
-    wd = (torch.randn(1, latent, generator=g) * 0.5).to(dtype).requires_grad_()
-    bd = (torch.randn(1, generator=g)).to(dtype).requires_grad_() if bias else None
+    w = (torch.randn(2 * latent, hidden, generator=g) * hidden ** -0.5).to(DEVICE, dtype).requires_grad_()
+    b = (torch.randn(2 * latent, generator=g) * 0.3).to(DEVICE, dtype).requires_grad_() if bias else None
+    wd = (torch.randn(1, latent, generator=g) * 0.5).to(DEVICE, dtype).requires_grad_()
+    bd = (torch.randn(1, generator=g)).to(DEVICE, dtype).requires_grad_() if bias else None
     return w, b, wd, bd
 
 
 def rows(n, hidden, dtype, seed):
     g = torch.Generator().manual_seed(seed)
-    return torch.randn(n, hidden, generator=g).to(dtype).requires_grad_()
+    return torch.randn(n, hidden, generator=g).to(DEVICE, dtype).requires_grad_()
 
 
 def grads(outputs, inputs):
@@ -69,7 +75,7 @@ def test_encode_matches_reference(dtype, atol, rtol, kl_mode, bias):
     x = rows(n, hidden, dtype, 1)
     w, b, _, _ = make_params(hidden, latent, dtype, bias)
     acc = reference.accumulation_dtype(dtype)
-    noise = torch.randn(n, latent, generator=torch.Generator().manual_seed(2), dtype=acc)
+    noise = torch.randn(n, latent, generator=torch.Generator().manual_seed(2), dtype=acc).to(DEVICE)
     out = vib_encode(x, w, b, noise=noise, sample=True, kl_mode=kl_mode)
     ref = _reference_vib_encode(x, w, b, noise=noise, sample=True, kl_mode=kl_mode)
     for name, o, r in zip(("mu", "logvar", "z", "kl"), out, ref):
@@ -77,7 +83,7 @@ def test_encode_matches_reference(dtype, atol, rtol, kl_mode, bias):
         assert_close(o, r, atol, rtol, name)
     # upstream gradients != 1 on every output
     g = torch.Generator().manual_seed(3)
-    up = [torch.randn(o.shape, generator=g, dtype=acc) for o in out]
+    up = [torch.randn(o.shape, generator=g, dtype=acc).to(DEVICE) for o in out]
     inputs = (x, w, b)
     got = grads(sum((o * u).sum() for o, u in zip(out, up)), inputs)
     want = grads(sum((r * u).sum() for r, u in zip(ref, up)), inputs)
@@ -103,14 +109,14 @@ def test_encode_eval_mode_and_several_blocks():
 
 
 def test_philox_noise_statistics_and_offsets():
-    noise = K.philox_noise(1234, 64, 128)
+    noise = K.philox_noise(1234, 64, 128, DEVICE)
     assert noise.shape == (64, 128) and noise.dtype == torch.float32
     assert abs(noise.mean().item()) < 0.03
     assert abs(noise.std().item() - 1.0) < 0.03
     assert abs((noise.abs() < 1).float().mean().item() - 0.6827) < 0.02
     # a row's noise depends only on the seed and its global row index
-    assert torch.equal(K.philox_noise(1234, 4, 128, row_base=10), noise[10:14])
-    assert not torch.equal(K.philox_noise(1235, 64, 128), noise)
+    assert torch.equal(K.philox_noise(1234, 4, 128, DEVICE, row_base=10), noise[10:14])
+    assert not torch.equal(K.philox_noise(1235, 64, 128, DEVICE), noise)
 
 
 def test_encode_philox_deterministic_and_backward_consistent():
@@ -127,10 +133,10 @@ def test_encode_philox_deterministic_and_backward_consistent():
     # the same noise fed to the reference gives the same z and the same gradients, so the
     # backward regenerated exactly the forward's noise
     torch.manual_seed(7)
-    noise = K.philox_noise(K.draw_seed(), n, latent).double()
+    noise = K.philox_noise(K.draw_seed(), n, latent, DEVICE).double()
     ref = _reference_vib_encode(x, w, b, noise=noise)
     assert_close(out1[2], ref[2], 1e-12, 1e-12, "z")
-    up = torch.randn(n, latent, dtype=torch.float64)
+    up = torch.randn(n, latent, dtype=torch.float64, device=DEVICE)
     got = grads((out1[2] * up).sum() + out1[3].sum(), (x, w, b))
     want = grads((ref[2] * up).sum() + ref[3].sum(), (x, w, b))
     for name, a, e in zip(("pooled", "weight", "bias"), got, want):
@@ -142,7 +148,7 @@ def test_encode_gradcheck(mode, kl_authors):
     n, hidden, latent = 3, 5, 3
     x = rows(n, hidden, torch.float64, 6)
     w, b, _, _ = make_params(hidden, latent, torch.float64, True)
-    noise = torch.randn(n, latent, dtype=torch.float64) if mode == 1 else None
+    noise = torch.randn(n, latent, dtype=torch.float64, device=DEVICE) if mode == 1 else None
     assert torch.autograd.gradcheck(
         lambda x, w, b: VIBEncodeFunction.apply(x, w, b, noise, 99, mode, kl_authors), (x, w, b), fast_mode=True
     )
@@ -162,8 +168,8 @@ def check_loss(dtype, atol, rtol, kl_mode, bias, margin=None, pairs=5, hidden=37
     params = make_params(hidden, latent, param_dtype or dtype, bias)
     acc = reference.accumulation_dtype(dtype)
     g = torch.Generator().manual_seed(12)
-    noise_w = torch.randn(pairs, latent, generator=g, dtype=acc) if sample else None
-    noise_l = torch.randn(pairs, latent, generator=g, dtype=acc) if sample else None
+    noise_w = torch.randn(pairs, latent, generator=g, dtype=acc).to(DEVICE) if sample else None
+    noise_l = torch.randn(pairs, latent, generator=g, dtype=acc).to(DEVICE) if sample else None
     kwargs = dict(noise_chosen=noise_w, noise_rejected=noise_l, sample=sample, beta=0.3, margin=margin, kl_mode=kl_mode)
     out = loss_outputs(*linear_pairwise_loss(chosen, rejected, *params, **kwargs))
     ref = loss_outputs(*_reference_linear_pairwise_loss(chosen, rejected, *params, **kwargs))
@@ -189,8 +195,10 @@ def test_loss_matches_reference(dtype, atol, rtol, kl_mode, bias):
 
 @pytest.mark.parametrize("margin", [0.7, torch.tensor(-0.4, dtype=torch.float64), "tensor"])
 def test_loss_margin(margin):
+    if isinstance(margin, torch.Tensor):
+        margin = margin.to(DEVICE)
     if isinstance(margin, str):
-        margin = torch.linspace(-1, 1, 5, dtype=torch.float64)
+        margin = torch.linspace(-1, 1, 5, dtype=torch.float64, device=DEVICE)
     check_loss(torch.float64, 1e-10, 1e-10, "standard", True, margin=margin, upstream=-0.75)
 
 
@@ -224,7 +232,7 @@ def test_loss_partial_noise_without_sampling():
     # one explicit noise and sample=False: the other side uses z = mu, as in the reference
     chosen, rejected = rows(5, 19, torch.float64, 15), rows(5, 19, torch.float64, 16)
     params = make_params(19, 7, torch.float64, True)
-    noise = torch.randn(5, 7, dtype=torch.float64)
+    noise = torch.randn(5, 7, dtype=torch.float64, device=DEVICE)
     terms, r_w, r_l = linear_pairwise_loss(chosen, rejected, *params, noise_chosen=noise)
     ref, rr_w, rr_l = _reference_linear_pairwise_loss(chosen, rejected, *params, noise_chosen=noise)
     assert_close(terms.loss, ref.loss, 1e-12, 1e-12, "loss")
@@ -245,8 +253,8 @@ def test_loss_philox_deterministic_and_consistent():
     # chosen rows use global Philox rows 0..B-1, rejected rows B..2B-1
     torch.manual_seed(3)
     seed = K.draw_seed()
-    noise_w = K.philox_noise(seed, pairs, latent).double()
-    noise_l = K.philox_noise(seed, pairs, latent, row_base=pairs).double()
+    noise_w = K.philox_noise(seed, pairs, latent, DEVICE).double()
+    noise_l = K.philox_noise(seed, pairs, latent, DEVICE, row_base=pairs).double()
     ref, rr_w, _ = _reference_linear_pairwise_loss(chosen, rejected, *params, noise_chosen=noise_w, noise_rejected=noise_l)
     assert_close(terms.loss, ref.loss, 1e-12, 1e-12, "loss")
     inputs = [chosen, rejected, *params]
@@ -269,9 +277,9 @@ def test_loss_gradcheck(mode, kl_authors, bias):
     pairs, hidden, latent = 3, 5, 3
     chosen, rejected = rows(pairs, hidden, torch.float64, 21), rows(pairs, hidden, torch.float64, 22)
     w, b, wd, bd = make_params(hidden, latent, torch.float64, bias)
-    noise_w = torch.randn(pairs, latent, dtype=torch.float64) if mode == 1 else None
-    noise_l = torch.randn(pairs, latent, dtype=torch.float64) if mode == 1 else None
-    margin = torch.tensor([0.1, -0.2, 0.3], dtype=torch.float64)
+    noise_w = torch.randn(pairs, latent, dtype=torch.float64, device=DEVICE) if mode == 1 else None
+    noise_l = torch.randn(pairs, latent, dtype=torch.float64, device=DEVICE) if mode == 1 else None
+    margin = torch.tensor([0.1, -0.2, 0.3], dtype=torch.float64, device=DEVICE)
 
     def fn(chosen, rejected, w, wd, *biases):
         b, bd = biases if biases else (None, None)
@@ -291,15 +299,15 @@ def test_loss_gradcheck(mode, kl_authors, bias):
 def test_head_triton_matches_reference(decoder):
     torch.manual_seed(0)
     hidden, latent, batch, seq = 37, 7, 5, 6
-    ref_head = InfoRMHead(hidden, latent, decoder=decoder, bias=True, kl="standard", backend="reference")
-    tri_head = InfoRMHead(hidden, latent, decoder=decoder, bias=True, kl="standard", backend="triton")
+    ref_head = InfoRMHead(hidden, latent, decoder=decoder, bias=True, kl="standard", backend="reference").to(DEVICE)
+    tri_head = InfoRMHead(hidden, latent, decoder=decoder, bias=True, kl="standard", backend="triton").to(DEVICE)
     tri_head.load_state_dict(ref_head.state_dict())
-    states_w = torch.randn(batch, seq, hidden)
-    states_l = torch.randn(batch, seq, hidden)
-    mask = torch.ones(batch, seq, dtype=torch.long)
+    states_w = torch.randn(batch, seq, hidden, device=DEVICE)
+    states_l = torch.randn(batch, seq, hidden, device=DEVICE)
+    mask = torch.ones(batch, seq, dtype=torch.long, device=DEVICE)
     mask[1, :2] = 0  # left padding
     mask[3, -3:] = 0  # right padding
-    noise_w, noise_l = torch.randn(batch, latent), torch.randn(batch, latent)
+    noise_w, noise_l = torch.randn(batch, latent, device=DEVICE), torch.randn(batch, latent, device=DEVICE)
 
     for head in (ref_head, tri_head):
         head.eval()

@@ -25,12 +25,6 @@ def _check_encoder_args(pooled: torch.Tensor, weight: torch.Tensor, bias: Option
     return weight.shape[0] // 2
 
 
-def _use_reference(t: torch.Tensor) -> bool:
-    # float64 is supported by the kernels for gradcheck under the interpreter; compiled fp64
-    # tl.dot is not worth relying on, so float64 CUDA tensors take the reference math.
-    return t.dtype == torch.float64 and t.device.type == "cuda"
-
-
 class VIBEncodeFunction(torch.autograd.Function):
     """(pooled [N, H], weight [2L, H], bias [2L]|None, noise [N, L]|None, seed, noise_mode, kl_authors)
     -> (mu, logvar, z [N, L], kl [N]) in the accumulation dtype.
@@ -65,7 +59,7 @@ def vib_encode(pooled, weight, bias=None, *, noise=None, sample=False, kl_mode="
     """Fused encoder of the bottleneck.
 
     Args:
-        pooled: [N, H] float16 / bfloat16 / float32 (float64 supported for gradcheck).
+        pooled: [N, H] float16 / bfloat16 / float32 / float64 (accumulated in float32, float64 for float64).
         weight: [2L, H] encoder weight (nn.Linear layout; first L rows give mu). bias: [2L] or None.
         noise: optional [N, L] standard-normal noise (used whenever given).
         sample: without ``noise``, draw the noise in-kernel (Philox, seeded from torch's RNG, so
@@ -79,10 +73,6 @@ def vib_encode(pooled, weight, bias=None, *, noise=None, sample=False, kl_mode="
         raise ValueError(f"kl_mode: expected one of {reference.KL_MODES}, got {kl_mode!r}")
     if noise is not None and tuple(noise.shape) != (pooled.shape[0], latent):
         raise ValueError(f"noise: expected shape ({pooled.shape[0]}, {latent}), got {tuple(noise.shape)}")
-    if _use_reference(pooled):
-        from inform_fast.head import _reference_vib_encode
-
-        return _reference_vib_encode(pooled, weight, bias, noise=noise, sample=sample, kl_mode=kl_mode)
     acc = reference.accumulation_dtype(pooled.dtype)
     seed, mode = 0, K.NOISE_NONE
     if noise is not None:

@@ -16,7 +16,7 @@ import torch
 
 from inform_fast import reference
 from inform_fast.kernels import vib_head as K
-from inform_fast.ops.vib_encode import _check_encoder_args, _use_reference
+from inform_fast.ops.vib_encode import _check_encoder_args
 
 
 class LinearPairwiseLossFunction(torch.autograd.Function):
@@ -121,15 +121,6 @@ def linear_pairwise_loss(
     for name, noise in (("noise_chosen", noise_chosen), ("noise_rejected", noise_rejected)):
         if noise is not None and tuple(noise.shape) != (pairs, latent):
             raise ValueError(f"{name}: expected shape ({pairs}, {latent}), got {tuple(noise.shape)}")
-    if _use_reference(chosen):
-        from inform_fast.head import _reference_linear_pairwise_loss
-
-        return _reference_linear_pairwise_loss(
-            chosen, rejected, encoder_weight, encoder_bias, decoder_weight, decoder_bias,
-            noise_chosen=noise_chosen, noise_rejected=noise_rejected, sample=sample, beta=beta,
-            margin=margin, kl_mode=kl_mode,
-        )
-
     acc = reference.accumulation_dtype(chosen.dtype)
     device = chosen.device
     seed, mode = 0, K.NOISE_NONE
