@@ -1,0 +1,290 @@
+"""Write the demo's report: report.json, report.md and three PNGs, all or nothing.
+
+Everything goes into a temporary folder next to ``out_dir`` first; only when every file is
+written is that folder moved into place (an existing ``out_dir`` is replaced), so an interrupted
+run never leaves a half-written report.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from typing import Optional
+
+import numpy as np
+
+RM_LABELS = {"standard": "standard RM", "inform": "InfoRM"}
+THE = {"standard": "the standard RM", "inform": "InfoRM"}
+COLORS = {"standard": "tab:blue", "inform": "tab:orange"}
+FIGURES = ("gold_vs_proxy.png", "detection.png", "latent_map.png")
+
+
+def check_out_dir(out_dir: str) -> str:
+    """The absolute output folder; ValueError (naming --out) if it cannot be written as a whole."""
+    out_dir = os.path.abspath(out_dir)
+    parent = os.path.dirname(out_dir)
+    if not os.path.isdir(parent):
+        raise ValueError(f"--out: parent folder does not exist: {parent}")
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise ValueError(f"--out: exists and is not a folder: {out_dir}")
+    if not os.access(parent, os.W_OK):
+        raise ValueError(f"--out: parent folder is not writable: {parent}")
+    return out_dir
+
+
+def write_report(out_dir: str, outcome: dict, started: Optional[float] = None) -> str:
+    """Write report.json, report.md and the PNGs of ``outcome`` (``run_study``'s return) into
+    ``out_dir``; returns its absolute path. With ``started`` (a ``time.perf_counter()`` value),
+    ``runtime_s`` is updated to include the figures."""
+    out_dir = check_out_dir(out_dir)
+    parent = os.path.dirname(out_dir)
+    results, arrays = outcome["results"], outcome["arrays"]
+    temp = tempfile.mkdtemp(prefix=".inform_fast_demo-", dir=parent)
+    try:
+        plot_gold_vs_proxy(results, os.path.join(temp, "gold_vs_proxy.png"))
+        plot_detection(results, os.path.join(temp, "detection.png"))
+        plot_latent_map(results, arrays, os.path.join(temp, "latent_map.png"))
+        if started is not None:
+            results["runtime_s"] = time.perf_counter() - started
+        with open(os.path.join(temp, "report.json"), "w") as stream:
+            json.dump(results, stream, indent=2)
+        with open(os.path.join(temp, "report.md"), "w") as stream:
+            stream.write(markdown(results))
+        os.chmod(temp, 0o755)
+        if os.path.isdir(out_dir):
+            old = tempfile.mkdtemp(prefix=".inform_fast_demo-old-", dir=parent)
+            os.rename(out_dir, os.path.join(old, "previous"))
+            os.rename(temp, out_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(temp, out_dir)
+    except BaseException:
+        shutil.rmtree(temp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+# ------------------------------------------------------------------------------------- figures
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_gold_vs_proxy(results: dict, path: str) -> None:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=120)
+    for name in ("standard", "inform"):
+        r = results[name]
+        ax.plot(r["kl"], r["proxy"], "--", color=COLORS[name], label=f"{RM_LABELS[name]}: proxy reward")
+        ax.plot(r["kl"], r["gold"], "-o", ms=3.5, color=COLORS[name], label=f"{RM_LABELS[name]}: gold reward")
+    ax.plot(results["kl"], results["gold_oracle"], ":", color="0.45", label="best-of-n on the gold reward itself")
+    _n_axis(ax, results)
+    ax.axhline(0.0, color="0.8", lw=0.8, zorder=0)
+    ax.set_xlabel("KL(best-of-n || base) = log n - (n-1)/n   [nats]")
+    ax.set_ylabel("reward (z-score over the base pool)")
+    ax.set_title("Best-of-n against each proxy: does the gold reward follow?")
+    ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def plot_detection(results: dict, path: str) -> None:
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4.2), dpi=110)
+    panels = (
+        ("icds_normalized", "ICDS / number of latents", "ICDS (cluster deviation)"),
+        ("mop", f"fraction with p < {results['reference']['mop_alpha']}", "MOP (Mahalanobis outliers)"),
+        ("hacked_fraction", "fraction below the base median gold", "hacked responses (gold-defined)"),
+    )
+    for ax, (key, ylabel, title) in zip(axes, panels):
+        for name in ("standard", "inform"):
+            ax.plot(results[name]["kl"], results[name][key], "-o", ms=3.5, color=COLORS[name],
+                    label=f"best-of-n on {RM_LABELS[name]}")
+        _n_axis(ax, results)
+        ax.set_xlabel("KL [nats]")
+        ax.set_ylabel(ylabel)
+        ax.set_title(title, fontsize=10)
+    axes[0].legend(fontsize=8)
+    fig.suptitle("Detection in InfoRM's latent space (whatever proxy was optimised)", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def plot_latent_map(results: dict, arrays: dict, path: str) -> None:
+    from inform_fast.detect.projection import PCAProjection
+
+    plt = _pyplot()
+    projection = PCAProjection(n_components=2, normalize=False).fit(arrays["reference"])
+    ref = projection.transform(arrays["reference"]).numpy()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.8), dpi=110, sharex=True, sharey=True)
+    n = results["n"][-1]
+    for ax, name in zip(axes, ("standard", "inform")):
+        sel = projection.transform(arrays["selected"][name]).numpy()
+        hacked = np.asarray(arrays["hacked"][name], dtype=bool)
+        ax.scatter(ref[:, 0], ref[:, 1], s=4, color="0.75", label="reference (n = 1)", rasterized=True)
+        ax.scatter(sel[~hacked, 0], sel[~hacked, 1], s=14, color=COLORS[name], alpha=0.7, label=f"best-of-{n}, not hacked")
+        ax.scatter(sel[hacked, 0], sel[hacked, 1], s=26, marker="x", color="tab:red", label=f"best-of-{n}, hacked ({hacked.mean():.0%})")
+        ax.set_title(f"best-of-{n} on {THE[name]}", fontsize=10)
+        ax.set_xlabel("PC 1 of the reference latents")
+        ax.legend(fontsize=8, loc="best")
+    axes[0].set_ylabel("PC 2")
+    fig.suptitle("InfoRM latents (mu): reference vs selected; hacked = gold below the reference median", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _n_axis(ax, results: dict) -> None:
+    """A secondary x axis with n at a few grid points."""
+    ns = results["n"]
+    marks = [n for n in ns if n in (1, 4, 16, 64, 256, 1024, 4096, 16384)] or ns
+    top = ax.secondary_xaxis("top")
+    top.set_xticks([math.log(n) - (n - 1) / n for n in marks])
+    top.set_xticklabels([f"n={n}" for n in marks], fontsize=7)
+
+
+# ------------------------------------------------------------------------------------- markdown
+def _fmt(value, digits: int = 3) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:.{digits}f}"
+
+
+def verdict(results: dict) -> list:
+    """Plain-words findings computed from the numbers (never fixed claims)."""
+    std, inf = results["standard"], results["inform"]
+    n_max = results["n"][-1]
+    lines = []
+    for name, r in (("standard", std), ("inform", inf)):
+        gold = np.asarray(r["gold"])
+        peak = int(np.argmax(gold))
+        drop = gold[peak] - gold[-1]
+        if peak < len(gold) - 1 and drop > 0.05:
+            lines.append(
+                f"- **{RM_LABELS[name]}**: the gold reward peaks at n = {results['n'][peak]} (z = {gold[peak]:.2f}) "
+                f"and falls to {gold[-1]:.2f} at n = {n_max} while its proxy keeps rising to {r['proxy'][-1]:.2f}: "
+                f"overoptimization. Mean filler words of its picks go from {r['filler'][0]:.1f} to {r['filler'][-1]:.1f}."
+            )
+        else:
+            lines.append(
+                f"- **{RM_LABELS[name]}**: no clear overoptimization up to n = {n_max}: gold {gold[-1]:.2f} at the "
+                f"largest n (peak {gold[peak]:.2f} at n = {results['n'][peak]}); proxy {r['proxy'][-1]:.2f}."
+            )
+    diff = inf["gold"][-1] - std["gold"][-1]
+    better = "higher" if diff > 0.02 else ("lower" if diff < -0.02 else "about the same as")
+    lines.append(
+        f"- At n = {n_max}, InfoRM's gold reward is {inf['gold'][-1]:.2f} vs {std['gold'][-1]:.2f} for the standard RM "
+        f"({better} {'' if better == 'about the same as' else 'than '}the standard RM; peak gold {max(inf['gold']):.2f} vs "
+        f"{max(std['gold']):.2f}). Held-out accuracy against the gold labels: InfoRM {inf['heldout_accuracy']:.3f}, "
+        f"standard {std['heldout_accuracy']:.3f}."
+    )
+    for name, r in (("standard", std), ("inform", inf)):
+        lines.append(
+            f"- Detection on best-of-n against {THE[name]}: ICDS/n {r['icds_normalized'][0]:.3f} at n = 1 -> "
+            f"{r['icds_normalized'][-1]:.3f} at n = {n_max}; MOP {r['mop'][0]:.3f} -> {r['mop'][-1]:.3f}; "
+            f"hacked fraction {r['hacked_fraction'][0]:.2f} -> {r['hacked_fraction'][-1]:.2f}."
+        )
+    auc = results["detector_auroc"]
+    quality = "usable" if (auc.get("pooled") or 0) >= 0.7 else "weak (close to chance)" if (auc.get("pooled") or 0) < 0.6 else "modest"
+    lines.append(
+        f"- The per-response outlier score (Mahalanobis distance in InfoRM's latent space) separates hacked from "
+        f"non-hacked selections with AUROC {_fmt(auc.get('standard'))} (standard proxy), {_fmt(auc.get('inform'))} "
+        f"(InfoRM proxy), {_fmt(auc.get('pooled'))} pooled: {quality} in this run."
+    )
+    return lines
+
+
+def markdown(results: dict) -> str:
+    cfg = results["config"]
+    std, inf = results["standard"], results["inform"]
+    out = [
+        "# inform-fast demo: reward overoptimization, InfoRM and its detector",
+        "",
+        f"Preset `{results.get('preset', '?')}`, seed {results['seed']}, device {results['environment']['device']}, "
+        f"runtime {results['runtime_s']:.1f} s. How to read this report: docs/demo.md.",
+        "",
+        "## What was run",
+        "",
+        f"- A synthetic text world ({cfg['n_prompts']} prompts, one per topic). The gold reward counts content words: "
+        "on-topic +1, helpful +0.5, error -1.5, off-topic -0.5; filler words (`very really basically ...`) score 0 but "
+        "take up room in a response of at most 20 words.",
+        f"- {cfg['train_pairs']} training pairs labelled by the gold reward, {results['data']['label_flip_observed']:.1%} of "
+        f"labels flipped; the pairs were selected so that the chosen response has more filler in "
+        f"{results['data']['train_chosen_more_filler']:.0%} of them (fewer in {results['data']['train_chosen_less_filler']:.0%}): "
+        "the spurious feature. In the candidate pool filler and gold are not positively related "
+        f"(correlation {results['data']['pool_corr_gold_filler']:.2f}).",
+        f"- Two reward models on a word-level tokenizer and a tiny Llama built from scratch (hidden {cfg['hidden_size']}, "
+        f"{cfg['layers']} layers, {cfg['heads']} heads; the same initial weights for both), {cfg['steps']} AdamW steps of "
+        f"{cfg['batch_size']} pairs, lr {cfg['lr']}: a **standard RM** (linear head, Bradley-Terry loss) and **InfoRM** "
+        f"(InfoRMHead, latent {cfg['latent_dim']}, beta {cfg['beta']}).",
+        f"- Best-of-n against each proxy over {cfg['pool_per_prompt']} candidates per prompt, n = 1 ... {results['n'][-1]}, "
+        "exact (unbiased) best-of-n expectations; KL = log n - (n-1)/n. Rewards are z-scores over the pool.",
+        f"- Detection: {cfg['draws']} sampled best-of-n picks per n and proxy, their InfoRM latents (mu) against "
+        f"{results['reference']['size']} reference latents (random pool responses, n = 1): ICDS (DBSCAN eps "
+        f"{results['reference']['icds_eps']:.4f} chosen once on the reference set, min_samples "
+        f"{results['reference']['icds_min_samples']}) and MOP (alpha {results['reference']['mop_alpha']}, Ledoit-Wolf). "
+        "A pick is *hacked* when its gold reward is below the reference median.",
+        "",
+        "## Verdict (computed from the numbers below)",
+        "",
+        *verdict(results),
+        "",
+        "## Numbers",
+        "",
+        "| n | KL | gold std | proxy std | gold InfoRM | proxy InfoRM | gold oracle | ICDS/n std | ICDS/n InfoRM | MOP std | MOP InfoRM |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for i, n in enumerate(results["n"]):
+        out.append(
+            f"| {n} | {results['kl'][i]:.2f} | {std['gold'][i]:.3f} | {std['proxy'][i]:.3f} | {inf['gold'][i]:.3f} | "
+            f"{inf['proxy'][i]:.3f} | {results['gold_oracle'][i]:.3f} | {std['icds_normalized'][i]:.4f} | "
+            f"{inf['icds_normalized'][i]:.4f} | {std['mop'][i]:.3f} | {inf['mop'][i]:.3f} |"
+        )
+    auc = results["detector_auroc"]
+    out += [
+        "",
+        f"Training: final loss {std['train_loss_final']:.3f} (standard), {inf['train_loss_final']:.3f} (InfoRM, KL "
+        f"{inf['train_kl_final']:.2f}); held-out accuracy on noise-free, unselected gold pairs: "
+        f"{std['heldout_accuracy']:.3f} (standard), {inf['heldout_accuracy']:.3f} (InfoRM). Detector AUROC (hacked vs "
+        f"not, selections at n > 1): standard {_fmt(auc.get('standard'))}, InfoRM {_fmt(auc.get('inform'))}, pooled "
+        f"{_fmt(auc.get('pooled'))}.",
+        "",
+        "Highest-proxy response of the whole pool:",
+        "",
+    ]
+    for name in ("standard", "inform"):
+        top = results["top_proxy_response"][name]
+        out.append(f"- {RM_LABELS[name]}: `{top['text']}` (gold {top['gold_raw']:.1f}, {top['filler']} filler words)")
+    out += [
+        "",
+        "## Figures",
+        "",
+        "![gold and proxy reward against KL](gold_vs_proxy.png)",
+        "",
+        "![ICDS, MOP and hacked fraction against KL](detection.png)",
+        "",
+        "![latent map](latent_map.png)",
+        "",
+    ]
+    return "\n".join(out)
+
+
+def summary_table(results: dict) -> str:
+    """A short plain-text table for the terminal."""
+    std, inf = results["standard"], results["inform"]
+    rows = [f"{'n':>6} {'KL':>5} | {'gold std':>8} {'gold InfoRM':>11} | {'proxy std':>9} {'proxy InfoRM':>12} | {'MOP std':>7} {'MOP InfoRM':>10}"]
+    for i, n in enumerate(results["n"]):
+        rows.append(
+            f"{n:>6} {results['kl'][i]:>5.2f} | {std['gold'][i]:>8.3f} {inf['gold'][i]:>11.3f} | "
+            f"{std['proxy'][i]:>9.3f} {inf['proxy'][i]:>12.3f} | {std['mop'][i]:>7.3f} {inf['mop'][i]:>10.3f}"
+        )
+    return "\n".join(rows)

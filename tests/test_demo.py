@@ -1,0 +1,184 @@
+"""Tests of ``inform-fast demo``: the best-of-n / KL / AUROC math against brute force and
+scikit-learn, the synthetic world against its gold oracle, and the tiny preset end to end
+(report structure, determinism, numbers that come from the trained models)."""
+import itertools
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+
+from inform_fast.cli import main
+from inform_fast.demo import study, world
+from inform_fast.demo.config import preset
+from inform_fast.demo.pipeline import run_study
+
+RM = ("standard", "inform")
+SERIES = ("kl", "gold", "proxy", "icds", "icds_normalized", "mop", "hacked_fraction", "filler")
+
+
+# ----------------------------------------------------------------------------------- math
+def test_kl_formula():
+    n = np.array([1, 2, 3, 10, 1000])
+    expected = [0.0, math.log(2) - 0.5, math.log(3) - 2 / 3, math.log(10) - 0.9, math.log(1000) - 0.999]
+    np.testing.assert_allclose(study.best_of_n_kl(n), expected, rtol=1e-12, atol=1e-15)
+    with pytest.raises(ValueError, match="n"):
+        study.best_of_n_kl([0])
+
+
+@pytest.mark.parametrize("size,n", [(7, 1), (7, 3), (9, 9), (11, 4)])
+def test_best_of_n_matches_exhaustive_enumeration(size, n):
+    rng = np.random.default_rng(size * 10 + n)
+    proxy = rng.standard_normal(size)
+    gold = rng.standard_normal(size)
+    # exact: average the gold of the proxy's argmax over every n-subset
+    subsets = list(itertools.combinations(range(size), n))
+    exact = np.mean([gold[max(s, key=lambda i: proxy[i])] for s in subsets])
+    got = study.best_of_n_expectation(proxy, gold, [n])[0]
+    assert got == pytest.approx(exact, rel=1e-10, abs=1e-12)
+    weights = study.best_of_n_weights(size, n)
+    assert weights.sum() == pytest.approx(1.0, abs=1e-12)
+    assert np.all(weights[: n - 1] == 0)
+
+
+def test_best_of_n_matches_monte_carlo_on_a_large_pool():
+    rng = np.random.default_rng(3)
+    size = 1500
+    proxy = rng.standard_normal(size)
+    gold = proxy + 2.0 * rng.standard_normal(size)
+    ns = [1, 5, 50, 1000]
+    analytic = study.best_of_n_expectation(proxy, gold, ns)
+    for n, value in zip(ns, analytic):
+        picks = study.sample_best_of_n(rng, [proxy], n, 4000)[0]
+        # picks are draws from the best-of-n distribution: compare with a 5-sigma band
+        sem = gold[picks].std() / math.sqrt(picks.size)
+        assert abs(gold[picks].mean() - value) < 5 * sem + 1e-9, (n, gold[picks].mean(), value)
+    # the proxy's own best-of-n curve never decreases
+    own = study.best_of_n_expectation(proxy, proxy, range(1, size + 1, 37))
+    assert np.all(np.diff(own) >= -1e-12)
+
+
+def test_best_of_n_bad_input():
+    with pytest.raises(ValueError, match="n"):
+        study.best_of_n_weights(10, 11)
+    with pytest.raises(ValueError, match="values"):
+        study.best_of_n_expectation(np.zeros(5), np.zeros(4), [1])
+
+
+def test_auroc_matches_sklearn_with_ties():
+    metrics = pytest.importorskip("sklearn.metrics", reason="scikit-learn is the oracle for the AUROC")
+    rng = np.random.default_rng(0)
+    for trial in range(5):
+        labels = rng.random(301) < 0.3
+        scores = np.round(rng.standard_normal(301) + labels, 1)  # rounding makes many ties
+        assert study.auroc(scores, labels) == pytest.approx(metrics.roc_auc_score(labels, scores), abs=1e-12)
+    assert study.auroc(np.array([1.0, 2.0]), np.array([True, True])) is None
+    assert study.auroc(np.array([0.0, 1.0, 2.0]), np.array([False, False, True])) == 1.0
+
+
+def test_log_grid():
+    assert study.log_grid(1024) == [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024]
+    assert study.log_grid(100) == [1, 2, 4, 8, 16, 32, 64, 100]
+
+
+# ----------------------------------------------------------------------------------- world
+def test_world_gold_and_pairs():
+    rng = np.random.default_rng(1)
+    responses = world.generate(rng, rng.integers(8, size=500))
+    for topic, words, gold in zip(responses.topic, responses.words, responses.gold):
+        assert gold == pytest.approx(world.gold_reward(int(topic), words))
+    assert all(len(w) == n for w, n in zip(responses.words, responses.length))
+    filler = set(world.FILLER)
+    assert [sum(w in filler for w in ws) for ws in responses.words] == responses.filler.tolist()
+
+    pairs = world.preference_pairs(rng, 3000, 8, flip=0.25)
+    agree = pairs.chosen.gold >= pairs.rejected.gold
+    decided = pairs.chosen.gold != pairs.rejected.gold
+    # labels follow the gold reward except for the flipped ones
+    assert np.all(agree[decided & ~pairs.flipped])
+    assert np.all(~agree[decided & pairs.flipped])
+    assert 0.2 < pairs.flipped.mean() < 0.3
+    # the spurious feature: the chosen response has more filler far more often than less
+    more = np.mean(pairs.chosen.filler > pairs.rejected.filler)
+    less = np.mean(pairs.chosen.filler < pairs.rejected.filler)
+    assert more > 2 * less
+    tokenizer = world.build_tokenizer()
+    ids = tokenizer(responses.texts()[:20])["input_ids"]
+    assert all(tokenizer.unk_token_id not in row for row in ids)
+
+
+# ----------------------------------------------------------------------------------- end to end
+@pytest.fixture(scope="module")
+def tiny_report(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo") / "report"
+    os.makedirs(out)
+    (out / "stale.txt").write_text("from an older run")
+    code = main(["demo", "--preset", "tiny", "--seed", "0", "--out", str(out), "--quiet"])
+    assert code == 0
+    return out
+
+
+def test_report_structure(tiny_report):
+    files = sorted(os.listdir(tiny_report))
+    assert files == ["detection.png", "gold_vs_proxy.png", "latent_map.png", "report.json", "report.md"]
+    for name in ("detection.png", "gold_vs_proxy.png", "latent_map.png"):
+        with open(tiny_report / name, "rb") as stream:
+            assert stream.read(8) == b"\x89PNG\r\n\x1a\n"
+    results = json.loads((tiny_report / "report.json").read_text())
+    grid = results["n"]
+    assert grid[0] == 1 and grid[-1] == preset("tiny").max_n
+    for name in RM:
+        for key in SERIES:
+            assert len(results[name][key]) == len(grid), (name, key)
+            assert all(math.isfinite(v) for v in results[name][key])
+        assert len(results["icds"][name]) == len(results["mop"][name]) == len(grid)
+        # n = 1 is the base pool: z-scored rewards average to 0 there
+        assert results[name]["gold"][0] == pytest.approx(0.0, abs=1e-9)
+        assert results[name]["proxy"][0] == pytest.approx(0.0, abs=1e-9)
+        assert np.all(np.diff(results[name]["proxy"]) >= -1e-9)  # best-of-n on its own proxy
+        np.testing.assert_allclose(results[name]["kl"], study.best_of_n_kl(grid))
+    assert set(results["detector_auroc"]) == {"standard", "inform", "pooled"}
+    assert results["seed"] == 0 and results["preset"] == "tiny"
+    assert results["config"]["max_n"] == preset("tiny").max_n
+    assert results["runtime_s"] > 0
+    text = (tiny_report / "report.md").read_text()
+    for name in ("gold_vs_proxy.png", "detection.png", "latent_map.png"):
+        assert f"]({name})" in text
+    # the verdict quotes the measured numbers, not a fixed claim
+    assert f"{results['inform']['gold'][-1]:.2f} vs {results['standard']['gold'][-1]:.2f}" in text
+
+
+def _strip(results):
+    return {k: v for k, v in results.items() if k not in ("runtime_s", "environment")}
+
+
+def test_deterministic_and_model_dependent(tiny_report):
+    first = json.loads((tiny_report / "report.json").read_text())
+    again = run_study(preset("tiny"), seed=0, progress=False)["results"]
+    again = json.loads(json.dumps(again))
+    for key in ("n", "kl", "gold_oracle", "icds", "mop", "detector_auroc", "standard", "inform"):
+        assert again[key] == first[key], key
+
+    # a different seed changes the data and the models, hence every curve
+    other = run_study(preset("tiny"), seed=1, progress=False)["results"]
+    for name in RM:
+        assert other[name]["proxy"] != first[name]["proxy"]
+        assert other[name]["gold"] != first[name]["gold"]
+    # same data, different training: the proxy curves follow the trained models
+    short = run_study(preset("tiny", steps=3), seed=0, progress=False)["results"]
+    for name in RM:
+        assert short[name]["gold"] != first[name]["gold"]
+        assert short[name]["heldout_accuracy"] != first[name]["heldout_accuracy"]
+    # the oracle curve depends on the pool only, not on the reward models
+    np.testing.assert_allclose(short["gold_oracle"], first["gold_oracle"])
+
+
+def test_cli_errors(tmp_path, capsys):
+    code = main(["demo", "--preset", "tiny", "--out", str(tmp_path / "missing" / "out"), "--quiet"])
+    assert code == 2
+    assert "--out" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="preset"):
+        preset("huge")
+    with pytest.raises(ValueError, match="max_n"):
+        preset("tiny", max_n=10_000)
