@@ -114,3 +114,17 @@ def test_bad_input():
         dbscan(bad, 0.5, 2)
     with pytest.raises(ValueError, match="x"):
         dbscan(np.zeros(5), 0.5, 2)
+
+
+@pytest.mark.parametrize("backend", ["reference", pytest.param("cpp", marks=requires_cpp())])
+@pytest.mark.parametrize("sample_columns, max_components", [(7, 128), (7, 1), (40, 2), (1, 128)])
+def test_seed_and_pruning_paths(monkeypatch, backend, sample_columns, max_components):
+    # few sample columns: many uncertain points and many seed components, so the component-pair
+    # union, the ball pruning, the all-tiles fallback and the late-core pass all run
+    from inform_fast.detect import dbscan as module
+
+    monkeypatch.setattr(module, "SAMPLE_COLUMNS", sample_columns)
+    monkeypatch.setattr(module, "MAX_COMPONENTS", max_components)
+    x, _ = make_blobs(407, n_features=6, centers=5, cluster_std=1.3, random_state=11)
+    x = x.astype(np.float32)
+    check_against_sklearn(x.astype(np.float64), 1.9, 5, dbscan(x, 1.9, 5, block=50, backend=backend))

@@ -214,3 +214,18 @@ def test_cli_plot_latents(tmp_path):
     assert main(["plot-latents", "--rlhf", str(tmp_path / "nope.npy"), "--reference", str(tmp_path / "ref.safetensors"),
                  "--out", str(missing)]) == 2
     assert not missing.exists()
+
+
+def test_same_result_without_the_extension(monkeypatch):
+    from inform_fast import dispatch
+
+    rlhf, truth, reference = blobs(2)
+    with_ext = icds(rlhf.astype(np.float32), reference.astype(np.float32), eps=3.0, min_samples=5)
+    monkeypatch.setattr(dispatch, "cpp_available", lambda: False)  # as if INFORM_FAST_BUILD_CPP=0
+    assert dispatch.resolve("dbscan", "cpu")[0] == "reference"
+    assert dispatch.resolve("nearest_distance", "cpu")[0] == "reference"
+    without = icds(rlhf.astype(np.float32), reference.astype(np.float32), eps=3.0, min_samples=5)
+    torch.testing.assert_close(with_ext.labels, without.labels)
+    np.testing.assert_allclose(with_ext.score, without.score, rtol=1e-6)
+    expected = hand_icds(rlhf, [np.flatnonzero(truth == k) for k in range(3)], reference)
+    np.testing.assert_allclose(without.score, expected, rtol=1e-5)

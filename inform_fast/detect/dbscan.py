@@ -175,113 +175,146 @@ def _dbscan_cpp(x: torch.Tensor, eps: float, min_samples: int, block: int):
     return _dbscan_tiled(x, eps, min_samples, block, _CppEpilogue())
 
 
-class _Tiles:
-    """Tiles of ``||c||^2 - 2 r.c`` over one point set ``x`` [n, L], written into one reused buffer."""
-
-    def __init__(self, x: torch.Tensor, eps: float, block: int):
-        self.x = x
-        self.norms = (x * x).sum(1)  # [n]
-        self.thr = eps * eps - self.norms  # [n]: neighbour iff partial <= thr[row]
-        self.buffer = torch.empty(block * block, dtype=x.dtype)
-
-    def partial(self, rows, cols, diagonal: bool = False):
-        (r0, r1), (c0, c1) = rows, cols
-        out = self.buffer[: (r1 - r0) * (c1 - c0)].view(r1 - r0, c1 - c0)
-        torch.addmm(self.norms[None, c0:c1], self.x[r0:r1], self.x[c0:c1].T, alpha=-2.0, out=out)
-        if diagonal:
-            out.diagonal().fill_(-float("inf"))  # a point is its own neighbour, whatever the rounding
-        return out
-
-
 def _blocks(start: int, stop: int, block: int):
     return [(a, min(a + block, stop)) for a in range(start, stop, block)]
 
 
 SAMPLE_COLUMNS = 2048
+SEED_COLUMNS = 512
+MAX_COMPONENTS = 128  # above this many seed components, pairwise ball pruning is not worth it
+
+
+class _Workspace:
+    """The centred points, their squared norms and one reused [block, block] tile buffer."""
+
+    def __init__(self, x: torch.Tensor, eps: float, block: int):
+        self.x = x
+        self.norms = (x * x).sum(1)  # [n]
+        self.eps2 = eps * eps
+        self.block = block
+        self.buffer = torch.empty(block * block, dtype=x.dtype)
+
+    def tiles(self, rows: torch.Tensor, cols: torch.Tensor, symmetric: bool = False):
+        """Yield (row slice, col slice, partial, thr) over rows x cols (index tensors into x):
+        partial = ||c||^2 - 2 r.c [br, bc], neighbours iff partial <= thr[:, None]. With
+        ``symmetric`` (rows is cols) only the upper triangle of tiles is visited."""
+        xr, xc = self.x.index_select(0, rows), self.x.index_select(0, cols)
+        thr = self.eps2 - self.norms.index_select(0, rows)
+        cn = self.norms.index_select(0, cols)
+        row_blocks = _blocks(0, rows.numel(), self.block)
+        col_blocks = _blocks(0, cols.numel(), self.block)
+        for bi, (r0, r1) in enumerate(row_blocks):
+            for c0, c1 in col_blocks[bi:] if symmetric else col_blocks:
+                out = self.buffer[: (r1 - r0) * (c1 - c0)].view(r1 - r0, c1 - c0)
+                torch.addmm(cn[None, c0:c1], xr[r0:r1], xc[c0:c1].T, alpha=-2.0, out=out)
+                yield slice(r0, r1), slice(c0, c1), out, thr[r0:r1]
+
+    def count(self, ops, rows, cols, counts):
+        """counts[k] += eps-neighbours of rows[k] among cols, the point itself excluded."""
+        position = torch.full((self.x.shape[0],), -1, dtype=torch.int64)
+        position[cols] = torch.arange(cols.numel())
+        self_col = position[rows]  # where each row appears among the columns (-1: it does not)
+        for rs, cs, partial, thr in self.tiles(rows, cols):
+            own = self_col[rs]
+            inside = (own >= cs.start) & (own < cs.stop)
+            if bool(inside.any()):
+                partial[torch.nonzero(inside).flatten(), own[inside] - cs.start] = float("inf")
+            ops.counts(partial, thr, counts[rs], None)
+
+    def union(self, ops, rows, cols, parent, symmetric=False):
+        for rs, cs, partial, thr in self.tiles(rows, cols, symmetric):
+            ops.union_tile(partial, thr, rows[rs].contiguous(), cols[cs].contiguous(), parent)
 
 
 def _dbscan_tiled(x: torch.Tensor, eps: float, min_samples: int, block: int, ops):
     """Returns (core [n] bool, root [n] int64: smallest core index of the cluster, -1 for noise).
 
-    Pass 0 counts neighbours among an evenly strided sample of SAMPLE_COLUMNS points: a point
-    with min_samples of them within eps is certainly core. The points are permuted so that the
-    certain ones come first; pass 1 then counts over the upper triangle of tiles and, in the
-    certain x certain tiles, also unions (same GEMM, so one pass does both for dense data).
-    Pass 2 connects the remaining core points (rows) to all core points; pass 3 assigns borders.
+    0. Counts against an evenly strided sample of SAMPLE_COLUMNS points (plus the point itself)
+       are lower bounds: a point reaching min_samples there is certainly core. Certain points
+       are unioned with the first SEED_COLUMNS certain sample points within eps: seed components.
+    1. Certain x certain: only pairs of *different* seed components can add edges, and a pair
+       whose bounding balls are more than eps apart cannot; the rest are unioned tile by tile.
+       (Above MAX_COMPONENTS seed components: all certain x certain tiles, upper triangle.)
+    2. The uncertain points are counted against all points; those that are core are unioned
+       with all core points.
+    3. Border points take the root of their first core neighbour.
     """
     device = x.device
     dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     x = x.detach().to("cpu", dtype)
     x = (x - x.mean(0)).contiguous()  # centring shrinks ||x||^2 and so the GEMM cancellation
     n = x.shape[0]
-    block = min(block, n)
+    work = _Workspace(x, eps, min(block, n))
+    everything = torch.arange(n)
+    parent = torch.arange(n, dtype=torch.int64)  # union-find, kept fully compressed
 
-    # 0. certainly-core points from a sample of columns (a lower bound of the true count)
+    # 0. certainly-core points and seed components
     sample = torch.unique(torch.linspace(0, n - 1, min(n, SAMPLE_COLUMNS)).round().long())
-    both = _Tiles(torch.cat([x, x[sample]]), eps, block)
-    sample_counts = torch.zeros(n, dtype=torch.int64)
-    for rows in _blocks(0, n, block):
-        for cols in _blocks(n, n + sample.numel(), block):
-            ops.counts(both.partial(rows, cols), both.thr[rows[0] : rows[1]], sample_counts[rows[0] : rows[1]], None)
-    del both
-    certain = sample_counts >= min_samples
-    perm = torch.cat([torch.nonzero(certain).flatten(), torch.nonzero(~certain).flatten()])  # [n] global index
-    n_cert = int(certain.sum())
-    xp = x.index_select(0, perm).contiguous()
+    counts = torch.ones(n, dtype=torch.int64)  # the point itself
+    work.count(ops, everything, sample, counts)
+    certain = counts >= min_samples
+    certain_index = torch.nonzero(certain).flatten()
+    # a few hundred seeds suffice to join a dense cluster; the union below is exact whatever
+    # the seeds, they only decide how much of step 1 the ball pruning can skip
+    certain_sample = sample[certain[sample]][:SEED_COLUMNS]
+    if certain_index.numel() and certain_sample.numel():
+        work.union(ops, certain_index, certain_sample, parent)
 
-    # 1. counts everywhere; union among certain points in the same tiles
-    tiles = _Tiles(xp, eps, block)
-    counts = torch.zeros(n, dtype=torch.int64)
-    parent = torch.arange(n, dtype=torch.int64)  # over permuted indices; kept fully compressed
-    blocks = _blocks(0, n_cert, block) + _blocks(n_cert, n, block)
-    for bi, rows in enumerate(blocks):
-        for cols in blocks[bi:]:
-            diagonal = rows == cols
-            partial = tiles.partial(rows, cols, diagonal)
-            thr = tiles.thr[rows[0] : rows[1]]
-            ops.counts(partial, thr, counts[rows[0] : rows[1]], None if diagonal else counts[cols[0] : cols[1]])
-            if cols[1] <= n_cert:
-                _union_tile(ops, partial, thr, parent, rows, cols, n)
-    core = counts >= min_samples  # permuted order
+    # 1. certain x certain, pruned by component balls
+    if certain_index.numel():
+        _union_certain(work, ops, certain_index, parent, eps)
 
-    # 2. the other core points: against all core points (rows: uncertain core; columns: all core)
-    late = torch.nonzero(core[n_cert:]).flatten() + n_cert
-    if late.numel():
-        z_index = torch.cat([late, torch.arange(n_cert)])  # permuted indices of z's rows
-        z = _Tiles(xp.index_select(0, z_index).contiguous(), eps, block)
-        n_late = late.numel()
-        late_blocks = _blocks(0, n_late, block)
-        for bi, rows in enumerate(late_blocks):
-            for cols in late_blocks[bi:] + _blocks(n_late, z_index.numel(), block):
-                partial = z.partial(rows, cols, rows == cols)
-                _union_tile(ops, partial, z.thr[rows[0] : rows[1]], parent, rows, cols, n, z_index)
+    # 2. uncertain points: exact counts, then the core ones against all core points
+    uncertain = torch.nonzero(~certain).flatten()
+    core = certain.clone()
+    if uncertain.numel():
+        late_counts = torch.ones(uncertain.numel(), dtype=torch.int64)
+        work.count(ops, uncertain, everything, late_counts)
+        late = uncertain[late_counts >= min_samples]
+        core[late] = True
+        if late.numel():
+            work.union(ops, late, late, parent, symmetric=True)
+            if certain_index.numel():
+                work.union(ops, late, certain_index, parent)
 
-    root_p = torch.where(core, parent, torch.full_like(parent, -1))  # component id (permuted) or -1
-    core_p = torch.nonzero(core).flatten()
-    if core_p.numel() == 0:
-        return torch.zeros(n, dtype=torch.bool, device=device), torch.full((n,), -1, dtype=torch.int64, device=device)
-
-    # 3. border points: the first core neighbour found (core points in permuted order)
-    border_p = torch.nonzero(~core).flatten()
-    if border_p.numel():
-        _assign_borders(xp, xp.index_select(0, core_p), core_p, border_p, root_p, eps, block)
-
-    # component ids -> the smallest global index of the component's core points
-    smallest = torch.full((n,), n, dtype=torch.int64)
-    smallest.scatter_reduce_(0, root_p[core_p], perm[core_p], reduce="amin")
-    assigned = root_p >= 0
+    core_index = torch.nonzero(core).flatten()
     root = torch.full((n,), -1, dtype=torch.int64)
-    root[perm[assigned]] = smallest[root_p[assigned]]
-    out_core = torch.zeros(n, dtype=torch.bool)
-    out_core[perm] = core
-    return out_core.to(device), root.to(device)
+    if core_index.numel() == 0:
+        return core.to(device), root.to(device)
+    root[core_index] = parent[core_index]  # smallest core index of the component
+
+    # 3. border points: the first core neighbour found
+    border_index = torch.nonzero(~core).flatten()
+    if border_index.numel():
+        _assign_borders(x, x.index_select(0, core_index), core_index, border_index, root, eps, work.block)
+    return core.to(device), root.to(device)
 
 
-def _union_tile(ops, partial, thr, parent, rows, cols, n, index=None):
-    """Union the eps-neighbour pairs of one tile; ``index`` maps tile rows/cols to parent indices."""
-    r = torch.arange(*rows) if index is None else index[rows[0] : rows[1]]
-    c = torch.arange(*cols) if index is None else index[cols[0] : cols[1]]
-    ops.union_tile(partial, thr, r.contiguous(), c.contiguous(), parent)  # parent stays fully compressed
+def _union_certain(work, ops, certain_index, parent, eps):
+    comp = parent[certain_index]
+    roots, member_comp = torch.unique(comp, return_inverse=True)
+    k = roots.numel()
+    if k == 1:
+        return
+    if k > MAX_COMPONENTS:
+        work.union(ops, certain_index, certain_index, parent, symmetric=True)
+        return
+    points = work.x.index_select(0, certain_index).to(torch.float64)
+    sizes = torch.bincount(member_comp, minlength=k).to(torch.float64)
+    one_hot = torch.zeros((k, points.shape[0]), dtype=torch.float64)
+    one_hot[member_comp, torch.arange(points.shape[0])] = 1.0
+    centres = (one_hot @ points) / sizes[:, None]  # a GEMM: much faster than index_add_ on CPU
+    spread = (points - centres[member_comp]).norm(dim=1)
+    radius = torch.zeros(k, dtype=torch.float64).scatter_reduce_(0, member_comp, spread, reduce="amax")
+    gap = torch.cdist(centres, centres) - radius[:, None] - radius[None, :]
+    # conservative: prune only pairs clearly farther apart than eps (rounding of the tiles)
+    scale = float(points.abs().max()) if points.numel() else 0.0
+    reachable = gap <= eps * (1 + 1e-4) + 1e-5 * scale
+    members = [certain_index[member_comp == a] for a in range(k)]
+    for a in range(k):
+        for b in range(a + 1, k):
+            if bool(reachable[a, b]) and int(parent[roots[a]]) != int(parent[roots[b]]):
+                work.union(ops, members[a], members[b], parent)
 
 
 def _assign_borders(x, xc, core_index, border_index, root, eps, block):
