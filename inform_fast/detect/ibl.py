@@ -76,7 +76,7 @@ def ibl_penalty(
         scorer = _check_scorer("scorer_or_scorers_by_class", scorer_or_scorers_by_class, dim)
         c = _check_coef("coef", coef)
         with torch.no_grad():
-            distance = scorer.distance(latents, name="latents")
+            distance = scorer.distance(latents, name="latents", check_finite=latents.device.type == "cpu")
         return rewards - (c * distance).to(rewards.dtype)
 
     keys, index = _class_index(classes, rewards)
@@ -103,7 +103,7 @@ def ibl_penalty(
     with torch.no_grad():
         def distance_for(scorer):
             if id(scorer) not in distances:
-                distances[id(scorer)] = scorer.distance(latents, name="latents").to(work)
+                distances[id(scorer)] = scorer.distance(latents, name="latents", check_finite=latents.device.type == "cpu").to(work)
             return distances[id(scorer)]
 
         if labels is None:  # one scorer, one coefficient: the classes change nothing

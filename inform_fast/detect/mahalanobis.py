@@ -47,7 +47,7 @@ dispatch.register("mahalanobis_sq", "triton", "inform_fast.kernels.mahalanobis:m
 PRECISIONS = ("tf32", "tf32x3", "ieee")
 SHRINKAGE_NAMES = (None, "ledoit_wolf")
 # rows per chunk of the CPU path: a [chunk, L] fp32 block stays in cache next to A
-_CHUNK_ROWS = 4096
+_CHUNK_ROWS = 8192
 # eigenvalue floor (relative to the largest) below which C counts as singular
 _SINGULAR_RTOL = 1e-12
 _FORMAT_VERSION = 1
@@ -62,14 +62,15 @@ def _mahalanobis_sq_reference(x: torch.Tensor, mean: torch.Tensor, whiten: torch
     if n == 0:
         return out
     rows = min(_CHUNK_ROWS, n)
+    # chunk buffers stay in cache, so the [n, L] product never goes to memory
     centred = torch.empty((rows, x.shape[1]), dtype=work, device=x.device)
     projected = torch.empty((rows, whiten.shape[1]), dtype=work, device=x.device)
     for start in range(0, n, rows):
         stop = min(start + rows, n)
         c = centred[: stop - start]
         p = projected[: stop - start]
-        # subtract first (in the work dtype): folding the mean into a bias after the GEMM would
-        # cancel catastrophically when ||mean|| is large against the spread
+        # subtract before the GEMM: folding -mean @ A in afterwards cancels catastrophically when
+        # the mean is far from the origin in whitened units (and addmm's broadcast bias is slow)
         torch.sub(x[start:stop], mean, out=c)
         torch.mm(c, whiten, out=p)
         torch.linalg.vector_norm(p, dim=1, out=out[start:stop])
@@ -328,17 +329,24 @@ class MahalanobisScorer:
         return cached
 
     # ------------------------------------------------------------------ scoring
-    def distance(self, x, squared: bool = False, backend: Optional[str] = None, name: str = "x") -> torch.Tensor:
+    def distance(self, x, squared: bool = False, backend: Optional[str] = None, name: str = "x", check_finite: bool = True) -> torch.Tensor:
         """Mahalanobis distance [n] (float32; float64 for float64 input) on x's device.
 
         x [n, L]: tensor or array, any float dtype. ``squared=True`` returns d2. ``backend``
-        forces "reference" or "triton" (see ``inform_fast.dispatch``)."""
+        forces "reference" or "triton" (see ``inform_fast.dispatch``). ``check_finite=False`` skips
+        the NaN/Inf check of the result (which synchronises a CUDA device once)."""
         self._finalize()
-        x = as_latents(name, x, dim=self.dim, allow_empty=True)
+        tensor = isinstance(x, torch.Tensor) and x.dim() == 2 and x.is_floating_point() and x.shape[1] == self.dim
+        if not tensor:
+            x = as_latents(name, x, dim=self.dim, allow_empty=True)  # converts, or raises naming x
         work = torch.float64 if x.dtype == torch.float64 else torch.float32
         mean, whiten = self._tensors(x.device, work)
         _, impl = dispatch.resolve("mahalanobis_sq", x.device, backend)
         d2 = impl(x, mean, whiten, self.precision)
+        # NaN/Inf in a row always reach its d2, so checking the [n] result replaces a pass over
+        # the [n, L] input; only then is x searched for the offending entry
+        if tensor and check_finite and not bool(torch.isfinite(d2).all()):
+            as_latents(name, x, dim=self.dim, allow_empty=True)
         return d2 if squared else d2.sqrt()
 
     def pvalue(self, x, backend: Optional[str] = None, name: str = "x") -> torch.Tensor:

@@ -53,6 +53,14 @@ def check_alpha(alpha) -> float:
     return float(alpha)
 
 
+def _checked_shape(rlhf_latents, dim: int):
+    """Tensors of the right shape pass through (``distance`` checks NaN/Inf on its [n] result,
+    far cheaper than a pass over [n, L]); anything else goes through ``as_latents``."""
+    if isinstance(rlhf_latents, torch.Tensor) and rlhf_latents.dim() == 2 and rlhf_latents.is_floating_point() and rlhf_latents.shape[1] == dim and rlhf_latents.shape[0] > 0:
+        return rlhf_latents
+    return as_latents("rlhf_latents", rlhf_latents, dim=dim)
+
+
 def mop(
     rlhf_latents,
     reference_latents=None,
@@ -75,14 +83,14 @@ def mop(
         if reference_latents is None:
             raise ValueError("reference_latents: required when no fitted scorer is given")
         reference = as_latents("reference_latents", reference_latents)
-        rlhf = as_latents("rlhf_latents", rlhf_latents, dim=reference.shape[1])
+        rlhf = _checked_shape(rlhf_latents, reference.shape[1])
         scorer = MahalanobisScorer(shrinkage=shrinkage, eps=eps)
         scorer.fit(reference, name="reference_latents")
     else:
         if not isinstance(scorer, MahalanobisScorer):
             raise ValueError(f"scorer: expected a MahalanobisScorer, got {type(scorer).__name__}")
         scorer._finalize("scorer")
-        rlhf = as_latents("rlhf_latents", rlhf_latents, dim=scorer.dim)
+        rlhf = _checked_shape(rlhf_latents, scorer.dim)
     d2 = scorer.distance(rlhf, squared=True, backend=backend, name="rlhf_latents")
     from inform_fast.detect.mahalanobis import chi2_sf
 
