@@ -12,19 +12,25 @@ Same definition as scikit-learn's ``DBSCAN(eps, min_samples)`` with the Euclidea
 Clusters are numbered 0, 1, ... in the order of their smallest core point index.
 
 CPU algorithm (``reference`` and ``cpp`` backends): the data are centred (less cancellation);
-every tile is a BLAS GEMM giving ``partial = ||c||^2 - 2 r.c``, compared against
-``eps^2 - ||r||^2``, over square tiles of ``block`` rows (see ``_dbscan_tiled``):
+every tile is a BLAS GEMM giving ``partial = ||c||^2 - 2 r.c`` [block, block], compared against
+``eps^2 - ||r||^2`` (steps in ``_dbscan_tiled``):
 
-0. counts against a strided sample of 2048 points find the points that are certainly core;
-1. neighbour counts over the upper triangle of tiles (each tile counts for its rows and,
-   mirrored, its columns) and, in the same tiles, union-find among the certainly-core points
-   (only rows with a neighbour in another component do any work: a vectorised scan against a
-   root snapshot finds them, then C++ links them with a live union-find, or the reference emits
-   the distinct (root, root) pairs); for dense data this one pass does nearly all the work;
-2. the remaining core points against all core points (union);
+0. counts against a strided sample of 2048 points are lower bounds, so points reaching
+   min_samples there are certainly core; they are unioned with a few hundred certain sample
+   points, which gives seed components;
+1. among certain points only pairs of *different* seed components can add edges, and only if
+   their bounding balls come within eps: the others are skipped without a GEMM, so for
+   well-clustered data this step costs almost nothing; the rest are unioned tile by tile (each
+   tile only touches rows that have a neighbour in another component);
+2. the uncertain points are counted exactly against all points; the ones that turn out core
+   are unioned with all core points;
 3. non-core points against core points, for border assignment.
 
-The ``cpp`` backend runs the tile epilogues (threshold, counts, root pairs) and the union-find in
+The result is exact whatever the sample: the sample only decides how much work is skipped.
+Worst case (no certain points) the cost is that of plain tiled counting plus union over core
+points, O(n^2 L) time and O(block^2 + n L) memory.
+
+The ``cpp`` backend runs the tile epilogues (threshold + counts, threshold + live union-find) in
 ``inform_fast._C`` with OpenMP; the ``reference`` backend does them with PyTorch / NumPy. The
 ``triton`` backend (CUDA) counts with one kernel and finds components by min-label propagation
 with pointer jumping (``inform_fast.kernels.dbscan``).
@@ -299,16 +305,23 @@ def _union_certain(work, ops, certain_index, parent, eps):
     if k > MAX_COMPONENTS:
         work.union(ops, certain_index, certain_index, parent, symmetric=True)
         return
-    points = work.x.index_select(0, certain_index).to(torch.float64)
     sizes = torch.bincount(member_comp, minlength=k).to(torch.float64)
-    one_hot = torch.zeros((k, points.shape[0]), dtype=torch.float64)
-    one_hot[member_comp, torch.arange(points.shape[0])] = 1.0
-    centres = (one_hot @ points) / sizes[:, None]  # a GEMM: much faster than index_add_ on CPU
-    spread = (points - centres[member_comp]).norm(dim=1)
-    radius = torch.zeros(k, dtype=torch.float64).scatter_reduce_(0, member_comp, spread, reduce="amax")
+    chunks = _blocks(0, certain_index.numel(), 1 << 16)  # bounded temporaries
+    centres = torch.zeros((k, work.x.shape[1]), dtype=torch.float64)
+    for a, b in chunks:
+        one_hot = torch.zeros((k, b - a), dtype=torch.float64)
+        one_hot[member_comp[a:b], torch.arange(b - a)] = 1.0
+        centres += one_hot @ work.x.index_select(0, certain_index[a:b]).to(torch.float64)  # GEMM, faster than index_add_
+    centres /= sizes[:, None]
+    radius = torch.zeros(k, dtype=torch.float64)
+    scale = 0.0
+    for a, b in chunks:
+        points = work.x.index_select(0, certain_index[a:b]).to(torch.float64)
+        spread = (points - centres[member_comp[a:b]]).norm(dim=1)
+        radius.scatter_reduce_(0, member_comp[a:b], spread, reduce="amax")
+        scale = max(scale, float(points.abs().max()))
     gap = torch.cdist(centres, centres) - radius[:, None] - radius[None, :]
     # conservative: prune only pairs clearly farther apart than eps (rounding of the tiles)
-    scale = float(points.abs().max()) if points.numel() else 0.0
     reachable = gap <= eps * (1 + 1e-4) + 1e-5 * scale
     members = [certain_index[member_comp == a] for a in range(k)]
     for a in range(k):
