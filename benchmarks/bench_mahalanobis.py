@@ -1,7 +1,8 @@
 """Mahalanobis distance of many latents to a fitted reference.
 
 CPU (default): 2*10^5 x 128 float32. Ours (``MahalanobisScorer.distance``, chunked GEMM with the
-whitening matrix + square-sum) against NumPy vectorised, an eager PyTorch expression, one torch
+whitening matrix + square-sum) against NumPy vectorised, an eager PyTorch expression and its
+torch.compile, one torch
 matmul of the same shape (the ceiling: our work is that GEMM plus a square-sum) and the authors'
 per-row loop (``scipy.spatial.distance.mahalanobis`` called per row in Python), which is timed
 on 2000 rows and reported per row in its own group (``extra_info["seconds_per_row"]``).
@@ -96,6 +97,29 @@ def test_mahalanobis_torch_eager(benchmark, setup):
 
     benchmark.pedantic(run, **_rounds(device))
     _info(benchmark, "baseline", x, what="((x - mean) @ inv(cov) * (x - mean)).sum(1)")
+
+
+@pytest.mark.benchmark(group="mahalanobis")
+def test_mahalanobis_torch_compile(benchmark, setup):
+    scorer, x, device = setup
+    mean = scorer.mean_.float().to(device)
+    precision = torch.linalg.inv(scorer.covariance_).float().to(device)
+
+    @torch.compile(dynamic=False)
+    def squared(x):
+        diff = x - mean
+        return ((diff @ precision) * diff).sum(1)
+
+    def run():
+        squared(x)
+        _sync(device)
+
+    try:
+        run()  # compile outside the timing
+    except Exception as error:  # no compiler toolchain on this machine
+        pytest.skip(f"torch.compile failed: {type(error).__name__}: {error}")
+    benchmark.pedantic(run, **_rounds(device))
+    _info(benchmark, "baseline", x, what="torch.compile of the eager expression")
 
 
 @pytest.mark.benchmark(group="mahalanobis")

@@ -332,3 +332,33 @@ def test_ibl_penalty_bad_input():
         ibl_penalty(rewards[None], latents, scorer, 1.0)
     with pytest.raises(ValueError, match="classes"):
         ibl_penalty(rewards, latents, {"a": scorer}, 1.0, classes=["a"] * 3)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+def test_nan_inf_tensor_found_from_the_result(value):
+    # tensors skip the [n, L] input pass; a bad entry is found through its row's d2
+    scorer = MahalanobisScorer().fit(_data(100, 6))
+    x = torch.tensor(_data(20, 6, seed=4), dtype=torch.float32)
+    x[7, 5] = value
+    with pytest.raises(ValueError, match=r"queries: contains 1 NaN/Inf value\(s\), first at index \(7, 5\)"):
+        scorer.distance(x, name="queries")
+    with pytest.raises(ValueError, match="rlhf_latents: contains"):
+        mop(x, scorer=scorer)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_kernel_and_device_labels():
+    reference = _data(2000, 128)
+    scorer = MahalanobisScorer(precision="ieee").fit(reference)
+    queries = torch.tensor(_data(1000, 128, seed=3), dtype=torch.float32, device="cuda")
+    expected = _numpy_d2(reference, queries.double().cpu().numpy())
+    np.testing.assert_allclose(scorer.distance(queries, squared=True).double().cpu().numpy(), expected, rtol=1e-4)
+    scorer.precision = "tf32"
+    np.testing.assert_allclose(scorer.distance(queries, squared=True).double().cpu().numpy(), expected, rtol=1e-2)
+    other = MahalanobisScorer().fit(reference[:1000] + 1.0)
+    labels = torch.arange(1000, device="cuda") % 2
+    rewards = torch.zeros(1000, device="cuda")
+    out = ibl_penalty(rewards, queries, {0: scorer, 1: other}, {0: 1.0, 1: 2.0}, classes=labels)
+    host = ibl_penalty(rewards.cpu(), queries.cpu(), {0: scorer, 1: other}, {0: 1.0, 1: 2.0}, classes=labels.cpu())
+    assert out.device.type == "cuda"
+    torch.testing.assert_close(out.cpu(), host, rtol=1e-2, atol=1e-2)
