@@ -80,7 +80,7 @@ def run(args) -> int:
     ax.set_xlabel("PC 1 (fitted on reference)")
     ax.set_ylabel("PC 2")
     ax.set_title(args.title or f"latent map: ICDS {result.score:.4g} (eps {result.eps:.3g}, min_samples {result.min_samples})")
-    ax.legend(loc="best", fontsize=8, markerscale=2)
+    ax.legend(loc="best", fontsize=8)
     fig.tight_layout()
     handle, temp = tempfile.mkstemp(prefix=".plot-", suffix=".png", dir=folder)
     os.close(handle)
