@@ -182,3 +182,11 @@ def test_cli_errors(tmp_path, capsys):
         preset("huge")
     with pytest.raises(ValueError, match="max_n"):
         preset("tiny", max_n=10_000)
+
+
+def test_presets_are_consistent():
+    for name in ("tiny", "small", "paper"):
+        config = preset(name)
+        assert config.max_n <= config.pool_per_prompt
+        assert study.log_grid(config.max_n)[-1] == config.max_n
+    assert preset("small").max_n >= 1000 and preset("paper").max_n >= preset("small").max_n

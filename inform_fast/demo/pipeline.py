@@ -95,7 +95,7 @@ def run_study(config: DemoConfig, seed: int = 0, progress: bool = True) -> dict:
 def _run(config, seed, device, rng, grid, bar, started) -> dict:
     # ---------------------------------------------------------------- world, pairs, pool
     bar.stage("world")
-    pairs = world.preference_pairs(rng, config.train_pairs, config.n_prompts, flip=config.label_flip)
+    pairs = world.preference_pairs(rng, config.train_pairs, config.n_prompts, flip=config.label_flip, keep_otherwise=config.keep_less_filler)
     heldout = world.preference_pairs(rng, config.eval_pairs, config.n_prompts, flip=0.0, keep_if_more_filler=1.0, keep_otherwise=1.0)
     topics = np.repeat(np.arange(config.n_prompts), config.pool_per_prompt)
     pool = world.generate(rng, topics)

@@ -107,7 +107,7 @@ def plot_detection(results: dict, path: str) -> None:
     for ax, (key, ylabel, title) in zip(axes, panels):
         for name in ("standard", "inform"):
             ax.plot(results[name]["kl"], results[name][key], "-o", ms=3.5, color=COLORS[name],
-                    label=f"best-of-n on {RM_LABELS[name]}")
+                    label=f"best-of-n on {THE[name]}")
         _n_axis(ax, results)
         ax.set_xlabel("KL [nats]")
         ax.set_ylabel(ylabel)
@@ -194,11 +194,25 @@ def verdict(results: dict) -> list:
             f"hacked fraction {r['hacked_fraction'][0]:.2f} -> {r['hacked_fraction'][-1]:.2f}."
         )
     auc = results["detector_auroc"]
-    quality = "usable" if (auc.get("pooled") or 0) >= 0.7 else "weak (close to chance)" if (auc.get("pooled") or 0) < 0.6 else "modest"
+    pooled = auc.get("pooled")
+    if pooled is None:
+        quality = "not measurable (one class is empty)"
+    elif pooled >= 0.7:
+        quality = "usable"
+    elif pooled >= 0.6:
+        quality = "modest"
+    elif pooled > 0.4:
+        quality = "close to chance"
+    else:
+        quality = "inverted: hacked picks lie *closer* to the reference than the other picks, so distance alone does not flag them"
     lines.append(
         f"- The per-response outlier score (Mahalanobis distance in InfoRM's latent space) separates hacked from "
         f"non-hacked selections with AUROC {_fmt(auc.get('standard'))} (standard proxy), {_fmt(auc.get('inform'))} "
         f"(InfoRM proxy), {_fmt(auc.get('pooled'))} pooled: {quality} in this run."
+    )
+    lines.append(
+        f"- This is one seed (seed {results['seed']}): the comparison between the two reward models varies from seed to "
+        "seed in this toy world; rerun with `--seed` to see the spread (docs/demo.md)."
     )
     return lines
 
