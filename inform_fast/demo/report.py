@@ -125,18 +125,30 @@ def plot_latent_map(results: dict, arrays: dict, path: str) -> None:
     plt = _pyplot()
     projection = PCAProjection(n_components=2, normalize=False).fit(arrays["reference"])
     ref = projection.transform(arrays["reference"]).numpy()
+    # each axis in units of the reference's spread along it (PC 2 is often tiny next to PC 1),
+    # and limits from the reference's 0.5-99.5% range plus every selected point, so that one
+    # stray reference latent does not squash the picture
+    scale = ref.std(axis=0)
+    scale[scale == 0] = 1.0
+    ref = ref / scale
+    selected = {name: projection.transform(arrays["selected"][name]).numpy() / scale for name in ("standard", "inform")}
+    shown = np.concatenate([np.percentile(ref, [0.5, 99.5], axis=0)] + list(selected.values()))
+    low, high = shown.min(axis=0), shown.max(axis=0)
+    pad = 0.05 * (high - low + 1e-12)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.8), dpi=110, sharex=True, sharey=True)
     n = results["n"][-1]
     for ax, name in zip(axes, ("standard", "inform")):
-        sel = projection.transform(arrays["selected"][name]).numpy()
+        sel = selected[name]
         hacked = np.asarray(arrays["hacked"][name], dtype=bool)
         ax.scatter(ref[:, 0], ref[:, 1], s=4, color="0.75", label="reference (n = 1)", rasterized=True)
         ax.scatter(sel[~hacked, 0], sel[~hacked, 1], s=14, color=COLORS[name], alpha=0.7, label=f"best-of-{n}, not hacked")
         ax.scatter(sel[hacked, 0], sel[hacked, 1], s=26, marker="x", color="tab:red", label=f"best-of-{n}, hacked ({hacked.mean():.0%})")
         ax.set_title(f"best-of-{n} on {THE[name]}", fontsize=10)
-        ax.set_xlabel("PC 1 of the reference latents")
+        ax.set_xlabel("PC 1 of the reference latents (reference std units)")
+        ax.set_xlim(low[0] - pad[0], high[0] + pad[0])
+        ax.set_ylim(low[1] - pad[1], high[1] + pad[1])
         ax.legend(fontsize=8, loc="best")
-    axes[0].set_ylabel("PC 2")
+    axes[0].set_ylabel("PC 2 (reference std units)")
     fig.suptitle("InfoRM latents (mu): reference vs selected; hacked = gold below the reference median", fontsize=11)
     fig.tight_layout()
     fig.savefig(path)
