@@ -190,3 +190,26 @@ def test_presets_are_consistent():
         assert config.max_n <= config.pool_per_prompt
         assert study.log_grid(config.max_n)[-1] == config.max_n
     assert preset("small").max_n >= 1000 and preset("paper").max_n >= preset("small").max_n
+
+
+def test_report_is_all_or_nothing(tmp_path, monkeypatch):
+    from inform_fast.demo import report
+
+    outcome = run_study(preset("tiny", steps=2), seed=0, progress=False)
+    outcome["results"].update(preset="tiny", config=preset("tiny", steps=2).to_dict())
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "report.json").write_text("{}")
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(report, "plot_detection", broken)
+    with pytest.raises(RuntimeError, match="disk full"):
+        report.write_report(str(out), outcome)
+    # the previous report is untouched and no temporary folder is left behind
+    assert sorted(os.listdir(tmp_path)) == ["out"]
+    assert sorted(os.listdir(out)) == ["report.json"]
+    monkeypatch.undo()
+    report.write_report(str(out), outcome)
+    assert "report.md" in os.listdir(out) and sorted(os.listdir(tmp_path)) == ["out"]
