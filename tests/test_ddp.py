@@ -1,11 +1,12 @@
 """DDP: two gloo processes on their halves of a batch give the full batch's gradients."""
 import os
 import socket
+import subprocess
+import sys
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from inform_fast.integrations.hf_trainer import inform_batch_loss
 from inform_fast.modeling import InfoRMConfig, InfoRMForRewardModel
@@ -58,7 +59,17 @@ def _free_port():
 
 @pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="torch.distributed with gloo is not available")
 def test_ddp_gradients_match_single_process(tmp_path):
-    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    # Each rank is this file run as a script: pytest's importlib mode leaves test modules
+    # unimportable by name, which multiprocessing's spawn would need.
+    port = _free_port()
+    ranks = [
+        subprocess.Popen([sys.executable, __file__, str(rank), "2", str(port), str(tmp_path)],
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for rank in range(2)
+    ]
+    for rank in ranks:
+        output, _ = rank.communicate(timeout=300)
+        assert rank.returncode == 0, output
     model = build_model()
     loss, _, _ = inform_batch_loss(model, make_batch())
     loss.backward()
@@ -71,3 +82,7 @@ def test_ddp_gradients_match_single_process(tmp_path):
         # DDP averages gradients, and the loss is a mean over equally sized halves.
         torch.testing.assert_close(rank_grads[0][name], rank_grads[1][name])
         torch.testing.assert_close(rank_grads[0][name], p.grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+if __name__ == "__main__":
+    _worker(int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4])
