@@ -362,3 +362,13 @@ def test_cuda_kernel_and_device_labels():
     host = ibl_penalty(rewards.cpu(), queries.cpu(), {0: scorer, 1: other}, {0: 1.0, 1: 2.0}, classes=labels.cpu())
     assert out.device.type == "cuda"
     torch.testing.assert_close(out.cpu(), host, rtol=1e-2, atol=1e-2)
+
+
+@pytest.mark.parametrize("offset", [0.0, 10.0, 1e3])  # folded mean (near origin), near the fold limit, subtracted first
+def test_float32_accuracy_with_a_mean_far_from_the_origin(offset):
+    reference = _data(3000, 16, offset=offset).astype(np.float32)
+    queries = _data(500, 16, seed=6, offset=offset).astype(np.float32)
+    scorer = MahalanobisScorer(eps=0.0).fit(torch.from_numpy(reference))
+    expected = _numpy_d2(reference.astype(np.float64), queries.astype(np.float64))
+    got = scorer.distance(torch.from_numpy(queries), squared=True).double().numpy()
+    np.testing.assert_allclose(got, expected, rtol=2e-3, atol=1e-3)

@@ -46,34 +46,41 @@ dispatch.register("mahalanobis_sq", "triton", "inform_fast.kernels.mahalanobis:m
 
 PRECISIONS = ("tf32", "tf32x3", "ieee")
 SHRINKAGE_NAMES = (None, "ledoit_wolf")
-# rows per chunk of the CPU path: a [chunk, L] fp32 block stays in cache next to A
-_CHUNK_ROWS = 8192
+# Rows per chunk of the PyTorch path (bounds the [chunk, L] temporary). Large on purpose: on the
+# 2-core development machine, cache-sized chunks (8192 rows) ran at 110% of one matmul's rate when
+# the machine was idle but at 25-50% when other processes competed for the cores (every chunk's
+# ops are OpenMP regions whose barriers wait for descheduled threads); few big chunks stay within
+# ~10-30% of the matmul in both cases.
+_CHUNK_ROWS = 1 << 18
+# largest Mahalanobis norm of the mean for which the PyTorch path folds the mean into the GEMM
+_FOLD_MAX_NORM = 64.0
 # eigenvalue floor (relative to the largest) below which C counts as singular
 _SINGULAR_RTOL = 1e-12
 _FORMAT_VERSION = 1
 
 
 def _mahalanobis_sq_reference(x: torch.Tensor, mean: torch.Tensor, whiten: torch.Tensor, precision: str = "ieee") -> torch.Tensor:
-    """d2 [n] = ||(x - mean) @ whiten||^2, chunked. x [n, L] any float dtype; mean [L] and whiten
-    [L, L] in the work dtype (float32, or float64 for float64 x). ``precision`` is unused here."""
+    """d2 [n] = ||(x - mean) @ whiten||^2, in chunks of ``_CHUNK_ROWS`` rows. x [n, L] any float
+    dtype; mean [L] and whiten [L, L] in the work dtype (float32, or float64 for float64 x).
+    ``precision`` is unused here."""
     work = whiten.dtype
     n = x.shape[0]
     out = torch.empty(n, dtype=work, device=x.device)
     if n == 0:
         return out
-    rows = min(_CHUNK_ROWS, n)
-    # chunk buffers stay in cache, so the [n, L] product never goes to memory
-    centred = torch.empty((rows, x.shape[1]), dtype=work, device=x.device)
-    projected = torch.empty((rows, whiten.shape[1]), dtype=work, device=x.device)
-    for start in range(0, n, rows):
-        stop = min(start + rows, n)
-        c = centred[: stop - start]
-        p = projected[: stop - start]
-        # subtract before the GEMM: folding -mean @ A in afterwards cancels catastrophically when
-        # the mean is far from the origin in whitened units (and addmm's broadcast bias is slow)
-        torch.sub(x[start:stop], mean, out=c)
-        torch.mm(c, whiten, out=p)
-        torch.linalg.vector_norm(p, dim=1, out=out[start:stop])
+    # x @ A - mean @ A (one addmm) saves the subtraction pass, but the error of a whitened
+    # coordinate grows like eps * ||mean @ A||: fold only when the mean is near the origin in
+    # whitened units (a host check, so only for CPU tensors); else subtract first.
+    shift = mean[None, :] @ whiten  # [1, L]
+    fold = x.device.type == "cpu" and x.dtype == work and float(shift.norm()) <= _FOLD_MAX_NORM
+    negated = -shift
+    for start in range(0, n, _CHUNK_ROWS):
+        chunk = x[start : start + _CHUNK_ROWS]
+        if fold:
+            projected = torch.addmm(negated, chunk, whiten)  # [c, L]
+        else:
+            projected = (chunk.to(work) - mean) @ whiten  # [c, L]
+        torch.linalg.vector_norm(projected, dim=1, out=out[start : start + chunk.shape[0]])
     return out.square_()
 
 
