@@ -147,8 +147,8 @@ def _gloo_worker(rank, world, store_path, data, result_path):
     store = dist.FileStore(store_path, world)
     dist.init_process_group("gloo", store=store, rank=rank, world_size=world)
     try:
-        chunk = np.array_split(data, [100, 100])[rank] if rank == 0 else data[100:]
-        scorer = MahalanobisScorer(shrinkage="ledoit_wolf").partial_fit(torch.tensor(chunk) * (1 if rank == 0 else 1))
+        chunk = data[:100] if rank == 0 else data[100:]  # uneven shares, different local shifts
+        scorer = MahalanobisScorer(shrinkage="ledoit_wolf").partial_fit(torch.tensor(chunk))
         scorer.all_reduce()
         if rank == 1:
             torch.save({"cov": scorer.covariance_, "mean": scorer.mean_, "n": scorer.n_samples_, "shrink": scorer.shrinkage_}, result_path)
