@@ -46,12 +46,12 @@ dispatch.register("mahalanobis_sq", "triton", "inform_fast.kernels.mahalanobis:m
 
 PRECISIONS = ("tf32", "tf32x3", "ieee")
 SHRINKAGE_NAMES = (None, "ledoit_wolf")
-# Rows per chunk of the PyTorch path (bounds the [chunk, L] temporary). Large on purpose: on the
-# 2-core development machine, cache-sized chunks (8192 rows) ran at 110% of one matmul's rate when
-# the machine was idle but at 25-50% when other processes competed for the cores (every chunk's
-# ops are OpenMP regions whose barriers wait for descheduled threads); few big chunks stay within
-# ~10-30% of the matmul in both cases.
-_CHUNK_ROWS = 1 << 18
+# Rows per chunk of the PyTorch path (bounds the [chunk, L] temporary: 16 MiB at L = 128 fp32,
+# inside the L3 cache). Measured on the 2-core development machine, 2*10^5 x 128, against one
+# torch.mm of the same shape: idle, 8192 rows 103%, 32768 rows 97%, one chunk 63%; with other
+# processes competing for the cores, small chunks fall to 25-50% (each chunk's ops are OpenMP
+# regions whose barriers wait for descheduled threads) while 32768 rows stay near 60-80%.
+_CHUNK_ROWS = 1 << 15
 # largest Mahalanobis norm of the mean for which the PyTorch path folds the mean into the GEMM
 _FOLD_MAX_NORM = 64.0
 # eigenvalue floor (relative to the largest) below which C counts as singular
