@@ -67,6 +67,8 @@ def load_latents(path: str, key: Optional[str] = None, name: str = "path") -> to
     if not os.path.isfile(path):
         raise ValueError(f"{name}: file not found: {path}")
     suffix = os.path.splitext(path)[1].lower()
+    if suffix not in LATENT_SUFFIXES:
+        raise ValueError(f"{name}: unsupported file type {suffix!r} (expected one of {LATENT_SUFFIXES})")
     try:
         if suffix == ".npy":
             value = np.load(path, allow_pickle=False)
@@ -74,13 +76,9 @@ def load_latents(path: str, key: Optional[str] = None, name: str = "path") -> to
             from safetensors.torch import load_file
 
             value = load_file(path)
-        elif suffix in (".pt", ".pth"):
-            value = torch.load(path, map_location="cpu", weights_only=True)
         else:
-            raise ValueError(f"{name}: unsupported file type {suffix!r} (expected one of {LATENT_SUFFIXES})")
-    except ValueError:
-        raise
-    except Exception as error:
+            value = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # a corrupt file: name the argument and the file, keep the cause
         raise ValueError(f"{name}: could not read {path}: {type(error).__name__}: {error}") from error
     if isinstance(value, dict):
         value = _pick(value, key, path, name)

@@ -1,0 +1,61 @@
+"""Latent matrices: conversion, checks and reading from files."""
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from inform_fast.detect.inputs import as_latents, load_latents
+
+
+def test_numpy_is_shared_and_ints_become_float():
+    array = np.random.rand(5, 3).astype(np.float32)
+    tensor = as_latents("x", array)
+    assert tensor.dtype == torch.float32 and np.shares_memory(tensor.numpy(), array)
+    assert as_latents("x", np.ones((2, 2), dtype=np.int64)).dtype == torch.float32
+    assert as_latents("x", torch.ones(2, 2, dtype=torch.bfloat16)).dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize(
+    "value, kwargs, match",
+    [
+        (np.zeros(4), {}, "2-D"),
+        (np.zeros((0, 3)), {}, "empty"),
+        (np.zeros((3, 0)), {}, "latent dimension is 0"),
+        (np.array([[1.0, np.nan]]), {}, "NaN/Inf.*index \\(0, 1\\)"),
+        (np.array([[np.inf, 1.0]]), {}, "NaN/Inf"),
+        (np.zeros((2, 3)), {"dim": 4}, "does not match the expected 4"),
+        (np.array([["a", "b"]]), {}, "numeric"),
+    ],
+)
+def test_bad_latents_name_the_argument(value, kwargs, match):
+    with pytest.raises(ValueError, match=f"rlhf_latents: .*{match}"):
+        as_latents("rlhf_latents", value, **kwargs)
+
+
+def test_read_each_format(tmp_path):
+    data = torch.randn(7, 5)
+    np.save(tmp_path / "a.npy", data.numpy())
+    save_file({"mu": data, "rewards": torch.randn(7)}, str(tmp_path / "a.safetensors"))
+    torch.save({"latents": data}, tmp_path / "a.pt")
+    for name in ("a.npy", "a.safetensors", "a.pt"):
+        torch.testing.assert_close(load_latents(str(tmp_path / name)), data)
+    torch.testing.assert_close(load_latents(str(tmp_path / "a.safetensors"), key="mu"), data)
+
+
+def test_file_errors_name_the_argument(tmp_path):
+    with pytest.raises(ValueError, match="--rlhf: file not found"):
+        load_latents(str(tmp_path / "missing.npy"), name="--rlhf")
+    (tmp_path / "bad.npy").write_bytes(b"not a numpy file")
+    with pytest.raises(ValueError, match="--rlhf: could not read .*bad.npy"):
+        load_latents(str(tmp_path / "bad.npy"), name="--rlhf")
+    (tmp_path / "x.csv").write_text("1,2\n")
+    with pytest.raises(ValueError, match="--rlhf: unsupported file type '.csv'"):
+        load_latents(str(tmp_path / "x.csv"), name="--rlhf")
+    save_file({"a": torch.zeros(2, 2), "b": torch.zeros(2, 2)}, str(tmp_path / "two.safetensors"))
+    with pytest.raises(ValueError, match="several tensors"):
+        load_latents(str(tmp_path / "two.safetensors"), name="--rlhf")
+    with pytest.raises(ValueError, match="key 'c' not in"):
+        load_latents(str(tmp_path / "two.safetensors"), key="c", name="--rlhf")
+    np.save(tmp_path / "nan.npy", np.array([[np.nan, 1.0]]))
+    with pytest.raises(ValueError, match="NaN/Inf"):
+        load_latents(str(tmp_path / "nan.npy"))
