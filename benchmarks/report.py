@@ -10,7 +10,8 @@ Conventions the benchmarks follow (``benchmark.extra_info``):
     flops     floating-point operations (for the fraction of the measured matrix rate)
     peak_memory_bytes, and any size parameters, are printed as they are.
 Without a role, a name containing "ours", "inform_fast", "fused" or "triton" counts as ours.
-Ratios are baseline time / our time within a group (> 1 means we are faster).
+Ratios are baseline time / our time within a group, at the same parameters apart from the one
+that picks the implementation (``impl`` / ``variant``), > 1 meaning we are faster.
 """
 from __future__ import annotations
 
@@ -66,6 +67,16 @@ def ceilings(benches: list[dict]) -> dict:
     return found
 
 
+IMPL_PARAMS = {"impl", "variant", "implementation", "backend"}
+
+
+def size_key(bench: dict) -> str:
+    """What must match for two benchmarks of a group to be compared: the parameters other than
+    the one that picks the implementation."""
+    params = bench.get("params") or {}
+    return repr(sorted((k, repr(v)) for k, v in params.items() if k not in IMPL_PARAMS))
+
+
 def sizes_of(bench: dict) -> str:
     info = {k: v for k, v in bench.get("extra_info", {}).items() if k not in SKIP_INFO}
     params = bench.get("params") or {}
@@ -103,11 +114,15 @@ def render(runs: list[tuple[str, dict]]) -> str:
         for group, members in groups.items():
             lines += [f"### {group}", "", "| implementation | role | median | memory | ratio vs ours | of ceiling | sizes |",
                       "|---|---|---|---|---|---|---|"]
-            ours = [b for b in members if role(b) == "ours"]
-            our_time = min((b["stats"]["median"] for b in ours), default=None)
-            for bench in sorted(members, key=lambda b: b["stats"]["median"]):
+            our_times: dict = {}
+            for bench in members:
+                if role(bench) == "ours":
+                    key = size_key(bench)
+                    our_times[key] = min(our_times.get(key, float("inf")), bench["stats"]["median"])
+            for bench in sorted(members, key=lambda b: (size_key(b), b["stats"]["median"])):
                 median = bench["stats"]["median"]
                 info = bench.get("extra_info", {})
+                our_time = our_times.get(size_key(bench))
                 ratio = "" if our_time is None or role(bench) == "ours" else f"{median / our_time:.2f}x"
                 lines.append(
                     f"| `{bench['name']}` | {role(bench)} | {fmt_time(median)} | {fmt_bytes(info.get('peak_memory_bytes'))} "

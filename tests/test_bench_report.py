@@ -57,3 +57,17 @@ def test_ci_runs_the_readme_commands():
     assert len(block) == 2
     assert block[0].endswith("inform-fast demo") and block[1].endswith("pytest")
     assert "README.md" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_ratios_compare_only_equal_sizes(tmp_path):
+    report = load_report_module()
+    runs = [
+        dict(bench("ours-6", "nn", 0.010, role="ours"), params={"impl": "ours", "queries": 6}),
+        dict(bench("numpy-6", "nn", 0.020), params={"impl": "numpy", "queries": 6}),
+        dict(bench("ours-1000", "nn", 0.150, role="ours"), params={"impl": "ours", "queries": 1000}),
+        dict(bench("numpy-1000", "nn", 0.100), params={"impl": "numpy", "queries": 1000}),
+    ]
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps({"benchmarks": runs, "machine_info": {}}))
+    text = report.render([(str(path), json.loads(path.read_text()))])
+    assert "| 2.00x |" in text and "| 0.67x |" in text
