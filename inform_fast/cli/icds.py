@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+
+from inform_fast._io import write_text_atomic
 
 HELP = "integrated cluster deviation score of RLHF latents against reference latents"
 
@@ -33,21 +34,6 @@ def parse_eps(text: str):
         return float(text)
     except ValueError:
         raise ValueError(f"--eps: expected a number > 0 or 'auto', got {text!r}") from None
-
-
-def write_json_atomic(path: str, payload: dict) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise ValueError(f"--output: folder does not exist: {folder}")
-    handle, temp = tempfile.mkstemp(prefix=".icds-", suffix=".json.tmp", dir=folder)
-    try:
-        with os.fdopen(handle, "w") as stream:
-            json.dump(payload, stream, indent=2)
-        os.replace(temp, path)
-    except BaseException:
-        if os.path.exists(temp):
-            os.unlink(temp)
-        raise
 
 
 def run(args) -> int:
@@ -80,6 +66,6 @@ def run(args) -> int:
         name = "noise" if (result.include_noise and k == result.n_clusters) else f"cluster {k}"
         print(f"  {name:<12} size {size:>8}  deviation {deviation:.6g}")
     if args.output:
-        write_json_atomic(args.output, payload)
+        write_text_atomic(args.output, json.dumps(payload, indent=2), name="--output")
         print(f"wrote {args.output}")
     return 0

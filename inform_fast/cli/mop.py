@@ -20,7 +20,7 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     from inform_fast.detect.inputs import load_latents
-    from inform_fast.detect.monitor import _atomic_write_text
+    from inform_fast._io import write_text_atomic
     from inform_fast.detect.mop import check_alpha, mop
     from inform_fast.detect.mahalanobis import _check_shrinkage
 
@@ -46,6 +46,6 @@ def run(args) -> int:
         if args.per_point:
             summary["pvalues"] = result.pvalues.cpu().tolist()
             summary["distances"] = result.distances.double().cpu().tolist()
-        _atomic_write_text(args.output, json.dumps(summary, indent=1))
+        write_text_atomic(args.output, json.dumps(summary, indent=1), name="--output")
         print(f"wrote {args.output}")
     return 0

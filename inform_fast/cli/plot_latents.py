@@ -8,7 +8,8 @@ cluster centroids with black-edged stars. Written to a temporary file, then rena
 from __future__ import annotations
 
 import os
-import tempfile
+
+from inform_fast._io import atomic_path
 
 HELP = "PNG map of reference vs RLHF latents, clusters and outliers marked"
 
@@ -82,15 +83,9 @@ def run(args) -> int:
     ax.set_title(args.title or f"latent map: ICDS {result.score:.4g} (eps {result.eps:.3g}, min_samples {result.min_samples})")
     ax.legend(loc="best", fontsize=8)
     fig.tight_layout()
-    handle, temp = tempfile.mkstemp(prefix=".plot-", suffix=".png", dir=folder)
-    os.close(handle)
     try:
-        fig.savefig(temp, format="png")
-        os.replace(temp, args.out)
-    except BaseException:
-        if os.path.exists(temp):
-            os.unlink(temp)
-        raise
+        with atomic_path(args.out, name="--out") as temp:
+            fig.savefig(temp, format="png")
     finally:
         plt.close(fig)
     print(f"wrote {args.out} (ICDS {result.score:.6g}, {result.n_clusters} clusters, {result.n_noise} noise)")

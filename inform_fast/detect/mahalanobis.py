@@ -39,6 +39,7 @@ from typing import Optional, Union
 import torch
 
 from inform_fast import dispatch
+from inform_fast._io import atomic_path
 from inform_fast.detect.inputs import as_latents
 
 dispatch.register("mahalanobis_sq", "reference", "inform_fast.detect.mahalanobis:_mahalanobis_sq_reference")
@@ -376,23 +377,12 @@ class MahalanobisScorer:
 
     def save(self, path: str) -> None:
         """Write the sums and the config to a .safetensors file (atomically)."""
-        import os
-        import tempfile
-
         from safetensors.torch import save_file
 
         config = {"shrinkage": self.shrinkage, "eps": self.eps, "precision": self.precision, "dim": self.dim, "format": _FORMAT_VERSION}
         tensors = {k: v.contiguous() for k, v in self.state_dict().items()}
-        directory = os.path.dirname(os.path.abspath(path))
-        fd, tmp = tempfile.mkstemp(prefix=".mahalanobis-", suffix=".safetensors", dir=directory)
-        os.close(fd)
-        try:
-            save_file(tensors, tmp, metadata={"inform_fast.mahalanobis": json.dumps(config)})
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-            raise
+        with atomic_path(path) as temp:
+            save_file(tensors, temp, metadata={"inform_fast.mahalanobis": json.dumps(config)})
 
     @classmethod
     def load(cls, path: str, device: Optional[Union[str, torch.device]] = None) -> "MahalanobisScorer":

@@ -26,12 +26,12 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 import time
 from typing import Callable, Dict, List, Optional, Union
 
 import torch
 
+from inform_fast._io import atomic_path, write_text_atomic
 from inform_fast.detect.inputs import as_latents
 from inform_fast.validation import check_choice, check_positive_int
 
@@ -246,7 +246,7 @@ class OverOptimizationMonitor:
 
     def save(self, path: str) -> None:
         """Write the history (and config, onset) as JSON, atomically."""
-        _atomic_write_text(path, json.dumps(self.to_dict(), indent=1, default=_json_default, allow_nan=True))
+        write_text_atomic(path, json.dumps(self.to_dict(), indent=1, default=_json_default, allow_nan=True))
 
     def plot(self, path: str) -> None:
         """PNG of the watched scores over steps, the onset marked."""
@@ -257,19 +257,6 @@ def _json_default(value):
     if isinstance(value, torch.Tensor) and value.numel() == 1:
         return value.item()
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
-
-
-def _atomic_write_text(path: str, text: str) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.basename(path), dir=directory)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def read_history(path: str) -> dict:
@@ -314,15 +301,8 @@ def plot_history(data: dict, path: str) -> None:
     axes[-1, 0].set_xlabel("step")
     fig.suptitle("Overoptimization monitor")
     fig.tight_layout()
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=directory)
-    os.close(fd)
     try:
-        fig.savefig(tmp, format="png", dpi=110)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+        with atomic_path(path) as temp:
+            fig.savefig(temp, format="png", dpi=110)
     finally:
         plt.close(fig)
