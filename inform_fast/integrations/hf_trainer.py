@@ -71,16 +71,19 @@ def inform_batch_loss(model, inputs: Dict[str, Any], beta: Optional[float] = Non
     terms = reference.pairwise_loss_from_rewards(raw[:pairs], raw[pairs:], kl[:pairs], kl[pairs:], beta=beta, margin=margin)
     with torch.no_grad():
         mu = output.mu[: 2 * pairs].float()
-        metrics = {
-            "preference_loss": terms.preference_loss.item(),
-            "kl": terms.kl.item(),
-            "accuracy": terms.accuracy.item(),
-            "reward_margin": terms.reward_margin.item(),
-            "reward_chosen": raw[:pairs].mean().item(),
-            "reward_rejected": raw[pairs:].mean().item(),
-            "mu_norm": mu.norm(dim=-1).mean().item(),
-            "logvar_mean": output.logvar[: 2 * pairs].float().mean().item(),
+        values = {
+            "preference_loss": terms.preference_loss,
+            "kl": terms.kl,
+            "accuracy": terms.accuracy,
+            "reward_margin": terms.reward_margin,
+            "reward_chosen": raw[:pairs].mean(),
+            "reward_rejected": raw[pairs:].mean(),
+            "mu_norm": mu.norm(dim=-1).mean(),
+            "logvar_mean": output.logvar[: 2 * pairs].float().mean(),
         }
+        # one device-to-host copy for all the metrics, not one synchronisation each
+        numbers = torch.stack([v.detach().float() for v in values.values()]).tolist()
+        metrics = dict(zip(values, numbers))
     return terms.loss, metrics, output
 
 
