@@ -119,7 +119,8 @@ def test_nearest(benchmark, device, gpu_sizes, impl, queries):
     else:
         m = 50_000
     rlhf, reference = make_latents(queries, m, device=device)
-    info = dict(queries=queries, references=m, dim=128)
+    # every implementation does the q x m x L products and reads the references once
+    info = dict(queries=queries, references=m, dim=128, flops=2 * queries * m * 128, bytes=m * 128 * 4)
     if impl == "ours":
         backend = dispatch.resolve("nearest_distance", torch.device(device))[0]
         run(benchmark, lambda: nearest_distance(rlhf, reference), device, "ours", rounds=5, backend=backend, **info)

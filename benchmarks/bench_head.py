@@ -146,3 +146,8 @@ def test_head_loss_fwd_bwd(benchmark, device, gpu_sizes, size, impl):
         pairs=pairs, hidden=hidden, latent=LATENT, seq=seq if impl == "authors_eager" else None,
         backend=backend, peak_memory_bytes=peak,
     )
+    if impl != "authors_eager":
+        # the pooled-row work every path must do: 3 GEMMs of [2B, H] x [H, 2L] (forward, dX, dW)
+        # and reading X twice / writing dX once; report.py turns these into fractions of the ceilings
+        element = torch.tensor([], dtype=dtype).element_size()
+        benchmark.extra_info.update(flops=3 * 2 * (2 * pairs) * hidden * (2 * LATENT), bytes=3 * (2 * pairs) * hidden * element)

@@ -71,3 +71,14 @@ def test_ratios_compare_only_equal_sizes(tmp_path):
     path.write_text(json.dumps({"benchmarks": runs, "machine_info": {}}))
     text = report.render([(str(path), json.loads(path.read_text()))])
     assert "| 2.00x |" in text and "| 0.67x |" in text
+
+
+def test_detection_targets_json_is_rendered(tmp_path):
+    report = load_report_module()
+    data = {"date": "d", "machine": "m", "command": "python benchmarks/run_detection_targets.py",
+            "cases": [{"case": "ours_icds_32k", "backend": "cpp", "n": 32000, "m": 200000, "seconds": 1.5,
+                       "max_rss_bytes": 2**29, "peak_memory_growth_bytes": 2**27}],
+            "summary": {"speedup_32k": 19.7}}
+    text = report.render([("t.json", data)])
+    assert "| `ours_icds_32k` | cpp | 32000 | 200000 | 1.5 s | 512 MiB | 128 MiB |" in text
+    assert "speedup_32k = 19.7" in text
