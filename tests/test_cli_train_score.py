@@ -134,3 +134,27 @@ def test_bad_rows_give_clean_errors_and_no_output(tmp_path, backbone, trained, c
     assert "--output" in capsys.readouterr().err
     assert main(["train", "--model", backbone, "--data", bad, "--output-dir", str(trained)]) == 2
     assert "already exists" in capsys.readouterr().err
+
+
+def test_train_sweeps_latent_dim_and_beta(tmp_path, backbone):
+    from inform_fast.modeling import InfoRMForRewardModel
+
+    data = write_jsonl(tmp_path / "pairs.jsonl", PAIRS)
+    held_out = write_jsonl(tmp_path / "eval.jsonl", PAIRS[:3])
+    out = tmp_path / "sweep"
+    assert main(["train", "--model", backbone, "--data", data, "--eval-data", held_out, "--output-dir", str(out),
+                 "--latent-dim", "4", "8", "--beta", "0", "0.5", "--max-steps", "2", "--batch-size", "3"]) == 0
+    summary = json.loads((out / "sweep.json").read_text())["runs"]
+    assert [(r["latent_dim"], r["beta"]) for r in summary] == [(4, 0.0), (4, 0.5), (8, 0.0), (8, 0.5)]
+    for run in summary:
+        model = InfoRMForRewardModel.from_pretrained(str(out / run["name"]))
+        assert model.config.latent_dim == run["latent_dim"] and model.config.beta == run["beta"]
+        assert 0.0 <= run["eval_accuracy"] <= 1.0 and "eval_kl" in run and "kl" in run
+    assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
+
+
+def test_sweep_rejects_a_bad_value_before_training(tmp_path, backbone):
+    data = write_jsonl(tmp_path / "pairs.jsonl", PAIRS)
+    out = tmp_path / "sweep"
+    assert main(["train", "--model", backbone, "--data", data, "--output-dir", str(out), "--beta", "0.1", "-1"]) == 2
+    assert not out.exists()

@@ -5,9 +5,15 @@ Training runs in ``transformers.Trainer`` (``--trainer hf``, default) or TRL's R
 (``--trainer trl``) with the Trainer's tqdm progress bar. The checkpoint (model + tokenizer +
 ``training_log.json``) is written into a temporary folder next to ``--output-dir`` and renamed to it
 at the end, so a failed or interrupted run leaves no half-written output directory.
+
+Sweeps: ``--latent-dim`` and ``--beta`` take several values (the two knobs that bound how much of
+the input the reward can use). With more than one combination, each is trained from the same seed
+into ``OUTPUT_DIR/latent{L}-beta{B}/`` and ``OUTPUT_DIR/sweep.json`` lists each run's final
+training metrics and, with ``--eval-data``, its held-out accuracy, loss and KL.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -21,8 +27,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--model", required=True, help="backbone name/path (a fresh InfoRM head is added) or an InfoRM checkpoint to continue training")
     parser.add_argument("--data", required=True, help="preference data: .jsonl, .json, .parquet or a datasets.save_to_disk folder")
     parser.add_argument("--output-dir", required=True, help="where the checkpoint goes (must not exist yet)")
-    parser.add_argument("--latent-dim", type=int, default=128, help="latent size L of a new head (default 128)")
-    parser.add_argument("--beta", type=float, default=0.1, help="KL weight (default 0.1)")
+    parser.add_argument("--latent-dim", type=int, nargs="+", default=[128],
+                        help="latent size L of a new head (default 128); several values sweep")
+    parser.add_argument("--beta", type=float, nargs="+", default=[0.1], help="KL weight (default 0.1); several values sweep")
+    parser.add_argument("--eval-data", default=None, help="held-out preference data evaluated after training (same formats as --data)")
     parser.add_argument("--max-steps", type=int, default=-1, help="optimizer steps (default: one pass over the data, see --epochs)")
     parser.add_argument("--epochs", type=float, default=1.0, help="passes over the data when --max-steps is not given")
     parser.add_argument("--max-length", type=int, default=1024, help="max tokens per sequence; see --truncation (default 1024)")
@@ -40,13 +48,17 @@ def add_arguments(parser) -> None:
 
 
 def _check_args(args) -> None:
-    for name in ("latent_dim", "batch_size", "grad_accum", "logging_steps"):
+    for latent_dim in args.latent_dim:
+        if latent_dim < 1:
+            raise ValueError(f"--latent-dim: must be >= 1, got {latent_dim}")
+    for name in ("batch_size", "grad_accum", "logging_steps"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')}: must be >= 1, got {getattr(args, name)}")
     if args.max_length < 2:
         raise ValueError(f"--max-length: must be >= 2, got {args.max_length}")
-    if not args.beta >= 0 or args.beta == float("inf"):
-        raise ValueError(f"--beta: must be a finite number >= 0, got {args.beta}")
+    for beta in args.beta:
+        if not beta >= 0 or beta == float("inf"):
+            raise ValueError(f"--beta: must be a finite number >= 0, got {beta}")
     if not args.lr > 0:
         raise ValueError(f"--lr: must be > 0, got {args.lr}")
     if args.max_steps == 0 or args.max_steps < -1:
@@ -75,7 +87,7 @@ def load_model(name_or_path: str, latent_dim: int, beta: float):
 
 def run(args) -> int:
     _check_args(args)
-    from transformers import AutoTokenizer, set_seed
+    from transformers import AutoTokenizer
 
     from inform_fast import data
 
@@ -91,48 +103,88 @@ def run(args) -> int:
                                               truncation=args.truncation, return_report=True)
     print(f"inform-fast train: {report.kept} pairs from {args.data} "
           f"({report.truncated} truncated, {report.dropped} dropped at max_length={args.max_length})")
-
-    set_seed(args.seed)
-    model = load_model(args.model, args.latent_dim, args.beta)
-    model.config.backbone_config.pad_token_id = tokenizer.pad_token_id
-    if args.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+    eval_pairs = None
+    if args.eval_data is not None:
+        eval_pairs = data.load_preference_data(args.eval_data, tokenizer, max_length=args.max_length, truncation=args.truncation)
 
     output_dir = Path(args.output_dir).resolve()
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.tmp-", dir=output_dir.parent))
+    grid = list(itertools.product(args.latent_dim, args.beta))
     try:
-        common = dict(
-            output_dir=str(staging / "trainer"), max_steps=args.max_steps, num_train_epochs=args.epochs,
-            per_device_train_batch_size=args.batch_size, gradient_accumulation_steps=args.grad_accum,
-            learning_rate=args.lr, seed=args.seed, bf16=args.bf16, logging_steps=args.logging_steps,
-            save_strategy="no", report_to=[], disable_tqdm=False,
-        )
-        if args.trainer == "trl":
-            from inform_fast.integrations.trl import InfoRMRewardTrainer, RewardConfig
-
-            trainer = InfoRMRewardTrainer(
-                model=model, args=RewardConfig(max_length=None, **common), train_dataset=data.to_hf_dataset(pairs),
-                processing_class=tokenizer, packing=args.packing,
-            )
+        if len(grid) == 1:
+            _train_one(args, grid[0][0], grid[0][1], tokenizer, pairs, eval_pairs, staging)
         else:
-            from transformers import TrainingArguments
-
-            from inform_fast.integrations.hf_trainer import InfoRMTrainer
-
-            trainer = InfoRMTrainer(
-                model=model, args=TrainingArguments(**common), train_dataset=data.PreferenceDataset(pairs),
-                processing_class=tokenizer, packing=args.packing,
-            )
-        trainer.train()
-        shutil.rmtree(staging / "trainer", ignore_errors=True)
-        trainer.model.save_pretrained(str(staging))
-        tokenizer.save_pretrained(str(staging))
-        with open(staging / "training_log.json", "w") as handle:
-            json.dump({"args": vars(args), "log_history": trainer.state.log_history}, handle, indent=1, default=str)
+            runs = []
+            for latent_dim, beta in grid:
+                name = f"latent{latent_dim}-beta{beta:g}"
+                print(f"inform-fast train: sweep run {len(runs) + 1}/{len(grid)}: {name}")
+                metrics = _train_one(args, latent_dim, beta, tokenizer, pairs, eval_pairs, staging / name)
+                runs.append({"name": name, "latent_dim": latent_dim, "beta": beta, **metrics})
+            with open(staging / "sweep.json", "w") as handle:
+                json.dump({"args": vars(args), "runs": runs}, handle, indent=1, default=str)
+            _print_sweep(runs)
         os.replace(staging, output_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     print(f"inform-fast train: saved {output_dir}")
     return 0
+
+
+def _train_one(args, latent_dim: int, beta: float, tokenizer, pairs, eval_pairs, target: Path) -> dict:
+    """Train one model into ``target`` (created); return its final train (and eval) metrics."""
+    from transformers import set_seed
+
+    from inform_fast import data
+
+    set_seed(args.seed)
+    model = load_model(args.model, latent_dim, beta)
+    model.config.backbone_config.pad_token_id = tokenizer.pad_token_id
+    if args.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    target.mkdir(parents=True, exist_ok=True)
+    common = dict(
+        output_dir=str(target / "trainer"), max_steps=args.max_steps, num_train_epochs=args.epochs,
+        per_device_train_batch_size=args.batch_size, per_device_eval_batch_size=args.batch_size,
+        gradient_accumulation_steps=args.grad_accum, learning_rate=args.lr, seed=args.seed, bf16=args.bf16,
+        logging_steps=args.logging_steps, save_strategy="no", report_to=[], disable_tqdm=False,
+    )
+    if args.trainer == "trl":
+        from inform_fast.integrations.trl import InfoRMRewardTrainer, RewardConfig
+
+        trainer = InfoRMRewardTrainer(
+            model=model, args=RewardConfig(max_length=None, **common), train_dataset=data.to_hf_dataset(pairs),
+            eval_dataset=None if eval_pairs is None else data.to_hf_dataset(eval_pairs),
+            processing_class=tokenizer, packing=args.packing,
+        )
+    else:
+        from transformers import TrainingArguments
+
+        from inform_fast.integrations.hf_trainer import InfoRMTrainer
+
+        trainer = InfoRMTrainer(
+            model=model, args=TrainingArguments(**common), train_dataset=data.PreferenceDataset(pairs),
+            eval_dataset=None if eval_pairs is None else data.PreferenceDataset(eval_pairs),
+            processing_class=tokenizer, packing=args.packing,
+        )
+    trainer.train()
+    metrics = {}
+    for entry in trainer.state.log_history:  # the last value logged of each training metric
+        metrics.update({k: v for k, v in entry.items() if isinstance(v, (int, float)) and not k.startswith("eval_")})
+    if eval_pairs is not None:
+        metrics.update(trainer.evaluate())
+    shutil.rmtree(target / "trainer", ignore_errors=True)
+    trainer.model.save_pretrained(str(target))
+    tokenizer.save_pretrained(str(target))
+    with open(target / "training_log.json", "w") as handle:
+        json.dump({"args": {**vars(args), "latent_dim": latent_dim, "beta": beta},
+                   "log_history": trainer.state.log_history}, handle, indent=1, default=str)
+    return metrics
+
+
+def _print_sweep(runs: list[dict]) -> None:
+    columns = ["name"] + [k for k in ("train_loss", "accuracy", "kl", "eval_accuracy", "eval_loss", "eval_kl") if any(k in r for r in runs)]
+    print("  ".join(f"{c:>16}" for c in columns))
+    for r in runs:
+        print("  ".join(f"{r[c]:>16.4g}" if isinstance(r.get(c), float) else f"{str(r.get(c, '')):>16}" for c in columns))
