@@ -57,3 +57,14 @@ def test_importing_package_is_light():
     code = "import sys, inform_fast; print(sorted(m for m in ('triton', 'transformers', 'inform_fast.detect.icds', 'sklearn') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "[]"
+
+
+def test_every_public_name_resolves():
+    import inform_fast
+    import inform_fast.detect
+
+    for module in (inform_fast, inform_fast.detect):
+        for name in module.__all__:
+            assert getattr(module, name) is not None, name
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        inform_fast.nope
