@@ -32,6 +32,18 @@ def _tile_d2(x_ptr, xn_ptr, offs_m, offs_n, mask_m, mask_n, n_dim, stride, BLOCK
     return xm[:, None] + xn[None, :] - 2.0 * acc  # [BLOCK_M, BLOCK_N]
 
 
+def compile_check(capability: int = 90) -> list[str]:
+    """Compile the count and propagation kernels for an NVIDIA GPU without one."""
+    from inform_fast.kernels._compile import compile_for_gpu
+
+    meta = dict(BLOCK_M=64, BLOCK_N=64, BLOCK_D=64, PRECISION="ieee")
+    scalars = {"eps2": "fp32"}
+    return [
+        compile_for_gpu(_count_kernel, {"count_ptr": "*i32"}, meta, scalars, capability=capability),
+        compile_for_gpu(_propagate_kernel, {"core_ptr": "*i8", "label_ptr": "*i64"}, meta, scalars, capability=capability),
+    ]
+
+
 @triton.jit
 def _count_kernel(
     x_ptr,  # [n, dim] float32, centred

@@ -13,6 +13,17 @@ import triton
 import triton.language as tl
 
 
+def compile_check(capability: int = 90) -> list[str]:
+    """Compile the kernel for an NVIDIA GPU without one, bf16 and fp32 latents, both precisions."""
+    from inform_fast.kernels._compile import compile_for_gpu
+
+    meta = dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=32)
+    return [
+        compile_for_gpu(_mahalanobis_sq_kernel, {"x_ptr": "*bf16"}, dict(meta, PRECISION="tf32"), capability=capability, num_warps=8),
+        compile_for_gpu(_mahalanobis_sq_kernel, {}, dict(meta, PRECISION="ieee"), capability=capability, num_warps=8),
+    ]
+
+
 @triton.jit
 def _mahalanobis_sq_kernel(
     x_ptr,  # [n, dim] latents (fp32 / bf16 / fp16), row stride stride_x

@@ -13,6 +13,15 @@ import triton
 import triton.language as tl
 
 
+def compile_check(capability: int = 90) -> list[str]:
+    """Compile the kernel for an NVIDIA GPU without one (tf32 and exact fp32 products)."""
+    from inform_fast.kernels._compile import compile_for_gpu
+
+    pointers = {"index_ptr": "*i64"}
+    meta = dict(BLOCK_Q=64, BLOCK_R=64, BLOCK_D=64)
+    return [compile_for_gpu(_nearest_kernel, pointers, dict(meta, PRECISION=p), capability=capability) for p in ("tf32", "ieee")]
+
+
 @triton.jit
 def _nearest_kernel(
     q_ptr,  # [n_q, dim] queries

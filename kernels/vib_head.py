@@ -34,6 +34,8 @@ import torch
 import triton
 import triton.language as tl
 
+from inform_fast.kernels._compile import compile_for_gpu
+
 NOISE_NONE, NOISE_EXPLICIT, NOISE_PHILOX = 0, 1, 2
 
 
@@ -598,20 +600,14 @@ def grad_weight(g, x1, x2, scale, out_dtype):
 # ahead-of-time compile check (no GPU needed)
 
 
-def compile_check(capability: int = 90, warp_size: int = 32) -> list[str]:
+def compile_check(capability: int = 90) -> list[str]:
     """Compile the kernels for an NVIDIA GPU of the given compute capability without a GPU
     (Triton front end, MLIR lowering and ptxas), in the bf16 configurations of the hot path.
 
     Catches constructs that only the interpreter accepts. Must run with TRITON_INTERPRET unset
     (the kernels are then real JITFunctions). Returns the names compiled; raises on failure.
     """
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
-    if _interpreting():
-        raise RuntimeError("compile_check: unset TRITON_INTERPRET (the kernels are interpreted)")
-    target = GPUTarget("cuda", capability, warp_size)
-    bf16, f32 = "*bf16", "*fp32"
+    bf16 = "*bf16"
     block = dict(UPCAST=False, BLOCK_H=64, BLOCK_L=128)
     jobs = [
         (_pair_loss_fwd_kernel, dict(xw_ptr=bf16, xl_ptr=bf16, w_ptr=bf16, b_ptr=bf16, wdec_ptr=bf16, bdec_ptr=bf16),
@@ -625,21 +621,5 @@ def compile_check(capability: int = 90, warp_size: int = 32) -> list[str]:
         (_grad_weight_kernel, dict(x1_ptr=bf16, x2_ptr=bf16, dw_ptr=bf16),
          dict(UPCAST=False, ACC=tl.float32, BLOCK_K=64, BLOCK_N=32, BLOCK_H=64)),
     ]
-    done = []
-    for kernel, pointer_types, constexprs in jobs:
-        signature = {}
-        for name in kernel.arg_names:
-            if name in constexprs:
-                signature[name] = "constexpr"
-            elif name.endswith("_ptr"):
-                signature[name] = pointer_types.get(name, f32)
-            else:
-                signature[name] = "i32"
-        positions = {(kernel.arg_names.index(k),): v for k, v in constexprs.items()}
-        try:
-            source = ASTSource(kernel, signature, constexprs=positions)
-        except (TypeError, AttributeError) as error:  # the ASTSource API of another Triton version
-            raise NotImplementedError(f"compile_check: unsupported Triton {triton.__version__}: {error}") from error
-        triton.compile(source, target=target, options={"num_warps": 8})
-        done.append(kernel.__name__)
-    return done
+    return [compile_for_gpu(kernel, pointers, constexprs, capability=capability, num_warps=8)
+            for kernel, pointers, constexprs in jobs]
