@@ -77,6 +77,9 @@ def size_key(bench: dict) -> str:
     return repr(sorted((k, repr(v)) for k, v in params.items() if k not in IMPL_PARAMS))
 
 
+# ``rows`` may differ inside a group: a slow baseline timed on a subset is compared per row.
+
+
 def sizes_of(bench: dict) -> str:
     info = {k: v for k, v in bench.get("extra_info", {}).items() if k not in SKIP_INFO}
     params = bench.get("params") or {}
@@ -129,28 +132,40 @@ def render(runs: list[tuple[str, dict]], preamble: str = "") -> str:
             lines += ["Ceilings measured in this run: " + "; ".join(parts) + ".", ""]
         groups: "OrderedDict[str, list]" = OrderedDict()
         for bench in benches:
-            if bench.get("extra_info", {}).get("role") == "ceiling":
-                continue
+            if bench.get("extra_info", {}).get("kind") in ("bandwidth", "matmul"):
+                continue  # the machine's ceilings, summarised above
             groups.setdefault(bench.get("group") or bench["name"], []).append(bench)
         for group, members in groups.items():
             lines += [f"### {group}", "", "| implementation | role | median | memory | ratio vs ours | of ceiling | sizes |",
                       "|---|---|---|---|---|---|---|"]
-            our_times: dict = {}
+            ours_by_size: dict = {}
             for bench in members:
                 if role(bench) == "ours":
                     key = size_key(bench)
-                    our_times[key] = min(our_times.get(key, float("inf")), bench["stats"]["median"])
+                    if key not in ours_by_size or bench["stats"]["median"] < ours_by_size[key]["stats"]["median"]:
+                        ours_by_size[key] = bench
             for bench in sorted(members, key=lambda b: (size_key(b), b["stats"]["median"])):
                 median = bench["stats"]["median"]
                 info = bench.get("extra_info", {})
-                our_time = our_times.get(size_key(bench))
-                ratio = "" if our_time is None or role(bench) == "ours" else f"{median / our_time:.2f}x"
+                ratio = "" if role(bench) == "ours" else _ratio(bench, ours_by_size.get(size_key(bench)))
                 lines.append(
                     f"| `{bench['name']}` | {role(bench)} | {fmt_time(median)} | {fmt_bytes(info.get('peak_memory_bytes'))} "
                     f"| {ratio} | {_fraction(info, median, ceil)} | {sizes_of(bench)} |"
                 )
             lines.append("")
     return "\n".join(lines) + "\n"
+
+
+def _ratio(bench: dict, ours) -> str:
+    """Baseline time / our time; per row when the two ran on different row counts (a slow
+    baseline timed on a subset)."""
+    if ours is None:
+        return ""
+    rows, our_rows = bench.get("extra_info", {}).get("rows"), ours.get("extra_info", {}).get("rows")
+    if rows and our_rows and rows != our_rows:
+        per_row = (bench["stats"]["median"] / rows) / (ours["stats"]["median"] / our_rows)
+        return f"{per_row:.2f}x per row"
+    return f"{bench['stats']['median'] / ours['stats']['median']:.2f}x"
 
 
 def _fraction(info: dict, seconds: float, ceil: dict) -> str:

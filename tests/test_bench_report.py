@@ -82,3 +82,12 @@ def test_detection_targets_json_is_rendered(tmp_path):
     text = report.render([("t.json", data)])
     assert "| `ours_icds_32k` | cpp | 32000 | 200000 | 1.5 s | 512 MiB | 128 MiB |" in text
     assert "speedup_32k = 19.7" in text
+
+
+def test_baseline_on_a_subset_is_compared_per_row(tmp_path):
+    report = load_report_module()
+    runs = [bench("ours", "maha", 0.1, role="ours", rows=200_000), bench("scipy_loop", "maha", 0.01, rows=2_000),
+            bench("one_matmul", "maha", 0.09, role="ceiling", rows=200_000)]
+    text = report.render([("r.json", {"benchmarks": runs, "machine_info": {}})])
+    assert "| 10.00x per row |" in text  # 5 us/row vs 0.5 us/row
+    assert "`one_matmul` | ceiling" in text and "| 0.90x |" in text
