@@ -132,8 +132,8 @@ def render(runs: list[tuple[str, dict]], preamble: str = "") -> str:
             lines += ["Ceilings measured in this run: " + "; ".join(parts) + ".", ""]
         groups: "OrderedDict[str, list]" = OrderedDict()
         for bench in benches:
-            if bench.get("extra_info", {}).get("kind") in ("bandwidth", "matmul"):
-                continue  # the machine's ceilings, summarised above
+            if (bench.get("group") or "").startswith("ceiling"):
+                continue  # the machine's ceilings (bench_ceilings.py), summarised above
             groups.setdefault(bench.get("group") or bench["name"], []).append(bench)
         for group, members in groups.items():
             lines += [f"### {group}", "", "| implementation | role | median | memory | ratio vs ours | of ceiling | sizes |",
