@@ -1,6 +1,5 @@
 """DDP: two gloo processes on their halves of a batch give the full batch's gradients."""
 import os
-import socket
 import subprocess
 import sys
 
@@ -37,39 +36,41 @@ def half(batch, rank):
     return {key: value[rows] for key, value in batch.items()}
 
 
-def _worker(rank, world_size, port, result_dir):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+def _worker(rank, world_size, result_dir):
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    # A file store: no TCP port to race for, and no store server living in one rank, so the
+    # ranks may finish and exit in any order.
+    store = dist.FileStore(os.path.join(result_dir, "store"), world_size)
+    dist.init_process_group("gloo", store=store, rank=rank, world_size=world_size)
     try:
         model = torch.nn.parallel.DistributedDataParallel(build_model())
         loss, _, _ = inform_batch_loss(model, half(make_batch(), rank))
         loss.backward()
         grads = {name: p.grad.clone() for name, p in model.module.named_parameters() if p.grad is not None}
         torch.save(grads, os.path.join(result_dir, f"rank{rank}.pt"))
+        dist.barrier()
     finally:
         dist.destroy_process_group()
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="torch.distributed with gloo is not available")
 def test_ddp_gradients_match_single_process(tmp_path):
     # Each rank is this file run as a script: pytest's importlib mode leaves test modules
     # unimportable by name, which multiprocessing's spawn would need.
-    port = _free_port()
+    logs = [tmp_path / f"rank{rank}.log" for rank in range(2)]
     ranks = [
-        subprocess.Popen([sys.executable, __file__, str(rank), "2", str(port), str(tmp_path)],
-                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        for rank in range(2)
+        subprocess.Popen([sys.executable, __file__, str(rank), "2", str(tmp_path)],
+                         stdout=open(log, "w"), stderr=subprocess.STDOUT)
+        for rank, log in enumerate(logs)
     ]
-    for rank in ranks:
-        output, _ = rank.communicate(timeout=300)
-        assert rank.returncode == 0, output
+    try:
+        for rank, log in zip(ranks, logs):
+            rank.wait(timeout=300)
+            assert rank.returncode == 0, log.read_text()[-3000:]
+    finally:
+        for rank in ranks:  # never leave a rank behind, whatever failed
+            if rank.poll() is None:
+                rank.kill()
     model = build_model()
     loss, _, _ = inform_batch_loss(model, make_batch())
     loss.backward()
@@ -85,4 +86,4 @@ def test_ddp_gradients_match_single_process(tmp_path):
 
 
 if __name__ == "__main__":
-    _worker(int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4])
+    _worker(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3])
