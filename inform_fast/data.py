@@ -255,17 +255,24 @@ class LoadReport:
     truncated: int = 0
 
 
-def _pair_from_record(record, path, row, tokenizer, max_length, truncation):
-    where = _where(path, row)
+def _checked_record(record, columns, where: str, expected: str):
+    """Check that ``record`` is an object with text in ``columns`` (and in "prompt" if present);
+    returns the prompt or None."""
     if not isinstance(record, dict):
-        raise ValueError(f"{where}: expected an object with 'chosen' and 'rejected', got {type(record).__name__}")
-    for column in ("chosen", "rejected"):
+        raise ValueError(f"{where}: expected {expected}, got {type(record).__name__}")
+    for column in columns:
         if column not in record or record[column] is None:
             raise ValueError(f"{where}: missing column '{column}'")
         _check_text(record[column], column, where)
     prompt = record.get("prompt")
     if prompt is not None:
         _check_text(prompt, "prompt", where)
+    return prompt
+
+
+def _pair_from_record(record, path, row, tokenizer, max_length, truncation):
+    where = _where(path, row)
+    prompt = _checked_record(record, ("chosen", "rejected"), where, "an object with 'chosen' and 'rejected'")
     if _is_messages(record["chosen"]) != _is_messages(record["rejected"]):
         raise ValueError(f"{where}: 'chosen' and 'rejected' must both be strings or both message lists")
     chosen = encode(tokenizer, render_text(tokenizer, prompt, record["chosen"], where))
@@ -444,14 +451,7 @@ class PackedPairCollator:
 
 def _score_text(record, field: str, path, row, tokenizer):
     where = _where(path, row)
-    if not isinstance(record, dict):
-        raise ValueError(f"{where}: expected an object, got {type(record).__name__}")
-    if field not in record or record[field] is None:
-        raise ValueError(f"{where}: missing column '{field}'")
-    _check_text(record[field], field, where)
-    prompt = record.get("prompt")
-    if prompt is not None:
-        _check_text(prompt, "prompt", where)
+    prompt = _checked_record(record, (field,), where, "an object")
     return render_text(tokenizer, prompt, record[field], where)
 
 
