@@ -47,6 +47,19 @@ def triton_interpreter_problem() -> Optional[str]:
     return None
 
 
+def kernel_test_device() -> str:
+    """Where the Triton kernel tests put their tensors: "cpu" under the interpreter (the default
+    in tests/conftest.py), "cuda" when INFORM_FAST_TEST_GPU=1 asks for the compiled kernels on a
+    GPU (compiled kernels cannot read CPU tensors)."""
+    import os
+
+    import torch
+
+    if os.environ.get("INFORM_FAST_TEST_GPU", "0") == "1" and torch.cuda.is_available():
+        return "cuda"
+    return "cpu"
+
+
 def requires_triton():
     """Skip unless Triton imports (for tests that compile kernels without running them)."""
     return pytest.mark.skipif(not dispatch.triton_importable(), reason="triton is not installed on this platform")

@@ -3,20 +3,16 @@
 Shapes stay tiny (the interpreter is slow) and odd (H, L, B not powers of two; several H tiles
 and row blocks where it matters).
 """
-import os
-
 import pytest
 import torch
 
 from inform_fast import InfoRMHead, dispatch, reference
 from inform_fast.head import _reference_linear_pairwise_loss, _reference_vib_encode
-from inform_fast.testing import requires_triton_interpreter
+from inform_fast.testing import kernel_test_device, requires_triton_interpreter
 
 pytestmark = requires_triton_interpreter()
 
-# CPU tensors under the interpreter; INFORM_FAST_TEST_GPU=1 on a CUDA machine tests the compiled
-# kernels on the GPU instead (see tests/conftest.py)
-DEVICE = "cuda" if os.environ.get("INFORM_FAST_TEST_GPU", "0") == "1" and torch.cuda.is_available() else "cpu"
+DEVICE = kernel_test_device()  # CPU tensors under the interpreter, CUDA with INFORM_FAST_TEST_GPU=1
 
 if dispatch.triton_importable():
     from inform_fast.kernels import vib_head as K
