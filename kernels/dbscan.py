@@ -1,15 +1,18 @@
-"""Triton DBSCAN on CUDA: a tiled eps-neighbour count and a tiled min-label propagation.
+"""Triton pair passes for DBSCAN on CUDA: the ``triton`` backend of ``inform_fast.detect.dbscan``.
 
-* ``_count_kernel``: grid over [BLOCK_M, BLOCK_N] tiles of the n x n distance matrix (never
-  stored): d2 = ||x_i||^2 + ||x_j||^2 - 2 x_i.x_j, neighbours counted per row with an atomic add.
-* ``_propagate_kernel``: for every row i, the smallest label among its *core* neighbours j
-  (labels start as the point's own index for core points, n otherwise), folded into label[i]
-  with an atomic min. Between launches the labels are pointer-jumped (label = label[label]);
-  when a launch changes nothing every core point holds the smallest core index of its cluster
-  and every border point the label of one of its core neighbours (the smallest).
+The algorithm (certain-core sample, seed components, ball pruning, late core points, borders)
+lives in ``inform_fast.detect.dbscan._core_and_roots``; it asks a *pair engine* for three passes
+over index sets ``rows`` x ``cols`` of the centred points. ``TritonPairs`` runs each as one
+kernel over [BLOCK_M, BLOCK_N] tiles, the squared distance d2 = ||x_i||^2 + ||x_j||^2 - 2 x_i.x_j
+computed in registers and reduced in the epilogue, so no tile is ever stored:
 
-``dbscan_roots`` returns (core [n] bool, root [n] int64, -1 for noise) like the CPU backends;
-``inform_fast.detect.dbscan.dbscan`` numbers the clusters.
+* ``_count_kernel``: eps-neighbours per row (the point itself excluded), an atomic add;
+* ``_hook_kernel``: union-find hooking. With ``root`` a snapshot of the compressed forest, every
+  edge (i, j) with root[i] != root[j] proposes the smaller root as the parent of the larger one
+  (``atomic_min`` on ``parent``). Only snapshot roots are written, so links made by earlier
+  passes are never overwritten; a proposal that loses the min race is found again in the next
+  launch. Launches repeat (with pointer jumping in between) until one changes nothing;
+* ``_first_neighbour_kernel``: for each border row, the smallest core position within eps.
 """
 from __future__ import annotations
 
@@ -19,37 +22,45 @@ import triton.language as tl
 
 
 @triton.jit
-def _tile_d2(x_ptr, xn_ptr, offs_m, offs_n, mask_m, mask_n, n_dim, stride, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr):
-    acc = tl.zeros((offs_m.shape[0], offs_n.shape[0]), tl.float32)
+def _tile_d2(x_ptr, xn_ptr, rows, cols, mask_m, mask_n, n_dim, stride, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr):
+    """[BLOCK_M, BLOCK_N] squared distances between points ``rows`` and ``cols`` (indices into x)."""
+    acc = tl.zeros((rows.shape[0], cols.shape[0]), tl.float32)
     for d0 in range(0, n_dim, BLOCK_D):
         offs_d = d0 + tl.arange(0, BLOCK_D)
         mask_d = offs_d < n_dim
-        a = tl.load(x_ptr + offs_m[:, None] * stride + offs_d[None, :], mask=mask_m[:, None] & mask_d[None, :], other=0.0)
-        b = tl.load(x_ptr + offs_n[:, None] * stride + offs_d[None, :], mask=mask_n[:, None] & mask_d[None, :], other=0.0)
+        a = tl.load(x_ptr + rows[:, None] * stride + offs_d[None, :], mask=mask_m[:, None] & mask_d[None, :], other=0.0)
+        b = tl.load(x_ptr + cols[:, None] * stride + offs_d[None, :], mask=mask_n[:, None] & mask_d[None, :], other=0.0)
         acc += tl.dot(a, tl.trans(b), input_precision=PRECISION)
-    xm = tl.load(xn_ptr + offs_m, mask=mask_m, other=0.0)
-    xn = tl.load(xn_ptr + offs_n, mask=mask_n, other=0.0)
-    return xm[:, None] + xn[None, :] - 2.0 * acc  # [BLOCK_M, BLOCK_N]
+    xm = tl.load(xn_ptr + rows, mask=mask_m, other=0.0)
+    xn = tl.load(xn_ptr + cols, mask=mask_n, other=0.0)
+    return xm[:, None] + xn[None, :] - 2.0 * acc
 
 
-def compile_check(capability: int = 90) -> list[str]:
-    """Compile the count and propagation kernels for an NVIDIA GPU without one."""
-    from inform_fast.kernels._compile import compile_for_gpu
-
-    meta = dict(BLOCK_M=64, BLOCK_N=64, BLOCK_D=64, PRECISION="ieee")
-    scalars = {"eps2": "fp32"}
-    return [
-        compile_for_gpu(_count_kernel, {"count_ptr": "*i32"}, meta, scalars, capability=capability),
-        compile_for_gpu(_propagate_kernel, {"core_ptr": "*i8", "label_ptr": "*i64"}, meta, scalars, capability=capability),
-    ]
+@triton.jit
+def _tile_hits(x_ptr, xn_ptr, rows_ptr, cols_ptr, n_rows, n_cols, n_dim, stride, eps2,
+               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr):
+    """This program's tile: (positions in rows, positions in cols, point indices of both, masks,
+    hit [BLOCK_M, BLOCK_N] = within eps and both in range)."""
+    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_m = offs_m < n_rows
+    mask_n = offs_n < n_cols
+    rows = tl.load(rows_ptr + offs_m, mask=mask_m, other=0)
+    cols = tl.load(cols_ptr + offs_n, mask=mask_n, other=0)
+    d2 = _tile_d2(x_ptr, xn_ptr, rows, cols, mask_m, mask_n, n_dim, stride, BLOCK_D, PRECISION)
+    hit = (d2 <= eps2) & mask_m[:, None] & mask_n[None, :]
+    return offs_m, offs_n, rows, cols, mask_m, mask_n, hit
 
 
 @triton.jit
 def _count_kernel(
     x_ptr,  # [n, dim] float32, centred
     xn_ptr,  # [n] float32 squared norms
-    count_ptr,  # [n] int32 out (zeroed): eps-neighbours, the point itself included
-    n,
+    rows_ptr,  # [n_rows] int64 point indices
+    cols_ptr,  # [n_cols] int64 point indices
+    count_ptr,  # [n_rows] int32 out (zeroed): eps-neighbours among cols, the point itself excluded
+    n_rows,
+    n_cols,
     n_dim,
     stride,
     eps2,
@@ -58,22 +69,23 @@ def _count_kernel(
     BLOCK_D: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
-    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    mask_m = offs_m < n
-    mask_n = offs_n < n
-    d2 = _tile_d2(x_ptr, xn_ptr, offs_m, offs_n, mask_m, mask_n, n_dim, stride, BLOCK_D, PRECISION)
-    hit = ((d2 <= eps2) | (offs_m[:, None] == offs_n[None, :])) & mask_m[:, None] & mask_n[None, :]
+    offs_m, offs_n, rows, cols, mask_m, mask_n, hit = _tile_hits(
+        x_ptr, xn_ptr, rows_ptr, cols_ptr, n_rows, n_cols, n_dim, stride, eps2, BLOCK_M, BLOCK_N, BLOCK_D, PRECISION)
+    hit = hit & (rows[:, None] != cols[None, :])
     tl.atomic_add(count_ptr + offs_m, tl.sum(hit.to(tl.int32), axis=1), mask=mask_m)
 
 
 @triton.jit
-def _propagate_kernel(
+def _hook_kernel(
     x_ptr,  # [n, dim] float32, centred
     xn_ptr,  # [n] float32 squared norms
-    core_ptr,  # [n] int8: 1 for core points
-    label_ptr,  # [n] int64 in/out: current label (n = none yet)
+    rows_ptr,  # [n_rows] int64 point indices
+    cols_ptr,  # [n_cols] int64 point indices
+    root_ptr,  # [n] int64: snapshot of the compressed forest (read only)
+    parent_ptr,  # [n] int64 in/out: hooked with atomic_min at snapshot roots only
     n,
+    n_rows,
+    n_cols,
     n_dim,
     stride,
     eps2,
@@ -82,56 +94,115 @@ def _propagate_kernel(
     BLOCK_D: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
-    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    mask_m = offs_m < n
-    mask_n = offs_n < n
-    core_n = tl.load(core_ptr + offs_n, mask=mask_n, other=0) != 0
-    label_n = tl.load(label_ptr + offs_n, mask=mask_n, other=n)
-    d2 = _tile_d2(x_ptr, xn_ptr, offs_m, offs_n, mask_m, mask_n, n_dim, stride, BLOCK_D, PRECISION)
-    hit = (d2 <= eps2) & core_n[None, :] & mask_n[None, :]
-    candidate = tl.min(tl.where(hit, label_n[None, :], n), axis=1)  # [BLOCK_M]
-    label_m = tl.load(label_ptr + offs_m, mask=mask_m, other=n)
-    lower = mask_m & (candidate < label_m)
-    tl.atomic_min(label_ptr + offs_m, candidate, mask=lower)
+    offs_m, offs_n, rows, cols, mask_m, mask_n, hit = _tile_hits(
+        x_ptr, xn_ptr, rows_ptr, cols_ptr, n_rows, n_cols, n_dim, stride, eps2, BLOCK_M, BLOCK_N, BLOCK_D, PRECISION)
+    root_m = tl.load(root_ptr + rows, mask=mask_m, other=n)
+    root_n = tl.load(root_ptr + cols, mask=mask_n, other=n)
+    # both directions, so a pass over rows x cols needs no second pass over cols x rows
+    lowest_for_m = tl.min(tl.where(hit, root_n[None, :], n), axis=1)
+    tl.atomic_min(parent_ptr + root_m, lowest_for_m, mask=mask_m & (lowest_for_m < root_m))
+    lowest_for_n = tl.min(tl.where(hit, root_m[:, None], n), axis=0)
+    tl.atomic_min(parent_ptr + root_n, lowest_for_n, mask=mask_n & (lowest_for_n < root_n))
 
 
-def dbscan_roots(x: torch.Tensor, eps: float, min_samples: int, block: int = 0, exact: bool = True, max_rounds: int = 10_000):
-    """(core [n] bool, root [n] int64: smallest core index of the cluster, -1 for noise).
+@triton.jit
+def _first_neighbour_kernel(
+    x_ptr,  # [n, dim] float32, centred
+    xn_ptr,  # [n] float32 squared norms
+    rows_ptr,  # [n_rows] int64 border point indices
+    cols_ptr,  # [n_cols] int64 core point indices, ascending
+    first_ptr,  # [n_rows] int64 in/out (n_cols = none): smallest core position within eps
+    n_rows,
+    n_cols,
+    n_dim,
+    stride,
+    eps2,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    offs_m, offs_n, rows, cols, mask_m, mask_n, hit = _tile_hits(
+        x_ptr, xn_ptr, rows_ptr, cols_ptr, n_rows, n_cols, n_dim, stride, eps2, BLOCK_M, BLOCK_N, BLOCK_D, PRECISION)
+    first = tl.min(tl.where(hit, offs_n[None, :].to(tl.int64), n_cols), axis=1)
+    tl.atomic_min(first_ptr + offs_m, first, mask=mask_m & (first < n_cols))
 
-    ``block`` is accepted for the dispatch signature. ``exact`` keeps fp32 products (tf32 would
-    move points across the eps boundary); the data are centred first to limit cancellation.
+
+def compress(parent: torch.Tensor) -> None:
+    """Pointer jumping in place until every entry is its root (parent[i] <= i keeps it acyclic)."""
+    while True:
+        jumped = parent[parent]
+        if torch.equal(jumped, parent):
+            return
+        parent.copy_(jumped)
+
+
+class TritonPairs:
+    """The pair engine of ``inform_fast.detect.dbscan._core_and_roots`` on the GPU (or on CPU
+    tensors under TRITON_INTERPRET=1, for tests).
+
+    Args:
+        x: [n, L] float32, centred (on the device the kernels run on).
+        eps: neighbourhood radius.
+        exact: keep fp32 products in the distance (default); TF32 would move points across the
+            eps boundary, so it is only used on request.
     """
-    x = x.detach().float()
-    x = (x - x.mean(0)).contiguous()
-    n, n_dim = x.shape
-    xn = x.square().sum(1)
-    eps2 = float(eps) * float(eps)
-    block_m, block_n = (64, 64) if x.is_cuda else (16, 16)
-    block_d = max(16, min(64, triton.next_power_of_2(n_dim)))
-    grid = (triton.cdiv(n, block_m), triton.cdiv(n, block_n))
-    precision = "ieee" if (exact or not x.is_cuda) else "tf32"
-    meta = dict(BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d, PRECISION=precision)
 
-    counts = torch.zeros(n, dtype=torch.int32, device=x.device)
-    _count_kernel[grid](x, xn, counts, n, n_dim, x.stride(0), eps2, **meta)
-    core = counts >= min_samples
-    index = torch.arange(n, device=x.device)
-    label = torch.where(core, index, torch.full_like(index, n))
-    core8 = core.to(torch.int8)
-    for _ in range(max_rounds):
-        before = label.clone()
-        _propagate_kernel[grid](x, xn, core8, label, n, n_dim, x.stride(0), eps2, **meta)
-        # pointer jumping: a label is the index of a core point whose label is no larger
+    def __init__(self, x: torch.Tensor, eps: float, exact: bool = True):
+        self.x = x
+        self.eps = eps
+        self.norms = x.square().sum(1)
+        self.eps2 = float(eps) * float(eps)
+        block = 64 if x.is_cuda else 32  # the interpreter runs one program at a time
+        self.meta = dict(
+            BLOCK_M=block,
+            BLOCK_N=block,
+            BLOCK_D=max(16, min(64, triton.next_power_of_2(x.shape[1]))),
+            PRECISION="ieee" if (exact or not x.is_cuda) else "tf32",
+        )
+
+    def _launch(self, kernel, rows: torch.Tensor, cols: torch.Tensor, *args) -> None:
+        grid = (triton.cdiv(rows.numel(), self.meta["BLOCK_M"]), triton.cdiv(cols.numel(), self.meta["BLOCK_N"]))
+        kernel[grid](self.x, self.norms, rows, cols, *args, rows.numel(), cols.numel(), self.x.shape[1],
+                     self.x.stride(0), self.eps2, **self.meta)
+
+    def count(self, rows: torch.Tensor, cols: torch.Tensor, counts: torch.Tensor) -> None:
+        if rows.numel() == 0 or cols.numel() == 0:
+            return
+        found = torch.zeros(rows.numel(), dtype=torch.int32, device=self.x.device)
+        self._launch(_count_kernel, rows, cols, found)
+        counts += found
+
+    def union(self, rows: torch.Tensor, cols: torch.Tensor, parent: torch.Tensor, symmetric: bool = False) -> None:
+        """``symmetric`` (rows is cols) is accepted for the engine interface: every launch hooks
+        both directions, so the full rows x cols grid serves either way."""
+        if rows.numel() == 0 or cols.numel() == 0:
+            return
         while True:
-            safe = label.clamp(max=n - 1)
-            jumped = torch.where(label < n, label[safe], label)
-            if torch.equal(jumped, label):
-                break
-            label = jumped
-        if torch.equal(label, before):
-            break
-    else:  # pragma: no cover - the propagation converges in O(diameter) rounds
-        raise RuntimeError(f"dbscan: label propagation did not converge in {max_rounds} rounds")
-    root = torch.where(label < n, label, torch.full_like(label, -1))
-    return core, root
+            root = parent.clone()
+            grid = (triton.cdiv(rows.numel(), self.meta["BLOCK_M"]), triton.cdiv(cols.numel(), self.meta["BLOCK_N"]))
+            _hook_kernel[grid](self.x, self.norms, rows, cols, root, parent, parent.numel(), rows.numel(), cols.numel(),
+                               self.x.shape[1], self.x.stride(0), self.eps2, **self.meta)
+            if torch.equal(parent, root):
+                return
+            compress(parent)
+
+    def assign_borders(self, core_index: torch.Tensor, border_index: torch.Tensor, root: torch.Tensor) -> None:
+        first = torch.full((border_index.numel(),), core_index.numel(), dtype=torch.int64, device=self.x.device)
+        self._launch(_first_neighbour_kernel, border_index, core_index, first)
+        found = first < core_index.numel()
+        root[border_index[found]] = root[core_index[first[found]]]
+
+
+def compile_check(capability: int = 90) -> list[str]:
+    """Compile the three pair kernels for an NVIDIA GPU without one."""
+    from inform_fast.kernels._compile import compile_for_gpu
+
+    meta = dict(BLOCK_M=64, BLOCK_N=64, BLOCK_D=64, PRECISION="ieee")
+    scalars = {"eps2": "fp32"}
+    indices = {"rows_ptr": "*i64", "cols_ptr": "*i64"}
+    return [
+        compile_for_gpu(_count_kernel, {**indices, "count_ptr": "*i32"}, meta, scalars, capability=capability),
+        compile_for_gpu(_hook_kernel, {**indices, "root_ptr": "*i64", "parent_ptr": "*i64"}, meta, scalars, capability=capability),
+        compile_for_gpu(_first_neighbour_kernel, {**indices, "first_ptr": "*i64"}, meta, scalars, capability=capability),
+    ]

@@ -7,7 +7,7 @@ from sklearn.cluster import DBSCAN
 from sklearn.datasets import make_blobs
 
 from inform_fast.detect.dbscan import dbscan
-from inform_fast.testing import requires_cpp, requires_triton_interpreter
+from inform_fast.testing import kernel_test_device, requires_cpp, requires_triton_interpreter
 
 
 def check_against_sklearn(x: np.ndarray, eps: float, min_samples: int, result) -> None:
@@ -82,13 +82,50 @@ def test_bf16_input():
     assert result.n_clusters == 2
 
 
-@requires_triton_interpreter()
-def test_triton_under_interpreter():
-    x, _ = make_blobs(45, n_features=5, centers=3, cluster_std=0.8, random_state=5)
-    x = x.astype(np.float32)
-    result = dbscan(torch.from_numpy(x), 1.5, 4, backend="triton")
-    check_against_sklearn(x.astype(np.float64), 1.5, 4, result)
+TRITON = pytest.param("triton", marks=requires_triton_interpreter())
 
+
+@requires_triton_interpreter()
+@pytest.mark.parametrize("case", CASES)
+def test_triton_matches_sklearn(case):
+    # float32 data (the kernels compute in float32), checked against scikit-learn in float64
+    n, dim, centers, std, eps, min_samples = case
+    x = make_blobs(n, n_features=dim, centers=centers, cluster_std=std, random_state=n)[0].astype(np.float32)
+    result = dbscan(torch.from_numpy(x).to(kernel_test_device()), eps, min_samples, backend="triton")
+    assert result.labels.device.type == kernel_test_device()
+    check_against_sklearn(x.astype(np.float64), eps, min_samples, result)
+
+
+@requires_triton_interpreter()
+def test_triton_all_noise_and_bf16():
+    device = kernel_test_device()
+    noise = dbscan(torch.arange(10.0, device=device)[:, None] * 10, 1.0, 2, backend="triton")
+    assert noise.n_clusters == 0 and (noise.labels == -1).all() and not noise.core_mask.any()
+    x, _ = make_blobs(120, n_features=4, centers=[[0] * 4, [20] * 4], cluster_std=0.3, random_state=1)
+    two = dbscan(torch.from_numpy(x).bfloat16().to(device), 2.0, 5, backend="triton")
+    assert two.n_clusters == 2
+
+
+@requires_triton_interpreter()
+def test_triton_union_joins_chains_across_launches():
+    # a chain of points eps apart whose indices are shuffled: one component needs several
+    # hooking launches (each launch only links roots), and must end as one cluster rooted at
+    # its smallest index
+    from inform_fast.kernels.dbscan import TritonPairs
+
+    device = kernel_test_device()
+    order = torch.randperm(70, generator=torch.Generator().manual_seed(0))
+    x = torch.zeros(70, 3)
+    x[order, 0] = torch.arange(70.0)
+    x = (x - x.mean(0)).to(device)
+    parent = torch.arange(70, device=device)
+    everything = torch.arange(70, device=device)
+    TritonPairs(x, 1.01).union(everything, everything, parent)
+    assert (parent == 0).all()
+    counts = torch.zeros(70, dtype=torch.int64, device=device)
+    TritonPairs(x, 1.01).count(everything, everything, counts)
+    ends = order[[0, 69]].to(device)
+    assert counts[ends].tolist() == [1, 1] and int(counts.sum()) == 2 * 69
 
 @pytest.mark.parametrize(
     "kwargs, match",
@@ -116,7 +153,7 @@ def test_bad_input():
         dbscan(np.zeros(5), 0.5, 2)
 
 
-@pytest.mark.parametrize("backend", ["reference", pytest.param("cpp", marks=requires_cpp())])
+@pytest.mark.parametrize("backend", ["reference", pytest.param("cpp", marks=requires_cpp()), TRITON])
 @pytest.mark.parametrize("sample_columns, max_components", [(7, 128), (7, 1), (40, 2), (1, 128)])
 def test_seed_and_pruning_paths(monkeypatch, backend, sample_columns, max_components):
     # few sample columns: many uncertain points and many seed components, so the component-pair
@@ -127,4 +164,6 @@ def test_seed_and_pruning_paths(monkeypatch, backend, sample_columns, max_compon
     monkeypatch.setattr(module, "MAX_COMPONENTS", max_components)
     x, _ = make_blobs(407, n_features=6, centers=5, cluster_std=1.3, random_state=11)
     x = x.astype(np.float32)
-    check_against_sklearn(x.astype(np.float64), 1.9, 5, dbscan(x, 1.9, 5, block=50, backend=backend))
+    device = kernel_test_device() if backend == "triton" else "cpu"
+    result = dbscan(torch.from_numpy(x).to(device), 1.9, 5, block=50, backend=backend)
+    check_against_sklearn(x.astype(np.float64), 1.9, 5, result)

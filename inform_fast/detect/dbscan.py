@@ -13,7 +13,7 @@ Clusters are numbered 0, 1, ... in the order of their smallest core point index.
 
 CPU algorithm (``reference`` and ``cpp`` backends): the data are centred (less cancellation);
 every tile is a BLAS GEMM giving ``partial = ||c||^2 - 2 r.c`` [block, block], compared against
-``eps^2 - ||r||^2`` (steps in ``_dbscan_tiled``):
+``eps^2 - ||r||^2`` (steps in ``_core_and_roots``):
 
 0. counts against a strided sample of 2048 points are lower bounds, so points reaching
    min_samples there are certainly core; they are unioned with a few hundred certain sample
@@ -32,8 +32,10 @@ points, O(n^2 L) time and O(block^2 + n L) memory.
 
 The ``cpp`` backend runs the tile epilogues (threshold + counts, threshold + live union-find) in
 ``inform_fast._C`` with OpenMP; the ``reference`` backend does them with PyTorch / NumPy. The
-``triton`` backend (CUDA) counts with one kernel and finds components by min-label propagation
-with pointer jumping (``inform_fast.kernels.dbscan``).
+``triton`` backend (CUDA) runs the same steps on the GPU, each pair pass one fused Triton kernel
+(distance, threshold and count / union-find hooking / first core neighbour in the epilogue, no
+tile stored; ``inform_fast.kernels.dbscan``), so well-clustered data cost a few passes over
+n x SAMPLE_COLUMNS pairs instead of several over n x n.
 
 float64 input is computed in float64 (reference epilogues); everything else in float32.
 """
@@ -51,7 +53,7 @@ from inform_fast.validation import check_positive_int
 
 dispatch.register("dbscan", "reference", "inform_fast.detect.dbscan:_dbscan_reference")
 dispatch.register("dbscan", "cpp", "inform_fast.detect.dbscan:_dbscan_cpp")
-dispatch.register("dbscan", "triton", "inform_fast.kernels.dbscan:dbscan_roots")
+dispatch.register("dbscan", "triton", "inform_fast.detect.dbscan:_dbscan_triton")
 
 DEFAULT_BLOCK = 4096
 
@@ -172,13 +174,31 @@ class _CppEpilogue:
 
 
 def _dbscan_reference(x: torch.Tensor, eps: float, min_samples: int, block: int):
-    return _dbscan_tiled(x, eps, min_samples, block, _TorchEpilogue())
+    return _dbscan_on_cpu(x, eps, min_samples, block, _TorchEpilogue())
 
 
 def _dbscan_cpp(x: torch.Tensor, eps: float, min_samples: int, block: int):
     if x.dtype == torch.float64:  # the C++ epilogues are float32; keep float64 exact
-        return _dbscan_tiled(x, eps, min_samples, block, _TorchEpilogue())
-    return _dbscan_tiled(x, eps, min_samples, block, _CppEpilogue())
+        return _dbscan_on_cpu(x, eps, min_samples, block, _TorchEpilogue())
+    return _dbscan_on_cpu(x, eps, min_samples, block, _CppEpilogue())
+
+
+def _dbscan_triton(x: torch.Tensor, eps: float, min_samples: int, block: int):
+    """The same algorithm on x's device, every pair pass a fused Triton kernel (no tile stored)."""
+    from inform_fast.kernels.dbscan import TritonPairs
+
+    x = x.detach().float()
+    x = (x - x.mean(0)).contiguous()
+    return _core_and_roots(TritonPairs(x, eps), eps, min_samples)
+
+
+def _dbscan_on_cpu(x: torch.Tensor, eps: float, min_samples: int, block: int, epilogue):
+    device = x.device
+    dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    x = x.detach().to("cpu", dtype)
+    x = (x - x.mean(0)).contiguous()  # centring shrinks ||x||^2 and so the GEMM cancellation
+    core, root = _core_and_roots(_GemmTiles(x, eps, min(block, x.shape[0]), epilogue), eps, min_samples)
+    return core.to(device), root.to(device)
 
 
 def _blocks(start: int, stop: int, block: int):
@@ -190,11 +210,25 @@ SEED_COLUMNS = 512
 MAX_COMPONENTS = 128  # above this many seed components, pairwise ball pruning is not worth it
 
 
-class _Workspace:
-    """The centred points, their squared norms and one reused [block, block] tile buffer."""
+class _GemmTiles:
+    """The pair passes of the CPU backends: one reused [block, block] buffer filled by a BLAS
+    GEMM with ``partial = ||c||^2 - 2 r.c``, then a threshold epilogue (PyTorch or C++).
 
-    def __init__(self, x: torch.Tensor, eps: float, block: int):
+    Every pair engine (this one, ``inform_fast.kernels.dbscan.TritonPairs``) offers, on the
+    centred points ``x`` [n, L]:
+
+    * ``count(rows, cols, counts)``: counts[k] += eps-neighbours of rows[k] among cols, the point
+      itself excluded;
+    * ``union(rows, cols, parent, symmetric)``: merge the union-find ``parent`` (fully
+      compressed, parent[i] <= i) along every eps-edge between rows and cols;
+    * ``assign_borders(core_index, border_index, root)``: root[b] = root of b's first (smallest
+      index) core neighbour, for every border point that has one.
+    """
+
+    def __init__(self, x: torch.Tensor, eps: float, block: int, epilogue):
         self.x = x
+        self.eps = eps
+        self.ops = epilogue
         self.norms = (x * x).sum(1)  # [n]
         self.eps2 = eps * eps
         self.block = block
@@ -215,8 +249,7 @@ class _Workspace:
                 torch.addmm(cn[None, c0:c1], xr[r0:r1], xc[c0:c1].T, alpha=-2.0, out=out)
                 yield slice(r0, r1), slice(c0, c1), out, thr[r0:r1]
 
-    def count(self, ops, rows, cols, counts):
-        """counts[k] += eps-neighbours of rows[k] among cols, the point itself excluded."""
+    def count(self, rows, cols, counts):
         position = torch.full((self.x.shape[0],), -1, dtype=torch.int64)
         position[cols] = torch.arange(cols.numel())
         self_col = position[rows]  # where each row appears among the columns (-1: it does not)
@@ -225,126 +258,124 @@ class _Workspace:
             inside = (own >= cs.start) & (own < cs.stop)
             if bool(inside.any()):
                 partial[torch.nonzero(inside).flatten(), own[inside] - cs.start] = float("inf")
-            ops.counts(partial, thr, counts[rs], None)
+            self.ops.counts(partial, thr, counts[rs], None)
 
-    def union(self, ops, rows, cols, parent, symmetric=False):
+    def union(self, rows, cols, parent, symmetric=False):
         for rs, cs, partial, thr in self.tiles(rows, cols, symmetric):
-            ops.union_tile(partial, thr, rows[rs].contiguous(), cols[cs].contiguous(), parent)
+            self.ops.union_tile(partial, thr, rows[rs].contiguous(), cols[cs].contiguous(), parent)
+
+    def assign_borders(self, core_index, border_index, root):
+        x, eps, block = self.x, self.eps, self.block
+        xb, xc = x.index_select(0, border_index), x.index_select(0, core_index)
+        bn, cn = (xb * xb).sum(1), (xc * xc).sum(1)
+        for r0 in range(0, xb.shape[0], block):
+            rows = xb[r0 : r0 + block]
+            thr = (eps * eps - bn[r0 : r0 + block])[:, None]
+            first = torch.full((rows.shape[0],), -1, dtype=torch.int64)
+            for c0 in range(0, xc.shape[0], block):
+                pending = first < 0
+                if not bool(pending.any()):
+                    break
+                hit = torch.addmm(cn[None, c0 : c0 + block], rows, xc[c0 : c0 + block].T, alpha=-2.0) <= thr
+                has = hit.any(1) & pending
+                first = torch.where(has, hit.to(torch.uint8).argmax(1) + c0, first)  # argmax: first True
+            found = first >= 0
+            targets = border_index[r0 : r0 + block][found]
+            root[targets] = root[core_index[first[found]]]
 
 
-def _dbscan_tiled(x: torch.Tensor, eps: float, min_samples: int, block: int, ops):
-    """Returns (core [n] bool, root [n] int64: smallest core index of the cluster, -1 for noise).
+def _core_and_roots(pairs, eps: float, min_samples: int):
+    """Returns (core [n] bool, root [n] int64: smallest core index of the cluster, -1 for noise),
+    on the device of ``pairs.x`` (the centred points; ``pairs`` is a pair engine, see _GemmTiles).
 
     0. Counts against an evenly strided sample of SAMPLE_COLUMNS points (plus the point itself)
        are lower bounds: a point reaching min_samples there is certainly core. Certain points
        are unioned with the first SEED_COLUMNS certain sample points within eps: seed components.
     1. Certain x certain: only pairs of *different* seed components can add edges, and a pair
-       whose bounding balls are more than eps apart cannot; the rest are unioned tile by tile.
-       (Above MAX_COMPONENTS seed components: all certain x certain tiles, upper triangle.)
+       whose bounding balls are more than eps apart cannot; the rest are unioned pass by pass.
+       (Above MAX_COMPONENTS seed components: all certain x certain pairs, upper triangle.)
     2. The uncertain points are counted against all points; those that are core are unioned
        with all core points.
     3. Border points take the root of their first core neighbour.
     """
-    device = x.device
-    dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-    x = x.detach().to("cpu", dtype)
-    x = (x - x.mean(0)).contiguous()  # centring shrinks ||x||^2 and so the GEMM cancellation
-    n = x.shape[0]
-    work = _Workspace(x, eps, min(block, n))
-    everything = torch.arange(n)
-    parent = torch.arange(n, dtype=torch.int64)  # union-find, kept fully compressed
+    x = pairs.x
+    n, device = x.shape[0], x.device
+    everything = torch.arange(n, device=device)
+    parent = torch.arange(n, dtype=torch.int64, device=device)  # union-find, kept fully compressed
 
     # 0. certainly-core points and seed components
-    sample = torch.unique(torch.linspace(0, n - 1, min(n, SAMPLE_COLUMNS)).round().long())
-    counts = torch.ones(n, dtype=torch.int64)  # the point itself
-    work.count(ops, everything, sample, counts)
+    sample = torch.unique(torch.linspace(0, n - 1, min(n, SAMPLE_COLUMNS), device=device).round().long())
+    counts = torch.ones(n, dtype=torch.int64, device=device)  # the point itself
+    pairs.count(everything, sample, counts)
     certain = counts >= min_samples
     certain_index = torch.nonzero(certain).flatten()
     # a few hundred seeds suffice to join a dense cluster; the union below is exact whatever
     # the seeds, they only decide how much of step 1 the ball pruning can skip
     certain_sample = sample[certain[sample]][:SEED_COLUMNS]
     if certain_index.numel() and certain_sample.numel():
-        work.union(ops, certain_index, certain_sample, parent)
+        pairs.union(certain_index, certain_sample, parent)
 
     # 1. certain x certain, pruned by component balls
     if certain_index.numel():
-        _union_certain(work, ops, certain_index, parent, eps)
+        _union_certain(pairs, certain_index, parent, eps)
 
     # 2. uncertain points: exact counts, then the core ones against all core points
     uncertain = torch.nonzero(~certain).flatten()
     core = certain.clone()
     if uncertain.numel():
-        late_counts = torch.ones(uncertain.numel(), dtype=torch.int64)
-        work.count(ops, uncertain, everything, late_counts)
+        late_counts = torch.ones(uncertain.numel(), dtype=torch.int64, device=device)
+        pairs.count(uncertain, everything, late_counts)
         late = uncertain[late_counts >= min_samples]
         core[late] = True
         if late.numel():
-            work.union(ops, late, late, parent, symmetric=True)
+            pairs.union(late, late, parent, symmetric=True)
             if certain_index.numel():
-                work.union(ops, late, certain_index, parent)
+                pairs.union(late, certain_index, parent)
 
     core_index = torch.nonzero(core).flatten()
-    root = torch.full((n,), -1, dtype=torch.int64)
+    root = torch.full((n,), -1, dtype=torch.int64, device=device)
     if core_index.numel() == 0:
-        return core.to(device), root.to(device)
+        return core, root
     root[core_index] = parent[core_index]  # smallest core index of the component
 
     # 3. border points: the first core neighbour found
     border_index = torch.nonzero(~core).flatten()
     if border_index.numel():
-        _assign_borders(x, x.index_select(0, core_index), core_index, border_index, root, eps, work.block)
-    return core.to(device), root.to(device)
+        pairs.assign_borders(core_index, border_index, root)
+    return core, root
 
 
-def _union_certain(work, ops, certain_index, parent, eps):
+def _union_certain(pairs, certain_index, parent, eps):
+    x = pairs.x
     comp = parent[certain_index]
     roots, member_comp = torch.unique(comp, return_inverse=True)
     k = roots.numel()
     if k == 1:
         return
     if k > MAX_COMPONENTS:
-        work.union(ops, certain_index, certain_index, parent, symmetric=True)
+        pairs.union(certain_index, certain_index, parent, symmetric=True)
         return
+    f64 = dict(dtype=torch.float64, device=x.device)
     sizes = torch.bincount(member_comp, minlength=k).to(torch.float64)
     chunks = _blocks(0, certain_index.numel(), 1 << 16)  # bounded temporaries
-    centres = torch.zeros((k, work.x.shape[1]), dtype=torch.float64)
+    centres = torch.zeros((k, x.shape[1]), **f64)
     for a, b in chunks:
-        one_hot = torch.zeros((k, b - a), dtype=torch.float64)
-        one_hot[member_comp[a:b], torch.arange(b - a)] = 1.0
-        centres += one_hot @ work.x.index_select(0, certain_index[a:b]).to(torch.float64)  # GEMM, faster than index_add_
+        one_hot = torch.zeros((k, b - a), **f64)
+        one_hot[member_comp[a:b], torch.arange(b - a, device=x.device)] = 1.0
+        centres += one_hot @ x.index_select(0, certain_index[a:b]).to(torch.float64)  # GEMM, faster than index_add_
     centres /= sizes[:, None]
-    radius = torch.zeros(k, dtype=torch.float64)
-    scale = 0.0
+    radius = torch.zeros(k, **f64)
+    scale = torch.zeros((), **f64)
     for a, b in chunks:
-        points = work.x.index_select(0, certain_index[a:b]).to(torch.float64)
+        points = x.index_select(0, certain_index[a:b]).to(torch.float64)
         spread = (points - centres[member_comp[a:b]]).norm(dim=1)
         radius.scatter_reduce_(0, member_comp[a:b], spread, reduce="amax")
-        scale = max(scale, float(points.abs().max()))
+        scale = torch.maximum(scale, points.abs().max())
     gap = torch.cdist(centres, centres) - radius[:, None] - radius[None, :]
     # conservative: prune only pairs clearly farther apart than eps (rounding of the tiles)
-    reachable = gap <= eps * (1 + 1e-4) + 1e-5 * scale
+    reachable = (gap <= eps * (1 + 1e-4) + 1e-5 * scale).cpu()
     members = [certain_index[member_comp == a] for a in range(k)]
     for a in range(k):
         for b in range(a + 1, k):
             if bool(reachable[a, b]) and int(parent[roots[a]]) != int(parent[roots[b]]):
-                work.union(ops, members[a], members[b], parent)
-
-
-def _assign_borders(x, xc, core_index, border_index, root, eps, block):
-    xb = x.index_select(0, border_index)
-    bn = (xb * xb).sum(1)
-    cn = (xc * xc).sum(1)
-    for r0 in range(0, xb.shape[0], block):
-        rows = xb[r0 : r0 + block]
-        thr = (eps * eps - bn[r0 : r0 + block])[:, None]
-        first = torch.full((rows.shape[0],), -1, dtype=torch.int64)
-        for c0 in range(0, xc.shape[0], block):
-            pending = first < 0
-            if not bool(pending.any()):
-                break
-            hit = torch.addmm(cn[None, c0 : c0 + block], rows, xc[c0 : c0 + block].T, alpha=-2.0) <= thr
-            has = hit.any(1) & pending
-            first = torch.where(has, hit.to(torch.uint8).argmax(1) + c0, first)  # argmax: first True
-        found = first >= 0
-        targets = border_index[r0 : r0 + block][found]
-        root[targets] = root[core_index[first[found]]]
+                pairs.union(members[a], members[b], parent)
