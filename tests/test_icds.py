@@ -10,7 +10,7 @@ from sklearn.decomposition import PCA
 from inform_fast import icds as top_level_icds
 from inform_fast.detect.icds import auto_eps, icds, knee_of_sorted
 from inform_fast.detect.projection import PCAProjection
-from inform_fast.testing import requires_cpp
+from inform_fast.testing import kernel_test_device, requires_cpp, requires_triton_interpreter
 
 CENTERS = np.array([[0.0, 0.0, 0.0], [30.0, 0.0, 0.0], [0.0, 30.0, 0.0]])
 
@@ -30,12 +30,17 @@ def hand_icds(rlhf, groups, reference):
     return total
 
 
-@pytest.mark.parametrize("backend", ["reference", pytest.param("cpp", marks=requires_cpp())])
+@pytest.mark.parametrize(
+    "backend", ["reference", pytest.param("cpp", marks=requires_cpp()), pytest.param("triton", marks=requires_triton_interpreter())]
+)
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_blobs_equal_hand_computation(backend, dtype):
     rlhf, truth, reference = blobs()
     rlhf_outlier = np.vstack([rlhf, [[100.0, 100.0, 100.0]]])  # one noise point
-    result = icds(rlhf_outlier.astype(dtype), reference.astype(dtype), eps=3.0, min_samples=5, backend=backend)
+    device = kernel_test_device() if backend == "triton" else "cpu"
+    rlhf_in, reference_in = (torch.from_numpy(a.astype(dtype)).to(device) for a in (rlhf_outlier, reference))
+    result = icds(rlhf_in, reference_in, eps=3.0, min_samples=5, backend=backend)
+    assert result.labels.device.type == device
     groups = [np.flatnonzero(truth == k) for k in range(3)]
     expected = hand_icds(rlhf, groups, reference)
     assert result.n_clusters == 3 and result.n_noise == 1
@@ -44,7 +49,7 @@ def test_blobs_equal_hand_computation(backend, dtype):
     np.testing.assert_allclose(result.normalized_score, expected / len(rlhf_outlier), rtol=1e-5)
     assert sorted(result.cluster_sizes.tolist()) == [33, 47, 61]
     # with the noise point as one more group
-    noisy = icds(rlhf_outlier.astype(dtype), reference.astype(dtype), eps=3.0, min_samples=5, include_noise=True, backend=backend)
+    noisy = icds(rlhf_in, reference_in, eps=3.0, min_samples=5, include_noise=True, backend=backend)
     extra = np.sqrt(((reference - np.array([100.0, 100.0, 100.0])) ** 2).sum(1)).min()
     np.testing.assert_allclose(noisy.score, expected + extra, rtol=1e-5)
     assert noisy.cluster_sizes.tolist()[-1] == 1 and noisy.n_clusters == 3
