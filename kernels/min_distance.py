@@ -57,8 +57,9 @@ def _nearest_kernel(
             offs_d = d0 + tl.arange(0, BLOCK_D)
             mask_d = offs_d < dim
             shift = tl.load(shift_ptr + offs_d, mask=mask_d, other=0.0)
-            q = tl.load(q_ptr + offs_q[:, None] * stride_q + offs_d[None, :], mask=mask_q[:, None] & mask_d[None, :], other=0.0)
-            r = tl.load(r_ptr + offs_r[:, None] * stride_r + offs_d[None, :], mask=mask_r[:, None] & mask_d[None, :], other=0.0)
+            q = tl.load(q_ptr + offs_q.to(tl.int64)[:, None] * stride_q + offs_d[None, :], mask=mask_q[:, None] & mask_d[None, :], other=0.0)
+            # 64-bit row offsets: n_r * dim can pass 2^31
+            r = tl.load(r_ptr + offs_r.to(tl.int64)[:, None] * stride_r + offs_d[None, :], mask=mask_r[:, None] & mask_d[None, :], other=0.0)
             q = tl.where(mask_q[:, None] & mask_d[None, :], q.to(tl.float32) - shift[None, :], 0.0)
             r = tl.where(mask_r[:, None] & mask_d[None, :], r.to(tl.float32) - shift[None, :], 0.0)
             acc += tl.dot(q, tl.trans(r), input_precision=PRECISION)
