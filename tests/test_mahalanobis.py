@@ -10,7 +10,7 @@ from sklearn.covariance import LedoitWolf, ShrunkCovariance
 from inform_fast import dispatch
 from inform_fast.detect import MahalanobisScorer, ibl_penalty, mop
 from inform_fast.detect.mahalanobis import chi2_sf
-from inform_fast.testing import requires_triton_interpreter
+from inform_fast.testing import kernel_test_device, requires_triton_interpreter
 
 
 def _data(n, d, seed=0, offset=3.0):
@@ -276,23 +276,26 @@ def test_triton_kernel_matches_float64(n, d):
     scorer = MahalanobisScorer(precision="ieee").fit(reference)
     queries = torch.tensor(_data(n, d, seed=7) * 1.3, dtype=torch.float32)
     expected = _numpy_d2(reference, queries.double().numpy())
-    got = scorer.distance(queries, squared=True, backend="triton")
-    assert got.dtype == torch.float32 and got.shape == (n,)
-    np.testing.assert_allclose(got.double().numpy(), expected, rtol=2e-5)
+    got = scorer.distance(queries.to(kernel_test_device()), squared=True, backend="triton")
+    assert got.dtype == torch.float32 and got.shape == (n,) and got.device.type == kernel_test_device()
+    np.testing.assert_allclose(got.cpu().double().numpy(), expected, rtol=2e-5)
 
 
 @requires_triton_interpreter()
 def test_triton_kernel_bf16_and_strided_rows():
     reference = _data(200, 24)
     scorer = MahalanobisScorer(shrinkage="ledoit_wolf").fit(reference)
+    device = kernel_test_device()
     wide = torch.tensor(_data(45, 48, seed=8), dtype=torch.float32)
     strided = wide[:, :24]  # row stride 48
     expected = scorer.distance(strided.double(), squared=True).numpy()
-    np.testing.assert_allclose(scorer.distance(strided, squared=True, backend="triton").double().numpy(), expected, rtol=2e-5)
+    got = scorer.distance(wide.to(device)[:, :24], squared=True, backend="triton")  # strided on the device too
+    np.testing.assert_allclose(got.cpu().double().numpy(), expected, rtol=2e-5)
     low = strided.to(torch.bfloat16)
     expected = scorer.distance(low.double(), squared=True).numpy()
-    np.testing.assert_allclose(scorer.distance(low, squared=True, backend="triton").double().numpy(), expected, rtol=2e-5)
-    assert scorer.distance(torch.zeros(0, 24), backend="triton").shape == (0,)
+    got = scorer.distance(low.to(device), squared=True, backend="triton")
+    np.testing.assert_allclose(got.cpu().double().numpy(), expected, rtol=2e-5)
+    assert scorer.distance(torch.zeros(0, 24, device=device), backend="triton").shape == (0,)
 
 
 def test_ibl_penalty_single_and_gradient():
