@@ -62,13 +62,32 @@ def test_train_continues_an_inform_checkpoint_with_packing(tmp_path, trained):
     assert model.config.latent_dim == 8 and model.config.beta == 0.05
 
 
-def test_train_with_trl(tmp_path, backbone):
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_train_with_trl(tmp_path, backbone, monkeypatch, checkpointing):
+    # TRL's RewardConfig turns activation checkpointing on by default; the CLI must follow its own
+    # --gradient-checkpointing flag instead (off unless given)
     pytest.importorskip("trl")
+    from inform_fast.integrations import trl as integration
+
+    seen = {}
+    train = integration.InfoRMRewardTrainer.train
+
+    def recording_train(self, *args, **kwargs):
+        result = train(self, *args, **kwargs)
+        backbone_model = self.model.backbone
+        seen["on"] = getattr(backbone_model, "is_activation_checkpointing", None)
+        if seen["on"] is None:  # transformers before the rename
+            seen["on"] = backbone_model.is_gradient_checkpointing
+        return result
+
+    monkeypatch.setattr(integration.InfoRMRewardTrainer, "train", recording_train)
     data = write_jsonl(tmp_path / "pairs.jsonl", PAIRS)
     out = tmp_path / "rm"
+    flag = ["--gradient-checkpointing"] if checkpointing else []
     assert main(["train", "--model", backbone, "--data", data, "--output-dir", str(out), "--latent-dim", "4",
-                 "--max-steps", "2", "--batch-size", "3", "--trainer", "trl"]) == 0
+                 "--max-steps", "2", "--batch-size", "3", "--trainer", "trl", *flag]) == 0
     assert (out / "config.json").exists()
+    assert seen["on"] is checkpointing
 
 
 @pytest.mark.parametrize("suffix", [".safetensors", ".npy"])

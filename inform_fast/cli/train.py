@@ -44,7 +44,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--bf16", action="store_true", help="bf16 mixed precision")
     parser.add_argument("--logging-steps", type=int, default=10)
-    parser.add_argument("--gradient-checkpointing", action="store_true")
+    parser.add_argument("--gradient-checkpointing", action="store_true",
+                        help="recompute the backbone's activations in the backward pass (less memory, more time); "
+                             "off unless given, with either trainer (TRL's RewardConfig would turn it on by default)")
 
 
 def _check_args(args) -> None:
@@ -132,6 +134,16 @@ def run(args) -> int:
     return 0
 
 
+def checkpointing_argument(enabled: bool) -> dict:
+    """The TrainingArguments keyword for activation (gradient) checkpointing, always explicit:
+    transformers >= 5.24 calls it ``activation_checkpointing`` (the old name warns), older ones
+    ``gradient_checkpointing``. The Trainer then enables it on the model itself."""
+    from transformers import TrainingArguments
+
+    fields = TrainingArguments.__dataclass_fields__
+    return {"activation_checkpointing" if "activation_checkpointing" in fields else "gradient_checkpointing": bool(enabled)}
+
+
 def _train_one(args, latent_dim: int, beta: float, tokenizer, pairs, eval_pairs, target: Path) -> dict:
     """Train one model into ``target`` (created); return its final train (and eval) metrics."""
     from transformers import set_seed
@@ -141,10 +153,9 @@ def _train_one(args, latent_dim: int, beta: float, tokenizer, pairs, eval_pairs,
     set_seed(args.seed)
     model = load_model(args.model, latent_dim, beta)
     model.config.backbone_config.pad_token_id = tokenizer.pad_token_id
-    if args.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
     target.mkdir(parents=True, exist_ok=True)
     common = dict(
+        **checkpointing_argument(args.gradient_checkpointing),
         output_dir=str(target / "trainer"), max_steps=args.max_steps, num_train_epochs=args.epochs,
         per_device_train_batch_size=args.batch_size, per_device_eval_batch_size=args.batch_size,
         gradient_accumulation_steps=args.grad_accum, learning_rate=args.lr, seed=args.seed, bf16=args.bf16,
