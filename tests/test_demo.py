@@ -66,6 +66,25 @@ def test_best_of_n_bad_input():
         study.best_of_n_expectation(np.zeros(5), np.zeros(4), [1])
 
 
+def test_latent_spectrum_counts_directions():
+    rng = np.random.default_rng(3)
+    direction = rng.normal(size=7)
+    direction /= np.linalg.norm(direction)
+    # one real direction plus tiny noise: participation ratio ~1, top share ~1, aligned with it
+    flat = rng.normal(size=(4000, 1)) * 3.0 * direction + rng.normal(size=(4000, 7)) * 1e-3
+    one = study.latent_spectrum(flat, reward_direction=-2.5 * direction)
+    assert one["participation_ratio"] == pytest.approx(1.0, abs=1e-3)
+    assert one["top_share"] == pytest.approx(1.0, abs=1e-3)
+    assert one["top_cos_reward"] == pytest.approx(1.0, abs=1e-6)
+    np.testing.assert_allclose(one["eigenvalues"], np.sort(np.linalg.eigvalsh(np.cov(flat.T)))[::-1], rtol=1e-9, atol=1e-12)
+    # isotropic: every direction counts, and an arbitrary reward direction is not singled out
+    round_ = study.latent_spectrum(rng.normal(size=(20000, 7)), reward_direction=None)
+    assert round_["participation_ratio"] == pytest.approx(7.0, rel=0.02)
+    assert round_["top_cos_reward"] is None
+    with pytest.raises(ValueError, match="reference"):
+        study.latent_spectrum(np.zeros((1, 3)))
+
+
 def test_auroc_matches_sklearn_with_ties():
     metrics = pytest.importorskip("sklearn.metrics", reason="scikit-learn is the oracle for the AUROC")
     rng = np.random.default_rng(0)
@@ -139,6 +158,12 @@ def test_report_structure(tiny_report):
         assert np.all(np.diff(results[name]["proxy"]) >= -1e-9)  # best-of-n on its own proxy
         np.testing.assert_allclose(results[name]["kl"], study.best_of_n_kl(grid))
     assert set(results["detector_auroc"]) == {"standard", "inform", "pooled"}
+    for name in RM:
+        assert len(results["detector_auroc_by_n"][name]) == len(grid)
+    spectrum = results["latent_spectrum"]
+    assert len(spectrum["eigenvalues"]) == preset("tiny").latent_dim
+    assert 1.0 <= spectrum["participation_ratio"] <= preset("tiny").latent_dim
+    assert 0.0 <= spectrum["top_cos_reward"] <= 1.0 + 1e-12
     assert results["seed"] == 0 and results["preset"] == "tiny"
     assert results["config"]["max_n"] == preset("tiny").max_n
     assert results["runtime_s"] > 0
@@ -157,7 +182,7 @@ def test_deterministic_and_model_dependent(tiny_report):
     first = json.loads((tiny_report / "report.json").read_text())
     again = run_study(preset("tiny"), seed=0, progress=False)["results"]
     again = json.loads(json.dumps(again))
-    for key in ("n", "kl", "gold_oracle", "icds", "mop", "detector_auroc", "standard", "inform"):
+    for key in ("n", "kl", "gold_oracle", "icds", "mop", "detector_auroc", "detector_auroc_by_n", "latent_spectrum", "standard", "inform"):
         assert again[key] == first[key], key
 
     # a different seed changes the data and the models, hence every curve

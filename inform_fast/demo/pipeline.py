@@ -167,6 +167,7 @@ def _run(config, seed, device, rng, grid, bar, started) -> dict:
     detection = {name: {"icds": [], "icds_normalized": [], "icds_clusters": [], "mop": [], "hacked_fraction": []} for name in RM_NAMES}
     auroc_scores = {name: [] for name in RM_NAMES}
     auroc_labels = {name: [] for name in RM_NAMES}
+    auroc_by_n = {name: [] for name in RM_NAMES}  # per n: the hacked fraction changes with n
     selected_last = {}
     for n in grid:
         bar.stage(f"detect n={n}")
@@ -191,6 +192,7 @@ def _run(config, seed, device, rng, grid, bar, started) -> dict:
             detection[name]["icds_clusters"].append(result.n_clusters)
             detection[name]["mop"].append(outliers.score)
             detection[name]["hacked_fraction"].append(float(hacked.mean()))
+            auroc_by_n[name].append(study.auroc(outliers.distances.double().cpu().numpy(), hacked))
             if n > 1:
                 auroc_scores[name].append(outliers.distances.double().cpu().numpy())
                 auroc_labels[name].append(hacked)
@@ -205,6 +207,9 @@ def _run(config, seed, device, rng, grid, bar, started) -> dict:
         scores = np.concatenate([np.concatenate(auroc_scores[m]) for m in names]) if len(grid) > 1 else np.zeros(0)
         labels = np.concatenate([np.concatenate(auroc_labels[m]) for m in names]) if len(grid) > 1 else np.zeros(0, bool)
         detector_auroc[name] = study.auroc(scores, labels) if scores.size else None
+    decoder = models["inform"].head.decoder
+    reward_direction = decoder.weight.detach().double().cpu().numpy()[0] if isinstance(decoder, torch.nn.Linear) else None
+    spectrum = study.latent_spectrum(reference.numpy(), reward_direction)
 
     results.update({
         "seed": int(seed),
@@ -215,6 +220,8 @@ def _run(config, seed, device, rng, grid, bar, started) -> dict:
         "icds_normalized": {name: detection[name]["icds_normalized"] for name in RM_NAMES},
         "mop": {name: detection[name]["mop"] for name in RM_NAMES},
         "detector_auroc": detector_auroc,
+        "detector_auroc_by_n": auroc_by_n,
+        "latent_spectrum": spectrum,
         "reference": {
             "size": int(config.reference_size),
             "gold_median_raw": gold_median,

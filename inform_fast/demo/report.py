@@ -222,6 +222,32 @@ def verdict(results: dict) -> list:
         f"non-hacked selections with AUROC {_fmt(auc.get('standard'))} (standard proxy), {_fmt(auc.get('inform'))} "
         f"(InfoRM proxy), {_fmt(auc.get('pooled'))} pooled: {quality} in this run."
     )
+    by_n = results.get("detector_auroc_by_n")
+    if by_n:
+        per_n = ", ".join(
+            f"n = {n}: {_fmt(a)} / {_fmt(b)}" for n, a, b in zip(results["n"], by_n["standard"], by_n["inform"]) if n > 1
+        )
+        lines.append(
+            f"- The same AUROC at each n (standard / InfoRM proxy; the hacked fraction changes with n, so the pooled "
+            f"value mixes populations): {per_n}."
+        )
+    spectrum = results.get("latent_spectrum")
+    if spectrum:
+        shape = (
+            f"InfoRM's latent uses about {spectrum['participation_ratio']:.1f} direction(s) on the reference set "
+            f"(participation ratio of the covariance eigenvalues; the top direction holds "
+            f"{spectrum['top_share']:.0%} of the variance"
+        )
+        cos = spectrum.get("top_cos_reward")
+        shape += f" and is aligned with the decoder's reward direction, |cos| {cos:.3f})" if cos is not None else ")"
+        if spectrum["participation_ratio"] < 2.0:
+            shape += (
+                ". With one real direction, the Mahalanobis distance mostly measures how extreme InfoRM's reward is "
+                "(plus noise in the squeezed directions), so a padded pick with a moderate reward can look less unusual "
+                "than a genuinely good pick with an extreme one; and best-of-n only picks tail points of the very "
+                "pool the reference is drawn from, never a new kind of text."
+            )
+        lines.append(f"- {shape}")
     lines.append(
         f"- This is one seed (seed {results['seed']}): the comparison between the two reward models varies from seed to "
         "seed in this toy world; rerun with `--seed` to see the spread (docs/demo.md)."

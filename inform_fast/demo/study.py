@@ -94,6 +94,35 @@ def auroc(scores: np.ndarray, positive: np.ndarray) -> Optional[float]:
     return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
 
+def latent_spectrum(reference: np.ndarray, reward_direction: Optional[np.ndarray] = None) -> dict:
+    """How many directions the reference latents really use.
+
+    reference: [m, L] latents; reward_direction: [L] decoder weight of a linear decoder (or None).
+    Returns the covariance eigenvalues (float64, descending), the participation ratio
+    (sum lambda)^2 / sum lambda^2 (1 when all the variance lies on one direction, L when it is spread
+    evenly), the top direction's share of the variance and, with ``reward_direction``, the |cosine|
+    between the top direction and it. A latent with one real direction makes the Mahalanobis
+    distance mostly a measure of that direction (plus noise in the squeezed ones)."""
+    x = np.asarray(reference, dtype=np.float64)
+    if x.ndim != 2 or x.shape[0] < 2:
+        raise ValueError(f"reference: expected [m >= 2, L] latents, got shape {x.shape}")
+    values, vectors = np.linalg.eigh(np.cov(x, rowvar=False).reshape(x.shape[1], x.shape[1]))
+    values, vectors = np.clip(values[::-1], 0.0, None), vectors[:, ::-1]
+    total = float(values.sum())
+    out = {
+        "eigenvalues": values.tolist(),
+        "participation_ratio": total ** 2 / float((values ** 2).sum()) if total > 0 else 0.0,
+        "top_share": float(values[0] / total) if total > 0 else 0.0,
+        "top_cos_reward": None,
+    }
+    if reward_direction is not None:
+        w = np.asarray(reward_direction, dtype=np.float64).reshape(-1)
+        norm = float(np.linalg.norm(w))
+        if norm > 0:
+            out["top_cos_reward"] = float(abs(vectors[:, 0] @ w) / norm)
+    return out
+
+
 def log_grid(max_n: int, points_per_octave: int = 1) -> list:
     """1, 2, 4, ... up to max_n (max_n included), with ``points_per_octave`` points per doubling."""
     if max_n < 1:
