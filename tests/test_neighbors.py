@@ -4,10 +4,12 @@ import pytest
 import torch
 from sklearn.neighbors import NearestNeighbors
 
-from inform_fast.detect.neighbors import nearest_distance
-from inform_fast.testing import requires_cpp, requires_triton_interpreter
+from inform_fast.detect.neighbors import CPP_MAX_QUERIES, nearest_distance
+from inform_fast.testing import kernel_test_device, requires_cpp, requires_triton_interpreter
 
 BACKENDS = ["reference", pytest.param("cpp", marks=requires_cpp())]
+# the cpp backend: exact search up to CPP_MAX_QUERIES queries, GEMM tiles above
+FEW, MANY = CPP_MAX_QUERIES, CPP_MAX_QUERIES + 5
 
 
 def exact(queries, references):
@@ -15,16 +17,27 @@ def exact(queries, references):
     return d.min(1), d.argmin(1)
 
 
+def assert_matches_exact(queries, references, rtol, **kwargs):
+    """nearest_distance(queries, references, **kwargs) against ``exact``: the same indices, and
+    distances within rtol; returns its (distances, indices)."""
+    dist, index = nearest_distance(queries, references, **kwargs)
+    want_d, want_i = exact(queries, references)
+    np.testing.assert_array_equal(index.numpy(), want_i)
+    np.testing.assert_allclose(dist.numpy(), want_d, rtol=rtol)
+    return dist, index
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("n_q, n_r, dim, bq, br", [(37, 301, 7, 8, 64), (5, 1000, 33, 1024, 8192), (64, 257, 3, 13, 17)])
+@pytest.mark.parametrize(
+    "n_q, n_r, dim, bq, br",
+    [(37, 301, 7, 8, 64), (5, 1000, 33, 1024, 8192), (64, 257, 3, 13, 17), (FEW, 77, 130, 5, 9),
+     (MANY, 1001, 130, 16, 250), (MANY, 1, 4, 1, 1), (301, 129, 16, 1024, 8192)],
+)
 def test_matches_exact_search(backend, n_q, n_r, dim, bq, br):
     rng = np.random.default_rng(n_q)
     queries = rng.normal(size=(n_q, dim)).astype(np.float32)
     references = rng.normal(size=(n_r, dim)).astype(np.float32)
-    dist, index = nearest_distance(queries, references, block_queries=bq, block_refs=br, backend=backend)
-    want_d, want_i = exact(queries, references)
-    np.testing.assert_array_equal(index.numpy(), want_i)
-    np.testing.assert_allclose(dist.numpy(), want_d, rtol=1e-6)
+    dist, index = assert_matches_exact(queries, references, 1e-6, block_queries=bq, block_refs=br, backend=backend)
     assert dist.dtype == torch.float32 and index.dtype == torch.int64
 
 
@@ -43,25 +56,71 @@ def test_matches_sklearn_float64_and_large_offset():
     np.testing.assert_allclose(f32_dist.numpy(), want_d[:, 0], rtol=1e-3)
 
 
-def test_bf16_input():
-    rng = np.random.default_rng(2)
-    queries = torch.from_numpy(rng.normal(size=(9, 8))).bfloat16()
-    references = torch.from_numpy(rng.normal(size=(77, 8))).bfloat16()
-    dist, index = nearest_distance(queries, references)
-    want_d, want_i = exact(queries.float().numpy(), references.float().numpy())
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("n_q", [3, MANY])
+def test_float64_tiles(backend, n_q):
+    rng = np.random.default_rng(4)
+    queries = rng.normal(size=(n_q, 9)) * 1e3
+    references = rng.normal(size=(211, 9)) * 1e3
+    dist, _ = assert_matches_exact(queries, references, 1e-12, block_queries=7, block_refs=50, backend=backend)
+    assert dist.dtype == torch.float64
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("n_q", [FEW, MANY])
+def test_float32_far_from_origin(backend, n_q):
+    # ||q||^2 ~ 1.6e9 here: without the mean shift, float32 ||r||^2 - 2 q.r loses the unit-scale
+    # gaps between references entirely; with it, every query finds the reference it was drawn near
+    rng = np.random.default_rng(5)
+    references = (rng.normal(size=(500, 16)) * 3.0 + 1e4).astype(np.float32)
+    near = rng.integers(0, 500, size=n_q)
+    queries = (references[near] + rng.normal(size=(n_q, 16)) * 0.05).astype(np.float32)
+    np.testing.assert_array_equal(exact(queries, references)[1], near)  # the data has clear winners
+    assert_matches_exact(queries, references, 1e-6, block_queries=8, block_refs=96, backend=backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("n_q", [FEW, MANY])
+def test_ties_keep_the_smallest_index(backend, n_q):
+    # small integers: every product, norm and distance is exact in float32, and the references
+    # are symmetric about 0, so the mean shift is exactly 0 and the ties stay exact ties
+    rng = np.random.default_rng(6)
+    half = rng.integers(-3, 4, size=(60, 5)).astype(np.float32)
+    half[[7, 20, 45]] = half[3]  # duplicates: in one tile (block_refs=16) and across tiles
+    references = np.concatenate([half, -half])
+    queries = np.concatenate([half[[3, 20, 45]], rng.integers(-3, 4, size=(n_q - 3, 5))]).astype(np.float32)
+    dist, index = nearest_distance(queries, references, block_queries=6, block_refs=16, backend=backend)
+    d = ((queries[:, None, :].astype(np.float64) - references[None]) ** 2).sum(-1)
+    first = (d == d.min(1, keepdims=True)).argmax(1)  # smallest index among the exact ties
+    np.testing.assert_array_equal(index.numpy(), first)
+    assert list(index[:3]) == [3, 3, 3]
+    assert (d == d.min(1, keepdims=True)).sum(1).max() > 1  # ties did occur
+    np.testing.assert_allclose(dist.numpy(), np.sqrt(d.min(1)), rtol=1e-6)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("n_q", [FEW, MANY])
+def test_strided_inputs_requiring_grad(backend, n_q):
+    rng = np.random.default_rng(7)
+    queries = torch.tensor(rng.normal(size=(6, n_q)), dtype=torch.float32, requires_grad=True).T  # column-major
+    references = torch.tensor(rng.normal(size=(90, 12)), dtype=torch.float32, requires_grad=True)[:, ::2]
+    dist, index = nearest_distance(queries, references, block_queries=10, block_refs=32, backend=backend)
+    want_d, want_i = exact(queries.detach().numpy(), references.detach().numpy())
     np.testing.assert_array_equal(index.numpy(), want_i)
-    np.testing.assert_allclose(dist.numpy(), want_d, rtol=1e-5)
+    np.testing.assert_allclose(dist.detach().numpy(), want_d, rtol=1e-6)
 
 
 @requires_triton_interpreter()
 def test_triton_under_interpreter():
     rng = np.random.default_rng(3)
-    queries = torch.from_numpy(rng.normal(size=(19, 7)).astype(np.float32))
-    references = torch.from_numpy(rng.normal(size=(301, 7)).astype(np.float32))
-    dist, index = nearest_distance(queries, references, backend="triton")
-    want_d, want_i = exact(queries.numpy(), references.numpy())
-    np.testing.assert_array_equal(index.numpy(), want_i)
-    np.testing.assert_allclose(dist.numpy(), want_d, rtol=1e-6)
+    queries = rng.normal(size=(19, 7)).astype(np.float32)
+    references = rng.normal(size=(301, 7)).astype(np.float32)
+    device = kernel_test_device()
+    dist, index = nearest_distance(torch.from_numpy(queries).to(device), torch.from_numpy(references).to(device), backend="triton")
+    assert dist.device.type == index.device.type == device
+    want_d, want_i = exact(queries, references)
+    np.testing.assert_array_equal(index.cpu().numpy(), want_i)
+    np.testing.assert_allclose(dist.cpu().numpy(), want_d, rtol=1e-6)
 
 
 def test_bad_input():

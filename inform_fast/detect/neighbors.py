@@ -2,20 +2,26 @@
 
 For each query the nearest reference is picked from ``||r||^2 - 2 q.r`` (the ``||q||^2`` term
 is the same along a row), computed one [block_queries, block_refs] tile at a time with a GEMM and
-min-reduced per tile. The winner's distance is then recomputed exactly as ``||q - r||`` in
+min-reduced per tile. The references' mean is subtracted from both sets first (it limits the
+float32 cancellation), and the winner's distance is then recomputed exactly as ``||q - r||`` in
 float64, so the returned distance carries no GEMM cancellation error (which is large when
-``||q||`` is big compared to the distance).
+``||q||`` is big compared to the distance). The reference tiles are the outer loop: each is
+shifted and normed once, and the strict ``<`` across tiles keeps the smallest index on ties.
 
 Backends (``inform_fast.dispatch``, op ``"nearest_distance"``):
 
-* ``reference``: PyTorch tiles (any device; the CPU default).
+* ``reference``: PyTorch tiles (any device; the CPU default without the extension).
 * ``triton``: ``inform_fast.kernels.min_distance`` (CUDA; the min is reduced in the kernel's
   epilogue and the reference axis is split across programs).
 * ``cpp`` (the CPU default when the extension is built): for at most ``CPP_MAX_QUERIES``
   queries, the exact direct-difference search of ``inform_fast._C`` (measured on the 2-core
   development CPU, 6 centroids x 2*10^5 x 128: 0.08 s against 0.9 s for the GEMM tiles, whose
-  skinny GEMMs run badly); above that the GEMM tiles win (1000 queries: 0.5 s against 4.1 s), so
-  it hands over to them.
+  skinny GEMMs run badly); above that the GEMM tiles win, so it hands over to them.
+
+Measured on the 2-core development CPU, 1000 queries x 50,000 x 128 float32 references: the
+PyTorch tiles find the indices in 86 ms (before the reference tiles were the outer loop:
+110-150 ms; chunked NumPy 85-94 ms); [1024, 1024] tiles 86 ms, [1024, 8192] 98 ms, hence
+``CPU_BLOCK_REFS``.
 """
 from __future__ import annotations
 
@@ -31,8 +37,11 @@ dispatch.register("nearest_distance", "reference", "inform_fast.detect.neighbors
 dispatch.register("nearest_distance", "triton", "inform_fast.kernels.min_distance:nearest_index")
 dispatch.register("nearest_distance", "cpp", "inform_fast.detect.neighbors:_nearest_index_cpp")
 
-# Crossover measured on the development CPU (see the module docstring).
+# Measured on the development CPU (see the module docstring): the query count up to which the
+# exact C++ search beats the GEMM tiles, and the reference-tile cap on the CPU (a [1024, 1024]
+# float32 tile stays in cache).
 CPP_MAX_QUERIES = 32
+CPU_BLOCK_REFS = 1024
 
 
 def _work_dtype(*tensors: torch.Tensor) -> torch.dtype:
@@ -40,33 +49,37 @@ def _work_dtype(*tensors: torch.Tensor) -> torch.dtype:
 
 
 def reference_shift(references: torch.Tensor, dtype: torch.dtype, rows: int = 65536) -> torch.Tensor:
-    """[L] mean of the references (float64 accumulation), subtracted from both sets before the
-    GEMM: distances are unchanged, but ||q||^2 and ||r||^2 shrink, and with them the float32
-    cancellation that would otherwise pick wrong winners for latents far from the origin."""
+    """[L] mean of the references, subtracted from both sets before the GEMM: distances are
+    unchanged, but ||q||^2 and ||r||^2 shrink, and with them the float32 cancellation that would
+    otherwise pick wrong winners for latents far from the origin.
+
+    Chunks of ``rows`` are summed in float32 (float64 for float64 input; PyTorch's reductions
+    sum in cascade, so the error is a few float32 ulps), and the chunk sums in float64: any shift
+    close to the mean serves, and converting every element to float64 first cost 10x more."""
+    acc = torch.float64 if references.dtype == torch.float64 else torch.float32
     total = torch.zeros(references.shape[1], dtype=torch.float64, device=references.device)
     for r0 in range(0, references.shape[0], rows):
-        total += references[r0 : r0 + rows].to(torch.float64).sum(0)
+        total += references[r0 : r0 + rows].sum(0, dtype=acc)
     return (total / references.shape[0]).to(dtype)
 
 
 def _nearest_index_reference(queries: torch.Tensor, references: torch.Tensor, block_queries: int, block_refs: int) -> torch.Tensor:
     """Index [q] int64 of the nearest reference, PyTorch tiles (float32, or float64 for float64 input)."""
     dtype = _work_dtype(queries, references)
-    n_q, n_r = queries.shape[0], references.shape[0]
     shift = reference_shift(references, dtype)
-    best_index = torch.empty(n_q, dtype=torch.int64, device=queries.device)
-    for q0 in range(0, n_q, block_queries):
-        q = queries[q0 : q0 + block_queries].to(dtype) - shift  # [bq, L]
-        best = torch.full((q.shape[0],), float("inf"), dtype=dtype, device=q.device)
-        arg = torch.zeros(q.shape[0], dtype=torch.int64, device=q.device)
-        for r0 in range(0, n_r, block_refs):
-            r = references[r0 : r0 + block_refs].to(dtype) - shift  # [br, L]
-            partial = torch.addmm((r * r).sum(1)[None, :], q, r.T, alpha=-2.0)  # [bq, br] = ||r||^2 - 2 q.r
-            value, where = partial.min(dim=1)
-            better = value < best  # strict: ties keep the earlier (smaller) index
-            best = torch.where(better, value, best)
-            arg = torch.where(better, where + r0, arg)
-        best_index[q0 : q0 + q.shape[0]] = arg
+    q = queries.to(dtype) - shift  # [q, L], shifted once
+    best = torch.full((q.shape[0],), float("inf"), dtype=dtype, device=q.device)
+    best_index = torch.zeros(q.shape[0], dtype=torch.int64, device=q.device)
+    # references outer: each reference tile is shifted and normed once, not once per query block
+    for r0 in range(0, references.shape[0], block_refs):
+        r = references[r0 : r0 + block_refs].to(dtype) - shift  # [br, L]
+        norm = (r * r).sum(1)[None, :]
+        for q0 in range(0, q.shape[0], block_queries):
+            rows = slice(q0, q0 + block_queries)
+            value, where = torch.addmm(norm, q[rows], r.T, alpha=-2.0).min(dim=1)  # ||r||^2 - 2 q.r
+            better = value < best[rows]  # strict: ties keep the earlier (smaller) index
+            best[rows] = torch.where(better, value, best[rows])
+            best_index[rows] = torch.where(better, where + r0, best_index[rows])
     return best_index
 
 
@@ -96,7 +109,8 @@ def nearest_distance(
     Args:
         queries: [q, L] float tensor or array (float16/bfloat16/float32/float64).
         references: [m, L], same L, same device as ``queries``.
-        block_queries, block_refs: tile sizes (memory is O(block_queries * block_refs)).
+        block_queries, block_refs: tile sizes (memory is O(block_queries * block_refs)); on the
+            CPU the reference tile is at most ``CPU_BLOCK_REFS`` rows.
         backend: None/"auto", "reference", "triton" or "cpp" (see the module docstring).
 
     Returns:
@@ -118,6 +132,8 @@ def nearest_distance_checked(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``nearest_distance`` on arguments already validated by the caller (no second pass)."""
     _, impl = dispatch.resolve("nearest_distance", q.device, backend)
+    if q.device.type == "cpu":
+        block_refs = min(block_refs, CPU_BLOCK_REFS)
     index = impl(q, r, block_queries, block_refs)
     out_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
     diff = q.to(torch.float64) - r.index_select(0, index).to(torch.float64)
