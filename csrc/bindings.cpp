@@ -118,10 +118,28 @@ py::tuple nearest_reference(py::handle queries_obj, py::handle refs_obj) {
   return py::make_tuple(d2, index);
 }
 
+void nearest_tile_update(py::handle tile_obj, py::handle norm_obj, int64_t col_offset, py::handle best_obj,
+                         py::handle index_obj) {
+  const std::string op = "nearest_tile_update";
+  auto tile = checked<float>(op, "tile", tile_obj, 2);
+  auto norm = checked<float>(op, "col_norm", norm_obj, 1);
+  auto best = checked<float>(op, "best", best_obj, 1);
+  auto index = checked<int64_t>(op, "best_index", index_obj, 1);
+  const int64_t rows = tile.shape(0), cols = tile.shape(1);
+  if (cols < 1) fail(op, "tile must have at least one column");
+  if (col_offset < 0) fail(op, "col_offset must be >= 0");
+  check_len(op, "col_norm", norm, cols);
+  check_len(op, "best", best, rows);
+  check_len(op, "best_index", index, rows);
+  py::gil_scoped_release release;
+  inform_fast::nearest_tile_update(tile.data(), rows, cols, norm.data(), col_offset, best.mutable_data(),
+                                   index.mutable_data());
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
-  m.doc() = "inform_fast CPU kernels (DBSCAN tile epilogues and union-find, exact nearest reference)";
+  m.doc() = "inform_fast CPU kernels (DBSCAN tile epilogues and union-find, nearest reference: exact search and GEMM tile epilogue)";
   m.def("dbscan_tile_counts", &tile_counts, py::arg("partial"), py::arg("thr"), py::arg("count_rows"),
         py::arg("count_cols") = py::none(),
         "Add eps-neighbour counts of a [rows, cols] float32 tile (partial <= thr[row]) to count_rows / count_cols (int64, in place).");
@@ -132,6 +150,10 @@ PYBIND11_MODULE(_C, m) {
         "Union-find over parent (int64, in place); roots are the smallest index of each component.");
   m.def("nearest_reference", &nearest_reference, py::arg("queries"), py::arg("references"),
         "Exact nearest reference per query: (squared distance float32 [q], index int64 [q]).");
+  m.def("nearest_tile_update", &nearest_tile_update, py::arg("tile"), py::arg("col_norm"), py::arg("col_offset"),
+        py::arg("best"), py::arg("best_index"),
+        "Merge the row minima of col_norm + tile (float32 [rows, cols], -2 q.r) into best / best_index (in place; "
+        "strictly smaller wins, ties keep the first column).");
 #ifdef _OPENMP
   m.attr("openmp") = true;
 #else

@@ -1,5 +1,9 @@
-// Exact nearest-reference search on the CPU (see ops.h): direct squared differences, so there is
-// no ||q||^2 + ||r||^2 - 2 q.r cancellation; OpenMP over reference chunks, then a reduction.
+// Nearest reference on the CPU (see ops.h):
+// * nearest_reference: exact search by direct squared differences, so there is no
+//   ||q||^2 + ||r||^2 - 2 q.r cancellation; OpenMP over reference chunks, then a reduction.
+// * nearest_tile_update: the epilogue of the GEMM tiles (many queries): a row-wise argmin of
+//   ||r||^2 - 2 q.r merged into the running best, OpenMP over rows.
+#include <algorithm>
 #include <limits>
 #include <vector>
 
@@ -48,6 +52,42 @@ void nearest_reference(const float* queries, int64_t n_queries, const float* ref
         best_index[q] = local_index[q];
       }
     }
+  }
+}
+
+namespace {
+
+// Runtime-dispatched SIMD width (AVX-512 / AVX2 / baseline) where the compiler supports it; the
+// build flags stay portable.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define INFORM_FAST_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define INFORM_FAST_CLONES
+#endif
+
+// Smallest norm[j] + row[j]; a pure min reduction, so it vectorizes.
+INFORM_FAST_CLONES float row_min(const float* row, const float* norm, int64_t cols) {
+  float m = std::numeric_limits<float>::infinity();
+#pragma omp simd reduction(min : m)
+  for (int64_t j = 0; j < cols; ++j) m = std::min(m, norm[j] + row[j]);
+  return m;
+}
+
+}  // namespace
+
+void nearest_tile_update(const float* tile, int64_t rows, int64_t cols, const float* col_norm, int64_t col_offset,
+                         float* best, int64_t* best_index) {
+#pragma omp parallel for schedule(static) if (rows * cols >= (int64_t{1} << 16))
+  for (int64_t i = 0; i < rows; ++i) {
+    const float* row = tile + i * cols;
+    const float m = row_min(row, col_norm, cols);
+    if (!(m < best[i])) continue;  // strict: an earlier tile keeps its (smaller) index on a tie
+    // The minimum improved (rare after the first tiles): find its first column. The sum is
+    // recomputed exactly as in row_min, so the comparison is an equality of identical values.
+    int64_t j = 0;
+    while (j + 1 < cols && col_norm[j] + row[j] != m) ++j;
+    best[i] = m;
+    best_index[i] = col_offset + j;
   }
 }
 

@@ -33,4 +33,12 @@ void union_edges(int64_t* parent, int64_t n, const int64_t* edge_a, const int64_
 void nearest_reference(const float* queries, int64_t n_queries, const float* refs, int64_t n_refs,
                        int64_t dim, float* best_d2, int64_t* best_index);
 
+// Epilogue of a nearest-reference GEMM tile: tile[i, j] = -2 q_i . r_j ([rows, cols] float32,
+// row-major) and col_norm[j] = ||r_j||^2, so col_norm[j] + tile[i, j] orders the references by
+// distance to q_i. Where a row's minimum is strictly below best[i], sets best[i] to it and
+// best_index[i] to col_offset + its first column (so ties keep the smallest index, and an
+// earlier tile wins a tie against a later one).
+void nearest_tile_update(const float* tile, int64_t rows, int64_t cols, const float* col_norm, int64_t col_offset,
+                         float* best, int64_t* best_index);
+
 }  // namespace inform_fast

@@ -4,11 +4,12 @@ import pytest
 import torch
 from sklearn.neighbors import NearestNeighbors
 
+from inform_fast import _native
 from inform_fast.detect.neighbors import CPP_MAX_QUERIES, nearest_distance
 from inform_fast.testing import kernel_test_device, requires_cpp, requires_triton_interpreter
 
 BACKENDS = ["reference", pytest.param("cpp", marks=requires_cpp())]
-# the cpp backend: exact search up to CPP_MAX_QUERIES queries, GEMM tiles above
+# the cpp backend: exact search up to CPP_MAX_QUERIES queries, GEMM tiles + C++ epilogue above
 FEW, MANY = CPP_MAX_QUERIES, CPP_MAX_QUERIES + 5
 
 
@@ -108,6 +109,35 @@ def test_strided_inputs_requiring_grad(backend, n_q):
     want_d, want_i = exact(queries.detach().numpy(), references.detach().numpy())
     np.testing.assert_array_equal(index.numpy(), want_i)
     np.testing.assert_allclose(dist.detach().numpy(), want_d, rtol=1e-6)
+
+
+@requires_cpp()
+def test_tile_epilogue():
+    C = _native.module()
+    tile = np.array([[5.0, 1.0, 1.0, 2.0], [0.0, 0.0, 0.0, 0.0], [9.0, 9.0, 9.0, 9.0]], np.float32)
+    norm = np.array([0.0, 1.0, 0.0, -1.0], np.float32)  # row sums: [5, 2, 1, 1], [0, 1, 0, -1], [9, 10, 9, 8]
+    best = np.array([np.inf, -1.0, 8.0], np.float32)
+    index = np.array([-1, 17, 17], np.int64)
+    C.nearest_tile_update(tile, norm, 100, best, index)
+    # a tie inside the tile keeps the first column; a tie with the running best keeps the earlier tile
+    np.testing.assert_array_equal(best, [1.0, -1.0, 8.0])
+    np.testing.assert_array_equal(index, [102, 17, 17])
+    with pytest.raises(ValueError, match="nearest_tile_update: col_norm must have length 4"):
+        C.nearest_tile_update(tile, norm[:3], 0, best, index)
+    with pytest.raises(ValueError, match="nearest_tile_update: best must have dtype float32"):
+        C.nearest_tile_update(tile, norm, 0, best.astype(np.float64), index)
+    with pytest.raises(ValueError, match="nearest_tile_update: tile must be C-contiguous"):
+        C.nearest_tile_update(np.asfortranarray(tile), norm, 0, best, index)
+
+
+def test_bf16_input():
+    rng = np.random.default_rng(2)
+    queries = torch.from_numpy(rng.normal(size=(9, 8))).bfloat16()
+    references = torch.from_numpy(rng.normal(size=(77, 8))).bfloat16()
+    dist, index = nearest_distance(queries, references)
+    want_d, want_i = exact(queries.float().numpy(), references.float().numpy())
+    np.testing.assert_array_equal(index.numpy(), want_i)
+    np.testing.assert_allclose(dist.numpy(), want_d, rtol=1e-5)
 
 
 @requires_triton_interpreter()

@@ -14,14 +14,19 @@ Backends (``inform_fast.dispatch``, op ``"nearest_distance"``):
 * ``triton``: ``inform_fast.kernels.min_distance`` (CUDA; the min is reduced in the kernel's
   epilogue and the reference axis is split across programs).
 * ``cpp`` (the CPU default when the extension is built): for at most ``CPP_MAX_QUERIES``
-  queries, the exact direct-difference search of ``inform_fast._C`` (measured on the 2-core
-  development CPU, 6 centroids x 2*10^5 x 128: 0.08 s against 0.9 s for the GEMM tiles, whose
-  skinny GEMMs run badly); above that the GEMM tiles win, so it hands over to them.
+  queries, the exact direct-difference search of ``inform_fast._C``; above that the same float32
+  GEMM tiles with the C++ epilogue ``nearest_tile_update`` (a vectorized row minimum; the
+  argmin is searched only in rows whose minimum improved), in place of PyTorch's
+  ``min(dim=1)``, which costs 5x a plain ``amin``.
 
-Measured on the 2-core development CPU, 1000 queries x 50,000 x 128 float32 references: the
-PyTorch tiles find the indices in 86 ms (before the reference tiles were the outer loop:
-110-150 ms; chunked NumPy 85-94 ms); [1024, 1024] tiles 86 ms, [1024, 8192] 98 ms, hence
-``CPU_BLOCK_REFS``.
+Measured on the 2-core development CPU (AMD EPYC, AVX-512; 2026-11-25), 50,000 x 128 float32
+references, ``pytest benchmarks/bench_detection.py -k nearest --benchmark-only`` (min of 5):
+
+* 1000 queries: 74 ms (before these tiles: 110-150 ms), faiss-cpu ``IndexFlatL2`` 60 ms,
+  chunked NumPy 85-94 ms. Of the 74 ms, 6 are the finite check of the inputs and 59 the GEMMs
+  (PyTorch's MKL runs them at ~220 GFLOP/s here; NumPy's OpenBLAS, which faiss uses, in 51 ms, but
+  mixing its thread pool with PyTorch's between tiles made the whole search 8x slower).
+* ``CPU_BLOCK_REFS``: [1024, 1024] tiles 69 ms, [1024, 2048] 77 ms, [1024, 8192] 87 ms.
 """
 from __future__ import annotations
 
@@ -83,14 +88,40 @@ def _nearest_index_reference(queries: torch.Tensor, references: torch.Tensor, bl
     return best_index
 
 
+@torch.no_grad()  # NumPy views and out= need tensors outside autograd
+def _nearest_index_tiles_cpp(queries: torch.Tensor, references: torch.Tensor, block_queries: int, block_refs: int, native) -> torch.Tensor:
+    """Index [q] int64, float32 GEMM tiles with the C++ epilogue: the same tiles and tie rule as
+    ``_nearest_index_reference``, but each tile is a plain ``mm`` into one reused buffer (the
+    reference tile is pre-scaled by -2, which is exact) and ``native.nearest_tile_update`` adds
+    ||r||^2 and merges the row minima in one vectorized pass."""
+    shift = reference_shift(references, torch.float32)
+    q = queries.to(torch.float32) - shift  # [q, L], shifted once
+    n_q, n_r = q.shape[0], references.shape[0]
+    best = torch.full((n_q,), float("inf")).numpy()
+    best_index = torch.zeros(n_q, dtype=torch.int64)
+    index_view = best_index.numpy()
+    buffer = torch.empty(min(block_queries, n_q) * min(block_refs, n_r))
+    for r0 in range(0, n_r, block_refs):
+        r = references[r0 : r0 + block_refs].to(torch.float32) - shift  # [br, L]
+        norm = (r * r).sum(1).numpy()
+        r.mul_(-2.0)
+        for q0 in range(0, n_q, block_queries):
+            q1 = min(n_q, q0 + block_queries)
+            tile = buffer[: (q1 - q0) * r.shape[0]].view(q1 - q0, r.shape[0])
+            torch.mm(q[q0:q1], r.T, out=tile)  # -2 q.r
+            native.nearest_tile_update(tile.numpy(), norm, r0, best[q0:q1], index_view[q0:q1])
+    return best_index
+
+
 def _nearest_index_cpp(queries: torch.Tensor, references: torch.Tensor, block_queries: int, block_refs: int) -> torch.Tensor:
-    """Index [q] int64: exact C++ search for few queries, the GEMM tiles for many (float64 input
-    also stays on the tiles, which keep float64)."""
+    """Index [q] int64: exact C++ search for few queries, GEMM tiles with the C++ epilogue for
+    many (float64 input stays on the PyTorch tiles, which keep float64)."""
     from inform_fast import _native
 
-    if queries.shape[0] > CPP_MAX_QUERIES or _work_dtype(queries, references) == torch.float64:
+    if _work_dtype(queries, references) == torch.float64:
         return _nearest_index_reference(queries, references, block_queries, block_refs)
-
+    if queries.shape[0] > CPP_MAX_QUERIES:
+        return _nearest_index_tiles_cpp(queries, references, block_queries, block_refs, _native.module())
     q = queries.detach().to(torch.float32).contiguous().numpy()
     r = references.detach().to(torch.float32).contiguous().numpy()
     _, index = _native.module().nearest_reference(q, r)
