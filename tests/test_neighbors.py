@@ -32,7 +32,7 @@ def assert_matches_exact(queries, references, rtol, **kwargs):
 @pytest.mark.parametrize(
     "n_q, n_r, dim, bq, br",
     [(37, 301, 7, 8, 64), (5, 1000, 33, 1024, 8192), (64, 257, 3, 13, 17), (FEW, 77, 130, 5, 9),
-     (MANY, 1001, 130, 16, 250), (MANY, 1, 4, 1, 1), (301, 129, 16, 1024, 8192)],
+     (MANY, 1001, 130, 16, 250), (MANY, 1, 4, 1, 1), (301, 129, 16, 1024, 8192), (FEW - 1, 500, 130, 1024, 8192)],
 )
 def test_matches_exact_search(backend, n_q, n_r, dim, bq, br):
     rng = np.random.default_rng(n_q)
