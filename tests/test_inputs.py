@@ -1,4 +1,6 @@
 """Latent matrices: conversion, checks and reading from files."""
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -30,6 +32,24 @@ def test_numpy_is_shared_and_ints_become_float():
 def test_bad_latents_name_the_argument(value, kwargs, match):
     with pytest.raises(ValueError, match=f"rlhf_latents: .*{match}"):
         as_latents("rlhf_latents", value, **kwargs)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_finite_check_sees_every_bad_value_and_no_overflow(dtype):
+    from inform_fast.validation import check_finite
+
+    big = torch.finfo(dtype).max
+    check_finite("x", torch.full((257, 3), big, dtype=dtype))  # the sum overflows, the values are finite
+    check_finite("x", torch.zeros(0, 3, dtype=dtype))
+    for bad, where in ((float("nan"), (200, 1)), (float("inf"), (3, 2)), (-float("inf"), (256, 0))):
+        x = torch.randn(257, 3).to(dtype)
+        x[where] = bad
+        with pytest.raises(ValueError, match=re.escape(f"x: contains 1 NaN/Inf value(s), first at index {where}")):
+            check_finite("x", x)
+    both = torch.randn(64, 5).to(dtype)
+    both[1, 1], both[40, 2] = float("inf"), -float("inf")  # they cancel to NaN in the sum, still caught
+    with pytest.raises(ValueError, match="2 NaN/Inf"):
+        check_finite("x", both)
 
 
 def test_read_each_format(tmp_path):
