@@ -118,3 +118,37 @@ def test_with_the_detection_ibl_penalty(tok, model):
     raw = out["extra_logs"]["inform_raw_reward"]
     mu = torch.stack([m for _, m in one_by_one(model, tok, queries)])
     torch.testing.assert_close(out["rewards"], raw - 0.5 * scorer.distance(mu), atol=1e-4, rtol=1e-4)
+
+
+def test_overoptimization_monitor_as_the_reward_function_hook(tok, model):
+    # the monitor object itself is the hook: TRL's global step decides when it evaluates, a step
+    # already evaluated only buffers, and its scores reach log_metric
+    pytest.importorskip("trl")
+    from types import SimpleNamespace
+
+    from inform_fast.detect.monitor import OverOptimizationMonitor
+    from inform_fast.integrations.openrlhf import make_openrlhf_reward_func
+    from inform_fast.integrations.trl import make_trl_reward_func
+
+    torch.manual_seed(0)
+    monitor = OverOptimizationMonitor(torch.randn(300, 6), every=2, method="mop")
+    func = make_trl_reward_func(model, tok, batch_size=4, monitor=monitor)
+    logs = []
+    for step in (0, 0, 1, 2):
+        logged = {}
+        func(prompts=PROMPTS, completions=COMPLETIONS, trainer_state=SimpleNamespace(global_step=step),
+             log_metric=logged.__setitem__)
+        logs.append(logged)
+    assert [r["step"] for r in monitor.history] == [0, 2]
+    assert "inform/mop" in logs[0] and "inform/onset" in logs[0]
+    assert "inform/mop" not in logs[1] and "inform/mop" not in logs[2] and "inform/mop" in logs[3]
+    # step 0's second batch and step 1's batch were buffered into the step-2 evaluation
+    assert monitor.history[0]["n_latents"] == 5 and monitor.history[1]["n_latents"] == 15
+    assert logs[3]["inform/mop"] == monitor.history[1]["mop"]
+
+    # OpenRLHF passes no step: the count of reward batches is the step
+    counted = OverOptimizationMonitor(torch.randn(300, 6), every=2, method="mop")
+    openrlhf = make_openrlhf_reward_func(model, tok, monitor=counted)
+    outs = [openrlhf([p + c for p, c in zip(PROMPTS, COMPLETIONS)]) for _ in range(3)]
+    assert [r["step"] for r in counted.history] == [0, 2]
+    assert "inform_mop" in outs[0]["extra_logs"] and "inform_mop" not in outs[1]["extra_logs"]

@@ -112,6 +112,7 @@ class OverOptimizationMonitor:
         self.onset_reason: Optional[str] = None
         self._buffer: List[torch.Tensor] = []
         self._buffered = 0
+        self._calls = 0
 
     # ------------------------------------------------------------------ collecting
     def is_due(self, step: int) -> bool:
@@ -216,6 +217,23 @@ class OverOptimizationMonitor:
             for name, value in self.metrics(record, prefix).items():
                 log_metric(name, value)
         return record
+
+    def __call__(self, latents, rewards=None, step: Optional[int] = None) -> Dict[str, float]:
+        """The reward-function hook form (``make_trl_reward_func(..., monitor=monitor)``, the
+        OpenRLHF-style ``make_openrlhf_reward_func``): ``update(step, latents)``, returning the
+        scores (``icds``, ``icds_normalized``, ``mop``, ``onset``) when this call evaluated and {}
+        otherwise. ``step`` is the trainer's global step when the caller knows it (TRL passes
+        ``trainer_state``), else the number of earlier calls. A step that was already evaluated
+        (several reward batches per optimiser step) only buffers its latents for the next one.
+        ``rewards`` is accepted for the hook signature and not used."""
+        if step is None:
+            step = self._calls
+        self._calls += 1
+        if self.history and self.history[-1]["step"] == step:
+            self.add(latents)
+            return {}
+        record = self.update(step, latents)
+        return self.metrics(record, prefix="") if record is not None else {}
 
     def trainer_callback(self, latents_fn: Callable, trainer=None):
         """A ``transformers.TrainerCallback`` that evaluates ``latents_fn(step)`` at due steps,

@@ -6,8 +6,10 @@ Hooks shared by both reward functions:
 
 * ``ibl_penalty(rewards [n], latents [n, L]) -> rewards [n]``: applied before returning, e.g.
   ``functools.partial(inform_fast.detect.ibl.ibl_penalty, scorer=fitted, coef=0.1)``;
-* ``monitor(latents [n, L], rewards [n]) -> dict[str, float] | None``: called on every batch
-  (e.g. to feed an online ICDS / MOP monitor); the numbers it returns are logged.
+* ``monitor(latents [n, L], rewards [n]) -> dict[str, float] | None``: called on every batch;
+  the numbers it returns are logged. An ``inform_fast.detect.OverOptimizationMonitor`` can be
+  passed as it is: it evaluates ICDS / MOP at its due steps (TRL's global step; here, without
+  a step, the count of reward batches) and its scores and onset flag are logged.
 
 Scoring happens under ``torch.inference_mode`` on the model's device, in batches sorted by length;
 the model is put in eval mode (z = mu, so rewards are deterministic).
@@ -92,8 +94,10 @@ class RewardScorer:
         return self.score_ids(sequences)
 
 
-def apply_hooks(rewards: torch.Tensor, mu: torch.Tensor, ibl_penalty: Optional[PenaltyFn], monitor: Optional[MonitorFn]):
-    """Run the optional penalty and monitor: returns (final rewards [n], metrics dict of floats)."""
+def apply_hooks(rewards: torch.Tensor, mu: torch.Tensor, ibl_penalty: Optional[PenaltyFn], monitor: Optional[MonitorFn],
+                step: Optional[int] = None):
+    """Run the optional penalty and monitor: returns (final rewards [n], metrics dict of floats).
+    ``step`` (the trainer's global step, when known) goes to an ``OverOptimizationMonitor``."""
     metrics: Dict[str, float] = {}
     if rewards.numel():
         metrics["inform/reward_raw_mean"] = rewards.mean().item()
@@ -105,7 +109,9 @@ def apply_hooks(rewards: torch.Tensor, mu: torch.Tensor, ibl_penalty: Optional[P
             raise ValueError(f"ibl_penalty: returned shape {tuple(final.shape)}, expected {tuple(rewards.shape)}")
         metrics["inform/ibl_penalty_mean"] = (rewards - final).mean().item()
     if monitor is not None and rewards.numel():
-        extra = monitor(mu, final) or {}
+        from inform_fast.detect.monitor import OverOptimizationMonitor
+
+        extra = (monitor(mu, final, step=step) if isinstance(monitor, OverOptimizationMonitor) else monitor(mu, final)) or {}
         for key, value in extra.items():
             metrics[key if "/" in key else f"inform/{key}"] = float(value)
     return final, metrics

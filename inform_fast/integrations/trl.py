@@ -90,6 +90,8 @@ def make_trl_reward_func(model, tokenizer, batch_size: int = 32, max_length: Opt
     the InfoRM reward of prompt + completion, after ``ibl_penalty(rewards [n], mu [n, L])`` when
     given. Through ``log_metric`` (when TRL passes it) it logs ``inform/reward_raw_mean``,
     ``inform/mu_norm``, ``inform/ibl_penalty_mean`` and whatever ``monitor(mu, rewards)`` returns.
+    ``monitor`` may be an ``OverOptimizationMonitor`` itself: it is then updated at TRL's
+    ``trainer_state.global_step`` and logs ``inform/icds``, ``inform/mop``, ``inform/onset``.
     Batched by ``batch_size`` on the model's device; ``__name__`` is ``name``.
     """
     from inform_fast.integrations.openrlhf import RewardScorer, apply_hooks
@@ -100,7 +102,8 @@ def make_trl_reward_func(model, tokenizer, batch_size: int = 32, max_length: Opt
         if completions is None:
             raise ValueError("completions: required")
         raw, mu = scorer.score(prompts, list(completions))
-        final, metrics = apply_hooks(raw, mu, ibl_penalty, monitor)
+        step = getattr(kwargs.get("trainer_state"), "global_step", None)
+        final, metrics = apply_hooks(raw, mu, ibl_penalty, monitor, step=step)
         log_metric = kwargs.get("log_metric")
         if callable(log_metric):
             for key, value in metrics.items():
