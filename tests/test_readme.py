@@ -18,3 +18,33 @@ def test_readme_python_block_runs(index):
 
 def test_readme_has_examples():
     assert len(BLOCKS) >= 3
+
+
+def test_detection_guide_example_runs(tmp_path, monkeypatch):
+    # docs/detection.md's TRL example, with a tiny model and a saved reference file in place of
+    # the user's: the imports, the arguments and the logged names must be what the guide says
+    pytest.importorskip("trl")
+    import torch
+    from safetensors.torch import save_file
+
+    from inform_fast.modeling import InfoRMForRewardModel
+    from inform_fast.tiny import tiny_llama, tiny_tokenizer
+
+    guide = (pathlib.Path(__file__).resolve().parents[1] / "docs" / "detection.md").read_text()
+    (code,) = re.findall(r"```python\n(.*?)```", guide, flags=re.S)
+    tokenizer = tiny_tokenizer()
+    model = InfoRMForRewardModel.from_backbone(tiny_llama(len(tokenizer), seed=0), latent_dim=6).eval()
+    save_file({"mu": torch.randn(400, 6), "rewards": torch.randn(400)}, str(tmp_path / "sft.safetensors"))
+    monkeypatch.chdir(tmp_path)
+    scope = {"model": model, "tokenizer": tokenizer}
+    exec(compile(code, "docs/detection.md python block", "exec"), scope)
+    logged = {}
+    words = ["good", "answer", "no", "yes", "great", "thanks", "red", "three"]
+    prompts = ["hello question", "please help"] * 8
+    completions = [" " + " ".join(words[(i * 3 + k) % 8] for k in range(1 + i % 4)) for i in range(16)]
+    from types import SimpleNamespace
+
+    rewards = scope["reward_func"](prompts=prompts, completions=completions, trainer_state=SimpleNamespace(global_step=0),
+                                   log_metric=logged.__setitem__)
+    assert len(rewards) == 16
+    assert {"inform/icds", "inform/mop", "inform/onset", "inform/ibl_penalty_mean"} <= set(logged)
