@@ -373,9 +373,12 @@ class InfoRMForRewardModel(PreTrainedModel):
         pooled = self._encode(input_ids, attention_mask, position_ids, inputs_embeds, **kwargs)
         head_out = self.head(pooled, noise=noise)
         rewards = self._normalize(head_out.reward).float()
+        # No output is a view of another tensor: FSDP2 registers its pre-backward hook on the
+        # outputs, and an in-place op on a view would silently bypass it (it warns about views).
+        # The copies are [B] and [B, L], nothing next to the backbone.
         output = InfoRMRewardModelOutput(
-            loss=None, logits=rewards[:, None], rewards=rewards, mu=head_out.mu,
-            logvar=head_out.logvar, z=head_out.z, kl=head_out.kl,
+            loss=None, logits=rewards[:, None].clone(), rewards=rewards, mu=_own(head_out.mu),
+            logvar=_own(head_out.logvar), z=_own(head_out.z), kl=_own(head_out.kl),
         )
         return output if return_dict is not False else output.to_tuple()
 
@@ -499,6 +502,11 @@ class InfoRMForRewardModel(PreTrainedModel):
         from inform_fast.export import export_sequence_classifier
 
         return export_sequence_classifier(self, output_dir, tokenizer=tokenizer)
+
+
+def _own(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` itself, or a copy when it is a view of another tensor."""
+    return tensor.clone() if tensor._base is not None else tensor
 
 
 def _describe(value) -> str:

@@ -1,4 +1,4 @@
-"""DDP: two gloo processes on their halves of a batch give the full batch's gradients."""
+"""DDP and FSDP2: two gloo processes on their halves of a batch give the full batch's gradients."""
 import os
 import subprocess
 import sys
@@ -36,17 +36,40 @@ def half(batch, rank):
     return {key: value[rows] for key, value in batch.items()}
 
 
-def _worker(rank, world_size, result_dir):
+def wrap(model, strategy: str, world_size: int):
+    if strategy == "ddp":
+        return torch.nn.parallel.DistributedDataParallel(model)
+    # FSDP2 (what accelerate / TRL use with fsdp_version 2): each decoder layer its own unit,
+    # then the whole model (the head is sharded with the root)
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    mesh = init_device_mesh("cpu", (world_size,))
+    for layer in model.backbone.layers:
+        fully_shard(layer, mesh=mesh)
+    return fully_shard(model, mesh=mesh)
+
+
+def _worker(strategy, rank, world_size, result_dir):
+    import warnings
+
     torch.set_num_threads(1)
     # A file store: no TCP port to race for, and no store server living in one rank, so the
     # ranks may finish and exit in any order.
     store = dist.FileStore(os.path.join(result_dir, "store"), world_size)
     dist.init_process_group("gloo", store=store, rank=rank, world_size=world_size)
     try:
-        model = torch.nn.parallel.DistributedDataParallel(build_model())
-        loss, _, _ = inform_batch_loss(model, half(make_batch(), rank))
-        loss.backward()
-        grads = {name: p.grad.clone() for name, p in model.module.named_parameters() if p.grad is not None}
+        model = wrap(build_model(), strategy, world_size)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            loss, _, _ = inform_batch_loss(model, half(make_batch(), rank))
+            loss.backward()
+        views = [str(w.message) for w in caught if "view" in str(w.message)]
+        assert not views, views  # FSDP2 warns when a wrapped module returns a view
+        core = model.module if strategy == "ddp" else model
+        # FSDP2 gradients are DTensor shards: gather the full gradient to compare
+        grads = {name: (p.grad.full_tensor() if hasattr(p.grad, "full_tensor") else p.grad).clone()
+                 for name, p in core.named_parameters() if p.grad is not None}
         torch.save(grads, os.path.join(result_dir, f"rank{rank}.pt"))
         dist.barrier()
     finally:
@@ -54,12 +77,13 @@ def _worker(rank, world_size, result_dir):
 
 
 @pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="torch.distributed with gloo is not available")
-def test_ddp_gradients_match_single_process(tmp_path):
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp2"])
+def test_distributed_gradients_match_single_process(tmp_path, strategy):
     # Each rank is this file run as a script: pytest's importlib mode leaves test modules
     # unimportable by name, which multiprocessing's spawn would need.
     logs = [tmp_path / f"rank{rank}.log" for rank in range(2)]
     ranks = [
-        subprocess.Popen([sys.executable, __file__, str(rank), "2", str(tmp_path)],
+        subprocess.Popen([sys.executable, __file__, strategy, str(rank), "2", str(tmp_path)],
                          stdout=open(log, "w"), stderr=subprocess.STDOUT)
         for rank, log in enumerate(logs)
     ]
@@ -80,10 +104,10 @@ def test_ddp_gradients_match_single_process(tmp_path):
     for name, p in model.named_parameters():
         if p.grad is None:
             continue
-        # DDP averages gradients, and the loss is a mean over equally sized halves.
+        # DDP and FSDP average gradients, and the loss is a mean over equally sized halves.
         torch.testing.assert_close(rank_grads[0][name], rank_grads[1][name])
         torch.testing.assert_close(rank_grads[0][name], p.grad, rtol=1e-4, atol=1e-6, msg=name)
 
 
 if __name__ == "__main__":
-    _worker(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3])
+    _worker(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4])
