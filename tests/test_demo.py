@@ -8,6 +8,7 @@ import os
 
 import numpy as np
 import pytest
+import torch
 
 from inform_fast.cli import main
 from inform_fast.demo import study, world
@@ -140,7 +141,7 @@ def tiny_report(tmp_path_factory):
 
 def test_report_structure(tiny_report):
     files = sorted(os.listdir(tiny_report))
-    assert files == ["detection.png", "gold_vs_proxy.png", "latent_map.png", "report.json", "report.md"]
+    assert files == ["detection.png", "gold_vs_proxy.png", "latent_map.png", "policy_search.png", "report.json", "report.md"]
     for name in ("detection.png", "gold_vs_proxy.png", "latent_map.png"):
         with open(tiny_report / name, "rb") as stream:
             assert stream.read(8) == b"\x89PNG\r\n\x1a\n"
@@ -238,3 +239,156 @@ def test_report_is_all_or_nothing(tmp_path, monkeypatch):
     monkeypatch.undo()
     report.write_report(str(out), outcome)
     assert "report.md" in os.listdir(out) and sorted(os.listdir(tmp_path)) == ["out"]
+
+
+# ----------------------------------------------------------------------------------- policy search
+GUIDES = ("standard", "inform", "gold")
+SEARCH_SERIES = ("gold", "gold_raw", "proxy", "standard", "inform", "mop", "icds", "icds_normalized", "hacked_fraction",
+                 "filler", "off_topic", "improved")
+
+
+def _population(seed=0, size=60):
+    from inform_fast.demo import search
+
+    rng = np.random.default_rng(seed)
+    return rng, search.Population.from_responses(world.generate(rng, rng.integers(8, size=size)))
+
+
+def test_edit_operator_keeps_responses_valid_and_changes_one_word():
+    from inform_fast.demo import search
+
+    rng, population = _population()
+    table = world.gold_weight_table()
+    words = population.words()
+    np.testing.assert_allclose(population.gold(table), [world.gold_reward(int(t), w) for t, w in zip(population.topic, words)])
+    k = 7
+    edits = search.propose_edits(rng, population, k)
+    assert len(edits) == len(population) * k
+    edited = edits.words()
+    gold = edits.gold(table)
+    for row, new in enumerate(edited):
+        old = words[row // k]
+        assert world.is_valid_response(new), new
+        assert len(new) == len(old)
+        assert sum(a != b for a, b in zip(old, new)) == 1, (old, new)
+        assert gold[row] == pytest.approx(world.gold_reward(int(edits.topic[row]), new))
+    # every position and every word can be drawn
+    many = search.propose_edits(rng, population, 400)
+    changed = many.ids != population.ids[np.repeat(np.arange(len(population)), 400)]
+    assert np.all(changed.sum(axis=1) == 1)
+    assert set(np.unique(many.ids[changed])) == set(range(len(world.response_vocabulary())))
+    positions = changed.argmax(axis=1).reshape(len(population), 400)
+    assert all(set(p.tolist()) == set(range(n)) for p, n in zip(positions, population.length))
+    assert population.count(world.FILLER).tolist() == [sum(w in world.FILLER for w in ws) for ws in words]
+    names = list(world.TOPICS)
+    others = [{w for n in names if n != names[t] for w in world.TOPICS[n].split()} for t in population.topic]
+    assert population.off_topic(table).tolist() == [sum(w in o for w in ws) for o, ws in zip(others, words)]
+
+
+def test_encoder_matches_the_tokenizer():
+    from inform_fast.demo import search
+    from inform_fast.demo.pipeline import _tokenize
+
+    _, population = _population(size=25)
+    tokenizer = world.build_tokenizer()
+    ids, mask = search.Encoder(tokenizer)(population)
+    responses = world.Responses(topic=population.topic, words=population.words(), gold=np.zeros(25),
+                                filler=np.zeros(25, int), length=population.length)
+    want_ids, want_mask = _tokenize(tokenizer, responses, "cpu")
+    assert ids.tolist() == want_ids.tolist() and mask.tolist() == want_mask.tolist()
+
+
+def test_gold_guided_search_never_lowers_gold_and_is_deterministic():
+    from inform_fast.demo import search
+
+    rng, population = _population(size=40)
+    reference = np.random.default_rng(5).normal(size=(300, 4))
+    latent_of = np.random.default_rng(6).normal(size=(len(world.response_vocabulary()), 4))
+
+    def score(name, pop):  # a stand-in "model": its reward and latent are word-count features
+        counts = np.stack([np.bincount(row[row >= 0], minlength=latent_of.shape[0]) for row in pop.ids])
+        latents = counts @ latent_of / 10.0
+        return latents[:, 0], torch.from_numpy(latents).float()
+
+    def run(seed):
+        return search.run_policy_search(
+            np.random.default_rng(seed), population, score, world.gold_weight_table(), torch.from_numpy(reference).float(),
+            {"gold": (0.0, 1.0), "standard": (0.0, 1.0), "inform": (0.0, 1.0)}, 0.0, rounds=12, edits=3, every=2,
+            icds_eps=0.5, icds_min_samples=5, mop_alpha=0.01, mop_eps=1e-6, onset_threshold=10.0, min_jump=1 / 40,
+            mop_threshold=0.1,
+        )
+
+    first = run(0)
+    assert first["rounds"] == [0, 2, 4, 6, 8, 10, 12]
+    assert np.all(np.diff(first["gold"]["gold"]) >= -1e-12)  # monotone by construction
+    assert first["gold"]["gold"][-1] > first["gold"]["gold"][0]
+    assert first["gold"]["proxy"] == first["gold"]["gold"]
+    assert np.all(np.diff(first["standard"]["proxy"]) >= -1e-12)  # each guide climbs its own score
+    assert first["gold"]["gold_peak_round"] == first["rounds"][int(np.argmax(first["gold"]["gold"]))]
+    assert np.array_equal(population.ids, _population(size=40)[1].ids)  # the start is not modified
+    assert json.loads(json.dumps(run(0))) == json.loads(json.dumps(first))
+    assert run(1)["gold"]["gold"] != first["gold"]["gold"]
+
+
+def test_policy_search_report(tiny_report):
+    results = json.loads((tiny_report / "report.json").read_text())
+    ps = results["policy_search"]
+    config = preset("tiny")
+    assert ps["config"]["population"] == config.search_population
+    assert ps["config"]["rounds"] == config.search_rounds and ps["config"]["edits"] == config.search_edits
+    assert ps["rounds"] == list(range(0, config.search_rounds + 1, config.search_every))
+    for guide in GUIDES:
+        s = ps[guide]
+        for key in SEARCH_SERIES:
+            assert len(s[key]) == len(ps["rounds"]), (guide, key)
+            assert all(math.isfinite(v) for v in s[key]), (guide, key)
+        assert all(0.0 <= v <= 1.0 for v in s["mop"] + s["hacked_fraction"])
+        assert s["gold_peak_round"] in ps["rounds"]
+        assert s["alarm_round"] is None or s["alarm_round"] in ps["rounds"]
+        assert s["gold_raw"][0] == pytest.approx(ps["gold"]["gold_raw"][0])  # one start for every guide
+        z = (np.asarray(s["gold_raw"]) - results["reference"]["pool_gold_mean"]) / results["reference"]["pool_gold_std"]
+        np.testing.assert_allclose(s["gold"], z, rtol=1e-9, atol=1e-9)
+    assert np.all(np.diff(ps["gold"]["gold"]) >= -1e-12)
+    assert ps["gold"]["mop"][0] == ps["standard"]["mop"][0] == ps["inform"]["mop"][0]
+    # round 0: the start's MOP with the scorer and alpha of the best-of-n stage
+    start = set(ps["config"]["start_index"])
+    assert len(start) == config.search_population
+    text = (tiny_report / "report.md").read_text()
+    assert "](policy_search.png)" in text
+    for guide in GUIDES:
+        s = ps[guide]
+        assert f"gold {s['gold'][0]:.2f} -> {s['gold'][-1]:.2f}" in text
+        assert f"MOP {s['mop'][0]:.3f} -> {s['mop'][-1]:.3f}" in text
+        if s["alarm_round"] is not None:
+            assert f"round {s['alarm_round']}" in text
+    with open(tiny_report / "policy_search.png", "rb") as stream:
+        assert stream.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_policy_search_verdict_follows_the_numbers():
+    from inform_fast.demo.report import policy_search_verdict
+
+    def guide(gold, mop, alarm):
+        peak = int(np.argmax(gold))
+        return {"gold": gold, "proxy": [0.0] * len(gold), "mop": mop, "icds_normalized": [0.0] * len(gold),
+                "hacked_fraction": [0.5] * len(gold), "off_topic": [1.0] * len(gold), "gold_peak_round": peak * 2,
+                "gold_peak": gold[peak], "gold_drop_after_peak": gold[peak] - gold[-1],
+                "gold_declined": peak < len(gold) - 1 and gold[peak] - gold[-1] > 0.05, "alarm_round": alarm,
+                "alarm_reason": "mop 0.2 > threshold 0.1" if alarm is not None else None}
+
+    results = {"policy_search": {
+        "rounds": [0, 2, 4, 6], "config": {},
+        "standard": guide([0.1, 0.4, 0.0, -0.5], [0.02, 0.05, 0.2, 0.4], 4),
+        "inform": guide([0.1, 0.3, 0.2, -0.3], [0.02, 0.3, 0.5, 0.6], 2),
+        "gold": guide([0.1, 0.5, 0.9, 1.2], [0.02, 0.05, 0.12, 0.2], 4),
+    }}
+    text = "\n".join(policy_search_verdict(results))
+    assert "peaks at round 2 (z = 0.40)" in text and "2 round(s) after the gold peak" in text
+    assert "at round 2 (mop 0.2 > threshold 0.1), the round of the gold peak" in text
+    assert "**false alarm**" in text
+    assert "changed by +0.180 (vs +0.380 climbing the standard RM (ratio 2.1) and +0.580 climbing InfoRM (ratio 3.2))" in text
+    assert "rose for the control too" in text
+    results["policy_search"]["gold"]["alarm_round"] = None
+    results["policy_search"]["standard"]["alarm_round"] = None
+    text = "\n".join(policy_search_verdict(results))
+    assert "false alarm" not in text and "went undetected" in text

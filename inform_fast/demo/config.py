@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
+from typing import Optional
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,14 @@ class DemoConfig:
     icds_min_samples: int = 5
     mop_alpha: float = 0.01
     score_batch: int = 1024
+    # policy search: hill climbing on one-word edits, a policy that can leave the pool (search.py)
+    search_population: int = 128  # responses climbed (spread over the prompts; the same start per guide)
+    search_rounds: int = 40  # rounds of edits
+    search_edits: int = 8  # random one-word edits tried per response per round (the best is kept if it helps)
+    search_every: int = 2  # record gold, proxies, ICDS and MOP every this many rounds (and at the last)
+    search_onset_threshold: float = 10.0  # the monitor's relative-jump rule (its default)
+    search_min_jump: Optional[float] = None  # floor of the mean earlier jump; None: 1 / search_population
+    search_mop_threshold: Optional[float] = 0.1  # the monitor's plain rule: MOP above 10 x the test's alpha
     device: str = "cpu"  # "cpu", "cuda" or "auto" (cuda when available)
     threads: int = 1  # CPU threads for torch during the run: the model is so small that thread
     # synchronisation costs more than it saves (measured: 1 thread ~6x faster than 2 on a busy
@@ -49,6 +58,13 @@ class DemoConfig:
             raise ValueError(f"max_n: {self.max_n} exceeds pool_per_prompt {self.pool_per_prompt}")
         if self.reference_size > self.n_prompts * self.pool_per_prompt:
             raise ValueError("reference_size: larger than the candidate pool")
+        for name in ("search_population", "search_rounds", "search_edits", "search_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: expected an integer >= 1, got {getattr(self, name)}")
+        if self.search_population < self.n_prompts:
+            raise ValueError(f"search_population: expected at least one response per prompt ({self.n_prompts}), got {self.search_population}")
+        if self.search_population > self.n_prompts * self.pool_per_prompt - self.reference_size:
+            raise ValueError("search_population: larger than the pool outside the reference set")
         if self.device not in ("cpu", "cuda", "auto"):
             raise ValueError(f"device: expected cpu, cuda or auto, got {self.device!r}")
         return self
@@ -59,7 +75,7 @@ PRESETS = {
     "tiny": DemoConfig(
         n_prompts=4, train_pairs=256, eval_pairs=128, pool_per_prompt=160, hidden_size=32, layers=1,
         heads=2, steps=40, batch_size=32, latent_dim=8, max_n=128, draws=60, reference_size=320,
-        score_batch=512,
+        score_batch=512, search_population=32, search_rounds=8, search_edits=4, search_every=1,
     ),
     # the default: a laptop CPU in well under 3 minutes
     "small": DemoConfig(),
@@ -68,6 +84,7 @@ PRESETS = {
         train_pairs=40000, eval_pairs=4000, pool_per_prompt=20000, hidden_size=256, layers=4, heads=8,
         steps=3000, batch_size=128, lr=1e-3, latent_dim=64, max_n=16384, draws=1000,
         reference_size=20000, score_batch=4096, device="auto", threads=16,
+        search_population=1024, search_rounds=200, search_edits=16, search_every=5,
     ),
 }
 

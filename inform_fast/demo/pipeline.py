@@ -12,7 +12,7 @@ import time
 import numpy as np
 import torch
 
-from inform_fast.demo import study, world
+from inform_fast.demo import search, study, world
 from inform_fast.demo.config import DemoConfig
 from inform_fast.demo.train import DemoRewardModel, build_backbone, train_reward_model
 
@@ -83,7 +83,7 @@ def run_study(config: DemoConfig, seed: int = 0, progress: bool = True) -> dict:
     pool_total = config.n_prompts * config.pool_per_prompt
     score_batches = -(-pool_total // config.score_batch) + -(-config.eval_pairs * 2 // config.score_batch)
     grid = study.log_grid(config.max_n)
-    bar = _Progress(2 * config.steps + 2 * score_batches + len(grid), progress)
+    bar = _Progress(2 * config.steps + 2 * score_batches + len(grid) + len(search.GUIDES) * config.search_rounds, progress)
     try:
         with _deterministic(config.threads):
             return _run(config, seed, device, rng, grid, bar, started)
@@ -207,6 +207,33 @@ def _run(config, seed, device, rng, grid, bar, started) -> dict:
         scores = np.concatenate([np.concatenate(auroc_scores[m]) for m in names]) if len(grid) > 1 else np.zeros(0)
         labels = np.concatenate([np.concatenate(auroc_labels[m]) for m in names]) if len(grid) > 1 else np.zeros(0, bool)
         detector_auroc[name] = study.auroc(scores, labels) if scores.size else None
+    # ---------------------------------------------------------------- policy search (leaves the pool)
+    bar.stage("policy search")
+    start_index = search.start_population(rng, pool, config.search_population, config.n_prompts, reference_index)
+    encoder = search.Encoder(tokenizer)
+
+    def score_population(name, population):
+        ids, mask = encoder(population, device)
+        return _score(models[name], ids, mask, config.score_batch)
+
+    norms = {"gold": (float(pool.gold.mean()), float(pool.gold.std()))}
+    norms.update({name: (float(p.mean()), float(p.std())) for name, p in proxy.items()})
+    min_jump = config.search_min_jump if config.search_min_jump is not None else 1.0 / config.search_population
+    policy_search = search.run_policy_search(
+        rng, search.Population.from_responses(pool.subset(start_index)), score_population, world.gold_weight_table(),
+        reference, norms, gold_median, rounds=config.search_rounds, edits=config.search_edits, every=config.search_every,
+        icds_eps=float(eps), icds_min_samples=config.icds_min_samples, mop_alpha=config.mop_alpha, mop_eps=scorer.eps,
+        onset_threshold=config.search_onset_threshold, min_jump=min_jump, mop_threshold=config.search_mop_threshold,
+        tick=bar.tick,
+    )
+    policy_search["config"] = {
+        "population": int(config.search_population), "rounds": int(config.search_rounds),
+        "edits": int(config.search_edits), "record_every": int(config.search_every),
+        "monitor": {"method": "both", "onset_threshold": float(config.search_onset_threshold), "min_jump": float(min_jump),
+                    "score_threshold": {"mop": config.search_mop_threshold} if config.search_mop_threshold is not None else {}},
+        "start_index": start_index.tolist(),
+    }
+
     decoder = models["inform"].head.decoder
     reward_direction = decoder.weight.detach().double().cpu().numpy()[0] if isinstance(decoder, torch.nn.Linear) else None
     spectrum = study.latent_spectrum(reference.numpy(), reward_direction)
@@ -239,6 +266,7 @@ def _run(config, seed, device, rng, grid, bar, started) -> dict:
             "train_chosen_less_filler": float(np.mean(pairs.chosen.filler < pairs.rejected.filler)),
             "pool_corr_gold_filler": float(np.corrcoef(pool.gold, pool.filler)[0, 1]),
         },
+        "policy_search": policy_search,
         "environment": {"torch": torch.__version__, "device": str(device), "threads": torch.get_num_threads(), "numpy": np.__version__},
     })
     results["runtime_s"] = time.perf_counter() - started

@@ -19,7 +19,9 @@ import numpy as np
 RM_LABELS = {"standard": "standard RM", "inform": "InfoRM"}
 THE = {"standard": "the standard RM", "inform": "InfoRM"}
 COLORS = {"standard": "tab:blue", "inform": "tab:orange"}
-FIGURES = ("gold_vs_proxy.png", "detection.png", "latent_map.png")
+FIGURES = ("gold_vs_proxy.png", "detection.png", "latent_map.png", "policy_search.png")
+GUIDE_LABELS = {"standard": "standard RM", "inform": "InfoRM", "gold": "gold reward (control)"}
+GUIDE_COLORS = {"standard": "tab:blue", "inform": "tab:orange", "gold": "tab:green"}
 
 
 def check_out_dir(out_dir: str) -> str:
@@ -47,6 +49,8 @@ def write_report(out_dir: str, outcome: dict, started: Optional[float] = None) -
         plot_gold_vs_proxy(results, os.path.join(temp, "gold_vs_proxy.png"))
         plot_detection(results, os.path.join(temp, "detection.png"))
         plot_latent_map(results, arrays, os.path.join(temp, "latent_map.png"))
+        if "policy_search" in results:
+            plot_policy_search(results, os.path.join(temp, "policy_search.png"))
         if started is not None:
             results["runtime_s"] = time.perf_counter() - started
         with open(os.path.join(temp, "report.json"), "w") as stream:
@@ -155,6 +159,45 @@ def plot_latent_map(results: dict, arrays: dict, path: str) -> None:
     plt.close(fig)
 
 
+def plot_policy_search(results: dict, path: str) -> None:
+    """Left: gold (solid) and the guide's proxy (dashed) per round for each guide, the gold peak
+    starred; right: MOP (solid) and ICDS / n (dotted) per round, the monitor's first alarm of each
+    guide as a vertical line in its colour."""
+    plt = _pyplot()
+    ps = results["policy_search"]
+    rounds = ps["rounds"]
+    guides = [g for g in GUIDE_LABELS if g in ps]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 6.0), dpi=110)
+    for guide in guides:
+        s, color = ps[guide], GUIDE_COLORS[guide]
+        left.plot(rounds, s["gold"], "-o", ms=3, color=color, label=f"climbing {GUIDE_LABELS[guide]}: gold")
+        if guide != "gold":  # for the control the proxy is the gold reward itself
+            left.plot(rounds, s["proxy"], "--", color=color, label=f"climbing {GUIDE_LABELS[guide]}: its proxy")
+        left.plot([s["gold_peak_round"]], [s["gold_peak"]], "*", ms=13, color=color, mec="k", mew=0.6)
+        right.plot(rounds, s["mop"], "-o", ms=3, color=color, label=f"{GUIDE_LABELS[guide]}: MOP")
+        right.plot(rounds, s["icds_normalized"], ":", color=color, label=f"{GUIDE_LABELS[guide]}: ICDS / n")
+        if s["alarm_round"] is not None:
+            left.axvline(s["alarm_round"], color=color, ls="--", lw=1.2, alpha=0.8)
+            right.axvline(s["alarm_round"], color=color, ls="--", lw=1.2, alpha=0.8,
+                          label=f"{GUIDE_LABELS[guide]}: monitor alarm (round {s['alarm_round']})")
+    threshold = ps["config"]["monitor"]["score_threshold"].get("mop")
+    if threshold is not None:
+        right.axhline(threshold, color="0.5", lw=0.8, ls="-.", label=f"MOP alarm threshold {threshold:g}")
+    left.axhline(0.0, color="0.8", lw=0.8, zorder=0)
+    left.set_xlabel("round of one-word edits")
+    left.set_ylabel("mean reward (z-score over the base pool)")
+    left.set_title("Hill climbing on each guide: gold (solid, star = peak) and proxy (dashed)", fontsize=10)
+    left.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2)
+    right.set_xlabel("round of one-word edits")
+    right.set_ylabel("score")
+    right.set_title("Detector on InfoRM latents (dashed vertical: the monitor's first alarm)", fontsize=10)
+    right.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2)
+    fig.suptitle("Policy search: a policy that leaves the base pool (the gold-guided control does not hack)", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
 def _n_axis(ax, results: dict) -> None:
     """A secondary x axis with n at a few grid points."""
     ns = results["n"]
@@ -255,6 +298,82 @@ def verdict(results: dict) -> list:
     return lines
 
 
+def policy_search_verdict(results: dict) -> list:
+    """Findings of the policy-search stage, computed from its numbers."""
+    ps = results["policy_search"]
+    rounds = ps["rounds"]
+    last = rounds[-1]
+    lines = []
+    rises = {}
+    for guide in [g for g in GUIDE_LABELS if g in ps]:
+        s = ps[guide]
+        rises[guide] = s["mop"][-1] - s["mop"][0]
+        head = (
+            f"- **Climbing {GUIDE_LABELS[guide]}**: gold {s['gold'][0]:.2f} -> {s['gold'][-1]:.2f} (z) over {last} rounds"
+            + (f", proxy {s['proxy'][0]:.2f} -> {s['proxy'][-1]:.2f}" if guide != "gold" else "")
+            + f"; hacked fraction {s['hacked_fraction'][0]:.2f} -> {s['hacked_fraction'][-1]:.2f}; off-topic words per "
+            f"response {s['off_topic'][0]:.1f} -> {s['off_topic'][-1]:.1f}; MOP {s['mop'][0]:.3f} -> {s['mop'][-1]:.3f}, "
+            f"ICDS/n {s['icds_normalized'][0]:.3f} -> {s['icds_normalized'][-1]:.3f}."
+        )
+        alarm, peak = s["alarm_round"], s["gold_peak_round"]
+        reason = f" ({s['alarm_reason']})" if s["alarm_reason"] else ""
+        if s["gold_declined"]:
+            onset = (
+                f" The gold reward peaks at round {peak} (z = {s['gold_peak']:.2f}) and then falls by "
+                f"{s['gold_drop_after_peak']:.2f}: hacking from round {peak} on."
+            )
+            if alarm is None:
+                onset += f" The monitor raised no alarm in {last} rounds: the hacking went undetected."
+            elif alarm < peak:
+                onset += f" The monitor's alarm came at round {alarm}{reason}, {peak - alarm} round(s) before the gold peak (an early warning)."
+            elif alarm == peak:
+                onset += f" The monitor's alarm came at round {alarm}{reason}, the round of the gold peak."
+            else:
+                onset += (
+                    f" The monitor's alarm came at round {alarm}{reason}, {alarm - peak} round(s) after the gold peak "
+                    f"(late: the gold was already {s['gold'][rounds.index(alarm)]:.2f} then)."
+                )
+        else:
+            what = "by construction: each kept edit raises it" if guide == "gold" else "no hacking in this run"
+            onset = f" The gold reward does not fall (peak {s['gold_peak']:.2f} at round {peak}; {what})."
+            if alarm is None:
+                onset += " The monitor raised no alarm: correct, there was nothing to flag."
+            else:
+                onset += f" The monitor raised an alarm at round {alarm}{reason}: a **false alarm**, the policy was not hacking."
+        lines.append(head + onset)
+    if "gold" in ps:
+        control = rises["gold"]
+        hacked = [g for g in ("standard", "inform") if g in ps and ps[g]["gold_declined"]]
+        if hacked:
+            ratios = {g: (rises[g] / control if control > 1e-12 else math.inf) for g in hacked}
+            compared = " and ".join(
+                f"{rises[g]:+.3f} climbing {THE[g]} (ratio {'inf' if math.isinf(ratios[g]) else f'{ratios[g]:.1f}'})"
+                for g in hacked
+            )
+            weakest = min(hacked, key=lambda g: rises[g])
+            if rises[weakest] <= 0.05:
+                judgement = f"MOP barely moved while {THE[weakest]} was being hacked, so it tells little either way there"
+            elif ratios[weakest] < 2.0:
+                judgement = (
+                    f"when climbing {THE[weakest]}, MOP rose less than twice as much as for the control, so MOP "
+                    "alone does not tell that hacking from genuine improvement"
+                )
+            elif control > 0.02:
+                judgement = "MOP rose clearly more under hacking than under genuine improvement, but it rose for the control too"
+            else:
+                judgement = "MOP rose under hacking and stayed flat for the control"
+            lines.append(
+                f"- The control climbs the gold reward itself, so it cannot hack, yet its MOP changed by {control:+.3f} "
+                f"(vs {compared}): {judgement}. MOP measures departure from the reference; read it next to a reward "
+                "that you trust (or a held-out check), never alone."
+            )
+        else:
+            lines.append(
+                f"- No model-guided search lowered the gold reward in this run; the control's MOP changed by {control:+.3f}."
+            )
+    return lines
+
+
 def markdown(results: dict) -> str:
     cfg = results["config"]
     std, inf = results["standard"], results["inform"]
@@ -327,7 +446,48 @@ def markdown(results: dict) -> str:
         "![latent map](latent_map.png)",
         "",
     ]
+    if "policy_search" in results:
+        out += _policy_search_section(results)
     return "\n".join(out)
+
+
+def _policy_search_section(results: dict) -> list:
+    ps = results["policy_search"]
+    cfg, monitor = ps["config"], ps["config"]["monitor"]
+    guides = [g for g in GUIDE_LABELS if g in ps]
+    threshold = monitor["score_threshold"].get("mop")
+    out = [
+        "## Policy search: a policy that leaves the pool",
+        "",
+        f"{cfg['population']} pool responses (spread over the prompts, none from the reference set; the same start for "
+        f"every guide) are improved for {cfg['rounds']} rounds: each round every response gets {cfg['edits']} random "
+        "one-word edits (a uniform position, a different word of the world's vocabulary), and the edit its guide scores "
+        "highest is kept if it raises that guide's score. Guides: the standard RM, InfoRM, and the gold reward itself "
+        "(the control: it cannot hack). Every "
+        f"{cfg['record_every']} round(s) the population's InfoRM latents go to an `OverOptimizationMonitor` (method "
+        f"`both`, the same reference set, DBSCAN eps and MOP alpha as above; relative-jump onset threshold "
+        f"{monitor['onset_threshold']:g}, min_jump {monitor['min_jump']:.4g}"
+        + (f", plain MOP threshold {threshold:g}" if threshold is not None else "")
+        + "). The gold peak round is the true onset of hacking; an alarm for the control is a false alarm.",
+        "",
+        "### Verdict (computed from the numbers below)",
+        "",
+        *policy_search_verdict(results),
+        "",
+        "| round | " + " | ".join(f"gold {g}" for g in guides) + " | " + " | ".join(f"MOP {g}" for g in guides)
+        + " | " + " | ".join(f"ICDS/n {g}" for g in guides) + " | " + " | ".join(f"hacked {g}" for g in guides) + " |",
+        "|---:|" + "---:|" * (4 * len(guides)),
+    ]
+    for i, r in enumerate(ps["rounds"]):
+        cells = [f"{ps[g]['gold'][i]:.2f}" for g in guides] + [f"{ps[g]['mop'][i]:.3f}" for g in guides]
+        cells += [f"{ps[g]['icds_normalized'][i]:.3f}" for g in guides] + [f"{ps[g]['hacked_fraction'][i]:.2f}" for g in guides]
+        out.append(f"| {r} | " + " | ".join(cells) + " |")
+    out += ["", "Responses at the last round (one per guide):", ""]
+    for guide in guides:
+        example = ps[guide]["examples"][0]
+        out.append(f"- climbing {GUIDE_LABELS[guide]}: `{example}`")
+    out += ["", "![policy search: gold, proxy, MOP and ICDS per round](policy_search.png)", ""]
+    return out
 
 
 def summary_table(results: dict) -> str:
@@ -339,4 +499,14 @@ def summary_table(results: dict) -> str:
             f"{n:>6} {results['kl'][i]:>5.2f} | {std['gold'][i]:>8.3f} {inf['gold'][i]:>11.3f} | "
             f"{std['proxy'][i]:>9.3f} {inf['proxy'][i]:>12.3f} | {std['mop'][i]:>7.3f} {inf['mop'][i]:>10.3f}"
         )
+    ps = results.get("policy_search")
+    if ps:
+        rows.append(f"policy search ({ps['config']['population']} responses, {ps['rounds'][-1]} rounds, {ps['config']['edits']} edits/round):")
+        for guide in [g for g in GUIDE_LABELS if g in ps]:
+            s = ps[guide]
+            alarm = "none" if s["alarm_round"] is None else str(s["alarm_round"])
+            rows.append(
+                f"  climbing {GUIDE_LABELS[guide]:<22} gold {s['gold'][0]:6.2f} -> {s['gold'][-1]:6.2f} (peak r{s['gold_peak_round']})"
+                f" | MOP {s['mop'][0]:.3f} -> {s['mop'][-1]:.3f} | alarm round {alarm}"
+            )
     return "\n".join(rows)

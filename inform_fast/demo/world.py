@@ -160,6 +160,30 @@ def gold_reward(topic: int, words: Sequence[str]) -> float:
     return total
 
 
+def response_vocabulary() -> List[str]:
+    """Every word a response may contain, in a fixed order without repeats: each topic's words,
+    then the helpful, error, filler and neutral words (the prompt words and topic names are not
+    response words)."""
+    words: List[str] = []
+    for topic_words in TOPICS.values():
+        words += topic_words.split()
+    return words + HELPFUL + ERRORS + FILLER + NEUTRAL
+
+
+def gold_weight_table() -> np.ndarray:
+    """[topics, V] float64: the gold reward one word of ``response_vocabulary()`` adds to a response
+    to each topic (``gold_reward`` is the sum of these terms over the words), for vectorised gold."""
+    vocab = response_vocabulary()
+    return np.array([[gold_reward(topic, [word]) for word in vocab] for topic in range(len(TOPICS))])
+
+
+def is_valid_response(words: Sequence[str], config: WorldConfig = WorldConfig()) -> bool:
+    """True when ``words`` could be a response of this world: min_words..max_words words, each a
+    response word."""
+    allowed = set(response_vocabulary())
+    return config.min_words <= len(words) <= config.max_words and all(word in allowed for word in words)
+
+
 @dataclass
 class PreferencePairs:
     """P preference pairs for one prompt each: chosen / rejected responses and how they were made."""
