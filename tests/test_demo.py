@@ -183,7 +183,7 @@ def test_deterministic_and_model_dependent(tiny_report):
     first = json.loads((tiny_report / "report.json").read_text())
     again = run_study(preset("tiny"), seed=0, progress=False)["results"]
     again = json.loads(json.dumps(again))
-    for key in ("n", "kl", "gold_oracle", "icds", "mop", "detector_auroc", "detector_auroc_by_n", "latent_spectrum", "standard", "inform"):
+    for key in ("n", "kl", "gold_oracle", "icds", "mop", "detector_auroc", "detector_auroc_by_n", "latent_spectrum", "standard", "inform", "policy_search"):
         assert again[key] == first[key], key
 
     # a different seed changes the data and the models, hence every curve
@@ -388,6 +388,11 @@ def test_policy_search_verdict_follows_the_numbers():
     assert "**false alarm**" in text
     assert "changed by +0.180 (vs +0.380 climbing the standard RM (ratio 2.1) and +0.580 climbing InfoRM (ratio 3.2))" in text
     assert "rose for the control too" in text
+    assert "Largest MOP jump ratio" not in text  # no jump ratios given
+    results["policy_search"]["config"] = {"monitor": {"onset_threshold": 10.0}}
+    results["policy_search"]["standard"]["mop_jump_ratio"] = [None, None, 12.5, 3.0]
+    text = "\n".join(policy_search_verdict(results))
+    assert "Largest MOP jump ratio 12.5 at round 4 (above the relative-jump threshold 10)" in text
     results["policy_search"]["gold"]["alarm_round"] = None
     results["policy_search"]["standard"]["alarm_round"] = None
     text = "\n".join(policy_search_verdict(results))

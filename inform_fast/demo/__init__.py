@@ -2,11 +2,13 @@
 
 A gold reward, noisy preference pairs whose labels correlate with a spurious feature (filler
 words), a standard reward model and InfoRM trained the same way, best-of-n against each, and
-InfoRM's latent space as the detector (ICDS, MOP, AUROC). See docs/demo.md.
+InfoRM's latent space as the detector (ICDS, MOP, AUROC); then a policy search that leaves the
+pool (hill climbing on one-word edits guided by each RM, and by the gold reward as a control) with
+the detector fed through ``OverOptimizationMonitor``. See docs/demo.md.
 
 ``run_demo(out_dir, preset="small", seed=0)`` runs it and writes the report; the pieces live in
 ``world`` (text world and gold reward), ``train`` (reward models), ``study`` (best-of-n and AUROC
-math), ``pipeline`` (the study) and ``report`` (report.md / report.json / PNGs).
+math), ``search`` (the policy search), ``pipeline`` (the study) and ``report`` (report.md / report.json / PNGs).
 """
 from __future__ import annotations
 

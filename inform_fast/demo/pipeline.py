@@ -1,4 +1,5 @@
-"""The demo study end to end: world -> pairs -> two reward models -> best-of-n -> detection.
+"""The demo study end to end: world -> pairs -> two reward models -> best-of-n -> detection ->
+policy search (a policy that leaves the pool, see ``search``).
 
 ``run_study(config, seed)`` returns the JSON-ready results plus the arrays the figures need;
 ``inform_fast.demo.report`` writes them. Nothing here is a fixed number: every value comes from
@@ -209,6 +210,7 @@ def _run(config, seed, device, rng, grid, bar, started) -> dict:
         detector_auroc[name] = study.auroc(scores, labels) if scores.size else None
     # ---------------------------------------------------------------- policy search (leaves the pool)
     bar.stage("policy search")
+    search_started = time.perf_counter()
     start_index = search.start_population(rng, pool, config.search_population, config.n_prompts, reference_index)
     encoder = search.Encoder(tokenizer)
 
@@ -233,6 +235,7 @@ def _run(config, seed, device, rng, grid, bar, started) -> dict:
                     "score_threshold": {"mop": config.search_mop_threshold} if config.search_mop_threshold is not None else {}},
         "start_index": start_index.tolist(),
     }
+    search_seconds = time.perf_counter() - search_started
 
     decoder = models["inform"].head.decoder
     reward_direction = decoder.weight.detach().double().cpu().numpy()[0] if isinstance(decoder, torch.nn.Linear) else None
@@ -267,7 +270,8 @@ def _run(config, seed, device, rng, grid, bar, started) -> dict:
             "pool_corr_gold_filler": float(np.corrcoef(pool.gold, pool.filler)[0, 1]),
         },
         "policy_search": policy_search,
-        "environment": {"torch": torch.__version__, "device": str(device), "threads": torch.get_num_threads(), "numpy": np.__version__},
+        "environment": {"torch": torch.__version__, "device": str(device), "threads": torch.get_num_threads(), "numpy": np.__version__,
+                        "policy_search_s": search_seconds},
     })
     results["runtime_s"] = time.perf_counter() - started
     examples = {}

@@ -1,4 +1,4 @@
-"""Write the demo's report: report.json, report.md and three PNGs, all or nothing.
+"""Write the demo's report: report.json, report.md and four PNGs, all or nothing.
 
 Everything goes into a temporary folder next to ``out_dir`` first; only when every file is
 written is that folder moved into place (an existing ``out_dir`` is replaced), so an interrupted
@@ -340,6 +340,14 @@ def policy_search_verdict(results: dict) -> list:
                 onset += " The monitor raised no alarm: correct, there was nothing to flag."
             else:
                 onset += f" The monitor raised an alarm at round {alarm}{reason}: a **false alarm**, the policy was not hacking."
+        jumps = [(r, j) for r, j in zip(rounds, s.get("mop_jump_ratio", [])) if j is not None]
+        if jumps:
+            top_round, top = max(jumps, key=lambda item: item[1])
+            fired = top > ps["config"]["monitor"]["onset_threshold"]
+            onset += (
+                f" Largest MOP jump ratio {top:.1f} at round {top_round} "
+                f"({'above' if fired else 'below'} the relative-jump threshold {ps['config']['monitor']['onset_threshold']:g})."
+            )
         lines.append(head + onset)
     if "gold" in ps:
         control = rises["gold"]
