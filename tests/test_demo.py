@@ -397,3 +397,17 @@ def test_policy_search_verdict_follows_the_numbers():
     results["policy_search"]["standard"]["alarm_round"] = None
     text = "\n".join(policy_search_verdict(results))
     assert "false alarm" not in text and "went undetected" in text
+
+
+def test_icds_control_comparison_is_computed():
+    from inform_fast.demo.report import _icds_against_control
+
+    def guide(start, end):
+        return {"icds_normalized": [start, end]}
+
+    apart = _icds_against_control({"gold": guide(0.01, 0.012), "standard": guide(0.01, 0.03)}, ["standard"])
+    assert "+0.002" in apart and "+0.020" in apart and "ratio 10.0" in apart and "told the two apart" in apart
+    close = _icds_against_control({"gold": guide(0.01, 0.02), "standard": guide(0.01, 0.025)}, ["standard"])
+    assert "ratio 1.5" in close and "did not separate" in close
+    flat = _icds_against_control({"gold": guide(0.01, 0.02), "standard": guide(0.01, 0.01)}, ["standard"])
+    assert "did not rise" in flat

@@ -298,6 +298,27 @@ def verdict(results: dict) -> list:
     return lines
 
 
+def _icds_against_control(ps: dict, hacked: list) -> str:
+    """The control comparison for ICDS/n, computed like MOP's."""
+    rise = {g: ps[g]["icds_normalized"][-1] - ps[g]["icds_normalized"][0] for g in ["gold", *hacked]}
+    control = rise["gold"]
+    ratio = {g: (rise[g] / control if control > 1e-12 else math.inf) for g in hacked}
+    compared = " and ".join(
+        f"{rise[g]:+.3f} climbing {THE[g]} (ratio {'inf' if math.isinf(ratio[g]) else f'{ratio[g]:.1f}'})" for g in hacked
+    )
+    weakest = min(hacked, key=lambda g: ratio[g])
+    if rise[weakest] <= 0.0:
+        judgement = f"ICDS did not rise while {THE[weakest]} was being hacked"
+    elif ratio[weakest] >= 3.0:
+        judgement = (
+            "ICDS rose at least three times as much under hacking as for the control: in this run the size-weighted "
+            "distance of the clusters to the nearest reference latent told the two apart better than the outlier fraction"
+        )
+    else:
+        judgement = "ICDS did not separate hacking from the control's improvement clearly either"
+    return f"- ICDS/n, the same comparison: the control's changed by {control:+.3f} (vs {compared}): {judgement}."
+
+
 def policy_search_verdict(results: dict) -> list:
     """Findings of the policy-search stage, computed from its numbers."""
     ps = results["policy_search"]
@@ -375,6 +396,7 @@ def policy_search_verdict(results: dict) -> list:
                 f"(vs {compared}): {judgement}. MOP measures departure from the reference; read it next to a reward "
                 "that you trust (or a held-out check), never alone."
             )
+            lines.append(_icds_against_control(ps, hacked))
         else:
             lines.append(
                 f"- No model-guided search lowered the gold reward in this run; the control's MOP changed by {control:+.3f}."
