@@ -230,3 +230,30 @@ def test_cli_mop_bad_input_writes_nothing(tmp_path, capsys, extra, message):
     assert cli_main(argv) == 2
     assert message in capsys.readouterr().err
     assert not os.path.exists(out)
+
+
+def test_collapsed_reference_latent_is_reported():
+    from inform_fast.detect import MahalanobisScorer
+
+    generator = torch.Generator().manual_seed(5)
+    direction = torch.randn(12, generator=generator)
+    direction /= direction.norm()
+    collapsed = torch.randn(3000, 1, generator=generator) * 2.0 * direction + 1e-3 * torch.randn(3000, 12, generator=generator)
+    spectrum = MahalanobisScorer(shrinkage="ledoit_wolf").fit(collapsed).spectrum()
+    expected = np.sort(np.linalg.eigvalsh(np.cov(collapsed.double().numpy().T, bias=True)))[::-1]
+    np.testing.assert_allclose(spectrum["eigenvalues"].numpy(), expected, rtol=1e-7, atol=1e-12)
+    assert spectrum["participation_ratio"] == pytest.approx(1.0, abs=1e-3) and spectrum["top_share"] > 0.99
+    with pytest.warns(UserWarning, match="about 1.0 of their 12 directions"):
+        monitor = OverOptimizationMonitor(collapsed, method="mop")
+    assert monitor.to_dict()["config"]["reference_spectrum"]["participation_ratio"] == pytest.approx(1.0, abs=1e-3)
+
+    spread = torch.randn(3000, 12, generator=generator)
+    assert MahalanobisScorer().fit(spread).spectrum()["participation_ratio"] == pytest.approx(12, rel=0.05)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a healthy latent: no warning
+        assert OverOptimizationMonitor(spread, method="both").reference_spectrum["participation_ratio"] > 11
+    assert OverOptimizationMonitor(spread, method="icds").reference_spectrum is None  # no fit, no spectrum
+    with pytest.raises(ValueError, match="no reference latents"):
+        MahalanobisScorer().spectrum()

@@ -15,6 +15,7 @@ Everything is drawn from a ``numpy.random.Generator``.
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence
 
@@ -182,13 +183,16 @@ def run_policy_search(
 
     for guide in guides:
         guide_rng = np.random.default_rng(seed)
-        monitor = OverOptimizationMonitor(
-            reference, every=1, method="both",
-            icds_kwargs={"eps": icds_eps, "min_samples": icds_min_samples},
-            mop_kwargs={"alpha": mop_alpha, "shrinkage": "ledoit_wolf", "eps": mop_eps},
-            onset_threshold=onset_threshold, min_jump=min_jump,
-            score_threshold=None if mop_threshold is None else {"mop": float(mop_threshold)},
-        )
+        with warnings.catch_warnings():
+            # the collapsed-latent warning: the report states the latent spectrum and its meaning
+            warnings.filterwarnings("ignore", message="reference_latents use about")
+            monitor = OverOptimizationMonitor(
+                reference, every=1, method="both",
+                icds_kwargs={"eps": icds_eps, "min_samples": icds_min_samples},
+                mop_kwargs={"alpha": mop_alpha, "shrinkage": "ledoit_wolf", "eps": mop_eps},
+                onset_threshold=onset_threshold, min_jump=min_jump,
+                score_threshold=None if mop_threshold is None else {"mop": float(mop_threshold)},
+            )
         population = start.copy()
         current = population.gold(table) if guide == "gold" else score(guide, population)[0]
         series = {key: [] for key in ("gold", "gold_raw", "proxy", "standard", "inform", "mop", "icds", "icds_normalized",

@@ -251,19 +251,44 @@ class MahalanobisScorer:
     def n_samples_(self) -> int:
         return self._n
 
+    def _empirical(self, name: str = "reference latents"):
+        """(mean [L], empirical covariance [L, L], the centred fourth-moment sum) from the sums."""
+        if self._k is None or self._n == 0:
+            raise ValueError(f"{name}: the scorer has no reference latents; call fit() or partial_fit() first")
+        if self._n < 2:
+            raise ValueError(f"{name}: need at least 2 reference latents to estimate a covariance, got {self._n}")
+        n = float(self._n)
+        delta = self._s / n  # mean in shifted coordinates
+        _, S2, _, T4 = _shift(n, self._s, self._S2, self._u, self._T4, delta)  # centred sums
+        C = S2 / n
+        return self._k + delta, 0.5 * (C + C.T), T4
+
+    def spectrum(self) -> dict:
+        """How many directions the reference latents really use.
+
+        Returns ``eigenvalues`` (float64 [L], descending) of the empirical covariance (before
+        shrinkage), their ``participation_ratio`` (sum)^2 / (sum of squares), from 1 (all the
+        variance on one direction) to L (spread evenly), and ``top_share`` (the largest
+        eigenvalue's share). InfoRM's KL term squeezes the directions the decoder does not read,
+        so with a linear decoder the ratio can fall to about 1: the Mahalanobis distance then
+        mostly measures that one direction (the reward) plus noise in the squeezed ones (see
+        docs/detection.md; a float ``shrinkage`` damps that noise)."""
+        _, C, _ = self._empirical()
+        eig = torch.linalg.eigvalsh(C).flip(0).clamp_min(0.0)
+        total = float(eig.sum())
+        return {
+            "eigenvalues": eig.cpu(),
+            "participation_ratio": total * total / float((eig * eig).sum()) if total > 0 else 0.0,
+            "top_share": float(eig[0]) / total if total > 0 else 0.0,
+        }
+
     def _finalize(self, name: str = "reference latents") -> dict:
         if self._fitted is not None:
             return self._fitted
         if self._k is None or self._n == 0:
             raise ValueError(f"{name}: the scorer has no reference latents; call fit() or partial_fit() first")
         n, dim = float(self._n), self.dim
-        if self._n < 2:
-            raise ValueError(f"{name}: need at least 2 reference latents to estimate a covariance, got {self._n}")
-        delta = self._s / n  # mean in shifted coordinates
-        mean = self._k + delta
-        s, S2, u, T4 = _shift(n, self._s, self._S2, self._u, self._T4, delta)  # centred sums
-        C = S2 / n
-        C = 0.5 * (C + C.T)
+        mean, C, T4 = self._empirical(name)
         mu = torch.trace(C) / dim
         if self.shrinkage is None:
             amount = 0.0

@@ -27,6 +27,7 @@ import json
 import math
 import os
 import time
+import warnings
 from typing import Callable, Dict, List, Optional, Union
 
 import torch
@@ -36,6 +37,8 @@ from inform_fast.detect.inputs import as_latents
 from inform_fast.validation import check_choice, check_positive_int
 
 METHODS = ("icds", "mop", "both")
+# below this participation ratio the reference latents have collapsed onto about one direction
+COLLAPSED_RATIO = 1.5
 WATCHED = {"icds": ("icds_normalized",), "mop": ("mop",), "both": ("icds_normalized", "mop")}
 
 
@@ -107,6 +110,19 @@ class OverOptimizationMonitor:
             check_alpha(self.mop_kwargs.get("alpha", 0.01))
             self.scorer = MahalanobisScorer(shrinkage=self.mop_kwargs.get("shrinkage"), eps=self.mop_kwargs.get("eps", 1e-6))
             self.scorer.fit(self.reference, name="reference_latents")
+        self.reference_spectrum = None
+        if self.scorer is not None:  # the fit's sums give the spectrum for free
+            spectrum = self.scorer.spectrum()
+            self.reference_spectrum = {k: spectrum[k] for k in ("participation_ratio", "top_share")}
+            dim = self.reference.shape[1]
+            if dim >= 4 and spectrum["participation_ratio"] < COLLAPSED_RATIO:
+                warnings.warn(
+                    f"reference_latents use about {spectrum['participation_ratio']:.1f} of their {dim} directions "
+                    f"({spectrum['top_share']:.0%} of the variance on the top one): MOP then mostly measures that one "
+                    "direction (with InfoRM's linear decoder, the reward) plus noise in the squeezed ones. Consider "
+                    "mop_kwargs={'shrinkage': 0.1} and watching ICDS too; see docs/detection.md",
+                    stacklevel=2,
+                )
         self.history: List[dict] = []
         self.onset_step: Optional[int] = None
         self.onset_reason: Optional[str] = None
@@ -255,6 +271,7 @@ class OverOptimizationMonitor:
                 "mop_kwargs": self.mop_kwargs,
                 "n_reference": int(self.reference.shape[0]),
                 "latent_dim": int(self.reference.shape[1]),
+                "reference_spectrum": self.reference_spectrum,
             },
             "watched": list(self.watched),
             "onset_step": self.onset_step,
