@@ -21,6 +21,7 @@ COMMANDS = {
     "mop": ("inform_fast.cli.mop", "Mahalanobis outlier probability of RLHF latents against reference latents"),
     "plot-latents": ("inform_fast.cli.plot_latents", "PNG map of reference vs RLHF latents, clusters and outliers marked"),
     "report": ("inform_fast.cli.report", "plot a monitor history (ICDS / MOP over steps) to PNG"),
+    "monitor": ("inform_fast.cli.monitor", "run the overoptimization monitor over saved checkpoint latents: ICDS/MOP per step, onset, JSON + PNG"),
 }
 
 

@@ -1,0 +1,250 @@
+"""``inform-fast monitor``: the overoptimization monitor run offline over saved checkpoint latents.
+
+Given the reference (SFT) latents and the policy's latents saved at several RL steps, evaluates
+ICDS and/or MOP at every step with ``OverOptimizationMonitor`` (``every=1``), applies its onset
+rule and writes the monitor's ``history.json`` and ``history.png`` into ``--out-dir``.
+
+* ``--rlhf`` takes several files; a quoted glob pattern is expanded here (sorted).
+* Steps come from ``--steps`` (one per file, in the order the files are given) or else from the
+  last integer in each file name (``step_0200.npy`` -> 200); files are evaluated in step order.
+* ``--eps auto`` picks the DBSCAN radius once, on the reference set, and uses it at every step so
+  that the steps are comparable.
+* Every file's shape is checked from its header (.npy, .safetensors) before the first evaluation,
+  and the results are written only at the end, both files atomically: an error leaves nothing in
+  ``--out-dir`` (a folder this command created is removed again).
+"""
+from __future__ import annotations
+
+import glob
+import os
+import re
+import sys
+
+HELP = "run the overoptimization monitor over saved checkpoint latents: ICDS/MOP per step, onset, JSON + PNG"
+
+_GLOB_CHARS = set("*?[")
+_INTEGER = re.compile(r"\d+")
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--reference", required=True, help="reference (SFT) latents [m, L] (.npy / .safetensors / .pt)")
+    parser.add_argument("--rlhf", required=True, nargs="+",
+                        help="policy latents [n, L] at each step: several files, or a quoted glob pattern (expanded, sorted)")
+    parser.add_argument("--steps", type=int, nargs="+", default=None,
+                        help="the step of each --rlhf file, in the same order (default: the last integer in each file name)")
+    parser.add_argument("--method", choices=["icds", "mop", "both"], default="both", help="score(s) to watch (default both)")
+    parser.add_argument("--eps", default="0.5",
+                        help="ICDS DBSCAN radius (> 0) or 'auto' (chosen once on the reference set); default 0.5")
+    parser.add_argument("--min-samples", type=int, default=5, help="ICDS DBSCAN min_samples (default 5)")
+    parser.add_argument("--alpha", type=float, default=0.01, help="MOP p-value level of an outlier (default 0.01)")
+    parser.add_argument("--shrinkage", default=None, help="MOP covariance shrinkage: none (default), ledoit_wolf, or a float in [0, 1]")
+    parser.add_argument("--onset-threshold", type=float, default=10.0,
+                        help="onset when a score's jump exceeds this many times the mean earlier jump (default 10)")
+    parser.add_argument("--score-threshold", type=float, default=None,
+                        help="also flag the onset when a watched score (ICDS/n, MOP) exceeds this value")
+    parser.add_argument("--key", default=None, help="tensor name inside .safetensors/.pt files (default: mu, latents, or the only one)")
+    parser.add_argument("--out-dir", required=True, help="folder for history.json and history.png (created if missing)")
+
+
+def expand_files(patterns) -> list:
+    """The --rlhf paths: existing files as given, glob patterns expanded (sorted)."""
+    files = []
+    for pattern in patterns:
+        if os.path.exists(pattern) or not (_GLOB_CHARS & set(pattern)):
+            files.append(pattern)
+            continue
+        matches = sorted(glob.glob(pattern))
+        if not matches:
+            raise ValueError(f"--rlhf: no file matches {pattern!r}")
+        files.extend(matches)
+    for path in files:
+        if not os.path.isfile(path):
+            raise ValueError(f"--rlhf: file not found: {path}")
+    return files
+
+
+def step_from_name(path: str) -> int:
+    """The last integer in the file name (its extension left out)."""
+    numbers = _INTEGER.findall(os.path.splitext(os.path.basename(path))[0])
+    if not numbers:
+        raise ValueError(f"--rlhf: no step number in the file name {path!r}; name files like step_0200.npy or pass --steps")
+    return int(numbers[-1])
+
+
+def assign_steps(files, steps=None) -> list:
+    """[(step, path)] in step order; steps from ``steps`` or the file names, checked unique."""
+    if steps is not None:
+        if len(steps) != len(files):
+            raise ValueError(f"--steps: {len(steps)} steps given for {len(files)} --rlhf files; give one step per file")
+        for step in steps:
+            if step < 0:
+                raise ValueError(f"--steps: expected integers >= 0, got {step}")
+        pairs = list(zip(steps, files))
+        source = "--steps"
+    else:
+        pairs = [(step_from_name(path), path) for path in files]
+        source = "--rlhf"
+    seen = {}
+    for step, path in pairs:
+        if step in seen:
+            raise ValueError(f"{source}: step {step} given twice ({seen[step]} and {path})")
+        seen[step] = path
+    return sorted(pairs, key=lambda pair: pair[0])
+
+
+def _key_for(path: str, key):
+    # --key names a tensor inside container files; a .npy file holds one array
+    return None if path.lower().endswith(".npy") else key
+
+
+def header_shape(path: str, key=None):
+    """The array shape from the file's header without reading the data (.npy, .safetensors), or
+    None where the format has no header to read (.pt: checked when it is loaded)."""
+    from inform_fast.detect.inputs import LATENT_SUFFIXES, _pick
+
+    suffix = os.path.splitext(path)[1].lower()
+    if suffix not in LATENT_SUFFIXES:
+        raise ValueError(f"--rlhf: unsupported file type {suffix!r} of {path} (expected one of {LATENT_SUFFIXES})")
+    try:
+        if suffix == ".npy":
+            import numpy as np
+
+            return tuple(np.load(path, mmap_mode="r", allow_pickle=False).shape)  # reads the header only
+        if suffix == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(path, framework="pt") as handle:
+                names = list(handle.keys())
+                chosen = _pick({name: name for name in names}, key, path, "--rlhf")
+                return tuple(handle.get_slice(chosen).get_shape())
+    except ValueError as error:
+        if str(error).startswith("--rlhf"):
+            raise
+        raise ValueError(f"--rlhf: could not read {path}: {error}") from error
+    except Exception as error:  # a corrupt header: name the file, keep the cause
+        raise ValueError(f"--rlhf: could not read {path}: {type(error).__name__}: {error}") from error
+    return None
+
+
+def _check_shape(path: str, shape, dim: int) -> None:
+    if len(shape) != 2:
+        raise ValueError(f"--rlhf: {path}: expected a 2-D [n, L] latent matrix, got shape {tuple(shape)}")
+    if shape[0] == 0:
+        raise ValueError(f"--rlhf: {path}: is empty (0 latents)")
+    if shape[1] != dim:
+        raise ValueError(f"--rlhf: {path}: latent dimension {shape[1]} does not match --reference's {dim}")
+
+
+def _format_ratio(value) -> str:
+    return "-" if value is None else f"{value:.3g}"
+
+
+def step_line(record: dict, watched) -> str:
+    parts = [f"step {record['step']:>8}", f"n {record['n_latents']:>7}"]
+    if "icds_normalized" in record:
+        parts.append(f"ICDS/n {record['icds_normalized']:.4g}")
+    if "mop" in record:
+        parts.append(f"MOP {record['mop']:.4f}")
+    labels = {"icds_normalized": "ICDS/n", "mop": "MOP"}
+    for metric in watched:
+        label = "jump" if len(watched) == 1 else f"jump {labels[metric]}"
+        parts.append(f"{label} {_format_ratio(record.get(metric + '_jump_ratio'))}")
+    parts.append("ONSET" if record["onset"] else "-")
+    return "  ".join(parts)
+
+
+def write_outputs(monitor, out_dir: str) -> tuple:
+    """history.json and history.png in ``out_dir``, both or neither; a folder made here is removed on error."""
+    from inform_fast._io import atomic_path
+
+    created = not os.path.exists(out_dir)
+    os.makedirs(out_dir, exist_ok=True)
+    json_path, png_path = os.path.join(out_dir, "history.json"), os.path.join(out_dir, "history.png")
+    try:
+        with atomic_path(json_path, "--out-dir") as json_temp, atomic_path(png_path, "--out-dir") as png_temp:
+            monitor.save(json_temp)
+            monitor.plot(png_temp)
+    except BaseException:
+        if created:
+            try:
+                os.rmdir(out_dir)
+            except OSError:
+                pass
+        raise
+    return json_path, png_path
+
+
+def run(args) -> int:
+    from tqdm.auto import tqdm
+
+    from inform_fast.cli.icds import parse_eps
+    from inform_fast.detect.dbscan import check_eps
+    from inform_fast.detect.inputs import load_latents
+    from inform_fast.detect.mahalanobis import _check_shrinkage
+    from inform_fast.detect.monitor import OverOptimizationMonitor
+    from inform_fast.detect.mop import check_alpha
+
+    # ---- arguments, before any file is read
+    if os.path.exists(args.out_dir) and not os.path.isdir(args.out_dir):
+        raise ValueError(f"--out-dir: {args.out_dir} exists and is not a folder")
+    uses_icds, uses_mop = args.method in ("icds", "both"), args.method in ("mop", "both")
+    eps = parse_eps(args.eps)
+    if uses_icds and eps != "auto":
+        try:
+            check_eps(eps)
+        except ValueError:
+            raise ValueError(f"--eps: expected a number > 0 or 'auto', got {args.eps!r}") from None
+    if args.min_samples < 1:
+        raise ValueError(f"--min-samples: expected an integer >= 1, got {args.min_samples}")
+    if not args.onset_threshold > 0:
+        raise ValueError(f"--onset-threshold: expected a number > 0, got {args.onset_threshold}")
+    try:
+        check_alpha(args.alpha)
+        shrinkage = _check_shrinkage(args.shrinkage)
+    except ValueError as error:
+        raise ValueError(f"--{str(error)}") from None
+    pairs = assign_steps(expand_files(args.rlhf), args.steps)
+
+    # ---- inputs: the reference, then every file's header
+    reference = load_latents(args.reference, key=_key_for(args.reference, args.key), name="--reference")
+    dim = int(reference.shape[1])
+    for _, path in pairs:
+        shape = header_shape(path, _key_for(path, args.key))
+        if shape is not None:
+            _check_shape(path, shape, dim)
+
+    icds_kwargs = {}
+    if uses_icds:
+        if eps == "auto":
+            from inform_fast.detect.icds import auto_eps
+
+            eps = auto_eps(reference, min_samples=args.min_samples)
+            print(f"eps auto: {eps:.6g} (chosen once on the {reference.shape[0]} reference latents, used at every step)")
+        icds_kwargs = {"eps": float(eps), "min_samples": args.min_samples}
+    monitor = OverOptimizationMonitor(
+        reference,
+        every=1,
+        method=args.method,
+        icds_kwargs=icds_kwargs,
+        mop_kwargs={"alpha": args.alpha, "shrinkage": shrinkage} if uses_mop else {},
+        onset_threshold=args.onset_threshold,
+        score_threshold=args.score_threshold,
+    )
+
+    # ---- evaluation, in memory; nothing is written until every step is done
+    with tqdm(total=len(pairs), desc="monitor", unit="step", disable=None, leave=False, file=sys.stderr) as bar:
+        for step, path in pairs:
+            latents = load_latents(path, key=_key_for(path, args.key), name="--rlhf")
+            _check_shape(path, tuple(latents.shape), dim)
+            record = monitor.update(step, latents)
+            record["file"] = os.path.abspath(path)
+            bar.write(step_line(record, monitor.watched), file=sys.stdout)
+            bar.update(1)
+
+    json_path, png_path = write_outputs(monitor, args.out_dir)
+    if monitor.onset_step is not None:
+        print(f"onset: step {monitor.onset_step} ({monitor.onset_reason})")
+    else:
+        print(f"no onset in {len(pairs)} steps")
+    print(f"wrote {json_path} and {png_path}")
+    return 0
