@@ -107,7 +107,8 @@ def test_steps_from_the_command_line(tmp_path):
     given = list(reversed(named))
     steps = [str(10 * (len(named) - k)) for k in range(len(named))]  # 80 70 ... 10, paired in order
     assert cli_main(["monitor", "--reference", str(tmp_path / "ref.safetensors"), "--rlhf", *given, "--steps", *steps,
-                     "--method", "mop", "--out-dir", str(out)]) == 0
+                     "--method", "mop", "--min-jump", "0.001", "--out-dir", str(out)]) == 0
+    assert _read(out)["config"]["min_jump"] == 0.001
     history = _read(out)["history"]
     assert [r["step"] for r in history] == [10 * k for k in range(1, len(named) + 1)]
     assert [os.path.basename(r["file"]) for r in history] == [os.path.basename(p) for p in named]
@@ -190,7 +191,7 @@ def test_bad_options_name_the_flag(tmp_path, capsys):
     base = ["monitor", "--reference", str(tmp_path / "ref.safetensors"), "--rlhf", *paths, "--out-dir", str(tmp_path / "out")]
     for extra, message in [(["--eps", "-1"], "--eps"), (["--eps", "big"], "--eps"), (["--alpha", "2"], "--alpha"),
                            (["--shrinkage", "oas"], "--shrinkage"), (["--onset-threshold", "0"], "--onset-threshold"),
-                           (["--min-samples", "0"], "--min-samples")]:
+                           (["--min-samples", "0"], "--min-samples"), (["--min-jump", "-1"], "--min-jump")]:
         assert cli_main(base + extra) == 2
         assert message in capsys.readouterr().err
     assert not (tmp_path / "out").exists()

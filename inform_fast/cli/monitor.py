@@ -42,6 +42,9 @@ def add_arguments(parser) -> None:
                         help="onset when a score's jump exceeds this many times the mean earlier jump (default 10)")
     parser.add_argument("--score-threshold", type=float, default=None,
                         help="also flag the onset when a watched score (ICDS/n, MOP) exceeds this value")
+    parser.add_argument("--min-jump", type=float, default=1e-12,
+                        help="floor of the mean earlier jump in the onset rule (default 1e-12): set it to the smallest "
+                             "change of the score that matters, so that a change after a flat stretch does not fire")
     parser.add_argument("--key", default=None, help="tensor name inside .safetensors/.pt files (default: mu, latents, or the only one)")
     parser.add_argument("--out-dir", required=True, help="folder for history.json and history.png (created if missing)")
 
@@ -198,6 +201,8 @@ def run(args) -> int:
         raise ValueError(f"--min-samples: expected an integer >= 1, got {args.min_samples}")
     if not args.onset_threshold > 0:
         raise ValueError(f"--onset-threshold: expected a number > 0, got {args.onset_threshold}")
+    if not args.min_jump >= 0:
+        raise ValueError(f"--min-jump: expected a number >= 0, got {args.min_jump}")
     try:
         check_alpha(args.alpha)
         shrinkage = _check_shrinkage(args.shrinkage)
@@ -229,6 +234,7 @@ def run(args) -> int:
         mop_kwargs={"alpha": args.alpha, "shrinkage": shrinkage} if uses_mop else {},
         onset_threshold=args.onset_threshold,
         score_threshold=args.score_threshold,
+        min_jump=args.min_jump,
     )
 
     # ---- evaluation, in memory; nothing is written until every step is done
