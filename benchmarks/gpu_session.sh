@@ -8,7 +8,8 @@
 #      (INFORM_FAST_TEST_GPU=1: tests/test_kernels_vib.py, the triton/cuda tests of the
 #      detection files);
 #   3. the benchmarks at --gpu-sizes, most important first, each stage with its own time limit
-#      and its own JSON, so whatever finishes comes back even if a later stage runs out of time.
+#      and its own JSON, so whatever finishes comes back even if a later stage runs out of time,
+#      and a kernel-by-kernel profile of the head at the goal size (benchmarks/profile_head.py).
 #
 # Usage (repository root):  OUT=/some/dir bash benchmarks/gpu_session.sh
 # Without OUT, results go to benchmarks/results/gpu-run/: session.log, one JSON per benchmark
@@ -73,11 +74,16 @@ stage gpu_tests 110 "$PY" -m pytest -q -p no:cacheprovider -x -rs \
     -k "triton or cuda or kernel"
 stage bench_head_goal 100 "${BENCH[@]}" benchmarks/bench_head.py benchmarks/bench_ceilings.py \
     -k "B512-H4096 or B32-H256 or ceiling" --benchmark-json "$OUT/$PREFIX-$STAMP-head-goal.json"
-stage bench_detection 150 "${BENCH[@]}" benchmarks/bench_detection.py benchmarks/bench_mahalanobis.py \
+if [ ${#GPU[@]} -gt 0 ]; then  # kernel-by-kernel time of the goal size, fused and reference
+    stage profile_head 40 bash -c "\"$PY\" benchmarks/profile_head.py --backend triton && \"$PY\" benchmarks/profile_head.py --backend reference"
+else
+    stage profile_head 40 "$PY" benchmarks/profile_head.py --pairs 32 --hidden 256
+fi
+stage bench_detection 140 "${BENCH[@]}" benchmarks/bench_detection.py benchmarks/bench_mahalanobis.py \
     --benchmark-json "$OUT/$PREFIX-$STAMP-detection.json"
 stage bench_reward_model 80 "${BENCH[@]}" benchmarks/bench_reward_model.py \
     --benchmark-json "$OUT/$PREFIX-$STAMP-reward-model.json"
-stage bench_head_sizes 100 "${BENCH[@]}" benchmarks/bench_head.py -k "not B512-H4096" \
+stage bench_head_sizes 70 "${BENCH[@]}" benchmarks/bench_head.py -k "not B512-H4096" \
     --benchmark-json "$OUT/$PREFIX-$STAMP-head-sizes.json"
 
 "$PY" benchmarks/report.py "$OUT"/*.json --preamble docs/performance_notes.md --output "$OUT/performance.md" \
