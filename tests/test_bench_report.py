@@ -91,3 +91,17 @@ def test_baseline_on_a_subset_is_compared_per_row(tmp_path):
     text = report.render([("r.json", {"benchmarks": runs, "machine_info": {}})])
     assert "| 10.00x per row |" in text  # 5 us/row vs 0.5 us/row
     assert "`one_matmul` | ceiling" in text and "| 0.90x |" in text
+
+
+def test_profile_head_runs_and_writes_its_table(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("profile_head", ROOT / "benchmarks" / "profile_head.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "profile.json"
+    assert module.main(["--pairs", "8", "--hidden", "24", "--latent", "6", "--backend", "reference", "--top", "3", "--json", str(out)]) == 0
+    assert "B=8 H=24 L=6" in capsys.readouterr().out
+    table = json.loads(out.read_text())
+    assert table["backend"] == "reference" and table["kernels"]
+    assert all(row["us_per_step"] >= 0 and row["calls_per_step"] > 0 for row in table["kernels"])
+    if not __import__("torch").cuda.is_available():
+        assert module.main(["--backend", "triton"]) == 2  # never the interpreter
