@@ -179,10 +179,15 @@ def _strip(results):
     return {k: v for k, v in results.items() if k not in ("runtime_s", "environment")}
 
 
-def test_deterministic_and_model_dependent(tiny_report):
+@pytest.fixture(scope="module")
+def tiny_outcome():
+    """run_study of the tiny preset, seed 0, in this process (the arrays, scorer and search scorer kept)."""
+    return run_study(preset("tiny"), seed=0, progress=False)
+
+
+def test_deterministic_and_model_dependent(tiny_report, tiny_outcome):
     first = json.loads((tiny_report / "report.json").read_text())
-    again = run_study(preset("tiny"), seed=0, progress=False)["results"]
-    again = json.loads(json.dumps(again))
+    again = json.loads(json.dumps(tiny_outcome["results"]))
     for key in ("n", "kl", "gold_oracle", "icds", "mop", "detector_auroc", "detector_auroc_by_n", "latent_spectrum", "standard", "inform", "policy_search"):
         assert again[key] == first[key], key
 
@@ -242,9 +247,9 @@ def test_report_is_all_or_nothing(tmp_path, monkeypatch):
 
 
 # ----------------------------------------------------------------------------------- policy search
-GUIDES = ("standard", "inform", "gold")
+GUIDES = ("standard", "inform", "inform_ibl", "gold")
 SEARCH_SERIES = ("gold", "gold_raw", "proxy", "standard", "inform", "mop", "icds", "icds_normalized", "hacked_fraction",
-                 "filler", "off_topic", "improved")
+                 "filler", "off_topic", "improved", "distance")
 
 
 def _population(seed=0, size=60):
@@ -349,7 +354,8 @@ def test_policy_search_report(tiny_report):
         z = (np.asarray(s["gold_raw"]) - results["reference"]["pool_gold_mean"]) / results["reference"]["pool_gold_std"]
         np.testing.assert_allclose(s["gold"], z, rtol=1e-9, atol=1e-9)
     assert np.all(np.diff(ps["gold"]["gold"]) >= -1e-12)
-    assert ps["gold"]["mop"][0] == ps["standard"]["mop"][0] == ps["inform"]["mop"][0]
+    assert ps["gold"]["mop"][0] == ps["standard"]["mop"][0] == ps["inform"]["mop"][0] == ps["inform_ibl"]["mop"][0]
+    assert ps["inform_ibl"]["distance"][0] == ps["inform"]["distance"][0]  # the same start
     # round 0: the start's MOP with the scorer and alpha of the best-of-n stage
     start = set(ps["config"]["start_index"])
     assert len(start) == config.search_population
@@ -411,3 +417,160 @@ def test_icds_control_comparison_is_computed():
     assert "ratio 1.5" in close and "did not separate" in close
     flat = _icds_against_control({"gold": guide(0.01, 0.02), "standard": guide(0.01, 0.01)}, ["standard"])
     assert "did not rise" in flat
+
+
+# ----------------------------------------------------------------------------------- IBL guide
+def _mahalanobis_by_hand(x, mean, covariance):
+    centred = np.asarray(x, dtype=np.float64) - np.asarray(mean, dtype=np.float64)
+    solved = np.linalg.solve(np.asarray(covariance, dtype=np.float64), centred.T).T
+    return np.sqrt(np.einsum("ij,ij->i", centred, solved))
+
+
+def test_ibl_guide_scores_ibl_penalty_of_inform(tiny_outcome):
+    from inform_fast.demo import search
+    from inform_fast.detect.ibl import ibl_penalty
+
+    ibl = tiny_outcome["arrays"]["ibl"]
+    coef = tiny_outcome["results"]["policy_search"]["config"]["ibl"]["coef"]
+    assert coef > 0
+    scorer, score = ibl["scorer"], ibl["score"]
+    _, population = _population(seed=3, size=9)
+    population.topic %= preset("tiny").n_prompts
+    reward, mu = score("inform", population)
+    guided, mu_again = score("inform_ibl", population)
+    assert torch.equal(mu, mu_again)
+    # the library function on InfoRM's outputs, and the formula by hand with the fitted scorer
+    np.testing.assert_array_equal(guided, ibl_penalty(torch.from_numpy(reward), mu, scorer, coef).numpy())
+    distance = _mahalanobis_by_hand(mu.numpy(), scorer.mean_.cpu().numpy(), scorer.covariance_.cpu().numpy())
+    np.testing.assert_allclose(guided, reward - coef * distance, rtol=1e-5, atol=1e-5)
+    assert np.all(guided < reward)  # a penalty: every distance is > 0
+    # the scorer is the detector's: fitted on the reference set with Ledoit-Wolf
+    np.testing.assert_allclose(scorer.mean_.cpu().numpy(), tiny_outcome["arrays"]["reference"].mean(0), rtol=1e-5, atol=1e-6)
+    assert scorer.shrinkage == "ledoit_wolf" and scorer.n_samples_ == preset("tiny").reference_size
+
+
+def test_ibl_coef_rule_recomputed_from_the_reference(tiny_outcome):
+    from inform_fast.demo import search
+
+    results, arrays = tiny_outcome["results"], tiny_outcome["arrays"]
+    reference, reward = arrays["reference"], np.asarray(arrays["ibl"]["reference_reward"])
+    assert reward.shape == (reference.shape[0],)
+    # the rewards belong to these latents: InfoRM's decoder is linear in mu
+    design = np.hstack([reference.astype(np.float64), np.ones((reference.shape[0], 1))])
+    fit, *_ = np.linalg.lstsq(design, reward, rcond=None)
+    assert np.abs(design @ fit - reward).max() < 1e-4 * max(1.0, np.abs(reward).max())
+    # the distance from an independent Ledoit-Wolf fit when scikit-learn is there, else from the scorer's fit
+    try:
+        from sklearn.covariance import LedoitWolf
+
+        lw = LedoitWolf().fit(reference.astype(np.float64))
+        mean, covariance = lw.location_, lw.covariance_
+    except ImportError:
+        scorer = arrays["ibl"]["scorer"]
+        mean, covariance = scorer.mean_.cpu().numpy(), scorer.covariance_.cpu().numpy()
+    distance = _mahalanobis_by_hand(reference, mean, covariance)
+    ibl = results["policy_search"]["config"]["ibl"]
+    assert ibl["coef_scale"] == 1.0 == preset("tiny").search_ibl_coef_scale
+    assert ibl["coef"] == pytest.approx(reward.std() / distance.std(), rel=1e-3)
+    assert ibl["reference_reward_std"] == pytest.approx(reward.std(), rel=1e-9)
+    assert ibl["reference_distance_std"] == pytest.approx(distance.std(), rel=1e-3)
+    # the rule itself: a multiplier, checked input
+    assert search.ibl_coef(reward, distance, 2.5) == pytest.approx(2.5 * reward.std() / distance.std(), rel=1e-12)
+    assert search.ibl_coef(reward, distance, 0.0) == 0.0
+    with pytest.raises(ValueError, match="constant|same Mahalanobis"):
+        search.ibl_coef(reward, np.ones_like(distance))
+    with pytest.raises(ValueError, match="search_ibl_coef_scale"):
+        search.ibl_coef(reward, distance, -1.0)
+    with pytest.raises(ValueError, match="search_ibl_coef_scale"):
+        preset("tiny", search_ibl_coef_scale=float("nan"))
+
+
+def test_ibl_guide_in_the_report(tiny_report):
+    results = json.loads((tiny_report / "report.json").read_text())
+    ps = results["policy_search"]
+    assert results["config"]["search_ibl_coef_scale"] == 1.0
+    ibl = ps["config"]["ibl"]
+    for key in ("coef", "coef_scale", "rule", "reference_reward_std", "reference_distance_std", "reference_distance_mean",
+                "reference_corr_distance_abs_reward", "pool_penalised_mean", "pool_penalised_std", "pool_reward_mean",
+                "pool_reward_std", "shrinkage"):
+        assert key in ibl, key
+    assert ibl["coef"] == pytest.approx(ibl["coef_scale"] * ibl["reference_reward_std"] / ibl["reference_distance_std"])
+    s, base = ps["inform_ibl"], ps["inform"]
+    assert len(s["distance"]) == len(s["proxy"]) == len(ps["rounds"])
+    # the penalised proxy (z on the pool) is InfoRM's reward minus coef x distance, averaged over the population
+    penalised = np.asarray(s["proxy"]) * ibl["pool_penalised_std"] + ibl["pool_penalised_mean"]
+    reward = np.asarray(s["inform"]) * ibl["pool_reward_std"] + ibl["pool_reward_mean"]
+    np.testing.assert_allclose(penalised, reward - ibl["coef"] * np.asarray(s["distance"]), rtol=1e-5, atol=1e-5)
+    assert np.all(np.diff(s["proxy"]) >= -1e-12)  # it climbs its own (penalised) score
+    text = (tiny_report / "report.md").read_text()
+    last = ps["rounds"][-1]
+    assert f"coef {ibl['coef']:.3g} = 1 x std(InfoRM reward) {ibl['reference_reward_std']:.3g}" in text
+    assert f"Gold at round {last}: {s['gold'][-1]:.2f} with the penalty vs {base['gold'][-1]:.2f} without" in text
+    assert f"MOP {s['mop'][-1]:.3f} vs {base['mop'][-1]:.3f}" in text
+    assert f"InfoRM's raw reward {s['inform'][0]:.2f} -> {s['inform'][-1]:.2f}" in text
+    assert "climbing InfoRM + IBL penalty" in text
+
+
+def test_ibl_guide_leaves_the_other_guides_unchanged():
+    from inform_fast.demo import search
+
+    rng, population = _population(size=24)
+    reference = np.random.default_rng(5).normal(size=(300, 4))
+    latent_of = np.random.default_rng(6).normal(size=(len(world.response_vocabulary()), 4))
+
+    def score(name, pop):
+        counts = np.stack([np.bincount(row[row >= 0], minlength=latent_of.shape[0]) for row in pop.ids])
+        latents = counts @ latent_of / 10.0
+        reward = latents[:, 0] - (0.3 * np.abs(latents[:, 1]) if name == "inform_ibl" else 0.0)
+        return reward, torch.from_numpy(latents).float()
+
+    def run(guides):
+        return search.run_policy_search(
+            np.random.default_rng(2), population, score, world.gold_weight_table(), torch.from_numpy(reference).float(),
+            {g: (0.0, 1.0) for g in search.GUIDES}, 0.0, rounds=6, edits=3, every=2, icds_eps=0.5, icds_min_samples=5,
+            mop_alpha=0.01, mop_eps=1e-6, onset_threshold=10.0, min_jump=1 / 24, mop_threshold=0.1, guides=guides,
+        )
+
+    three, four = run(search.BASE_GUIDES), run(search.GUIDES)
+    assert "inform_ibl" in four and "inform_ibl" not in three and "distance" not in three["inform"]
+    for guide in search.BASE_GUIDES:
+        assert json.loads(json.dumps(four[guide])) == json.loads(json.dumps(three[guide])), guide
+    assert four["inform_ibl"]["gold"][0] == four["inform"]["gold"][0]  # the same start
+    assert four["inform_ibl"]["gold"] != four["inform"]["gold"]  # a different score climbed
+
+
+def test_ibl_verdict_follows_the_numbers():
+    from inform_fast.demo.report import ibl_verdict
+
+    def guide(gold, alarm=None, distance=(2.0, 2.5), mop=(0.01, 0.3)):
+        peak = int(np.argmax(gold))
+        return {"gold": gold, "inform": [0.0, 1.0, 2.0, 3.0], "proxy": [0.0] * 4, "mop": list(mop), "icds_normalized": [0.0, 0.1],
+                "gold_peak_round": 2 * peak, "gold_peak": gold[peak], "gold_drop_after_peak": gold[peak] - gold[-1],
+                "gold_declined": peak < len(gold) - 1 and gold[peak] - gold[-1] > 0.05, "alarm_round": alarm,
+                "distance": list(distance), "off_topic": [1.0, 2.0]}
+
+    ibl = {"coef": 0.25, "coef_scale": 1.0, "reference_reward_std": 0.5, "reference_distance_std": 2.0,
+           "reference_distance_mean": 1.9, "reference_corr_distance_abs_reward": 0.8}
+    results = {"latent_spectrum": {"participation_ratio": 1.0, "top_cos_reward": 0.999},
+               "policy_search": {"rounds": [0, 2, 4, 6], "config": {"ibl": ibl},
+                                 "inform": guide([0.1, 0.4, 0.0, -0.5], alarm=4),
+                                 "inform_ibl": guide([0.1, 0.2, 0.5, 0.1], alarm=2, distance=(2.0, 1.0))}}
+    text = "\n".join(ibl_verdict(results))
+    assert "coef 0.25 = 1 x std(InfoRM reward) 0.5 / std(Mahalanobis distance) 2" in text
+    assert "delayed the gold peak by 2 round(s) (round 2 -> 4; peak z 0.40 -> 0.50)" in text
+    assert "Gold at round 6: 0.10 with the penalty vs -0.50 without (+0.60, higher than plain InfoRM" in text
+    assert "alarm at round 2 (2 round(s) before its gold peak)" in text and "alarm at round 4 (2 round(s) after its gold peak)" in text
+    assert "Why the penalty" not in text and "braking the climb" in text and "rose to 3.00 (z) instead of 3.00" in text
+    results["policy_search"]["inform_ibl"] = guide([0.1, 0.05, -0.3, -0.9], distance=(2.0, 1.0))
+    text = "\n".join(ibl_verdict(results))
+    assert "brought the gold peak 2 round(s) earlier" in text and "with the penalty no alarm" in text
+    assert "(-0.40, lower than plain InfoRM" in text
+    assert "Why the penalty did not help here" in text and "correlates 0.80 with |reward - mean|" in text
+    assert "toward* the reference fit (mean distance 2.00 -> 1.00, reference mean 1.90)" in text
+    assert "MOP ended at 0.300 and the monitor gave no alarm" in text
+    ibl["reference_corr_distance_abs_reward"] = 0.06
+    assert "correlates only 0.06 with |reward - mean|" in "\n".join(ibl_verdict(results))
+    results["policy_search"]["inform_ibl"] = guide([0.1, 0.2, 0.3, 0.4])
+    assert "the penalty removed the gold decline" in "\n".join(ibl_verdict(results))
+    del results["policy_search"]["inform_ibl"]
+    assert ibl_verdict(results) == []

@@ -3,7 +3,8 @@
 A gold reward, noisy preference pairs whose labels correlate with a spurious feature (filler
 words), a standard reward model and InfoRM trained the same way, best-of-n against each, and
 InfoRM's latent space as the detector (ICDS, MOP, AUROC); then a policy search that leaves the
-pool (hill climbing on one-word edits guided by each RM, and by the gold reward as a control) with
+pool (hill climbing on one-word edits guided by each RM, by InfoRM with the IBL penalty, and by the
+gold reward as a control) with
 the detector fed through ``OverOptimizationMonitor``. See docs/demo.md.
 
 ``run_demo(out_dir, preset="small", seed=0)`` runs it and writes the report; the pieces live in

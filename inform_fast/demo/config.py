@@ -43,6 +43,10 @@ class DemoConfig:
     search_onset_threshold: float = 10.0  # the monitor's relative-jump rule (its default)
     search_min_jump: Optional[float] = None  # floor of the mean earlier jump; None: 1 / search_population
     search_mop_threshold: Optional[float] = 0.1  # the monitor's plain rule: MOP above 10 x the test's alpha
+    # the "InfoRM + IBL penalty" guide: reward - coef x Mahalanobis distance of mu to the reference fit, with
+    # coef = search_ibl_coef_scale x std(InfoRM reward) / std(distance) over the reference set (fixed in advance:
+    # at 1.0 the penalty and the reward have the same spread on the reference; 0 gives plain InfoRM)
+    search_ibl_coef_scale: float = 1.0
     device: str = "cpu"  # "cpu", "cuda" or "auto" (cuda when available)
     threads: int = 1  # CPU threads for torch during the run: the model is so small that thread
     # synchronisation costs more than it saves (measured: 1 thread ~6x faster than 2 on a busy
@@ -65,6 +69,9 @@ class DemoConfig:
             raise ValueError(f"search_population: expected at least one response per prompt ({self.n_prompts}), got {self.search_population}")
         if self.search_population > self.n_prompts * self.pool_per_prompt - self.reference_size:
             raise ValueError("search_population: larger than the pool outside the reference set")
+        scale = self.search_ibl_coef_scale
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale >= 0 or scale == float("inf"):
+            raise ValueError(f"search_ibl_coef_scale: expected a finite float >= 0, got {scale!r}")
         if self.device not in ("cpu", "cuda", "auto"):
             raise ValueError(f"device: expected cpu, cuda or auto, got {self.device!r}")
         return self

@@ -214,19 +214,33 @@ def _run(config, seed, device, rng, grid, bar, started) -> dict:
     start_index = search.start_population(rng, pool, config.search_population, config.n_prompts, reference_index)
     encoder = search.Encoder(tokenizer)
 
+    # the IBL guide: InfoRM's reward minus coef x the Mahalanobis distance of its latent to the
+    # detector's reference fit (the same Ledoit-Wolf scorer); coef by a rule fixed in advance
+    reference_reward = proxy["inform"][reference_index]
+    reference_distance = scorer.distance(reference).double().numpy()
+    ibl_coef = search.ibl_coef(reference_reward, reference_distance, config.search_ibl_coef_scale)
+
     def score_population(name, population):
         ids, mask = encoder(population, device)
+        if name == "inform_ibl":
+            reward, mu = _score(models["inform"], ids, mask, config.score_batch)
+            return search.ibl_score(reward, mu, scorer, ibl_coef), mu
         return _score(models[name], ids, mask, config.score_batch)
+
+    def distance_of(mu):
+        return scorer.distance(mu).double().numpy()
 
     norms = {"gold": (float(pool.gold.mean()), float(pool.gold.std()))}
     norms.update({name: (float(p.mean()), float(p.std())) for name, p in proxy.items()})
+    pool_ibl = search.ibl_score(proxy["inform"], latents, scorer, ibl_coef)
+    norms["inform_ibl"] = (float(pool_ibl.mean()), float(pool_ibl.std()))
     min_jump = config.search_min_jump if config.search_min_jump is not None else 1.0 / config.search_population
     policy_search = search.run_policy_search(
         rng, search.Population.from_responses(pool.subset(start_index)), score_population, world.gold_weight_table(),
         reference, norms, gold_median, rounds=config.search_rounds, edits=config.search_edits, every=config.search_every,
         icds_eps=float(eps), icds_min_samples=config.icds_min_samples, mop_alpha=config.mop_alpha, mop_eps=scorer.eps,
         onset_threshold=config.search_onset_threshold, min_jump=min_jump, mop_threshold=config.search_mop_threshold,
-        tick=bar.tick,
+        guides=search.GUIDES, tick=bar.tick, distance=distance_of,
     )
     policy_search["config"] = {
         "population": int(config.search_population), "rounds": int(config.search_rounds),
@@ -234,6 +248,16 @@ def _run(config, seed, device, rng, grid, bar, started) -> dict:
         "monitor": {"method": "both", "onset_threshold": float(config.search_onset_threshold), "min_jump": float(min_jump),
                     "score_threshold": {"mop": config.search_mop_threshold} if config.search_mop_threshold is not None else {}},
         "start_index": start_index.tolist(),
+        "ibl": {
+            "coef": ibl_coef, "coef_scale": float(config.search_ibl_coef_scale), "rule": search.IBL_COEF_RULE,
+            "reference_reward_std": float(reference_reward.std()), "reference_distance_std": float(reference_distance.std()),
+            "reference_distance_mean": float(reference_distance.mean()),
+            # how much the distance is a measure of how extreme the reward is, on the reference set
+            "reference_corr_distance_abs_reward": float(np.corrcoef(reference_distance, np.abs(reference_reward - reference_reward.mean()))[0, 1]),
+            "pool_reward_mean": norms["inform"][0], "pool_reward_std": norms["inform"][1],
+            "pool_penalised_mean": norms["inform_ibl"][0], "pool_penalised_std": norms["inform_ibl"][1],
+            "scorer": "the detector's reference set, Ledoit-Wolf", "shrinkage": float(scorer.shrinkage_),
+        },
     }
     search_seconds = time.perf_counter() - search_started
 
@@ -283,6 +307,8 @@ def _run(config, seed, device, rng, grid, bar, started) -> dict:
         "reference": reference.numpy(),
         "selected": {name: latents[selected_last[name]["index"]].numpy() for name in RM_NAMES},
         "hacked": {name: selected_last[name]["hacked"] for name in RM_NAMES},
+        # for checks of the IBL guide: its scorer, InfoRM's reward on the reference, the search's scorer
+        "ibl": {"scorer": scorer, "reference_reward": reference_reward, "score": score_population},
     }
     return {"results": results, "arrays": arrays}
 

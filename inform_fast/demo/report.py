@@ -20,8 +20,8 @@ RM_LABELS = {"standard": "standard RM", "inform": "InfoRM"}
 THE = {"standard": "the standard RM", "inform": "InfoRM"}
 COLORS = {"standard": "tab:blue", "inform": "tab:orange"}
 FIGURES = ("gold_vs_proxy.png", "detection.png", "latent_map.png", "policy_search.png")
-GUIDE_LABELS = {"standard": "standard RM", "inform": "InfoRM", "gold": "gold reward (control)"}
-GUIDE_COLORS = {"standard": "tab:blue", "inform": "tab:orange", "gold": "tab:green"}
+GUIDE_LABELS = {"standard": "standard RM", "inform": "InfoRM", "inform_ibl": "InfoRM + IBL penalty", "gold": "gold reward (control)"}
+GUIDE_COLORS = {"standard": "tab:blue", "inform": "tab:orange", "inform_ibl": "tab:purple", "gold": "tab:green"}
 
 
 def check_out_dir(out_dir: str) -> str:
@@ -171,7 +171,10 @@ def plot_policy_search(results: dict, path: str) -> None:
     for guide in guides:
         s, color = ps[guide], GUIDE_COLORS[guide]
         left.plot(rounds, s["gold"], "-o", ms=3, color=color, label=f"climbing {GUIDE_LABELS[guide]}: gold")
-        if guide != "gold":  # for the control the proxy is the gold reward itself
+        if guide == "inform_ibl":  # its proxy is the penalised score; show InfoRM's own reward too
+            left.plot(rounds, s["proxy"], "--", color=color, label=f"climbing {GUIDE_LABELS[guide]}: its proxy (penalised)")
+            left.plot(rounds, s["inform"], ":", color=color, label=f"climbing {GUIDE_LABELS[guide]}: InfoRM's raw reward")
+        elif guide != "gold":  # for the control the proxy is the gold reward itself
             left.plot(rounds, s["proxy"], "--", color=color, label=f"climbing {GUIDE_LABELS[guide]}: its proxy")
         left.plot([s["gold_peak_round"]], [s["gold_peak"]], "*", ms=13, color=color, mec="k", mew=0.6)
         right.plot(rounds, s["mop"], "-o", ms=3, color=color, label=f"{GUIDE_LABELS[guide]}: MOP")
@@ -332,6 +335,7 @@ def policy_search_verdict(results: dict) -> list:
         head = (
             f"- **Climbing {GUIDE_LABELS[guide]}**: gold {s['gold'][0]:.2f} -> {s['gold'][-1]:.2f} (z) over {last} rounds"
             + (f", proxy {s['proxy'][0]:.2f} -> {s['proxy'][-1]:.2f}" if guide != "gold" else "")
+            + (f" (the penalised score; InfoRM's raw reward {s['inform'][0]:.2f} -> {s['inform'][-1]:.2f})" if guide == "inform_ibl" else "")
             + f"; hacked fraction {s['hacked_fraction'][0]:.2f} -> {s['hacked_fraction'][-1]:.2f}; off-topic words per "
             f"response {s['off_topic'][0]:.1f} -> {s['off_topic'][-1]:.1f}; MOP {s['mop'][0]:.3f} -> {s['mop'][-1]:.3f}, "
             f"ICDS/n {s['icds_normalized'][0]:.3f} -> {s['icds_normalized'][-1]:.3f}."
@@ -401,6 +405,90 @@ def policy_search_verdict(results: dict) -> list:
             lines.append(
                 f"- No model-guided search lowered the gold reward in this run; the control's MOP changed by {control:+.3f}."
             )
+    lines += ibl_verdict(results)
+    return lines
+
+
+def _alarm_words(s: dict) -> str:
+    """A guide's first alarm, relative to its own gold peak when its gold declined."""
+    alarm = s["alarm_round"]
+    if alarm is None:
+        return "no alarm"
+    if not s["gold_declined"]:
+        return f"alarm at round {alarm} (its gold did not fall)"
+    gap = alarm - s["gold_peak_round"]
+    where = "at its gold peak" if gap == 0 else (f"{-gap} round(s) before its gold peak" if gap < 0 else f"{gap} round(s) after its gold peak")
+    return f"alarm at round {alarm} ({where})"
+
+
+def ibl_verdict(results: dict) -> list:
+    """The IBL-penalised InfoRM guide against plain InfoRM, computed from the numbers."""
+    ps = results["policy_search"]
+    if "inform_ibl" not in ps or "inform" not in ps:
+        return []
+    s, base = ps["inform_ibl"], ps["inform"]
+    ibl = ps["config"].get("ibl", {})
+    last = ps["rounds"][-1]
+    out = (
+        f"- **IBL penalty vs plain InfoRM** (coef {ibl.get('coef', math.nan):.3g} = {ibl.get('coef_scale', math.nan):g} x "
+        f"std(InfoRM reward) {ibl.get('reference_reward_std', math.nan):.3g} / std(Mahalanobis distance) "
+        f"{ibl.get('reference_distance_std', math.nan):.3g} over the reference set, a rule fixed before the run): "
+    )
+    b_peak, i_peak = base["gold_peak_round"], s["gold_peak_round"]
+    if base["gold_declined"] and s["gold_declined"]:
+        delay = i_peak - b_peak
+        when = (f"delayed the gold peak by {delay} round(s)" if delay > 0 else
+                f"brought the gold peak {-delay} round(s) earlier" if delay < 0 else "left the gold peak at the same round")
+        out += (f"the penalty {when} (round {b_peak} -> {i_peak}; peak z {base['gold_peak']:.2f} -> {s['gold_peak']:.2f}) "
+                f"but did not remove the decline (it falls by {s['gold_drop_after_peak']:.2f} after its peak, plain InfoRM's "
+                f"by {base['gold_drop_after_peak']:.2f}).")
+    elif base["gold_declined"]:
+        out += (f"the penalty removed the gold decline: plain InfoRM's gold peaks at round {b_peak} and falls by "
+                f"{base['gold_drop_after_peak']:.2f}; with the penalty it does not fall (peak {s['gold_peak']:.2f} at round {i_peak}).")
+    elif s["gold_declined"]:
+        out += (f"with the penalty the gold reward peaks at round {i_peak} (z = {s['gold_peak']:.2f}) and falls by "
+                f"{s['gold_drop_after_peak']:.2f}; plain InfoRM's does not fall.")
+    else:
+        out += "neither gold curve falls."
+    diff = s["gold"][-1] - base["gold"][-1]
+    better = "higher than" if diff > 0.05 else ("lower than" if diff < -0.05 else "about the same as")
+    out += (f" Gold at round {last}: {s['gold'][-1]:.2f} with the penalty vs {base['gold'][-1]:.2f} without ({diff:+.2f}, "
+            f"{better} plain InfoRM; both from {base['gold'][0]:.2f}). InfoRM's raw reward of the population: "
+            f"{s['inform'][-1]:.2f} with the penalty vs {base['inform'][-1]:.2f} without (z).")
+    if "distance" in s and "distance" in base:
+        out += (f" Mean Mahalanobis distance to the reference fit: {s['distance'][0]:.2f} -> {s['distance'][-1]:.2f} with the "
+                f"penalty, -> {base['distance'][-1]:.2f} without (reference mean {ibl.get('reference_distance_mean', math.nan):.2f}).")
+    out += (f" Detector at round {last}: MOP {s['mop'][-1]:.3f} vs {base['mop'][-1]:.3f}, ICDS/n {s['icds_normalized'][-1]:.3f} vs "
+            f"{base['icds_normalized'][-1]:.3f}; with the penalty {_alarm_words(s)}, without {_alarm_words(base)}.")
+    lines = [out]
+    if diff > 0.05:
+        lines.append(
+            f"- The penalty helped the final gold here by braking the climb: InfoRM's raw reward of the penalised "
+            f"population rose to {s['inform'][-1]:.2f} (z) instead of {base['inform'][-1]:.2f}, so less optimisation pressure "
+            f"reached the hackable reward (off-topic words per response {s['off_topic'][-1]:.1f} vs {base['off_topic'][-1]:.1f})."
+        )
+    else:
+        spectrum = results.get("latent_spectrum") or {}
+        corr = ibl.get("reference_corr_distance_abs_reward")
+        if spectrum.get("participation_ratio") is not None and spectrum["participation_ratio"] < 2.0:
+            cos = spectrum.get("top_cos_reward")
+            why = (f"InfoRM's latent uses about {spectrum['participation_ratio']:.1f} direction(s) on the reference set"
+                   + (f", aligned with its reward direction (|cos| {cos:.3f})" if cos is not None else ""))
+            if corr is not None and corr >= 0.5:
+                why += (f", and the distance correlates {corr:.2f} with |reward - mean| there: the penalty mostly taxes an "
+                        "extreme reward itself, good or hacked, rather than a direction the hack takes")
+            elif corr is not None:
+                why += (f"; the distance correlates only {corr:.2f} with |reward - mean| there, so it is mostly the squeezed "
+                        "directions (the noise the KL term left), which say nothing about the hack")
+            lines.append(f"- Why the penalty did not help here: {why}.")
+    if s["gold_declined"] and "distance" in s and s["distance"][-1] < s["distance"][0]:
+        lines.append(
+            f"- The penalised search hacked while moving its latents *toward* the reference fit (mean distance "
+            f"{s['distance'][0]:.2f} -> {s['distance'][-1]:.2f}, reference mean {ibl.get('reference_distance_mean', math.nan):.2f}): "
+            "the hack is not a departure that InfoRM's latent sees, and the penalty pushes down the very distance MOP tests, "
+            f"so MOP ended at {s['mop'][-1]:.3f} and the monitor gave {_alarm_words(s)}. A policy trained against the IBL "
+            "penalty needs a check the penalty does not optimise (a trusted reward, held-out labels)."
+        )
     return lines
 
 
@@ -492,8 +580,10 @@ def _policy_search_section(results: dict) -> list:
         f"{cfg['population']} pool responses (spread over the prompts, none from the reference set; the same start for "
         f"every guide) are improved for {cfg['rounds']} rounds: each round every response gets {cfg['edits']} random "
         "one-word edits (a uniform position, a different word of the world's vocabulary), and the edit its guide scores "
-        "highest is kept if it raises that guide's score. Guides: the standard RM, InfoRM, and the gold reward itself "
-        "(the control: it cannot hack). Every "
+        "highest is kept if it raises that guide's score. Guides: the standard RM, InfoRM, "
+        + (f"InfoRM + IBL penalty (InfoRM's reward minus {cfg['ibl']['coef']:.3g} x the Mahalanobis distance of its "
+           f"latent to the reference fit; {cfg['ibl']['rule']}, scale {cfg['ibl']['coef_scale']:g}), " if "ibl" in cfg else "")
+        + "and the gold reward itself (the control: it cannot hack). Every "
         f"{cfg['record_every']} round(s) the population's InfoRM latents go to an `OverOptimizationMonitor` (method "
         f"`both`, the same reference set, DBSCAN eps and MOP alpha as above; relative-jump onset threshold "
         f"{monitor['onset_threshold']:g}, min_jump {monitor['min_jump']:.4g}"
@@ -531,12 +621,22 @@ def summary_table(results: dict) -> str:
         )
     ps = results.get("policy_search")
     if ps:
-        rows.append(f"policy search ({ps['config']['population']} responses, {ps['rounds'][-1]} rounds, {ps['config']['edits']} edits/round):")
+        ibl = ps["config"].get("ibl")
+        coef = f"; IBL coef {ibl['coef']:.3g} = {ibl['coef_scale']:g} x std(reward)/std(distance) on the reference" if ibl else ""
+        rows.append(f"policy search ({ps['config']['population']} responses, {ps['rounds'][-1]} rounds, {ps['config']['edits']} edits/round{coef}):")
         for guide in [g for g in GUIDE_LABELS if g in ps]:
             s = ps[guide]
             alarm = "none" if s["alarm_round"] is None else str(s["alarm_round"])
             rows.append(
                 f"  climbing {GUIDE_LABELS[guide]:<22} gold {s['gold'][0]:6.2f} -> {s['gold'][-1]:6.2f} (peak r{s['gold_peak_round']})"
                 f" | MOP {s['mop'][0]:.3f} -> {s['mop'][-1]:.3f} | alarm round {alarm}"
+            )
+        if "inform_ibl" in ps and "inform" in ps:
+            s, base = ps["inform_ibl"], ps["inform"]
+            rows.append(
+                f"  IBL vs plain InfoRM at round {ps['rounds'][-1]}: gold {s['gold'][-1]:.2f} vs {base['gold'][-1]:.2f}, "
+                f"InfoRM's raw reward {s['inform'][-1]:.2f} vs {base['inform'][-1]:.2f} (z)"
+                + (f", mean distance {s['distance'][-1]:.2f} vs {base['distance'][-1]:.2f}" if "distance" in s and "distance" in base else "")
+                + f", ICDS/n {s['icds_normalized'][-1]:.3f} vs {base['icds_normalized'][-1]:.3f}"
             )
     return "\n".join(rows)

@@ -7,6 +7,9 @@ model, or the gold reward as a control) scores them, and the best edit is kept w
 the guide's score. The responses drift into text the pool never contained, the way an RL policy
 drifts from its SFT start, and the detector (ICDS and MOP of InfoRM's latents against the fixed
 reference set) is fed each recorded round through ``OverOptimizationMonitor`` and its onset rule.
+One guide, ``inform_ibl``, is InfoRM with the IBL penalty of the journal version
+(``inform_fast.detect.ibl.ibl_penalty``: reward - coef x Mahalanobis distance of the latent to the
+reference fit, coef by the rule of ``ibl_coef``).
 
 The edit: one position of the response (uniform), its word replaced by a different word of
 ``world.response_vocabulary()`` (uniform over the V - 1 others). The length is unchanged, so an
@@ -24,8 +27,12 @@ import torch
 
 from inform_fast.demo import world
 
-GUIDES = ("standard", "inform", "gold")  # what the search climbs; "gold" is the control (no hacking)
-GUIDE_LABELS = {"standard": "standard RM", "inform": "InfoRM", "gold": "gold reward (control)"}
+# what the search climbs; "gold" is the control (no hacking); "inform_ibl" is InfoRM's reward minus
+# the IBL penalty (coef x Mahalanobis distance of its latent to the reference fit)
+GUIDES = ("standard", "inform", "inform_ibl", "gold")
+BASE_GUIDES = ("standard", "inform", "gold")  # the guides that need nothing beyond the two reward models
+GUIDE_LABELS = {"standard": "standard RM", "inform": "InfoRM", "inform_ibl": "InfoRM + IBL penalty", "gold": "gold reward (control)"}
+IBL_COEF_RULE = "coef = scale x std(InfoRM reward) / std(Mahalanobis distance), both over the reference set"
 
 
 @dataclass
@@ -143,6 +150,30 @@ def gold_peak(gold: Sequence[float], tolerance: float = 0.05) -> dict:
     return {"index": peak, "value": float(gold[peak]), "drop": drop, "declined": bool(peak < gold.size - 1 and drop > tolerance)}
 
 
+def ibl_coef(reference_reward, reference_distance, scale: float = 1.0) -> float:
+    """The IBL coefficient fixed in advance: ``scale * std(reward) / std(distance)`` over the
+    reference set, so that the penalty and the reward have the same spread there (times scale)."""
+    reward = np.asarray(reference_reward, dtype=np.float64)
+    distance = np.asarray(reference_distance, dtype=np.float64)
+    if reward.shape != distance.shape or reward.ndim != 1 or reward.size < 2:
+        raise ValueError(f"reference_reward / reference_distance: expected two [m] arrays, m >= 2, got {reward.shape} and {distance.shape}")
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not np.isfinite(scale) or scale < 0:
+        raise ValueError(f"search_ibl_coef_scale: expected a finite float >= 0, got {scale!r}")
+    spread = float(distance.std())
+    if not spread > 0.0:
+        raise ValueError("reference_distance: all reference latents are at the same Mahalanobis distance; the coef rule is undefined")
+    return float(scale) * float(reward.std()) / spread
+
+
+def ibl_score(reward: np.ndarray, latents: torch.Tensor, scorer, coef: float) -> np.ndarray:
+    """The ``inform_ibl`` guide's score [N] float64: ``inform_fast.detect.ibl.ibl_penalty`` of
+    InfoRM's reward [N] and latents [N, L] with the fitted reference ``scorer``."""
+    from inform_fast.detect.ibl import ibl_penalty
+
+    rewards = torch.from_numpy(np.ascontiguousarray(reward, dtype=np.float64))
+    return ibl_penalty(rewards, latents, scorer, coef).numpy()
+
+
 def run_policy_search(
     rng: np.random.Generator,
     start: Population,
@@ -161,8 +192,9 @@ def run_policy_search(
     onset_threshold: float,
     min_jump: float,
     mop_threshold: Optional[float] = None,
-    guides: Sequence[str] = GUIDES,
+    guides: Sequence[str] = BASE_GUIDES,
     tick: Optional[Callable[[], None]] = None,
+    distance: Optional[Callable[[torch.Tensor], np.ndarray]] = None,
 ) -> dict:
     """Hill-climb ``start`` under each guide; returns the JSON-ready series and alarms.
 
@@ -170,6 +202,9 @@ def run_policy_search(
     ``name`` in ("standard", "inform"); norms[name] = (mean, std) of that score over the base pool
     ("gold" included), to report z-scores on the pool's scale. Every guide starts from the same
     population and draws its edits from a generator with the same seed (common random numbers).
+    A guide other than "gold" is scored by ``score(guide, ...)`` (e.g. "inform_ibl"), and needs its
+    entry in ``norms``. distance(latents) -> [N] Mahalanobis distances to the reference fit: when
+    given, every guide's series also records their mean (``distance``).
     """
     from inform_fast.detect.monitor import OverOptimizationMonitor
 
@@ -229,6 +264,8 @@ def run_policy_search(
             series["filler"].append(float(population.count(world.FILLER).mean()))
             series["off_topic"].append(float(population.off_topic(table).mean()))
             series["improved"].append(float(improved_since.mean()))  # share edited since the last record
+            if distance is not None:
+                series.setdefault("distance", []).append(float(np.mean(distance(latents))))
             improved_since[:] = False
         peak = gold_peak(series["gold"])
         alarms = [r["step"] for r in monitor.history if r["onset"]]
