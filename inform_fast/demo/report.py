@@ -288,10 +288,11 @@ def verdict(results: dict) -> list:
         shape += f" and is aligned with the decoder's reward direction, |cos| {cos:.3f})" if cos is not None else ")"
         if spectrum["participation_ratio"] < 2.0:
             shape += (
-                ". With one real direction, the Mahalanobis distance mostly measures how extreme InfoRM's reward is "
-                "(plus noise in the squeezed directions), so a padded pick with a moderate reward can look less unusual "
-                "than a genuinely good pick with an extreme one; and best-of-n only picks tail points of the very "
-                "pool the reference is drawn from, never a new kind of text."
+                ". With one real direction, the Mahalanobis distance of a typical response is mostly noise from the "
+                "squeezed directions (the fit weights each of them like the real one), and it grows large only for "
+                "responses far out along a direction, here the reward's: so a padded pick with a moderate reward can "
+                "look less unusual than a genuinely good pick with an extreme one; and best-of-n only picks tail "
+                "points of the very pool the reference is drawn from, never a new kind of text."
             )
         lines.append(f"- {shape}")
     lines.append(

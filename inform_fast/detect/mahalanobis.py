@@ -271,8 +271,9 @@ class MahalanobisScorer:
         variance on one direction) to L (spread evenly), and ``top_share`` (the largest
         eigenvalue's share). InfoRM's KL term squeezes the directions the decoder does not read,
         so with a linear decoder the ratio can fall to about 1: the Mahalanobis distance then
-        mostly measures that one direction (the reward) plus noise in the squeezed ones (see
-        docs/detection.md; a float ``shrinkage`` damps that noise)."""
+        mixes noise from the squeezed directions (weighted like the real one) with how far a
+        response goes along that one (the reward) (see docs/detection.md; a float ``shrinkage``
+        damps that noise)."""
         _, C, _ = self._empirical()
         eig = torch.linalg.eigvalsh(C).flip(0).clamp_min(0.0)
         total = float(eig.sum())
