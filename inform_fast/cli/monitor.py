@@ -95,11 +95,6 @@ def assign_steps(files, steps=None) -> list:
     return sorted(pairs, key=lambda pair: pair[0])
 
 
-def _key_for(path: str, key):
-    # --key names a tensor inside container files; a .npy file holds one array
-    return None if path.lower().endswith(".npy") else key
-
-
 def header_shape(path: str, key=None):
     """The array shape from the file's header without reading the data (.npy, .safetensors), or
     None where the format has no header to read (.pt: checked when it is loaded)."""
@@ -182,7 +177,7 @@ def run(args) -> int:
 
     from inform_fast.cli.icds import parse_eps
     from inform_fast.detect.dbscan import check_eps
-    from inform_fast.detect.inputs import load_latents
+    from inform_fast.detect.inputs import container_key, load_latents
     from inform_fast.detect.mahalanobis import _check_shrinkage
     from inform_fast.detect.monitor import OverOptimizationMonitor
     from inform_fast.detect.mop import check_alpha
@@ -211,10 +206,10 @@ def run(args) -> int:
     pairs = assign_steps(expand_files(args.rlhf), args.steps)
 
     # ---- inputs: the reference, then every file's header
-    reference = load_latents(args.reference, key=_key_for(args.reference, args.key), name="--reference")
+    reference = load_latents(args.reference, key=container_key(args.reference, args.key), name="--reference")
     dim = int(reference.shape[1])
     for _, path in pairs:
-        shape = header_shape(path, _key_for(path, args.key))
+        shape = header_shape(path, container_key(path, args.key))
         if shape is not None:
             _check_shape(path, shape, dim)
 
@@ -240,7 +235,7 @@ def run(args) -> int:
     # ---- evaluation, in memory; nothing is written until every step is done
     with tqdm(total=len(pairs), desc="monitor", unit="step", disable=None, leave=False, file=sys.stderr) as bar:
         for step, path in pairs:
-            latents = load_latents(path, key=_key_for(path, args.key), name="--rlhf")
+            latents = load_latents(path, key=container_key(path, args.key), name="--rlhf")
             _check_shape(path, tuple(latents.shape), dim)
             record = monitor.update(step, latents)
             record["file"] = os.path.abspath(path)

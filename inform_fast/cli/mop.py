@@ -19,18 +19,15 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from inform_fast.detect.inputs import load_latents
+    from inform_fast.detect.inputs import container_key, load_latents
     from inform_fast._io import write_text_atomic
     from inform_fast.detect.mop import check_alpha, mop
     from inform_fast.detect.mahalanobis import _check_shrinkage
 
     check_alpha(args.alpha)
     shrinkage = _check_shrinkage(args.shrinkage)
-    def key_for(path):  # --key names a tensor inside container files; .npy holds one array
-        return None if path.lower().endswith(".npy") else args.key
-
-    rlhf = load_latents(args.rlhf, key=key_for(args.rlhf), name="--rlhf").to(args.device)
-    reference = load_latents(args.reference, key=key_for(args.reference), name="--reference").to(args.device)
+    rlhf = load_latents(args.rlhf, key=container_key(args.rlhf, args.key), name="--rlhf").to(args.device)
+    reference = load_latents(args.reference, key=container_key(args.reference, args.key), name="--reference").to(args.device)
     if rlhf.shape[1] != reference.shape[1]:
         raise ValueError(f"--rlhf: latent dimension {rlhf.shape[1]} does not match --reference's {reference.shape[1]}")
     result = mop(rlhf, reference, alpha=args.alpha, shrinkage=shrinkage, eps=args.eps)

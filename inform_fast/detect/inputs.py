@@ -87,6 +87,12 @@ def load_latents(path: str, key: Optional[str] = None, name: str = "path") -> to
     return as_latents(f"{name} ({path})", value)
 
 
+def container_key(path: str, key: Optional[str]) -> Optional[str]:
+    """``key`` for a container file (.safetensors / .pt), None for a .npy file, which holds one
+    array: how a command-line ``--key`` applies to a mix of file types."""
+    return None if path.lower().endswith(".npy") else key
+
+
 def _pick(tensors: dict, key: Optional[str], path: str, name: str):
     if key is not None:
         if key not in tensors:
