@@ -120,8 +120,7 @@ class OverOptimizationMonitor:
                     f"reference_latents use about {spectrum['participation_ratio']:.1f} of their {dim} directions "
                     f"({spectrum['top_share']:.0%} of the variance on the top one): MOP then mixes noise from the squeezed "
                     "directions with how far responses go along that one (with InfoRM's linear decoder, the reward). "
-                    "Consider "
-                    "mop_kwargs={'shrinkage': 0.1} and watching ICDS too; see docs/detection.md",
+                    "Consider mop_kwargs={'shrinkage': 0.1} and watching ICDS too; see docs/detection.md",
                     stacklevel=2,
                 )
         self.history: List[dict] = []

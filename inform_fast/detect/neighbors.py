@@ -23,8 +23,10 @@ Measured on the 2-core development CPU (AMD EPYC, AVX-512; 2026-11-25), 50,000 x
 references, ``pytest benchmarks/bench_detection.py -k nearest --benchmark-only`` (min of 5):
 
 * 1000 queries: 74 ms (before these tiles: 110-150 ms), faiss-cpu ``IndexFlatL2`` 60 ms,
-  chunked NumPy 85-94 ms. Of the 74 ms, 6 are the finite check of the inputs and 59 the GEMMs
-  (PyTorch's MKL runs them at ~220 GFLOP/s here; NumPy's OpenBLAS, which faiss uses, in 51 ms, but
+  chunked NumPy 85-94 ms. Of the 74 ms, 6 were the finite check of the inputs (since made
+  cheaper: the same benchmark in ``benchmarks/results/cpu-2026-11-25.json`` gives medians of
+  65.1 ms, faiss 58.9 ms, NumPy 81.5 ms) and 59 the GEMMs (PyTorch's MKL runs them at
+  ~220 GFLOP/s here; NumPy's OpenBLAS, which faiss uses, in 51 ms, but
   mixing its thread pool with PyTorch's between tiles made the whole search 8x slower). The
   ``reference`` backend's PyTorch tiles find the indices in 86 ms.
 * ``CPP_MAX_QUERIES``: the exact search (AVX-512/AVX2 clones picked at run time, four queries
@@ -33,8 +35,9 @@ references, ``pytest benchmarks/bench_detection.py -k nearest --benchmark-only``
   32 queries 19 against 24 ms, 64 queries 38 against 32 ms).
 * ``CPU_BLOCK_REFS``, the index search alone: [1024, 1024] tiles 69 ms, [1024, 2048] 77 ms,
   [1024, 8192] 87 ms (the PyTorch tiles: 86 / 86 / 98 ms).
-* 6 queries: 7.4 ms against faiss 2.8-3.1 ms, of which the exact search is 1.1 ms and the
-  finite check of the 50,000 references 6 ms.
+* 6 queries: 7.4 ms against faiss 2.8-3.1 ms, of which the exact search was 1.1 ms and the
+  finite check of the 50,000 references 6 ms; with the cheaper check, 1.46 ms against faiss
+  2.82 ms (medians, ``cpu-2026-11-25.json``).
 """
 from __future__ import annotations
 
