@@ -14,6 +14,8 @@ from typing import Optional, Sequence
 import numpy as np
 from scipy.special import gammaln
 
+from inform_fast.detect.mahalanobis import spectrum_shape
+
 
 def best_of_n_kl(n) -> np.ndarray:
     """KL(best-of-n || base) = log n - (n - 1) / n, elementwise for n >= 1."""
@@ -101,20 +103,14 @@ def latent_spectrum(reference: np.ndarray, reward_direction: Optional[np.ndarray
     Returns the covariance eigenvalues (float64, descending), the participation ratio
     (sum lambda)^2 / sum lambda^2 (1 when all the variance lies on one direction, L when it is spread
     evenly), the top direction's share of the variance and, with ``reward_direction``, the |cosine|
-    between the top direction and it. A latent with one real direction makes the Mahalanobis
-    distance mostly a measure of that direction (plus noise in the squeezed ones)."""
+    between the top direction and it (``MahalanobisScorer.spectrum`` gives the same from a fit; the
+    demo also needs the top eigenvector)."""
     x = np.asarray(reference, dtype=np.float64)
     if x.ndim != 2 or x.shape[0] < 2:
         raise ValueError(f"reference: expected [m >= 2, L] latents, got shape {x.shape}")
     values, vectors = np.linalg.eigh(np.cov(x, rowvar=False).reshape(x.shape[1], x.shape[1]))
     values, vectors = np.clip(values[::-1], 0.0, None), vectors[:, ::-1]
-    total = float(values.sum())
-    out = {
-        "eigenvalues": values.tolist(),
-        "participation_ratio": total ** 2 / float((values ** 2).sum()) if total > 0 else 0.0,
-        "top_share": float(values[0] / total) if total > 0 else 0.0,
-        "top_cos_reward": None,
-    }
+    out = {"eigenvalues": values.tolist(), **spectrum_shape(values.copy()), "top_cos_reward": None}
     if reward_direction is not None:
         w = np.asarray(reward_direction, dtype=np.float64).reshape(-1)
         norm = float(np.linalg.norm(w))

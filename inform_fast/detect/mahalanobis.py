@@ -113,6 +113,16 @@ def _shift(n: float, s, S2, u, T4, d):
     return s_new, S2_new, u_new, T4_new
 
 
+def spectrum_shape(eigenvalues) -> dict:
+    """``participation_ratio`` (sum)^2 / (sum of squares) and ``top_share`` (largest / sum) of
+    non-negative covariance eigenvalues (tensor or array, descending)."""
+    values = torch.as_tensor(eigenvalues, dtype=torch.float64)
+    total = float(values.sum())
+    if total <= 0:
+        return {"participation_ratio": 0.0, "top_share": 0.0}
+    return {"participation_ratio": total * total / float((values * values).sum()), "top_share": float(values[0]) / total}
+
+
 class MahalanobisScorer:
     """Mahalanobis distance and chi-square p-value of latents against a fitted reference set.
 
@@ -276,12 +286,7 @@ class MahalanobisScorer:
         damps that noise)."""
         _, C, _ = self._empirical()
         eig = torch.linalg.eigvalsh(C).flip(0).clamp_min(0.0)
-        total = float(eig.sum())
-        return {
-            "eigenvalues": eig.cpu(),
-            "participation_ratio": total * total / float((eig * eig).sum()) if total > 0 else 0.0,
-            "top_share": float(eig[0]) / total if total > 0 else 0.0,
-        }
+        return {"eigenvalues": eig.cpu(), **spectrum_shape(eig)}
 
     def _finalize(self, name: str = "reference latents") -> dict:
         if self._fitted is not None:
