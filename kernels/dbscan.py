@@ -180,9 +180,7 @@ class TritonPairs:
             return
         while True:
             root = parent.clone()
-            grid = (triton.cdiv(rows.numel(), self.meta["BLOCK_M"]), triton.cdiv(cols.numel(), self.meta["BLOCK_N"]))
-            _hook_kernel[grid](self.x, self.norms, rows, cols, root, parent, parent.numel(), rows.numel(), cols.numel(),
-                               self.x.shape[1], self.x.stride(0), self.eps2, **self.meta)
+            self._launch(_hook_kernel, rows, cols, root, parent, parent.numel())
             if torch.equal(parent, root):
                 return
             compress(parent)
