@@ -193,9 +193,10 @@ def _run(config, seed, device, rng, grid, bar, started) -> dict:
             detection[name]["icds_clusters"].append(result.n_clusters)
             detection[name]["mop"].append(outliers.score)
             detection[name]["hacked_fraction"].append(float(hacked.mean()))
-            auroc_by_n[name].append(study.auroc(outliers.distances.double().cpu().numpy(), hacked))
+            distances = outliers.distances.double().cpu().numpy()
+            auroc_by_n[name].append(study.auroc(distances, hacked))
             if n > 1:
-                auroc_scores[name].append(outliers.distances.double().cpu().numpy())
+                auroc_scores[name].append(distances)
                 auroc_labels[name].append(hacked)
             if n == grid[-1]:
                 selected_last[name] = {"index": picks[name], "hacked": hacked}
