@@ -13,7 +13,11 @@ Kernels (launchers below them take and return torch tensors; the autograd.Functi
   rejected rows against the same W tiles, then reparameterises, decodes, computes the per-pair
   loss and, because the loss is the last node of the graph, the gradient G of the pre-activations
   (Liger-style): the backward only scales it, so the noise is needed in the forward only.
-* ``_grad_input_kernel``: dX = s * G @ W.  ``_grad_weight_kernel``: dW = s * G^T X, each program
+* ``_project_partial_kernel``: split-H projection for small batches: program (row block, split)
+  computes the pre-activations of its rows over one range of H and stores them; the forward
+  kernels above then sum the ranges (PRE_PROJECTED) instead of projecting. A batch with fewer
+  row blocks than the GPU has SMs otherwise leaves most SMs idle while a few stream all of W.
+* ``_grad_input_kernel``: dX = s * G @ W, over a (row block, H range) grid.  ``_grad_weight_kernel``: dW = s * G^T X, each program
   owning one [BLOCK_K, BLOCK_H] tile of dW and looping over the rows in order (deterministic).
 * ``_philox_noise_kernel``: the noise the kernels draw for a seed, for tests and debugging.
 
@@ -28,7 +32,9 @@ dot with fp32 accumulation.
 """
 from __future__ import annotations
 
+import contextlib
 import os
+from typing import Iterator, Optional
 
 import torch
 import triton
@@ -76,17 +82,24 @@ def _load_noise(noise_ptr, stride_noise, seed, rows, row_base, cols, valid, L, N
 
 
 @triton.jit
+def _h_range(split, per_split, H):
+    """Columns [h_start, h_end) of H that split number ``split`` covers."""
+    h_start = split * per_split
+    return h_start, tl.minimum(h_start + per_split, H)
+
+
+@triton.jit
 def _store_input_grad(
     g_mu, g_lv,  # [BN, BL] gradients of mu and logvar (accumulation dtype)
-    rows, row_mask, w_ptr, stride_w, dx_ptr, stride_dx, H, L,
+    rows, row_mask, w_ptr, stride_w, dx_ptr, stride_dx, h_start, h_end, L,
     UPCAST: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_L: tl.constexpr,
 ):
-    """dX[rows, :] = g_mu @ W[:L] + g_lv @ W[L:], tile by tile over H."""
+    """dX[rows, h_start:h_end] = g_mu @ W[:L] + g_lv @ W[L:] over those columns, tile by tile."""
     cols_l = tl.arange(0, BLOCK_L)
     l_mask = cols_l < L
-    for h0 in range(0, H, BLOCK_H):
+    for h0 in range(h_start, h_end, BLOCK_H):
         cols_h = h0 + tl.arange(0, BLOCK_H)
-        h_mask = cols_h < H
+        h_mask = cols_h < h_end
         w_mask = l_mask[:, None] & h_mask[None, :]
         w_mu = tl.load(w_ptr + cols_l[:, None] * stride_w + cols_h[None, :], mask=w_mask, other=0.0)  # [BL, BH]
         w_lv = tl.load(w_ptr + (cols_l[:, None] + L) * stride_w + cols_h[None, :], mask=w_mask, other=0.0)
@@ -101,17 +114,17 @@ def _store_input_grad(
 
 @triton.jit
 def _project(
-    x_ptr, stride_x, rows, row_mask, w_ptr, stride_w, H, L,
+    x_ptr, stride_x, rows, row_mask, w_ptr, stride_w, h_start, h_end, L,
     ACC: tl.constexpr, UPCAST: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_L: tl.constexpr,
 ):
-    """mu, logvar [BN, BL] = x[rows] @ W[:L]^T, x[rows] @ W[L:]^T (no bias)."""
+    """mu, logvar [BN, BL] = x[rows, h] @ W[:L, h]^T, x[rows, h] @ W[L:, h]^T over h_start <= h < h_end."""
     cols_l = tl.arange(0, BLOCK_L)
     l_mask = cols_l < L
     mu = tl.zeros((BLOCK_N, BLOCK_L), dtype=ACC)
     lv = tl.zeros((BLOCK_N, BLOCK_L), dtype=ACC)
-    for h0 in range(0, H, BLOCK_H):
+    for h0 in range(h_start, h_end, BLOCK_H):
         cols_h = h0 + tl.arange(0, BLOCK_H)
-        h_mask = cols_h < H
+        h_mask = cols_h < h_end
         x = tl.load(x_ptr + rows[:, None] * stride_x + cols_h[None, :], mask=row_mask[:, None] & h_mask[None, :], other=0.0)
         # W^T tiles [BH, BL], read straight from the [2L, H] layout
         wt_mask = h_mask[:, None] & l_mask[None, :]
@@ -124,6 +137,88 @@ def _project(
         mu = tl.dot(x, w_mu, mu, input_precision="ieee")
         lv = tl.dot(x, w_lv, lv, input_precision="ieee")
     return mu, lv
+
+
+@triton.jit
+def _project_pair(
+    xw_ptr, stride_xw, xl_ptr, stride_xl, rows, row_mask, w_ptr, stride_w, h_start, h_end, L,
+    ACC: tl.constexpr, UPCAST: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_L: tl.constexpr,
+):
+    """``_project`` of the chosen and the rejected rows of a pair block against the same W tiles
+    (each tile read once for both): mu_w, lv_w, mu_l, lv_l [BB, BL]."""
+    cols = tl.arange(0, BLOCK_L)
+    l_mask = cols < L
+    mu_w = tl.zeros((BLOCK_B, BLOCK_L), dtype=ACC)
+    lv_w = tl.zeros((BLOCK_B, BLOCK_L), dtype=ACC)
+    mu_l = tl.zeros((BLOCK_B, BLOCK_L), dtype=ACC)
+    lv_l = tl.zeros((BLOCK_B, BLOCK_L), dtype=ACC)
+    for h0 in range(h_start, h_end, BLOCK_H):
+        cols_h = h0 + tl.arange(0, BLOCK_H)
+        h_mask = cols_h < h_end
+        x_mask = row_mask[:, None] & h_mask[None, :]
+        x_w = tl.load(xw_ptr + rows[:, None] * stride_xw + cols_h[None, :], mask=x_mask, other=0.0)
+        x_l = tl.load(xl_ptr + rows[:, None] * stride_xl + cols_h[None, :], mask=x_mask, other=0.0)
+        wt_mask = h_mask[:, None] & l_mask[None, :]
+        w_mu = tl.load(w_ptr + cols[None, :] * stride_w + cols_h[:, None], mask=wt_mask, other=0.0)  # [BH, BL]
+        w_lv = tl.load(w_ptr + (cols[None, :] + L) * stride_w + cols_h[:, None], mask=wt_mask, other=0.0)
+        if UPCAST:
+            x_w = x_w.to(ACC)
+            x_l = x_l.to(ACC)
+            w_mu = w_mu.to(ACC)
+            w_lv = w_lv.to(ACC)
+        mu_w = tl.dot(x_w, w_mu, mu_w, input_precision="ieee")
+        lv_w = tl.dot(x_w, w_lv, lv_w, input_precision="ieee")
+        mu_l = tl.dot(x_l, w_mu, mu_l, input_precision="ieee")
+        lv_l = tl.dot(x_l, w_lv, lv_l, input_precision="ieee")
+    return mu_w, lv_w, mu_l, lv_l
+
+
+@triton.jit
+def _sum_partials(part_ptr, which, sets, rows, cols, valid, N, L, num_splits, ACC: tl.constexpr,
+                  BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr):
+    """mu, logvar [BN, BL]: the sum over the H ranges of ``_project_partial_kernel``'s output
+    [num_splits, sets, N, 2L] for row set ``which`` (in split order: deterministic)."""
+    mu = tl.zeros((BLOCK_N, BLOCK_L), dtype=ACC)
+    lv = tl.zeros((BLOCK_N, BLOCK_L), dtype=ACC)
+    for split in range(0, num_splits):
+        idx = ((split * sets + which) * N + rows[:, None]) * (2 * L) + cols[None, :]
+        mu += tl.load(part_ptr + idx, mask=valid, other=0.0)
+        lv += tl.load(part_ptr + idx + L, mask=valid, other=0.0)
+    return mu, lv
+
+
+@triton.jit
+def _project_partial_kernel(
+    x1_ptr, stride_x1,  # [N, H] rows (the chosen rows in the loss)
+    x2_ptr, stride_x2,  # [N, H] rows projected against the same W tiles (rejected rows; TWO_SETS)
+    w_ptr, stride_w,  # [2L, H] encoder weight
+    part_ptr,  # [S, 1 or 2, N, 2L] output, accumulation dtype: [mu, logvar] over H range s, no bias
+    N, H, L,
+    H_PER_SPLIT,  # columns of H per split (a multiple of BLOCK_H)
+    TWO_SETS: tl.constexpr, UPCAST: tl.constexpr, ACC: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_L: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    split = tl.program_id(1)
+    rows = pid * BLOCK_N + tl.arange(0, BLOCK_N)
+    row_mask = rows < N
+    cols = tl.arange(0, BLOCK_L)
+    valid = row_mask[:, None] & (cols < L)[None, :]
+    h_start, h_end = _h_range(split, H_PER_SPLIT, H)
+    if TWO_SETS:
+        mu_1, lv_1, mu_2, lv_2 = _project_pair(x1_ptr, stride_x1, x2_ptr, stride_x2, rows, row_mask, w_ptr, stride_w,
+                                               h_start, h_end, L, ACC, UPCAST, BLOCK_N, BLOCK_H, BLOCK_L)
+        idx = ((split * 2 + 1) * N + rows[:, None]) * (2 * L) + cols[None, :]
+        tl.store(part_ptr + idx, mu_2, mask=valid)
+        tl.store(part_ptr + idx + L, lv_2, mask=valid)
+        sets = 2
+    else:
+        mu_1, lv_1 = _project(x1_ptr, stride_x1, rows, row_mask, w_ptr, stride_w, h_start, h_end, L,
+                              ACC, UPCAST, BLOCK_N, BLOCK_H, BLOCK_L)
+        sets = 1
+    idx = (split * sets * N + rows[:, None]) * (2 * L) + cols[None, :]
+    tl.store(part_ptr + idx, mu_1, mask=valid)
+    tl.store(part_ptr + idx + L, lv_1, mask=valid)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -139,8 +234,10 @@ def _encode_fwd_kernel(
     seed,  # Philox seed (NOISE_MODE == 2)
     mu_ptr, lv_ptr, z_ptr,  # [N, L] outputs, contiguous, accumulation dtype
     kl_ptr,  # [N] output, KL per row
+    part_ptr, num_splits,  # [S, 1, N, 2L] partial projections (PRE_PROJECTED) and S
     N, H, L,
     HAS_BIAS: tl.constexpr, NOISE_MODE: tl.constexpr, KL_AUTHORS: tl.constexpr, UPCAST: tl.constexpr,
+    PRE_PROJECTED: tl.constexpr,
     ACC: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_L: tl.constexpr,
 ):
     pid = tl.program_id(0)
@@ -150,7 +247,10 @@ def _encode_fwd_kernel(
     l_mask = cols < L
     valid = row_mask[:, None] & l_mask[None, :]
 
-    mu, lv = _project(x_ptr, stride_x, rows, row_mask, w_ptr, stride_w, H, L, ACC, UPCAST, BLOCK_N, BLOCK_H, BLOCK_L)
+    if PRE_PROJECTED:
+        mu, lv = _sum_partials(part_ptr, 0, 1, rows, cols, valid, N, L, num_splits, ACC, BLOCK_N, BLOCK_L)
+    else:
+        mu, lv = _project(x_ptr, stride_x, rows, row_mask, w_ptr, stride_w, 0, H, L, ACC, UPCAST, BLOCK_N, BLOCK_H, BLOCK_L)
     if HAS_BIAS:
         mu += tl.load(b_ptr + cols, mask=l_mask, other=0.0).to(ACC)[None, :]
         lv += tl.load(b_ptr + L + cols, mask=l_mask, other=0.0).to(ACC)[None, :]
@@ -179,10 +279,12 @@ def _encode_bwd_kernel(
     g_ptr,  # [N, 2L] output: gradient of the pre-activations [dmu, dlogvar], for dW and db
     dx_ptr, stride_dx,  # [N, H] output: gradient of the pooled rows
     N, H, L,
+    H_PER_SPLIT,  # columns of dX per program along grid axis 1 (a multiple of BLOCK_H)
     NOISE_MODE: tl.constexpr, KL_AUTHORS: tl.constexpr, UPCAST: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_L: tl.constexpr,
 ):
     pid = tl.program_id(0)
+    split = tl.program_id(1)
     rows = pid * BLOCK_N + tl.arange(0, BLOCK_N)
     row_mask = rows < N
     cols = tl.arange(0, BLOCK_L)
@@ -204,10 +306,14 @@ def _encode_bwd_kernel(
     g_mu = tl.where(valid, g_mu, tl.zeros_like(g_mu))
     g_lv = tl.where(valid, g_lv, tl.zeros_like(g_lv))
 
+    # every split of a row block recomputes G (L values a row, cheap); the first one stores it
     g_idx = rows[:, None] * (2 * L) + cols[None, :]
-    tl.store(g_ptr + g_idx, g_mu, mask=valid)
-    tl.store(g_ptr + g_idx + L, g_lv, mask=valid)
-    _store_input_grad(g_mu, g_lv, rows, row_mask, w_ptr, stride_w, dx_ptr, stride_dx, H, L, UPCAST, BLOCK_N, BLOCK_H, BLOCK_L)
+    if split == 0:
+        tl.store(g_ptr + g_idx, g_mu, mask=valid)
+        tl.store(g_ptr + g_idx + L, g_lv, mask=valid)
+    h_start, h_end = _h_range(split, H_PER_SPLIT, H)
+    _store_input_grad(g_mu, g_lv, rows, row_mask, w_ptr, stride_w, dx_ptr, stride_dx, h_start, h_end, L,
+                      UPCAST, BLOCK_N, BLOCK_H, BLOCK_L)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -231,9 +337,11 @@ def _pair_loss_fwd_kernel(
     pair_ptr,  # [3, B] output: -logsigmoid(r_w - r_l - margin), KL_w + KL_l, r_w - r_l
     reward_ptr,  # [2, B] output: r_w, r_l
     dwdec_ptr,  # [programs, L] output (STORE_GRAD): this program's part of d loss / d w_dec
+    part_ptr, num_splits,  # [S, 2, B, 2L] partial projections (PRE_PROJECTED) and S
     B, H, L,
     HAS_BIAS: tl.constexpr, HAS_DEC_BIAS: tl.constexpr, HAS_MARGIN: tl.constexpr,
     NOISE_MODE: tl.constexpr, KL_AUTHORS: tl.constexpr, STORE_GRAD: tl.constexpr, UPCAST: tl.constexpr,
+    PRE_PROJECTED: tl.constexpr,
     ACC: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_L: tl.constexpr,
 ):
     pid = tl.program_id(0)
@@ -244,28 +352,12 @@ def _pair_loss_fwd_kernel(
     valid = row_mask[:, None] & l_mask[None, :]
 
     # projection of the chosen and rejected rows of this pair block against the same W tiles
-    mu_w = tl.zeros((BLOCK_B, BLOCK_L), dtype=ACC)
-    lv_w = tl.zeros((BLOCK_B, BLOCK_L), dtype=ACC)
-    mu_l = tl.zeros((BLOCK_B, BLOCK_L), dtype=ACC)
-    lv_l = tl.zeros((BLOCK_B, BLOCK_L), dtype=ACC)
-    for h0 in range(0, H, BLOCK_H):
-        cols_h = h0 + tl.arange(0, BLOCK_H)
-        h_mask = cols_h < H
-        x_mask = row_mask[:, None] & h_mask[None, :]
-        x_w = tl.load(xw_ptr + rows[:, None] * stride_xw + cols_h[None, :], mask=x_mask, other=0.0)
-        x_l = tl.load(xl_ptr + rows[:, None] * stride_xl + cols_h[None, :], mask=x_mask, other=0.0)
-        wt_mask = h_mask[:, None] & l_mask[None, :]
-        w_mu = tl.load(w_ptr + cols[None, :] * stride_w + cols_h[:, None], mask=wt_mask, other=0.0)  # [BH, BL]
-        w_lv = tl.load(w_ptr + (cols[None, :] + L) * stride_w + cols_h[:, None], mask=wt_mask, other=0.0)
-        if UPCAST:
-            x_w = x_w.to(ACC)
-            x_l = x_l.to(ACC)
-            w_mu = w_mu.to(ACC)
-            w_lv = w_lv.to(ACC)
-        mu_w = tl.dot(x_w, w_mu, mu_w, input_precision="ieee")
-        lv_w = tl.dot(x_w, w_lv, lv_w, input_precision="ieee")
-        mu_l = tl.dot(x_l, w_mu, mu_l, input_precision="ieee")
-        lv_l = tl.dot(x_l, w_lv, lv_l, input_precision="ieee")
+    if PRE_PROJECTED:
+        mu_w, lv_w = _sum_partials(part_ptr, 0, 2, rows, cols, valid, B, L, num_splits, ACC, BLOCK_B, BLOCK_L)
+        mu_l, lv_l = _sum_partials(part_ptr, 1, 2, rows, cols, valid, B, L, num_splits, ACC, BLOCK_B, BLOCK_L)
+    else:
+        mu_w, lv_w, mu_l, lv_l = _project_pair(xw_ptr, stride_xw, xl_ptr, stride_xl, rows, row_mask, w_ptr, stride_w,
+                                               0, H, L, ACC, UPCAST, BLOCK_B, BLOCK_H, BLOCK_L)
     if HAS_BIAS:
         b_mu = tl.load(b_ptr + cols, mask=l_mask, other=0.0).to(ACC)[None, :]
         b_lv = tl.load(b_ptr + L + cols, mask=l_mask, other=0.0).to(ACC)[None, :]
@@ -347,9 +439,11 @@ def _grad_input_kernel(
     scale_ptr,  # [1] upstream gradient of the scalar loss
     dx_ptr, stride_dx,  # [N, H] output
     N, H, L,
+    H_PER_SPLIT,  # columns of dX per program along grid axis 1 (a multiple of BLOCK_H)
     UPCAST: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_L: tl.constexpr,
 ):
     pid = tl.program_id(0)
+    h_start, h_end = _h_range(tl.program_id(1), H_PER_SPLIT, H)
     rows = pid * BLOCK_N + tl.arange(0, BLOCK_N)
     row_mask = rows < N
     cols = tl.arange(0, BLOCK_L)
@@ -358,7 +452,8 @@ def _grad_input_kernel(
     g_idx = rows[:, None] * (2 * L) + cols[None, :]
     g_mu = tl.load(g_ptr + g_idx, mask=valid, other=0.0) * scale
     g_lv = tl.load(g_ptr + g_idx + L, mask=valid, other=0.0) * scale
-    _store_input_grad(g_mu, g_lv, rows, row_mask, w_ptr, stride_w, dx_ptr, stride_dx, H, L, UPCAST, BLOCK_N, BLOCK_H, BLOCK_L)
+    _store_input_grad(g_mu, g_lv, rows, row_mask, w_ptr, stride_w, dx_ptr, stride_dx, h_start, h_end, L,
+                      UPCAST, BLOCK_N, BLOCK_H, BLOCK_L)
 
 
 @triton.jit
@@ -450,6 +545,67 @@ def _num_warps(block_l: int) -> int:
     return 4 if block_l <= 64 else 8
 
 
+_forced_splits: Optional[int] = None
+
+
+@contextlib.contextmanager
+def forced_h_splits(splits: Optional[int]) -> Iterator[None]:
+    """Within the block, split H into at most ``splits`` ranges in the forward projection and the
+    input gradient, whatever the device (1: never split; None: the heuristic of ``h_splits``).
+    For tests (the interpreter has no SMs to fill) and for benchmarking both layouts."""
+    global _forced_splits
+    previous, _forced_splits = _forced_splits, splits
+    try:
+        yield
+    finally:
+        _forced_splits = previous
+
+
+def _multiprocessors(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def h_splits(row_blocks: int, hidden: int, block_h: int, device: torch.device, min_tiles: int) -> tuple[int, int]:
+    """(number of H ranges, columns per range) for a grid of ``row_blocks`` row blocks.
+
+    A row block alone streams all of W (2L x H) through one SM; when there are fewer row blocks
+    than SMs (B = 512 pairs is 32 blocks on a 132-SM H100) the grid also splits H, up to one wave
+    of programs, each range at least ``min_tiles`` BLOCK_H tiles wide. CPU (interpreter): no split
+    unless forced.
+    """
+    tiles = triton.cdiv(hidden, block_h)
+    if _forced_splits is not None:
+        wanted = _forced_splits
+    elif device.type == "cuda":
+        wanted = _multiprocessors(device) // max(row_blocks, 1)
+    else:
+        wanted = 1
+    wanted = max(1, min(wanted, tiles // max(min_tiles, 1) if _forced_splits is None else tiles))
+    per_split = triton.cdiv(tiles, wanted) * block_h
+    return triton.cdiv(hidden, per_split), per_split
+
+
+def _project_partials(x1, x2, weight, acc, block_n, block_h, block_l, splits, per_split):
+    """Partial pre-activations [splits, 1 or 2, N, 2L] (acc dtype) of the split-H forward."""
+    rows, hidden = x1.shape
+    latent = weight.shape[0] // 2
+    sets = 1 if x2 is None else 2
+    part = torch.empty(splits, sets, rows, 2 * latent, device=x1.device, dtype=acc)
+    x2 = x1 if x2 is None else x2
+    _project_partial_kernel[(triton.cdiv(rows, block_n), splits)](
+        x1, x1.stride(0), x2, x2.stride(0), weight, weight.stride(0), part, rows, hidden, latent, per_split,
+        TWO_SETS=sets == 2, UPCAST=_interpreting(), ACC=_tl_acc(acc),
+        BLOCK_N=block_n, BLOCK_H=block_h, BLOCK_L=block_l, num_warps=_num_warps(block_l),
+    )
+    return part
+
+
+# the forward's H ranges are at least this many BLOCK_H tiles (each program re-reads its rows'
+# partial sums in the epilogue, so very thin ranges cost more than they spread); the input
+# gradient has no epilogue and splits down to 2 tiles
+_FORWARD_MIN_TILES, _GRAD_INPUT_MIN_TILES = 4, 2
+
+
 def _dot_operands(x: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """tl.dot needs one operand dtype: mixed inputs (bf16 rows, fp32 weight) are upcast, so the
     result matches the reference, which computes in the wider dtype."""
@@ -490,12 +646,17 @@ def encode_forward(x, weight, bias, noise, seed, noise_mode, kl_authors):
         return mu, logvar, z, kl
     block_l = _block_l(latent)
     block_n = _block_rows(rows)
+    block_h = _block_h(hidden, block_l, weight.element_size())
+    row_blocks = triton.cdiv(rows, block_n)
+    splits, per_split = h_splits(row_blocks, hidden, block_h, x.device, _FORWARD_MIN_TILES)
+    part = _project_partials(x, None, weight, acc, block_n, block_h, block_l, splits, per_split) if splits > 1 else mu
     noise_arg = noise if noise is not None else mu  # any valid pointer when unused
-    _encode_fwd_kernel[(triton.cdiv(rows, block_n),)](
+    _encode_fwd_kernel[(row_blocks,)](
         x, x.stride(0), weight, weight.stride(0), bias if bias is not None else mu,
-        noise_arg, noise_arg.stride(0), seed, mu, logvar, z, kl, rows, hidden, latent,
+        noise_arg, noise_arg.stride(0), seed, mu, logvar, z, kl, part, splits, rows, hidden, latent,
         HAS_BIAS=bias is not None, NOISE_MODE=noise_mode, KL_AUTHORS=kl_authors, UPCAST=_interpreting(),
-        ACC=_tl_acc(acc), BLOCK_N=block_n, BLOCK_H=_block_h(hidden, block_l, weight.element_size()), BLOCK_L=block_l,
+        PRE_PROJECTED=splits > 1,
+        ACC=_tl_acc(acc), BLOCK_N=block_n, BLOCK_H=block_h, BLOCK_L=block_l,
         num_warps=_num_warps(block_l),
     )
     return mu, logvar, z, kl
@@ -512,12 +673,15 @@ def encode_backward(x, weight, mu, logvar, grad_mu, grad_logvar, grad_z, grad_kl
         return g, dx
     block_l = _block_l(latent)
     block_n = _block_rows(rows)
+    block_h = _block_h(hidden, block_l, weight_c.element_size())
+    row_blocks = triton.cdiv(rows, block_n)
+    splits, per_split = h_splits(row_blocks, hidden, block_h, x.device, _GRAD_INPUT_MIN_TILES)
     noise_arg = noise if noise is not None else mu
-    _encode_bwd_kernel[(triton.cdiv(rows, block_n),)](
+    _encode_bwd_kernel[(row_blocks, splits)](
         weight_c, weight_c.stride(0), mu, logvar, grad_mu, grad_logvar, grad_z, grad_kl,
-        noise_arg, noise_arg.stride(0), seed, g, dx, dx.stride(0), rows, hidden, latent,
+        noise_arg, noise_arg.stride(0), seed, g, dx, dx.stride(0), rows, hidden, latent, per_split,
         NOISE_MODE=noise_mode, KL_AUTHORS=kl_authors, UPCAST=_interpreting(),
-        BLOCK_N=block_n, BLOCK_H=_block_h(hidden, block_l, weight_c.element_size()), BLOCK_L=block_l, num_warps=_num_warps(block_l),
+        BLOCK_N=block_n, BLOCK_H=block_h, BLOCK_L=block_l, num_warps=_num_warps(block_l),
     )
     return g, dx
 
@@ -539,7 +703,9 @@ def pair_loss_forward(chosen, rejected, weight, bias, dec_weight, dec_bias, nois
     device = chosen.device
     block_l = _block_l(latent)
     block_b = _block_rows(pairs)
+    block_h = _block_h(hidden, block_l, weight_c.element_size())
     programs = triton.cdiv(pairs, block_b)
+    splits, per_split = h_splits(programs, hidden, block_h, device, _FORWARD_MIN_TILES)
     pair = torch.empty(3, pairs, device=device, dtype=acc)
     rewards = torch.empty(2, pairs, device=device, dtype=acc)
     g = torch.empty(2 * pairs, 2 * latent, device=device, dtype=acc) if store_grad else pair
@@ -547,14 +713,18 @@ def pair_loss_forward(chosen, rejected, weight, bias, dec_weight, dec_bias, nois
     nw = noise_chosen if noise_chosen is not None else pair
     nl = noise_rejected if noise_rejected is not None else pair
     m = margin if margin is not None else pair
+    part = (_project_partials(chosen_c, rejected_c, weight_c, acc, block_b, block_h, block_l, splits, per_split)
+            if splits > 1 else pair)
     _pair_loss_fwd_kernel[(programs,)](
         chosen_c, chosen_c.stride(0), rejected_c, rejected_c.stride(0), weight_c, weight_c.stride(0),
         bias if bias is not None else pair, dec_weight, dec_bias if dec_bias is not None else pair,
         nw, nw.stride(0), nl, nl.stride(0), m, m.stride(0) if margin is not None else 0,
-        seed, torch.full((1,), float(beta), device=device, dtype=acc), g, pair, rewards, dwdec, pairs, hidden, latent,
+        seed, torch.full((1,), float(beta), device=device, dtype=acc), g, pair, rewards, dwdec,
+        part, splits, pairs, hidden, latent,
         HAS_BIAS=bias is not None, HAS_DEC_BIAS=dec_bias is not None, HAS_MARGIN=margin is not None,
         NOISE_MODE=noise_mode, KL_AUTHORS=kl_authors, STORE_GRAD=store_grad, UPCAST=_interpreting(),
-        ACC=_tl_acc(acc), BLOCK_B=block_b, BLOCK_H=_block_h(hidden, block_l, weight_c.element_size()), BLOCK_L=block_l,
+        PRE_PROJECTED=splits > 1,
+        ACC=_tl_acc(acc), BLOCK_B=block_b, BLOCK_H=block_h, BLOCK_L=block_l,
         num_warps=_num_warps(block_l),
     )
     return pair, rewards, (g if store_grad else None), (dwdec if store_grad else None)
@@ -569,9 +739,12 @@ def grad_input(g, weight, scale, out_dtype):
         return dx
     block_l = _block_l(latent)
     block_n = _block_rows(rows)
-    _grad_input_kernel[(triton.cdiv(rows, block_n),)](
-        g, weight, weight.stride(0), scale, dx, dx.stride(0), rows, hidden, latent,
-        UPCAST=_interpreting(), BLOCK_N=block_n, BLOCK_H=_block_h(hidden, block_l, weight.element_size()), BLOCK_L=block_l,
+    block_h = _block_h(hidden, block_l, weight.element_size())
+    row_blocks = triton.cdiv(rows, block_n)
+    splits, per_split = h_splits(row_blocks, hidden, block_h, g.device, _GRAD_INPUT_MIN_TILES)
+    _grad_input_kernel[(row_blocks, splits)](
+        g, weight, weight.stride(0), scale, dx, dx.stride(0), rows, hidden, latent, per_split,
+        UPCAST=_interpreting(), BLOCK_N=block_n, BLOCK_H=block_h, BLOCK_L=block_l,
         num_warps=_num_warps(block_l),
     )
     return dx
@@ -612,9 +785,15 @@ def compile_check(capability: int = 90) -> list[str]:
     jobs = [
         (_pair_loss_fwd_kernel, dict(xw_ptr=bf16, xl_ptr=bf16, w_ptr=bf16, b_ptr=bf16, wdec_ptr=bf16, bdec_ptr=bf16),
          dict(HAS_BIAS=True, HAS_DEC_BIAS=True, HAS_MARGIN=True, NOISE_MODE=NOISE_PHILOX, KL_AUTHORS=False,
-              STORE_GRAD=True, ACC=tl.float32, BLOCK_B=16, **block)),
+              STORE_GRAD=True, PRE_PROJECTED=False, ACC=tl.float32, BLOCK_B=16, **block)),
+        (_pair_loss_fwd_kernel, dict(xw_ptr=bf16, xl_ptr=bf16, w_ptr=bf16, b_ptr=bf16, wdec_ptr=bf16, bdec_ptr=bf16),
+         dict(HAS_BIAS=False, HAS_DEC_BIAS=False, HAS_MARGIN=False, NOISE_MODE=NOISE_PHILOX, KL_AUTHORS=False,
+              STORE_GRAD=True, PRE_PROJECTED=True, ACC=tl.float32, BLOCK_B=16, **block)),
+        (_project_partial_kernel, dict(x1_ptr=bf16, x2_ptr=bf16, w_ptr=bf16),
+         dict(TWO_SETS=True, ACC=tl.float32, BLOCK_N=16, **block)),
         (_encode_fwd_kernel, dict(x_ptr=bf16, w_ptr=bf16, b_ptr=bf16),
-         dict(HAS_BIAS=True, NOISE_MODE=NOISE_EXPLICIT, KL_AUTHORS=True, ACC=tl.float32, BLOCK_N=16, **block)),
+         dict(HAS_BIAS=True, NOISE_MODE=NOISE_EXPLICIT, KL_AUTHORS=True, PRE_PROJECTED=False, ACC=tl.float32,
+              BLOCK_N=16, **block)),
         (_encode_bwd_kernel, dict(w_ptr=bf16, dx_ptr=bf16),
          dict(NOISE_MODE=NOISE_PHILOX, KL_AUTHORS=False, BLOCK_N=16, **block)),
         (_grad_input_kernel, dict(w_ptr=bf16, dx_ptr=bf16), dict(BLOCK_N=16, **block)),

@@ -13,7 +13,8 @@ import pytest
 from inform_fast.testing import requires_triton
 
 EXPECTED = {
-    "vib_head": ["_pair_loss_fwd_kernel", "_encode_fwd_kernel", "_encode_bwd_kernel", "_grad_input_kernel", "_grad_weight_kernel"],
+    "vib_head": ["_pair_loss_fwd_kernel", "_pair_loss_fwd_kernel", "_project_partial_kernel", "_encode_fwd_kernel",
+                 "_encode_bwd_kernel", "_grad_input_kernel", "_grad_weight_kernel"],
     "mahalanobis": ["_mahalanobis_sq_kernel", "_mahalanobis_sq_kernel"],
     "min_distance": ["_nearest_kernel", "_nearest_kernel"],
     "dbscan": ["_count_kernel", "_hook_kernel", "_first_neighbour_kernel"],

@@ -288,6 +288,80 @@ def test_loss_gradcheck(mode, kl_authors, bias):
 
 
 # ------------------------------------------------------------------------------------------------
+# split-H layout: on a GPU a batch with fewer row blocks than SMs also splits H (partial
+# projections summed in the epilogue; input gradient over a (row block, H range) grid). The
+# interpreter has no SMs, so the tests force it.
+
+
+def test_h_splits_heuristic(monkeypatch):
+    cuda = torch.device("cuda")
+    monkeypatch.setattr(K, "_multiprocessors", lambda device: 132)
+    # B = 512 pairs at H = 4096, bf16, L = 128: 32 pair blocks of 16, BLOCK_H = 64 (64 tiles)
+    assert K.h_splits(32, 4096, 64, cuda, K._FORWARD_MIN_TILES) == (4, 1024)
+    # dX for the 1,024 rows: 64 row blocks
+    assert K.h_splits(64, 4096, 64, cuda, K._GRAD_INPUT_MIN_TILES) == (2, 2048)
+    # enough row blocks to fill the GPU, or too few H tiles to split: one range
+    assert K.h_splits(256, 4096, 64, cuda, K._FORWARD_MIN_TILES) == (1, 4096)
+    assert K.h_splits(2, 192, 64, cuda, K._FORWARD_MIN_TILES) == (1, 192)
+    # ranges are whole tiles and cover H exactly once
+    splits, per_split = K.h_splits(3, 1000, 64, cuda, 1)
+    assert per_split % 64 == 0 and (splits - 1) * per_split < 1000 <= splits * per_split
+    # CPU: no split unless forced; forcing caps at one tile per range
+    assert K.h_splits(1, 4096, 64, torch.device("cpu"), 1) == (1, 4096)
+    with K.forced_h_splits(3):
+        assert K.h_splits(1, 300, 64, torch.device("cpu"), 4) == (3, 128)
+        with K.forced_h_splits(50):
+            assert K.h_splits(1, 300, 64, torch.device("cpu"), 4) == (5, 64)
+        assert K._forced_splits == 3
+    assert K._forced_splits is None
+
+
+@pytest.mark.parametrize("splits", [2, 3])
+@pytest.mark.parametrize("dtype, atol, rtol", DTYPES)
+def test_split_h_encode_matches_reference(splits, dtype, atol, rtol):
+    # 21 rows (two row blocks), H = 300 (five 64-wide tiles: ranges of 3+2 or 2+2+1 tiles), L = 19
+    n, hidden, latent = 21, 300, 19
+    x = rows(n, hidden, dtype, 30)
+    w, b, _, _ = make_params(hidden, latent, dtype, True, seed=31)
+    acc = reference.accumulation_dtype(dtype)
+    noise = torch.randn(n, latent, generator=torch.Generator().manual_seed(32), dtype=acc).to(DEVICE)
+    up = [torch.randn(shape, generator=torch.Generator().manual_seed(33), dtype=acc).to(DEVICE)
+          for shape in ((n, latent),) * 3 + ((n,),)]
+    with K.forced_h_splits(splits):
+        out = vib_encode(x, w, b, noise=noise)
+        got = grads(sum((o * u).sum() for o, u in zip(out, up)), (x, w, b))
+    ref = _reference_vib_encode(x, w, b, noise=noise)
+    want = grads(sum((r * u).sum() for r, u in zip(ref, up)), (x, w, b))
+    scale = 1 if dtype == torch.bfloat16 else 10  # fp32/fp64 sums over H = 300, not 37
+    for name, o, r in zip(("mu", "logvar", "z", "kl"), out, ref):
+        assert_close(o, r, atol * scale, rtol * scale, name)
+    for name, a, e in zip(("pooled", "weight", "bias"), got, want):
+        assert_close(a, e, atol * 5 * scale, rtol * 5 * scale, f"grad {name}")
+
+
+@pytest.mark.parametrize("splits", [2, 3])
+@pytest.mark.parametrize("dtype, atol, rtol", DTYPES)
+def test_split_h_loss_matches_reference(splits, dtype, atol, rtol):
+    scale = 1 if dtype == torch.bfloat16 else 10
+    with K.forced_h_splits(splits):
+        check_loss(dtype, atol * scale, rtol * scale, "standard", True, pairs=17, hidden=300, latent=19)
+
+
+def test_split_h_philox_same_noise_as_unsplit():
+    # the split changes where the projection is summed, not the noise: same seed, same loss
+    pairs, hidden, latent = 5, 200, 7
+    chosen, rejected = rows(pairs, hidden, torch.float64, 34), rows(pairs, hidden, torch.float64, 35)
+    params = make_params(hidden, latent, torch.float64, True, seed=36)
+    torch.manual_seed(4)
+    whole, r_w, _ = linear_pairwise_loss(chosen, rejected, *params, sample=True)
+    torch.manual_seed(4)
+    with K.forced_h_splits(4):
+        split, s_w, _ = linear_pairwise_loss(chosen, rejected, *params, sample=True)
+    assert_close(split.loss, whole.loss, 1e-12, 1e-12, "loss")
+    assert_close(s_w, r_w, 1e-12, 1e-12, "reward_chosen")
+
+
+# ------------------------------------------------------------------------------------------------
 # the head end to end, errors, dispatch
 
 
