@@ -8,6 +8,9 @@
 * ``reference_compile``: ``torch.compile`` of that same step (forward and AOT-compiled backward).
 * ``triton_fused``: ``InfoRMHead(backend="triton").pairwise_loss``: the fused kernels (CUDA only;
   the benchmarks never time the Triton interpreter).
+* ``triton_fused_unsplit``: the same kernels with the split-H layout turned off
+  (``forced_h_splits(1)``: one program per row block streams all of H), timed as a baseline so
+  the run shows what splitting H over the idle SMs buys at each size.
 
 The pooled variants take the pooled rows as inputs that require grad (what the backbone's
 last-token gather hands over; the gather itself is the same for all three and not timed).
@@ -22,13 +25,15 @@ allocator's peak above what was allocated before the step (not measured on CPU).
 """
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 from inform_fast import InfoRMHead, dispatch
 
-IMPLEMENTATIONS = ("authors_eager", "reference_eager", "reference_compile", "triton_fused")
+IMPLEMENTATIONS = ("authors_eager", "reference_eager", "reference_compile", "triton_fused", "triton_fused_unsplit")
 LATENT = 128
 CPU_SIZE = dict(pairs=32, hidden=256, seq=64)
 
@@ -81,9 +86,10 @@ def test_head_loss_fwd_bwd(benchmark, device, gpu_sizes, size, impl):
     dtype = torch.bfloat16 if gpu_sizes else torch.float32
     pairs, hidden, seq = size["pairs"], size["hidden"], size["seq"]
     benchmark.group = f"head+loss fwd+bwd B={pairs} H={hidden} L={LATENT} {str(dtype).replace('torch.', '')}"
-    if impl == "triton_fused" and device != "cuda":
+    fused = impl.startswith("triton_fused")
+    if fused and device != "cuda":
         pytest.skip("the fused Triton kernels need CUDA (the benchmarks never time the interpreter)")
-    if impl == "triton_fused" and not dispatch.triton_importable():
+    if fused and not dispatch.triton_importable():
         pytest.skip("triton is not installed")
     if impl == "authors_eager":
         ok, why = _fits(size, dtype, device)
@@ -91,7 +97,12 @@ def test_head_loss_fwd_bwd(benchmark, device, gpu_sizes, size, impl):
             pytest.skip(why)
 
     torch.manual_seed(0)
-    backend = "triton" if impl == "triton_fused" else "reference"
+    backend = "triton" if fused else "reference"
+    layout = contextlib.nullcontext()
+    if impl == "triton_fused_unsplit":
+        from inform_fast.kernels.vib_head import forced_h_splits
+
+        layout = forced_h_splits(1)
     head = InfoRMHead(hidden, LATENT, backend=backend).to(device=device, dtype=dtype).train()
     if impl == "authors_eager":
         states_w = torch.randn(pairs, seq, hidden, device=device, dtype=dtype, requires_grad=True)
@@ -120,7 +131,8 @@ def test_head_loss_fwd_bwd(benchmark, device, gpu_sizes, size, impl):
         for t in inputs:
             t.grad = None
         head.zero_grad(set_to_none=True)
-        loss_fn().backward()
+        with layout:
+            loss_fn().backward()
         _sync(device)
 
     if impl == "reference_compile":

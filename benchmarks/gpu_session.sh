@@ -74,8 +74,8 @@ stage gpu_tests 110 "$PY" -m pytest -q -p no:cacheprovider -x -rs \
     -k "triton or cuda or kernel"
 stage bench_head_goal 100 "${BENCH[@]}" benchmarks/bench_head.py benchmarks/bench_ceilings.py \
     -k "B512-H4096 or B32-H256 or ceiling" --benchmark-json "$OUT/$PREFIX-$STAMP-head-goal.json"
-if [ ${#GPU[@]} -gt 0 ]; then  # kernel-by-kernel time of the goal size, fused and reference
-    stage profile_head 40 bash -c "\"$PY\" benchmarks/profile_head.py --backend triton && \"$PY\" benchmarks/profile_head.py --backend reference"
+if [ ${#GPU[@]} -gt 0 ]; then  # kernel-by-kernel time of the goal size: fused (split-H and not) and reference
+    stage profile_head 50 bash -c "\"$PY\" benchmarks/profile_head.py --backend triton && \"$PY\" benchmarks/profile_head.py --backend triton --h-splits 1 && \"$PY\" benchmarks/profile_head.py --backend reference"
 else
     stage profile_head 40 "$PY" benchmarks/profile_head.py --pairs 32 --hidden 256
 fi
@@ -83,7 +83,7 @@ stage bench_detection 140 "${BENCH[@]}" benchmarks/bench_detection.py benchmarks
     --benchmark-json "$OUT/$PREFIX-$STAMP-detection.json"
 stage bench_reward_model 80 "${BENCH[@]}" benchmarks/bench_reward_model.py \
     --benchmark-json "$OUT/$PREFIX-$STAMP-reward-model.json"
-stage bench_head_sizes 70 "${BENCH[@]}" benchmarks/bench_head.py -k "not B512-H4096" \
+stage bench_head_sizes 60 "${BENCH[@]}" benchmarks/bench_head.py -k "not B512-H4096" \
     --benchmark-json "$OUT/$PREFIX-$STAMP-head-sizes.json"
 
 "$PY" benchmarks/report.py "$OUT"/*.json --preamble docs/performance_notes.md --output "$OUT/performance.md" \

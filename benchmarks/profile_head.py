@@ -2,6 +2,7 @@
 
     python benchmarks/profile_head.py                          # CUDA: B=512, H=4096, L=128, bf16
     python benchmarks/profile_head.py --pairs 64 --hidden 2048 --backend reference
+    python benchmarks/profile_head.py --h-splits 1            # the fused kernels without splitting H
 
 Runs the step of ``benchmarks/bench_head.py`` (``InfoRMHead.pairwise_loss`` on pooled rows, then
 ``backward``) a few times under ``torch.profiler`` and prints the device-side time of each kernel
@@ -21,7 +22,14 @@ from torch.profiler import ProfilerActivity, profile
 from inform_fast import InfoRMHead
 
 
-def profile_step(pairs: int, hidden: int, latent: int, dtype: torch.dtype, backend: str, device: str, steps: int = 5):
+def profile_step(pairs: int, hidden: int, latent: int, dtype: torch.dtype, backend: str, device: str, steps: int = 5,
+                 h_splits=None):
+    """Profile ``steps`` steps; ``h_splits`` forces the fused kernels' split-H layout (None: heuristic)."""
+    if h_splits is not None:
+        from inform_fast.kernels.vib_head import forced_h_splits
+
+        with forced_h_splits(h_splits):
+            return profile_step(pairs, hidden, latent, dtype, backend, device, steps)
     torch.manual_seed(0)
     head = InfoRMHead(hidden, latent, backend=backend).to(device=device, dtype=dtype).train()
     chosen = torch.randn(pairs, hidden, device=device, dtype=dtype, requires_grad=True)
@@ -67,6 +75,8 @@ def main(argv=None) -> int:
     parser.add_argument("--latent", type=int, default=128)
     parser.add_argument("--dtype", choices=["bfloat16", "float32"], default=None, help="default: bf16 on CUDA, fp32 on CPU")
     parser.add_argument("--backend", choices=["triton", "reference"], default=None, help="default: triton on CUDA")
+    parser.add_argument("--h-splits", type=int, default=None,
+                        help="force at most this many H ranges in the fused kernels (1: no split; default: heuristic)")
     parser.add_argument("--top", type=int, default=15)
     parser.add_argument("--json", default=None, help="also write the table here")
     args = parser.parse_args(argv)
@@ -76,9 +86,10 @@ def main(argv=None) -> int:
         print("the triton backend needs CUDA here (the profile never times the interpreter)", file=sys.stderr)
         return 2
     dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if device == "cuda" else torch.float32)
-    rows, step_us = profile_step(args.pairs, args.hidden, args.latent, dtype, backend, device)
+    rows, step_us = profile_step(args.pairs, args.hidden, args.latent, dtype, backend, device, h_splits=args.h_splits)
     where = torch.cuda.get_device_name() if device == "cuda" else "CPU (self time of each op)"
-    print(f"head + loss fwd+bwd, B={args.pairs} H={args.hidden} L={args.latent} {dtype} backend={backend} on {where}")
+    layout = "" if args.h_splits is None else f" h_splits<={args.h_splits}"
+    print(f"head + loss fwd+bwd, B={args.pairs} H={args.hidden} L={args.latent} {dtype} backend={backend}{layout} on {where}")
     if step_us is not None:
         print(f"device time per step: {step_us:.1f} us in {sum(r['calls_per_step'] for r in rows):.0f} kernels")
     for r in rows[: args.top]:
@@ -87,7 +98,7 @@ def main(argv=None) -> int:
     if args.json:
         with open(args.json, "w") as stream:
             json.dump({"pairs": args.pairs, "hidden": args.hidden, "latent": args.latent, "dtype": str(dtype),
-                       "backend": backend, "device": where, "step_us": step_us, "kernels": rows}, stream, indent=1)
+                       "backend": backend, "h_splits": args.h_splits, "device": where, "step_us": step_us, "kernels": rows}, stream, indent=1)
     return 0
 
 
