@@ -33,6 +33,7 @@ dot with fp32 accumulation.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from typing import Iterator, Optional
 
@@ -334,7 +335,7 @@ def _pair_loss_fwd_kernel(
     seed,  # Philox seed (NOISE_MODE == 2); rejected rows use global rows B..2B-1
     beta_ptr,  # [1] weight of the KL term (a tensor: float scalar arguments would be rounded to fp32)
     g_ptr,  # [2B, 2L] output (STORE_GRAD): d loss / d [mu, logvar], chosen rows then rejected rows
-    pair_ptr,  # [3, B] output: -logsigmoid(r_w - r_l - margin), KL_w + KL_l, r_w - r_l
+    pair_ptr,  # [4, B] output: -logsigmoid(r_w - r_l - margin), KL_w + KL_l, r_w - r_l, [r_w > r_l]
     reward_ptr,  # [2, B] output: r_w, r_l
     dwdec_ptr,  # [programs, L] output (STORE_GRAD): this program's part of d loss / d w_dec
     part_ptr, num_splits,  # [S, 2, B, 2L] partial projections (PRE_PROJECTED) and S
@@ -400,6 +401,7 @@ def _pair_loss_fwd_kernel(
     tl.store(pair_ptr + rows, preference, mask=row_mask)
     tl.store(pair_ptr + B + rows, kl_w + kl_l, mask=row_mask)
     tl.store(pair_ptr + 2 * B + rows, gap, mask=row_mask)
+    tl.store(pair_ptr + 3 * B + rows, tl.where(gap > 0, 1.0, 0.0).to(ACC), mask=row_mask)
     tl.store(reward_ptr + rows, r_w, mask=row_mask)
     tl.store(reward_ptr + B + rows, r_l, mask=row_mask)
 
@@ -617,6 +619,14 @@ def _dot_operands(x: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, 
     return x.to(wide), weight.to(wide)
 
 
+@functools.lru_cache(maxsize=64)
+def _constant(value: float, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """A 1-element tensor holding ``value``, made once per (value, device, dtype): a kernel argument
+    that must keep float64 precision, without an allocation and a host-to-device copy each call.
+    Read-only: the kernels only load it."""
+    return torch.full((1,), value, device=device, dtype=dtype)
+
+
 def draw_seed() -> int:
     """A Philox seed from torch's default RNG, so ``torch.manual_seed`` makes the noise reproducible."""
     return int(torch.randint(0, 2**31 - 1, (1,)).item())
@@ -692,8 +702,9 @@ def pair_loss_forward(chosen, rejected, weight, bias, dec_weight, dec_bias, nois
 
     chosen, rejected [B, H]; weight [2L, H]; bias [2L]|None; dec_weight [L]; dec_bias [1]|None;
     noise_* [B, L]|None; margin [B] (any stride)|None.
-    Returns (pair [3, B]: preference term, KL_w + KL_l, gap; rewards [2, B]; G [2B, 2L] or None;
-    dwdec partial sums [programs, L] or None), all in the accumulation dtype.
+    Returns (pair [4, B]: preference term, KL_w + KL_l, gap, 1.0 where gap > 0; rewards [2, B];
+    G [2B, 2L] or None; dwdec partial sums [programs, L] or None), all in the accumulation dtype:
+    one ``pair.mean(1)`` then gives every metric of the batch.
     """
     pairs, hidden = chosen.shape
     latent = weight.shape[0] // 2
@@ -706,7 +717,7 @@ def pair_loss_forward(chosen, rejected, weight, bias, dec_weight, dec_bias, nois
     block_h = _block_h(hidden, block_l, weight_c.element_size())
     programs = triton.cdiv(pairs, block_b)
     splits, per_split = h_splits(programs, hidden, block_h, device, _FORWARD_MIN_TILES)
-    pair = torch.empty(3, pairs, device=device, dtype=acc)
+    pair = torch.empty(4, pairs, device=device, dtype=acc)
     rewards = torch.empty(2, pairs, device=device, dtype=acc)
     g = torch.empty(2 * pairs, 2 * latent, device=device, dtype=acc) if store_grad else pair
     dwdec = torch.empty(programs, latent, device=device, dtype=acc) if store_grad else pair
@@ -719,7 +730,7 @@ def pair_loss_forward(chosen, rejected, weight, bias, dec_weight, dec_bias, nois
         chosen_c, chosen_c.stride(0), rejected_c, rejected_c.stride(0), weight_c, weight_c.stride(0),
         bias if bias is not None else pair, dec_weight, dec_bias if dec_bias is not None else pair,
         nw, nw.stride(0), nl, nl.stride(0), m, m.stride(0) if margin is not None else 0,
-        seed, torch.full((1,), float(beta), device=device, dtype=acc), g, pair, rewards, dwdec,
+        seed, _constant(float(beta), device, acc), g, pair, rewards, dwdec,
         part, splits, pairs, hidden, latent,
         HAS_BIAS=bias is not None, HAS_DEC_BIAS=dec_bias is not None, HAS_MARGIN=margin is not None,
         NOISE_MODE=noise_mode, KL_AUTHORS=kl_authors, STORE_GRAD=store_grad, UPCAST=_interpreting(),

@@ -22,10 +22,12 @@ from inform_fast.ops.vib_encode import _check_encoder_args
 class LinearPairwiseLossFunction(torch.autograd.Function):
     """(chosen [B, H], rejected [B, H], enc_weight [2L, H], enc_bias [2L]|None, dec_weight [L],
     dec_bias [1]|None, noise_chosen [B, L]|None, noise_rejected [B, L]|None, margin [B]|None,
-    seed, noise_mode, kl_authors, beta) -> (loss [], pair [3, B], rewards [2, B]).
+    seed, noise_mode, kl_authors, beta) -> (loss [], means [4], rewards [2, B]).
 
-    ``pair`` rows: -logsigmoid(r_w - r_l - margin), KL_w + KL_l, r_w - r_l; ``rewards``: r_w, r_l.
-    Only ``loss`` has a gradient (w.r.t. chosen, rejected, the encoder and decoder parameters).
+    ``means``: the batch means of -logsigmoid(r_w - r_l - margin), KL_w + KL_l, r_w - r_l and
+    [r_w > r_l] (preference loss, KL, reward margin, accuracy: one reduction for all four);
+    ``rewards``: r_w, r_l. Only ``loss`` has a gradient (w.r.t. chosen, rejected, the encoder and
+    decoder parameters).
     """
 
     @staticmethod
@@ -36,16 +38,17 @@ class LinearPairwiseLossFunction(torch.autograd.Function):
             chosen, rejected, enc_weight, enc_bias, dec_weight, dec_bias, noise_chosen, noise_rejected,
             margin, seed, noise_mode, kl_authors, beta, store_grad,
         )
-        loss = pair[0].mean() + beta * pair[1].mean()
+        means = pair.mean(dim=1)
+        loss = torch.add(means[0], means[1], alpha=beta)
         ctx.save_for_backward(chosen, rejected, enc_weight, g, dwdec)
         ctx.has_enc_bias, ctx.dec_weight_shape = enc_bias is not None, dec_weight.shape
         ctx.dtypes = (enc_bias.dtype if enc_bias is not None else None, dec_weight.dtype,
                       dec_bias.dtype if dec_bias is not None else None)
-        ctx.mark_non_differentiable(pair, rewards)
-        return loss, pair, rewards
+        ctx.mark_non_differentiable(means, rewards)
+        return loss, means, rewards
 
     @staticmethod
-    def backward(ctx, grad_loss, _grad_pair, _grad_rewards):
+    def backward(ctx, grad_loss, _grad_means, _grad_rewards):
         chosen, rejected, enc_weight, g, dwdec = ctx.saved_tensors
         need = ctx.needs_input_grad
         pairs = chosen.shape[0]
@@ -136,19 +139,14 @@ def linear_pairwise_loss(
     elif sample:
         seed, mode = K.draw_seed(), K.NOISE_PHILOX
 
-    loss, pair, rewards = LinearPairwiseLossFunction.apply(
+    loss, means, rewards = LinearPairwiseLossFunction.apply(
         chosen.contiguous(), rejected.contiguous(), encoder_weight.contiguous(),
         None if encoder_bias is None else encoder_bias.contiguous(),
         decoder_weight.reshape(-1).contiguous(), None if decoder_bias is None else decoder_bias.reshape(-1).contiguous(),
         noise_chosen, noise_rejected, _margin_tensor(margin, pairs, device, acc),
         seed, mode, kl_mode == "authors", float(beta),
     )
-    gap = pair[2]
     terms = reference.PairwiseLoss(
-        loss=loss,
-        preference_loss=pair[0].mean(),
-        kl=pair[1].mean(),
-        accuracy=(gap > 0).to(acc).mean(),
-        reward_margin=gap.mean(),
+        loss=loss, preference_loss=means[0], kl=means[1], accuracy=means[3], reward_margin=means[2],
     )
     return terms, rewards[0], rewards[1]
