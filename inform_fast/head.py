@@ -7,7 +7,7 @@ the fused Triton kernels (CUDA) or the reference (everywhere else) through ``inf
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 from torch import nn
@@ -30,9 +30,12 @@ dispatch.register("linear_pairwise_loss", "reference", "inform_fast.head:_refere
 dispatch.register("linear_pairwise_loss", "triton", "inform_fast.ops.vib_loss:linear_pairwise_loss")
 
 
-@dataclass
-class InfoRMHeadOutput:
-    """Output of ``InfoRMHead.forward`` for N sequences (float32; float64 for float64 input)."""
+class InfoRMHeadOutput(NamedTuple):
+    """Output of ``InfoRMHead.forward`` for N sequences (float32; float64 for float64 input).
+
+    A NamedTuple, not a dataclass: hooks that look for the tensors a module returns (DeepSpeed
+    ZeRO-3 re-gathers the head's weights for the backward through them) see into tuples.
+    """
 
     reward: torch.Tensor  # [N]
     mu: torch.Tensor  # [N, L] mean of the latent (the detection latent)

@@ -76,15 +76,17 @@ def _worker(strategy, rank, world_size, result_dir):
         dist.destroy_process_group()
 
 
-@pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="torch.distributed with gloo is not available")
-@pytest.mark.parametrize("strategy", ["ddp", "fsdp2"])
-def test_distributed_gradients_match_single_process(tmp_path, strategy):
-    # Each rank is this file run as a script: pytest's importlib mode leaves test modules
-    # unimportable by name, which multiprocessing's spawn would need.
-    logs = [tmp_path / f"rank{rank}.log" for rank in range(2)]
+def run_ranks(script, args, result_dir, world_size=2, env=None):
+    """Run ``script *args RANK WORLD_SIZE result_dir`` as ``world_size`` processes and wait; a rank
+    that fails fails the test with the end of its log (``result_dir/rank{RANK}.log``).
+
+    Each rank is a test file run as a script: pytest's importlib mode leaves test modules
+    unimportable by name, which multiprocessing's spawn would need.
+    """
+    logs = [result_dir / f"rank{rank}.log" for rank in range(world_size)]
     ranks = [
-        subprocess.Popen([sys.executable, __file__, strategy, str(rank), "2", str(tmp_path)],
-                         stdout=open(log, "w"), stderr=subprocess.STDOUT)
+        subprocess.Popen([sys.executable, script, *args, str(rank), str(world_size), str(result_dir)],
+                         stdout=open(log, "w"), stderr=subprocess.STDOUT, env=env)
         for rank, log in enumerate(logs)
     ]
     try:
@@ -95,6 +97,12 @@ def test_distributed_gradients_match_single_process(tmp_path, strategy):
         for rank in ranks:  # never leave a rank behind, whatever failed
             if rank.poll() is None:
                 rank.kill()
+
+
+@pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="torch.distributed with gloo is not available")
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp2"])
+def test_distributed_gradients_match_single_process(tmp_path, strategy):
+    run_ranks(__file__, [strategy], tmp_path)
     model = build_model()
     loss, _, _ = inform_batch_loss(model, make_batch())
     loss.backward()

@@ -33,6 +33,20 @@ def _unwrap(model):
     return model
 
 
+def _raw_rewards(core, rewards: torch.Tensor) -> torch.Tensor:
+    """The raw head rewards (the loss never uses the serving normalisation in ``logits``).
+
+    Taken from the forward's output, with the normalisation undone, instead of decoding ``z`` again
+    here: under DeepSpeed ZeRO-3 the head's parameters are gathered only inside a forward and are
+    empty partitions outside one. With the default (identity) normalisation this is exact.
+    """
+    mean = getattr(core.config, "reward_mean", 0.0)
+    std = getattr(core.config, "reward_std", 1.0)
+    if mean == 0.0 and std == 1.0:
+        return rewards
+    return rewards * std + mean
+
+
 def inform_batch_loss(model, inputs: Dict[str, Any], beta: Optional[float] = None):
     """InfoRM loss and metrics for one collated batch.
 
@@ -64,9 +78,7 @@ def inform_batch_loss(model, inputs: Dict[str, Any], beta: Optional[float] = Non
         raise ValueError(f"inputs: not a preference batch (keys {sorted(inputs)})")
     core = _unwrap(model)
     beta = core.config.beta if beta is None else beta
-    # The loss uses the raw head reward (decode(z)), never the serving normalisation in logits.
-    z = output.z[: 2 * pairs]
-    raw = core.head.decode(z)
+    raw = _raw_rewards(core, output.rewards[: 2 * pairs])
     kl = output.kl[: 2 * pairs]
     terms = reference.pairwise_loss_from_rewards(raw[:pairs], raw[pairs:], kl[:pairs], kl[pairs:], beta=beta, margin=margin)
     with torch.no_grad():
