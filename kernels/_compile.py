@@ -29,6 +29,38 @@ def compile_for_gpu(
     pointer_types: Triton pointer types by argument name ("*bf16"); other ``*_ptr`` arguments are
     "*fp32". scalar_types: types of non-pointer runtime arguments (default "i32").
     """
+    _compile(kernel, pointer_types, constexprs, scalar_types, capability, num_warps)
+    return kernel.__name__
+
+
+def resource_usage(kernel, pointer_types: Mapping[str, str], constexprs: Mapping[str, object], **options) -> dict:
+    """Compile like ``compile_for_gpu`` (same arguments) and read the cubin with the cuobjdump Triton ships:
+    registers per thread, stack bytes and local-memory stores (register spills), shared memory,
+    and the tensor-core instructions in the SASS (HGMMA: Hopper's warpgroup MMA; HMMA: the older
+    per-warp MMA). What ptxas decided, known without a GPU; not a timing."""
+    import re
+    import subprocess
+    import tempfile
+
+    options = dict(dict(scalar_types=None, capability=90, num_warps=4), **options)
+    compiled = _compile(kernel, pointer_types, constexprs, **options)
+    cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    with tempfile.TemporaryDirectory() as folder:
+        cubin = os.path.join(folder, "kernel.cubin")
+        with open(cubin, "wb") as stream:
+            stream.write(compiled.asm["cubin"])
+        usage = subprocess.run([cuobjdump, "-res-usage", cubin], capture_output=True, text=True, check=True).stdout
+        sass = subprocess.run([cuobjdump, "-sass", cubin], capture_output=True, text=True, check=True).stdout
+    fields = dict(re.findall(r"(REG|STACK|SHARED|LOCAL):(\d+)", usage))
+    return {
+        "kernel": kernel.__name__, "num_warps": options["num_warps"], "registers": int(fields.get("REG", -1)),
+        "stack_bytes": int(fields.get("STACK", -1)), "local_stores": len(re.findall(r"\bSTL(\.|\s)", sass)),
+        "shared_bytes": compiled.metadata.shared, "hgmma": len(re.findall(r"\bHGMMA\.", sass)),
+        "hmma": len(re.findall(r"\bHMMA\.", sass)),
+    }
+
+
+def _compile(kernel, pointer_types, constexprs, scalar_types, capability, num_warps):
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
@@ -48,5 +80,4 @@ def compile_for_gpu(
         source = ASTSource(kernel, signature, constexprs=positions)
     except (TypeError, AttributeError) as error:  # the ASTSource API of another Triton version
         raise NotImplementedError(f"compile_for_gpu: unsupported Triton {triton.__version__}: {error}") from error
-    triton.compile(source, target=GPUTarget("cuda", capability, 32), options={"num_warps": num_warps})
-    return kernel.__name__
+    return triton.compile(source, target=GPUTarget("cuda", capability, 32), options={"num_warps": num_warps})

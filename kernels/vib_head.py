@@ -13,12 +13,15 @@ Kernels (launchers below them take and return torch tensors; the autograd.Functi
   rejected rows against the same W tiles, then reparameterises, decodes, computes the per-pair
   loss and, because the loss is the last node of the graph, the gradient G of the pre-activations
   (Liger-style): the backward only scales it, so the noise is needed in the forward only.
-* ``_project_partial_kernel``: split-H projection for small batches: program (row block, split)
-  computes the pre-activations of its rows over one range of H and stores them; the forward
-  kernels above then sum the ranges (PRE_PROJECTED) instead of projecting. A batch with fewer
-  row blocks than the GPU has SMs otherwise leaves most SMs idle while a few stream all of W.
-* ``_grad_input_kernel``: dX = s * G @ W, over a (row block, H range) grid.  ``_grad_weight_kernel``: dW = s * G^T X, each program
-  owning one [BLOCK_K, BLOCK_H] tile of dW and looping over the rows in order (deterministic).
+* ``_project_partial_kernel``: the projection on its own (what CUDA runs): program (row block,
+  H range) computes x @ W^T for 64 rows and all 2L outputs over its range of H and stores the
+  fp32 sums; the two kernels above then add the ranges (PRE_PROJECTED) instead of projecting.
+  64-row blocks get Hopper's warpgroup MMA, and splitting H keeps the SMs busy when a batch has
+  few row blocks (B = 512 pairs: 16 blocks, 8 ranges, 128 programs on a 132-SM H100). Without
+  it (the CPU interpreter's default) the fused kernels project in their own 16-row blocks.
+* ``_grad_input_kernel``: dX = s * G @ W over a (row block, H range) grid.
+  ``_grad_weight_kernel``: dW = s * G^T X, each program owning one [BLOCK_K, BLOCK_H] tile of dW
+  and looping over the rows in order (deterministic).
 * ``_philox_noise_kernel``: the noise the kernels draw for a seed, for tests and debugging.
 
 Noise modes (constexpr NOISE_MODE): 0 none (z = mu), 1 explicit noise tensor, 2 Philox
@@ -41,7 +44,7 @@ import torch
 import triton
 import triton.language as tl
 
-from inform_fast.kernels._compile import compile_for_gpu
+from inform_fast.kernels._compile import compile_for_gpu, resource_usage
 
 NOISE_NONE, NOISE_EXPLICIT, NOISE_PHILOX = 0, 1, 2
 
@@ -98,6 +101,13 @@ def _store_input_grad(
     """dX[rows, h_start:h_end] = g_mu @ W[:L] + g_lv @ W[L:] over those columns, tile by tile."""
     cols_l = tl.arange(0, BLOCK_L)
     l_mask = cols_l < L
+    # the dot operands in W's dtype once, not per tile (bf16 G also halves its registers)
+    if UPCAST:
+        g_mu_op = g_mu
+        g_lv_op = g_lv
+    else:
+        g_mu_op = g_mu.to(w_ptr.dtype.element_ty)
+        g_lv_op = g_lv.to(w_ptr.dtype.element_ty)
     for h0 in range(h_start, h_end, BLOCK_H):
         cols_h = h0 + tl.arange(0, BLOCK_H)
         h_mask = cols_h < h_end
@@ -108,8 +118,8 @@ def _store_input_grad(
             w_mu = w_mu.to(g_mu.dtype)
             w_lv = w_lv.to(g_mu.dtype)
         acc = tl.zeros((BLOCK_N, BLOCK_H), dtype=g_mu.dtype)
-        acc = tl.dot(g_mu.to(w_mu.dtype), w_mu, acc, input_precision="ieee")
-        acc = tl.dot(g_lv.to(w_lv.dtype), w_lv, acc, input_precision="ieee")
+        acc = tl.dot(g_mu_op, w_mu, acc, input_precision="ieee")
+        acc = tl.dot(g_lv_op, w_lv, acc, input_precision="ieee")
         tl.store(dx_ptr + rows[:, None] * stride_dx + cols_h[None, :], acc, mask=row_mask[:, None] & h_mask[None, :])
 
 
@@ -189,37 +199,54 @@ def _sum_partials(part_ptr, which, sets, rows, cols, valid, N, L, num_splits, AC
 
 
 @triton.jit
-def _project_partial_kernel(
-    x1_ptr, stride_x1,  # [N, H] rows (the chosen rows in the loss)
-    x2_ptr, stride_x2,  # [N, H] rows projected against the same W tiles (rejected rows; TWO_SETS)
-    w_ptr, stride_w,  # [2L, H] encoder weight
-    part_ptr,  # [S, 1 or 2, N, 2L] output, accumulation dtype: [mu, logvar] over H range s, no bias
-    N, H, L,
-    H_PER_SPLIT,  # columns of H per split (a multiple of BLOCK_H)
-    TWO_SETS: tl.constexpr, UPCAST: tl.constexpr, ACC: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_L: tl.constexpr,
+def _project_all(
+    x_ptr, stride_x, rows, row_mask, w_ptr, stride_w, h_start, h_end, K,
+    ACC: tl.constexpr, UPCAST: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
+    """[BN, BK] = x[rows, h] @ W[:, h]^T over h_start <= h < h_end: all K = 2L outputs in one tile,
+    so that each x tile feeds one wide dot (64 rows x 2L: a Hopper wgmma shape)."""
+    ks = tl.arange(0, BLOCK_K)
+    k_mask = ks < K
+    acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=ACC)
+    for h0 in range(h_start, h_end, BLOCK_H):
+        cols_h = h0 + tl.arange(0, BLOCK_H)
+        h_mask = cols_h < h_end
+        x = tl.load(x_ptr + rows[:, None] * stride_x + cols_h[None, :], mask=row_mask[:, None] & h_mask[None, :], other=0.0)
+        w_t = tl.load(w_ptr + ks[None, :] * stride_w + cols_h[:, None], mask=h_mask[:, None] & k_mask[None, :], other=0.0)
+        if UPCAST:
+            x = x.to(ACC)
+            w_t = w_t.to(ACC)
+        acc = tl.dot(x, w_t, acc, input_precision="ieee")
+    return acc
+
+
+@triton.jit
+def _project_partial_kernel(
+    x1_ptr, stride_x1,  # [N, H] first row set (the chosen rows in the loss)
+    x2_ptr, stride_x2,  # [N, H] second row set (the rejected rows; SETS == 2)
+    w_ptr, stride_w,  # [2L, H] encoder weight
+    part_ptr,  # [S, SETS, N, 2L] output, accumulation dtype: [mu, logvar] over H range s, no bias
+    N, H, K,  # K = 2L
+    H_PER_SPLIT,  # columns of H per split (a multiple of BLOCK_H)
+    SETS: tl.constexpr, UPCAST: tl.constexpr, ACC: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    # grid axis 0: the row blocks of set 0, then those of set 1; axis 1: the H ranges
+    blocks_per_set = tl.cdiv(N, BLOCK_N)
     pid = tl.program_id(0)
+    which = pid // blocks_per_set
     split = tl.program_id(1)
-    rows = pid * BLOCK_N + tl.arange(0, BLOCK_N)
+    rows = (pid - which * blocks_per_set) * BLOCK_N + tl.arange(0, BLOCK_N)
     row_mask = rows < N
-    cols = tl.arange(0, BLOCK_L)
-    valid = row_mask[:, None] & (cols < L)[None, :]
+    ks = tl.arange(0, BLOCK_K)
     h_start, h_end = _h_range(split, H_PER_SPLIT, H)
-    if TWO_SETS:
-        mu_1, lv_1, mu_2, lv_2 = _project_pair(x1_ptr, stride_x1, x2_ptr, stride_x2, rows, row_mask, w_ptr, stride_w,
-                                               h_start, h_end, L, ACC, UPCAST, BLOCK_N, BLOCK_H, BLOCK_L)
-        idx = ((split * 2 + 1) * N + rows[:, None]) * (2 * L) + cols[None, :]
-        tl.store(part_ptr + idx, mu_2, mask=valid)
-        tl.store(part_ptr + idx + L, lv_2, mask=valid)
-        sets = 2
-    else:
-        mu_1, lv_1 = _project(x1_ptr, stride_x1, rows, row_mask, w_ptr, stride_w, h_start, h_end, L,
-                              ACC, UPCAST, BLOCK_N, BLOCK_H, BLOCK_L)
-        sets = 1
-    idx = (split * sets * N + rows[:, None]) * (2 * L) + cols[None, :]
-    tl.store(part_ptr + idx, mu_1, mask=valid)
-    tl.store(part_ptr + idx + L, lv_1, mask=valid)
+    # one loop for either set (a select, not two copies of the pipelined loop)
+    x_ptr = tl.where(which == 0, x1_ptr, x2_ptr)
+    stride_x = tl.where(which == 0, stride_x1, stride_x2)
+    acc = _project_all(x_ptr, stride_x, rows, row_mask, w_ptr, stride_w, h_start, h_end, K,
+                       ACC, UPCAST, BLOCK_N, BLOCK_H, BLOCK_K)
+    idx = ((split * SETS + which) * N + rows[:, None]) * K + ks[None, :]
+    tl.store(part_ptr + idx, acc, mask=row_mask[:, None] & (ks < K)[None, :])
 
 
 # ------------------------------------------------------------------------------------------------
@@ -552,9 +579,12 @@ _forced_splits: Optional[int] = None
 
 @contextlib.contextmanager
 def forced_h_splits(splits: Optional[int]) -> Iterator[None]:
-    """Within the block, split H into at most ``splits`` ranges in the forward projection and the
-    input gradient, whatever the device (1: never split; None: the heuristic of ``h_splits``).
-    For tests (the interpreter has no SMs to fill) and for benchmarking both layouts."""
+    """Within the block, force the layout of the forward projection and the input gradient,
+    whatever the device: ``splits`` >= 1 runs the separate projection kernel with at most that
+    many H ranges (and splits dX as far); 0 runs the single fused kernel (the projection in its
+    own 16-row blocks, dX unsplit); None restores the default (the separate projection on CUDA,
+    sized by ``h_splits``; the single fused kernel on CPU). For tests (the interpreter has no
+    SMs to fill) and for benchmarking the layouts against each other."""
     global _forced_splits
     previous, _forced_splits = _forced_splits, splits
     try:
@@ -573,7 +603,7 @@ def h_splits(row_blocks: int, hidden: int, block_h: int, device: torch.device, m
     A row block alone streams all of W (2L x H) through one SM; when there are fewer row blocks
     than SMs (B = 512 pairs is 32 blocks on a 132-SM H100) the grid also splits H, up to one wave
     of programs, each range at least ``min_tiles`` BLOCK_H tiles wide. CPU (interpreter): no split
-    unless forced.
+    unless forced (``forced_h_splits``; 0 counts as 1 here).
     """
     tiles = triton.cdiv(hidden, block_h)
     if _forced_splits is not None:
@@ -587,17 +617,45 @@ def h_splits(row_blocks: int, hidden: int, block_h: int, device: torch.device, m
     return triton.cdiv(hidden, per_split), per_split
 
 
-def _project_partials(x1, x2, weight, acc, block_n, block_h, block_l, splits, per_split):
+def _partial_blocks(rows: int, k: int, hidden: int, element_size: int) -> tuple[int, int, int]:
+    """(BLOCK_N, BLOCK_H, BLOCK_K) of the split-H projection: 64-row blocks (the Hopper wgmma
+    M tile; four times the rows per W tile of the fused kernels' 16-row blocks), all 2L outputs
+    in one tile, and a W^T tile of at most 16 KiB (with 32 KiB, ptxas spills the 64 x 256 accumulator
+    on sm_90)."""
+    block_k = max(16, triton.next_power_of_2(k))
+    block_n = min(64, max(16, triton.next_power_of_2(rows)))
+    block_h = max(16, min(64, triton.next_power_of_2(hidden), 16384 // (block_k * element_size)))
+    return block_n, block_h, block_k
+
+
+def _split_layout(rows: int, sets: int, hidden: int, weight: torch.Tensor, device) -> tuple[int, int]:
+    """(H ranges, columns per range) of the forward's projection kernel, or (0, H): no separate
+    projection, the single fused kernel projects in its own loop.
+
+    On CUDA the projection is always its own kernel, even in one range (large batches): in
+    64-row blocks it gets Hopper's warpgroup MMA without spilling, where the fused kernel's
+    16-row blocks, which must also hold the epilogue's tensors, get the per-warp MMA at 255
+    registers (``benchmarks/kernel_resources.py``); the cost is one launch and writing and
+    reading the fp32 pre-activations (2 x B x 2L x 4 bytes per range).
+    """
+    if _forced_splits == 0 or (_forced_splits is None and device.type != "cuda"):
+        return 0, hidden
+    block_n, block_h, _ = _partial_blocks(rows, weight.shape[0], hidden, weight.element_size())
+    return h_splits(sets * triton.cdiv(rows, block_n), hidden, block_h, device, _FORWARD_MIN_TILES)
+
+
+def _project_partials(x1, x2, weight, acc, splits, per_split):
     """Partial pre-activations [splits, 1 or 2, N, 2L] (acc dtype) of the split-H forward."""
     rows, hidden = x1.shape
-    latent = weight.shape[0] // 2
+    k = weight.shape[0]
     sets = 1 if x2 is None else 2
-    part = torch.empty(splits, sets, rows, 2 * latent, device=x1.device, dtype=acc)
+    block_n, block_h, block_k = _partial_blocks(rows, k, hidden, weight.element_size())
+    part = torch.empty(splits, sets, rows, k, device=x1.device, dtype=acc)
     x2 = x1 if x2 is None else x2
-    _project_partial_kernel[(triton.cdiv(rows, block_n), splits)](
-        x1, x1.stride(0), x2, x2.stride(0), weight, weight.stride(0), part, rows, hidden, latent, per_split,
-        TWO_SETS=sets == 2, UPCAST=_interpreting(), ACC=_tl_acc(acc),
-        BLOCK_N=block_n, BLOCK_H=block_h, BLOCK_L=block_l, num_warps=_num_warps(block_l),
+    _project_partial_kernel[(sets * triton.cdiv(rows, block_n), splits)](
+        x1, x1.stride(0), x2, x2.stride(0), weight, weight.stride(0), part, rows, hidden, k, per_split,
+        SETS=sets, UPCAST=_interpreting(), ACC=_tl_acc(acc),
+        BLOCK_N=block_n, BLOCK_H=block_h, BLOCK_K=block_k, num_warps=8 if block_k >= 256 else 4,
     )
     return part
 
@@ -658,14 +716,14 @@ def encode_forward(x, weight, bias, noise, seed, noise_mode, kl_authors):
     block_n = _block_rows(rows)
     block_h = _block_h(hidden, block_l, weight.element_size())
     row_blocks = triton.cdiv(rows, block_n)
-    splits, per_split = h_splits(row_blocks, hidden, block_h, x.device, _FORWARD_MIN_TILES)
-    part = _project_partials(x, None, weight, acc, block_n, block_h, block_l, splits, per_split) if splits > 1 else mu
+    splits, per_split = _split_layout(rows, 1, hidden, weight, x.device)
+    part = _project_partials(x, None, weight, acc, splits, per_split) if splits > 0 else mu
     noise_arg = noise if noise is not None else mu  # any valid pointer when unused
     _encode_fwd_kernel[(row_blocks,)](
         x, x.stride(0), weight, weight.stride(0), bias if bias is not None else mu,
         noise_arg, noise_arg.stride(0), seed, mu, logvar, z, kl, part, splits, rows, hidden, latent,
         HAS_BIAS=bias is not None, NOISE_MODE=noise_mode, KL_AUTHORS=kl_authors, UPCAST=_interpreting(),
-        PRE_PROJECTED=splits > 1,
+        PRE_PROJECTED=splits > 0,
         ACC=_tl_acc(acc), BLOCK_N=block_n, BLOCK_H=block_h, BLOCK_L=block_l,
         num_warps=_num_warps(block_l),
     )
@@ -716,7 +774,7 @@ def pair_loss_forward(chosen, rejected, weight, bias, dec_weight, dec_bias, nois
     block_b = _block_rows(pairs)
     block_h = _block_h(hidden, block_l, weight_c.element_size())
     programs = triton.cdiv(pairs, block_b)
-    splits, per_split = h_splits(programs, hidden, block_h, device, _FORWARD_MIN_TILES)
+    splits, per_split = _split_layout(pairs, 2, hidden, weight_c, device)
     pair = torch.empty(4, pairs, device=device, dtype=acc)
     rewards = torch.empty(2, pairs, device=device, dtype=acc)
     g = torch.empty(2 * pairs, 2 * latent, device=device, dtype=acc) if store_grad else pair
@@ -724,8 +782,7 @@ def pair_loss_forward(chosen, rejected, weight, bias, dec_weight, dec_bias, nois
     nw = noise_chosen if noise_chosen is not None else pair
     nl = noise_rejected if noise_rejected is not None else pair
     m = margin if margin is not None else pair
-    part = (_project_partials(chosen_c, rejected_c, weight_c, acc, block_b, block_h, block_l, splits, per_split)
-            if splits > 1 else pair)
+    part = _project_partials(chosen_c, rejected_c, weight_c, acc, splits, per_split) if splits > 0 else pair
     _pair_loss_fwd_kernel[(programs,)](
         chosen_c, chosen_c.stride(0), rejected_c, rejected_c.stride(0), weight_c, weight_c.stride(0),
         bias if bias is not None else pair, dec_weight, dec_bias if dec_bias is not None else pair,
@@ -734,7 +791,7 @@ def pair_loss_forward(chosen, rejected, weight, bias, dec_weight, dec_bias, nois
         part, splits, pairs, hidden, latent,
         HAS_BIAS=bias is not None, HAS_DEC_BIAS=dec_bias is not None, HAS_MARGIN=margin is not None,
         NOISE_MODE=noise_mode, KL_AUTHORS=kl_authors, STORE_GRAD=store_grad, UPCAST=_interpreting(),
-        PRE_PROJECTED=splits > 1,
+        PRE_PROJECTED=splits > 0,
         ACC=_tl_acc(acc), BLOCK_B=block_b, BLOCK_H=block_h, BLOCK_L=block_l,
         num_warps=_num_warps(block_l),
     )
@@ -749,8 +806,12 @@ def grad_input(g, weight, scale, out_dtype):
     if rows == 0:
         return dx
     block_l = _block_l(latent)
-    block_n = _block_rows(rows)
-    block_h = _block_h(hidden, block_l, weight.element_size())
+    # every row block reads its H range of W once: 64-row blocks read W a quarter as often as
+    # 16-row blocks (at B = 512: 32 MiB instead of 128 MiB of L2 traffic), and the split over H
+    # keeps the grid as wide; G is the only other operand, so the larger block still fits
+    block_n = min(64, max(16, triton.next_power_of_2(rows)))
+    # 64 x 64 output tiles make ptxas spill on sm_90 at L = 128 (255 registers); 64 x 32 do not
+    block_h = min(_block_h(hidden, block_l, weight.element_size()), 32 if block_n == 64 else 64)
     row_blocks = triton.cdiv(rows, block_n)
     splits, per_split = h_splits(row_blocks, hidden, block_h, g.device, _GRAD_INPUT_MIN_TILES)
     _grad_input_kernel[(row_blocks, splits)](
@@ -784,32 +845,46 @@ def grad_weight(g, x1, x2, scale, out_dtype):
 # ahead-of-time compile check (no GPU needed)
 
 
+def gpu_configs() -> list[tuple]:
+    """(kernel, pointer types, constexprs, num_warps) of the hot path as the launchers set it up at
+    the goal size (B = 512 pairs, H = 4096, L = 128, bf16; Philox noise), plus the variants the
+    other sizes take (the single fused kernel, biases, margin, explicit noise)."""
+    bf16 = "*bf16"
+    block = dict(UPCAST=False, BLOCK_H=64, BLOCK_L=128)
+    loss_ptrs = dict(xw_ptr=bf16, xl_ptr=bf16, w_ptr=bf16, b_ptr=bf16, wdec_ptr=bf16, bdec_ptr=bf16)
+    return [
+        (_project_partial_kernel, dict(x1_ptr=bf16, x2_ptr=bf16, w_ptr=bf16),
+         dict(SETS=2, UPCAST=False, ACC=tl.float32, BLOCK_N=64, BLOCK_H=32, BLOCK_K=256), 8),
+        (_pair_loss_fwd_kernel, loss_ptrs,
+         dict(HAS_BIAS=False, HAS_DEC_BIAS=False, HAS_MARGIN=False, NOISE_MODE=NOISE_PHILOX, KL_AUTHORS=False,
+              STORE_GRAD=True, PRE_PROJECTED=True, ACC=tl.float32, BLOCK_B=16, **block), 8),
+        (_grad_input_kernel, dict(w_ptr=bf16, dx_ptr=bf16), dict(UPCAST=False, BLOCK_N=64, BLOCK_H=32, BLOCK_L=128), 8),
+        (_grad_weight_kernel, dict(x1_ptr=bf16, x2_ptr=bf16, dw_ptr=bf16),
+         dict(UPCAST=False, ACC=tl.float32, BLOCK_K=64, BLOCK_N=32, BLOCK_H=64), 4),
+        (_pair_loss_fwd_kernel, loss_ptrs,
+         dict(HAS_BIAS=True, HAS_DEC_BIAS=True, HAS_MARGIN=True, NOISE_MODE=NOISE_PHILOX, KL_AUTHORS=False,
+              STORE_GRAD=True, PRE_PROJECTED=False, ACC=tl.float32, BLOCK_B=16, **block), 8),
+        (_encode_fwd_kernel, dict(x_ptr=bf16, w_ptr=bf16, b_ptr=bf16),
+         dict(HAS_BIAS=True, NOISE_MODE=NOISE_EXPLICIT, KL_AUTHORS=True, PRE_PROJECTED=False, ACC=tl.float32,
+              BLOCK_N=16, **block), 8),
+        (_encode_bwd_kernel, dict(w_ptr=bf16, dx_ptr=bf16), dict(NOISE_MODE=NOISE_PHILOX, KL_AUTHORS=False, BLOCK_N=16, **block), 8),
+    ]
+
+
 def compile_check(capability: int = 90) -> list[str]:
     """Compile the kernels for an NVIDIA GPU of the given compute capability without a GPU
-    (Triton front end, MLIR lowering and ptxas), in the bf16 configurations of the hot path.
+    (Triton front end, MLIR lowering and ptxas), in the bf16 configurations of ``gpu_configs``.
 
     Catches constructs that only the interpreter accepts. Must run with TRITON_INTERPRET unset
     (the kernels are then real JITFunctions). Returns the names compiled; raises on failure.
     """
-    bf16 = "*bf16"
-    block = dict(UPCAST=False, BLOCK_H=64, BLOCK_L=128)
-    jobs = [
-        (_pair_loss_fwd_kernel, dict(xw_ptr=bf16, xl_ptr=bf16, w_ptr=bf16, b_ptr=bf16, wdec_ptr=bf16, bdec_ptr=bf16),
-         dict(HAS_BIAS=True, HAS_DEC_BIAS=True, HAS_MARGIN=True, NOISE_MODE=NOISE_PHILOX, KL_AUTHORS=False,
-              STORE_GRAD=True, PRE_PROJECTED=False, ACC=tl.float32, BLOCK_B=16, **block)),
-        (_pair_loss_fwd_kernel, dict(xw_ptr=bf16, xl_ptr=bf16, w_ptr=bf16, b_ptr=bf16, wdec_ptr=bf16, bdec_ptr=bf16),
-         dict(HAS_BIAS=False, HAS_DEC_BIAS=False, HAS_MARGIN=False, NOISE_MODE=NOISE_PHILOX, KL_AUTHORS=False,
-              STORE_GRAD=True, PRE_PROJECTED=True, ACC=tl.float32, BLOCK_B=16, **block)),
-        (_project_partial_kernel, dict(x1_ptr=bf16, x2_ptr=bf16, w_ptr=bf16),
-         dict(TWO_SETS=True, ACC=tl.float32, BLOCK_N=16, **block)),
-        (_encode_fwd_kernel, dict(x_ptr=bf16, w_ptr=bf16, b_ptr=bf16),
-         dict(HAS_BIAS=True, NOISE_MODE=NOISE_EXPLICIT, KL_AUTHORS=True, PRE_PROJECTED=False, ACC=tl.float32,
-              BLOCK_N=16, **block)),
-        (_encode_bwd_kernel, dict(w_ptr=bf16, dx_ptr=bf16),
-         dict(NOISE_MODE=NOISE_PHILOX, KL_AUTHORS=False, BLOCK_N=16, **block)),
-        (_grad_input_kernel, dict(w_ptr=bf16, dx_ptr=bf16), dict(BLOCK_N=16, **block)),
-        (_grad_weight_kernel, dict(x1_ptr=bf16, x2_ptr=bf16, dw_ptr=bf16),
-         dict(UPCAST=False, ACC=tl.float32, BLOCK_K=64, BLOCK_N=32, BLOCK_H=64)),
-    ]
-    return [compile_for_gpu(kernel, pointers, constexprs, capability=capability, num_warps=8)
-            for kernel, pointers, constexprs in jobs]
+    return [compile_for_gpu(kernel, pointers, constexprs, capability=capability, num_warps=num_warps)
+            for kernel, pointers, constexprs, num_warps in gpu_configs()]
+
+
+def resource_report(capability: int = 90) -> list[dict]:
+    """``resource_usage`` (registers, spills, tensor-core instructions) of every ``gpu_configs``
+    entry; ``benchmarks/kernel_resources.py`` prints it."""
+    return [dict(resource_usage(kernel, pointers, constexprs, capability=capability, num_warps=num_warps),
+                 constexprs={k: v for k, v in constexprs.items() if k.startswith(("BLOCK", "PRE", "SETS"))})
+            for kernel, pointers, constexprs, num_warps in gpu_configs()]

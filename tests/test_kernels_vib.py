@@ -203,6 +203,11 @@ def test_loss_eval_mode_several_blocks():
     check_loss(torch.float32, 2e-5, 2e-5, "standard", True, pairs=17, hidden=70, latent=19, sample=False)
 
 
+def test_loss_input_gradient_several_row_blocks():
+    # 37 pairs: 74 rows of dX, two 64-row blocks of the input-gradient kernel, the second partial
+    check_loss(torch.float32, 2e-5, 2e-5, "authors", False, pairs=37, hidden=70, latent=9)
+
+
 def test_loss_mixed_dtypes():
     # bf16 rows with fp32 weights (bf16 backbone, fp32 head); gradients in each tensor's dtype
     check_loss(torch.bfloat16, 2e-2, 2e-2, "standard", True, param_dtype=torch.float32)
@@ -298,11 +303,22 @@ def test_h_splits_heuristic(monkeypatch):
     monkeypatch.setattr(K, "_multiprocessors", lambda device: 132)
     # B = 512 pairs at H = 4096, bf16, L = 128: 32 pair blocks of 16, BLOCK_H = 64 (64 tiles)
     assert K.h_splits(32, 4096, 64, cuda, K._FORWARD_MIN_TILES) == (4, 1024)
-    # dX for the 1,024 rows: 64 row blocks
-    assert K.h_splits(64, 4096, 64, cuda, K._GRAD_INPUT_MIN_TILES) == (2, 2048)
+    # dX for the 1,024 rows: 16 row blocks of 64, 32-wide tiles: 8 ranges of 512 columns
+    assert K.h_splits(16, 4096, 32, cuda, K._GRAD_INPUT_MIN_TILES) == (8, 512)
     # enough row blocks to fill the GPU, or too few H tiles to split: one range
     assert K.h_splits(256, 4096, 64, cuda, K._FORWARD_MIN_TILES) == (1, 4096)
     assert K.h_splits(2, 192, 64, cuda, K._FORWARD_MIN_TILES) == (1, 192)
+    # the goal size through the launchers' layout: the projection runs in 64-row blocks, 8 of
+    # them for 512 chosen + 512 rejected rows, so H = 4096 splits into 8 ranges (128 programs)
+    weight = torch.empty(256, 4096, dtype=torch.bfloat16, device="meta")
+    assert K._split_layout(512, 2, 4096, weight, cuda) == (8, 512)
+    # B = 4096: 128 blocks fill the GPU, one range (still the separate projection kernel)
+    assert K._split_layout(4096, 2, 4096, weight, cuda) == (1, 4096)
+    # the single fused kernel: on CPU by default, or forced with 0
+    assert K._split_layout(512, 2, 4096, weight, torch.device("cpu")) == (0, 4096)
+    with K.forced_h_splits(0):
+        assert K._split_layout(512, 2, 4096, weight, cuda) == (0, 4096)
+        assert K.h_splits(16, 4096, 32, cuda, K._GRAD_INPUT_MIN_TILES) == (1, 4096)
     # ranges are whole tiles and cover H exactly once
     splits, per_split = K.h_splits(3, 1000, 64, cuda, 1)
     assert per_split % 64 == 0 and (splits - 1) * per_split < 1000 <= splits * per_split
@@ -316,10 +332,10 @@ def test_h_splits_heuristic(monkeypatch):
     assert K._forced_splits is None
 
 
-@pytest.mark.parametrize("splits", [2, 3])
+@pytest.mark.parametrize("splits", [1, 3])
 @pytest.mark.parametrize("dtype, atol, rtol", DTYPES)
 def test_split_h_encode_matches_reference(splits, dtype, atol, rtol):
-    # 21 rows (two row blocks), H = 300 (five 64-wide tiles: ranges of 3+2 or 2+2+1 tiles), L = 19
+    # 21 rows, H = 300 (the projection kernel in one range, or in three: 128 + 128 + 44 columns), L = 19
     n, hidden, latent = 21, 300, 19
     x = rows(n, hidden, dtype, 30)
     w, b, _, _ = make_params(hidden, latent, dtype, True, seed=31)
@@ -339,12 +355,18 @@ def test_split_h_encode_matches_reference(splits, dtype, atol, rtol):
         assert_close(a, e, atol * 5 * scale, rtol * 5 * scale, f"grad {name}")
 
 
-@pytest.mark.parametrize("splits", [2, 3])
+@pytest.mark.parametrize("splits", [1, 3])
 @pytest.mark.parametrize("dtype, atol, rtol", DTYPES)
 def test_split_h_loss_matches_reference(splits, dtype, atol, rtol):
     scale = 1 if dtype == torch.bfloat16 else 10
     with K.forced_h_splits(splits):
         check_loss(dtype, atol * scale, rtol * scale, "standard", True, pairs=17, hidden=300, latent=19)
+
+
+def test_split_h_several_projection_blocks():
+    # 70 pairs: two 64-row projection blocks per set (the second partial), for chosen and rejected
+    with K.forced_h_splits(2):
+        check_loss(torch.float32, 1e-4, 1e-4, "standard", False, pairs=70, hidden=150, latent=5)
 
 
 def test_split_h_philox_same_noise_as_unsplit():
