@@ -74,8 +74,8 @@ stage gpu_tests 110 "$PY" -m pytest -q -p no:cacheprovider -x -rs \
     -k "triton or cuda or kernel"
 stage bench_head_goal 100 "${BENCH[@]}" benchmarks/bench_head.py benchmarks/bench_ceilings.py \
     -k "B512-H4096 or B32-H256 or ceiling" --benchmark-json "$OUT/$PREFIX-$STAMP-head-goal.json"
-if [ ${#GPU[@]} -gt 0 ]; then  # kernel-by-kernel time of the goal size: fused (split-H and not) and reference
-    stage profile_head 50 bash -c "\"$PY\" benchmarks/profile_head.py --backend triton && \"$PY\" benchmarks/profile_head.py --backend triton --h-splits 1 && \"$PY\" benchmarks/profile_head.py --backend reference"
+if [ ${#GPU[@]} -gt 0 ]; then  # kernel-by-kernel time of the goal size: fused (both forward layouts) and reference
+    stage profile_head 50 bash -c "\"$PY\" benchmarks/profile_head.py --backend triton && \"$PY\" benchmarks/profile_head.py --backend triton --h-splits 0 && \"$PY\" benchmarks/profile_head.py --backend reference"
 else
     stage profile_head 40 "$PY" benchmarks/profile_head.py --pairs 32 --hidden 256
 fi

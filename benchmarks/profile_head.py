@@ -2,7 +2,7 @@
 
     python benchmarks/profile_head.py                          # CUDA: B=512, H=4096, L=128, bf16
     python benchmarks/profile_head.py --pairs 64 --hidden 2048 --backend reference
-    python benchmarks/profile_head.py --h-splits 1            # the fused kernels without splitting H
+    python benchmarks/profile_head.py --h-splits 0            # the one-kernel forward layout
 
 Runs the step of ``benchmarks/bench_head.py`` (``InfoRMHead.pairwise_loss`` on pooled rows, then
 ``backward``) a few times under ``torch.profiler`` and prints the device-side time of each kernel
@@ -76,7 +76,8 @@ def main(argv=None) -> int:
     parser.add_argument("--dtype", choices=["bfloat16", "float32"], default=None, help="default: bf16 on CUDA, fp32 on CPU")
     parser.add_argument("--backend", choices=["triton", "reference"], default=None, help="default: triton on CUDA")
     parser.add_argument("--h-splits", type=int, default=None,
-                        help="force at most this many H ranges in the fused kernels (1: no split; default: heuristic)")
+                        help="force the fused kernels' layout: N >= 1 H ranges of the projection kernel, 0 the "
+                             "one-kernel forward (default: what the launchers pick)")
     parser.add_argument("--top", type=int, default=15)
     parser.add_argument("--json", default=None, help="also write the table here")
     args = parser.parse_args(argv)
