@@ -1,14 +1,14 @@
-"""What ptxas made of the head's Triton kernels for an H100 (sm_90), without a GPU.
+"""What ptxas made of our Triton kernels for an H100 (sm_90), without a GPU.
 
     python benchmarks/kernel_resources.py            # TRITON_INTERPRET must be unset
     python benchmarks/kernel_resources.py --json out.json
 
-For each configuration of ``inform_fast.kernels.vib_head.gpu_configs`` (the goal size B = 512,
-H = 4096, L = 128, bf16, then the other variants): registers per thread, stack bytes and
-local-memory stores (spills), shared memory, and the tensor-core instructions in the SASS
-(HGMMA = Hopper warpgroup MMA, HMMA = the per-warp MMA of older GPUs). Compile-time facts,
-not timings: they say whether a tile choice spills or misses the Hopper MMA, which is cheap to
-know before a GPU is at hand.
+For each launch configuration in the kernel modules' ``gpu_configs()`` (the head at the goal
+size B = 512, H = 4096, L = 128, bf16, and its variants; Mahalanobis, nearest reference and the
+DBSCAN pair kernels at L = 128): registers per thread, stack bytes and local-memory stores
+(spills), shared memory, and the tensor-core instructions in the SASS (HGMMA = Hopper warpgroup
+MMA, HMMA = the per-warp MMA of older GPUs). Compile-time facts, not timings: they say whether
+a tile choice spills or misses the Hopper MMA, which is cheap to know before a GPU is at hand.
 """
 from __future__ import annotations
 
@@ -16,6 +16,18 @@ import argparse
 import json
 import os
 import sys
+
+MODULES = ("vib_head", "mahalanobis", "min_distance", "dbscan")
+
+
+def report(capability: int = 90) -> dict:
+    """{module: [resource_usage entries]} for every kernel module."""
+    import importlib
+
+    from inform_fast.kernels._compile import resource_report
+
+    return {name: resource_report(importlib.import_module(f"inform_fast.kernels.{name}").gpu_configs(), capability)
+            for name in MODULES}
 
 
 def main(argv=None) -> int:
@@ -28,18 +40,17 @@ def main(argv=None) -> int:
         return 2
     import triton
 
-    from inform_fast.kernels import vib_head
-
-    report = vib_head.resource_report(args.capability)
+    table = report(args.capability)
     print(f"Triton {triton.__version__}, sm_{args.capability}")
-    print(f"{'kernel':24} {'blocks':46} {'warps':>5} {'regs':>5} {'stack':>6} {'STL':>4} {'shared':>7} {'HGMMA':>6} {'HMMA':>5}")
-    for entry in report:
-        blocks = " ".join(f"{k}={v}" for k, v in entry["constexprs"].items())
-        print(f"{entry['kernel']:24} {blocks:46} {entry['num_warps']:>5} {entry['registers']:>5} {entry['stack_bytes']:>6} "
-              f"{entry['local_stores']:>4} {entry['shared_bytes']:>7} {entry['hgmma']:>6} {entry['hmma']:>5}")
+    print(f"{'kernel':24} {'blocks':52} {'warps':>5} {'regs':>5} {'stack':>6} {'STL':>4} {'shared':>7} {'HGMMA':>6} {'HMMA':>5}")
+    for entries in table.values():
+        for entry in entries:
+            blocks = " ".join(f"{k}={v}" for k, v in entry["constexprs"].items())
+            print(f"{entry['kernel']:24} {blocks:52} {entry['num_warps']:>5} {entry['registers']:>5} {entry['stack_bytes']:>6} "
+                  f"{entry['local_stores']:>4} {entry['shared_bytes']:>7} {entry['hgmma']:>6} {entry['hmma']:>5}")
     if args.json:
         with open(args.json, "w") as stream:
-            json.dump({"triton": triton.__version__, "capability": args.capability, "kernels": report}, stream, indent=1)
+            json.dump({"triton": triton.__version__, "capability": args.capability, "modules": table}, stream, indent=1)
     return 0
 
 

@@ -60,6 +60,24 @@ def resource_usage(kernel, pointer_types: Mapping[str, str], constexprs: Mapping
     }
 
 
+def compile_configs(configs, capability: int = 90) -> list[str]:
+    """``compile_for_gpu`` over a kernel module's ``gpu_configs()`` entries (kernel, pointer
+    types, constexprs, num_warps[, scalar types]); returns the kernel names in order."""
+    return [compile_for_gpu(kernel, pointers, constexprs, *rest, capability=capability, num_warps=num_warps)
+            for kernel, pointers, constexprs, num_warps, *rest in configs]
+
+
+def resource_report(configs, capability: int = 90) -> list[dict]:
+    """``resource_usage`` of each ``gpu_configs()`` entry, with its block sizes and precision."""
+    report = []
+    for kernel, pointers, constexprs, num_warps, *rest in configs:
+        usage = resource_usage(kernel, pointers, constexprs, scalar_types=rest[0] if rest else None,
+                               capability=capability, num_warps=num_warps)
+        usage["constexprs"] = {k: v for k, v in constexprs.items() if k.startswith(("BLOCK", "PRE", "SETS", "PRECISION"))}
+        report.append(usage)
+    return report
+
+
 def _compile(kernel, pointer_types, constexprs, scalar_types, capability, num_warps):
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource

@@ -137,6 +137,11 @@ def compress(parent: torch.Tensor) -> None:
         parent.copy_(jumped)
 
 
+# 8 warps: with 4, ptxas spills the 64 x 64 distance tile on sm_90 (6-11 local stores a kernel);
+# with 8, none (``resource_report``)
+_NUM_WARPS = 8
+
+
 class TritonPairs:
     """The pair engine of ``inform_fast.detect.dbscan._core_and_roots`` on the GPU (or on CPU
     tensors under TRITON_INTERPRET=1, for tests).
@@ -164,7 +169,7 @@ class TritonPairs:
     def _launch(self, kernel, rows: torch.Tensor, cols: torch.Tensor, *args) -> None:
         grid = (triton.cdiv(rows.numel(), self.meta["BLOCK_M"]), triton.cdiv(cols.numel(), self.meta["BLOCK_N"]))
         kernel[grid](self.x, self.norms, rows, cols, *args, rows.numel(), cols.numel(), self.x.shape[1],
-                     self.x.stride(0), self.eps2, **self.meta)
+                     self.x.stride(0), self.eps2, **self.meta, num_warps=_NUM_WARPS)
 
     def count(self, rows: torch.Tensor, cols: torch.Tensor, counts: torch.Tensor) -> None:
         if rows.numel() == 0 or cols.numel() == 0:
@@ -192,15 +197,21 @@ class TritonPairs:
         root[border_index[found]] = root[core_index[first[found]]]
 
 
-def compile_check(capability: int = 90) -> list[str]:
-    """Compile the three pair kernels for an NVIDIA GPU without one."""
-    from inform_fast.kernels._compile import compile_for_gpu
-
+def gpu_configs() -> list[tuple]:
+    """(kernel, pointer types, constexprs, num_warps, scalar types) of the three pair kernels as
+    ``TritonPairs`` launches them on CUDA at L = 128 (exact fp32 products, the default)."""
     meta = dict(BLOCK_M=64, BLOCK_N=64, BLOCK_D=64, PRECISION="ieee")
     scalars = {"eps2": "fp32"}
     indices = {"rows_ptr": "*i64", "cols_ptr": "*i64"}
     return [
-        compile_for_gpu(_count_kernel, {**indices, "count_ptr": "*i32"}, meta, scalars, capability=capability),
-        compile_for_gpu(_hook_kernel, {**indices, "root_ptr": "*i64", "parent_ptr": "*i64"}, meta, scalars, capability=capability),
-        compile_for_gpu(_first_neighbour_kernel, {**indices, "first_ptr": "*i64"}, meta, scalars, capability=capability),
+        (_count_kernel, {**indices, "count_ptr": "*i32"}, meta, _NUM_WARPS, scalars),
+        (_hook_kernel, {**indices, "root_ptr": "*i64", "parent_ptr": "*i64"}, meta, _NUM_WARPS, scalars),
+        (_first_neighbour_kernel, {**indices, "first_ptr": "*i64"}, meta, _NUM_WARPS, scalars),
     ]
+
+
+def compile_check(capability: int = 90) -> list[str]:
+    """Compile the three pair kernels for an NVIDIA GPU without one, in their ``gpu_configs``."""
+    from inform_fast.kernels._compile import compile_configs
+
+    return compile_configs(gpu_configs(), capability)

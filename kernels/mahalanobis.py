@@ -13,15 +13,22 @@ import triton
 import triton.language as tl
 
 
-def compile_check(capability: int = 90) -> list[str]:
-    """Compile the kernel for an NVIDIA GPU without one, bf16 and fp32 latents, both precisions."""
-    from inform_fast.kernels._compile import compile_for_gpu
+def gpu_configs() -> list[tuple]:
+    """(kernel, pointer types, constexprs, num_warps) as ``mahalanobis_sq`` launches it on CUDA at
+    dim = 128: bf16 and fp32 latents with tensor cores, fp32 with exact products."""
+    configs = []
+    for x_type, precision in (("*bf16", "tf32"), ("*fp32", "tf32"), ("*fp32", "ieee")):
+        block_n, block_k, block_m, num_warps = _launch_blocks(128, precision, cuda=True)
+        configs.append((_mahalanobis_sq_kernel, {"x_ptr": x_type},
+                        dict(BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, PRECISION=precision), num_warps))
+    return configs
 
-    meta = dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=32)
-    return [
-        compile_for_gpu(_mahalanobis_sq_kernel, {"x_ptr": "*bf16"}, dict(meta, PRECISION="tf32"), capability=capability, num_warps=8),
-        compile_for_gpu(_mahalanobis_sq_kernel, {}, dict(meta, PRECISION="ieee"), capability=capability, num_warps=8),
-    ]
+
+def compile_check(capability: int = 90) -> list[str]:
+    """Compile the kernel for an NVIDIA GPU without one, in its ``gpu_configs``."""
+    from inform_fast.kernels._compile import compile_configs
+
+    return compile_configs(gpu_configs(), capability)
 
 
 @triton.jit
@@ -60,6 +67,17 @@ def _mahalanobis_sq_kernel(
     tl.store(out_ptr + offs_m, total, mask=mask_m)
 
 
+def _launch_blocks(dim: int, precision: str, cuda: bool) -> tuple[int, int, int, int]:
+    """(BLOCK_N, BLOCK_K, BLOCK_M, num_warps). On sm_90, at dim = 128, 16-deep K steps keep the
+    128 x 128 fp32 accumulator in registers (32-deep ones spill it: 60 local stores for fp32
+    latents with tf32, 110 with exact products), and exact products need 64-row blocks
+    (``resource_report``)."""
+    block_n = max(16, min(128, triton.next_power_of_2(dim)))
+    block_k = 16
+    block_m = (64 if precision == "ieee" else 128) if cuda else 32
+    return block_n, block_k, block_m, 8 if block_n >= 128 else 4
+
+
 def mahalanobis_sq(x: torch.Tensor, mean: torch.Tensor, whiten: torch.Tensor, precision: str = "tf32") -> torch.Tensor:
     """d2 [n] float32 for x [n, dim] (fp32/bf16/fp16; float64 goes through torch in float64).
 
@@ -80,10 +98,7 @@ def mahalanobis_sq(x: torch.Tensor, mean: torch.Tensor, whiten: torch.Tensor, pr
         return out
     if not x.is_cuda:
         precision = "ieee"  # the interpreter computes dots in numpy fp32 anyway
-    block_n = max(16, min(128, triton.next_power_of_2(dim)))
-    block_k = max(16, min(32, triton.next_power_of_2(dim)))
-    block_m = 128 if x.is_cuda else 32
-    num_warps = 8 if block_n >= 128 else 4
+    block_n, block_k, block_m, num_warps = _launch_blocks(dim, precision, x.is_cuda)
     grid = (triton.cdiv(n, block_m),)
     _mahalanobis_sq_kernel[grid](
         x, mean, whiten, out, n, dim, x.stride(0),

@@ -19,13 +19,23 @@ import triton
 import triton.language as tl
 
 
-def compile_check(capability: int = 90) -> list[str]:
-    """Compile the kernel for an NVIDIA GPU without one (tf32 and exact fp32 products)."""
-    from inform_fast.kernels._compile import compile_for_gpu
+# 8 warps: with 4, ptxas spills the 64 x 64 fp32 tile and its operands on sm_90 (174 local stores
+# with tf32, 161 with exact products; none with 8 for tf32 at any query block) - ``resource_report``
+_NUM_WARPS = 8
 
-    pointers = {"index_ptr": "*i64"}
-    meta = dict(BLOCK_Q=64, BLOCK_R=64, BLOCK_D=64)
-    return [compile_for_gpu(_nearest_kernel, pointers, dict(meta, PRECISION=p), capability=capability) for p in ("tf32", "ieee")]
+
+def gpu_configs() -> list[tuple]:
+    """(kernel, pointer types, constexprs, num_warps) as ``nearest_index`` launches it on CUDA at
+    dim = 128: 64 and 16 queries a block, tf32 and exact products."""
+    return [(_nearest_kernel, {"index_ptr": "*i64"}, dict(BLOCK_Q=block_q, BLOCK_R=64, BLOCK_D=64, PRECISION=precision), _NUM_WARPS)
+            for block_q, precision in ((64, "tf32"), (16, "tf32"), (64, "ieee"))]
+
+
+def compile_check(capability: int = 90) -> list[str]:
+    """Compile the kernel for an NVIDIA GPU without one, in its ``gpu_configs``."""
+    from inform_fast.kernels._compile import compile_configs
+
+    return compile_configs(gpu_configs(), capability)
 
 
 @triton.jit
@@ -123,7 +133,7 @@ def nearest_index(
     _nearest_kernel[(q_blocks, n_split)](
         q, r, shift, best, index, n_q, n_r, dim, q.stride(0), r.stride(0), refs_per_split,
         BLOCK_Q=block_q, BLOCK_R=block_r, BLOCK_D=block_d,
-        PRECISION="ieee" if (exact or not q.is_cuda) else "tf32",
+        PRECISION="ieee" if (exact or not q.is_cuda) else "tf32", num_warps=_NUM_WARPS,
     )
     split = best.argmin(dim=0)  # first split on ties -> smallest index
     return index.gather(0, split[None, :])[0]

@@ -44,7 +44,7 @@ import torch
 import triton
 import triton.language as tl
 
-from inform_fast.kernels._compile import compile_for_gpu, resource_usage
+from inform_fast.kernels._compile import compile_configs
 
 NOISE_NONE, NOISE_EXPLICIT, NOISE_PHILOX = 0, 1, 2
 
@@ -878,13 +878,4 @@ def compile_check(capability: int = 90) -> list[str]:
     Catches constructs that only the interpreter accepts. Must run with TRITON_INTERPRET unset
     (the kernels are then real JITFunctions). Returns the names compiled; raises on failure.
     """
-    return [compile_for_gpu(kernel, pointers, constexprs, capability=capability, num_warps=num_warps)
-            for kernel, pointers, constexprs, num_warps in gpu_configs()]
-
-
-def resource_report(capability: int = 90) -> list[dict]:
-    """``resource_usage`` (registers, spills, tensor-core instructions) of every ``gpu_configs``
-    entry; ``benchmarks/kernel_resources.py`` prints it."""
-    return [dict(resource_usage(kernel, pointers, constexprs, capability=capability, num_warps=num_warps),
-                 constexprs={k: v for k, v in constexprs.items() if k.startswith(("BLOCK", "PRE", "SETS"))})
-            for kernel, pointers, constexprs, num_warps in gpu_configs()]
+    return compile_configs(gpu_configs(), capability)

@@ -4,6 +4,7 @@ The rest of the suite runs the kernels under TRITON_INTERPRET=1, which checks th
 but accepts constructs the compiler rejects; this lowers each kernel to a cubin in a process
 without the interpreter. On Triton 3.6 (the GPU image's version) as on newer ones.
 """
+import json
 import os
 import subprocess
 import sys
@@ -15,8 +16,8 @@ from inform_fast.testing import requires_triton
 EXPECTED = {
     "vib_head": ["_project_partial_kernel", "_pair_loss_fwd_kernel", "_grad_input_kernel", "_grad_weight_kernel",
                  "_pair_loss_fwd_kernel", "_encode_fwd_kernel", "_encode_bwd_kernel"],
-    "mahalanobis": ["_mahalanobis_sq_kernel", "_mahalanobis_sq_kernel"],
-    "min_distance": ["_nearest_kernel", "_nearest_kernel"],
+    "mahalanobis": ["_mahalanobis_sq_kernel"] * 3,
+    "min_distance": ["_nearest_kernel"] * 3,
     "dbscan": ["_count_kernel", "_hook_kernel", "_first_neighbour_kernel"],
 }
 
@@ -42,28 +43,38 @@ def test_kernels_compile_for_sm90_without_gpu(module):
     assert result.stdout.strip().splitlines()[-1].split(",") == EXPECTED[module]
 
 
+_REPORT_SCRIPT = """
+import importlib, json
+from inform_fast.kernels._compile import resource_report
+print(json.dumps({name: resource_report(importlib.import_module("inform_fast.kernels." + name).gpu_configs(), 90)
+                  for name in ("vib_head", "mahalanobis", "min_distance", "dbscan")}))
+"""
+
+
 @requires_triton()
 @pytest.mark.skipif(not _nvidia_backend(), reason="this triton build has no NVIDIA backend to compile for")
-def test_goal_size_head_kernels_use_hopper_tensor_cores_without_spills():
-    # What ptxas made of the goal-size configuration (B = 512, H = 4096, L = 128, bf16): the
-    # projection and the input gradient run in 64-row blocks so that they get Hopper's warpgroup
-    # MMA (16-row blocks only get the per-warp HMMA), and their tile sizes were chosen so that
-    # nothing spills to local memory. A Triton upgrade that loses either shows up here.
+def test_hot_kernels_use_hopper_tensor_cores_without_spills():
+    # What ptxas made of the launch configurations (benchmarks/kernel_resources.py prints it):
+    # the tile sizes and warp counts were chosen so that the GEMM-shaped kernels get Hopper's
+    # warpgroup MMA (HGMMA; 16-row dots only get the per-warp HMMA) and nothing spills to local
+    # memory. A change of tiles or a Triton upgrade that loses either shows up here.
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    script = "import json; from inform_fast.kernels import vib_head as K; print(json.dumps(K.resource_report(90)))"
-    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
+    result = subprocess.run([sys.executable, "-c", _REPORT_SCRIPT], env=env, capture_output=True, text=True, timeout=600)
     if "NotImplementedError: compile_for_gpu: unsupported Triton" in result.stderr or "cuobjdump" in result.stderr:
         pytest.skip(result.stderr.strip().splitlines()[-1])
     assert result.returncode == 0, result.stderr[-3000:]
-    import json
-
     report = json.loads(result.stdout.strip().splitlines()[-1])
-    by_name = {}
-    for entry in report:
-        by_name.setdefault(entry["kernel"], entry)  # the first entry of each kernel is its goal-size one
+
+    head = {}
+    for entry in report["vib_head"]:
+        head.setdefault(entry["kernel"], entry)  # each kernel's first entry is its goal-size launch
     for name in ("_project_partial_kernel", "_grad_input_kernel", "_grad_weight_kernel"):
-        entry = by_name[name]
-        assert entry["hgmma"] > 0 and entry["hmma"] == 0, entry
+        assert head[name]["hgmma"] > 0 and head[name]["hmma"] == 0 and head[name]["local_stores"] == 0, head[name]
+    # (the head's epilogues are not checked: Triton 3.6 gives them 16-32 bytes of stack that 3.9 does not)
+    for entry in report["mahalanobis"] + report["dbscan"]:
         assert entry["local_stores"] == 0, entry
-    # (the loss epilogue is not checked: Triton 3.6 gives it 32 bytes of stack at 190 registers,
-    # a local array rather than register pressure, which Triton 3.9 does not)
+    for entry in report["mahalanobis"] + report["min_distance"]:
+        if entry["constexprs"]["PRECISION"] == "tf32":
+            assert entry["local_stores"] == 0, entry
+            if entry["constexprs"].get("BLOCK_Q", 64) >= 64:
+                assert entry["hgmma"] > 0, entry
