@@ -459,15 +459,17 @@ class InfoRMForRewardModel(PreTrainedModel):
         position_ids: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         """Detection latents mu [B, L] (float32) without gradients (eval-mode latent, whatever the mode)."""
-        pooled = self._encode(input_ids, attention_mask, position_ids, None)
-        return self.head.latents(pooled)
+        return self.score(input_ids, attention_mask, position_ids)[1]
 
     @torch.no_grad()
     def score(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None, position_ids: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(rewards [B], mu [B, L]) in eval style, without gradients: the normalised reward at z = mu."""
         pooled = self._encode(input_ids, attention_mask, position_ids, None)
-        mu = self.head.latents(pooled)
-        return self._normalize(self.head.decode(mu)).float(), mu
+        # Through the head's forward, not its weights: DeepSpeed ZeRO-3 gathers a module's
+        # partitioned weights only around its forward. Zero noise gives z = mu in training mode too.
+        noise = torch.zeros(pooled.shape[0], self.head.latent_dim, device=pooled.device) if self.head.training else None
+        out = self.head(pooled, noise=noise)
+        return self._normalize(out.reward).float(), out.mu
 
     def _pad_id(self) -> int:
         pad = getattr(self.config.backbone_config, "pad_token_id", None)

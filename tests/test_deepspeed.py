@@ -55,7 +55,10 @@ def _case(deepspeed, stage, decoder, rank, world_size, out):
     config = {
         "train_micro_batch_size_per_gpu": PAIRS // world_size,
         "gradient_accumulation_steps": 1,
-        "zero_optimization": {"stage": stage},
+        # threshold 0: every parameter partitioned, however small (by default ZeRO-3 keeps
+        # parameters under 10^5 elements whole on every rank, which would hide a read of the
+        # head's weights outside a forward in this tiny model)
+        "zero_optimization": {"stage": stage, "stage3_param_persistence_threshold": 0},
         "zero_allow_untested_optimizer": True,  # torch.optim.SGD
     }
     engine, *_ = deepspeed.initialize(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=LR), config=config)
@@ -72,9 +75,14 @@ def _case(deepspeed, stage, decoder, rank, world_size, out):
             engine.module.save_pretrained(f"{out}-saved")
     # rewards of the stepped model through the engine (eval mode: z = mu)
     batch = make_batch()
+    # score() and latents() as a reward function calls them on a ZeRO-3 model (no gathering),
+    # before any other forward of the stepped model
+    scored, mu = engine.module.score(batch["chosen_input_ids"], batch["chosen_attention_mask"])
+    latents = engine.module.latents(batch["chosen_input_ids"], batch["chosen_attention_mask"])
     with torch.no_grad():
         rewards = engine(input_ids=batch["chosen_input_ids"], attention_mask=batch["chosen_attention_mask"]).rewards
-    torch.save({"grads": grads, "params": stepped, "rewards": rewards.clone()}, f"{out}-rank{rank}.pt")
+    torch.save({"grads": grads, "params": stepped, "rewards": rewards.clone(), "scored": scored.clone(),
+                "mu": mu.clone(), "latents": latents.clone()}, f"{out}-rank{rank}.pt")
     dist.barrier()
 
 
@@ -169,8 +177,13 @@ def test_deepspeed_zero_matches_single_process(zero_runs, stage, decoder):
             p -= LR * p.grad
         batch = make_batch()
         expected = model(input_ids=batch["chosen_input_ids"], attention_mask=batch["chosen_attention_mask"]).rewards
+        expected_scored, expected_mu = model.score(batch["chosen_input_ids"], batch["chosen_attention_mask"])
+    torch.testing.assert_close(expected_scored, expected)
     for result in results:
         torch.testing.assert_close(result["rewards"], expected, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(result["scored"], expected, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(result["mu"], expected_mu, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(result["latents"], expected_mu, rtol=1e-4, atol=1e-5)
     if stage == 3:
         saved = InfoRMForRewardModel.from_pretrained(f"{out}-saved").eval()
         assert saved.config.decoder == decoder
