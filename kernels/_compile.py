@@ -73,7 +73,7 @@ def resource_report(configs, capability: int = 90) -> list[dict]:
     for kernel, pointers, constexprs, num_warps, *rest in configs:
         usage = resource_usage(kernel, pointers, constexprs, scalar_types=rest[0] if rest else None,
                                capability=capability, num_warps=num_warps)
-        usage["constexprs"] = {k: v for k, v in constexprs.items() if k.startswith(("BLOCK", "PRE", "SETS", "PRECISION"))}
+        usage["constexprs"] = {k: v for k, v in constexprs.items() if k.startswith(("BLOCK", "PRE", "SETS", "PRECISION", "STORE_DX"))}
         report.append(usage)
     return report
 

@@ -309,6 +309,7 @@ def _encode_bwd_kernel(
     N, H, L,
     H_PER_SPLIT,  # columns of dX per program along grid axis 1 (a multiple of BLOCK_H)
     NOISE_MODE: tl.constexpr, KL_AUTHORS: tl.constexpr, UPCAST: tl.constexpr,
+    STORE_DX: tl.constexpr,  # False: G only (dX then comes from ``_grad_input_kernel``)
     BLOCK_N: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_L: tl.constexpr,
 ):
     pid = tl.program_id(0)
@@ -339,9 +340,10 @@ def _encode_bwd_kernel(
     if split == 0:
         tl.store(g_ptr + g_idx, g_mu, mask=valid)
         tl.store(g_ptr + g_idx + L, g_lv, mask=valid)
-    h_start, h_end = _h_range(split, H_PER_SPLIT, H)
-    _store_input_grad(g_mu, g_lv, rows, row_mask, w_ptr, stride_w, dx_ptr, stride_dx, h_start, h_end, L,
-                      UPCAST, BLOCK_N, BLOCK_H, BLOCK_L)
+    if STORE_DX:
+        h_start, h_end = _h_range(split, H_PER_SPLIT, H)
+        _store_input_grad(g_mu, g_lv, rows, row_mask, w_ptr, stride_w, dx_ptr, stride_dx, h_start, h_end, L,
+                          UPCAST, BLOCK_N, BLOCK_H, BLOCK_L)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -628,6 +630,14 @@ def _partial_blocks(rows: int, k: int, hidden: int, element_size: int) -> tuple[
     return block_n, block_h, block_k
 
 
+def _separate_gemms(device: torch.device) -> bool:
+    """Whether the forward projection and the encoder's dX run as their own GEMM kernels: on CUDA
+    by default, on CPU only under ``forced_h_splits(n >= 1)``; never under ``forced_h_splits(0)``."""
+    if _forced_splits is not None:
+        return _forced_splits > 0
+    return device.type == "cuda"
+
+
 def _split_layout(rows: int, sets: int, hidden: int, weight: torch.Tensor, device) -> tuple[int, int]:
     """(H ranges, columns per range) of the forward's projection kernel, or (0, H): no separate
     projection, the single fused kernel projects in its own loop.
@@ -638,7 +648,7 @@ def _split_layout(rows: int, sets: int, hidden: int, weight: torch.Tensor, devic
     registers (``benchmarks/kernel_resources.py``); the cost is one launch and writing and
     reading the fp32 pre-activations (2 x B x 2L x 4 bytes per range).
     """
-    if _forced_splits == 0 or (_forced_splits is None and device.type != "cuda"):
+    if not _separate_gemms(device):
         return 0, hidden
     block_n, block_h, _ = _partial_blocks(rows, weight.shape[0], hidden, weight.element_size())
     return h_splits(sets * triton.cdiv(rows, block_n), hidden, block_h, device, _FORWARD_MIN_TILES)
@@ -736,21 +746,29 @@ def encode_backward(x, weight, mu, logvar, grad_mu, grad_logvar, grad_z, grad_kl
     latent = weight.shape[0] // 2
     _, weight_c = _dot_operands(x, weight)
     g = torch.empty(rows, 2 * latent, device=x.device, dtype=mu.dtype)
-    dx = torch.empty(rows, hidden, device=x.device, dtype=x.dtype)
     if rows == 0:
-        return g, dx
+        return g, torch.empty(rows, hidden, device=x.device, dtype=x.dtype)
     block_l = _block_l(latent)
     block_n = _block_rows(rows)
     block_h = _block_h(hidden, block_l, weight_c.element_size())
     row_blocks = triton.cdiv(rows, block_n)
-    splits, per_split = h_splits(row_blocks, hidden, block_h, x.device, _GRAD_INPUT_MIN_TILES)
+    # with separate GEMM kernels this one computes G only and dX = G W runs in the input-gradient
+    # kernel's 64-row HGMMA tiles; otherwise it writes dX itself from its 16-row blocks
+    separate = _separate_gemms(x.device)
+    if separate:
+        dx, splits, per_split = g, 1, hidden  # dx: any valid pointer, not written
+    else:
+        dx = torch.empty(rows, hidden, device=x.device, dtype=x.dtype)
+        splits, per_split = h_splits(row_blocks, hidden, block_h, x.device, _GRAD_INPUT_MIN_TILES)
     noise_arg = noise if noise is not None else mu
     _encode_bwd_kernel[(row_blocks, splits)](
         weight_c, weight_c.stride(0), mu, logvar, grad_mu, grad_logvar, grad_z, grad_kl,
         noise_arg, noise_arg.stride(0), seed, g, dx, dx.stride(0), rows, hidden, latent, per_split,
-        NOISE_MODE=noise_mode, KL_AUTHORS=kl_authors, UPCAST=_interpreting(),
+        NOISE_MODE=noise_mode, KL_AUTHORS=kl_authors, UPCAST=_interpreting(), STORE_DX=not separate,
         BLOCK_N=block_n, BLOCK_H=block_h, BLOCK_L=block_l, num_warps=_num_warps(block_l),
     )
+    if separate:
+        dx = grad_input(g, weight_c, _constant(1.0, g.device, g.dtype), x.dtype)
     return g, dx
 
 
@@ -865,9 +883,15 @@ def gpu_configs() -> list[tuple]:
          dict(HAS_BIAS=True, HAS_DEC_BIAS=True, HAS_MARGIN=True, NOISE_MODE=NOISE_PHILOX, KL_AUTHORS=False,
               STORE_GRAD=True, PRE_PROJECTED=False, ACC=tl.float32, BLOCK_B=16, **block), 8),
         (_encode_fwd_kernel, dict(x_ptr=bf16, w_ptr=bf16, b_ptr=bf16),
+         dict(HAS_BIAS=False, NOISE_MODE=NOISE_PHILOX, KL_AUTHORS=False, PRE_PROJECTED=True, ACC=tl.float32,
+              BLOCK_N=16, **block), 8),
+        (_encode_fwd_kernel, dict(x_ptr=bf16, w_ptr=bf16, b_ptr=bf16),
          dict(HAS_BIAS=True, NOISE_MODE=NOISE_EXPLICIT, KL_AUTHORS=True, PRE_PROJECTED=False, ACC=tl.float32,
               BLOCK_N=16, **block), 8),
-        (_encode_bwd_kernel, dict(w_ptr=bf16, dx_ptr=bf16), dict(NOISE_MODE=NOISE_PHILOX, KL_AUTHORS=False, BLOCK_N=16, **block), 8),
+        (_encode_bwd_kernel, dict(w_ptr=bf16, dx_ptr=bf16),
+         dict(NOISE_MODE=NOISE_PHILOX, KL_AUTHORS=False, STORE_DX=False, BLOCK_N=16, **block), 8),
+        (_encode_bwd_kernel, dict(w_ptr=bf16, dx_ptr=bf16),
+         dict(NOISE_MODE=NOISE_EXPLICIT, KL_AUTHORS=True, STORE_DX=True, BLOCK_N=16, **block), 8),
     ]
 
 

@@ -15,7 +15,8 @@ from inform_fast.testing import requires_triton
 
 EXPECTED = {
     "vib_head": ["_project_partial_kernel", "_pair_loss_fwd_kernel", "_grad_input_kernel", "_grad_weight_kernel",
-                 "_pair_loss_fwd_kernel", "_encode_fwd_kernel", "_encode_bwd_kernel"],
+                 "_pair_loss_fwd_kernel", "_encode_fwd_kernel", "_encode_fwd_kernel", "_encode_bwd_kernel",
+                 "_encode_bwd_kernel"],
     "mahalanobis": ["_mahalanobis_sq_kernel"] * 3,
     "min_distance": ["_nearest_kernel"] * 3,
     "dbscan": ["_count_kernel", "_hook_kernel", "_first_neighbour_kernel"],
