@@ -332,7 +332,7 @@ def test_h_splits_heuristic(monkeypatch):
     assert K._forced_splits is None
 
 
-@pytest.mark.parametrize("splits", [1, 3])
+@pytest.mark.parametrize("splits", [0, 1, 3])  # 0: the one-kernel layout (CPU default; on a GPU only when forced)
 @pytest.mark.parametrize("dtype, atol, rtol", DTYPES)
 def test_split_h_encode_matches_reference(splits, dtype, atol, rtol):
     # 21 rows, H = 300 (the projection kernel in one range, or in three: 128 + 128 + 44 columns), L = 19
@@ -355,7 +355,7 @@ def test_split_h_encode_matches_reference(splits, dtype, atol, rtol):
         assert_close(a, e, atol * 5 * scale, rtol * 5 * scale, f"grad {name}")
 
 
-@pytest.mark.parametrize("splits", [1, 3])
+@pytest.mark.parametrize("splits", [0, 1, 3])  # 0: the one-kernel layout (CPU default; on a GPU only when forced)
 @pytest.mark.parametrize("dtype, atol, rtol", DTYPES)
 def test_split_h_loss_matches_reference(splits, dtype, atol, rtol):
     scale = 1 if dtype == torch.bfloat16 else 10
