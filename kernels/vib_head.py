@@ -595,6 +595,7 @@ def forced_h_splits(splits: Optional[int]) -> Iterator[None]:
         _forced_splits = previous
 
 
+@functools.lru_cache(maxsize=None)
 def _multiprocessors(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
