@@ -28,6 +28,9 @@ Noise modes (constexpr NOISE_MODE): 0 none (z = mu), 1 explicit noise tensor, 2 
 ``tl.randn(seed, row * L + j)`` where ``row`` is the global row index (chosen rows 0..B-1 and
 rejected rows B..2B-1 in the loss).
 
+Offsets into the [N, H] row tensors (x, dX) are 64-bit: N x H passes 2^31 at 524,288 rows of
+H = 4096; the [N, L] tensors are indexed in 32 bits (2^31 / L rows).
+
 Accumulation is float32 (float64 for float64 inputs). ``UPCAST`` makes the tl.dot operands
 float32 first: the launchers set it under TRITON_INTERPRET=1 because the interpreter of
 Triton 3.9 returns garbage for bf16/fp16 tl.dot; compiled kernels use the native tensor-core
@@ -120,7 +123,7 @@ def _store_input_grad(
         acc = tl.zeros((BLOCK_N, BLOCK_H), dtype=g_mu.dtype)
         acc = tl.dot(g_mu_op, w_mu, acc, input_precision="ieee")
         acc = tl.dot(g_lv_op, w_lv, acc, input_precision="ieee")
-        tl.store(dx_ptr + rows[:, None] * stride_dx + cols_h[None, :], acc, mask=row_mask[:, None] & h_mask[None, :])
+        tl.store(dx_ptr + rows.to(tl.int64)[:, None] * stride_dx + cols_h[None, :], acc, mask=row_mask[:, None] & h_mask[None, :])
 
 
 @triton.jit
@@ -136,7 +139,7 @@ def _project(
     for h0 in range(h_start, h_end, BLOCK_H):
         cols_h = h0 + tl.arange(0, BLOCK_H)
         h_mask = cols_h < h_end
-        x = tl.load(x_ptr + rows[:, None] * stride_x + cols_h[None, :], mask=row_mask[:, None] & h_mask[None, :], other=0.0)
+        x = tl.load(x_ptr + rows.to(tl.int64)[:, None] * stride_x + cols_h[None, :], mask=row_mask[:, None] & h_mask[None, :], other=0.0)
         # W^T tiles [BH, BL], read straight from the [2L, H] layout
         wt_mask = h_mask[:, None] & l_mask[None, :]
         w_mu = tl.load(w_ptr + cols_l[None, :] * stride_w + cols_h[:, None], mask=wt_mask, other=0.0)
@@ -167,8 +170,8 @@ def _project_pair(
         cols_h = h0 + tl.arange(0, BLOCK_H)
         h_mask = cols_h < h_end
         x_mask = row_mask[:, None] & h_mask[None, :]
-        x_w = tl.load(xw_ptr + rows[:, None] * stride_xw + cols_h[None, :], mask=x_mask, other=0.0)
-        x_l = tl.load(xl_ptr + rows[:, None] * stride_xl + cols_h[None, :], mask=x_mask, other=0.0)
+        x_w = tl.load(xw_ptr + rows.to(tl.int64)[:, None] * stride_xw + cols_h[None, :], mask=x_mask, other=0.0)
+        x_l = tl.load(xl_ptr + rows.to(tl.int64)[:, None] * stride_xl + cols_h[None, :], mask=x_mask, other=0.0)
         wt_mask = h_mask[:, None] & l_mask[None, :]
         w_mu = tl.load(w_ptr + cols[None, :] * stride_w + cols_h[:, None], mask=wt_mask, other=0.0)  # [BH, BL]
         w_lv = tl.load(w_ptr + (cols[None, :] + L) * stride_w + cols_h[:, None], mask=wt_mask, other=0.0)
@@ -211,7 +214,7 @@ def _project_all(
     for h0 in range(h_start, h_end, BLOCK_H):
         cols_h = h0 + tl.arange(0, BLOCK_H)
         h_mask = cols_h < h_end
-        x = tl.load(x_ptr + rows[:, None] * stride_x + cols_h[None, :], mask=row_mask[:, None] & h_mask[None, :], other=0.0)
+        x = tl.load(x_ptr + rows.to(tl.int64)[:, None] * stride_x + cols_h[None, :], mask=row_mask[:, None] & h_mask[None, :], other=0.0)
         w_t = tl.load(w_ptr + ks[None, :] * stride_w + cols_h[:, None], mask=h_mask[:, None] & k_mask[None, :], other=0.0)
         if UPCAST:
             x = x.to(ACC)
@@ -497,7 +500,7 @@ def _grad_weight_rows(
         rows = n0 + tl.arange(0, BLOCK_N)
         row_mask = rows < N
         g_t = tl.load(g_ptr + (g_row0 + rows)[None, :] * K + ks[:, None], mask=k_mask[:, None] & row_mask[None, :], other=0.0)  # [BK, BN]
-        x = tl.load(x_ptr + rows[:, None] * stride_x + cols_h[None, :], mask=row_mask[:, None] & h_mask[None, :], other=0.0)
+        x = tl.load(x_ptr + rows.to(tl.int64)[:, None] * stride_x + cols_h[None, :], mask=row_mask[:, None] & h_mask[None, :], other=0.0)
         if UPCAST:
             x = x.to(acc.dtype)
         acc = tl.dot(g_t.to(x.dtype), x, acc, input_precision="ieee")
