@@ -603,22 +603,23 @@ def _multiprocessors(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
-def h_splits(row_blocks: int, hidden: int, block_h: int, device: torch.device, min_tiles: int) -> tuple[int, int]:
+def h_splits(row_blocks: int, hidden: int, block_h: int, device: torch.device, min_columns: int) -> tuple[int, int]:
     """(number of H ranges, columns per range) for a grid of ``row_blocks`` row blocks.
 
     A row block alone streams all of W (2L x H) through one SM; when there are fewer row blocks
-    than SMs (B = 512 pairs is 32 blocks on a 132-SM H100) the grid also splits H, up to one wave
-    of programs, each range at least ``min_tiles`` BLOCK_H tiles wide. CPU (interpreter): no split
-    unless forced (``forced_h_splits``; 0 counts as 1 here).
+    than SMs (B = 512 pairs: 16 projection blocks of 64 rows on a 132-SM H100) the grid also
+    splits H, up to one wave of programs, each range whole BLOCK_H tiles and at least
+    ``min_columns`` wide. CPU (interpreter): no split unless forced (``forced_h_splits``, which
+    allows ranges of one tile; 0 counts as 1 here).
     """
     tiles = triton.cdiv(hidden, block_h)
     if _forced_splits is not None:
-        wanted = _forced_splits
+        wanted = min(_forced_splits, tiles)
     elif device.type == "cuda":
-        wanted = _multiprocessors(device) // max(row_blocks, 1)
+        wanted = min(_multiprocessors(device) // max(row_blocks, 1), hidden // max(min_columns, 1))
     else:
         wanted = 1
-    wanted = max(1, min(wanted, tiles // max(min_tiles, 1) if _forced_splits is None else tiles))
+    wanted = max(1, wanted)
     per_split = triton.cdiv(tiles, wanted) * block_h
     return triton.cdiv(hidden, per_split), per_split
 
@@ -655,7 +656,7 @@ def _split_layout(rows: int, sets: int, hidden: int, weight: torch.Tensor, devic
     if not _separate_gemms(device):
         return 0, hidden
     block_n, block_h, _ = _partial_blocks(rows, weight.shape[0], hidden, weight.element_size())
-    return h_splits(sets * triton.cdiv(rows, block_n), hidden, block_h, device, _FORWARD_MIN_TILES)
+    return h_splits(sets * triton.cdiv(rows, block_n), hidden, block_h, device, _FORWARD_MIN_COLUMNS)
 
 
 def _project_partials(x1, x2, weight, acc, splits, per_split):
@@ -674,10 +675,11 @@ def _project_partials(x1, x2, weight, acc, splits, per_split):
     return part
 
 
-# the forward's H ranges are at least this many BLOCK_H tiles (each program re-reads its rows'
-# partial sums in the epilogue, so very thin ranges cost more than they spread); the input
-# gradient has no epilogue and splits down to 2 tiles
-_FORWARD_MIN_TILES, _GRAD_INPUT_MIN_TILES = 4, 2
+# The forward's H ranges are at least 512 columns: the epilogue reads every range's fp32 partial
+# sums (S x 2 x 16 x 2L x 4 bytes a program), so at B = 64 ranges of 128 columns (32 of them)
+# would make the 4 epilogue programs read 1 MiB each. dX has no epilogue, but each program
+# re-reads its rows' G (64 x 2L fp32), as much as a 128-column slice of W: ranges of >= 256.
+_FORWARD_MIN_COLUMNS, _GRAD_INPUT_MIN_COLUMNS = 512, 256
 
 
 def _dot_operands(x: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -763,7 +765,7 @@ def encode_backward(x, weight, mu, logvar, grad_mu, grad_logvar, grad_z, grad_kl
         dx, splits, per_split = g, 1, hidden  # dx: any valid pointer, not written
     else:
         dx = torch.empty(rows, hidden, device=x.device, dtype=x.dtype)
-        splits, per_split = h_splits(row_blocks, hidden, block_h, x.device, _GRAD_INPUT_MIN_TILES)
+        splits, per_split = h_splits(row_blocks, hidden, block_h, x.device, _GRAD_INPUT_MIN_COLUMNS)
     noise_arg = noise if noise is not None else mu
     _encode_bwd_kernel[(row_blocks, splits)](
         weight_c, weight_c.stride(0), mu, logvar, grad_mu, grad_logvar, grad_z, grad_kl,
@@ -835,7 +837,7 @@ def grad_input(g, weight, scale, out_dtype):
     # 64 x 64 output tiles make ptxas spill on sm_90 at L = 128 (255 registers); 64 x 32 do not
     block_h = min(_block_h(hidden, block_l, weight.element_size()), 32 if block_n == 64 else 64)
     row_blocks = triton.cdiv(rows, block_n)
-    splits, per_split = h_splits(row_blocks, hidden, block_h, g.device, _GRAD_INPUT_MIN_TILES)
+    splits, per_split = h_splits(row_blocks, hidden, block_h, g.device, _GRAD_INPUT_MIN_COLUMNS)
     _grad_input_kernel[(row_blocks, splits)](
         g, weight, weight.stride(0), scale, dx, dx.stride(0), rows, hidden, latent, per_split,
         UPCAST=_interpreting(), BLOCK_N=block_n, BLOCK_H=block_h, BLOCK_L=block_l,

@@ -301,13 +301,16 @@ def test_loss_gradcheck(mode, kl_authors, bias):
 def test_h_splits_heuristic(monkeypatch):
     cuda = torch.device("cuda")
     monkeypatch.setattr(K, "_multiprocessors", lambda device: 132)
-    # B = 512 pairs at H = 4096, bf16, L = 128: 32 pair blocks of 16, BLOCK_H = 64 (64 tiles)
-    assert K.h_splits(32, 4096, 64, cuda, K._FORWARD_MIN_TILES) == (4, 1024)
-    # dX for the 1,024 rows: 16 row blocks of 64, 32-wide tiles: 8 ranges of 512 columns
-    assert K.h_splits(16, 4096, 32, cuda, K._GRAD_INPUT_MIN_TILES) == (8, 512)
-    # enough row blocks to fill the GPU, or too few H tiles to split: one range
-    assert K.h_splits(256, 4096, 64, cuda, K._FORWARD_MIN_TILES) == (1, 4096)
-    assert K.h_splits(2, 192, 64, cuda, K._FORWARD_MIN_TILES) == (1, 192)
+    # 32 row blocks at H = 4096: 132 // 32 = 4 ranges of 1024 columns
+    assert K.h_splits(32, 4096, 64, cuda, K._FORWARD_MIN_COLUMNS) == (4, 1024)
+    # dX for the 1,024 rows of B = 512: 16 row blocks of 64, 32-wide tiles: 8 ranges of 512 columns
+    assert K.h_splits(16, 4096, 32, cuda, K._GRAD_INPUT_MIN_COLUMNS) == (8, 512)
+    # enough row blocks to fill the GPU, or H too narrow for a second 512-column range: one range
+    assert K.h_splits(256, 4096, 64, cuda, K._FORWARD_MIN_COLUMNS) == (1, 4096)
+    assert K.h_splits(2, 960, 32, cuda, K._FORWARD_MIN_COLUMNS) == (1, 960)
+    # B = 64: 2 projection blocks would want 66 ranges; at least 512 columns each caps it at 8
+    assert K.h_splits(2, 4096, 32, cuda, K._FORWARD_MIN_COLUMNS) == (8, 512)
+    assert K.h_splits(2, 4096, 32, cuda, K._GRAD_INPUT_MIN_COLUMNS) == (16, 256)
     # the goal size through the launchers' layout: the projection runs in 64-row blocks, 8 of
     # them for 512 chosen + 512 rejected rows, so H = 4096 splits into 8 ranges (128 programs)
     weight = torch.empty(256, 4096, dtype=torch.bfloat16, device="meta")
@@ -318,16 +321,16 @@ def test_h_splits_heuristic(monkeypatch):
     assert K._split_layout(512, 2, 4096, weight, torch.device("cpu")) == (0, 4096)
     with K.forced_h_splits(0):
         assert K._split_layout(512, 2, 4096, weight, cuda) == (0, 4096)
-        assert K.h_splits(16, 4096, 32, cuda, K._GRAD_INPUT_MIN_TILES) == (1, 4096)
+        assert K.h_splits(16, 4096, 32, cuda, K._GRAD_INPUT_MIN_COLUMNS) == (1, 4096)
     # ranges are whole tiles and cover H exactly once
-    splits, per_split = K.h_splits(3, 1000, 64, cuda, 1)
+    splits, per_split = K.h_splits(3, 1000, 64, cuda, 64)
     assert per_split % 64 == 0 and (splits - 1) * per_split < 1000 <= splits * per_split
-    # CPU: no split unless forced; forcing caps at one tile per range
-    assert K.h_splits(1, 4096, 64, torch.device("cpu"), 1) == (1, 4096)
+    # CPU: no split unless forced; forcing ignores the minimum width, down to one tile per range
+    assert K.h_splits(1, 4096, 64, torch.device("cpu"), 64) == (1, 4096)
     with K.forced_h_splits(3):
-        assert K.h_splits(1, 300, 64, torch.device("cpu"), 4) == (3, 128)
+        assert K.h_splits(1, 300, 64, torch.device("cpu"), 512) == (3, 128)
         with K.forced_h_splits(50):
-            assert K.h_splits(1, 300, 64, torch.device("cpu"), 4) == (5, 64)
+            assert K.h_splits(1, 300, 64, torch.device("cpu"), 512) == (5, 64)
         assert K._forced_splits == 3
     assert K._forced_splits is None
 
