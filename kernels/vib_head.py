@@ -203,12 +203,12 @@ def _sum_partials(part_ptr, which, sets, rows, cols, valid, N, L, num_splits, AC
 
 @triton.jit
 def _project_all(
-    x_ptr, stride_x, rows, row_mask, w_ptr, stride_w, h_start, h_end, K,
+    x_ptr, stride_x, rows, row_mask, w_ptr, stride_w, ks, h_start, h_end, K,
     ACC: tl.constexpr, UPCAST: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    """[BN, BK] = x[rows, h] @ W[:, h]^T over h_start <= h < h_end: all K = 2L outputs in one tile,
-    so that each x tile feeds one wide dot (64 rows x 2L: a Hopper wgmma shape)."""
-    ks = tl.arange(0, BLOCK_K)
+    """[BN, BK] = x[rows, h] @ W[ks, h]^T over h_start <= h < h_end: up to 256 of the 2L outputs
+    in one tile (all of them at L = 128), so that each x tile feeds one wide dot (64 rows x 256:
+    a Hopper wgmma shape)."""
     k_mask = ks < K
     acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=ACC)
     for h0 in range(h_start, h_end, BLOCK_H):
@@ -234,19 +234,20 @@ def _project_partial_kernel(
     SETS: tl.constexpr, UPCAST: tl.constexpr, ACC: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    # grid axis 0: the row blocks of set 0, then those of set 1; axis 1: the H ranges
+    # grid axis 0: the row blocks of set 0, then those of set 1; axis 1: the H ranges; axis 2:
+    # the output tiles (one unless 2L > 256)
     blocks_per_set = tl.cdiv(N, BLOCK_N)
     pid = tl.program_id(0)
     which = pid // blocks_per_set
     split = tl.program_id(1)
     rows = (pid - which * blocks_per_set) * BLOCK_N + tl.arange(0, BLOCK_N)
     row_mask = rows < N
-    ks = tl.arange(0, BLOCK_K)
+    ks = tl.program_id(2) * BLOCK_K + tl.arange(0, BLOCK_K)
     h_start, h_end = _h_range(split, H_PER_SPLIT, H)
     # one loop for either set (a select, not two copies of the pipelined loop)
     x_ptr = tl.where(which == 0, x1_ptr, x2_ptr)
     stride_x = tl.where(which == 0, stride_x1, stride_x2)
-    acc = _project_all(x_ptr, stride_x, rows, row_mask, w_ptr, stride_w, h_start, h_end, K,
+    acc = _project_all(x_ptr, stride_x, rows, row_mask, w_ptr, stride_w, ks, h_start, h_end, K,
                        ACC, UPCAST, BLOCK_N, BLOCK_H, BLOCK_K)
     idx = ((split * SETS + which) * N + rows[:, None]) * K + ks[None, :]
     tl.store(part_ptr + idx, acc, mask=row_mask[:, None] & (ks < K)[None, :])
@@ -624,12 +625,15 @@ def h_splits(row_blocks: int, hidden: int, block_h: int, device: torch.device, m
     return triton.cdiv(hidden, per_split), per_split
 
 
+_PARTIAL_MAX_BLOCK_K = 256
+
+
 def _partial_blocks(rows: int, k: int, hidden: int, element_size: int) -> tuple[int, int, int]:
     """(BLOCK_N, BLOCK_H, BLOCK_K) of the split-H projection: 64-row blocks (the Hopper wgmma
-    M tile; four times the rows per W tile of the fused kernels' 16-row blocks), all 2L outputs
-    in one tile, and a W^T tile of at most 16 KiB (with 32 KiB, ptxas spills the 64 x 256 accumulator
-    on sm_90)."""
-    block_k = max(16, triton.next_power_of_2(k))
+    M tile; four times the rows per W tile of the fused kernels' 16-row blocks), up to 256 of the
+    2L outputs in one tile (a 64 x 256 fp32 accumulator is what 8 warps hold without spilling),
+    and a W^T tile of at most 16 KiB (with 32 KiB, ptxas spills on sm_90)."""
+    block_k = max(16, min(_PARTIAL_MAX_BLOCK_K, triton.next_power_of_2(k)))
     block_n = min(64, max(16, triton.next_power_of_2(rows)))
     block_h = max(16, min(64, triton.next_power_of_2(hidden), 16384 // (block_k * element_size)))
     return block_n, block_h, block_k
@@ -667,7 +671,7 @@ def _project_partials(x1, x2, weight, acc, splits, per_split):
     block_n, block_h, block_k = _partial_blocks(rows, k, hidden, weight.element_size())
     part = torch.empty(splits, sets, rows, k, device=x1.device, dtype=acc)
     x2 = x1 if x2 is None else x2
-    _project_partial_kernel[(sets * triton.cdiv(rows, block_n), splits)](
+    _project_partial_kernel[(sets * triton.cdiv(rows, block_n), splits, triton.cdiv(k, block_k))](
         x1, x1.stride(0), x2, x2.stride(0), weight, weight.stride(0), part, rows, hidden, k, per_split,
         SETS=sets, UPCAST=_interpreting(), ACC=_tl_acc(acc),
         BLOCK_N=block_n, BLOCK_H=block_h, BLOCK_K=block_k, num_warps=8 if block_k >= 256 else 4,

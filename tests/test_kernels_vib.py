@@ -372,6 +372,20 @@ def test_split_h_several_projection_blocks():
         check_loss(torch.float32, 1e-4, 1e-4, "standard", False, pairs=70, hidden=150, latent=5)
 
 
+def test_split_h_output_tiles(monkeypatch):
+    # 2L > 256 (L >= 129) takes several output tiles per row block; shrunk here to 16-wide tiles
+    # so that L = 19 needs three of them
+    monkeypatch.setattr(K, "_PARTIAL_MAX_BLOCK_K", 16)
+    with K.forced_h_splits(2):
+        check_loss(torch.float32, 1e-4, 1e-4, "standard", True, pairs=9, hidden=150, latent=19)
+        x = rows(9, 150, torch.float32, 40)
+        w, b, _, _ = make_params(150, 19, torch.float32, True, seed=41)
+        out = vib_encode(x, w, b, sample=False)
+    ref = _reference_vib_encode(x, w, b, sample=False)
+    for name, o, r in zip(("mu", "logvar", "z", "kl"), out, ref):
+        assert_close(o, r, 1e-4, 1e-4, name)
+
+
 def test_split_h_philox_same_noise_as_unsplit():
     # the split changes where the projection is summed, not the noise: same seed, same loss
     pairs, hidden, latent = 5, 200, 7
