@@ -99,11 +99,12 @@ def test_head_loss_fwd_bwd(benchmark, device, gpu_sizes, size, impl):
 
     torch.manual_seed(0)
     backend = "triton" if fused else "reference"
-    layout = contextlib.nullcontext()
+    layout = contextlib.nullcontext  # a factory: a generator context manager is good for one `with`
     if impl == "triton_single_kernel":
         from inform_fast.kernels.vib_head import forced_h_splits
 
-        layout = forced_h_splits(0)
+        def layout():
+            return forced_h_splits(0)
     head = InfoRMHead(hidden, LATENT, backend=backend).to(device=device, dtype=dtype).train()
     if impl == "authors_eager":
         states_w = torch.randn(pairs, seq, hidden, device=device, dtype=dtype, requires_grad=True)
@@ -132,7 +133,7 @@ def test_head_loss_fwd_bwd(benchmark, device, gpu_sizes, size, impl):
         for t in inputs:
             t.grad = None
         head.zero_grad(set_to_none=True)
-        with layout:
+        with layout():
             loss_fn().backward()
         _sync(device)
 
