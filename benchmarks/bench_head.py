@@ -83,12 +83,12 @@ def _fits(size, dtype, device) -> tuple[bool, str]:
 
 
 @pytest.mark.parametrize("impl", IMPLEMENTATIONS)
-def test_head_loss_fwd_bwd(benchmark, device, gpu_sizes, size, impl):
+def test_head_loss_fwd_bwd(benchmark, device, gpu_sizes, size, impl, plumbing):
     dtype = torch.bfloat16 if gpu_sizes else torch.float32
     pairs, hidden, seq = size["pairs"], size["hidden"], size["seq"]
     benchmark.group = f"head+loss fwd+bwd B={pairs} H={hidden} L={LATENT} {str(dtype).replace('torch.', '')}"
     fused = impl.startswith("triton")
-    if fused and device != "cuda":
+    if fused and device != "cuda" and not plumbing:
         pytest.skip("the fused Triton kernels need CUDA (the benchmarks never time the interpreter)")
     if fused and not dispatch.triton_importable():
         pytest.skip("triton is not installed")
@@ -152,7 +152,7 @@ def test_head_loss_fwd_bwd(benchmark, device, gpu_sizes, size, impl):
         step()
         peak = torch.cuda.max_memory_allocated() - before
 
-    rounds = 20 if gpu_sizes else 10
+    rounds = 20 if gpu_sizes else 2 if plumbing else 10
     benchmark.pedantic(step, rounds=rounds, warmup_rounds=2)
     ours = impl == "triton_fused" or (impl == "reference_eager" and device == "cpu")  # what dispatch picks
     benchmark.extra_info.update(

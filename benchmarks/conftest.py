@@ -7,8 +7,12 @@ import os
 
 import pytest
 
-# The benchmarks time compiled kernels, never the Triton interpreter.
-os.environ.pop("TRITON_INTERPRET", None)
+# The benchmarks time compiled kernels, never the Triton interpreter. INFORM_FAST_BENCH_PLUMBING=1
+# (tests/test_bench_plumbing.py) keeps it, so that the CUDA-only variants run a few rounds on CPU
+# tensors: a check of the benchmark code, whose timings mean nothing and are not saved.
+PLUMBING = os.environ.get("INFORM_FAST_BENCH_PLUMBING") == "1"
+if not PLUMBING:
+    os.environ.pop("TRITON_INTERPRET", None)
 
 
 def pytest_addoption(parser):
@@ -23,6 +27,12 @@ def pytest_addoption(parser):
 @pytest.fixture(scope="session")
 def gpu_sizes(request) -> bool:
     return bool(request.config.getoption("--gpu-sizes"))
+
+
+@pytest.fixture(scope="session")
+def plumbing() -> bool:
+    """True when the CUDA-only variants run under the Triton interpreter (see PLUMBING above)."""
+    return PLUMBING
 
 
 @pytest.fixture(scope="session")
