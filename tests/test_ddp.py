@@ -76,6 +76,24 @@ def _worker(strategy, rank, world_size, result_dir):
         dist.destroy_process_group()
 
 
+def run_as_rank(worker, *args) -> None:
+    """Run ``worker(*args)`` as a rank's whole program, then leave with ``os._exit``: the
+    interpreter's teardown can abort the process after its results are saved ("terminate called
+    without an active exception" from a c10d/gloo background thread, exit code -6), which would
+    fail a test whose every number was right."""
+    import traceback
+
+    code = 0
+    try:
+        worker(*args)
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def run_ranks(script, args, result_dir, world_size=2, env=None):
     """Run ``script *args RANK WORLD_SIZE result_dir`` as ``world_size`` processes and wait; a rank
     that fails fails the test with the end of its log (``result_dir/rank{RANK}.log``).
@@ -118,4 +136,4 @@ def test_distributed_gradients_match_single_process(tmp_path, strategy):
 
 
 if __name__ == "__main__":
-    _worker(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4])
+    run_as_rank(_worker, sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4])

@@ -208,4 +208,4 @@ def test_hf_trainer_with_deepspeed_zero3_trains_and_saves(zero_runs):
 
 
 if __name__ == "__main__":
-    _worker(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3])
+    _ddp.run_as_rank(_worker, int(sys.argv[1]), int(sys.argv[2]), sys.argv[3])
