@@ -799,10 +799,11 @@ def pair_loss_forward(chosen, rejected, weight, bias, dec_weight, dec_bias, nois
     rejected_c, _ = _dot_operands(rejected, weight)
     device = chosen.device
     block_l = _block_l(latent)
-    block_b = _block_rows(pairs)
+    splits, per_split = _split_layout(pairs, 2, hidden, weight_c, device)
+    # the epilogue alone (splits > 0) keeps 16-pair blocks at any B: with 32 it spills on sm_90
+    block_b = 16 if splits > 0 else _block_rows(pairs)
     block_h = _block_h(hidden, block_l, weight_c.element_size())
     programs = triton.cdiv(pairs, block_b)
-    splits, per_split = _split_layout(pairs, 2, hidden, weight_c, device)
     pair = torch.empty(4, pairs, device=device, dtype=acc)
     rewards = torch.empty(2, pairs, device=device, dtype=acc)
     g = torch.empty(2 * pairs, 2 * latent, device=device, dtype=acc) if store_grad else pair
