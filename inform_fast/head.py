@@ -255,7 +255,7 @@ class InfoRMHead(nn.Module):
         if not sample:
             noise_chosen = noise_rejected = None
 
-        if self.decoder_type == "linear":
+        if self.decoder_type == "linear" and not _partitioned(self):
             _, loss_fn = dispatch.resolve("linear_pairwise_loss", chosen.device, self.backend)
             terms, r_w, r_l = loss_fn(
                 chosen, rejected, self.encoder.weight, self.encoder.bias, self.decoder.weight, self.decoder.bias,
@@ -263,7 +263,8 @@ class InfoRMHead(nn.Module):
                 beta=beta, margin=margin, kl_mode=self.kl_mode,
             )
         else:
-            _, encode = dispatch.resolve("vib_encode", chosen.device, self.backend)
+            # one forward of the head over the chosen and rejected rows, through ``self(...)``:
+            # DeepSpeed ZeRO-3 gathers a module's partitioned weights only around its forward
             noise = None
             if noise_chosen is not None or noise_rejected is not None:
                 latent_shape = (chosen.shape[0], self.latent_dim)
@@ -272,13 +273,9 @@ class InfoRMHead(nn.Module):
                     noise_chosen if noise_chosen is not None else torch.randn(latent_shape, device=chosen.device, dtype=acc),
                     noise_rejected if noise_rejected is not None else torch.randn(latent_shape, device=chosen.device, dtype=acc),
                 ])
-            _, _, z, kl = encode(
-                torch.cat([chosen, rejected]), self.encoder.weight, self.encoder.bias,
-                noise=noise, sample=sample, kl_mode=self.kl_mode,
-            )
-            rewards = self.decoder(z)
-            r_w, r_l = rewards.chunk(2)
-            kl_w, kl_l = kl.chunk(2)
+            out = self(torch.cat([chosen, rejected]), noise=noise)
+            r_w, r_l = out.reward.chunk(2)
+            kl_w, kl_l = out.kl.chunk(2)
             terms = reference.pairwise_loss_from_rewards(r_w, r_l, kl_w, kl_l, beta=beta, margin=margin)
         return InfoRMLossOutput(
             loss=terms.loss,
@@ -289,6 +286,13 @@ class InfoRMHead(nn.Module):
             reward_chosen=r_w,
             reward_rejected=r_l,
         )
+
+
+def _partitioned(module: nn.Module) -> bool:
+    """True under DeepSpeed ZeRO-3, whose partitioned parameters (they carry ``ds_id``) hold their
+    full values only inside a module's forward: the fused loss, which reads the weights
+    directly, must then go through the forward instead."""
+    return any(hasattr(p, "ds_id") for p in module.parameters())
 
 
 def _check_beta(beta) -> float:

@@ -79,10 +79,12 @@ def _case(deepspeed, stage, decoder, rank, world_size, out):
     # before any other forward of the stepped model
     scored, mu = engine.module.score(batch["chosen_input_ids"], batch["chosen_attention_mask"])
     latents = engine.module.latents(batch["chosen_input_ids"], batch["chosen_attention_mask"])
+    pair_loss = engine.module.pairwise_loss(batch["chosen_input_ids"], batch["chosen_attention_mask"],
+                                            batch["rejected_input_ids"], batch["rejected_attention_mask"]).loss.detach()
     with torch.no_grad():
         rewards = engine(input_ids=batch["chosen_input_ids"], attention_mask=batch["chosen_attention_mask"]).rewards
     torch.save({"grads": grads, "params": stepped, "rewards": rewards.clone(), "scored": scored.clone(),
-                "mu": mu.clone(), "latents": latents.clone()}, f"{out}-rank{rank}.pt")
+                "mu": mu.clone(), "latents": latents.clone(), "pair_loss": pair_loss.clone()}, f"{out}-rank{rank}.pt")
     dist.barrier()
 
 
@@ -178,12 +180,15 @@ def test_deepspeed_zero_matches_single_process(zero_runs, stage, decoder):
         batch = make_batch()
         expected = model(input_ids=batch["chosen_input_ids"], attention_mask=batch["chosen_attention_mask"]).rewards
         expected_scored, expected_mu = model.score(batch["chosen_input_ids"], batch["chosen_attention_mask"])
+        expected_loss = model.pairwise_loss(batch["chosen_input_ids"], batch["chosen_attention_mask"],
+                                            batch["rejected_input_ids"], batch["rejected_attention_mask"]).loss
     torch.testing.assert_close(expected_scored, expected)
     for result in results:
         torch.testing.assert_close(result["rewards"], expected, rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(result["scored"], expected, rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(result["mu"], expected_mu, rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(result["latents"], expected_mu, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(result["pair_loss"], expected_loss, rtol=1e-4, atol=1e-5)
     if stage == 3:
         saved = InfoRMForRewardModel.from_pretrained(f"{out}-saved").eval()
         assert saved.config.decoder == decoder
