@@ -8,14 +8,15 @@ Kernels (launchers below them take and return torch tensors; the autograd.Functi
 
 * ``_encode_fwd_kernel``: [mu, logvar] = x @ W^T (+ b), z = mu + exp(logvar/2) * eps, KL.
 * ``_encode_bwd_kernel``: G = [dmu, dlogvar] from the output gradients (eps regenerated from the
-  Philox seed, never stored), stores G for dW, and dX = G @ W in the same pass.
+  Philox seed, never stored), stores G for dW, and (STORE_DX, the one-kernel layout) dX = G @ W
+  in the same pass; on CUDA dX comes from ``_grad_input_kernel`` instead.
 * ``_pair_loss_fwd_kernel``: one program owns a block of pairs and projects its chosen and
   rejected rows against the same W tiles, then reparameterises, decodes, computes the per-pair
   loss and, because the loss is the last node of the graph, the gradient G of the pre-activations
   (Liger-style): the backward only scales it, so the noise is needed in the forward only.
 * ``_project_partial_kernel``: the projection on its own (what CUDA runs): program (row block,
-  H range) computes x @ W^T for 64 rows and all 2L outputs over its range of H and stores the
-  fp32 sums; the two kernels above then add the ranges (PRE_PROJECTED) instead of projecting.
+  H range, output tile) computes x @ W^T for 64 rows and up to 256 outputs (all 2L at L = 128)
+  over its range of H and stores the fp32 sums; the two kernels above then add the ranges (PRE_PROJECTED) instead of projecting.
   64-row blocks get Hopper's warpgroup MMA, and splitting H keeps the SMs busy when a batch has
   few row blocks (B = 512 pairs: 16 blocks, 8 ranges, 128 programs on a 132-SM H100). Without
   it (the CPU interpreter's default) the fused kernels project in their own 16-row blocks.
