@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 
 MODULES = ("vib_head", "mahalanobis", "min_distance", "dbscan")
@@ -35,7 +34,9 @@ def main(argv=None) -> int:
     parser.add_argument("--capability", type=int, default=90)
     parser.add_argument("--json", default=None, help="also write the table here")
     args = parser.parse_args(argv)
-    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+    from inform_fast.dispatch import triton_interpret
+
+    if triton_interpret():
         print("unset TRITON_INTERPRET: the interpreted kernels cannot be compiled", file=sys.stderr)
         return 2
     import triton

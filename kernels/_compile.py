@@ -11,9 +11,7 @@ from typing import Mapping, Optional
 
 import triton
 
-
-def interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0", "false", "False")
+from inform_fast.dispatch import triton_interpret
 
 
 def compile_for_gpu(
@@ -62,7 +60,9 @@ def resource_usage(kernel, pointer_types: Mapping[str, str], constexprs: Mapping
 
 def compile_configs(configs, capability: int = 90) -> list[str]:
     """``compile_for_gpu`` over a kernel module's ``gpu_configs()`` entries (kernel, pointer
-    types, constexprs, num_warps[, scalar types]); returns the kernel names in order."""
+    types, constexprs, num_warps[, scalar types]): the launch configurations the module uses on
+    CUDA, compiled for compute capability ``capability`` without a GPU. Catches constructs that
+    only the interpreter accepts. Returns the kernel names in order; raises on failure."""
     return [compile_for_gpu(kernel, pointers, constexprs, *rest, capability=capability, num_warps=num_warps)
             for kernel, pointers, constexprs, num_warps, *rest in configs]
 
@@ -82,7 +82,7 @@ def _compile(kernel, pointer_types, constexprs, scalar_types, capability, num_wa
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    if interpreting():
+    if triton_interpret():
         raise RuntimeError("compile_for_gpu: unset TRITON_INTERPRET (the kernels are interpreted)")
     scalar_types = scalar_types or {}
     signature = {}

@@ -209,9 +209,3 @@ def gpu_configs() -> list[tuple]:
         (_first_neighbour_kernel, {**indices, "first_ptr": "*i64"}, meta, _NUM_WARPS, scalars),
     ]
 
-
-def compile_check(capability: int = 90) -> list[str]:
-    """Compile the three pair kernels for an NVIDIA GPU without one, in their ``gpu_configs``."""
-    from inform_fast.kernels._compile import compile_configs
-
-    return compile_configs(gpu_configs(), capability)

@@ -24,12 +24,6 @@ def gpu_configs() -> list[tuple]:
     return configs
 
 
-def compile_check(capability: int = 90) -> list[str]:
-    """Compile the kernel for an NVIDIA GPU without one, in its ``gpu_configs``."""
-    from inform_fast.kernels._compile import compile_configs
-
-    return compile_configs(gpu_configs(), capability)
-
 
 @triton.jit
 def _mahalanobis_sq_kernel(

@@ -31,12 +31,6 @@ def gpu_configs() -> list[tuple]:
             for block_q, precision in ((64, "tf32"), (16, "tf32"), (64, "ieee"))]
 
 
-def compile_check(capability: int = 90) -> list[str]:
-    """Compile the kernel for an NVIDIA GPU without one, in its ``gpu_configs``."""
-    from inform_fast.kernels._compile import compile_configs
-
-    return compile_configs(gpu_configs(), capability)
-
 
 @triton.jit
 def _nearest_kernel(

@@ -41,14 +41,13 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import os
 from typing import Iterator, Optional
 
 import torch
 import triton
 import triton.language as tl
 
-from inform_fast.kernels._compile import compile_configs
+from inform_fast.dispatch import triton_interpret
 
 NOISE_NONE, NOISE_EXPLICIT, NOISE_PHILOX = 0, 1, 2
 
@@ -551,10 +550,6 @@ def _philox_noise_kernel(
 # launchers
 
 
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0", "false", "False")
-
-
 def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
@@ -674,7 +669,7 @@ def _project_partials(x1, x2, weight, acc, splits, per_split):
     x2 = x1 if x2 is None else x2
     _project_partial_kernel[(sets * triton.cdiv(rows, block_n), splits, triton.cdiv(k, block_k))](
         x1, x1.stride(0), x2, x2.stride(0), weight, weight.stride(0), part, rows, hidden, k, per_split,
-        SETS=sets, UPCAST=_interpreting(), ACC=_tl_acc(acc),
+        SETS=sets, UPCAST=triton_interpret(), ACC=_tl_acc(acc),
         BLOCK_N=block_n, BLOCK_H=block_h, BLOCK_K=block_k, num_warps=8 if block_k >= 256 else 4,
     )
     return part
@@ -743,7 +738,7 @@ def encode_forward(x, weight, bias, noise, seed, noise_mode, kl_authors):
     _encode_fwd_kernel[(row_blocks,)](
         x, x.stride(0), weight, weight.stride(0), bias if bias is not None else mu,
         noise_arg, noise_arg.stride(0), seed, mu, logvar, z, kl, part, splits, rows, hidden, latent,
-        HAS_BIAS=bias is not None, NOISE_MODE=noise_mode, KL_AUTHORS=kl_authors, UPCAST=_interpreting(),
+        HAS_BIAS=bias is not None, NOISE_MODE=noise_mode, KL_AUTHORS=kl_authors, UPCAST=triton_interpret(),
         PRE_PROJECTED=splits > 0,
         ACC=_tl_acc(acc), BLOCK_N=block_n, BLOCK_H=block_h, BLOCK_L=block_l,
         num_warps=_num_warps(block_l),
@@ -775,7 +770,7 @@ def encode_backward(x, weight, mu, logvar, grad_mu, grad_logvar, grad_z, grad_kl
     _encode_bwd_kernel[(row_blocks, splits)](
         weight_c, weight_c.stride(0), mu, logvar, grad_mu, grad_logvar, grad_z, grad_kl,
         noise_arg, noise_arg.stride(0), seed, g, dx, dx.stride(0), rows, hidden, latent, per_split,
-        NOISE_MODE=noise_mode, KL_AUTHORS=kl_authors, UPCAST=_interpreting(), STORE_DX=not separate,
+        NOISE_MODE=noise_mode, KL_AUTHORS=kl_authors, UPCAST=triton_interpret(), STORE_DX=not separate,
         BLOCK_N=block_n, BLOCK_H=block_h, BLOCK_L=block_l, num_warps=_num_warps(block_l),
     )
     if separate:
@@ -820,7 +815,7 @@ def pair_loss_forward(chosen, rejected, weight, bias, dec_weight, dec_bias, nois
         seed, _constant(float(beta), device, acc), g, pair, rewards, dwdec,
         part, splits, pairs, hidden, latent,
         HAS_BIAS=bias is not None, HAS_DEC_BIAS=dec_bias is not None, HAS_MARGIN=margin is not None,
-        NOISE_MODE=noise_mode, KL_AUTHORS=kl_authors, STORE_GRAD=store_grad, UPCAST=_interpreting(),
+        NOISE_MODE=noise_mode, KL_AUTHORS=kl_authors, STORE_GRAD=store_grad, UPCAST=triton_interpret(),
         PRE_PROJECTED=splits > 0,
         ACC=_tl_acc(acc), BLOCK_B=block_b, BLOCK_H=block_h, BLOCK_L=block_l,
         num_warps=_num_warps(block_l),
@@ -846,7 +841,7 @@ def grad_input(g, weight, scale, out_dtype):
     splits, per_split = h_splits(row_blocks, hidden, block_h, g.device, _GRAD_INPUT_MIN_COLUMNS)
     _grad_input_kernel[(row_blocks, splits)](
         g, weight, weight.stride(0), scale, dx, dx.stride(0), rows, hidden, latent, per_split,
-        UPCAST=_interpreting(), BLOCK_N=block_n, BLOCK_H=block_h, BLOCK_L=block_l,
+        UPCAST=triton_interpret(), BLOCK_N=block_n, BLOCK_H=block_h, BLOCK_L=block_l,
         num_warps=_num_warps(block_l),
     )
     return dx
@@ -865,7 +860,7 @@ def grad_weight(g, x1, x2, scale, out_dtype):
     _grad_weight_kernel[grid](
         g, x1, x1.stride(0), x1.shape[0], x2, x2.stride(0), x2.shape[0],
         scale, dw, dw.stride(0), k, hidden,
-        UPCAST=_interpreting(), ACC=_tl_acc(g.dtype), BLOCK_K=block_k, BLOCK_N=32, BLOCK_H=block_h,
+        UPCAST=triton_interpret(), ACC=_tl_acc(g.dtype), BLOCK_K=block_k, BLOCK_N=32, BLOCK_H=block_h,
         num_warps=4,
     )
     return dw
@@ -905,13 +900,3 @@ def gpu_configs() -> list[tuple]:
         (_encode_bwd_kernel, dict(w_ptr=bf16, dx_ptr=bf16),
          dict(NOISE_MODE=NOISE_EXPLICIT, KL_AUTHORS=True, STORE_DX=True, BLOCK_N=16, **block), 8),
     ]
-
-
-def compile_check(capability: int = 90) -> list[str]:
-    """Compile the kernels for an NVIDIA GPU of the given compute capability without a GPU
-    (Triton front end, MLIR lowering and ptxas), in the bf16 configurations of ``gpu_configs``.
-
-    Catches constructs that only the interpreter accepts. Must run with TRITON_INTERPRET unset
-    (the kernels are then real JITFunctions). Returns the names compiled; raises on failure.
-    """
-    return compile_configs(gpu_configs(), capability)

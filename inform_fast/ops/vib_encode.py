@@ -48,8 +48,7 @@ class VIBEncodeFunction(torch.autograd.Function):
         d_weight = d_bias = None
         if ctx.needs_input_grad[1]:
             x_c, _ = K._dot_operands(pooled, weight)
-            one = torch.ones(1, device=g.device, dtype=g.dtype)
-            d_weight = K.grad_weight(g, x_c, None, one, weight.dtype)
+            d_weight = K.grad_weight(g, x_c, None, K._constant(1.0, g.device, g.dtype), weight.dtype)
         if bias is not None and ctx.needs_input_grad[2]:
             d_bias = g.sum(0).to(bias.dtype)
         return (dx if ctx.needs_input_grad[0] else None), d_weight, d_bias, None, None, None, None
