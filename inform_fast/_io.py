@@ -12,10 +12,22 @@ import tempfile
 from typing import Iterator
 
 
+def process_umask() -> int:
+    """The process umask, read from /proc without changing it: ``os.umask`` can only be read by
+    setting it, which for a moment changes it for every thread (files another thread creates in
+    that moment would get the wrong permissions). 0o022 where /proc does not say."""
+    try:
+        with open("/proc/self/status") as stream:
+            for line in stream:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o022
+
+
 def _default_mode() -> int:
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask  # mkstemp makes 0600 files; give what open() would have given
+    return 0o666 & ~process_umask()  # mkstemp makes 0600 files; give what open() would have given
 
 
 @contextlib.contextmanager

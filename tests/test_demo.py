@@ -132,8 +132,6 @@ def test_world_gold_and_pairs():
 @pytest.fixture(scope="module")
 def tiny_report(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo") / "report"
-    os.makedirs(out)
-    (out / "stale.txt").write_text("from an older run")
     code = main(["demo", "--preset", "tiny", "--seed", "0", "--out", str(out), "--quiet"])
     assert code == 0
     return out
@@ -141,7 +139,7 @@ def tiny_report(tmp_path_factory):
 
 def test_report_structure(tiny_report):
     files = sorted(os.listdir(tiny_report))
-    assert files == ["detection.png", "gold_vs_proxy.png", "latent_map.png", "policy_search.png", "report.json", "report.md"]
+    assert files == [".inform-fast-demo", "detection.png", "gold_vs_proxy.png", "latent_map.png", "policy_search.png", "report.json", "report.md"]
     for name in ("detection.png", "gold_vs_proxy.png", "latent_map.png"):
         with open(tiny_report / name, "rb") as stream:
             assert stream.read(8) == b"\x89PNG\r\n\x1a\n"
@@ -223,27 +221,125 @@ def test_presets_are_consistent():
     assert preset("small").max_n >= 1000 and preset("paper").max_n >= preset("small").max_n
 
 
-def test_report_is_all_or_nothing(tmp_path, monkeypatch):
-    from inform_fast.demo import report
-
+@pytest.fixture(scope="module")
+def short_outcome():
     outcome = run_study(preset("tiny", steps=2), seed=0, progress=False)
     outcome["results"].update(preset="tiny", config=preset("tiny", steps=2).to_dict())
-    out = tmp_path / "out"
+    return outcome
+
+
+def _previous_output(out, files=("report.json",)):
+    """A folder as a previous demo run leaves it: its files and the marker that lists them."""
+    from inform_fast.demo import report
+
     out.mkdir()
-    (out / "report.json").write_text("{}")
+    for name in files:
+        (out / name).write_text("old " + name)
+    (out / report.MARKER).write_text(json.dumps({"generator": "inform-fast demo", "files": list(files)}))
+
+
+def test_report_is_all_or_nothing(tmp_path, monkeypatch, short_outcome):
+    from inform_fast.demo import report
+
+    out = tmp_path / "out"
+    _previous_output(out)
 
     def broken(*args, **kwargs):
         raise RuntimeError("disk full")
 
     monkeypatch.setattr(report, "plot_detection", broken)
     with pytest.raises(RuntimeError, match="disk full"):
-        report.write_report(str(out), outcome)
+        report.write_report(str(out), short_outcome)
     # the previous report is untouched and no temporary folder is left behind
     assert sorted(os.listdir(tmp_path)) == ["out"]
-    assert sorted(os.listdir(out)) == ["report.json"]
+    assert sorted(os.listdir(out)) == [report.MARKER, "report.json"]
+    assert (out / "report.json").read_text() == "old report.json"
     monkeypatch.undo()
-    report.write_report(str(out), outcome)
+    report.write_report(str(out), short_outcome)
     assert "report.md" in os.listdir(out) and sorted(os.listdir(tmp_path)) == ["out"]
+    assert json.loads((out / "report.json").read_text())["preset"] == "tiny"
+
+
+def _tree(root):
+    return {os.path.relpath(os.path.join(d, f), root): open(os.path.join(d, f), "rb").read()
+            for d, _, files in os.walk(root) for f in files}
+
+
+def test_demo_out_refuses_a_folder_with_other_files(tmp_path, capsys):
+    # the data loss of issue 13: --out precious removed precious/notes.txt
+    precious = tmp_path / "precious"
+    (precious / "sub").mkdir(parents=True)
+    (precious / "notes.txt").write_text("mine")
+    (precious / "sub" / "data.csv").write_text("1,2")
+    before = _tree(precious)
+    code = main(["demo", "--preset", "tiny", "--out", str(precious), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1 and "--out" in err and "notes.txt" in err and "--overwrite" in err
+    assert _tree(precious) == before and sorted(os.listdir(tmp_path)) == ["precious"]
+
+
+def test_demo_out_dot_in_a_project_touches_nothing(tmp_path, monkeypatch, capsys):
+    # `--out .` inside a project wiped its sources and then failed because the cwd was gone
+    project = tmp_path / "project"
+    (project / "src").mkdir(parents=True)
+    (project / "src" / "main.py").write_text("print('hi')")
+    (project / "README.md").write_text("# mine")
+    before = _tree(project)
+    monkeypatch.chdir(project)
+    assert main(["demo", "--preset", "tiny", "--out", ".", "--quiet"]) == 2
+    assert "--out" in capsys.readouterr().err
+    assert _tree(project) == before and os.getcwd() == str(project)
+
+
+def test_demo_overwrite_replaces_only_its_own_files(tmp_path, monkeypatch, short_outcome):
+    from inform_fast.demo import report
+
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "notes.txt").write_text("mine")
+    (project / "report.md").write_text("the user's own report.md")
+    monkeypatch.chdir(project)
+    with pytest.raises(ValueError, match="--out"):
+        report.write_report(".", short_outcome)
+    assert sorted(os.listdir(project)) == ["notes.txt", "report.md"]
+    report.write_report(".", short_outcome, overwrite=True)
+    files = sorted(os.listdir(project))
+    assert "notes.txt" in files and (project / "notes.txt").read_text() == "mine"
+    assert set(report.OWN_FILES) - {"policy_search.png"} <= set(files)
+    assert not [name for name in files if name.startswith(".inform_fast_demo-tmp")]
+    assert os.getcwd() == str(project)
+    # the folder still holds a file the demo did not write, so a later run needs --overwrite again
+    with pytest.raises(ValueError, match="notes.txt"):
+        report.check_out_dir(".")
+
+
+def test_demo_reruns_into_its_previous_output(tmp_path, short_outcome):
+    from inform_fast.demo import report
+
+    out = tmp_path / "out"
+    # an earlier run wrote a figure this run does not: it is the demo's own, so it goes
+    _previous_output(out, files=("report.json", "report.md", "latent_map.png", "policy_search.png"))
+    results = dict(short_outcome["results"])
+    results.pop("policy_search", None)
+    report.write_report(str(out), {"results": results, "arrays": short_outcome["arrays"]})
+    files = set(os.listdir(out))
+    assert "policy_search.png" not in files and {"report.md", "report.json", "latent_map.png", report.MARKER} <= files
+    listed = json.loads((out / report.MARKER).read_text())["files"]
+    assert set(listed) == files - {report.MARKER}
+    # a user's file added to a demo output makes it foreign again; a marker alone proves nothing
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="notes.txt"):
+        report.check_out_dir(str(out))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert report.check_out_dir(str(empty)) == str(empty)
+    fake = tmp_path / "fake"
+    fake.mkdir()
+    (fake / report.MARKER).write_text("not json")
+    (fake / "report.md").write_text("mine")
+    with pytest.raises(ValueError, match="report.md"):
+        report.check_out_dir(str(fake))
 
 
 # ----------------------------------------------------------------------------------- policy search

@@ -2,7 +2,8 @@
 
 Trains a standard reward model and InfoRM on the same synthetic preference pairs, runs best-of-n
 against each, measures the gold reward, and scores the selections with ICDS / MOP in InfoRM's
-latent space. Writes report.md, report.json and three PNGs into ``--out`` (all or nothing).
+latent space. Writes report.md, report.json and the PNGs into ``--out``, each file whole; never deletes or
+replaces a file it did not write (a folder holding other files needs ``--overwrite``).
 """
 from __future__ import annotations
 
@@ -10,7 +11,12 @@ HELP = "run the built-in overoptimization study (best-of-n, InfoRM vs standard R
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--out", default="inform_fast_demo", help="output folder (default ./inform_fast_demo; replaced as a whole)")
+    parser.add_argument("--out", default="inform_fast_demo", help="output folder (default ./inform_fast_demo): new, empty, or a previous demo output")
+    parser.add_argument(
+        "--overwrite", action="store_true",
+        help="write into an --out folder that holds other files: only the demo's own files (report.md, report.json, "
+             "the PNGs) are replaced, nothing else is touched",
+    )
     parser.add_argument("--seed", type=int, default=0, help="random seed: the same seed gives the same numbers (default 0)")
     parser.add_argument(
         "--preset", default="small", choices=["tiny", "small", "paper"],
@@ -27,7 +33,8 @@ def run(args) -> int:
     from inform_fast.demo.report import summary_table
 
     overrides = {} if args.device is None else {"device": args.device}
-    results = run_demo(args.out, preset=args.preset, seed=args.seed, progress=not args.quiet, **overrides)
+    results = run_demo(args.out, preset=args.preset, seed=args.seed, progress=not args.quiet,
+                       overwrite=args.overwrite, **overrides)
     out = os.path.abspath(args.out)
     print(summary_table(results))
     from inform_fast.demo.report import verdict

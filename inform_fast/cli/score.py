@@ -136,8 +136,9 @@ def score_file(model, tokenizer, data_path, output, field: str = "response", bat
             if isinstance(array, np.memmap):
                 array.flush()
         del rewards_out, mu_out
-        umask = os.umask(0)
-        os.umask(umask)
+        from inform_fast._io import process_umask
+
+        umask = process_umask()
         for temp, final in temps:
             os.chmod(temp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual permissions
             os.replace(temp, final)

@@ -14,9 +14,12 @@ math), ``search`` (the policy search), ``pipeline`` (the study) and ``report`` (
 from __future__ import annotations
 
 
-def run_demo(out_dir: str, preset: str = "small", seed: int = 0, progress: bool = True, **overrides) -> dict:
+def run_demo(out_dir: str, preset: str = "small", seed: int = 0, progress: bool = True, overwrite: bool = False,
+             **overrides) -> dict:
     """Run the study with a preset (``tiny``, ``small``, ``paper``) and write the report into
-    ``out_dir`` (created or replaced as a whole). Returns the report.json content."""
+    ``out_dir``: a new or empty folder, or a previous demo output. A folder holding other files is
+    refused (ValueError naming --out) unless ``overwrite``; even then only the demo's own files are
+    replaced. Returns the report.json content."""
     from inform_fast.demo.config import preset as get_preset
     from inform_fast.demo.pipeline import run_study
     from inform_fast.demo.report import check_out_dir, write_report
@@ -25,9 +28,9 @@ def run_demo(out_dir: str, preset: str = "small", seed: int = 0, progress: bool 
 
     started = time.perf_counter()
     config = get_preset(preset, **overrides)
-    check_out_dir(out_dir)  # fail before the study, not after it
+    check_out_dir(out_dir, overwrite=overwrite)  # fail before the study, not after it
     outcome = run_study(config, seed=seed, progress=progress)
     outcome["results"]["preset"] = preset
     outcome["results"]["config"] = config.to_dict()
-    write_report(out_dir, outcome, started=started)
+    write_report(out_dir, outcome, started=started, overwrite=overwrite)
     return outcome["results"]

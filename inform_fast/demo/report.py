@@ -1,8 +1,11 @@
-"""Write the demo's report: report.json, report.md and four PNGs, all or nothing.
+"""Write the demo's report: report.json, report.md and four PNGs, each file whole or not at all.
 
-Everything goes into a temporary folder next to ``out_dir`` first; only when every file is
-written is that folder moved into place (an existing ``out_dir`` is replaced), so an interrupted
-run never leaves a half-written report.
+The files are written into a hidden temporary folder first and moved into ``out_dir`` only when
+every one is complete. The demo never deletes or replaces a file it did not write: ``out_dir`` may
+be new, empty, or a previous demo output (recognised by the ``.inform-fast-demo`` marker that lists
+the files a run wrote, and nothing else in the folder); a folder holding anything else is refused
+unless ``overwrite=True`` (``--overwrite``), and even then only the demo's own file names are
+replaced and every other file is left as it was.
 """
 from __future__ import annotations
 
@@ -16,35 +19,84 @@ from typing import Optional
 
 import numpy as np
 
+from inform_fast._io import process_umask
+
 RM_LABELS = {"standard": "standard RM", "inform": "InfoRM"}
 THE = {"standard": "the standard RM", "inform": "InfoRM"}
 COLORS = {"standard": "tab:blue", "inform": "tab:orange"}
 FIGURES = ("gold_vs_proxy.png", "detection.png", "latent_map.png", "policy_search.png")
 GUIDE_LABELS = {"standard": "standard RM", "inform": "InfoRM", "inform_ibl": "InfoRM + IBL penalty", "gold": "gold reward (control)"}
 GUIDE_COLORS = {"standard": "tab:blue", "inform": "tab:orange", "inform_ibl": "tab:purple", "gold": "tab:green"}
+MARKER = ".inform-fast-demo"  # JSON listing the files a demo run wrote into its folder
+OWN_FILES = FIGURES + ("report.json", "report.md")
 
 
-def check_out_dir(out_dir: str) -> str:
-    """The absolute output folder; ValueError (naming --out) if it cannot be written as a whole."""
+def _previous_output_files(out_dir: str) -> Optional[set]:
+    """The files a previous demo run wrote into ``out_dir``, or None if its marker is missing or
+    unreadable (then the folder is not known to be a demo output)."""
+    try:
+        with open(os.path.join(out_dir, MARKER)) as stream:
+            listed = json.load(stream)["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not isinstance(listed, list):
+        return None
+    return {name for name in listed if name in OWN_FILES}
+
+
+def foreign_entries(out_dir: str) -> list:
+    """Entries of an existing ``out_dir`` that no demo run wrote (sorted); [] for a folder that is
+    empty or holds only a previous demo output."""
+    entries = sorted(os.listdir(out_dir))
+    if not entries:
+        return []
+    previous = _previous_output_files(out_dir)
+    if previous is None:
+        return entries
+    return [name for name in entries if name != MARKER and name not in previous]
+
+
+def check_out_dir(out_dir: str, overwrite: bool = False) -> str:
+    """The absolute output folder; ValueError (naming --out) if it cannot be written, or if it
+    holds files the demo did not write and ``overwrite`` is False."""
     out_dir = os.path.abspath(out_dir)
     parent = os.path.dirname(out_dir)
-    if not os.path.isdir(parent):
-        raise ValueError(f"--out: parent folder does not exist: {parent}")
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise ValueError(f"--out: exists and is not a folder: {out_dir}")
-    if not os.access(parent, os.W_OK):
+    if os.path.isdir(out_dir):
+        if not os.access(out_dir, os.W_OK | os.X_OK):
+            raise ValueError(f"--out: folder is not writable: {out_dir}")
+        foreign = foreign_entries(out_dir)
+        if foreign and not overwrite:
+            shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+            raise ValueError(
+                f"--out: {out_dir} holds files the demo did not write ({shown}); choose a new or empty folder, "
+                f"or pass --overwrite to write the demo's files into it (only {', '.join(OWN_FILES)} are replaced, "
+                f"nothing else is touched)"
+            )
+        return out_dir
+    if not os.path.isdir(parent):
+        raise ValueError(f"--out: parent folder does not exist: {parent}")
+    if not os.access(parent, os.W_OK | os.X_OK):
         raise ValueError(f"--out: parent folder is not writable: {parent}")
     return out_dir
 
 
-def write_report(out_dir: str, outcome: dict, started: Optional[float] = None) -> str:
+def _fsync_file(path: str) -> None:
+    with open(path, "rb") as stream:
+        os.fsync(stream.fileno())
+
+
+def write_report(out_dir: str, outcome: dict, started: Optional[float] = None, overwrite: bool = False) -> str:
     """Write report.json, report.md and the PNGs of ``outcome`` (``run_study``'s return) into
     ``out_dir``; returns its absolute path. With ``started`` (a ``time.perf_counter()`` value),
-    ``runtime_s`` is updated to include the figures."""
-    out_dir = check_out_dir(out_dir)
-    parent = os.path.dirname(out_dir)
+    ``runtime_s`` is updated to include the figures. See the module docstring for what may be
+    replaced; on any error the temporary folder is removed and ``out_dir`` is as it was."""
+    out_dir = check_out_dir(out_dir, overwrite=overwrite)
     results, arrays = outcome["results"], outcome["arrays"]
-    temp = tempfile.mkdtemp(prefix=".inform_fast_demo-", dir=parent)
+    exists = os.path.isdir(out_dir)
+    # beside out_dir when it is new (one rename places the whole folder), inside it otherwise
+    temp = tempfile.mkdtemp(prefix=".inform_fast_demo-tmp-", dir=out_dir if exists else os.path.dirname(out_dir))
     try:
         plot_gold_vs_proxy(results, os.path.join(temp, "gold_vs_proxy.png"))
         plot_detection(results, os.path.join(temp, "detection.png"))
@@ -57,17 +109,25 @@ def write_report(out_dir: str, outcome: dict, started: Optional[float] = None) -
             json.dump(results, stream, indent=2)
         with open(os.path.join(temp, "report.md"), "w") as stream:
             stream.write(markdown(results))
-        os.chmod(temp, 0o755)
-        if os.path.isdir(out_dir):
-            old = tempfile.mkdtemp(prefix=".inform_fast_demo-old-", dir=parent)
-            os.rename(out_dir, os.path.join(old, "previous"))
+        written = sorted(name for name in os.listdir(temp) if name in OWN_FILES)
+        with open(os.path.join(temp, MARKER), "w") as stream:
+            json.dump({"generator": "inform-fast demo", "files": written}, stream)
+        for name in os.listdir(temp):
+            _fsync_file(os.path.join(temp, name))
+        if not exists:
+            os.chmod(temp, 0o777 & ~process_umask())
             os.rename(temp, out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(temp, out_dir)
-    except BaseException:
-        shutil.rmtree(temp, ignore_errors=True)
-        raise
+            return out_dir
+        previous = _previous_output_files(out_dir) or set()
+        for name in written:
+            os.replace(os.path.join(temp, name), os.path.join(out_dir, name))
+        for name in sorted(previous - set(written)):  # a file an earlier demo run wrote and this one did not
+            if os.path.isfile(os.path.join(out_dir, name)):
+                os.unlink(os.path.join(out_dir, name))
+        os.replace(os.path.join(temp, MARKER), os.path.join(out_dir, MARKER))
+    finally:
+        if os.path.isdir(temp):
+            shutil.rmtree(temp, ignore_errors=True)
     return out_dir
 
 
