@@ -165,3 +165,33 @@ def test_bad_input():
         nearest_distance(good, good, block_refs=0)
     with pytest.raises(ValueError, match="backend"):
         nearest_distance(good, good, backend="gpu")
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_knn_distance_matches_scikit_learn(dtype):
+    from sklearn.neighbors import NearestNeighbors
+
+    from inform_fast.detect.neighbors import knn_distance
+
+    g = torch.Generator().manual_seed(3)
+    queries = torch.randn(211, 13, generator=g, dtype=torch.float64) + 50.0
+    references = torch.randn(1999, 13, generator=g, dtype=torch.float64) + 50.0
+    expected, expected_index = NearestNeighbors(n_neighbors=7).fit(references.numpy()).kneighbors(queries.numpy())
+    distance, index = knn_distance(queries.to(dtype), references.to(dtype), 7, block_queries=64, block_refs=300)
+    assert distance.shape == (211, 7) and distance.dtype == dtype and index.dtype == torch.int64
+    tol = 1e-12 if dtype == torch.float64 else 1e-4
+    np.testing.assert_allclose(distance.double().numpy(), expected, rtol=0, atol=tol)
+    if dtype == torch.float64:
+        np.testing.assert_array_equal(index.numpy(), expected_index)
+    assert bool((distance[:, 1:] >= distance[:, :-1]).all())
+
+
+def test_knn_distance_bad_input():
+    from inform_fast.detect.neighbors import knn_distance
+
+    with pytest.raises(ValueError, match="k: 4 neighbours requested but references has only 3 rows"):
+        knn_distance(torch.zeros(2, 3), torch.zeros(3, 3), 4)
+    with pytest.raises(ValueError, match="k:"):
+        knn_distance(torch.zeros(2, 3), torch.zeros(3, 3), 0)
+    with pytest.raises(ValueError, match="references: latent dimension"):
+        knn_distance(torch.zeros(2, 3), torch.zeros(3, 4), 1)

@@ -180,3 +180,78 @@ def nearest_distance_checked(
     out_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
     diff = q.to(torch.float64) - r.index_select(0, index).to(torch.float64)
     return diff.norm(dim=1).to(out_dtype), index
+
+
+dispatch.register("knn_distance", "reference", "inform_fast.detect.neighbors:_knn_index_reference")
+
+
+def _knn_index_reference(queries: torch.Tensor, references: torch.Tensor, k: int, block_queries: int, block_refs: int) -> torch.Tensor:
+    """Indices [q, k] int64 of the k nearest references of each query (any order), PyTorch tiles
+    with the same shift as ``_nearest_index_reference``."""
+    dtype = _work_dtype(queries, references)
+    shift = reference_shift(references, dtype)
+    q = queries.to(dtype) - shift
+    best = torch.empty((q.shape[0], 0), dtype=dtype, device=q.device)
+    best_index = torch.empty((q.shape[0], 0), dtype=torch.int64, device=q.device)
+    for r0 in range(0, references.shape[0], block_refs):
+        r = references[r0 : r0 + block_refs].to(dtype) - shift
+        norm = (r * r).sum(1)[None, :]
+        tile_best, tile_index = [], []
+        for q0 in range(0, q.shape[0], block_queries):
+            rows = slice(q0, q0 + block_queries)
+            partial = torch.addmm(norm, q[rows], r.T, alpha=-2.0)  # ||r||^2 - 2 q.r
+            values = torch.cat([best[rows], partial], dim=1)
+            where = torch.cat([best_index[rows], torch.arange(r0, r0 + r.shape[0], device=q.device).expand(partial.shape[0], -1)], dim=1)
+            top = torch.topk(values, min(k, values.shape[1]), dim=1, largest=False, sorted=False)
+            tile_best.append(top.values)
+            tile_index.append(where.gather(1, top.indices))
+        best, best_index = torch.cat(tile_best), torch.cat(tile_index)
+    return best_index
+
+
+def knn_distance(
+    queries,
+    references,
+    k: int,
+    block_queries: int = 1024,
+    block_refs: int = 8192,
+    backend: Optional[str] = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Euclidean distances from each query to its ``k`` nearest references, ascending.
+
+    Args:
+        queries: [q, L] float tensor or array; references: [m, L] (m >= k), same L and device.
+        k: number of neighbours (>= 1).
+        block_queries, block_refs: tile sizes (memory O(block_queries * (block_refs + k))).
+        backend: None/"auto" or a forced backend (see ``inform_fast.dispatch``).
+
+    Returns:
+        (distances [q, k], indices [q, k]): distances float32 (float64 for float64 input),
+        recomputed exactly as ||q - r|| in float64 for the chosen references and sorted ascending;
+        indices int64 into ``references``. ``distances[:, -1]`` is the k-th nearest distance.
+    """
+    q = as_latents("queries", queries)
+    r = as_latents("references", references, dim=q.shape[1])
+    check_positive_int("k", k)
+    if k > r.shape[0]:
+        raise ValueError(f"k: {k} neighbours requested but references has only {r.shape[0]} rows")
+    check_positive_int("block_queries", block_queries)
+    check_positive_int("block_refs", block_refs)
+    if q.device != r.device:
+        raise ValueError(f"references: on {r.device}, but queries are on {q.device}")
+    return knn_distance_checked(q, r, k, block_queries, block_refs, backend)
+
+
+def knn_distance_checked(
+    q: torch.Tensor, r: torch.Tensor, k: int, block_queries: int = 1024, block_refs: int = 8192, backend: Optional[str] = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``knn_distance`` on arguments already validated by the caller."""
+    _, impl = dispatch.resolve("knn_distance", q.device, backend)
+    if q.device.type == "cpu":
+        block_refs = min(block_refs, CPU_BLOCK_REFS)
+    index = impl(q, r, k, block_queries, block_refs)
+    out_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
+    diff = q.to(torch.float64)[:, None, :] - r[index].to(torch.float64)  # [q, k, L]
+    distance = diff.norm(dim=2)
+    distance, order = torch.sort(distance, dim=1)
+    return distance.to(out_dtype), index.gather(1, order)
