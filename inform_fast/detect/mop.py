@@ -10,6 +10,7 @@ import torch
 
 from inform_fast.detect.inputs import as_latents
 from inform_fast.detect.mahalanobis import MahalanobisScorer
+from inform_fast.validation import check_real
 
 
 @dataclass
@@ -48,9 +49,7 @@ class MOPResult:
 
 
 def check_alpha(alpha) -> float:
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not (0.0 < float(alpha) < 1.0):
-        raise ValueError(f"alpha: expected a float in (0, 1), got {alpha!r}")
-    return float(alpha)
+    return check_real("alpha", alpha, minimum=0, maximum=1, open_minimum=True, open_maximum=True)
 
 
 def _checked_shape(rlhf_latents, dim: int):
