@@ -173,7 +173,8 @@ class InfoRMHead(nn.Module):
         last non-padding token (left or right padding). [B, T, H] without a mask takes position T-1.
         With ``check_finite`` (the default) NaN / Inf in the pooled rows raise, naming ``name``."""
         pooled = self._pool(hidden_states, attention_mask, name)
-        if self.check_finite and not torch.compiler.is_compiling():  # a host sync would break the graph
+        # not while torch.compile traces (a host sync breaks the graph), nor on meta tensors (no values)
+        if self.check_finite and pooled.device.type != "meta" and not torch.compiler.is_compiling():
             check_finite(name, pooled)
         return pooled
 

@@ -63,6 +63,7 @@ def assets(tmp_path_factory):
     (root / "folder.png").mkdir()
     (root / "folder.json").mkdir()
     (root / "a_file").write_text("not a folder")
+    (root / "binary.json").write_bytes(b"\xff\xfe\x00{")
     return SimpleNamespace(root=root, backbone=backbone, pairs=pairs, responses=responses, rm=str(root / "rm"),
                            corrupt=str(corrupt), ref=str(root / "ref.npy"), rl=str(root / "rl.npy"),
                            history=str(root / "mon" / "history.json"), png=str(root / "mon" / "history.png"))
@@ -109,6 +110,7 @@ BAD_INPUTS = [
     ("export: a backbone as --model", "export --model {backbone} --output {out}", "not an InfoRM reward model"),
     ("export --overwrite onto a file", "export --model {rm} --output {root}/a_file --overwrite", "--output: "),
     ("report --history is a PNG", "report --history {png} --out {out}.png", "--history: "),
+    ("report --history is not UTF-8", "report --history {root}/binary.json --out {out}.png", "--history: "),
     # item 5: a mistyped --model
     ("train --model ./nodir", "train --model ./nodir --data {pairs} --output-dir {out}", "--model: folder not found"),
     ("score --model nodir", "score --model nodir --data {responses} --output {out}.npy", "--model: folder not found"),

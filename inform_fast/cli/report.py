@@ -16,13 +16,18 @@ def _check_history_file(path: str) -> None:
     """A history is JSON text: name what else a user may have given (often the monitor's PNG)."""
     try:
         with open(path, "rb") as stream:
-            start = stream.read(8)
+            content = stream.read()
     except OSError:
         return  # read_history reports a missing or unreadable file
-    for magic, kind in _IMAGE_MAGIC.items():
-        if start.startswith(magic):
-            raise ValueError(f"--history: {path} is {kind}; give the history.json that inform-fast monitor "
-                             "(or OverOptimizationMonitor.save) wrote")
+    kind = next((kind for magic, kind in _IMAGE_MAGIC.items() if content.startswith(magic)), None)
+    if kind is None:
+        try:
+            content.decode("utf-8")
+        except UnicodeDecodeError:
+            kind = "not UTF-8 text"
+    if kind is not None:
+        raise ValueError(f"--history: {path} is {kind}; give the history.json that inform-fast monitor "
+                         "(or OverOptimizationMonitor.save) wrote")
 
 
 def run(args) -> int:

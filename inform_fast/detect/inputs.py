@@ -86,8 +86,9 @@ def load_latents(path: str, key: Optional[str] = None, name: str = "path") -> to
             value = load_file(path)
         else:
             value = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # a corrupt file: name the argument and the file, keep the cause
-        raise ValueError(f"{name}: could not read {path}: {type(error).__name__}: {error}") from error
+    except Exception as error:  # a corrupt file: name the argument and the file, keep the cause's first line
+        cause = (str(error).strip().splitlines() or [""])[0]
+        raise ValueError(f"{name}: could not read {path}: {type(error).__name__}: {cause}") from error
     if isinstance(value, dict):
         value = _pick(value, key, path, name)
     elif key is not None:
