@@ -187,8 +187,17 @@ def test_mop_and_kop_argument_errors():
 
 
 def test_public_names_are_functions():
+    import importlib
+
     import inform_fast
     from inform_fast import detect
+
+    for module in ("dbscan", "icds", "mop", "calibrated", "monitor"):
+        importlib.import_module(f"inform_fast.detect.{module}")  # the shadowing happened after these
+    from inform_fast import dbscan, icds, mop as mop_function
+
+    assert all(callable(f) and not isinstance(f, type(inform_fast)) for f in (dbscan, icds, mop_function))
+    assert detect.mop is mop and detect.icds is icds
 
     assert callable(inform_fast.knn_scores) and callable(inform_fast.kop)
     assert detect.KNNScorer is KNNScorer and detect.EmpiricalPValues is EmpiricalPValues

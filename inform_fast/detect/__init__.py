@@ -28,6 +28,13 @@ _LAZY = {
 
 __all__ = sorted(_LAZY)
 
+# Functions named like their module (``icds`` in icds.py, ``dbscan``, ``mop``) are bound now: once
+# a submodule is imported, Python sets the package attribute of that name to the module, and the
+# lazy ``__getattr__`` below would never be asked again. Binding the function first keeps it.
+from inform_fast.detect.dbscan import dbscan  # noqa: E402
+from inform_fast.detect.icds import icds  # noqa: E402
+from inform_fast.detect.mop import mop  # noqa: E402
+
 
 def __getattr__(name: str):
     module = _LAZY.get(name)
