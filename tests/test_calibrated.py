@@ -16,7 +16,7 @@ from inform_fast.detect.mahalanobis import MahalanobisScorer
 from inform_fast.detect.mop import mop
 
 
-def collapsed_latents(n: int, dim: int = 24, seed: int = 0) -> np.ndarray:
+def collapsed_latents(n: int, dim: int = 24, seed: int = 0, duplicates: bool = True) -> np.ndarray:
     """Latents shaped like InfoRM's on real text: most variance on one skewed direction (the
     reward), heavy-tailed small noise on the others, a few exact duplicates."""
     rng = np.random.default_rng(seed)
@@ -25,7 +25,8 @@ def collapsed_latents(n: int, dim: int = 24, seed: int = 0) -> np.ndarray:
     along = rng.gamma(2.0, 1.5, size=n) - 3.0  # skewed
     noise = 0.05 * rng.standard_t(3, size=(n, dim))
     x = along[:, None] * direction[None, :] + noise
-    x[n // 2 : n // 2 + n // 50] = x[0]  # 2% duplicates of one response
+    if duplicates:
+        x[n // 2 : n // 2 + n // 50] = x[0]  # 2% duplicates of one response
     return x.astype(np.float32)
 
 
@@ -202,3 +203,85 @@ def test_public_names_are_functions():
     assert callable(inform_fast.knn_scores) and callable(inform_fast.kop)
     assert detect.KNNScorer is KNNScorer and detect.EmpiricalPValues is EmpiricalPValues
     assert isinstance(CalibratedScorer.fit(KNNScorer(k=3), collapsed_latents(50)), CalibratedScorer)
+
+
+def test_rank_shift_is_the_mann_whitney_auroc_and_calibrated():
+    from scipy.stats import mannwhitneyu
+
+    rng = np.random.default_rng(3)
+    calibration = np.round(rng.normal(size=401), 1)  # ties
+    scores = np.round(rng.normal(0.3, 1.0, size=157), 1)
+    shift, z = EmpiricalPValues(torch.tensor(calibration)).rank_shift(torch.tensor(scores))
+    u = mannwhitneyu(scores, calibration, alternative="greater").statistic
+    assert shift == pytest.approx(u / (157 * 401), abs=1e-12) and z > 2
+    # under no change the z statistic is standard normal
+    zs = []
+    for seed in range(300):
+        g = np.random.default_rng(seed)
+        zs.append(EmpiricalPValues(torch.tensor(g.standard_t(3, size=200))).rank_shift(torch.tensor(g.standard_t(3, size=150)))[1])
+    assert abs(np.mean(zs)) < 0.2 and 0.85 < np.std(zs) < 1.15
+
+
+def test_shift_rises_with_the_hacked_fraction():
+    # a shift too small to push responses past alpha still moves the rank statistic, in step
+    reference = collapsed_latents(1000, seed=8)
+    fitted = kop(collapsed_latents(10, seed=9), reference, alpha=0.05).calibrated
+    shifts = []
+    for fraction in (0.0, 0.05, 0.2, 0.5):
+        rlhf = collapsed_latents(2000, seed=10)
+        rlhf[: int(fraction * 2000), 0] += 1.0
+        shifts.append(kop(rlhf, alpha=0.05, calibrated=fitted).shift)
+    assert abs(shifts[0] - 0.5) < 0.03 and all(b > a for a, b in zip(shifts, shifts[1:])), shifts
+
+
+def test_outlier_icds_is_zero_on_clean_data_and_grows_with_a_repeated_hack():
+    from inform_fast.detect.calibrated import outlier_icds
+
+    reference = collapsed_latents(1000, seed=12)
+    fitted = kop(collapsed_latents(10, seed=13), reference, alpha=0.05).calibrated
+    sizes = []
+    for fraction in (0.0, 0.05, 0.2, 0.5):
+        rlhf = collapsed_latents(600, seed=14, duplicates=False)  # a repeated outlier would be a cluster
+        hacked = int(fraction * 600)
+        # the hack: the same unusual place each time (a phrase the policy repeats), with jitter
+        rlhf[:hacked] = rlhf[:hacked] * 0.2 + torch.tensor([0.0, 0.0, 1.5] + [0.0] * 21).numpy()
+        result = outlier_icds(rlhf, calibrated=fitted, alpha=0.05)
+        sizes.append(result.clustered_fraction)
+        assert result.labels.shape == (600,) and int((result.labels >= 0).sum()) <= result.n_outliers
+        if fraction == 0.0:
+            assert result.score == 0.0 and result.n_clusters == 0
+    assert all(b > a for a, b in zip(sizes, sizes[1:])), sizes
+    assert sizes[-1] > 0.4
+
+
+def test_cli_kop_and_mop_pvalues(tmp_path, capsys):
+    import json
+
+    from inform_fast.cli import main
+
+    reference = collapsed_latents(800, seed=20)
+    rlhf = collapsed_latents(300, seed=21)
+    rlhf[:100, 2] += 3.0
+    np.save(tmp_path / "ref.npy", reference)
+    np.save(tmp_path / "rlhf.npy", rlhf)
+    out = tmp_path / "kop.json"
+    assert main(["kop", "--rlhf", str(tmp_path / "rlhf.npy"), "--reference", str(tmp_path / "ref.npy"),
+                 "--alpha", "0.05", "--output", str(out)]) == 0
+    printed = capsys.readouterr().out
+    saved = json.loads(out.read_text())
+    expected = kop(rlhf, reference, alpha=0.05)
+    assert saved["kop"] == pytest.approx(expected.score) and saved["shift"] == pytest.approx(expected.shift)
+    assert "KOP = " in printed and "outlier ICDS" in printed and saved["outlier_icds"]["n_outliers"] == expected.n_outliers
+    for pvalues in ("empirical", "chi2"):
+        out = tmp_path / f"mop-{pvalues}.json"
+        assert main(["mop", "--rlhf", str(tmp_path / "rlhf.npy"), "--reference", str(tmp_path / "ref.npy"), "--alpha", "0.05",
+                     "--pvalues", pvalues, "--output", str(out)]) == 0
+        saved = json.loads(out.read_text())  # valid JSON: no NaN for the chi-square run's missing shift
+        assert saved["mop"] == pytest.approx(mop(rlhf, reference, alpha=0.05, pvalues=pvalues).score)
+        assert saved["pvalue_method"] == pvalues and (saved["shift"] is None) == (pvalues == "chi2")
+    # an alpha no empirical p-value can reach is refused in one line, nothing written
+    out = tmp_path / "refused.json"
+    assert main(["kop", "--rlhf", str(tmp_path / "rlhf.npy"), "--reference", str(tmp_path / "ref.npy"),
+                 "--alpha", "0.001", "--output", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "smallest empirical p-value" in err and not out.exists()

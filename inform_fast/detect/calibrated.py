@@ -100,14 +100,33 @@ class EmpiricalPValues:
         below = torch.searchsorted(reference, scores, side="left")
         return (1.0 + (self.size - below).to(torch.float64)) / (1.0 + self.size)
 
-    def check_alpha(self, alpha: float, name: str = "alpha") -> None:
-        """Refuse an ``alpha`` that no p-value can reach (it would never flag anything)."""
+    def rank_shift(self, scores: torch.Tensor) -> tuple[float, float]:
+        """(shift, z): how much higher ``scores`` [n] rank than the calibration scores.
+
+        ``shift`` = P(score > calibration score), ties counted half: the Mann-Whitney AUROC of the
+        n scores against the c calibration scores. 0.5 when the scores are drawn like the
+        reference; ``0.5 + f (a - 0.5)`` when a fraction f of them comes from responses that the
+        score separates with per-response AUROC a, so it rises with f even when no single
+        response crosses an alpha threshold. ``z`` = (shift - 0.5) / its null standard deviation
+        sqrt((n + c + 1) / (12 n c)) (exact without ties; a one-sided test of shift > 0.5)."""
+        scores = scores.detach().to(torch.float64)
+        reference = self.sorted_scores.to(scores.device)
+        below = torch.searchsorted(reference, scores, side="left").to(torch.float64)
+        not_above = torch.searchsorted(reference, scores, side="right").to(torch.float64)
+        n, c = scores.numel(), self.size
+        shift = float(((below + not_above) * 0.5).sum()) / (n * c)
+        z = (shift - 0.5) / math.sqrt((n + c + 1) / (12.0 * n * c))
+        return shift, z
+
+    def check_alpha(self, alpha: float, name: str = "alpha", alternative: str = "") -> None:
+        """Refuse an ``alpha`` that no p-value can reach (it would never flag anything);
+        ``alternative`` is appended to the advice (e.g. "or use pvalues='chi2'")."""
         if alpha < self.min_pvalue:
             need = math.ceil(1.0 / alpha) - 1
             raise ValueError(
                 f"{name}: {alpha:g} is below the smallest empirical p-value 1/(1 + {self.size}) = {self.min_pvalue:.3g}; "
                 f"the calibration split needs at least {need} reference latents (give more reference latents or a "
-                f"larger calibration_fraction), or use pvalues='chi2'"
+                f"larger calibration_fraction){', ' + alternative if alternative else ''}"
             )
 
     def merge(self, other: "EmpiricalPValues") -> "EmpiricalPValues":
@@ -264,6 +283,8 @@ class KOPResult:
     alpha: float
     k: int
     calibrated: CalibratedScorer  # reusable: calibrated.pvalues(new_latents)
+    shift: float = math.nan  # P(k-NN score > a calibration latent's), 0.5 under no change (EmpiricalPValues.rank_shift)
+    shift_z: float = math.nan  # (shift - 0.5) / null standard deviation
 
     @property
     def n_outliers(self) -> int:
@@ -281,6 +302,8 @@ class KOPResult:
             "n_rlhf": int(self.pvalues.numel()),
             "n_outliers": self.n_outliers,
             "n_calibration": self.calibrated.calibration.size,
+            "shift": self.shift,
+            "shift_z": self.shift_z,
             "min_pvalue": float(self.pvalues.min()),
             "distance_median": q[0],
             "distance_p90": q[1],
@@ -322,4 +345,128 @@ def kop(
     distances = calibrated.distance(rlhf, name="rlhf_latents")
     pvalues = calibrated.calibration.pvalues(distances)
     score = float((pvalues <= alpha).double().mean())
-    return KOPResult(score=score, pvalues=pvalues, distances=distances, alpha=alpha, k=calibrated.scorer.k, calibrated=calibrated)
+    shift, shift_z = calibrated.calibration.rank_shift(distances)
+    return KOPResult(score=score, pvalues=pvalues, distances=distances, alpha=alpha, k=calibrated.scorer.k,
+                     calibrated=calibrated, shift=shift, shift_z=shift_z)
+
+
+# ------------------------------------------------------------------------------------- outlier ICDS
+@dataclass
+class OutlierICDSResult:
+    """Result of ``outlier_icds`` for n RLHF latents.
+
+    score: sum over clusters of outliers of |C_i| * d_i (d_i: centroid to the nearest reference
+    latent of the fit part); normalized_score: score / n. clustered_fraction: share of the n
+    responses that are outliers in a cluster. labels [n] int64: cluster of each outlier in a
+    cluster, -1 otherwise; outlier_mask [n] bool; cluster_sizes [c]; deviations [c]; eps: the
+    clustering radius used; n_outliers: responses with p-value <= alpha.
+    """
+
+    score: float
+    normalized_score: float
+    clustered_fraction: float
+    labels: torch.Tensor
+    outlier_mask: torch.Tensor
+    cluster_sizes: torch.Tensor
+    deviations: torch.Tensor
+    centroids: torch.Tensor
+    eps: float
+    min_samples: int
+    alpha: float
+    n_outliers: int
+    calibrated: CalibratedScorer
+
+    @property
+    def n_clusters(self) -> int:
+        return int(self.cluster_sizes.numel())
+
+    def summary(self) -> dict:
+        return {
+            "outlier_icds": self.score, "normalized_score": self.normalized_score,
+            "clustered_fraction": self.clustered_fraction, "n_clusters": self.n_clusters,
+            "n_outliers": self.n_outliers, "n_rlhf": int(self.labels.numel()), "alpha": self.alpha,
+            "eps": self.eps, "min_samples": self.min_samples,
+            "cluster_sizes": [int(v) for v in self.cluster_sizes.tolist()],
+            "deviations": [float(v) for v in self.deviations.tolist()],
+        }
+
+
+def reference_eps(calibrated: CalibratedScorer, min_samples: int, quantile: float = 0.5, max_rows: int = 4096) -> float:
+    """The reference's own neighbour spacing: the ``quantile`` (over up to ``max_rows`` latents
+    of the fit part) of the distance to a latent's ``min_samples``-th nearest neighbour, itself
+    counted as DBSCAN counts it. With the median, a group of outliers forms a cluster only if it
+    is as dense as a typical neighbourhood of the reference: scattered outliers, which any test
+    flags in clean data, do not (on real HH-RLHF latents a radius 1.5-2x larger already
+    clustered 1-11% of clean responses; docs/detection.md)."""
+    from inform_fast.detect.neighbors import knn_distance_checked
+
+    reference = calibrated.scorer.reference_
+    k = min(min_samples, reference.shape[0])
+    distances, _ = knn_distance_checked(reference[:max_rows], reference, k)
+    return float(torch.quantile(distances[:, -1].double().cpu(), quantile))
+
+
+def outlier_icds(
+    rlhf_latents,
+    reference_latents=None,
+    alpha: float = 0.05,
+    k: int = 10,
+    normalize: Optional[str] = None,
+    min_samples: int = 5,
+    eps="reference",
+    calibration_fraction: float = DEFAULT_CALIBRATION_FRACTION,
+    seed: int = 0,
+    calibrated: Optional[CalibratedScorer] = None,
+    backend: Optional[str] = None,
+) -> OutlierICDSResult:
+    """ICDS over the calibrated outliers: the paper's ICDS computed only on the RLHF responses
+    that the k-NN score calls outliers (empirical p-value <= ``alpha``, as in ``kop``).
+
+    Why: the paper's ICDS clusters all RLHF latents, so hacked responses that sit inside or next to
+    the bulk of normal responses join the big cluster and the score barely moves (on real HH-RLHF
+    text it stayed flat from 0 to 50% hacked; docs/detection.md). Here the bulk is removed first by
+    the calibrated test; what is left clusters only if many responses went to the same unusual
+    place (a hack the policy repeats), and isolated outliers (the alpha share of clean responses
+    that any test flags) are DBSCAN noise and count for nothing.
+
+    Args:
+        rlhf_latents: [n, L]; reference_latents: [m, L] (or ``calibrated`` from an earlier
+            ``kop`` / ``outlier_icds`` call).
+        alpha, k, normalize, calibration_fraction, seed: the outlier test, as in ``kop``.
+        min_samples: DBSCAN's min_samples over the outliers.
+        eps: DBSCAN radius, a number > 0, or "reference" (``reference_eps``: the median
+            of the reference's distance to its min_samples-th neighbour).
+    """
+    from inform_fast.detect.dbscan import check_eps
+    from inform_fast.detect.icds import icds
+
+    result = kop(rlhf_latents, reference_latents, alpha=alpha, k=k, normalize=normalize,
+                 calibration_fraction=calibration_fraction, seed=seed, calibrated=calibrated, backend=backend)
+    calibrated = result.calibrated
+    check_positive_int("min_samples", min_samples)
+    if isinstance(eps, str):
+        if eps != "reference":
+            raise ValueError(f"eps: expected a number > 0 or 'reference', got {eps!r}")
+        eps = reference_eps(calibrated, min_samples)
+    else:
+        eps = check_eps(eps)
+    rlhf = as_latents("rlhf_latents", rlhf_latents)
+    n = rlhf.shape[0]
+    outliers = result.pvalues <= result.alpha
+    labels = torch.full((n,), -1, dtype=torch.int64, device=rlhf.device)
+    empty = torch.zeros(0, device=rlhf.device)
+    sizes, deviations, centroids, score = empty.long(), empty, empty.reshape(0, rlhf.shape[1]), 0.0
+    n_outliers = int(outliers.sum())
+    if n_outliers:
+        scorer = calibrated.scorer
+        # cluster where the k-NN score measures (the normalised space), deviations to the fit part
+        points = scorer._transform(rlhf[outliers.to(rlhf.device)])
+        clusters = icds(points, scorer.reference_.to(points.device), eps=eps, min_samples=min_samples, backend=backend)
+        labels[outliers.to(rlhf.device)] = clusters.labels
+        sizes, deviations, centroids, score = clusters.cluster_sizes, clusters.deviations, clusters.centroids, clusters.score
+    return OutlierICDSResult(
+        score=float(score), normalized_score=float(score) / n,
+        clustered_fraction=float((labels >= 0).sum()) / n, labels=labels, outlier_mask=outliers,
+        cluster_sizes=sizes, deviations=deviations, centroids=centroids, eps=float(eps),
+        min_samples=int(min_samples), alpha=result.alpha, n_outliers=n_outliers, calibrated=calibrated,
+    )

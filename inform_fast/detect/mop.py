@@ -40,6 +40,8 @@ class MOPResult:
     scorer: MahalanobisScorer  # the fitted reference (the fit part for empirical p-values)
     pvalue_method: str = "chi2"
     calibrated: Optional[CalibratedScorer] = None  # empirical p-values: reusable as mop(x, calibrated=...)
+    shift: float = math.nan  # empirical only: P(distance > a calibration latent's), 0.5 under no change
+    shift_z: float = math.nan  # (shift - 0.5) / null standard deviation
 
     @property
     def n_outliers(self) -> int:
@@ -53,6 +55,8 @@ class MOPResult:
             "mop": self.score,
             "alpha": self.alpha,
             "pvalue_method": self.pvalue_method,
+            "shift": None if math.isnan(self.shift) else self.shift,  # JSON has no NaN
+            "shift_z": None if math.isnan(self.shift_z) else self.shift_z,
             "n_calibration": None if self.calibrated is None else self.calibrated.calibration.size,
             "n_rlhf": int(self.pvalues.numel()),
             "n_outliers": self.n_outliers,
@@ -120,12 +124,13 @@ def mop(
             raise ValueError(f"calibrated: expected the CalibratedScorer of an earlier mop() result, got {type(calibrated).__name__}")
         fitted = calibrated.scorer
         rlhf = _checked_shape(rlhf_latents, fitted.dim)
-        calibrated.calibration.check_alpha(alpha)
+        calibrated.calibration.check_alpha(alpha, alternative="or use pvalues='chi2'")
         distance = fitted.distance(rlhf, backend=backend, name="rlhf_latents")
         p = calibrated.calibration.pvalues(distance)
         score = float((p <= alpha).double().mean())
+        shift, shift_z = calibrated.calibration.rank_shift(distance)
         return MOPResult(score=score, pvalues=p, distances=distance, alpha=alpha, scorer=fitted,
-                         pvalue_method="empirical", calibrated=calibrated)
+                         pvalue_method="empirical", calibrated=calibrated, shift=shift, shift_z=shift_z)
     if calibrated is not None:
         raise ValueError("calibrated: holds empirical p-values; pass pvalues='empirical' with it")
     if scorer is None:
