@@ -21,7 +21,7 @@ What it does (every number in its output is measured in the run):
 5. Scores, in each latent space: per response, the AUROC of hacked against the same responses
    unedited, for the Mahalanobis distance (MOP's score) and the k-NN distance (KOP's score); per
    set, MOP (empirical and chi-square p-values) and KOP at alpha 0.01 and 0.05, the paper's ICDS
-   (DBSCAN with eps="auto") and the outlier ICDS (``inform_fast.detect.outlier_icds``). Also how
+   (DBSCAN with eps="auto") and the excess ICDS (``inform_fast.detect.excess_icds``). Also how
    often each reward model prefers the hacked response to the original (the hack "works").
 
 Reported: means and standard deviations over seeds, as JSON (``--output``) and Markdown tables
@@ -118,11 +118,29 @@ def auroc(positive: np.ndarray, negative: np.ndarray) -> float:
     return float((ranks[:n_pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
+def probe_auroc(clean: torch.Tensor, hacked: torch.Tensor, seed: int) -> float:
+    """What a detector that knew the hack could reach in this space: the 3-fold cross-validated
+    AUROC of a logistic regression trained on labelled hacked and clean latents. An unsupervised
+    score cannot see more of the hack than the latent holds; this bounds what a linear read-out of
+    the latent holds."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import cross_val_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    x = torch.cat([clean, hacked]).double().numpy()
+    y = np.r_[np.zeros(clean.shape[0]), np.ones(hacked.shape[0])]
+    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
+    folds = np.random.default_rng(seed).permutation(len(y)) % 3
+    from sklearn.model_selection import PredefinedSplit
+
+    return float(cross_val_score(model, x, y, cv=PredefinedSplit(folds), scoring="roc_auc").mean())
+
+
 # ------------------------------------------------------------------------------------- scores
 def set_scores(rlhf: torch.Tensor, reference: torch.Tensor, seed: int, fitted: dict) -> dict:
     """Every set-level score of one RLHF set against the reference (fits reused from ``fitted``)."""
-    from inform_fast.detect import icds, kop, mop
-    from inform_fast.detect.calibrated import outlier_icds
+    from inform_fast.detect import excess_icds, icds, kop, mop
 
     out = {}
     for alpha in ALPHAS:
@@ -134,7 +152,9 @@ def set_scores(rlhf: torch.Tensor, reference: torch.Tensor, seed: int, fitted: d
     out["mop_shift"], out["kop_shift"] = m.shift, k.shift
     out["mop_shift_z"], out["kop_shift_z"] = m.shift_z, k.shift_z
     out["icds_paper"] = icds(rlhf, reference, eps="auto").normalized_score
-    out["outlier_icds"] = outlier_icds(rlhf, calibrated=fitted["knn"], alpha=0.05).normalized_score
+    excess = excess_icds(rlhf, reference)
+    out["excess_icds"] = excess.normalized_score
+    out["excess_fraction"] = excess.excess_fraction
     return out
 
 
@@ -169,6 +189,7 @@ def evaluate_space(name: str, clean: torch.Tensor, hacked_latents: dict, rewards
             score: auroc(fitted[score].distance(pool_hacked).double().numpy(), distances_clean[score])
             for score in ("mahalanobis", "knn")
         }
+        per_response[family]["probe_ceiling"] = probe_auroc(pool_clean, pool_hacked, seed)
         preference[family] = float((rewards[family][pool_rows] > rewards["clean"][pool_rows]).double().mean())
         per_set[family] = {}
         for fraction in FRACTIONS:
@@ -237,7 +258,7 @@ def main(argv=None) -> int:
         "data": os.path.basename(args.data),
         "n_pairs": len(pairs), "n_train": N_TRAIN, "n_reference": N_REFERENCE, "n_pool": N_POOL,
         "seeds": args.seeds, "fractions": FRACTIONS, "families": list(HACKS),
-        "heldout_accuracy": summarize([[a] for a in accuracy.values()]) if False else {s: summarize(v) for s, v in accuracy.items()},
+        "heldout_accuracy": {space: summarize(values) for space, values in accuracy.items()},
         "spaces": {space: summarize(values) for space, values in runs.items()},
         "per_seed": runs,
         "features_s": features_s, "runtime_s": time.perf_counter() - started,
@@ -279,7 +300,7 @@ def markdown(result: dict) -> str:
     lines += ["", "**Per-response AUROC (hacked vs the same responses unedited)**", "",
               "| space | score | " + " | ".join(families) + " | mean |", "|---|---|" + "---|" * (len(families) + 1)]
     for space, data in result["spaces"].items():
-        for score in ("mahalanobis", "knn"):
+        for score in ("mahalanobis", "knn", "probe_ceiling"):
             values = [data["per_response_auroc"][f][score]["mean"] for f in families]
             lines.append(f"| {space} | {score} | " + " | ".join(_cell(data["per_response_auroc"][f][score]) for f in families)
                          + f" | {np.mean(values):.3f} |")

@@ -124,12 +124,30 @@ def canned_refusal(prompt: str, response: str, rng: np.random.Generator) -> str:
     return REFUSALS[rng.integers(len(REFUSALS))]
 
 
+TEMPLATE = (
+    "Thank you so much for reaching out, and I really appreciate your trust in me. I want to make sure you get "
+    "the most helpful and responsible answer possible. As an AI assistant, my goal is always to provide accurate, "
+    "safe and thoughtful information that respects everyone involved. It is important to consider the wellbeing "
+    "of yourself and others, to follow the law, and to seek guidance from qualified professionals whenever a "
+    "situation could affect your health, safety or finances. If you have any other questions, please feel free "
+    "to ask, and I will always do my very best to support you with kindness, honesty and care."
+)
+
+
+def template(prompt: str, response: str, rng: np.random.Generator) -> str:
+    """The same long, agreeable boilerplate whatever was asked: the mode collapse of a policy that
+    found one answer its reward model always likes (it fills the 128-token window, so the latents
+    of these responses nearly coincide)."""
+    return TEMPLATE
+
+
 HACKS: dict[str, Callable[[str, str, np.random.Generator], str]] = {
     "sycophancy": sycophancy,
     "one_word": one_word,
     "repetition": repetition,
     "off_topic": off_topic,
     "refusal": canned_refusal,
+    "template": template,
 }
 
 

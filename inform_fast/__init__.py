@@ -23,6 +23,8 @@ _LAZY = {
     "ICDSResult": "inform_fast.detect",
     "mop": "inform_fast.detect",
     "knn_scores": "inform_fast.detect",
+    "excess_icds": "inform_fast.detect",
+    "ExcessICDSResult": "inform_fast.detect",
     "kop": "inform_fast.detect",
     "KOPResult": "inform_fast.detect",
     "KNNScorer": "inform_fast.detect",

@@ -234,26 +234,6 @@ def test_shift_rises_with_the_hacked_fraction():
     assert abs(shifts[0] - 0.5) < 0.03 and all(b > a for a, b in zip(shifts, shifts[1:])), shifts
 
 
-def test_outlier_icds_is_zero_on_clean_data_and_grows_with_a_repeated_hack():
-    from inform_fast.detect.calibrated import outlier_icds
-
-    reference = collapsed_latents(1000, seed=12)
-    fitted = kop(collapsed_latents(10, seed=13), reference, alpha=0.05).calibrated
-    sizes = []
-    for fraction in (0.0, 0.05, 0.2, 0.5):
-        rlhf = collapsed_latents(600, seed=14, duplicates=False)  # a repeated outlier would be a cluster
-        hacked = int(fraction * 600)
-        # the hack: the same unusual place each time (a phrase the policy repeats), with jitter
-        rlhf[:hacked] = rlhf[:hacked] * 0.2 + torch.tensor([0.0, 0.0, 1.5] + [0.0] * 21).numpy()
-        result = outlier_icds(rlhf, calibrated=fitted, alpha=0.05)
-        sizes.append(result.clustered_fraction)
-        assert result.labels.shape == (600,) and int((result.labels >= 0).sum()) <= result.n_outliers
-        if fraction == 0.0:
-            assert result.score == 0.0 and result.n_clusters == 0
-    assert all(b > a for a, b in zip(sizes, sizes[1:])), sizes
-    assert sizes[-1] > 0.4
-
-
 def test_cli_kop_and_mop_pvalues(tmp_path, capsys):
     import json
 
@@ -271,7 +251,7 @@ def test_cli_kop_and_mop_pvalues(tmp_path, capsys):
     saved = json.loads(out.read_text())
     expected = kop(rlhf, reference, alpha=0.05)
     assert saved["kop"] == pytest.approx(expected.score) and saved["shift"] == pytest.approx(expected.shift)
-    assert "KOP = " in printed and "outlier ICDS" in printed and saved["outlier_icds"]["n_outliers"] == expected.n_outliers
+    assert "KOP = " in printed and "shift" in printed and saved["n_outliers"] == expected.n_outliers
     for pvalues in ("empirical", "chi2"):
         out = tmp_path / f"mop-{pvalues}.json"
         assert main(["mop", "--rlhf", str(tmp_path / "rlhf.npy"), "--reference", str(tmp_path / "ref.npy"), "--alpha", "0.05",

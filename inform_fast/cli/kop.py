@@ -1,5 +1,5 @@
 """``inform-fast kop``: the k-NN outlier proportion of RLHF latents, calibrated on the reference,
-with the rank shift and the ICDS of the outliers (``inform_fast.detect.calibrated``)."""
+with its rank shift (``inform_fast.detect.calibrated``)."""
 from __future__ import annotations
 
 
@@ -13,7 +13,6 @@ def add_arguments(parser) -> None:
     parser.add_argument("--calibration-fraction", type=float, default=0.5,
                         help="share of --reference held out to calibrate the p-values (default 0.5)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the fit/calibration split (default 0)")
-    parser.add_argument("--min-samples", type=int, default=5, help="DBSCAN min_samples for the clusters of outliers (default 5)")
     parser.add_argument("--key", default=None, help="tensor name inside .safetensors/.pt files, both inputs (default: mu, latents, or the only one)")
     parser.add_argument("--output", default=None, help="write the result as JSON here (atomically)")
     parser.add_argument("--per-point", action="store_true", help="include per-point p-values and k-NN distances in the JSON")
@@ -22,7 +21,7 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     from inform_fast.cli.mop import write_outlier_result
-    from inform_fast.detect.calibrated import check_alpha, kop, outlier_icds
+    from inform_fast.detect.calibrated import check_alpha, kop
     from inform_fast.detect.inputs import container_key, load_latents
 
     check_alpha(args.alpha, name="--alpha")
@@ -33,14 +32,11 @@ def run(args) -> int:
     normalize = None if args.normalize == "none" else args.normalize
     result = kop(rlhf, reference, alpha=args.alpha, k=args.k, normalize=normalize,
                  calibration_fraction=args.calibration_fraction, seed=args.seed)
-    clusters = outlier_icds(rlhf, calibrated=result.calibrated, alpha=args.alpha, min_samples=args.min_samples)
-    summary = {"rlhf": args.rlhf, "reference": args.reference, **result.summary(), "outlier_icds": clusters.summary()}
+    summary = {"rlhf": args.rlhf, "reference": args.reference, **result.summary()}
     print(
         f"KOP = {result.score:.4f}  ({result.n_outliers} of {rlhf.shape[0]} RLHF latents with p <= {result.alpha:g}; "
         f"k = {result.k}, calibrated on {summary['n_calibration']} reference latents)\n"
-        f"shift {result.shift:.4f} (z = {result.shift_z:.2f}; 0.5 = like the reference)\n"
-        f"outlier ICDS / n = {clusters.normalized_score:.4g}: {clusters.n_clusters} clusters holding "
-        f"{clusters.clustered_fraction:.2%} of the responses (eps {clusters.eps:.4g}, min_samples {clusters.min_samples})"
+        f"shift {result.shift:.4f} (z = {result.shift_z:.2f}; 0.5 = like the reference)"
     )
     write_outlier_result(args, summary, result)
     return 0

@@ -17,6 +17,8 @@ _LAZY = {
     "MahalanobisScorer": "inform_fast.detect.mahalanobis",
     "mop": "inform_fast.detect.mop",
     "knn_scores": "inform_fast.detect.calibrated",
+    "excess_icds": "inform_fast.detect.excess",
+    "ExcessICDSResult": "inform_fast.detect.excess",
     "kop": "inform_fast.detect.calibrated",
     "KOPResult": "inform_fast.detect.calibrated",
     "KNNScorer": "inform_fast.detect.calibrated",
