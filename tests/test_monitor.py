@@ -55,16 +55,104 @@ def test_no_onset_on_a_stationary_stream(reference):
 def test_jump_ratio_rule_by_hand(reference):
     monitor = OverOptimizationMonitor(reference, every=1, method="mop", min_jumps=2)
     monitor.history = [{"step": 0, "mop": 0.10}, {"step": 1, "mop": 0.12}, {"step": 2, "mop": 0.10}]
-    assert monitor.jump_ratio("mop", 0.50) == pytest.approx(0.40 / 0.02)
+    # mean earlier move 0.02 is above MOP's noise floor at n = 10,000 (sqrt(0.1 * 0.9 / 1e4) = 0.003)
+    assert monitor.jump_ratio("mop", 0.50, n_latents=10_000) == pytest.approx(0.40 / 0.02)
+    assert monitor.jump_ratio("mop", 0.06, n_latents=10_000) == pytest.approx(-0.04 / 0.02)  # a fall: negative
     monitor.history = monitor.history[:2]
     assert monitor.jump_ratio("mop", 0.50) is None  # one earlier jump < min_jumps
-    # exactly flat history: the floor min_jump makes any change an onset, no change none
-    monitor.history = [{"step": i, "mop": 0.0} for i in range(3)]
+    # exactly flat history: the default floor is MOP's noise at that level (here one latent, 1 / n)
+    monitor.history = [{"step": i, "mop": 0.0, "n_latents": 400} for i in range(3)]
     assert monitor.jump_ratio("mop", 0.0) == 0.0
-    assert monitor.jump_ratio("mop", 0.01) > 1e9
+    assert monitor.jump_ratio("mop", 0.01) == pytest.approx(0.01 / (1 / 400))
     damped = OverOptimizationMonitor(reference, every=1, method="mop", min_jump=0.01)
     damped.history = monitor.history
     assert damped.jump_ratio("mop", 0.05) == pytest.approx(5.0)
+    undamped = OverOptimizationMonitor(reference, every=1, method="mop", min_jump=0.0)
+    undamped.history = monitor.history
+    assert undamped.jump_ratio("mop", 0.01) == float("inf") and undamped.jump_ratio("mop", 0.0) == 0.0
+
+
+def _with_outliers(n, outliers, d=6):
+    """n latents of which ``outliers`` sit far out: MOP is exactly outliers / n."""
+    latents = torch.zeros(n, d)
+    latents[:outliers] = 50.0
+    return latents
+
+
+def test_onset_rule_fires_on_rises_only(reference):
+    # the GRPO run of issue 12: MOP of 16 completions held at 2/16, then fell to 1/16; the old rule
+    # divided that fall by min_jump = 1e-12 (a jump ratio of 6.25e10) and would have stopped training
+    monitor = OverOptimizationMonitor(reference, every=1, method="mop", stop_on_onset=True)
+    for step, outliers in enumerate([2, 2, 2, 1]):
+        record = monitor.update(step, _with_outliers(16, outliers))
+    assert [r["mop"] for r in monitor.history] == [0.125, 0.125, 0.125, 0.0625]
+    assert record["mop_jump_ratio"] < 0 and not record["onset"]
+    assert monitor.onset_step is None and not monitor.should_stop
+    # the same size of rise does fire once it stands out from the earlier movement
+    rising = OverOptimizationMonitor(reference, every=1, method="mop", min_jump=0.001)
+    for step, outliers in enumerate([2, 2, 2, 1, 16]):
+        rising.update(step, _with_outliers(16, outliers))
+    assert rising.onset_step == 4 and "mop jump ratio" in rising.onset_reason
+
+
+def test_default_floor_keeps_near_zero_baselines_from_exploding(reference):
+    # 400 latents with no outlier three times, then one: a single latent's worth (1/400) is noise;
+    # eighty of them is an onset
+    for outliers, fires in ((1, False), (3, False), (80, True)):
+        monitor = OverOptimizationMonitor(reference, every=1, method="mop")
+        for step, k in enumerate([0, 0, 0, outliers]):
+            record = monitor.update(step, _with_outliers(400, k))
+        assert record["mop_jump_floor"] == pytest.approx(1 / 400)
+        assert record["mop_jump_ratio"] == pytest.approx(outliers)
+        assert record["onset"] is fires, (outliers, record)
+    # MOP's floor is its binomial standard error at the previous level
+    monitor = OverOptimizationMonitor(reference, every=1, method="mop")
+    monitor.history = [{"step": 0, "mop": 0.2, "n_latents": 100}]
+    assert monitor.jump_floor("mop", 100) == pytest.approx((0.2 * 0.8 / 100) ** 0.5)
+    # ICDS / n: 5% of the reference's median nearest-neighbour distance (all 300 rows sampled here)
+    small = reference[:300]
+    icds_monitor = OverOptimizationMonitor(small, every=1, method="icds", icds_kwargs={"eps": 0.3})
+    nearest = torch.cdist(small.double(), small.double()).fill_diagonal_(float("inf")).min(dim=1).values
+    assert icds_monitor.jump_floor("icds_normalized", 100) == pytest.approx(0.05 * float(nearest.median()), rel=1e-5)
+    icds_monitor.history = [{"step": i, "icds_normalized": 0.0, "n_latents": 100} for i in range(3)]
+    floor = icds_monitor.jump_floor("icds_normalized", 100)
+    assert icds_monitor.jump_ratio("icds_normalized", 0.5 * floor) == pytest.approx(0.5)
+
+
+def test_monitor_arguments_checked_at_construction(reference):
+    # issue 13 item 8: typos and NaN fail at construction, naming what is wrong
+    with pytest.raises(ValueError, match=r"icds_kwargs: unknown key\(s\) \['epz'\]"):
+        OverOptimizationMonitor(reference, method="icds", icds_kwargs={"epz": 0.5})
+    with pytest.raises(ValueError, match="icds_kwargs: eps"):
+        OverOptimizationMonitor(reference, method="icds", icds_kwargs={"eps": -1.0})
+    with pytest.raises(ValueError, match="icds_kwargs: min_samples"):
+        OverOptimizationMonitor(reference, method="both", icds_kwargs={"min_samples": 0})
+    with pytest.raises(ValueError, match=r"mop_kwargs: unknown key\(s\) \['shrinkge'\]"):
+        OverOptimizationMonitor(reference, method="both", mop_kwargs={"shrinkge": 0.1})
+    with pytest.raises(ValueError, match="icds_kwargs: given but method 'mop'"):
+        OverOptimizationMonitor(reference, method="mop", icds_kwargs={"eps": 0.5})
+    with pytest.raises(ValueError, match="score_threshold"):
+        OverOptimizationMonitor(reference, method="mop", score_threshold=float("nan"))
+    with pytest.raises(ValueError, match="score_threshold"):
+        OverOptimizationMonitor(reference, method="mop", score_threshold={"mop": float("nan")})
+    for bad in (float("nan"), float("inf"), -1.0):
+        with pytest.raises(ValueError, match="min_jump"):
+            OverOptimizationMonitor(reference, method="mop", min_jump=bad)
+    with pytest.raises(ValueError, match="method"):
+        OverOptimizationMonitor(reference, method=["mop", "knn"])
+    assert list(OverOptimizationMonitor(reference, method=["mop"]).methods) == ["mop"]
+
+
+def test_max_buffer_keeps_at_most_that_many_rows(reference):
+    monitor = OverOptimizationMonitor(reference, every=10, method="mop", max_buffer=10)
+    batches = [_latents(4, seed=s) for s in range(3)]
+    for step, batch in enumerate(batches, start=1):
+        monitor.add(batch)
+        assert monitor._buffered == sum(b.shape[0] for b in monitor._buffer) <= 10
+    kept = torch.cat(monitor._buffer)
+    torch.testing.assert_close(kept, torch.cat(batches)[-10:])  # the newest rows
+    record = monitor.update(10)
+    assert record["n_latents"] == 10
 
 
 def test_score_threshold(reference):

@@ -16,6 +16,21 @@ def test_readme_python_block_runs(index):
     exec(compile(code, f"README.md python block {index}", "exec"), {})
 
 
+def test_top_level_names_are_the_functions_after_their_modules_are_imported():
+    # the README's `from inform_fast import icds, mop` once inform_fast.detect.icds / .mop were
+    # imported (by the monitor, say): the package attribute of that name is then the submodule
+    import importlib
+
+    import inform_fast
+
+    for name in ("icds", "mop", "dbscan", "ibl_penalty", "nearest_distance", "OverOptimizationMonitor", "MahalanobisScorer"):
+        importlib.import_module("inform_fast.detect." + {"ibl_penalty": "ibl", "nearest_distance": "neighbors",
+                                                          "OverOptimizationMonitor": "monitor",
+                                                          "MahalanobisScorer": "mahalanobis"}.get(name, name))
+        value = inform_fast.__getattr__(name)
+        assert callable(value) and not isinstance(value, type(inform_fast)), (name, value)
+
+
 def test_readme_has_examples():
     assert len(BLOCKS) >= 3
 

@@ -39,12 +39,12 @@ def add_arguments(parser) -> None:
     parser.add_argument("--alpha", type=float, default=0.01, help="MOP p-value level of an outlier (default 0.01)")
     parser.add_argument("--shrinkage", default=None, help="MOP covariance shrinkage: none (default), ledoit_wolf, or a float in [0, 1]")
     parser.add_argument("--onset-threshold", type=float, default=10.0,
-                        help="onset when a score's jump exceeds this many times the mean earlier jump (default 10)")
+                        help="onset when a score's rise exceeds this many times the mean earlier jump (default 10; falls never fire)")
     parser.add_argument("--score-threshold", type=float, default=None,
                         help="also flag the onset when a watched score (ICDS/n, MOP) exceeds this value")
-    parser.add_argument("--min-jump", type=float, default=1e-12,
-                        help="floor of the mean earlier jump in the onset rule (default 1e-12): set it to the smallest "
-                             "change of the score that matters, so that a change after a flat stretch does not fire")
+    parser.add_argument("--min-jump", type=float, default=None,
+                        help="floor of the mean earlier jump in the onset rule (default: each score's noise floor, "
+                             "see docs/detection.md): the smallest change of the score that matters")
     parser.add_argument("--key", default=None, help="tensor name inside .safetensors/.pt files (default: mu, latents, or the only one)")
     parser.add_argument("--out-dir", required=True, help="folder for history.json and history.png (created if missing)")
 
@@ -196,8 +196,8 @@ def run(args) -> int:
         raise ValueError(f"--min-samples: expected an integer >= 1, got {args.min_samples}")
     if not args.onset_threshold > 0:
         raise ValueError(f"--onset-threshold: expected a number > 0, got {args.onset_threshold}")
-    if not args.min_jump >= 0:
-        raise ValueError(f"--min-jump: expected a number >= 0, got {args.min_jump}")
+    if args.min_jump is not None and not 0 <= args.min_jump < float("inf"):
+        raise ValueError(f"--min-jump: expected a finite number >= 0, got {args.min_jump}")
     try:
         check_alpha(args.alpha)
         shrinkage = _check_shrinkage(args.shrinkage)

@@ -91,7 +91,9 @@ def make_trl_reward_func(model, tokenizer, batch_size: int = 32, max_length: Opt
     given. Through ``log_metric`` (when TRL passes it) it logs ``inform/reward_raw_mean``,
     ``inform/mu_norm``, ``inform/ibl_penalty_mean`` and whatever ``monitor(mu, rewards)`` returns.
     ``monitor`` may be an ``OverOptimizationMonitor`` itself: it is then updated at TRL's
-    ``trainer_state.global_step`` and logs ``inform/icds``, ``inform/mop``, ``inform/onset``.
+    ``trainer_state.global_step`` and, at the calls where it evaluated, logs ``inform/icds``,
+    ``inform/icds_normalized``, ``inform/mop``, ``inform/onset`` (TRL averages what a reward
+    function logs over each logging step, so carried-over values are not logged again).
     Batched by ``batch_size`` on the model's device; ``__name__`` is ``name``.
     """
     from inform_fast.integrations.openrlhf import RewardScorer, apply_hooks
@@ -103,12 +105,16 @@ def make_trl_reward_func(model, tokenizer, batch_size: int = 32, max_length: Opt
             raise ValueError("completions: required")
         raw, mu = scorer.score(prompts, list(completions))
         step = getattr(kwargs.get("trainer_state"), "global_step", None)
-        final, metrics = apply_hooks(raw, mu, ibl_penalty, monitor, step=step)
+        hooked = apply_hooks(raw, mu, ibl_penalty, monitor, step=step)
         log_metric = kwargs.get("log_metric")
         if callable(log_metric):
-            for key, value in metrics.items():
+            for key, value in hooked.metrics.items():
                 log_metric(key, value)
-        return final.float().cpu().tolist()
+            if hooked.monitor_evaluated:  # TRL averages what is logged: only fresh evaluations
+                for key, value in hooked.monitor.items():
+                    if key != "inform/evaluated":
+                        log_metric(key, value)
+        return hooked.rewards.float().cpu().tolist()
 
     reward_func.__name__ = name
     reward_func.scorer = scorer
