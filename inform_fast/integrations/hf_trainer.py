@@ -20,6 +20,7 @@ import transformers
 
 from inform_fast import reference
 from inform_fast.data import PackedPairCollator, PairCollator
+from inform_fast.integrations.monitor_callback import merge_pending_scores
 
 METRIC_NAMES = ("preference_loss", "kl", "accuracy", "reward_margin", "reward_chosen", "reward_rejected", "mu_norm", "logvar_mean")
 
@@ -128,7 +129,7 @@ class _MetricsMixin:
             if values:
                 logs[f"{prefix}{key}"] = sum(values) / len(values)
         store.clear()
-        return logs
+        return merge_pending_scores(self, logs)
 
 
 class InfoRMTrainer(_MetricsMixin, transformers.Trainer):

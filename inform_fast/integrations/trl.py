@@ -30,6 +30,7 @@ except ImportError as error:  # pragma: no cover - depends on the environment
 
 from inform_fast.data import PackedPairCollator
 from inform_fast.integrations.hf_trainer import inform_batch_loss
+from inform_fast.integrations.monitor_callback import merge_pending_scores
 
 __all__ = ["InfoRMRewardTrainer", "RewardConfig", "make_trl_reward_func"]
 
@@ -77,6 +78,10 @@ class InfoRMRewardTrainer(RewardTrainer):
         for key, value in metrics.items():
             store[key].append(value)
         return (loss, {"logits": output.logits}) if return_outputs else loss
+
+    def log(self, logs, *args, **kwargs) -> None:
+        # an OverOptimizationCallback's scores join this log before any reporting integration sees it
+        super().log(merge_pending_scores(self, logs), *args, **kwargs)
 
 
 def make_trl_reward_func(model, tokenizer, batch_size: int = 32, max_length: Optional[int] = None,
