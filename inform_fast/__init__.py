@@ -6,7 +6,8 @@ Main names (imported lazily, so ``import inform_fast`` stays light and never pro
 * ``icds``, ``mop``, ``MahalanobisScorer``, ``ibl_penalty``, ``OverOptimizationMonitor``,
   ``dbscan`` — reward-hacking detection on latents (``inform_fast.detect``).
 * ``InfoRMConfig``, ``InfoRMForRewardModel`` — the Hugging Face reward model
-  (``inform_fast.modeling``).
+  (``inform_fast.modeling``). ``import inform_fast`` is enough for the Transformers Auto classes
+  to load a saved InfoRM folder (``inform_fast._auto``; nothing is imported until Transformers is).
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ _LAZY = {
     "dbscan": "inform_fast.detect.dbscan",
     "nearest_distance": "inform_fast.detect.neighbors",
     "OverOptimizationMonitor": "inform_fast.detect.monitor",
-    "InfoRMConfig": "inform_fast.modeling",
+    "InfoRMConfig": "inform_fast.configuration",
     "InfoRMForRewardModel": "inform_fast.modeling",
     "InfoRMRewardModelOutput": "inform_fast.modeling",
 }
@@ -56,3 +57,12 @@ def cpp_extension_status() -> str:
     from inform_fast import _native
 
     return _native.status()
+
+
+def _install_auto_registration() -> None:
+    from inform_fast import _auto
+
+    _auto.install()
+
+
+_install_auto_registration()
