@@ -428,8 +428,12 @@ class PackedPairCollator:
 
     Output: ``input_ids`` [1, T] and ``position_ids`` [1, T] (restarting at 0 per sequence),
     ``cu_seqlens`` [2B + 1] int32, ``max_seqlen`` (int), ``num_pairs`` (int, B) and ``margin`` [B]
-    when present; consumed by ``model.packed_pairwise_loss``.
+    when present; consumed by ``model.packed_pairwise_loss``. ``pad_to_multiple_of`` rounds T up
+    with one filler sequence of ``pad_token_id`` (``inform_fast.packing.pack_sequences``).
     """
+
+    pad_to_multiple_of: Optional[int] = None
+    pad_token_id: int = 0
 
     def __call__(self, examples: List[Dict[str, Any]]) -> Dict[str, Any]:
         from inform_fast.packing import pack_sequences
@@ -437,7 +441,7 @@ class PackedPairCollator:
         if not examples:
             raise ValueError("examples: empty batch")
         sequences = [list(e["chosen_ids"]) for e in examples] + [list(e["rejected_ids"]) for e in examples]
-        batch = dict(pack_sequences(sequences))
+        batch = dict(pack_sequences(sequences, pad_to_multiple_of=self.pad_to_multiple_of, pad_token_id=self.pad_token_id))
         batch["num_pairs"] = len(examples)
         margin = _margins(examples)
         if margin is not None:

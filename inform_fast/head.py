@@ -154,6 +154,24 @@ class InfoRMHead(nn.Module):
     def extra_repr(self) -> str:
         return f"decoder={self.decoder_type!r}, kl={self.kl_mode!r}"
 
+    def linear_layers(self):
+        """(name, module) of the head's linear layers, which it reads weights from directly."""
+        if self.decoder_type == "linear":
+            return [("encoder", self.encoder), ("decoder", self.decoder)]
+        return [("encoder", self.encoder)] + [(f"decoder.{n}", getattr(self.decoder, n)) for n in ("gate_proj", "up_proj", "down_proj")]
+
+    def check_layers(self) -> None:
+        """Refuse layers that an adapter library has wrapped: the head reads its layers' weights
+        directly (the fused kernels need them), so a wrapper's extra weights, a LoRA adapter's
+        say, would be silently bypassed and the head would train, or stay, without them."""
+        for name, layer in self.linear_layers():
+            if type(layer) is not nn.Linear:
+                raise ValueError(
+                    f"head.{name}: is a {type(layer).__name__}, not a plain nn.Linear; the InfoRM head reads its weights "
+                    "directly, so an adapter there would be bypassed. Keep the head out of PEFT's target_modules and "
+                    "train it in full with modules_to_save=['head'] (InfoRMRewardTrainer does both for you)"
+                )
+
     # ----------------------------------------------------------------------------------------
     # input handling
 
@@ -195,6 +213,7 @@ class InfoRMHead(nn.Module):
             noise: optional [N, L] standard-normal noise for the reparameterisation (training mode
                 only; drawn if not given). In eval mode z = mu and ``noise`` is ignored.
         """
+        self.check_layers()
         pooled = self.pool(hidden_states, attention_mask)
         rows = pooled.shape[0]
         check_noise("noise", noise, rows, self.latent_dim)
@@ -216,6 +235,7 @@ class InfoRMHead(nn.Module):
     @torch.no_grad()
     def latents(self, hidden_states: torch.Tensor, attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Detection latents (mu, the evaluation-mode latent), [N, L], without gradients."""
+        self.check_layers()
         pooled = self.pool(hidden_states, attention_mask)
         mu, _ = reference.vib_encode(pooled, self.encoder.weight, self.encoder.bias)
         return mu
@@ -242,6 +262,7 @@ class InfoRMHead(nn.Module):
             beta: weight of the KL term (>= 0). margin: None, a float, or a [B] tensor.
             noise_chosen, noise_rejected: optional [B, L] noise (training mode only).
         """
+        self.check_layers()
         chosen = self.pool(chosen_hidden, chosen_attention_mask, name="chosen_hidden")
         rejected = self.pool(rejected_hidden, rejected_attention_mask, name="rejected_hidden")
         check_same_rows("chosen_hidden", chosen, "rejected_hidden", rejected)
