@@ -24,9 +24,10 @@ def model(tok):
 
 
 def one_by_one(model, tok, texts):
+    """(reward, mu) of each text (or token list), one forward each."""
     out = []
     for text in texts:
-        r, m = model.score(torch.tensor([data.encode(tok, text)]))
+        r, m = model.score(torch.tensor([text if isinstance(text, list) else data.encode(tok, text)]))
         out.append((r[0], m[0]))
     return out
 
@@ -66,8 +67,8 @@ def test_trl_reward_func_conversational_and_penalty(tok, model):
     penalised = make_trl_reward_func(model, tok, batch_size=3, ibl_penalty=penalty, monitor=monitor, name="rm")(
         prompts=prompts, completions=completions, log_metric=lambda k, v: logged.__setitem__(k, v))
     assert seen["shapes"] == ((5,), (5, 6))
-    texts = [tok.apply_chat_template(p + c, tokenize=False) for p, c in zip(prompts, completions)]
-    expected = one_by_one(model, tok, texts)
+    conversations = [data.encode_conversation(tok, p + c) for p, c in zip(prompts, completions)]
+    expected = one_by_one(model, tok, conversations)
     for i, (r, m) in enumerate(expected):
         assert plain[i] == pytest.approx(r.item(), abs=1e-5)
         assert penalised[i] == pytest.approx(r.item() - 0.5 * m.norm().item(), abs=1e-5)

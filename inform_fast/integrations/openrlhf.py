@@ -52,27 +52,17 @@ class RewardScorer:
         self.max_length = max_length
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.pad_id = 0 if pad is None else pad
+        self._tokenizer_lock = threading.Lock()
 
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
     def encode(self, prompt, response) -> List[int]:
-        """Token ids of prompt + response (strings, or message lists rendered with the chat template)."""
-        ids = data.encode(self.tokenizer, data.render_text(self.tokenizer, prompt, response, where="reward input"))
-        if self.max_length is not None and len(ids) > self.max_length:
-            prompt_length = 0
-            if prompt:
-                if isinstance(prompt, str):
-                    prompt_ids = self.tokenizer(prompt, add_special_tokens=True)["input_ids"]
-                else:
-                    prompt_ids = self.tokenizer(
-                        self.tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True),
-                        add_special_tokens=True,
-                    )["input_ids"]
-                prompt_length = data.common_prefix_length(prompt_ids, ids)
-            ids = data.truncate_sequence(ids, prompt_length, self.max_length, self.tokenizer.bos_token_id)
-        return ids
+        """Token ids of prompt + response (strings, or message lists rendered with the chat
+        template): ``inform_fast.data.tokenize_example``, the tokenisation of training."""
+        with self._tokenizer_lock:  # a fast tokenizer's state must not be shared by threads mid-call
+            return data.tokenize_example(self.tokenizer, prompt, response, self.max_length, where="reward input")
 
     def score_ids(self, sequences: Sequence[Sequence[int]]) -> Tuple[torch.Tensor, torch.Tensor]:
         """(rewards [n] float32, mu [n, L] float32) on the model's device, in input order."""
