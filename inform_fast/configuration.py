@@ -59,9 +59,14 @@ class InfoRMConfig(PreTrainedConfig):
             ``model_type``; None gives a default Llama config). Saved as a nested sub-config.
         latent_dim: L, the information-bottleneck size (default 128).
         decoder: "linear" (default; foldable by ``export_sequence_classifier``) or "mlp".
+        decoder_activation: the "mlp" decoder's activation: "silu" (default), another name in
+            ``inform_fast.reference.ACTIVATIONS``, or "backbone": the backbone's own
+            (``hidden_act`` / ``activation_function``: GELU for BERT, GPT-2, Pythia), as the
+            authors' code does; stored resolved.
         head_bias: biases in the head's encoder and decoder.
         beta: default KL weight of ``pairwise_loss``.
-        kl: "standard" (default) or "authors" (the authors' averaged-KL variant, for reproduction).
+        kl: "standard" (default) or "authors" (the authors' averaged-KL variant and loss weighting,
+            for reproduction: with it, beta = the authors' kl_loss_coef gives their loss).
         reward_mean, reward_std: serving normalisation, reward = (raw - mean) / std (identity by
             default; ``fit_reward_normalization`` sets them).
     """
@@ -72,6 +77,7 @@ class InfoRMConfig(PreTrainedConfig):
     backbone_config: Union[dict, PreTrainedConfig, None] = None
     latent_dim: int = 128
     decoder: str = "linear"
+    decoder_activation: str = "silu"
     head_bias: bool = False
     beta: float = 0.1
     kl: str = "standard"
@@ -81,6 +87,11 @@ class InfoRMConfig(PreTrainedConfig):
     def __post_init__(self, **kwargs):
         check_positive_int("latent_dim", self.latent_dim)
         check_choice("decoder", self.decoder, DECODERS)
+        if self.decoder_activation == "backbone":
+            self.decoder_activation = _backbone_activation(self.backbone_config)
+        check_choice("decoder_activation", self.decoder_activation, tuple(reference.ACTIVATIONS))
+        if self.decoder == "linear" and self.decoder_activation != "silu":
+            raise ValueError(f"decoder_activation: {self.decoder_activation!r} given, but only decoder='mlp' has an activation")
         check_choice("kl", self.kl, reference.KL_MODES)
         _check_beta(self.beta)
         self.head_bias = bool(self.head_bias)
@@ -120,6 +131,17 @@ class InfoRMConfig(PreTrainedConfig):
     @property
     def backbone_is_bidirectional(self) -> bool:
         return self.backbone_config.model_type in _BIDIRECTIONAL
+
+
+def _backbone_activation(backbone_config) -> str:
+    config = backbone_config if not isinstance(backbone_config, dict) else None
+    values = backbone_config if isinstance(backbone_config, dict) else {}
+    for key in ("hidden_act", "activation_function", "hidden_activation"):
+        name = getattr(config, key, None) if config is not None else values.get(key)
+        if isinstance(name, str):
+            return name
+    raise ValueError("decoder_activation: 'backbone' given, but the backbone config names no activation "
+                     "(hidden_act / activation_function); name one, e.g. 'gelu'")
 
 
 def _check_normalization(mean, std) -> tuple[float, float]:

@@ -96,7 +96,8 @@ class InfoRMForRewardModel(PreTrainedModel):
             backbone = AutoModel.from_config(config.backbone_config)
         self.backbone = backbone
         self.head = InfoRMHead(
-            config.hidden_size, latent_dim=config.latent_dim, decoder=config.decoder, bias=config.head_bias, kl=config.kl
+            config.hidden_size, latent_dim=config.latent_dim, decoder=config.decoder, bias=config.head_bias, kl=config.kl,
+            decoder_activation=config.decoder_activation,
         )
         # FSDP auto-wrap and device_map must not split the backbone's layers.
         self._no_split_modules = list(getattr(backbone, "_no_split_modules", None) or [])
@@ -129,6 +130,7 @@ class InfoRMForRewardModel(PreTrainedModel):
         kl: str = "standard",
         head_bias: bool = False,
         dtype: Optional[torch.dtype] = None,
+        decoder_activation: str = "silu",
         attn_implementation: Optional[str] = None,
         **kwargs,
     ) -> "InfoRMForRewardModel":
@@ -139,6 +141,8 @@ class InfoRMForRewardModel(PreTrainedModel):
                 or a ``PreTrainedModel``; a ``*ForCausalLM`` / ``*ForSequenceClassification`` is
                 reduced to its base model (the LM / classifier head is dropped).
             dtype: weights dtype when loading from a path (e.g. torch.bfloat16); the head is cast too.
+            decoder_activation: the "mlp" decoder's activation ("silu", or "backbone" for the
+                backbone's own as in the authors' code; see ``InfoRMConfig``).
             attn_implementation: passed through; default "flash_attention_2" when flash-attn is
                 installed and CUDA is used, else "sdpa" (falling back to "eager" for backbones without SDPA).
             kwargs: more ``from_pretrained`` arguments (``device_map``, ``revision``, ...).
@@ -168,7 +172,7 @@ class InfoRMForRewardModel(PreTrainedModel):
                 backbone = AutoModel.from_pretrained(name_or_path_or_model, attn_implementation="eager", **load)
         config = InfoRMConfig(
             backbone_config=copy.deepcopy(backbone.config), latent_dim=latent_dim, decoder=decoder,
-            beta=beta, kl=kl, head_bias=head_bias,
+            beta=beta, kl=kl, head_bias=head_bias, decoder_activation=decoder_activation,
         )
         # The loaded weights must survive post_init's initialisation pass.
         flagged = []

@@ -86,7 +86,8 @@ def inform_batch_loss(model, inputs: Dict[str, Any], beta: Optional[float] = Non
     beta = core.config.beta if beta is None else beta
     raw = _raw_rewards(core, output.rewards[: 2 * pairs])
     kl = output.kl[: 2 * pairs]
-    terms = reference.pairwise_loss_from_rewards(raw[:pairs], raw[pairs:], kl[:pairs], kl[pairs:], beta=beta, margin=margin)
+    terms = reference.pairwise_loss_from_rewards(raw[:pairs], raw[pairs:], kl[:pairs], kl[pairs:], beta=beta, margin=margin,
+                                                 kl_mode=core.config.kl)
     loss = terms.loss
     if center_rewards_coefficient is not None:
         loss = loss + center_rewards_coefficient * (raw[:pairs] + raw[pairs:]).square().mean()
