@@ -18,8 +18,11 @@ Batches the model takes:
   into a right-padded batch (``packed_fallback = "repad"``, the default: cheaper than T^2
   attention) or kept packed with a block-diagonal 4-D mask (``packed_fallback = "block_mask"``).
 
-PEFT / LoRA: train the head in full and save it with the adapter:
-``LoraConfig(target_modules=[...], modules_to_save=["head"])``.
+PEFT / LoRA: adapters on the backbone, the head trained in full and saved with the adapter:
+``LoraConfig(target_modules=[...], modules_to_save=["head"])``, or any PEFT config passed through
+``inform_fast.integrations.hf_trainer.inform_peft_config`` (``InfoRMRewardTrainer`` does it for its
+``peft_config``). The head reads its layers' weights directly, so it refuses to run with an adapter
+on one of them (``InfoRMHead.check_layers``) rather than silently bypass it.
 """
 from __future__ import annotations
 
