@@ -178,7 +178,8 @@ class InfoRMHead(nn.Module):
         directly (the fused kernels need them), so a wrapper's extra weights, a LoRA adapter's
         say, would be silently bypassed and the head would train, or stay, without them."""
         for name, layer in self.linear_layers():
-            if type(layer) is not nn.Linear:
+            # isinstance, not type(): FSDP2 swaps a sharded module's class for a subclass of it
+            if not isinstance(layer, nn.Linear) or hasattr(layer, "base_layer"):
                 raise ValueError(
                     f"head.{name}: is a {type(layer).__name__}, not a plain nn.Linear; the InfoRM head reads its weights "
                     "directly, so an adapter there would be bypassed. Keep the head out of PEFT's target_modules and "

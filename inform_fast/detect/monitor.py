@@ -486,9 +486,10 @@ class OverOptimizationMonitor:
                 except ValueError as error:
                     warnings.warn(f"OverOptimizationMonitor: evaluation at step {step} failed ({error}); "
                                   f"{sum(p.shape[0] for p in parts)} latents dropped, rewards unaffected", stacklevel=2)
-            return self._hook_values(evaluated)
+            return self.hook_values(evaluated)
 
-    def _hook_values(self, evaluated: bool) -> Dict[str, float]:
+    def hook_values(self, evaluated: bool = False) -> Dict[str, float]:
+        """The ``hook_keys`` values of the latest evaluation (NaN before the first), ``evaluated`` as given."""
         last = self.history[-1] if self.history else {}
         values = {k: float(last[k]) if k in last else math.nan for k in self.recorded_metrics()}
         values["onset"] = float(bool(last.get("onset", False)))

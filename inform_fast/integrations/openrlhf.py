@@ -121,7 +121,7 @@ def apply_hooks(rewards: torch.Tensor, mu: torch.Tensor, ibl_penalty: Optional[P
         if rewards.numel():
             numbers = monitor(mu, final, step=step)
         else:  # nothing to buffer: the keys, with the latest values, all the same
-            numbers = monitor._hook_values(False)
+            numbers = monitor.hook_values()
         evaluated = bool(numbers.pop("evaluated"))
         numbers["evaluated"] = float(evaluated)
     elif monitor is not None and rewards.numel():
