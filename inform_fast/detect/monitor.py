@@ -87,6 +87,7 @@ class ICDSMethod:
 
     name = "icds"
     metrics = ("icds", "icds_normalized")
+    labels = {"icds": "ICDS", "icds_normalized": "ICDS / n"}
     watched = ("icds_normalized",)
 
     def __init__(self, reference: torch.Tensor, kwargs: Optional[dict]):
@@ -134,6 +135,7 @@ class MOPMethod:
 
     name = "mop"
     metrics = ("mop",)
+    labels = {"mop": "MOP (outlier fraction)"}
     watched = ("mop",)
     min_latents = 1
 
@@ -168,7 +170,10 @@ class MOPMethod:
         return dict(self.kwargs)
 
 
-# name -> class; each takes (reference [m, L], its kwargs dict or None)
+# name -> class; each takes (reference [m, L], its kwargs dict or None) and has: ``metrics`` (the
+# numbers it records, with ``labels`` for plots), ``watched`` (those the onset rule watches),
+# ``min_latents``, ``evaluate(rlhf, reference) -> {metric: float}``, ``noise_floor(metric,
+# previous, n_latents)`` and ``config()``. A new method also gets its ``<name>_kwargs`` argument.
 DETECTION_METHODS = {"icds": ICDSMethod, "mop": MOPMethod}
 METHOD_GROUPS = {"both": ("icds", "mop")}
 
@@ -514,8 +519,7 @@ class OverOptimizationMonitor:
                 "min_jumps": self.min_jumps,
                 "min_jump": self.min_jump,
                 "min_latents": self.min_latents,
-                "icds_kwargs": self.methods["icds"].config() if "icds" in self.methods else {},
-                "mop_kwargs": self.methods["mop"].config() if "mop" in self.methods else {},
+                **{f"{name}_kwargs": method.config() for name, method in self.methods.items()},
                 "n_reference": int(self.reference.shape[0]),
                 "latent_dim": int(self.reference.shape[1]),
                 "reference_spectrum": self.reference_spectrum,
@@ -566,11 +570,11 @@ def plot_history(data: dict, path: str) -> None:
     import matplotlib.pyplot as plt
 
     history = data["history"]
-    names = [k for k in ("icds", "icds_normalized", "mop") if any(k in r for r in history)]
+    labels = {metric: label for method in DETECTION_METHODS.values() for metric, label in method.labels.items()}
+    names = [k for k in labels if any(k in r for r in history)]
     if not names:
-        raise ValueError("history: no icds/mop scores to plot")
+        raise ValueError(f"history: no scores to plot ({', '.join(labels)})")
     fig, axes = plt.subplots(len(names), 1, figsize=(7, 2.6 * len(names)), sharex=True, squeeze=False)
-    labels = {"icds": "ICDS", "icds_normalized": "ICDS / n", "mop": "MOP (outlier fraction)"}
     onset = data.get("onset_step")
     for axis, name in zip(axes[:, 0], names):
         points = [(r["step"], r[name]) for r in history if name in r]
