@@ -206,11 +206,11 @@ def _nearest_neighbour_scale(reference: torch.Tensor) -> float:
     return float(positive.median()) if positive.numel() else 0.0
 
 
-def _check_number(name: str, value, minimum: float, strict: bool) -> float:
+def _check_number(name: str, value, minimum: float = -math.inf, strict: bool = False) -> float:
     ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
     if not ok or (value <= minimum if strict else value < minimum):
-        relation = ">" if strict else ">="
-        raise ValueError(f"{name}: expected a finite number {relation} {minimum:g}, got {value!r}")
+        bound = "" if minimum == -math.inf else f" {'>' if strict else '>='} {minimum:g}"
+        raise ValueError(f"{name}: expected a finite number{bound}, got {value!r}")
     return float(value)
 
 
@@ -297,10 +297,10 @@ class OverOptimizationMonitor:
             unknown = set(score_threshold) - set(self.watched)
             if unknown:
                 raise ValueError(f"score_threshold: unknown metric(s) {sorted(unknown)}; watched: {self.watched}")
-            return {k: _check_number(f"score_threshold[{k!r}]", v, -math.inf, strict=False) for k, v in score_threshold.items()}
+            return {k: _check_number(f"score_threshold[{k!r}]", v) for k, v in score_threshold.items()}
         if isinstance(score_threshold, bool) or not isinstance(score_threshold, (int, float)):
             raise ValueError(f"score_threshold: expected None, a float or a dict metric -> float, got {score_threshold!r}")
-        value = _check_number("score_threshold", score_threshold, -math.inf, strict=False)
+        value = _check_number("score_threshold", score_threshold)
         return {k: value for k in self.watched}
 
     def __getstate__(self):
