@@ -13,17 +13,25 @@ empty text, unparsable JSON line) raises ``ValueError`` naming the file and the 
 (JSONL: the 1-based line number; JSON: 1-based position in the list; Parquet / datasets: 1-based
 row index).
 
-Tokenisation: the text (prompt + response, or the rendered conversation) is tokenised with the
-tokenizer's special tokens; the tokenizer's EOS id is appended when the sequence does not already
-end with it, so the pooled (last) token is always EOS, as in TRL.
+Tokenisation (``tokenize_sequence``, the one function behind training, ``inform-fast score`` and
+the reward functions, and what TRL's RewardTrainer does):
+
+* text (prompt + response): tokenised with the tokenizer's special tokens, the EOS id appended
+  when the sequence does not already end with it, so the pooled (last) token is EOS; a text that
+  already starts with the tokenizer's BOS does not get a second one;
+* conversations (message lists): the chat template's rendering of prompt + response, tokenised
+  without adding special tokens (the template writes its own) and without an appended EOS (the
+  template ends the conversation its own way), as ``apply_chat_template(..., tokenize=True)``.
 
 Truncation policy (``max_length``), ``truncation="truncate"`` (default), per sequence:
 
 1. the prompt is the token prefix shared by chosen and rejected (or the explicit prompt);
 2. if the sequence is longer than ``max_length``, tokens are dropped from the *start of the
-   prompt* (keeping a leading BOS token), i.e. the end of the prompt, nearest the response, is kept;
-3. if the response alone still does not fit, it is cut from the right but its final EOS is kept:
-   ``response[:room - 1] + [EOS]``, so the pooled last token is still the end-of-sequence token.
+   prompt* (keeping its leading special tokens, whatever their names: BOS, BERT's [CLS], a
+   template's begin-of-text), i.e. the end of the prompt, nearest the response, is kept;
+3. if the response alone still does not fit, it is cut from the right but its final token is
+   kept: ``response[:room - 1] + [last]``, so the pooled token is still the end of the sequence
+   (EOS, [SEP], a template's end of turn).
 
 ``truncation="drop"`` instead drops pairs where either sequence exceeds ``max_length`` (TRL's
 behaviour) and ``load_preference_data`` reports how many were dropped.
@@ -191,10 +199,10 @@ def _check_text(value, column: str, where: str) -> None:
     )
 
 
-def _render_chat(tokenizer, messages: List[dict], where: str) -> str:
+def _render_chat(tokenizer, messages: List[dict], where: str, add_generation_prompt: bool = False) -> str:
     if getattr(tokenizer, "chat_template", None) is None:
         raise ValueError(f"{where}: conversational row but the tokenizer has no chat template")
-    return tokenizer.apply_chat_template(messages, tokenize=False)
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
 
 
 def render_text(tokenizer, prompt, response, where: str = "data") -> str:
@@ -211,12 +219,68 @@ def render_text(tokenizer, prompt, response, where: str = "data") -> str:
 
 
 def encode(tokenizer, text: str) -> List[int]:
-    """Token ids of ``text`` with the tokenizer's special tokens and a final EOS (appended only
-    when the tokenizer did not put one there)."""
-    ids = list(tokenizer(text, add_special_tokens=True)["input_ids"])
+    """Token ids of a plain ``text`` with the tokenizer's special tokens and a final EOS (appended
+    only when the tokenizer did not put one there), as TRL's RewardTrainer tokenises text.
+
+    A text that already begins with the tokenizer's leading special token (a prompt rendered by a
+    chat template, or OpenRLHF's queries, decoded with their special tokens) keeps just that one:
+    the tokenizer's own is not added a second time."""
+    ids = _encode_text(tokenizer, text)
     eos = tokenizer.eos_token_id
     if eos is not None and (not ids or ids[-1] != eos):
         ids.append(eos)
+    return ids
+
+
+def _encode_text(tokenizer, text: str) -> List[int]:
+    """``encode`` without the EOS it appends."""
+    ids = list(tokenizer(text, add_special_tokens=True)["input_ids"])
+    if len(ids) >= 2 and ids[0] == ids[1] and ids[0] in set(tokenizer.all_special_ids):
+        bare = tokenizer(text, add_special_tokens=False)["input_ids"]
+        if len(bare) and bare[0] == ids[0]:  # the text wrote it: drop the added copy
+            ids = ids[1:]
+    return ids
+
+
+def encode_conversation(tokenizer, messages: List[dict], where: str = "data", add_generation_prompt: bool = False) -> List[int]:
+    """Token ids of a conversation: the chat template's rendering, tokenised without adding
+    special tokens (a template writes its own: BOS, end-of-turn markers). This is what
+    ``tokenizer.apply_chat_template(messages, tokenize=True)`` and TRL's RewardTrainer give; no EOS
+    is appended, the template ends the conversation its own way."""
+    return list(tokenizer(_render_chat(tokenizer, messages, where, add_generation_prompt), add_special_tokens=False)["input_ids"])
+
+
+def tokenize_sequence(tokenizer, prompt, response, where: str = "data") -> List[int]:
+    """The one tokenisation of ``prompt + response`` for training, scoring and the reward
+    functions: ``encode_conversation(prompt + response)`` for message lists, ``encode(prompt +
+    response)`` for strings (``prompt`` may be None)."""
+    if _is_messages(response):
+        if prompt is not None and not _is_messages(prompt):
+            raise ValueError(f"{where}: prompt is a string but the response is a message list")
+        return encode_conversation(tokenizer, list(prompt or []) + list(response), where)
+    return encode(tokenizer, render_text(tokenizer, prompt, response, where))
+
+
+def prompt_length(tokenizer, prompt, ids: Sequence[int], where: str = "data") -> int:
+    """How many leading tokens of ``ids`` (``tokenize_sequence(prompt, response)``) the prompt
+    makes: the common prefix with the prompt tokenised alone (messages: with the template's
+    generation prompt; text: without the EOS that ``encode`` would append)."""
+    if not prompt:
+        return 0
+    if _is_messages(prompt):
+        alone = encode_conversation(tokenizer, list(prompt), where, add_generation_prompt=True)
+    else:
+        alone = _encode_text(tokenizer, prompt)
+    return common_prefix_length(alone, ids)
+
+
+def tokenize_example(tokenizer, prompt, response, max_length: Optional[int] = None, where: str = "data") -> List[int]:
+    """``tokenize_sequence`` truncated to ``max_length`` by the module's policy (what scoring
+    and the reward functions run; training applies the same policy to each pair)."""
+    ids = tokenize_sequence(tokenizer, prompt, response, where)
+    if max_length is not None and len(ids) > max_length:
+        ids = truncate_sequence(ids, prompt_length(tokenizer, prompt, ids, where), max_length,
+                                special_ids=tokenizer.all_special_ids)
     return ids
 
 
@@ -228,18 +292,26 @@ def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
     return i
 
 
-def truncate_sequence(ids: List[int], prompt_length: int, max_length: Optional[int], bos_token_id: Optional[int] = None) -> List[int]:
+def truncate_sequence(ids: List[int], prompt_length: int, max_length: Optional[int], bos_token_id: Optional[int] = None,
+                      special_ids: Sequence[int] = ()) -> List[int]:
     """Apply the module's truncation policy to one sequence of ``prompt_length`` prompt tokens
-    followed by the response (ending with EOS). Returns at most ``max_length`` ids."""
+    followed by the response. Returns at most ``max_length`` ids.
+
+    The leading run of special tokens (``bos_token_id`` or any of ``special_ids``: BOS, BERT's
+    [CLS], a template's begin-of-text) is kept whatever their names, and so is the final token
+    (EOS, [SEP], a template's end of turn): the reward is read there."""
     if max_length is None or len(ids) <= max_length:
         return list(ids)
     if max_length < 1:
         raise ValueError(f"max_length: must be >= 1, got {max_length}")
     # A single response token must stay at the end even when prompt_length covers everything.
     prompt_length = min(prompt_length, len(ids) - 1)
-    keep_bos = bos_token_id is not None and prompt_length > 0 and ids[0] == bos_token_id and max_length > 1
-    head = [ids[0]] if keep_bos else []
-    prompt = ids[len(head):prompt_length]
+    keep = set(special_ids) | ({bos_token_id} if bos_token_id is not None else set())
+    lead = 0
+    while lead < prompt_length and lead < max_length - 1 and ids[lead] in keep:
+        lead += 1
+    head = list(ids[:lead])
+    prompt = ids[lead:prompt_length]
     response = ids[prompt_length:]
     overflow = len(ids) - max_length
     drop = min(overflow, len(prompt))
@@ -248,8 +320,8 @@ def truncate_sequence(ids: List[int], prompt_length: int, max_length: Optional[i
     if len(response) > room:
         # keep the final token (EOS): the reward is read there
         response = response[: room - 1] + [response[-1]] if room > 1 else [response[-1]]
-        if room < 1:  # only possible when the BOS alone fills max_length
-            head = []
+        if room < 1:  # only possible when the leading specials alone fill max_length
+            head = head[: max_length - 1]
     return head + prompt + response
 
 
@@ -283,8 +355,8 @@ def _pair_from_record(record, path, row, tokenizer, max_length, truncation):
     prompt = _checked_record(record, ("chosen", "rejected"), where, "an object with 'chosen' and 'rejected'")
     if _is_messages(record["chosen"]) != _is_messages(record["rejected"]):
         raise ValueError(f"{where}: 'chosen' and 'rejected' must both be strings or both message lists")
-    chosen = encode(tokenizer, render_text(tokenizer, prompt, record["chosen"], where))
-    rejected = encode(tokenizer, render_text(tokenizer, prompt, record["rejected"], where))
+    chosen = tokenize_sequence(tokenizer, prompt, record["chosen"], where)
+    rejected = tokenize_sequence(tokenizer, prompt, record["rejected"], where)
     out: Dict[str, Any] = {}
     margin = record.get("margin")
     if margin is not None:
@@ -296,9 +368,9 @@ def _pair_from_record(record, path, row, tokenizer, max_length, truncation):
     if max_length is not None and (len(chosen) > max_length or len(rejected) > max_length):
         if truncation == "drop":
             return None, False
-        prompt_length = common_prefix_length(chosen, rejected)
-        chosen = truncate_sequence(chosen, prompt_length, max_length, tokenizer.bos_token_id)
-        rejected = truncate_sequence(rejected, prompt_length, max_length, tokenizer.bos_token_id)
+        shared = common_prefix_length(chosen, rejected)
+        chosen = truncate_sequence(chosen, shared, max_length, special_ids=tokenizer.all_special_ids)
+        rejected = truncate_sequence(rejected, shared, max_length, special_ids=tokenizer.all_special_ids)
         truncated = True
     out["chosen_ids"] = chosen
     out["rejected_ids"] = rejected
@@ -437,8 +509,12 @@ class PackedPairCollator:
 
     Output: ``input_ids`` [1, T] and ``position_ids`` [1, T] (restarting at 0 per sequence),
     ``cu_seqlens`` [2B + 1] int32, ``max_seqlen`` (int), ``num_pairs`` (int, B) and ``margin`` [B]
-    when present; consumed by ``model.packed_pairwise_loss``.
+    when present; consumed by ``model.packed_pairwise_loss``. ``pad_to_multiple_of`` rounds T up
+    with one filler sequence of ``pad_token_id`` (``inform_fast.packing.pack_sequences``).
     """
+
+    pad_to_multiple_of: Optional[int] = None
+    pad_token_id: int = 0
 
     def __call__(self, examples: List[Dict[str, Any]]) -> Dict[str, Any]:
         from inform_fast.packing import pack_sequences
@@ -446,7 +522,7 @@ class PackedPairCollator:
         if not examples:
             raise ValueError("examples: empty batch")
         sequences = [list(e["chosen_ids"]) for e in examples] + [list(e["rejected_ids"]) for e in examples]
-        batch = dict(pack_sequences(sequences))
+        batch = dict(pack_sequences(sequences, pad_to_multiple_of=self.pad_to_multiple_of, pad_token_id=self.pad_token_id))
         batch["num_pairs"] = len(examples)
         margin = _margins(examples)
         if margin is not None:
@@ -458,12 +534,6 @@ class PackedPairCollator:
 # streaming for scoring
 
 
-def _score_text(record, field: str, path, row, tokenizer):
-    where = _where(path, row)
-    prompt = _checked_record(record, (field,), where, "an object")
-    return render_text(tokenizer, prompt, record[field], where)
-
-
 def stream_tokenized(
     path: str | os.PathLike,
     tokenizer,
@@ -471,25 +541,12 @@ def stream_tokenized(
     max_length: Optional[int] = None,
 ) -> Iterator[Tuple[int, List[int]]]:
     """Yield ``(index, token_ids)`` for each row's ``prompt + field`` (index is 0-based row order),
-    reading the file lazily. Truncation follows the module policy (prompt kept from its end,
-    response cut from the right with its final EOS kept)."""
+    reading the file lazily: ``tokenize_example``, the tokenisation of training and of the reward
+    functions, truncated by the module policy."""
     for index, (row, record) in enumerate(iter_records(path)):
-        text = _score_text(record, field, path, row, tokenizer)
-        ids = encode(tokenizer, text)
-        if max_length is not None and len(ids) > max_length:
-            prompt = record.get("prompt")
-            prompt_length = 0
-            if prompt is not None:
-                if isinstance(prompt, str):
-                    prompt_ids = list(tokenizer(prompt, add_special_tokens=True)["input_ids"])
-                else:
-                    prompt_ids = list(tokenizer(
-                        tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True),
-                        add_special_tokens=True,
-                    )["input_ids"])
-                prompt_length = common_prefix_length(prompt_ids, ids)
-            ids = truncate_sequence(ids, prompt_length, max_length, tokenizer.bos_token_id)
-        yield index, ids
+        where = _where(path, row)
+        prompt = _checked_record(record, (field,), where, "an object")
+        yield index, tokenize_example(tokenizer, prompt, record[field], max_length, where)
 
 
 def length_sorted_batches(

@@ -7,7 +7,10 @@ In evaluation mode the linear InfoRM head is affine in the pooled hidden state h
            = w h + b,   w = (w_dec W_mu) / reward_std,   b = (w_dec . b_mu + b_dec - reward_mean) / reward_std
 
 so a stock sequence classifier of the backbone's family with ``num_labels=1`` and score layer ``w``
-gives the same reward, and vLLM, verl, OpenRLHF or TGI can serve it without our code.
+gives the same reward, and vLLM, verl, OpenRLHF or TGI can serve it without our code. verl loads
+reward models as ``*ForTokenClassification`` and reads the last token's logit: for families whose
+token classifier names its layer differently (GPT-2 and GPT-NeoX: ``classifier``), the checkpoint
+holds that layer too, so every loader gets the same rewards.
 
 Limits, checked with clear errors:
 * only decoder="linear" folds (the gated-MLP decoder is not affine);
@@ -98,6 +101,23 @@ def _score_layer(stock: nn.Module, family: str) -> nn.Linear:
     return score
 
 
+def _token_classifier_layer(config, score: nn.Linear):
+    """(name, a fresh nn.Linear like it) of the family's token-classification output layer when
+    its name is not ``score``; None when it is, or when the family has no token classifier."""
+    from transformers import AutoModelForTokenClassification
+
+    try:
+        with torch.device("meta"):
+            token_model = AutoModelForTokenClassification.from_config(config)
+    except (ValueError, KeyError):
+        return None
+    prefix = token_model.base_model_prefix
+    for name, module in token_model.named_children():
+        if name != prefix and isinstance(module, nn.Linear) and module.out_features == 1 and name != "score":
+            return name, nn.Linear(score.in_features, 1, bias=module.bias is not None, device=score.weight.device, dtype=score.weight.dtype)
+    return None
+
+
 @torch.no_grad()
 def export_sequence_classifier(
     model,
@@ -156,6 +176,16 @@ def export_sequence_classifier(
     score.weight.copy_(weight.to(score.weight.dtype).reshape(score.weight.shape))
     if score.bias is not None:
         score.bias.copy_(bias.to(score.bias.dtype).reshape(score.bias.shape))
+    token_layer = _token_classifier_layer(stock_config, score)
+    if token_layer is not None:
+        # verl loads reward models as *ForTokenClassification; where its layer has another name
+        # (GPT-2, GPT-NeoX: `classifier`), the checkpoint carries it too, or verl would start
+        # from a random head. The sequence classifier ignores it (an unused-weights note on load).
+        name, layer = token_layer
+        layer.weight.copy_(score.weight)
+        if layer.bias is not None:
+            layer.bias.copy_(score.bias if score.bias is not None else torch.zeros_like(layer.bias))
+        stock.add_module(name, layer)
     stock.config.architectures = [type(stock).__name__]
 
     from inform_fast._io import atomic_directory, new_folders

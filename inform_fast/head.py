@@ -60,14 +60,19 @@ class InfoRMLossOutput:
 
 
 class GatedMLPDecoder(nn.Module):
-    """reward = W_down(silu(W_gate z) * (W_up z)), intermediate size 4L by default."""
+    """reward = W_down(act(W_gate z) * (W_up z)), intermediate size 4L by default; ``activation``
+    a name in ``reference.ACTIVATIONS`` (SiLU by default; the authors use the backbone's)."""
 
-    def __init__(self, latent_dim: int, intermediate_size: Optional[int] = None, bias: bool = False):
+    def __init__(self, latent_dim: int, intermediate_size: Optional[int] = None, bias: bool = False, activation: str = "silu"):
         super().__init__()
         intermediate_size = intermediate_size or 4 * latent_dim
+        self.activation = check_choice("decoder_activation", activation, tuple(reference.ACTIVATIONS))
         self.gate_proj = nn.Linear(latent_dim, intermediate_size, bias=bias)
         self.up_proj = nn.Linear(latent_dim, intermediate_size, bias=bias)
         self.down_proj = nn.Linear(intermediate_size, 1, bias=bias)
+
+    def extra_repr(self) -> str:
+        return f"activation={self.activation!r}"
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:  # [N, L] -> [N]
         return reference.decode_gated_mlp(
@@ -78,6 +83,7 @@ class GatedMLPDecoder(nn.Module):
             self.gate_proj.bias,
             self.up_proj.bias,
             self.down_proj.bias,
+            activation=self.activation,
         )
 
 
@@ -120,10 +126,13 @@ class InfoRMHead(nn.Module):
         latent_dim: L, the bottleneck size (default 128). With ``beta`` it bounds how much of the
             input the reward can use.
         decoder: "linear" (reward = w . z + b, the default and the fused path) or "mlp" (gated MLP
-            with intermediate size 4L and SiLU).
+            with intermediate size 4L).
         bias: whether the encoder and decoder layers have biases.
         kl: "standard" (per-dimension KL to N(0, I), the default) or "authors" (the authors' code:
-            mu and logvar averaged over the latent dimensions before the scalar formula).
+            mu and logvar averaged over the latent dimensions before the scalar formula, and the
+            loss weighting beta * mean over the 2B rows: beta = their kl_loss_coef gives their loss).
+        decoder_activation: the MLP decoder's activation, a name in ``reference.ACTIVATIONS``
+            ("silu" by default; the authors' code uses the backbone's, e.g. "gelu_new" for GPT-2).
         backend: None (automatic), "reference" or "triton"; ``INFORM_FAST_BACKEND`` also forces one.
         check_finite: refuse NaN / Inf hidden states with an error naming the argument and the first
             bad index (default). The check reads only the pooled [N, H] rows, one reduction (an
@@ -143,6 +152,7 @@ class InfoRMHead(nn.Module):
         bias: bool = False,
         kl: str = "standard",
         backend: Optional[str] = None,
+        decoder_activation: str = "silu",
         check_finite: bool = True,
     ):
         super().__init__()
@@ -150,6 +160,9 @@ class InfoRMHead(nn.Module):
         self.latent_dim = check_positive_int("latent_dim", latent_dim)
         self.decoder_type = check_choice("decoder", decoder, DECODERS)
         self.kl_mode = check_choice("kl", kl, reference.KL_MODES)
+        check_choice("decoder_activation", decoder_activation, tuple(reference.ACTIVATIONS))
+        if decoder == "linear" and decoder_activation != "silu":
+            raise ValueError(f"decoder_activation: {decoder_activation!r} given, but only decoder='mlp' has an activation")
         if backend is not None:
             dispatch.requested_backend(backend)  # validates the name now rather than at the first call
         self.backend = backend
@@ -160,10 +173,29 @@ class InfoRMHead(nn.Module):
         if decoder == "linear":
             self.decoder = nn.Linear(latent_dim, 1, bias=bias)
         else:
-            self.decoder = GatedMLPDecoder(latent_dim, bias=bias)
+            self.decoder = GatedMLPDecoder(latent_dim, bias=bias, activation=decoder_activation)
 
     def extra_repr(self) -> str:
         return f"decoder={self.decoder_type!r}, kl={self.kl_mode!r}"
+
+    def linear_layers(self):
+        """(name, module) of the head's linear layers, which it reads weights from directly."""
+        if self.decoder_type == "linear":
+            return [("encoder", self.encoder), ("decoder", self.decoder)]
+        return [("encoder", self.encoder)] + [(f"decoder.{n}", getattr(self.decoder, n)) for n in ("gate_proj", "up_proj", "down_proj")]
+
+    def check_layers(self) -> None:
+        """Refuse layers that an adapter library has wrapped: the head reads its layers' weights
+        directly (the fused kernels need them), so a wrapper's extra weights, a LoRA adapter's
+        say, would be silently bypassed and the head would train, or stay, without them."""
+        for name, layer in self.linear_layers():
+            # isinstance, not type(): FSDP2 swaps a sharded module's class for a subclass of it
+            if not isinstance(layer, nn.Linear) or hasattr(layer, "base_layer"):
+                raise ValueError(
+                    f"head.{name}: is a {type(layer).__name__}, not a plain nn.Linear; the InfoRM head reads its weights "
+                    "directly, so an adapter there would be bypassed. Keep the head out of PEFT's target_modules and "
+                    "train it in full with modules_to_save=['head'] (InfoRMRewardTrainer does both for you)"
+                )
 
     # ----------------------------------------------------------------------------------------
     # input handling
@@ -214,6 +246,7 @@ class InfoRMHead(nn.Module):
             noise: optional [N, L] standard-normal noise for the reparameterisation (training mode
                 only; drawn if not given). In eval mode z = mu and ``noise`` is ignored.
         """
+        self.check_layers()
         pooled = self.pool(hidden_states, attention_mask)
         rows = pooled.shape[0]
         check_noise("noise", noise, rows, self.latent_dim)
@@ -235,6 +268,7 @@ class InfoRMHead(nn.Module):
     @torch.no_grad()
     def latents(self, hidden_states: torch.Tensor, attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Detection latents (mu, the evaluation-mode latent), [N, L], without gradients."""
+        self.check_layers()
         pooled = self.pool(hidden_states, attention_mask)
         mu, _ = reference.vib_encode(pooled, self.encoder.weight, self.encoder.bias)
         return mu
@@ -261,6 +295,7 @@ class InfoRMHead(nn.Module):
             beta: weight of the KL term (>= 0). margin: None, a float, or a [B] tensor.
             noise_chosen, noise_rejected: optional [B, L] noise (training mode only).
         """
+        self.check_layers()
         chosen = self.pool(chosen_hidden, chosen_attention_mask, name="chosen_hidden")
         rejected = self.pool(rejected_hidden, rejected_attention_mask, name="rejected_hidden")
         check_same_rows("chosen_hidden", chosen, "rejected_hidden", rejected)
@@ -295,7 +330,7 @@ class InfoRMHead(nn.Module):
             out = self(torch.cat([chosen, rejected]), noise=noise)
             r_w, r_l = out.reward.chunk(2)
             kl_w, kl_l = out.kl.chunk(2)
-            terms = reference.pairwise_loss_from_rewards(r_w, r_l, kl_w, kl_l, beta=beta, margin=margin)
+            terms = reference.pairwise_loss_from_rewards(r_w, r_l, kl_w, kl_l, beta=beta, margin=margin, kl_mode=self.kl_mode)
         return InfoRMLossOutput(
             loss=terms.loss,
             preference_loss=terms.preference_loss,

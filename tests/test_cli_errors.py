@@ -123,7 +123,12 @@ BAD_INPUTS = [
      "--score-threshold: "),
     ("mop --alpha nan", "mop --rlhf {rl} --reference {ref} --alpha nan", "--alpha: "),
     ("mop --eps inf", "mop --rlhf {rl} --reference {ref} --eps inf", "--eps: "),
-    ("mop: complex latents", "mop --rlhf {root}/complex.npy --reference {ref}", "--rlhf (" ),
+    ("mop: complex latents", "mop --rlhf {root}/complex.npy --reference {ref}", "--rlhf ("),
+    ("kop: complex latents", "kop --rlhf {root}/complex.npy --reference {ref}", "--rlhf ("),
+    ("kop --device cuda on a CPU build", "kop --rlhf {rl} --reference {ref} --device cuda", "--device: cuda"),
+    ("kop --output is a folder", "kop --rlhf {rl} --reference {ref} --output {root}/folder.json", "--output: "),
+    ("mop --calibration-fraction 1.5", "mop --rlhf {rl} --reference {ref} --calibration-fraction 1.5", "--calibration-fraction: "),
+    ("icds --variant excess --level 2", "icds --rlhf {rl} --reference {ref} --variant excess --level 2", "--level: "),
     ("icds: complex latents", "icds --rlhf {root}/complex.npy --reference {ref}", "--rlhf ("),
     ("monitor: complex latents", "monitor --reference {ref} --rlhf {root}/complex.npy --steps 1 --out-dir {out}", "--rlhf"),
     ("icds --eps auto on duplicates", "icds --rlhf {root}/duplicates.npy --reference {ref} --eps auto", "--rlhf: "),
@@ -264,12 +269,12 @@ def test_monitor_takes_score_outputs_as_they_are(assets, tmp_path, capsys):
     # the README's command, as a shell expands the glob: the rewards files are matched too
     files = sorted(str(path) for path in folder.glob("step_*.npy"))
     code = main(["monitor", "--reference", str(folder / "step_0.npy"), "--rlhf", *files, "--method", "mop",
-                 "--shrinkage", "0.5", "--out-dir", str(tmp_path / "mon")])
+                 "--pvalues", "chi2", "--shrinkage", "0.5", "--out-dir", str(tmp_path / "mon")])
     assert code == 0, capsys.readouterr().err
     history = json.loads((tmp_path / "mon" / "history.json").read_text())["history"]
     assert [record["step"] for record in history] == [0, 10, 20]
     assert main(["monitor", "--reference", str(folder / "step_0.npy"), "--rlhf", str(folder / "step_*.npy"),
-                 "--method", "mop", "--shrinkage", "0.5", "--out-dir", str(tmp_path / "mon2")]) == 0
+                 "--method", "mop", "--pvalues", "chi2", "--shrinkage", "0.5", "--out-dir", str(tmp_path / "mon2")]) == 0
 
 
 LINE_ENDINGS = [
@@ -326,7 +331,7 @@ def test_monitor_history_is_strict_json_with_an_infinite_jump(tmp_path, capsys):
         files.append(str(tmp_path / f"step_{step}.npy"))
         np.save(files[-1], (rng.normal(size=(50, DIM)) + shift).astype(np.float32))
     assert main(["monitor", "--reference", str(tmp_path / "ref.npy"), "--rlhf", *files, "--method", "mop", "--min-jump", "0",
-                 "--out-dir", str(tmp_path / "mon")]) == 0
+                 "--pvalues", "chi2", "--alpha", "1e-6", "--out-dir", str(tmp_path / "mon")]) == 0
     history = json.loads((tmp_path / "mon" / "history.json").read_text(), parse_constant=lambda name: pytest.fail(f"{name} in JSON"))
     assert history["onset_step"] == 2 and history["history"][2]["mop_jump_ratio"] is None
     assert main(["report", "--history", str(tmp_path / "mon" / "history.json"), "--out", str(tmp_path / "r.png")]) == 0
@@ -502,7 +507,7 @@ def test_library_writers_on_a_full_disk_raise_a_write_error(small_disk):
 
     reference = torch.randn(64, 4, generator=torch.Generator().manual_seed(0))
     scorer = MahalanobisScorer().fit(reference)
-    monitor = OverOptimizationMonitor(reference, every=1, method="mop")
+    monitor = OverOptimizationMonitor(reference, every=1, method="mop", mop_kwargs={"pvalues": "chi2"})
     monitor.update(0, reference[:16])
     scorer.save(str(small_disk / "scorer.safetensors"))
     monitor.save(str(small_disk / "history.json"))

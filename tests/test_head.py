@@ -29,10 +29,11 @@ def spec_head_numpy(pooled, w_enc, b_enc, w_dec, b_dec, noise, kl_mode):
     return np.array(rewards), np.array(kls), np.array(mus)
 
 
-def spec_loss_numpy(r_w, r_l, kl_w, kl_l, beta, margin):
+def spec_loss_numpy(r_w, r_l, kl_w, kl_l, beta, margin, kl_mode="standard"):
     logits = r_w - r_l - (0.0 if margin is None else margin)
     preference = np.mean(np.log1p(np.exp(-logits)))  # -logsigmoid(x) = log(1 + e^-x)
-    kl = np.mean(kl_w + kl_l)
+    # SPEC: mean over pairs of KL_w + KL_l; the authors' code: mean over all 2B rows
+    kl = np.mean(kl_w + kl_l) if kl_mode == "standard" else np.mean(np.concatenate([kl_w, kl_l]))
     return preference + beta * kl, preference, kl, np.mean(r_w > r_l)
 
 
@@ -91,7 +92,7 @@ def test_pairwise_loss_matches_spec(kl_mode, margin):
     r_w, kl_w, _ = spec_head_numpy(chosen.numpy(), *params(head), n_w.numpy(), kl_mode)
     r_l, kl_l, _ = spec_head_numpy(rejected.numpy(), *params(head), n_l.numpy(), kl_mode)
     m = margin.numpy() if isinstance(margin, torch.Tensor) else margin
-    loss, preference, kl, accuracy = spec_loss_numpy(r_w, r_l, kl_w, kl_l, beta, m)
+    loss, preference, kl, accuracy = spec_loss_numpy(r_w, r_l, kl_w, kl_l, beta, m, kl_mode)
     assert out.loss.item() == pytest.approx(loss, rel=1e-10)
     assert out.preference_loss.item() == pytest.approx(preference, rel=1e-10)
     assert out.kl.item() == pytest.approx(kl, rel=1e-10)

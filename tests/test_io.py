@@ -156,7 +156,7 @@ def _all_writers(folder: pathlib.Path, round_: int) -> None:
             (pathlib.Path(staging) / "x").write_text("x")
         reference = torch.randn(64, 4, generator=torch.Generator().manual_seed(0))
         MahalanobisScorer().fit(reference).save(str(folder / "scorer.safetensors"))
-        monitor = OverOptimizationMonitor(reference, every=1, method="mop")
+        monitor = OverOptimizationMonitor(reference, every=1, method="mop", mop_kwargs={"pvalues": "chi2"})
         monitor.update(0, reference[:16])
         monitor.save(str(folder / "history.json"))
         monitor.plot(str(folder / "history.png"))

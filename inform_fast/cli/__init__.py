@@ -29,6 +29,7 @@ COMMANDS = {
     "export": ("inform_fast.cli.export", "fold a linear-decoder InfoRM model into a stock sequence-classification checkpoint"),
     "icds": ("inform_fast.cli.icds", "integrated cluster deviation score of RLHF latents against reference latents"),
     "mop": ("inform_fast.cli.mop", "Mahalanobis outlier probability of RLHF latents against reference latents"),
+    "kop": ("inform_fast.cli.kop", "k-NN outlier proportion of RLHF latents (calibrated p-values) and its rank shift"),
     "plot-latents": ("inform_fast.cli.plot_latents", "PNG map of reference vs RLHF latents, clusters and outliers marked"),
     "report": ("inform_fast.cli.report", "plot a monitor history (ICDS / MOP over steps) to PNG"),
     "monitor": ("inform_fast.cli.monitor", "run the overoptimization monitor over saved checkpoint latents: ICDS/MOP per step, onset, JSON + PNG"),
@@ -121,11 +122,16 @@ def user_message(error: BaseException, parser: argparse.ArgumentParser, args=Non
         text = str(error) or type(error).__name__
     text = " ".join(line.strip() for line in text.splitlines() if line.strip())
 
-    match = re.match(r"([A-Za-z_][A-Za-z0-9_]*)(?=( \(|:))", text)
-    if match:
-        action = _action_of(match.group(1), options)
-        if action is not None:
-            text = _flag(action) + text[match.end():]
+    # the leading name, or the innermost of a chain of them (``mop_kwargs: alpha: ...``), that is an option
+    chain = re.match(r"(?:[A-Za-z_][A-Za-z0-9_]*: )*[A-Za-z_][A-Za-z0-9_]*(?=( \(|:))", text)
+    if chain:
+        names = chain.group(0).split(": ")
+        for index in range(len(names) - 1, -1, -1):
+            action = _action_of(names[index], options)
+            if action is not None:
+                text = _flag(action) + text[chain.end():] if index == len(names) - 1 else \
+                    _flag(action) + ": " + ": ".join(names[index + 1:]) + text[chain.end():]
+                break
 
     def keyword(found: re.Match) -> str:
         action = _action_of(found.group(1), options)

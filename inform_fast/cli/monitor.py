@@ -38,19 +38,26 @@ def add_arguments(parser) -> None:
                         help="policy latents [n, L] at each step: several files, or a quoted glob pattern (expanded, sorted)")
     parser.add_argument("--steps", type=int, nargs="+", default=None,
                         help="the step of each --rlhf file, in the same order (default: the last integer in each file name)")
-    parser.add_argument("--method", choices=["icds", "mop", "both"], default="both", help="score(s) to watch (default both)")
+    parser.add_argument(
+        "--method", choices=["calibrated", "both", "all", "icds", "mop", "kop", "excess_icds"], default="calibrated",
+        help="score(s) to watch: calibrated (default: KOP with its rank shift, and excess ICDS), both (the papers' ICDS "
+             "and MOP), all, or one of them (docs/detection.md)",
+    )
     parser.add_argument("--eps", default="0.5",
                         help="ICDS DBSCAN radius (> 0) or 'auto' (chosen once on the reference set); default 0.5")
     parser.add_argument("--min-samples", type=int, default=5, help="ICDS DBSCAN min_samples (default 5)")
-    parser.add_argument("--alpha", type=float, default=0.01, help="MOP p-value level of an outlier (default 0.01)")
+    parser.add_argument("--alpha", type=float, default=0.01, help="MOP / KOP p-value level of an outlier (default 0.01)")
+    parser.add_argument("--pvalues", choices=["empirical", "chi2"], default="empirical",
+                        help="MOP p-values: empirical (default, calibrated on half the reference) or chi2")
+    parser.add_argument("--k", type=int, default=10, help="KOP: distance to the k-th nearest reference latent (default 10)")
     parser.add_argument("--shrinkage", default=None, help="MOP covariance shrinkage: none (default), ledoit_wolf, or a float in [0, 1]")
     parser.add_argument("--onset-threshold", type=float, default=10.0,
-                        help="onset when a score's jump exceeds this many times the mean earlier jump (default 10)")
+                        help="onset when a score's rise exceeds this many times the mean earlier jump (default 10; falls never fire)")
     parser.add_argument("--score-threshold", type=float, default=None,
                         help="also flag the onset when a watched score (ICDS/n, MOP) exceeds this value")
-    parser.add_argument("--min-jump", type=float, default=1e-12,
-                        help="floor of the mean earlier jump in the onset rule (default 1e-12): set it to the smallest "
-                             "change of the score that matters, so that a change after a flat stretch does not fire")
+    parser.add_argument("--min-jump", type=float, default=None,
+                        help="floor of the mean earlier jump in the onset rule (default: each score's noise floor, "
+                             "see docs/detection.md): the smallest change of the score that matters")
     parser.add_argument("--key", default=None, help="tensor name inside .safetensors/.pt files (default: mu, latents, or the only one)")
     parser.add_argument("--out-dir", required=True, help="folder for history.json and history.png (created if missing)")
 
@@ -156,16 +163,17 @@ def _format_ratio(value) -> str:
     return "-" if value is None else f"{value:.3g}"
 
 
+SHORT_LABELS = {"icds_normalized": "ICDS/n", "mop": "MOP", "mop_shift": "MOP shift", "kop": "KOP",
+                "kop_shift": "KOP shift", "excess_icds_normalized": "excess ICDS/n", "excess_fraction": "excess share"}
+
+
 def step_line(record: dict, watched) -> str:
     parts = [f"step {record['step']:>8}", f"n {record['n_latents']:>7}"]
-    if "icds_normalized" in record:
-        parts.append(f"ICDS/n {record['icds_normalized']:.4g}")
-    if "mop" in record:
-        parts.append(f"MOP {record['mop']:.4f}")
-    labels = {"icds_normalized": "ICDS/n", "mop": "MOP"}
     for metric in watched:
-        label = "jump" if len(watched) == 1 else f"jump {labels[metric]}"
-        parts.append(f"{label} {_format_ratio(record.get(metric + '_jump_ratio'))}")
+        parts.append(f"{SHORT_LABELS.get(metric, metric)} {record[metric]:.4g}")
+    for metric in watched:
+        label = "jump" if len(watched) == 1 else f"jump {SHORT_LABELS.get(metric, metric)}"
+        parts.append(f"{label} {_format_ratio(record.get(f'{metric}_jump_ratio'))}")
     parts.append("ONSET" if record["onset"] else "-")
     return "  ".join(parts)
 
@@ -212,7 +220,10 @@ def run(args) -> int:
     # ---- arguments, before any file is read
     if os.path.exists(args.out_dir) and not os.path.isdir(args.out_dir):
         raise ValueError(f"--out-dir: {args.out_dir} exists and is not a folder")
-    uses_icds, uses_mop = args.method in ("icds", "both"), args.method in ("mop", "both")
+    from inform_fast.detect.monitor import METHOD_GROUPS
+
+    methods = METHOD_GROUPS.get(args.method, (args.method,))
+    uses_icds, uses_mop, uses_kop = "icds" in methods, "mop" in methods, "kop" in methods
     eps = parse_eps(args.eps)
     if uses_icds and eps != "auto":
         try:
@@ -223,8 +234,8 @@ def run(args) -> int:
         raise ValueError(f"--min-samples: expected an integer >= 1, got {args.min_samples}")
     if not args.onset_threshold > 0:
         raise ValueError(f"--onset-threshold: expected a number > 0, got {args.onset_threshold}")
-    if not args.min_jump >= 0:
-        raise ValueError(f"--min-jump: expected a number >= 0, got {args.min_jump}")
+    if args.min_jump is not None and not 0 <= args.min_jump < float("inf"):
+        raise ValueError(f"--min-jump: expected a finite number >= 0, got {args.min_jump}")
     check_alpha(args.alpha)  # the library's errors name alpha:, shrinkage:; the command line says --alpha:
     shrinkage = _check_shrinkage(args.shrinkage)
     pairs = assign_steps(expand_files(args.rlhf), args.steps)
@@ -253,7 +264,8 @@ def run(args) -> int:
             every=1,
             method=args.method,
             icds_kwargs=icds_kwargs,
-            mop_kwargs={"alpha": args.alpha, "shrinkage": shrinkage} if uses_mop else {},
+            mop_kwargs={"alpha": args.alpha, "shrinkage": shrinkage, "pvalues": args.pvalues} if uses_mop else {},
+            kop_kwargs={"alpha": args.alpha, "k": args.k} if uses_kop else {},
             onset_threshold=args.onset_threshold,
             score_threshold=args.score_threshold,
             min_jump=args.min_jump,

@@ -149,7 +149,8 @@ def icds(
 
     Args:
         rlhf_latents: [n, L] tensor/array (policy response latents, mu).
-        reference_latents: [m, L] tensor/array (SFT response latents), same L.
+        reference_latents: [m, L] tensor/array (SFT response latents), same L; moved to the
+            RLHF latents' device if it is elsewhere (the score is computed there).
         eps: DBSCAN radius (> 0) or "auto" (k-distance knee, see ``auto_eps``).
         min_samples: DBSCAN min_samples (>= 1; the point itself counts).
         include_noise: count the noise points as one more group.
@@ -162,7 +163,9 @@ def icds(
     rlhf = as_latents("rlhf_latents", rlhf_latents)
     reference = as_latents("reference_latents", reference_latents, dim=rlhf.shape[1])
     if reference.device != rlhf.device:
-        raise ValueError(f"reference_latents: on {reference.device}, but rlhf_latents are on {rlhf.device}")
+        # computed where the policy latents are; a caller that scores often (the monitor) moves
+        # its reference there once instead of paying this copy on every call
+        reference = reference.to(rlhf.device)
     check_positive_int("min_samples", min_samples)
     if not isinstance(include_noise, bool):
         raise ValueError(f"include_noise: expected a bool, got {include_noise!r}")
