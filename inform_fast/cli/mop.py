@@ -25,19 +25,12 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from inform_fast.detect.inputs import container_key, load_latents
-    from inform_fast._io import check_output_path
     from inform_fast.detect.mop import check_alpha, mop
     from inform_fast.detect.mahalanobis import _check_shrinkage
 
     check_alpha(args.alpha)
     shrinkage = _check_shrinkage(args.shrinkage)
-    if args.output:
-        check_output_path(args.output, "--output")
-    rlhf = load_latents(args.rlhf, key=container_key(args.rlhf, args.key), name="--rlhf").to(args.device)
-    reference = load_latents(args.reference, key=container_key(args.reference, args.key), name="--reference").to(args.device)
-    if rlhf.shape[1] != reference.shape[1]:
-        raise ValueError(f"--rlhf: latent dimension {rlhf.shape[1]} does not match --reference's {reference.shape[1]}")
+    rlhf, reference = read_outlier_inputs(args)
     result = mop(rlhf, reference, alpha=args.alpha, shrinkage=shrinkage, eps=args.eps, pvalues=args.pvalues,
                  calibration_fraction=args.calibration_fraction, seed=args.seed)
     summary = {"rlhf": args.rlhf, "reference": args.reference, **result.summary()}
@@ -54,6 +47,21 @@ def run(args) -> int:
     )
     write_outlier_result(args, summary, result)
     return 0
+
+
+def read_outlier_inputs(args) -> tuple:
+    """(rlhf, reference) latents of ``mop`` / ``kop`` on ``--device``, checked; ``--output``
+    checked first, so that a bad path fails before any work."""
+    from inform_fast._io import check_output_path
+    from inform_fast.detect.inputs import container_key, load_latents
+
+    if args.output:
+        check_output_path(args.output, "--output")
+    rlhf = load_latents(args.rlhf, key=container_key(args.rlhf, args.key), name="--rlhf").to(args.device)
+    reference = load_latents(args.reference, key=container_key(args.reference, args.key), name="--reference").to(args.device)
+    if rlhf.shape[1] != reference.shape[1]:
+        raise ValueError(f"--rlhf: latent dimension {rlhf.shape[1]} does not match --reference's {reference.shape[1]}")
+    return rlhf, reference
 
 
 def write_outlier_result(args, summary: dict, result) -> None:
