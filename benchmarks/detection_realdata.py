@@ -169,12 +169,14 @@ def fit_reference(reference: torch.Tensor, seed: int) -> dict:
     }
 
 
-def evaluate_space(name: str, clean: torch.Tensor, hacked_latents: dict, rewards: dict, seed: int) -> dict:
+def evaluate_space(clean: torch.Tensor, hacked_latents: dict, rewards: dict, seed: int,
+                   n_reference: int = N_REFERENCE, n_pool: int = N_POOL) -> dict:
     """All scores of one latent space for one seed. ``clean`` [R, D] held-out latents,
-    ``hacked_latents[family]`` [R, D] the same responses hacked, ``rewards`` the same for rewards."""
+    ``hacked_latents[family]`` [R, D] the same responses hacked, ``rewards`` the same for rewards
+    (R >= n_reference + n_pool)."""
     rng = np.random.default_rng(seed)
     order = rng.permutation(clean.shape[0])
-    reference_rows, pool_rows = order[:N_REFERENCE], order[N_REFERENCE:N_REFERENCE + N_POOL]
+    reference_rows, pool_rows = order[:n_reference], order[n_reference:n_reference + n_pool]
     reference = clean[reference_rows]
     fitted = fit_reference(reference, seed)
     per_response, per_set, preference = {}, {}, {}
@@ -193,7 +195,7 @@ def evaluate_space(name: str, clean: torch.Tensor, hacked_latents: dict, rewards
         preference[family] = float((rewards[family][pool_rows] > rewards["clean"][pool_rows]).double().mean())
         per_set[family] = {}
         for fraction in FRACTIONS:
-            chosen = rng.permutation(N_POOL)[: int(round(fraction * N_POOL))]
+            chosen = rng.permutation(n_pool)[: int(round(fraction * n_pool))]
             rlhf = pool_clean.clone()
             rlhf[chosen] = pool_hacked[chosen]
             per_set[family][str(fraction)] = set_scores(rlhf, reference, seed, fitted)
@@ -246,7 +248,7 @@ def main(argv=None) -> int:
             hacked_latents = {}
             for family, values in feature_hacked.items():
                 rewards[family], hacked_latents[family] = reward_and_latent(model, values)
-            runs[space].append(evaluate_space(space, latent, hacked_latents, rewards, seed))
+            runs[space].append(evaluate_space(latent, hacked_latents, rewards, seed))
             if not args.quiet:
                 print(f"seed {seed} {space}: held-out accuracy {accuracy[space][-1]:.3f}", flush=True)
 
