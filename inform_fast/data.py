@@ -39,13 +39,14 @@ behaviour) and ``load_preference_data`` reports how many were dropped.
 from __future__ import annotations
 
 import json
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
+
+from inform_fast.validation import check_real, require
 
 TRUNCATION_MODES = ("truncate", "drop")
 _PARQUET_SUFFIXES = (".parquet", ".pq")
@@ -71,6 +72,35 @@ def _file_kind(path: Path) -> str:
     )
 
 
+def jsonl_lines(path: str | os.PathLike) -> Iterator[Tuple[int, str]]:
+    """``(line_number, text)`` of every non-blank line of a JSONL file, lazily: the one line
+    splitter of every JSONL reader (``iter_records``, ``count_records``), so that counting and
+    reading agree. Lines end at ``\n``, ``\r\n`` or a bare ``\r`` (JSON escapes these inside
+    strings, so they only ever end lines); a line is blank when ``str.isspace`` says so (also a
+    no-break space or a lone ``\x1c``). A UTF-8 byte order mark is skipped."""
+    path = Path(path)
+    line_number = 0
+    try:
+        with open(path, "r", encoding="utf-8-sig", newline=None) as handle:
+            for line_number, line in enumerate(handle, start=1):
+                if line.strip():
+                    yield line_number, line
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path}: line {line_number + 1}: not UTF-8 text ({error.reason} at byte {error.start})") from None
+
+
+def _parquet(path: Path):
+    return require("pyarrow.parquet", f"{path}: reading a .parquet file", "data")
+
+
+def _load_from_disk(path: Path):
+    datasets = require("datasets", f"{path}: reading a datasets.save_to_disk folder", "data")
+    try:
+        return datasets, datasets.load_from_disk(str(path))
+    except Exception as error:  # datasets raises FileNotFoundError / its own errors
+        raise ValueError(f"{path}: not a datasets.save_to_disk folder ({error})") from None
+
+
 def iter_records(path: str | os.PathLike) -> Iterator[Tuple[int, Any]]:
     """Yield ``(row_number, record)`` lazily; row numbers are 1-based (JSONL: line numbers).
 
@@ -82,15 +112,12 @@ def iter_records(path: str | os.PathLike) -> Iterator[Tuple[int, Any]]:
         raise FileNotFoundError(f"data: {path} does not exist")
     kind = _file_kind(path)
     if kind == "jsonl":
-        with open(path, "r", encoding="utf-8") as handle:
-            for line_number, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue  # blank lines (e.g. a trailing newline) are not rows
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as error:
-                    raise ValueError(f"{path}: line {line_number}: invalid JSON ({error.msg})") from None
-                yield line_number, record
+        for line_number, line in jsonl_lines(path):
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{path}: line {line_number}: invalid JSON ({error.msg})") from None
+            yield line_number, record
     elif kind == "json":
         with open(path, "r", encoding="utf-8") as handle:
             try:
@@ -104,22 +131,15 @@ def iter_records(path: str | os.PathLike) -> Iterator[Tuple[int, Any]]:
         for index, record in enumerate(records, start=1):
             yield index, record
     elif kind == "parquet":
-        import pyarrow.parquet as pq
-
-        parquet = pq.ParquetFile(path)
+        parquet = _parquet(path).ParquetFile(path)
         row = 0
         for batch in parquet.iter_batches(batch_size=4096):
             for record in batch.to_pylist():
                 row += 1
                 yield row, record
     else:
-        from datasets import DatasetDict, load_from_disk
-
-        try:
-            dataset = load_from_disk(str(path))
-        except Exception as error:  # datasets raises FileNotFoundError / its own errors
-            raise ValueError(f"{path}: not a datasets.save_to_disk folder ({error})") from None
-        if isinstance(dataset, DatasetDict):
+        datasets, dataset = _load_from_disk(path)
+        if isinstance(dataset, datasets.DatasetDict):
             if "train" not in dataset:
                 raise ValueError(f"{path}: a DatasetDict without a 'train' split ({list(dataset.keys())})")
             dataset = dataset["train"]
@@ -134,24 +154,12 @@ def count_records(path: str | os.PathLike) -> int:
         raise FileNotFoundError(f"data: {path} does not exist")
     kind = _file_kind(path)
     if kind == "jsonl":
-        count = 0
-        with open(path, "rb") as handle:
-            for line in handle:
-                if line.strip():
-                    count += 1
-        return count
+        return sum(1 for _ in jsonl_lines(path))
     if kind == "parquet":
-        import pyarrow.parquet as pq
-
-        return pq.ParquetFile(path).metadata.num_rows
+        return _parquet(path).ParquetFile(path).metadata.num_rows
     if kind == "datasets":
-        from datasets import DatasetDict, load_from_disk
-
-        try:
-            dataset = load_from_disk(str(path))
-        except Exception as error:
-            raise ValueError(f"{path}: not a datasets.save_to_disk folder ({error})") from None
-        return len(dataset["train"] if isinstance(dataset, DatasetDict) and "train" in dataset else dataset)
+        datasets, dataset = _load_from_disk(path)
+        return len(dataset["train"] if isinstance(dataset, datasets.DatasetDict) and "train" in dataset else dataset)
     return sum(1 for _ in iter_records(path))
 
 
@@ -352,9 +360,10 @@ def _pair_from_record(record, path, row, tokenizer, max_length, truncation):
     out: Dict[str, Any] = {}
     margin = record.get("margin")
     if margin is not None:
-        if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not math.isfinite(margin):
-            raise ValueError(f"{where}: column 'margin' must be a finite number, got {margin!r}")
-        out["margin"] = float(margin)
+        try:
+            out["margin"] = check_real("margin", margin)
+        except ValueError:
+            raise ValueError(f"{where}: column 'margin' must be a finite number, got {margin!r}") from None
     truncated = False
     if max_length is not None and (len(chosen) > max_length or len(rejected) > max_length):
         if truncation == "drop":
@@ -421,7 +430,7 @@ class PreferenceDataset(torch.utils.data.Dataset):
 
 def to_hf_dataset(pairs: List[Dict[str, Any]]):
     """A ``datasets.Dataset`` with columns chosen_ids, rejected_ids (and margin) for TRL."""
-    from datasets import Dataset
+    Dataset = require("datasets", "TRL's RewardTrainer", "trl").Dataset
 
     columns = {"chosen_ids": [p["chosen_ids"] for p in pairs], "rejected_ids": [p["rejected_ids"] for p in pairs]}
     if pairs and "margin" in pairs[0]:

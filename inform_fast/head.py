@@ -16,9 +16,11 @@ from inform_fast import dispatch, reference
 from inform_fast.validation import (
     check_attention_mask,
     check_choice,
+    check_finite,
     check_float_tensor,
     check_noise,
     check_positive_int,
+    check_real,
     check_same_rows,
 )
 
@@ -132,6 +134,11 @@ class InfoRMHead(nn.Module):
         decoder_activation: the MLP decoder's activation, a name in ``reference.ACTIVATIONS``
             ("silu" by default; the authors' code uses the backbone's, e.g. "gelu_new" for GPT-2).
         backend: None (automatic), "reference" or "triton"; ``INFORM_FAST_BACKEND`` also forces one.
+        check_finite: refuse NaN / Inf hidden states with an error naming the argument and the first
+            bad index (default). The check reads only the pooled [N, H] rows, one reduction (an
+            elementwise search only when that sum is not finite); on CUDA it waits for the device
+            once per call; skipped while ``torch.compile`` traces. ``False`` turns it off (NaN / Inf
+            rewards and loss then follow NaN input).
 
     Submodules: ``encoder`` = nn.Linear(H, 2L) whose first L outputs are mu and last L are
     logvar; ``decoder`` = nn.Linear(L, 1) or ``GatedMLPDecoder``.
@@ -146,6 +153,7 @@ class InfoRMHead(nn.Module):
         kl: str = "standard",
         backend: Optional[str] = None,
         decoder_activation: str = "silu",
+        check_finite: bool = True,
     ):
         super().__init__()
         self.hidden_size = check_positive_int("hidden_size", hidden_size)
@@ -158,6 +166,9 @@ class InfoRMHead(nn.Module):
         if backend is not None:
             dispatch.requested_backend(backend)  # validates the name now rather than at the first call
         self.backend = backend
+        if not isinstance(check_finite, bool):
+            raise ValueError(f"check_finite: expected True or False, got {check_finite!r}")
+        self.check_finite = check_finite
         self.encoder = nn.Linear(hidden_size, 2 * latent_dim, bias=bias)
         if decoder == "linear":
             self.decoder = nn.Linear(latent_dim, 1, bias=bias)
@@ -191,7 +202,15 @@ class InfoRMHead(nn.Module):
 
     def pool(self, hidden_states: torch.Tensor, attention_mask: Optional[torch.Tensor] = None, name: str = "hidden_states") -> torch.Tensor:
         """Validate and pool: [N, H] passes through; [B, T, H] + mask [B, T] -> [B, H] at the
-        last non-padding token (left or right padding). [B, T, H] without a mask takes position T-1."""
+        last non-padding token (left or right padding). [B, T, H] without a mask takes position T-1.
+        With ``check_finite`` (the default) NaN / Inf in the pooled rows raise, naming ``name``."""
+        pooled = self._pool(hidden_states, attention_mask, name)
+        # not while torch.compile traces (a host sync breaks the graph), nor on meta tensors (no values)
+        if self.check_finite and pooled.device.type != "meta" and not torch.compiler.is_compiling():
+            check_finite(name, pooled)
+        return pooled
+
+    def _pool(self, hidden_states: torch.Tensor, attention_mask: Optional[torch.Tensor], name: str) -> torch.Tensor:
         check_float_tensor(name, hidden_states, ndims=(2, 3))
         if hidden_states.shape[-1] != self.hidden_size:
             raise ValueError(
@@ -331,9 +350,7 @@ def _partitioned(module: nn.Module) -> bool:
 
 
 def _check_beta(beta) -> float:
-    if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not (beta >= 0) or beta == float("inf"):
-        raise ValueError(f"beta: expected a finite number >= 0, got {beta!r}")
-    return float(beta)
+    return check_real("beta", beta, minimum=0)
 
 
 def _check_margin(margin, pairs: int):
@@ -345,9 +362,7 @@ def _check_margin(margin, pairs: int):
         if tuple(margin.shape) != (pairs,):
             raise ValueError(f"margin: expected a scalar or shape ({pairs},), got {tuple(margin.shape)}")
         return margin
-    if isinstance(margin, bool) or not isinstance(margin, (int, float)):
-        raise ValueError(f"margin: expected None, a number or a tensor, got {type(margin).__name__}")
-    return float(margin)
+    return check_real("margin", margin)
 
 
 def inform_loss(

@@ -86,7 +86,7 @@ def test_export_cli(tmp_path, capsys):
     with torch.no_grad():
         torch.testing.assert_close(stock(input_ids=ids).logits, model(ids, attention_mask=mask).logits, rtol=1e-5, atol=1e-5)
     assert cli_main(["export", "--model", str(tmp_path / "missing"), "--output", str(tmp_path / "x")]) == 2
-    assert "config.json" in capsys.readouterr().err
+    assert "--model: folder not found" in capsys.readouterr().err
 
 
 # --- the loaders of RL frameworks, in our words ------------------------------------------------

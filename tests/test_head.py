@@ -268,3 +268,28 @@ def test_hidden_size_must_be_positive():
 def test_reference_last_token_indices():
     mask = torch.tensor([[1, 1, 0, 0], [0, 0, 1, 1], [1, 1, 1, 1], [0, 1, 0, 0]])
     assert reference.last_token_indices(mask).tolist() == [1, 3, 3, 1]
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_non_finite_hidden_states_are_refused_unless_turned_off(bad, dtype):
+    """NaN / Inf hidden states used to give NaN rewards and loss without a word."""
+    head = InfoRMHead(12, 4)
+    hidden = torch.randn(3, 5, 12).to(dtype)
+    mask = torch.ones(3, 5, dtype=torch.long)
+    mask[1, 3:] = 0
+    hidden[1, 2, 7] = bad  # row 1's last real token
+    with pytest.raises(ValueError, match=r"hidden_states: contains 1 NaN/Inf value\(s\), first at index \(1, 7\)"):
+        head(hidden, attention_mask=mask)
+    with pytest.raises(ValueError, match="rejected_hidden: contains 1 NaN/Inf"):
+        head.pairwise_loss(hidden.nan_to_num(0.0, 0.0, 0.0), hidden, chosen_attention_mask=mask, rejected_attention_mask=mask)
+    with pytest.raises(ValueError, match="hidden_states: contains"):
+        head.latents(hidden, attention_mask=mask)
+    hidden[1, 4, 0] = bad  # a padding position: never read, so never refused
+    hidden[1, 2, 7] = 0.0
+    assert head(hidden, attention_mask=mask).reward.isfinite().all()
+    hidden[1, 2, 7] = bad
+    unchecked = InfoRMHead(12, 4, check_finite=False)
+    unchecked.load_state_dict(head.state_dict())
+    assert not unchecked(hidden, attention_mask=mask).reward[1].isfinite()
+

@@ -1,15 +1,15 @@
 """``inform-fast icds``: ICDS of RLHF latents against reference latents, printed and saved as JSON.
 
 Reads .npy / .safetensors / .pt (``--key`` picks a tensor, default "mu" / "latents" / the only
-one). The JSON is written to a temporary file in the target folder and renamed, so a failure
-never leaves a half-written result.
+one). The JSON is written to a temporary file in the target folder and renamed
+(``inform_fast._io``), so a failure never leaves a half-written result; numbers that are not
+finite are written as null (strict JSON).
 """
 from __future__ import annotations
 
-import json
 import os
 
-from inform_fast._io import write_text_atomic
+from inform_fast._io import check_output_path, write_json_atomic
 
 HELP = "integrated cluster deviation score of RLHF latents against reference latents"
 
@@ -48,6 +48,8 @@ def run(args) -> int:
     from inform_fast.detect.inputs import load_latents
 
     eps = parse_eps(args.eps if args.eps is not None else ("0.5" if args.variant == "paper" else "auto"))
+    if args.output:
+        check_output_path(args.output, "--output")
     rlhf = load_latents(args.rlhf, key=args.key, name="--rlhf")
     reference = load_latents(args.reference, key=args.key, name="--reference")
     if rlhf.shape[1] != reference.shape[1]:
@@ -75,7 +77,7 @@ def run(args) -> int:
         name = "noise" if (result.include_noise and k == result.n_clusters) else f"cluster {k}"
         print(f"  {name:<12} size {size:>8}  deviation {deviation:.6g}")
     if args.output:
-        write_text_atomic(args.output, json.dumps(payload, indent=2), name="--output")
+        write_json_atomic(args.output, payload, name="--output", indent=2)
         print(f"wrote {args.output}")
     return 0
 
@@ -99,6 +101,6 @@ def _run_excess(args, rlhf, reference, eps) -> int:
     for k, (size, deviation) in enumerate(zip(result.cluster_sizes.tolist(), result.deviations.tolist())):
         print(f"  cluster {k:<4} size {size:>8}  deviation {deviation:.6g}")
     if args.output:
-        write_text_atomic(args.output, json.dumps(payload, indent=2), name="--output")
+        write_json_atomic(args.output, payload, name="--output", indent=2)
         print(f"wrote {args.output}")
     return 0

@@ -20,15 +20,11 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from inform_fast.cli.mop import write_outlier_result
+    from inform_fast.cli.mop import read_outlier_inputs, write_outlier_result
     from inform_fast.detect.calibrated import check_alpha, kop
-    from inform_fast.detect.inputs import container_key, load_latents
 
     check_alpha(args.alpha, name="--alpha")
-    rlhf = load_latents(args.rlhf, key=container_key(args.rlhf, args.key), name="--rlhf").to(args.device)
-    reference = load_latents(args.reference, key=container_key(args.reference, args.key), name="--reference").to(args.device)
-    if rlhf.shape[1] != reference.shape[1]:
-        raise ValueError(f"--rlhf: latent dimension {rlhf.shape[1]} does not match --reference's {reference.shape[1]}")
+    rlhf, reference = read_outlier_inputs(args)
     normalize = None if args.normalize == "none" else args.normalize
     result = kop(rlhf, reference, alpha=args.alpha, k=args.k, normalize=normalize,
                  calibration_fraction=args.calibration_fraction, seed=args.seed)

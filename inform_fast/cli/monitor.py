@@ -4,7 +4,9 @@ Given the reference (SFT) latents and the policy's latents saved at several RL s
 ICDS and/or MOP at every step with ``OverOptimizationMonitor`` (``every=1``), applies its onset
 rule and writes the monitor's ``history.json`` and ``history.png`` into ``--out-dir``.
 
-* ``--rlhf`` takes several files; a quoted glob pattern is expanded here (sorted).
+* ``--rlhf`` takes several files; a quoted glob pattern is expanded here (sorted). The rewards file
+  ``inform-fast score --output X.npy`` writes beside the latents (``X.rewards.npy``) is left out
+  when ``X.npy`` is among the files, so ``--rlhf latents/step_*.npy`` takes score's outputs as they are.
 * Steps come from ``--steps`` (one per file, in the order the files are given) or else from the
   last integer in each file name (``step_0200.npy`` -> 200); files are evaluated in step order.
 * ``--eps auto`` picks the DBSCAN radius once, on the reference set, and uses it at every step so
@@ -12,6 +14,8 @@ rule and writes the monitor's ``history.json`` and ``history.png`` into ``--out-
 * Every file's shape is checked from its header (.npy, .safetensors) before the first evaluation,
   and the results are written only at the end, both files atomically: an error leaves nothing in
   ``--out-dir`` (a folder this command created is removed again).
+* A reference whose latents have collapsed onto about one direction gets a note suggesting
+  ``--shrinkage`` (not when it is given).
 """
 from __future__ import annotations
 
@@ -19,10 +23,12 @@ import glob
 import os
 import re
 import sys
+import warnings
 
 HELP = "run the overoptimization monitor over saved checkpoint latents: ICDS/MOP per step, onset, JSON + PNG"
 
 _GLOB_CHARS = set("*?[")
+_SCORE_REWARDS = ".rewards.npy"
 _INTEGER = re.compile(r"\d+")
 
 
@@ -70,7 +76,20 @@ def expand_files(patterns) -> list:
     for path in files:
         if not os.path.isfile(path):
             raise ValueError(f"--rlhf: file not found: {path}")
-    return files
+    return without_score_rewards(files)
+
+
+def without_score_rewards(files: list) -> list:
+    """``files`` less each ``X.rewards.npy`` whose ``X.npy`` is there too: the rewards that
+    ``inform-fast score --output X.npy`` writes beside the latents, which a shell glob such as
+    ``step_*.npy`` also matches."""
+    given = {os.path.abspath(path) for path in files}
+    kept = []
+    for path in files:
+        if path.endswith(_SCORE_REWARDS) and os.path.abspath(path[: -len(_SCORE_REWARDS)] + ".npy") in given:
+            continue
+        kept.append(path)
+    return kept
 
 
 def step_from_name(path: str) -> int:
@@ -160,24 +179,32 @@ def step_line(record: dict, watched) -> str:
 
 
 def write_outputs(monitor, out_dir: str) -> tuple:
-    """history.json and history.png in ``out_dir``, both or neither; a folder made here is removed on error."""
-    from inform_fast._io import atomic_path
+    """history.json and history.png in ``out_dir``, both or neither; a folder made here is removed on
+    error. The JSON is ``monitor.save``'s content as strict JSON (an infinite jump ratio, after a
+    flat stretch with ``--min-jump 0``, is null instead of ``Infinity``)."""
+    from inform_fast._io import atomic_paths, json_text, new_folders
 
-    created = not os.path.exists(out_dir)
-    os.makedirs(out_dir, exist_ok=True)
     json_path, png_path = os.path.join(out_dir, "history.json"), os.path.join(out_dir, "history.png")
-    try:
-        with atomic_path(json_path, "--out-dir") as json_temp, atomic_path(png_path, "--out-dir") as png_temp:
-            monitor.save(json_temp)
-            monitor.plot(png_temp)
-    except BaseException:
-        if created:
-            try:
-                os.rmdir(out_dir)
-            except OSError:
-                pass
-        raise
+    with new_folders(out_dir, "--out-dir"), atomic_paths([json_path, png_path], "--out-dir") as (json_temp, png_temp):
+        with open(json_temp, "w") as handle:
+            handle.write(json_text(monitor.to_dict()))
+        monitor.plot(png_temp)
     return json_path, png_path
+
+
+def collapse_note(monitor, shrinkage) -> str:
+    """A note when the reference latents use about one direction and MOP runs without shrinkage
+    (the monitor's own warning names its Python keyword; this names the option), else ''."""
+    from inform_fast.detect.monitor import COLLAPSED_RATIO
+
+    spectrum = monitor.reference_spectrum
+    dim = monitor.reference.shape[1]
+    if spectrum is None or shrinkage is not None or dim < 4 or not spectrum["participation_ratio"] < COLLAPSED_RATIO:
+        return ""
+    return (f"note: the reference latents use about {spectrum['participation_ratio']:.1f} of their {dim} directions "
+            f"({spectrum['top_share']:.0%} of the variance on the top one): MOP then mixes noise from the squeezed "
+            "directions with how far responses go along that one; consider --shrinkage 0.1 and --method both "
+            "(docs/detection.md)")
 
 
 def run(args) -> int:
@@ -209,11 +236,8 @@ def run(args) -> int:
         raise ValueError(f"--onset-threshold: expected a number > 0, got {args.onset_threshold}")
     if args.min_jump is not None and not 0 <= args.min_jump < float("inf"):
         raise ValueError(f"--min-jump: expected a finite number >= 0, got {args.min_jump}")
-    try:
-        check_alpha(args.alpha)
-        shrinkage = _check_shrinkage(args.shrinkage)
-    except ValueError as error:
-        raise ValueError(f"--{str(error)}") from None
+    check_alpha(args.alpha)  # the library's errors name alpha:, shrinkage:; the command line says --alpha:
+    shrinkage = _check_shrinkage(args.shrinkage)
     pairs = assign_steps(expand_files(args.rlhf), args.steps)
 
     # ---- inputs: the reference, then every file's header
@@ -229,20 +253,26 @@ def run(args) -> int:
         if eps == "auto":
             from inform_fast.detect.icds import auto_eps
 
-            eps = auto_eps(reference, min_samples=args.min_samples)
+            eps = auto_eps(reference, min_samples=args.min_samples, name="--reference")
             print(f"eps auto: {eps:.6g} (chosen once on the {reference.shape[0]} reference latents, used at every step)")
         icds_kwargs = {"eps": float(eps), "min_samples": args.min_samples}
-    monitor = OverOptimizationMonitor(
-        reference,
-        every=1,
-        method=args.method,
-        icds_kwargs=icds_kwargs,
-        mop_kwargs={"alpha": args.alpha, "shrinkage": shrinkage, "pvalues": args.pvalues} if uses_mop else {},
-        kop_kwargs={"alpha": args.alpha, "k": args.k} if uses_kop else {},
-        onset_threshold=args.onset_threshold,
-        score_threshold=args.score_threshold,
-        min_jump=args.min_jump,
-    )
+    with warnings.catch_warnings():
+        # the library's collapse warning names its keyword (mop_kwargs=...): collapse_note names the option
+        warnings.filterwarnings("ignore", message="reference_latents use about")
+        monitor = OverOptimizationMonitor(
+            reference,
+            every=1,
+            method=args.method,
+            icds_kwargs=icds_kwargs,
+            mop_kwargs={"alpha": args.alpha, "shrinkage": shrinkage, "pvalues": args.pvalues} if uses_mop else {},
+            kop_kwargs={"alpha": args.alpha, "k": args.k} if uses_kop else {},
+            onset_threshold=args.onset_threshold,
+            score_threshold=args.score_threshold,
+            min_jump=args.min_jump,
+        )
+    note = collapse_note(monitor, shrinkage)
+    if note:
+        print(note, file=sys.stderr)
 
     # ---- evaluation, in memory; nothing is written until every step is done
     with tqdm(total=len(pairs), desc="monitor", unit="step", disable=None, leave=False, file=sys.stderr) as bar:

@@ -10,7 +10,6 @@ data-dependent gather. Nothing round-trips through the host when both are on one
 """
 from __future__ import annotations
 
-import math
 from typing import Mapping, Optional, Sequence, Union
 
 import numpy as np
@@ -18,12 +17,11 @@ import torch
 
 from inform_fast.detect.inputs import as_latents
 from inform_fast.detect.mahalanobis import MahalanobisScorer
+from inform_fast.validation import check_real
 
 
 def _check_coef(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-        raise ValueError(f"{name}: expected a finite float >= 0, got {value!r}")
-    return float(value)
+    return check_real(name, value, minimum=0)
 
 
 def _check_scorer(name: str, scorer, dim: int) -> MahalanobisScorer:

@@ -108,14 +108,15 @@ def knee_of_sorted(values: torch.Tensor) -> float:
     return float(y[int(torch.argmax(gap))])
 
 
-def auto_eps(x, min_samples: int = 5, sample_size: int = 2048, seed: int = 0) -> float:
-    """eps from the k-distance curve (k = min_samples) of ``x`` [n, L]; see the module docstring."""
-    x = as_latents("x", x)
+def auto_eps(x, min_samples: int = 5, sample_size: int = 2048, seed: int = 0, name: str = "x") -> float:
+    """eps from the k-distance curve (k = min_samples) of ``x`` [n, L]; see the module docstring.
+    ``name`` is the argument that errors name (the caller's name for ``x``)."""
+    x = as_latents(name, x)
     check_positive_int("min_samples", min_samples)
     check_positive_int("sample_size", sample_size)
     n = x.shape[0]
     if n < 2:
-        raise ValueError(f"x: auto eps needs at least 2 latents, got {n}")
+        raise ValueError(f"{name}: automatic eps needs at least 2 latents, got {n}")
     if n > sample_size:
         generator = torch.Generator().manual_seed(seed)
         pick = torch.randperm(n, generator=generator)[:sample_size].to(x.device)
@@ -128,7 +129,7 @@ def auto_eps(x, min_samples: int = 5, sample_size: int = 2048, seed: int = 0) ->
     if not eps > 0:  # duplicated points: fall back to the smallest positive k-distance
         positive = kth[kth > 0]
         if positive.numel() == 0:
-            raise ValueError("x: all sampled latents coincide with their neighbours; eps cannot be chosen automatically")
+            raise ValueError(f"{name}: all sampled latents coincide with their neighbours; eps cannot be chosen automatically")
         eps = float(positive[0])
     return eps
 
@@ -177,7 +178,7 @@ def icds(
     if isinstance(eps, str):
         if eps != "auto":
             raise ValueError(f"eps: expected a number > 0 or 'auto', got {eps!r}")
-        eps = auto_eps(rlhf, min_samples, sample_size=auto_sample_size)
+        eps = auto_eps(rlhf, min_samples, sample_size=auto_sample_size, name="rlhf_latents")
     else:
         eps = check_eps(eps)
 
