@@ -367,3 +367,17 @@ def test_calibrated_methods_stationary_then_a_repeated_hack(reference):
     shifted.update(0, _latents(400, seed=400))
     record = shifted.update(1, _latents(400, shift=0.4, seed=401))
     assert record["kop_shift"] > 0.54 and record["kop_shift_z"] > 3 and shifted.onset_step == 1 and "kop_shift_z" in shifted.onset_reason
+
+
+def test_saved_history_is_strict_json(reference, tmp_path):
+    # min_jump=0 after a flat history gives an infinite jump ratio; the file must still be JSON
+    monitor = OverOptimizationMonitor(reference, every=1, method="mop", min_jump=0.0, mop_kwargs={"pvalues": "chi2"})
+    for step in range(3):
+        monitor.update(step, _latents(50, seed=7))  # the same latents: flat, then still flat
+    monitor.update(3, _latents(50, shift=5.0, seed=8))
+    path = tmp_path / "history.json"
+    monitor.save(str(path))
+    text = path.read_text()
+    assert "Infinity" not in text and "NaN" not in text
+    json.loads(text, parse_constant=lambda name: pytest.fail(f"non-standard JSON constant {name}"))
+    assert read_history(str(path))["history"][-1]["mop_jump_ratio"] is None

@@ -52,7 +52,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
-from inform_fast._io import atomic_path, write_text_atomic
+from inform_fast._io import atomic_path, write_json_atomic
 from inform_fast.detect.inputs import as_latents
 from inform_fast.validation import check_positive_int
 
@@ -667,18 +667,12 @@ class OverOptimizationMonitor:
         }
 
     def save(self, path: str) -> None:
-        """Write the history (and config, onset) as JSON, atomically."""
-        write_text_atomic(path, json.dumps(self.to_dict(), indent=1, default=_json_default, allow_nan=True))
+        """Write the history (and config, onset) as strict JSON (NaN / Inf as null), atomically."""
+        write_json_atomic(path, self.to_dict())
 
     def plot(self, path: str) -> None:
         """PNG of the watched scores over steps, the onset marked."""
         plot_history(self.to_dict(), path)
-
-
-def _json_default(value):
-    if isinstance(value, torch.Tensor) and value.numel() == 1:
-        return value.item()
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
 def read_history(path: str) -> dict:
