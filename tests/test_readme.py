@@ -62,7 +62,8 @@ def test_detection_guide_example_runs(tmp_path, monkeypatch):
     rewards = scope["reward_func"](prompts=prompts, completions=completions, trainer_state=SimpleNamespace(global_step=0),
                                    log_metric=logged.__setitem__)
     assert len(rewards) == 16
-    assert {"inform/icds", "inform/mop", "inform/onset", "inform/ibl_penalty_mean"} <= set(logged)
+    assert {"inform/kop", "inform/kop_shift", "inform/kop_shift_z", "inform/excess_fraction", "inform/onset",
+            "inform/ibl_penalty_mean"} <= set(logged)
 
 
 def test_integration_recipes_run(tmp_path, monkeypatch):
