@@ -1,8 +1,9 @@
 """``inform-fast`` command line.
 
-Each subcommand lives in its own module exposing ``HELP`` (one line), ``add_arguments(parser)``
-and ``run(args) -> int``. Only the chosen subcommand's module is imported, so ``inform-fast icds``
-never imports transformers and ``--help`` is instant.
+Each subcommand lives in its own module exposing ``add_arguments(parser)`` and
+``run(args) -> int``; its one-line description is in ``COMMANDS`` below. Only the chosen
+subcommand's module is imported, so ``inform-fast icds`` never imports transformers and
+``--help`` is instant.
 
 Errors a user can cause (a bad option, a bad file, a full disk, a missing optional package) are
 reported here, in one place, as one line on stderr naming the option, with exit status 2; the

@@ -7,8 +7,6 @@ replaces a file it did not write (a folder holding other files needs ``--overwri
 """
 from __future__ import annotations
 
-HELP = "run the built-in overoptimization study (best-of-n, InfoRM vs standard RM, ICDS/MOP)"
-
 
 def add_arguments(parser) -> None:
     parser.add_argument("--out", default="inform_fast_demo", help="output folder (default ./inform_fast_demo): new, empty, or a previous demo output")
