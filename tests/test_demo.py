@@ -708,10 +708,12 @@ SEARCH_SERIES = ("gold", "gold_raw", "proxy", "standard", "inform", "mop", "icds
 
 
 def _population(seed=0, size=60):
+    """Responses of mixed lengths (the demo's default is a fixed budget; padding must work too)."""
     from inform_fast.demo import search
 
     rng = np.random.default_rng(seed)
-    return rng, search.Population.from_responses(world.generate(rng, rng.integers(8, size=size)))
+    config = world.WorldConfig(min_words=6, max_words=16, padded_share=0.1)
+    return rng, search.Population.from_responses(world.generate(rng, rng.integers(8, size=size), config))
 
 
 def test_edit_operator_keeps_responses_valid_and_changes_one_word():
@@ -728,7 +730,7 @@ def test_edit_operator_keeps_responses_valid_and_changes_one_word():
     gold = edits.gold(table)
     for row, new in enumerate(edited):
         old = words[row // k]
-        assert world.is_valid_response(new), new
+        assert world.is_valid_response(new, world.WorldConfig(min_words=6, max_words=16)), new
         assert len(new) == len(old)
         assert sum(a != b for a, b in zip(old, new)) == 1, (old, new)
         assert gold[row] == pytest.approx(world.gold_reward(int(edits.topic[row]), new))
@@ -747,15 +749,16 @@ def test_edit_operator_keeps_responses_valid_and_changes_one_word():
 
 def test_encoder_matches_the_tokenizer():
     from inform_fast.demo import search
-    from inform_fast.demo.pipeline import _tokenize
 
     _, population = _population(size=25)
     tokenizer = world.build_tokenizer()
     ids, mask = search.Encoder(tokenizer)(population)
     responses = world.Responses(topic=population.topic, words=population.words(), gold=np.zeros(25),
                                 filler=np.zeros(25, int), length=population.length)
-    want_ids, want_mask = _tokenize(tokenizer, responses, "cpu")
-    assert ids.tolist() == want_ids.tolist() and mask.tolist() == want_mask.tolist()
+    # the tokenizer on the texts themselves (prompt + response + <eos>, right-padded)
+    encoded = tokenizer([text + " <eos>" for text in responses.texts()], padding=True, return_tensors="pt")
+    assert ids.tolist() == encoded["input_ids"].tolist() and mask.tolist() == encoded["attention_mask"].tolist()
+    assert tokenizer.unk_token_id not in ids.tolist()
 
 
 def test_gold_guided_search_never_lowers_gold_and_is_deterministic():

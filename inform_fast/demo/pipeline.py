@@ -36,11 +36,10 @@ def _deterministic(threads_wanted: int):
         torch.set_num_threads(threads)
 
 
-def _tokenize(tokenizer, responses: world.Responses, device) -> tuple:
-    """Prompt + response + <eos>, right-padded: ids [N, T] int64 and mask [N, T]."""
-    texts = [text + " <eos>" for text in responses.texts()]
-    encoded = tokenizer(texts, padding=True, return_tensors="pt")
-    return encoded["input_ids"].to(device), encoded["attention_mask"].to(device)
+def _tokenize(encoder: search.Encoder, responses: world.Responses, device) -> tuple:
+    """Prompt + response + <eos>, right-padded: ids [N, T] int64 and mask [N, T] (the ids the
+    demo's tokenizer gives the texts, straight from the words)."""
+    return encoder(search.Population.from_responses(responses), device)
 
 
 def _score(model: DemoRewardModel, ids, mask, batch: int, tick=None):
@@ -144,11 +143,12 @@ def draw_data(config: DemoConfig, rng: np.random.Generator, device) -> dict:
     heldout = world.preference_pairs(rng, config.eval_pairs, config.n_prompts, config=world_config)
     pool = world.generate(rng, np.repeat(np.arange(config.n_prompts), config.pool_per_prompt), world_config)
     tokenizer = world.build_tokenizer()
+    encoder = search.Encoder(tokenizer)
     return {
         "pairs": pairs, "heldout": heldout, "pool": pool, "tokenizer": tokenizer,
-        "chosen": _tokenize(tokenizer, pairs.chosen, device), "rejected": _tokenize(tokenizer, pairs.rejected, device),
-        "pool_tokens": _tokenize(tokenizer, pool, device),
-        "eval_tokens": _tokenize(tokenizer, world._concat(heldout.chosen, heldout.rejected), device),
+        "chosen": _tokenize(encoder, pairs.chosen, device), "rejected": _tokenize(encoder, pairs.rejected, device),
+        "pool_tokens": _tokenize(encoder, pool, device),
+        "eval_tokens": _tokenize(encoder, world._concat(heldout.chosen, heldout.rejected), device),
     }
 
 
