@@ -3,7 +3,7 @@
 Main names (imported lazily, so ``import inform_fast`` stays light and never probes a device):
 
 * ``InfoRMHead``, ``inform_loss`` — the information-bottleneck reward head and its pairwise loss.
-* ``icds``, ``mop``, ``MahalanobisScorer``, ``ibl_penalty``, ``OverOptimizationMonitor``,
+* ``icds``, ``mop``, ``knn_scores``, ``kop``, ``MahalanobisScorer``, ``ibl_penalty``, ``OverOptimizationMonitor``,
   ``dbscan`` — reward-hacking detection on latents (``inform_fast.detect``).
 * ``InfoRMConfig``, ``InfoRMForRewardModel`` — the Hugging Face reward model
   (``inform_fast.modeling``).
@@ -22,6 +22,11 @@ _LAZY = {
     "icds": "inform_fast.detect",
     "ICDSResult": "inform_fast.detect",
     "mop": "inform_fast.detect",
+    "knn_scores": "inform_fast.detect",
+    "kop": "inform_fast.detect",
+    "KOPResult": "inform_fast.detect",
+    "KNNScorer": "inform_fast.detect",
+    "EmpiricalPValues": "inform_fast.detect",
     "MOPResult": "inform_fast.detect",
     "MahalanobisScorer": "inform_fast.detect",
     "ibl_penalty": "inform_fast.detect",

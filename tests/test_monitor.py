@@ -214,7 +214,7 @@ def test_cli_mop_end_to_end(tmp_path, capsys):
         (["--rlhf", "{tmp}/rlhf.safetensors", "--key", "other"], "dimension"),
         (["--rlhf", "{tmp}/rlhf.safetensors", "--alpha", "0"], "alpha"),
         (["--rlhf", "{tmp}/rlhf.safetensors", "--shrinkage", "oas"], "shrinkage"),
-        (["--rlhf", "{tmp}/rlhf.safetensors", "--reference", "{tmp}/tiny.npy"], "singular"),
+        (["--rlhf", "{tmp}/rlhf.safetensors", "--reference", "{tmp}/tiny.npy"], "empirical p-values fit on 1 of the 3 reference latents"),
     ],
 )
 def test_cli_mop_bad_input_writes_nothing(tmp_path, capsys, extra, message):

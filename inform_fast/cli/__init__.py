@@ -19,6 +19,7 @@ COMMANDS = {
     "export": ("inform_fast.cli.export", "fold a linear-decoder InfoRM model into a stock sequence-classification checkpoint"),
     "icds": ("inform_fast.cli.icds", "integrated cluster deviation score of RLHF latents against reference latents"),
     "mop": ("inform_fast.cli.mop", "Mahalanobis outlier probability of RLHF latents against reference latents"),
+    "kop": ("inform_fast.cli.kop", "k-NN outlier proportion of RLHF latents (calibrated), its rank shift and the ICDS of the outliers"),
     "plot-latents": ("inform_fast.cli.plot_latents", "PNG map of reference vs RLHF latents, clusters and outliers marked"),
     "report": ("inform_fast.cli.report", "plot a monitor history (ICDS / MOP over steps) to PNG"),
     "monitor": ("inform_fast.cli.monitor", "run the overoptimization monitor over saved checkpoint latents: ICDS/MOP per step, onset, JSON + PNG"),

@@ -172,7 +172,7 @@ class OverOptimizationMonitor:
         if self.method in ("mop", "both"):
             from inform_fast.detect.mop import mop
 
-            result = mop(rlhf, scorer=self.scorer, alpha=self.mop_kwargs.get("alpha", 0.01), backend=self.mop_kwargs.get("backend"))
+            result = mop(rlhf, scorer=self.scorer, pvalues="chi2", alpha=self.mop_kwargs.get("alpha", 0.01), backend=self.mop_kwargs.get("backend"))
             record["mop"] = result.score
         record["seconds"] = time.perf_counter() - start
         self._check_onset(record)
