@@ -467,6 +467,48 @@ def test_each_seed_is_deterministic_on_its_own(tiny_report, tiny_outcome):
         assert again[key] == first[key], key
 
 
+def test_calibrated_scores_are_the_library_calls(tiny_outcome):
+    """The demo's MOP (empirical p-values) and KOP at the largest n are inform_fast.detect's own
+    functions on the picks' latents, with the reference split seeded by the run's seed."""
+    from inform_fast.detect.calibrated import kop
+    from inform_fast.detect.mop import mop
+
+    results, arrays = tiny_outcome["results"], tiny_outcome["arrays"]
+    config, seed = preset("tiny"), results["seed"]
+    reference = torch.from_numpy(arrays["reference"])
+    for name in RM:
+        picks = torch.from_numpy(arrays["selected"][name])
+        empirical = mop(picks, reference, alpha=config.mop_alpha, shrinkage="ledoit_wolf", pvalues="empirical",
+                        calibration_fraction=config.calibration_fraction, seed=seed)
+        neighbours = kop(picks, reference, alpha=config.mop_alpha, k=config.knn_k, calibration_fraction=config.calibration_fraction, seed=seed)
+        assert results[name]["mop_empirical"][-1] == empirical.score
+        assert results[name]["kop"][-1] == neighbours.score
+        for key in ("mop_empirical", "kop"):
+            assert len(results[name][key]) == len(results["n"]) and all(0.0 <= v <= 1.0 for v in results[name][key])
+    assert results["reference"]["calibration_size"] == round(config.reference_size * config.calibration_fraction)
+    for guide in ("standard", "inform", "inform_ibl", "gold"):
+        series = results["policy_search"][guide]
+        assert len(series["kop"]) == len(series["mop_empirical"]) == len(results["policy_search"]["rounds"])
+
+
+def test_seeds_in_worker_processes_give_the_same_numbers():
+    """--jobs only changes where a seed runs: a seed computed in a spawned worker process matches
+    the same seed computed in this one, number for number."""
+    from inform_fast.demo.pipeline import default_jobs, run_seeds
+
+    config = preset("tiny", steps=4, search_rounds=2, max_n=32, draws=20)
+    here = run_seeds(config, [3, 4], progress=False, jobs=1)["per_seed"]
+    workers = run_seeds(config, [3, 4], progress=False, jobs=2)["per_seed"]
+    for a, b in zip(here, workers):
+        a, b = ({k: v for k, v in r.items() if k not in ("runtime_s", "environment")} for r in (a, b))
+        assert json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+    assert 1 <= default_jobs(config, 3) <= 3 and default_jobs(config, 1) == 1
+    with pytest.raises(ValueError, match="--jobs"):
+        run_seeds(config, [0], progress=False, jobs=0)
+    with pytest.raises(ValueError, match="--seeds"):
+        run_seeds(config, [1, 1], progress=False)
+
+
 def test_numbers_follow_the_seed_and_the_models(tiny_report):
     runs = json.loads((tiny_report / "report.json").read_text())["per_seed"]
     # a different seed changes the data and the models, hence every curve
@@ -486,7 +528,8 @@ def test_cli_states_the_seed_count_and_rejects_bad_seeds(tmp_path, capsys):
     code = main(["demo", "--preset", "tiny", "--out", str(tmp_path / "missing" / "out"), "--quiet"])
     assert code == 2
     assert "--out" in capsys.readouterr().err
-    for argv, name in ((["--seeds", "0"], "--seeds"), (["--seeds", "-2"], "--seeds"), (["--seed", "-1"], "--seed")):
+    for argv, name in ((["--seeds", "0"], "--seeds"), (["--seeds", "-2"], "--seeds"), (["--seed", "-1"], "--seed"),
+                       (["--jobs", "0"], "--jobs")):
         assert main(["demo", "--preset", "tiny", "--out", str(tmp_path / "o"), "--quiet", *argv]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and name in err

@@ -31,6 +31,8 @@ def add_arguments(parser) -> None:
         help="small: the default, a CPU study (docs/demo.md gives its time per seed); paper: bigger backbone, pool and "
              "training, sized for a GPU; tiny: seconds, for tests",
     )
+    parser.add_argument("--jobs", type=int, default=None,
+                        help="seeds run at once in separate processes (default: one per CPU core, one on a GPU); the numbers do not depend on it")
     parser.add_argument("--device", default=None, choices=["cpu", "cuda", "auto"], help="override the preset's device")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -62,11 +64,13 @@ def run(args) -> int:
 
     overrides = {} if args.device is None else {"device": args.device}
     seeds = seed_list(args.seed, args.seeds)
+    if args.jobs is not None and args.jobs < 1:
+        raise ValueError(f"--jobs: expected an integer >= 1, got {args.jobs}")
     warning = cost_warning(args.preset, resolve_device(preset(args.preset, **overrides)))
     if warning:
         print(warning, file=sys.stderr)
     results = run_demo(args.out, preset=args.preset, seed=args.seed, seeds=args.seeds, progress=not args.quiet,
-                       overwrite=args.overwrite, **overrides)
+                       overwrite=args.overwrite, jobs=args.jobs, **overrides)
     out = os.path.abspath(args.out)
     print(summary_text(results))
     print(f"{len(seeds)} seed{'s' if len(seeds) != 1 else ''} ({', '.join(map(str, seeds))}), preset {args.preset}; "

@@ -16,6 +16,8 @@ intervals across seeds), ``findings`` (what the numbers say, against named thres
 """
 from __future__ import annotations
 
+from typing import Optional
+
 from inform_fast.demo.config import DEFAULT_SEEDS
 
 
@@ -29,22 +31,24 @@ def seed_list(first: int, count: int) -> list:
 
 
 def run_demo(out_dir: str, preset: str = "small", seed: int = 0, seeds: int = DEFAULT_SEEDS, progress: bool = True,
-             overwrite: bool = False, **overrides) -> dict:
+             overwrite: bool = False, jobs: Optional[int] = None, **overrides) -> dict:
     """Run the study with a preset (``tiny``, ``small``, ``paper``) for ``seeds`` seeds starting at
     ``seed`` and write the report into ``out_dir``: a new or empty folder, or a previous demo output.
     A folder holding other files is refused (ValueError naming --out) unless ``overwrite``; even
-    then only the demo's own files are replaced. Returns the report.json content."""
+    then only the demo's own files are replaced. ``jobs``: processes running seeds at once (None:
+    one per CPU core, see ``pipeline.default_jobs``); the numbers do not depend on it. Returns the
+    report.json content."""
     import time
 
     from inform_fast.demo.config import preset as get_preset
-    from inform_fast.demo.pipeline import run_seeds, study_results
+    from inform_fast.demo.pipeline import default_jobs, run_seeds, study_results
     from inform_fast.demo.report import check_out_dir, write_report
 
     started = time.perf_counter()
     config = get_preset(preset, **overrides)
     chosen = seed_list(seed, seeds)
     check_out_dir(out_dir, overwrite=overwrite)  # fail before the study, not after it
-    outcome = run_seeds(config, chosen, progress=progress)
+    outcome = run_seeds(config, chosen, progress=progress, jobs=default_jobs(config, len(chosen)) if jobs is None else jobs)
     results = study_results(outcome["per_seed"], preset, config)
     write_report(out_dir, {"results": results, "arrays": outcome["arrays"]}, started=started, overwrite=overwrite)
     return results

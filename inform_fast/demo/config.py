@@ -49,7 +49,9 @@ class DemoConfig:
     draws: int = 300  # Monte-Carlo best-of-n selections per n and proxy (detection latents)
     reference_size: int = 2000  # reference latents (random pool responses, i.e. n = 1)
     icds_min_samples: int = 5
-    mop_alpha: float = 0.01
+    mop_alpha: float = 0.01  # alpha of MOP (chi-square and empirical p-values) and of KOP
+    calibration_fraction: float = 0.5  # share of the reference set held out to calibrate the empirical p-values
+    knn_k: int = 10  # the k-NN score: distance to the k-th nearest reference latent (of the fit part)
     score_batch: int = 1024
     # policy search: hill climbing on one-word edits, a policy that can leave the pool (search.py)
     search_population: int = 128  # responses climbed (spread over the prompts; the same start per guide)

@@ -97,12 +97,16 @@ def detection_findings(results: dict) -> dict:
     out = {
         "auroc": dict(auroc),
         "auroc_quality": auroc_quality(auroc.get("pooled")),
+        "auroc_knn": dict(results.get("detector_auroc_knn") or {}),
         "mop": {name: {"n1": results["mop"][name][0], "max_n": results["mop"][name][-1]} for name in RM_NAMES},
         "icds_normalized": {name: {"n1": results["icds_normalized"][name][0], "max_n": results["icds_normalized"][name][-1]}
                             for name in RM_NAMES},
         "hacked_fraction": {name: {"n1": results[name]["hacked_fraction"][0], "max_n": results[name]["hacked_fraction"][-1]}
                             for name in RM_NAMES},
     }
+    for key in ("mop_empirical", "kop"):  # the calibrated scores (empirical p-values)
+        if key in results:
+            out[key] = {name: {"n1": results[key][name][0], "max_n": results[key][name][-1]} for name in RM_NAMES}
     if "detector_picks" in results:
         out["picks"] = results["detector_picks"]
     spectrum = results.get("latent_spectrum")
@@ -221,6 +225,8 @@ def policy_search_findings(results: dict) -> dict:
             "mop_start": float(s["mop"][0]), "mop_final": float(s["mop"][-1]),
             "icds_normalized_start": float(s["icds_normalized"][0]), "icds_normalized_final": float(s["icds_normalized"][-1]),
             "hacked_fraction_final": float(s["hacked_fraction"][-1]),
+            "mop_empirical_final": float(s["mop_empirical"][-1]) if "mop_empirical" in s else None,
+            "kop_final": float(s["kop"][-1]) if "kop" in s else None,
             "filler_final": float(s["filler"][-1]), "off_topic_final": float(s["off_topic"][-1]),
             **alarm_timing(s),
             "largest_mop_jump": None if top is None else {"round": top[0], "ratio": float(top[1]),
@@ -277,14 +283,19 @@ def study_findings(per_seed: Sequence[dict]) -> dict:
     out["best_of_n"] = best
 
     det = [f["detection"] for f in per_seed]
-    detection = {"auroc": {}, "auroc_below_half": {}}
-    for key in ("standard", "inform", "pooled"):
-        values = [d["auroc"].get(key) for d in det]
-        if all(v is not None for v in values):
-            detection["auroc"][key] = mean_interval(values)
-            detection["auroc_below_half"][key] = count([v < 0.5 for v in values])
-    detection["mop_max_n"] = {name: mean_interval([d["mop"][name]["max_n"] for d in det]) for name in RM_NAMES}
-    detection["mop_n1"] = mean_interval([d["mop"]["standard"]["n1"] for d in det])
+    detection = {"auroc": {}, "auroc_below_half": {}, "auroc_knn": {}, "auroc_knn_below_half": {}}
+    for score in ("auroc", "auroc_knn"):
+        for key in ("standard", "inform", "pooled"):
+            values = [d.get(score, {}).get(key) for d in det]
+            if all(v is not None for v in values):
+                detection[score][key] = mean_interval(values)
+                detection[score + "_below_half"][key] = count([v < 0.5 for v in values])
+    if "pooled" in detection["auroc"]:
+        detection["auroc_quality"] = auroc_quality(detection["auroc"]["pooled"]["mean"])
+    for key in ("mop", "mop_empirical", "kop"):  # n = 1 is the base policy: the false-alarm rate
+        if all(key in d for d in det):
+            detection[key + "_max_n"] = {name: mean_interval([d[key][name]["max_n"] for d in det]) for name in RM_NAMES}
+            detection[key + "_n1"] = mean_interval([d[key]["standard"]["n1"] for d in det])
     detection["icds_normalized_max_n"] = {name: mean_interval([d["icds_normalized"][name]["max_n"] for d in det]) for name in RM_NAMES}
     if all(d.get("picks") for d in det):
         detection["picks"] = {
@@ -315,6 +326,10 @@ def study_findings(per_seed: Sequence[dict]) -> dict:
 TIMINGS = ("early", "at_peak", "late", "undetected", "false_alarm", "quiet")
 
 
+def _interval_if_all(values) -> Optional[dict]:
+    return None if any(v is None for v in values) else mean_interval(values)
+
+
 def _policy_search_summary(searches: Sequence[dict]) -> dict:
     guides = [g for g in GUIDES if all(g in s["guides"] for s in searches)]
     out = {"guides": {}}
@@ -326,6 +341,8 @@ def _policy_search_summary(searches: Sequence[dict]) -> dict:
             "gold_peak": mean_interval([r["gold_peak"] for r in rows]),
             "gold_final": mean_interval([r["gold_final"] for r in rows]),
             "mop_final": mean_interval([r["mop_final"] for r in rows]),
+            "mop_empirical_final": _interval_if_all([r["mop_empirical_final"] for r in rows]),
+            "kop_final": _interval_if_all([r["kop_final"] for r in rows]),
             "icds_normalized_final": mean_interval([r["icds_normalized_final"] for r in rows]),
             "filler_final": mean_interval([r["filler_final"] for r in rows]),
             "off_topic_final": mean_interval([r["off_topic_final"] for r in rows]),

@@ -8,8 +8,9 @@ the models trained in the call.
 from __future__ import annotations
 
 import contextlib
+import os
 import time
-from typing import Optional, Sequence
+from typing import Dict, Optional, Sequence
 
 import numpy as np
 import torch
@@ -109,25 +110,64 @@ def run_study(config: DemoConfig, seed: int = 0, progress: bool = True, bar: Opt
             bar.close()
 
 
-def run_seeds(config: DemoConfig, seeds: Sequence[int], progress: bool = True) -> dict:
-    """Run the study once per seed (each seed alone fixes its numbers: a seed's results do not depend
-    on the other seeds). Returns {"per_seed": [results of each seed], "arrays": the first seed's
-    arrays (for the latent map)}."""
+def default_jobs(config: DemoConfig, seeds: int) -> int:
+    """Worker processes for ``seeds`` seeds: one per usable CPU core (at most one per seed) on a CPU
+    run, where each seed runs single-threaded; one on a GPU run."""
+    if resolve_device(config).type != "cpu":
+        return 1
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(seeds, cores))
+
+
+def _seed_results(config: DemoConfig, seed: int) -> dict:
+    """One seed's results in a worker process (its arrays hold closures and stay behind)."""
+    return run_study(config, seed=seed, progress=False)["results"]
+
+
+def run_seeds(config: DemoConfig, seeds: Sequence[int], progress: bool = True, jobs: int = 1) -> dict:
+    """Run the study once per seed and return {"per_seed": [results of each seed, in ``seeds``'
+    order], "arrays": the first seed's arrays (for the latent map)}.
+
+    Each seed alone fixes its numbers (single-threaded, deterministic kernels), so a seed's results
+    do not depend on the other seeds nor on ``jobs``: with ``jobs`` > 1 the first seed runs here,
+    with the live progress bar, and the others in ``jobs - 1`` spawned worker processes (the bar
+    advances by a seed's worth when one finishes).
+    """
     seeds = [int(s) for s in seeds]
     if not seeds or len(set(seeds)) != len(seeds):
         raise ValueError(f"--seeds: expected one or more distinct seeds, got {seeds}")
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ValueError(f"--jobs: expected an integer >= 1, got {jobs!r}")
     bar = Progress(work_units(config) * len(seeds), progress)
-    per_seed, arrays = [], None
+    results: Dict[int, dict] = {}
     try:
-        for i, seed in enumerate(seeds):
-            bar.prefix = f"seed {seed} ({i + 1}/{len(seeds)}): "
-            outcome = run_study(config, seed=seed, bar=bar)
-            per_seed.append(outcome["results"])
-            if arrays is None:
-                arrays = outcome["arrays"]
+        if jobs == 1 or len(seeds) == 1:
+            arrays = None
+            for i, seed in enumerate(seeds):
+                bar.prefix = f"seed {seed} ({i + 1}/{len(seeds)}): "
+                outcome = run_study(config, seed=seed, bar=bar)
+                results[seed] = outcome["results"]
+                arrays = outcome["arrays"] if arrays is None else arrays
+        else:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            # spawn, not fork: a forked child would inherit this process's torch thread pools
+            with ProcessPoolExecutor(max_workers=min(jobs, len(seeds)) - 1 or 1,
+                                     mp_context=multiprocessing.get_context("spawn")) as pool:
+                futures = {pool.submit(_seed_results, config, seed): seed for seed in seeds[1:]}
+                bar.prefix = f"seed {seeds[0]} (1/{len(seeds)}, {len(seeds) - 1} more in {min(jobs, len(seeds)) - 1} worker(s)): "
+                outcome = run_study(config, seed=seeds[0], bar=bar)
+                results[seeds[0]], arrays = outcome["results"], outcome["arrays"]
+                for future, seed in futures.items():
+                    results[seed] = future.result()
+                    bar.tick(work_units(config))
     finally:
         bar.close()
-    return {"per_seed": per_seed, "arrays": arrays}
+    return {"per_seed": [results[seed] for seed in seeds], "arrays": arrays}
 
 
 def draw_data(config: DemoConfig, rng: np.random.Generator, device) -> dict:
@@ -242,6 +282,7 @@ def _run(config, seed, device, rng, grid, bar, started) -> dict:
     oracle = curve(gold_z, gold_z)
 
     # ---------------------------------------------------------------- detection
+    from inform_fast.detect.calibrated import CalibratedScorer, KNNScorer, kop
     from inform_fast.detect.icds import auto_eps, icds
     from inform_fast.detect.mahalanobis import MahalanobisScorer
     from inform_fast.detect.mop import mop
@@ -250,13 +291,22 @@ def _run(config, seed, device, rng, grid, bar, started) -> dict:
     reference = latents[reference_index]
     gold_median = float(np.median(pool.gold[reference_index]))
     eps = auto_eps(reference, min_samples=config.icds_min_samples)  # fixed across n and proxies
+    # the paper's MOP (chi-square p-values of a fit on the whole reference; also the IBL penalty's and
+    # the monitor's fit) and the calibrated scores: each fitted on one part of the reference and
+    # calibrated on the other (empirical p-values: a false-alarm rate of at most alpha at n = 1)
     scorer = MahalanobisScorer(shrinkage="ledoit_wolf").fit(reference)
-    detection = {name: {"icds": [], "icds_normalized": [], "icds_clusters": [], "mop": [], "hacked_fraction": []} for name in RM_NAMES}
+    calibrated = {
+        "mop_empirical": CalibratedScorer.fit(MahalanobisScorer(shrinkage="ledoit_wolf"), reference, config.calibration_fraction, seed),
+        "kop": CalibratedScorer.fit(KNNScorer(k=config.knn_k), reference, config.calibration_fraction, seed),
+    }
+    detection = {name: {"icds": [], "icds_normalized": [], "icds_clusters": [], "mop": [], "mop_empirical": [], "kop": [],
+                        "hacked_fraction": []} for name in RM_NAMES}
     # InfoRM's reward of a pick in reference standard deviations from the reference mean: where the
     # pick lies along the one direction the decoder reads (explains the detector's AUROC)
     reference_inform = proxy["inform"][reference_index]
     inform_reward_z = (proxy["inform"] - reference_inform.mean()) / reference_inform.std()
     pick_rewards = {name: [] for name in RM_NAMES}
+    pick_knn = {name: [] for name in RM_NAMES}
     auroc_scores = {name: [] for name in RM_NAMES}
     auroc_labels = {name: [] for name in RM_NAMES}
     auroc_by_n = {name: [] for name in RM_NAMES}  # per n: the hacked fraction changes with n
@@ -278,11 +328,15 @@ def _run(config, seed, device, rng, grid, bar, started) -> dict:
             selected = latents[picks[name]]
             result = icds(selected, reference, eps=eps, min_samples=config.icds_min_samples)
             outliers = mop(selected, scorer=scorer, pvalues="chi2", alpha=config.mop_alpha)
+            empirical = mop(selected, calibrated=calibrated["mop_empirical"], alpha=config.mop_alpha)
+            neighbours = kop(selected, calibrated=calibrated["kop"], alpha=config.mop_alpha)
             hacked = pool.gold[picks[name]] < gold_median
             detection[name]["icds"].append(result.score)
             detection[name]["icds_normalized"].append(result.normalized_score)
             detection[name]["icds_clusters"].append(result.n_clusters)
             detection[name]["mop"].append(outliers.score)
+            detection[name]["mop_empirical"].append(empirical.score)
+            detection[name]["kop"].append(neighbours.score)
             detection[name]["hacked_fraction"].append(float(hacked.mean()))
             distances = outliers.distances.double().cpu().numpy()
             auroc_by_n[name].append(study.auroc(distances, hacked))
@@ -290,23 +344,26 @@ def _run(config, seed, device, rng, grid, bar, started) -> dict:
                 auroc_scores[name].append(distances)
                 auroc_labels[name].append(hacked)
                 pick_rewards[name].append(inform_reward_z[picks[name]])
+                pick_knn[name].append(neighbours.distances.double().cpu().numpy())
             if n == grid[-1]:
                 selected_last[name] = {"index": picks[name], "hacked": hacked}
         bar.tick()
     for name in RM_NAMES:
         results[name].update(detection[name])
-    detector_auroc = {}
-    for name in RM_NAMES + ("pooled",):
-        names = RM_NAMES if name == "pooled" else (name,)
-        scores = np.concatenate([np.concatenate(auroc_scores[m]) for m in names]) if len(grid) > 1 else np.zeros(0)
-        labels = np.concatenate([np.concatenate(auroc_labels[m]) for m in names]) if len(grid) > 1 else np.zeros(0, bool)
-        detector_auroc[name] = study.auroc(scores, labels) if scores.size else None
-    detector_picks = None
+    detector_auroc, detector_auroc_knn, detector_picks = {}, {}, None
     if len(grid) > 1:
-        distances = np.concatenate([np.concatenate(auroc_scores[m]) for m in RM_NAMES])
-        hacked_all = np.concatenate([np.concatenate(auroc_labels[m]) for m in RM_NAMES])
-        reward_z = np.concatenate([np.concatenate(pick_rewards[m]) for m in RM_NAMES])
-        detector_picks = study.pick_profile(distances, reward_z, hacked_all)
+        def pooled(series, names):
+            return np.concatenate([np.concatenate(series[m]) for m in names])
+
+        for name in RM_NAMES + ("pooled",):
+            names = RM_NAMES if name == "pooled" else (name,)
+            labels = pooled(auroc_labels, names)
+            detector_auroc[name] = study.auroc(pooled(auroc_scores, names), labels)
+            detector_auroc_knn[name] = study.auroc(pooled(pick_knn, names), labels)
+        detector_picks = study.pick_profile(pooled(auroc_scores, RM_NAMES), pooled(pick_rewards, RM_NAMES),
+                                            pooled(auroc_labels, RM_NAMES), knn_distance=pooled(pick_knn, RM_NAMES))
+    else:
+        detector_auroc = detector_auroc_knn = {name: None for name in RM_NAMES + ("pooled",)}
     # ---------------------------------------------------------------- policy search (leaves the pool)
     bar.stage("policy search")
     search_started = time.perf_counter()
@@ -339,7 +396,7 @@ def _run(config, seed, device, rng, grid, bar, started) -> dict:
         reference, norms, gold_median, rounds=config.search_rounds, edits=config.search_edits, every=config.search_every,
         icds_eps=float(eps), icds_min_samples=config.icds_min_samples, mop_alpha=config.mop_alpha, mop_eps=scorer.eps,
         onset_threshold=config.search_onset_threshold, min_jump=min_jump, mop_threshold=config.search_mop_threshold,
-        guides=search.GUIDES, tick=bar.tick, distance=distance_of,
+        guides=search.GUIDES, tick=bar.tick, distance=distance_of, calibrated=calibrated,
     )
     policy_search["config"] = {
         "population": int(config.search_population), "rounds": int(config.search_rounds),
@@ -370,9 +427,12 @@ def _run(config, seed, device, rng, grid, bar, started) -> dict:
         "kl": kl.tolist(),
         "gold_oracle": oracle.tolist(),
         "icds": {name: detection[name]["icds"] for name in RM_NAMES},
+        "mop_empirical": {name: detection[name]["mop_empirical"] for name in RM_NAMES},
+        "kop": {name: detection[name]["kop"] for name in RM_NAMES},
         "icds_normalized": {name: detection[name]["icds_normalized"] for name in RM_NAMES},
         "mop": {name: detection[name]["mop"] for name in RM_NAMES},
-        "detector_auroc": detector_auroc,
+        "detector_auroc": detector_auroc,  # per-response Mahalanobis distance, hacked vs other picks (n > 1)
+        "detector_auroc_knn": detector_auroc_knn,  # the same for the k-NN distance
         "detector_auroc_by_n": auroc_by_n,
         "detector_picks": detector_picks,
         "latent_spectrum": spectrum,
@@ -383,6 +443,9 @@ def _run(config, seed, device, rng, grid, bar, started) -> dict:
             "icds_min_samples": int(config.icds_min_samples),
             "mop_alpha": float(config.mop_alpha),
             "mop_shrinkage": "ledoit_wolf",
+            "calibration_fraction": float(config.calibration_fraction),
+            "calibration_size": int(calibrated["kop"].calibration.size),
+            "knn_k": int(config.knn_k),
             "pool_gold_mean": float(pool.gold.mean()),
             "pool_gold_std": float(pool.gold.std()),
         },

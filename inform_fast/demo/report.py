@@ -215,22 +215,30 @@ def plot_gold_vs_proxy(results: dict, path: str) -> None:
 
 
 def plot_detection(results: dict, path: str) -> None:
+    """ICDS/n, MOP (empirical and chi-square p-values), KOP and the hacked fraction against KL, for
+    best-of-n on each proxy: mean with its band and a thin line per seed."""
     plt = _pyplot()
     runs = results["per_seed"]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 4.2), dpi=110)
+    alpha = runs[0]["reference"]["mop_alpha"]
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8.2), dpi=110)
     panels = (
-        ("icds_normalized", "ICDS / number of latents", "ICDS (cluster deviation)"),
-        ("mop", f"fraction with p < {runs[0]['reference']['mop_alpha']}", "MOP (Mahalanobis outliers)"),
-        ("hacked_fraction", "fraction below the base median gold", "hacked responses (gold-defined)"),
+        (("icds_normalized",), "ICDS / number of latents", "ICDS (cluster deviation)"),
+        (("mop_empirical", "mop"), f"fraction with p <= {alpha}", "MOP: empirical p-values (solid), chi-square (dotted, mean)"),
+        (("kop",), f"fraction with p <= {alpha}", "KOP: k-NN distance, empirical p-values"),
+        (("hacked_fraction",), "fraction below the base median gold", "hacked responses (gold-defined)"),
     )
-    for ax, (key, ylabel, title) in zip(axes, panels):
+    for ax, (keys, ylabel, title) in zip(axes.ravel(), panels):
         for name in ("standard", "inform"):
-            _spread(ax, runs[0]["kl"], [r[name][key] for r in runs], COLORS[name], f"best-of-n on {THE[name]}")
+            _spread(ax, runs[0]["kl"], [r[name][keys[0]] for r in runs], COLORS[name], f"best-of-n on {THE[name]}")
+            for key in keys[1:]:
+                values = np.mean([r[name][key] for r in runs], axis=0)
+                ax.plot(runs[0]["kl"], values, ":", color=COLORS[name], lw=1.5)
+                _include(ax, values)
         _n_axis(ax, runs[0])
         ax.set_xlabel("KL [nats]")
         ax.set_ylabel(ylabel)
         ax.set_title(title, fontsize=10)
-    axes[0].legend(fontsize=8)
+    axes[0, 0].legend(fontsize=8)
     fig.suptitle(f"Detection in InfoRM's latent space (whatever proxy was optimised), {_seeds_text(results)}: "
                  f"mean, {CONFIDENCE:.0%} band, thin line per seed", fontsize=10)
     fig.tight_layout()
@@ -289,6 +297,9 @@ def plot_policy_search(results: dict, path: str) -> None:
         color = GUIDE_COLORS[guide]
         _spread(left, rounds, [ps[guide]["gold"] for ps in searches], color, f"climbing {GUIDE_LABELS[guide]}: gold")
         _spread(right, rounds, [ps[guide]["mop"] for ps in searches], color, f"climbing {GUIDE_LABELS[guide]}: MOP")
+        if all("kop" in ps[guide] for ps in searches):
+            right.plot(rounds, np.mean([ps[guide]["kop"] for ps in searches], axis=0), "--", color=color, lw=1.2,
+                       label=f"climbing {GUIDE_LABELS[guide]}: KOP (mean)")
         alarms = [ps[guide]["alarm_round"] for ps in searches if ps[guide]["alarm_round"] is not None]
         if alarms:
             right.plot(alarms, [1.02 + 0.025 * k] * len(alarms), "|", ms=9, mew=1.5, color=color, clip_on=False,
@@ -302,9 +313,9 @@ def plot_policy_search(results: dict, path: str) -> None:
     left.set_title("Hill climbing on each guide: gold per round", fontsize=10)
     left.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2)
     right.set_xlabel("round of one-word edits")
-    right.set_ylabel("MOP of the population's InfoRM latents")
+    right.set_ylabel("MOP (chi-square, the monitor's) and KOP of the population's latents")
     right.set_ylim(-0.02, 1.12)
-    right.set_title("Detector per round; ticks at the top: monitor alarms", fontsize=10)
+    right.set_title("Detector per round (solid: MOP, dashed: KOP); ticks at the top: monitor alarms", fontsize=10)
     right.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2)
     fig.suptitle(f"Policy search, {_seeds_text(results)} (the gold-guided control cannot hack)", fontsize=11)
     fig.tight_layout()
@@ -336,12 +347,18 @@ def _k(counted: dict) -> str:
 def _held(counted: dict) -> str:
     k, n = counted["count"], counted["seeds"]
     return {"all": f"in every seed ({k} of {n})", "none": f"in no seed (0 of {n})",
-            "some": f"seed-dependent: {k} of {n} seeds"}[counted["holds"]]
+            "some": f"in {k} of {n} seeds (seed-dependent)"}[counted["holds"]]
 
 
 DIRECTION_WORDS = {
     "above zero": "InfoRM higher (the interval lies above zero)",
     "below zero": "InfoRM lower (the interval lies below zero)",
+    "includes zero": "no difference resolved (the interval includes zero)",
+    None: "one seed: no interval",
+}
+IBL_DIRECTION_WORDS = {
+    "above zero": "the penalty kept more gold (the interval lies above zero)",
+    "below zero": "the penalty kept less gold (the interval lies below zero)",
     "includes zero": "no difference resolved (the interval includes zero)",
     None: "one seed: no interval",
 }
@@ -353,7 +370,8 @@ MOP_LABELS = {"barely_moved": "MOP barely moved under hacking", "not_separated":
               "separated": "MOP rose under hacking and stayed flat for the control"}
 ICDS_LABELS = {"no_rise": "ICDS/n did not rise under hacking", "not_separated": "ICDS/n did not separate hacking from the control",
                "separated": "ICDS/n rose at least three times the control's rise"}
-AUROC_WORDS = {"usable": "usable", "modest": "modest", "chance": "close to chance", "inverted": "inverted", "undefined": "undefined"}
+AUROC_WORDS = {"usable": "usable", "modest": "modest", "chance": "close to chance", "inverted": "inverted: hacked picks look *less* unusual",
+               "undefined": "undefined"}
 
 
 def study_lines(results: dict) -> list:
@@ -387,15 +405,26 @@ def study_lines(results: dict) -> list:
         f"InfoRM {_iv(best['inform']['heldout_accuracy'], 3)}; InfoRM minus standard {_iv(acc, 3)}: "
         f"{DIRECTION_WORDS[acc['direction']].replace('InfoRM higher', 'InfoRM more accurate').replace('InfoRM lower', 'InfoRM less accurate')}."
     )
-    auroc = det["auroc"]
+    auroc, knn = det["auroc"], det.get("auroc_knn", {})
+    alpha = results["per_seed"][0]["reference"]["mop_alpha"]
     if "pooled" in auroc:
         lines.append(
-            f"- **Detector** (per-response Mahalanobis distance in InfoRM's latent, hacked vs other best-of-n picks, n > 1): "
-            f"AUROC {_iv(auroc['pooled'])} pooled ({_iv(auroc.get('standard'))} on the standard RM's picks, "
-            f"{_iv(auroc.get('inform'))} on InfoRM's), below 0.5 in {_k(det['auroc_below_half']['pooled'])} seeds. "
-            f"MOP at n = 1 (the false-alarm rate at alpha {results['per_seed'][0]['reference']['mop_alpha']}): {_iv(det['mop_n1'], 3)}; "
-            f"at n = {n_max}: {_iv(det['mop_max_n']['standard'], 3)} (standard RM's picks), {_iv(det['mop_max_n']['inform'], 3)} (InfoRM's). "
-            f"ICDS/n at n = {n_max}: {_iv(det['icds_normalized_max_n']['standard'], 3)} / {_iv(det['icds_normalized_max_n']['inform'], 3)}."
+            f"- **Detector, per response** (hacked vs other best-of-n picks, n > 1; AUROC, 0.5 = chance): the Mahalanobis "
+            f"distance in InfoRM's latent {_iv(auroc['pooled'])} ({AUROC_WORDS[det['auroc_quality']]} on average; below 0.5 in "
+            f"{_k(det['auroc_below_half']['pooled'])} seeds)"
+            + (f", the k-NN distance {_iv(knn['pooled'])} (below 0.5 in {_k(det['auroc_knn_below_half']['pooled'])})" if "pooled" in knn else "")
+            + "."
+        )
+    rates = []
+    for key, label in (("mop", "MOP, chi-square p-values (the paper's)"), ("mop_empirical", "MOP, empirical p-values"), ("kop", "KOP")):
+        if key + "_n1" in det:
+            rates.append(f"{label} {_iv(det[key + '_n1'], 3)} at n = 1 -> {_iv(det[key + '_max_n']['standard'], 3)} / "
+                         f"{_iv(det[key + '_max_n']['inform'], 3)} at n = {n_max}")
+    if rates:
+        lines.append(
+            f"- **Detector, outlier fractions** at alpha {alpha} (at n = 1 the picks are the base policy itself, so the value "
+            f"there is the false-alarm rate; at n = {n_max}: best-of-n on the standard RM / on InfoRM): " + "; ".join(rates)
+            + f"; ICDS/n {_iv(det['icds_normalized_max_n']['standard'], 3)} / {_iv(det['icds_normalized_max_n']['inform'], 3)} at n = {n_max}."
         )
     picks = det.get("picks")
     if picks and "hacked_distance" in picks and "other_distance" in picks:
@@ -404,7 +433,10 @@ def study_lines(results: dict) -> list:
             f"from the reference fit, the other picks at {_iv(picks['other_distance'])}; InfoRM's reward of the hacked picks is "
             f"{_iv(picks['hacked_reward_z'])} reference standard deviations above the reference mean, of the others "
             f"{_iv(picks['other_reward_z'])}; over the picks the distance correlates {_iv(picks['corr_distance_abs_reward_z'])} "
-            f"with |reward z|. " + AUROC_READINGS.get(det.get("auroc_reading"), "")
+            f"with |reward z|"
+            + (f"; k-NN distance {_iv(picks['hacked_knn_distance'])} (hacked) vs {_iv(picks['other_knn_distance'])} (other)"
+               if "hacked_knn_distance" in picks and "other_knn_distance" in picks else "")
+            + ". " + AUROC_READINGS.get(det.get("auroc_reading"), "")
         )
     latent = det.get("latent")
     if latent:
@@ -433,14 +465,16 @@ def _search_study_lines(ps: dict, results: dict) -> list:
     rounds = results["per_seed"][0]["policy_search"]["rounds"][-1]
     lines = []
     for guide, g in ps["guides"].items():
-        timing = ", ".join(f"{TIMING_WORDS[t]} {c}" for t, c in g["timing"].items() if c)
+        timing = "; ".join(f"{TIMING_WORDS[t]} in {c}" for t, c in g["timing"].items() if c)
         declined = g["declined"]
         what = ("its gold fell after a peak " + _held(declined)) if guide != "gold" else (
             "the control; its gold never falls" if declined["count"] == 0 else f"the control; its gold fell in {_k(declined)} seeds")
         lines.append(
             f"- **Policy search, climbing {GUIDE_LABELS[guide]}** ({rounds} rounds): {what}; gold {_iv(g['gold_start'])} -> peak "
             f"{_iv(g['gold_peak'])} -> {_iv(g['gold_final'])} at the last round; filler words per response {_iv(g['filler_final'], 1)}, "
-            f"off-topic {_iv(g['off_topic_final'], 1)}; MOP {_iv(g['mop_final'], 3)} at the last round. Monitor: {timing}."
+            f"off-topic {_iv(g['off_topic_final'], 1)}; MOP {_iv(g['mop_final'], 3)}"
+            + (f", KOP {_iv(g['kop_final'], 3)}" if g.get("kop_final") else "")
+            + f" at the last round. The monitor's first alarm, per seed: {timing}."
         )
     for key, labels in (("mop_against_control", MOP_LABELS), ("icds_against_control", ICDS_LABELS)):
         if ps.get(key):
@@ -453,7 +487,7 @@ def _search_study_lines(ps: dict, results: dict) -> list:
         decline = ", ".join(f"{label.replace('_', ' ')} {c}" for label, c in ibl["decline"].items() if c)
         lines.append(
             f"- **IBL penalty vs plain InfoRM** (coef rule: {config['ibl']['rule']}, scale {config['ibl']['coef_scale']:g}): gold at "
-            f"the last round {_iv(d)} higher with the penalty ({DIRECTION_WORDS[d['direction']].replace('InfoRM', 'the penalty')}); "
+            f"the last round, penalised minus plain, {_iv(d)}: {IBL_DIRECTION_WORDS[d['direction']]}; "
             f"gold decline per seed: {decline}; the penalised search hacked while moving toward the reference fit in "
             f"{_k(ibl['hacked_toward_reference'])} seeds; MOP at the last round {_iv(ibl['mop_final']['inform_ibl'], 3)} with the "
             f"penalty vs {_iv(ibl['mop_final']['inform'], 3)} without."

@@ -195,6 +195,7 @@ def run_policy_search(
     guides: Sequence[str] = BASE_GUIDES,
     tick: Optional[Callable[[], None]] = None,
     distance: Optional[Callable[[torch.Tensor], np.ndarray]] = None,
+    calibrated: Optional[Dict[str, object]] = None,
 ) -> dict:
     """Hill-climb ``start`` under each guide; returns the JSON-ready series and alarms.
 
@@ -204,7 +205,9 @@ def run_policy_search(
     population and draws its edits from a generator with the same seed (common random numbers).
     A guide other than "gold" is scored by ``score(guide, ...)`` (e.g. "inform_ibl"), and needs its
     entry in ``norms``. distance(latents) -> [N] Mahalanobis distances to the reference fit: when
-    given, every guide's series also records their mean (``distance``).
+    given, every guide's series also records their mean (``distance``). calibrated: {"mop_empirical":
+    a CalibratedScorer of a Mahalanobis fit, "kop": one of a k-NN scorer} (``inform_fast.detect.calibrated``):
+    when given, every guide's series also records MOP with empirical p-values and KOP at ``mop_alpha``.
     """
     from inform_fast.detect.monitor import OverOptimizationMonitor
 
@@ -266,6 +269,12 @@ def run_policy_search(
             series["improved"].append(float(improved_since.mean()))  # share edited since the last record
             if distance is not None:
                 series.setdefault("distance", []).append(float(np.mean(distance(latents))))
+            if calibrated:
+                from inform_fast.detect.calibrated import kop
+                from inform_fast.detect.mop import mop
+
+                series.setdefault("mop_empirical", []).append(mop(latents, calibrated=calibrated["mop_empirical"], alpha=mop_alpha).score)
+                series.setdefault("kop", []).append(kop(latents, calibrated=calibrated["kop"], alpha=mop_alpha).score)
             improved_since[:] = False
         peak = gold_peak(series["gold"])
         alarms = [r["step"] for r in monitor.history if r["onset"]]
