@@ -49,8 +49,9 @@ def cost_warning(preset_name: str, device) -> str:
         f"inform-fast demo: warning: --preset paper is sized for a GPU and runs on the CPU here: per seed it trains two "
         f"hidden-{paper.hidden_size}, {paper.layers}-layer backbones for {paper.steps} steps of {paper.batch_size} pairs and "
         f"scores {paper.n_prompts * paper.pool_per_prompt:,} pool responses twice ({work_units(paper) / work_units(small):.0f} "
-        f"times the progress steps of --preset small, each step far larger); docs/demo.md has a CPU measurement. The "
-        f"progress bar's estimate after the first steps tells how long; --preset small is the CPU study."
+        f"times the progress steps of --preset small, each step far larger): expect many hours per seed (docs/demo.md has "
+        f"a CPU measurement; the progress bar's estimate after the first steps tells how long here). --preset small is the "
+        f"CPU study."
     )
 
 

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from inform_fast.demo import world
+from inform_fast.demo.findings import gold_decline
 
 # what the search climbs; "gold" is the control (no hacking); "inform_ibl" is InfoRM's reward minus
 # the IBL penalty (coef x Mahalanobis distance of its latent to the reference fit)
@@ -140,14 +141,6 @@ def start_population(rng: np.random.Generator, pool: world.Responses, size: int,
 def record_rounds(rounds: int, every: int) -> List[int]:
     """0, every, 2 every, ... and always the last round."""
     return sorted(set(range(0, rounds + 1, every)) | {rounds})
-
-
-def gold_peak(gold: Sequence[float], tolerance: float = 0.05) -> dict:
-    """Where a gold series (z) peaks and whether it then falls by more than ``tolerance``."""
-    gold = np.asarray(gold, dtype=np.float64)
-    peak = int(np.argmax(gold))
-    drop = float(gold[peak] - gold[-1])
-    return {"index": peak, "value": float(gold[peak]), "drop": drop, "declined": bool(peak < gold.size - 1 and drop > tolerance)}
 
 
 def ibl_coef(reference_reward, reference_distance, scale: float = 1.0) -> float:
@@ -276,7 +269,7 @@ def run_policy_search(
                 series.setdefault("mop_empirical", []).append(mop(latents, calibrated=calibrated["mop_empirical"], alpha=mop_alpha).score)
                 series.setdefault("kop", []).append(kop(latents, calibrated=calibrated["kop"], alpha=mop_alpha).score)
             improved_since[:] = False
-        peak = gold_peak(series["gold"])
+        peak = gold_decline(series["gold"])
         alarms = [r["step"] for r in monitor.history if r["onset"]]
         alarm = monitor.onset_step
         series.update({
