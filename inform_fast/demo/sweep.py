@@ -77,12 +77,19 @@ def run_seed(config: DemoConfig, seed: int) -> dict:
     decline = gold_decline(gold)
     declines[str(grid[-1])] = decline["declined"]
     on_topic = fit["weights"]["on_topic"]
+    # what sits at the top of the proxy: the share of padded responses (at least half filler) among each
+    # prompt's top 1% by the proxy, against their share of the whole pool
+    padded = 2 * pool.filler >= pool.length
+    size, top = config.pool_per_prompt, max(1, config.pool_per_prompt // 100)
+    top_rows = np.concatenate([k * size + np.argsort(-reward[k * size:(k + 1) * size], kind="stable")[:top]
+                               for k in range(config.n_prompts)])
     return {
         "seed": int(seed), "gold": gold.tolist(), "n": grid, "peak_n": grid[decline["index"]], "drop": decline["drop"],
         "declined_by_n": declines, "gold_at_max_n": decline["final"], "heldout_accuracy": trained["heldout_accuracy"],
         "label_against_gold": float(data["pairs"].against_gold.mean()),
         "pool_corr_gold_filler": float(np.corrcoef(pool.gold, pool.filler)[0, 1]),
         "weights": fit["weights"], "r2": fit["r2"],
+        "pool_padded_share": float(padded.mean()), "top_padded_share": float(padded[top_rows].mean()),
         "filler_per_on_topic": fit["weights"]["filler"] / on_topic if abs(on_topic) > 1e-12 else None,
         "cpu_s": time.process_time() - started,
     }
@@ -102,6 +109,8 @@ def summarize(rows: Sequence[dict]) -> dict:
         "pool_corr_gold_filler": mean_interval([r["pool_corr_gold_filler"] for r in rows]),
         "filler_per_on_topic": mean_interval(ratios) if ratios else None,
         "r2": mean_interval([r["r2"] for r in rows]),
+        "pool_padded_share": mean_interval([r["pool_padded_share"] for r in rows]),
+        "top_padded_share": mean_interval([r["top_padded_share"] for r in rows]),
     }
 
 
@@ -110,12 +119,14 @@ def table(summaries: Dict[str, dict]) -> str:
     first = next(iter(summaries.values()))
     ns = list(first["declined_by_n"].keys())
     head = ("| variant | " + " | ".join(f"declines by n = {n}" for n in ns)
-            + " | drop (z) | held-out acc | filler / on-topic weight | R^2 |")
-    lines = [head, "|---|" + "---:|" * (len(ns) + 4)]
+            + " | drop (z) | held-out acc | filler / on-topic weight | R^2 | padded: pool -> proxy's top 1% | corr(gold, filler) |")
+    lines = [head, "|---|" + "---:|" * (len(ns) + 6)]
     for name, s in summaries.items():
         counts = " | ".join(f"{s['declined_by_n'][n]['count']}/{s['declined_by_n'][n]['seeds']}" for n in ns)
         lines.append(f"| {name} | {counts} | {format_interval(s['drop'])} | {format_interval(s['heldout_accuracy'], 3)} | "
-                     f"{format_interval(s['filler_per_on_topic'])} | {format_interval(s['r2'])} |")
+                     f"{format_interval(s['filler_per_on_topic'])} | {format_interval(s['r2'])} | "
+                     f"{format_interval(s['pool_padded_share'], 3)} -> {format_interval(s['top_padded_share'], 2)} | "
+                     f"{format_interval(s['pool_corr_gold_filler'])} |")
     return "\n".join(lines)
 
 
