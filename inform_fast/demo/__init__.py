@@ -49,6 +49,6 @@ def run_demo(out_dir: str, preset: str = "small", seed: int = 0, seeds: int = DE
     chosen = seed_list(seed, seeds)
     check_out_dir(out_dir, overwrite=overwrite)  # fail before the study, not after it
     outcome = run_seeds(config, chosen, progress=progress, jobs=default_jobs(config, len(chosen)) if jobs is None else jobs)
-    results = study_results(outcome["per_seed"], preset, config)
+    results = study_results(outcome["per_seed"], preset, config, runtime_s=time.perf_counter() - started)
     write_report(out_dir, {"results": results, "arrays": outcome["arrays"]}, started=started, overwrite=overwrite)
     return results

@@ -226,9 +226,11 @@ def best_of_n_curve(config: DemoConfig, score: np.ndarray, values: np.ndarray, g
                     for k in range(config.n_prompts)], axis=0)
 
 
-def study_results(per_seed: Sequence[dict], preset_name: str, config: DemoConfig) -> dict:
+def study_results(per_seed: Sequence[dict], preset_name: str, config: DemoConfig, runtime_s: Optional[float] = None) -> dict:
     """The JSON-ready report of a run: each seed's results, the findings per seed and across seeds,
-    the preset and config, and the environment (the first seed's, with each seed's runtime)."""
+    the preset and config, and the environment (the first seed's, with each seed's runtime).
+    ``runtime_s``: the run's wall time (default: the sum of the seeds' runtimes, which seeds run in
+    parallel processes overstate)."""
     from inform_fast.demo.findings import seed_findings, study_findings
 
     per_seed = list(per_seed)
@@ -239,7 +241,7 @@ def study_results(per_seed: Sequence[dict], preset_name: str, config: DemoConfig
         "preset": preset_name, "config": config.to_dict(), "seeds": [r["seed"] for r in per_seed],
         "findings": {"study": study_findings(findings), "per_seed": findings},
         "per_seed": per_seed, "environment": environment,
-        "runtime_s": float(sum(r["runtime_s"] for r in per_seed)),
+        "runtime_s": float(sum(r["runtime_s"] for r in per_seed)) if runtime_s is None else float(runtime_s),
     }
 
 

@@ -302,7 +302,7 @@ def plot_policy_search(results: dict, path: str) -> None:
                        label=f"climbing {GUIDE_LABELS[guide]}: KOP (mean)")
         alarms = [ps[guide]["alarm_round"] for ps in searches if ps[guide]["alarm_round"] is not None]
         if alarms:
-            right.plot(alarms, [1.02 + 0.025 * k] * len(alarms), "|", ms=9, mew=1.5, color=color, clip_on=False,
+            right.plot(alarms, [1.06 + 0.03 * k] * len(alarms), "|", ms=9, mew=1.5, color=color, clip_on=False,
                        label=f"{GUIDE_LABELS[guide]}: first alarm of a seed ({len(alarms)} of {len(searches)} seeds)")
     threshold = searches[0]["config"]["monitor"]["score_threshold"].get("mop")
     if threshold is not None:
@@ -313,9 +313,9 @@ def plot_policy_search(results: dict, path: str) -> None:
     left.set_title("Hill climbing on each guide: gold per round", fontsize=10)
     left.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2)
     right.set_xlabel("round of one-word edits")
-    right.set_ylabel("MOP (chi-square, the monitor's) and KOP of the population's latents")
-    right.set_ylim(-0.02, 1.12)
-    right.set_title("Detector per round (solid: MOP, dashed: KOP); ticks at the top: monitor alarms", fontsize=10)
+    right.set_ylabel("fraction of the population flagged")
+    right.set_ylim(-0.02, 1.2)
+    right.set_title("MOP (solid, the monitor's chi-square test), KOP (dashed); ticks: first alarms", fontsize=10)
     right.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2)
     fig.suptitle(f"Policy search, {_seeds_text(results)} (the gold-guided control cannot hack)", fontsize=11)
     fig.tight_layout()
