@@ -367,11 +367,31 @@ def test_study_findings_count_and_interval_the_seeds():
     with pytest.raises(ValueError, match="per_seed"):
         findings.study_findings([])
 
+
+@pytest.mark.parametrize("auroc,hacked_distance,reading", [
+    (0.3, 2.0, "inverted_hacked_closer"), (0.3, 5.0, "inverted_hacked_farther"),
+    (0.8, 5.0, "hacked_farther"), (0.8, 2.0, "hacked_closer"),
+])
+def test_the_auroc_is_read_from_what_the_picks_look_like(auroc, hacked_distance, reading):
+    per_seed = []
+    for seed in range(3):
+        fake = _fake_seed(seed, [0.0, 0.5, 0.4, 0.1], [0.0, 0.5, 0.45, 0.2], auroc=auroc + 0.01 * seed)
+        fake["detection"]["picks"] = {"hacked_share": 0.3, "hacked_distance": hacked_distance + 0.1 * seed,
+                                      "other_distance": 3.0, "hacked_reward_z": 1.0, "other_reward_z": 2.0,
+                                      "corr_distance_abs_reward_z": 0.8}
+        per_seed.append(fake)
+    detection = findings.study_findings(per_seed)["detection"]
+    assert detection["auroc_reading"] == reading
+    assert detection["auroc_quality"] == findings.auroc_quality(auroc + 0.01)
+    assert detection["picks"]["hacked_distance"]["mean"] == pytest.approx(hacked_distance + 0.1)
+
 # ----------------------------------------------------------------------------------- end to end
 @pytest.fixture(scope="module")
 def tiny_report(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo") / "report"
-    code = main(["demo", "--preset", "tiny", "--seeds", str(len(TINY_SEEDS)), "--seed", str(TINY_SEEDS[0]), "--out", str(out), "--quiet"])
+    # --jobs 2: seed 0 runs here, seed 1 in a spawned worker process (compared with seed 1 run here below)
+    code = main(["demo", "--preset", "tiny", "--seeds", str(len(TINY_SEEDS)), "--seed", str(TINY_SEEDS[0]), "--jobs", "2",
+                 "--out", str(out), "--quiet"])
     assert code == 0
     return out
 
@@ -458,7 +478,8 @@ def tiny_outcome():
 
 
 def test_each_seed_is_deterministic_on_its_own(tiny_report, tiny_outcome):
-    """A seed's numbers in a multi-seed run are the numbers of that seed run alone (and again)."""
+    """A seed's numbers in a multi-seed run (computed there in a worker process, --jobs 2) are the
+    numbers of that seed run alone in this process."""
     first = json.loads((tiny_report / "report.json").read_text())["per_seed"][1]
     again = json.loads(json.dumps(tiny_outcome["results"]))
     assert again["seed"] == first["seed"] == TINY_SEEDS[1]
@@ -491,18 +512,12 @@ def test_calibrated_scores_are_the_library_calls(tiny_outcome):
         assert len(series["kop"]) == len(series["mop_empirical"]) == len(results["policy_search"]["rounds"])
 
 
-def test_seeds_in_worker_processes_give_the_same_numbers():
-    """--jobs only changes where a seed runs: a seed computed in a spawned worker process matches
-    the same seed computed in this one, number for number."""
+def test_jobs_and_seeds_are_checked():
     from inform_fast.demo.pipeline import default_jobs, run_seeds
 
-    config = preset("tiny", steps=4, search_rounds=2, max_n=32, draws=20)
-    here = run_seeds(config, [3, 4], progress=False, jobs=1)["per_seed"]
-    workers = run_seeds(config, [3, 4], progress=False, jobs=2)["per_seed"]
-    for a, b in zip(here, workers):
-        a, b = ({k: v for k, v in r.items() if k not in ("runtime_s", "environment")} for r in (a, b))
-        assert json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+    config = preset("tiny")
     assert 1 <= default_jobs(config, 3) <= 3 and default_jobs(config, 1) == 1
+    assert default_jobs(preset("tiny", device="cuda"), 3) == 1
     with pytest.raises(ValueError, match="--jobs"):
         run_seeds(config, [0], progress=False, jobs=0)
     with pytest.raises(ValueError, match="--seeds"):
