@@ -24,7 +24,7 @@ from typing import Dict, Optional, Sequence
 
 # subcommand -> (module, one-line description shown by --help)
 COMMANDS = {
-    "demo": ("inform_fast.cli.demo", "run the built-in overoptimization study (best-of-n, InfoRM vs standard RM, ICDS/MOP)"),
+    "demo": ("inform_fast.cli.demo", "run the built-in overoptimization study (best-of-n, InfoRM vs standard RM, ICDS/MOP) over several seeds"),
     "train": ("inform_fast.cli.train", "train an InfoRM reward model on preference pairs"),
     "score": ("inform_fast.cli.score", "score responses: rewards and latents (mu) to .safetensors/.npy"),
     "export": ("inform_fast.cli.export", "fold a linear-decoder InfoRM model into a stock sequence-classification checkpoint"),
