@@ -222,3 +222,32 @@ def test_compiled_head_trains_in_the_reward_model_step():
     torch.testing.assert_close(grads[1], grads[0])
     torch._dynamo.reset()
 
+
+
+def test_reward_model_training_step_traces_whole():
+    # the model users train: a Transformers backbone and the head in pair mode traced as one
+    # graph (fullgraph=True raises on any break), the same loss and gradients as eager
+    from inform_fast.modeling import InfoRMForRewardModel
+    from inform_fast.tiny import tiny_llama, tiny_tokenizer
+
+    torch.manual_seed(4)
+    vocab = len(tiny_tokenizer())
+    model = InfoRMForRewardModel.from_backbone(tiny_llama(vocab, hidden_size=16, layers=1), latent_dim=5).eval()  # z = mu
+    ids = torch.randint(4, vocab, (6, 7))
+    mask = torch.ones(6, 7, dtype=torch.long)
+    mask[4, :3] = 0
+
+    def step(ids, mask):
+        return model(ids, attention_mask=mask, num_pairs=3, margin=0.2, center_rewards_coefficient=0.1).loss
+
+    torch._dynamo.reset()
+    results = []
+    for fn in (step, torch.compile(step, fullgraph=True, backend="aot_eager")):
+        model.zero_grad()
+        loss = fn(ids, mask)
+        loss.backward()
+        results.append((loss.detach(), model.head.encoder.weight.grad.clone(),
+                        model.backbone.embed_tokens.weight.grad.clone()))
+    for eager, traced in zip(*results):
+        torch.testing.assert_close(traced, eager, rtol=1e-5, atol=1e-6)
+    torch._dynamo.reset()
