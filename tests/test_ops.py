@@ -85,6 +85,20 @@ def test_ops_are_deterministic_given_the_seed():
     assert torch.equal(one[2], two[2]) and not torch.equal(one[2], one[0])
 
 
+@pytest.mark.parametrize("change, message", [
+    (dict(beta=-1.0), "beta: expected a finite number >= 0"),
+    (dict(beta=float("nan")), "beta:"),
+    (dict(margin=torch.zeros(4)), "margin: expected a scalar or shape"),
+    (dict(kl_mode="paper"), "kl_mode: expected one of"),
+    (dict(noise_chosen=torch.zeros(5, 5)), "noise_chosen: expected shape"),
+    (dict(center_rewards_coefficient=float("inf")), "center_rewards_coefficient:"),
+])
+def test_functional_loss_names_the_bad_argument(change, message):
+    chosen, rejected, w, b, wd, bd = loss_inputs()[:6]
+    with pytest.raises(ValueError, match=message):
+        ops.linear_pairwise_loss(chosen, rejected, w, b, wd, bd, **change)
+
+
 # ------------------------------------------------------------------------------------------------
 # registration: torch.library.opcheck
 

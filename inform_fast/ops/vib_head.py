@@ -28,6 +28,7 @@ import torch
 
 from inform_fast import dispatch, reference
 from inform_fast.reference import LinearPairwiseLoss, PairwiseLoss, accumulation_dtype
+from inform_fast.validation import check_beta, check_choice, check_margin, check_noise, check_real
 
 Tensor = torch.Tensor
 
@@ -267,11 +268,6 @@ def _check_encoder_args(pooled: Tensor, weight: Tensor, bias: Optional[Tensor]) 
     return weight.shape[0] // 2
 
 
-def _check_kl_mode(kl_mode: str) -> None:
-    if kl_mode not in reference.KL_MODES:
-        raise ValueError(f"kl_mode: expected one of {reference.KL_MODES}, got {kl_mode!r}")
-
-
 def vib_encode(pooled: Tensor, weight: Tensor, bias: Optional[Tensor] = None, *, noise: Optional[Tensor] = None,
                sample: bool = False, kl_mode: str = "standard", backend: Optional[str] = None,
                h_splits: Optional[int] = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -290,25 +286,21 @@ def vib_encode(pooled: Tensor, weight: Tensor, bias: Optional[Tensor] = None, *,
     Returns (mu [N, L], logvar [N, L], z [N, L], kl [N]), float32 (float64 for float64 input).
     """
     latent = _check_encoder_args(pooled, weight, bias)
-    _check_kl_mode(kl_mode)
-    if noise is not None and tuple(noise.shape) != (pooled.shape[0], latent):
-        raise ValueError(f"noise: expected shape ({pooled.shape[0]}, {latent}), got {tuple(noise.shape)}")
+    check_choice("kl_mode", kl_mode, reference.KL_MODES)
+    check_noise("noise", noise, pooled.shape[0], latent)
     seed = draw_seed() if noise is None and sample else None
     return torch.ops.inform_fast.vib_encode(pooled, weight, bias, noise, seed, kl_mode, backend, h_splits)
 
 
 def _margin_tensor(margin, pairs: int, device, dtype) -> Optional[Tensor]:
     """None | float | 0-d tensor | [B] tensor -> None or a [B] tensor (stride 0 for a scalar)."""
+    margin = check_margin(margin, pairs)
     if margin is None:
         return None
     if isinstance(margin, Tensor):
         margin = margin.detach().to(device=device, dtype=dtype)
-        if margin.dim() == 0:
-            return margin.reshape(1).expand(pairs)
-        if tuple(margin.shape) != (pairs,):
-            raise ValueError(f"margin: expected a scalar or shape ({pairs},), got {tuple(margin.shape)}")
-        return margin
-    return torch.full((1,), float(margin), device=device, dtype=dtype).expand(pairs)
+        return margin.reshape(1).expand(pairs) if margin.dim() == 0 else margin
+    return torch.full((1,), margin, device=device, dtype=dtype).expand(pairs)
 
 
 def linear_pairwise_loss(
@@ -345,13 +337,14 @@ def linear_pairwise_loss(
         raise ValueError(f"decoder_weight: expected [1, {latent}], got shape {tuple(decoder_weight.shape)}")
     if decoder_bias is not None and decoder_bias.numel() != 1:
         raise ValueError(f"decoder_bias: expected shape (1,), got {tuple(decoder_bias.shape)}")
-    _check_kl_mode(kl_mode)
+    check_choice("kl_mode", kl_mode, reference.KL_MODES)
+    beta = check_beta(beta)
+    center_rewards_coefficient = check_real("center_rewards_coefficient", center_rewards_coefficient)
     pairs = chosen.shape[0]
     if pairs == 0:
         raise ValueError("chosen: no pairs (batch size 0)")
-    for name, noise in (("noise_chosen", noise_chosen), ("noise_rejected", noise_rejected)):
-        if noise is not None and tuple(noise.shape) != (pairs, latent):
-            raise ValueError(f"{name}: expected shape ({pairs}, {latent}), got {tuple(noise.shape)}")
+    check_noise("noise_chosen", noise_chosen, pairs, latent)
+    check_noise("noise_rejected", noise_rejected, pairs, latent)
     acc = accumulation_dtype(chosen.dtype)
     seed = None
     if (noise_chosen is None) != (noise_rejected is None):
