@@ -51,9 +51,7 @@ from inform_fast import dispatch
 from inform_fast.detect.inputs import as_latents
 from inform_fast.validation import check_positive_int, check_real
 
-dispatch.register("dbscan", "reference", "inform_fast.detect.dbscan:_dbscan_reference")
-dispatch.register("dbscan", "cpp", "inform_fast.detect.dbscan:_dbscan_cpp")
-dispatch.register("dbscan", "triton", "inform_fast.detect.dbscan:_dbscan_triton")
+# backends: inform_fast.dispatch.BACKENDS
 
 DEFAULT_BLOCK = 4096
 

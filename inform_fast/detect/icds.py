@@ -1,6 +1,6 @@
 """ICDS, the Integrated Cluster Deviation Score (the paper's CSI), at scale.
 
-SPEC.md: cluster the RLHF latents R [n, L] with DBSCAN(eps, min_samples) (noise is not a
+docs/math.md: cluster the RLHF latents R [n, L] with DBSCAN(eps, min_samples) (noise is not a
 cluster); for each cluster C_i its centroid c_i; d_i = Euclidean distance from c_i to the nearest
 reference latent in S [m, L]; ``ICDS = sum_i |C_i| * d_i``. ``normalized_score = ICDS / n``.
 

@@ -49,9 +49,7 @@ from inform_fast import dispatch
 from inform_fast.detect.inputs import as_latents
 from inform_fast.validation import check_positive_int
 
-dispatch.register("nearest_distance", "reference", "inform_fast.detect.neighbors:_nearest_index_reference")
-dispatch.register("nearest_distance", "triton", "inform_fast.kernels.min_distance:nearest_index")
-dispatch.register("nearest_distance", "cpp", "inform_fast.detect.neighbors:_nearest_index_cpp")
+# backends: inform_fast.dispatch.BACKENDS
 
 # Measured on the development CPU (see the module docstring): the query count up to which the
 # exact C++ search beats the GEMM tiles, and the reference-tile cap on the CPU (a [1024, 1024]
@@ -180,9 +178,6 @@ def nearest_distance_checked(
     out_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
     diff = q.to(torch.float64) - r.index_select(0, index).to(torch.float64)
     return diff.norm(dim=1).to(out_dtype), index
-
-
-dispatch.register("knn_distance", "reference", "inform_fast.detect.neighbors:_knn_index_reference")
 
 
 def _knn_index_reference(queries: torch.Tensor, references: torch.Tensor, k: int, block_queries: int, block_refs: int) -> torch.Tensor:
