@@ -51,6 +51,30 @@ def test_train_writes_a_loadable_checkpoint(trained):
     assert not [p for p in trained.parent.iterdir() if ".tmp-" in p.name]
 
 
+def test_train_builds_the_head_the_options_name(tmp_path, backbone, trained, capsys):
+    from inform_fast.modeling import InfoRMForRewardModel
+
+    data = write_jsonl(tmp_path / "pairs.jsonl", PAIRS)
+    out = tmp_path / "mlp"
+    assert main(["train", "--model", backbone, "--data", data, "--output-dir", str(out), "--latent-dim", "8",
+                 "--decoder", "mlp", "--decoder-activation", "gelu", "--kl", "authors", "--max-steps", "1",
+                 "--batch-size", "4", "--max-length", "16"]) == 0
+    config = InfoRMForRewardModel.from_pretrained(str(out)).config
+    assert (config.decoder, config.decoder_activation, config.kl) == ("mlp", "gelu", "authors")
+    capsys.readouterr()  # the training run's progress bars
+    # refused with one line naming the option: an activation without the mlp decoder, an unknown
+    # activation, and head options on a checkpoint whose head exists
+    for extra, message in ((["--decoder-activation", "gelu"], "--decoder-activation: applies to the mlp decoder only"),
+                           (["--decoder", "mlp", "--decoder-activation", "bogus"], "--decoder-activation: "),
+                           (["--kl", "authors"], None)):
+        model = str(trained) if message is None else backbone
+        assert main(["train", "--model", model, "--data", data, "--output-dir", str(tmp_path / "x"), "--max-steps", "1"] + extra) == 2
+        error = capsys.readouterr().err.strip()
+        assert len(error.splitlines()) == 1
+        assert (message or "--kl: ") in error and "Traceback" not in error
+    assert not (tmp_path / "x").exists()
+
+
 def test_train_continues_an_inform_checkpoint_with_packing(tmp_path, trained):
     data = write_jsonl(tmp_path / "pairs.jsonl", PAIRS)
     out = tmp_path / "rm2"

@@ -19,6 +19,7 @@ import itertools
 import os
 import shutil
 from pathlib import Path
+from typing import Optional
 
 
 def add_arguments(parser) -> None:
@@ -28,6 +29,13 @@ def add_arguments(parser) -> None:
     parser.add_argument("--latent-dim", type=int, nargs="+", default=[128],
                         help="latent size L of a new head (default 128); several values sweep")
     parser.add_argument("--beta", type=float, nargs="+", default=[0.1], help="KL weight (default 0.1); several values sweep")
+    parser.add_argument("--decoder", choices=("linear", "mlp"), default=None,
+                        help="decoder of a new head: linear (default) or a gated MLP")
+    parser.add_argument("--decoder-activation", default=None,
+                        help="the mlp decoder's activation: silu (default), gelu, ..., or backbone: the backbone's own, as the authors' code does")
+    parser.add_argument("--kl", choices=("standard", "authors"), default=None,
+                        help="KL weighting of a new head: standard (default, beta x mean over pairs of KL_chosen + KL_rejected) "
+                             "or authors (beta x mean over rows: --beta is then the authors' kl_loss_coef)")
     parser.add_argument("--eval-data", default=None, help="held-out preference data evaluated after training (same formats as --data)")
     parser.add_argument("--max-steps", type=int, default=-1, help="optimizer steps (default: one pass over the data, see --epochs)")
     parser.add_argument("--epochs", type=float, default=1.0, help="passes over the data when --max-steps is not given")
@@ -62,13 +70,22 @@ def _check_args(args) -> None:
     check_real("epochs", args.epochs, minimum=0, open_minimum=True)
     if args.max_steps != -1:
         check_positive_int("max_steps", args.max_steps)
+    if args.decoder_activation is not None:
+        from inform_fast import reference
+        from inform_fast.validation import check_choice
+
+        check_choice("decoder_activation", args.decoder_activation, tuple(reference.ACTIVATIONS) + ("backbone",))
+        if args.decoder != "mlp":
+            raise ValueError("--decoder-activation: applies to the mlp decoder only; add --decoder mlp")
     if os.path.exists(args.output_dir):
         raise ValueError(f"--output-dir: {args.output_dir} already exists; choose a new directory")
 
 
-def load_model(name_or_path: str, latent_dim: int, beta: float):
+def load_model(name_or_path: str, latent_dim: int, beta: float, head_options: Optional[dict] = None):
     """An InfoRM checkpoint is loaded as is (``--beta`` overrides its training beta); anything else
-    is a backbone that gets a fresh head. ``name_or_path`` comes from ``resolve_model``."""
+    is a backbone that gets a fresh head, built with ``head_options`` (``decoder``,
+    ``decoder_activation``, ``kl``: the options given). ``name_or_path`` comes from ``resolve_model``."""
+    head_options = head_options or {}
     from inform_fast.loading import load_weights, read_config
     from inform_fast.modeling import InfoRMForRewardModel
 
@@ -79,10 +96,15 @@ def load_model(name_or_path: str, latent_dim: int, beta: float):
 
         model_type = load_weights(lambda: AutoConfig.from_pretrained(name_or_path), name_or_path).model_type
     if model_type == "inform":
+        if head_options:
+            option = "--" + next(iter(head_options)).replace("_", "-")
+            raise ValueError(f"{option}: {name_or_path} is an InfoRM checkpoint, whose head is already built; "
+                             "give it for a new head on a backbone only")
         model = load_weights(lambda: InfoRMForRewardModel.from_pretrained(name_or_path), name_or_path)
         model.config.beta = beta
         return model
-    return load_weights(lambda: InfoRMForRewardModel.from_backbone(name_or_path, latent_dim=latent_dim, beta=beta),
+    return load_weights(lambda: InfoRMForRewardModel.from_backbone(name_or_path, latent_dim=latent_dim, beta=beta,
+                                                                    **head_options),
                         name_or_path)
 
 
@@ -173,7 +195,8 @@ def _train_one(args, latent_dim: int, beta: float, tokenizer, pairs, eval_pairs,
     from inform_fast import data
 
     set_seed(args.seed)
-    model = load_model(args.model, latent_dim, beta)
+    head_options = {name: getattr(args, name) for name in ("decoder", "decoder_activation", "kl") if getattr(args, name) is not None}
+    model = load_model(args.model, latent_dim, beta, head_options)
     model.config.backbone_config.pad_token_id = tokenizer.pad_token_id
     target.mkdir(parents=True, exist_ok=True)
     common = dict(
