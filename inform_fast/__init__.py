@@ -1,6 +1,7 @@
 """inform_fast: fast InfoRM reward models and reward-hacking detection.
 
-Main names (imported lazily, so ``import inform_fast`` stays light and never probes a device):
+Main names (imported lazily, so ``import inform_fast`` stays light and never probes a device; each
+resolves to the function or class, whatever was imported before):
 
 * ``InfoRMHead``, ``inform_loss`` — the information-bottleneck reward head and its pairwise loss.
 * ``icds``, ``mop``, ``MahalanobisScorer``, ``ibl_penalty``, ``OverOptimizationMonitor``,

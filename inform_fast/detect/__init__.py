@@ -1,7 +1,13 @@
 """Reward-hacking detection on bottleneck latents: ICDS, Mahalanobis / MOP, IBL, online monitor.
 
 Inputs are latent matrices (torch tensors or NumPy arrays, [n, L]); nothing here imports the
-reward head or Hugging Face. Names are imported lazily.
+reward head or Hugging Face. Names are imported lazily, except those that are also the names of
+their submodules (``icds``, ``dbscan``, ``mop``): importing a submodule sets the package attribute
+of that name to the module, which would hide a lazy function of the same name whenever anything
+(the monitor, ICDS itself) had imported the submodule first. Those are bound here, so
+``from inform_fast.detect import dbscan`` is the function whatever was imported before; the
+modules stay reachable as ``importlib.import_module("inform_fast.detect.dbscan")`` and through
+``from inform_fast.detect.dbscan import ...``.
 """
 from __future__ import annotations
 
@@ -22,6 +28,10 @@ _LAZY = {
 }
 
 __all__ = sorted(_LAZY)
+
+for _name, _module in _LAZY.items():
+    if _module.rsplit(".", 1)[1] == _name:
+        globals()[_name] = getattr(importlib.import_module(_module), _name)
 
 
 def __getattr__(name: str):
