@@ -1,13 +1,13 @@
 """inform_fast: fast InfoRM reward models and reward-hacking detection.
 
-Main names (imported lazily, so ``import inform_fast`` stays light and never probes a device; each
-resolves to the function or class, whatever was imported before):
+Main names (imported lazily, so ``import inform_fast`` stays light and never probes a device):
 
 * ``InfoRMHead``, ``inform_loss`` — the information-bottleneck reward head and its pairwise loss.
-* ``icds``, ``mop``, ``MahalanobisScorer``, ``ibl_penalty``, ``OverOptimizationMonitor``,
+* ``icds``, ``mop``, ``knn_scores``, ``kop``, ``MahalanobisScorer``, ``ibl_penalty``, ``OverOptimizationMonitor``,
   ``dbscan`` — reward-hacking detection on latents (``inform_fast.detect``).
 * ``InfoRMConfig``, ``InfoRMForRewardModel`` — the Hugging Face reward model
-  (``inform_fast.modeling``).
+  (``inform_fast.modeling``). ``import inform_fast`` is enough for the Transformers Auto classes
+  to load a saved InfoRM folder (``inform_fast._auto``; nothing is imported until Transformers is).
 """
 from __future__ import annotations
 
@@ -20,16 +20,25 @@ _LAZY = {
     "InfoRMHeadOutput": "inform_fast.head",
     "InfoRMLossOutput": "inform_fast.head",
     "inform_loss": "inform_fast.head",
-    "icds": "inform_fast.detect",
-    "ICDSResult": "inform_fast.detect",
-    "mop": "inform_fast.detect",
-    "MOPResult": "inform_fast.detect",
-    "MahalanobisScorer": "inform_fast.detect",
-    "ibl_penalty": "inform_fast.detect",
-    "dbscan": "inform_fast.detect",
-    "nearest_distance": "inform_fast.detect",
-    "OverOptimizationMonitor": "inform_fast.detect",
-    "InfoRMConfig": "inform_fast.modeling",
+    # the defining modules, not inform_fast.detect: once a submodule such as inform_fast.detect.icds
+    # is imported, the package attribute of that name is the submodule, not the function
+    "icds": "inform_fast.detect.icds",
+    "ICDSResult": "inform_fast.detect.icds",
+    "mop": "inform_fast.detect.mop",
+    "MOPResult": "inform_fast.detect.mop",
+    "knn_scores": "inform_fast.detect.calibrated",
+    "kop": "inform_fast.detect.calibrated",
+    "KOPResult": "inform_fast.detect.calibrated",
+    "KNNScorer": "inform_fast.detect.calibrated",
+    "EmpiricalPValues": "inform_fast.detect.calibrated",
+    "excess_icds": "inform_fast.detect.excess",
+    "ExcessICDSResult": "inform_fast.detect.excess",
+    "MahalanobisScorer": "inform_fast.detect.mahalanobis",
+    "ibl_penalty": "inform_fast.detect.ibl",
+    "dbscan": "inform_fast.detect.dbscan",
+    "nearest_distance": "inform_fast.detect.neighbors",
+    "OverOptimizationMonitor": "inform_fast.detect.monitor",
+    "InfoRMConfig": "inform_fast.configuration",
     "InfoRMForRewardModel": "inform_fast.modeling",
     "InfoRMRewardModelOutput": "inform_fast.modeling",
 }
@@ -55,3 +64,12 @@ def cpp_extension_status() -> str:
     from inform_fast import _native
 
     return _native.status()
+
+
+def _install_auto_registration() -> None:
+    from inform_fast import _auto
+
+    _auto.install()
+
+
+_install_auto_registration()

@@ -13,17 +13,25 @@ empty text, unparsable JSON line) raises ``ValueError`` naming the file and the 
 (JSONL: the 1-based line number; JSON: 1-based position in the list; Parquet / datasets: 1-based
 row index).
 
-Tokenisation: the text (prompt + response, or the rendered conversation) is tokenised with the
-tokenizer's special tokens; the tokenizer's EOS id is appended when the sequence does not already
-end with it, so the pooled (last) token is always EOS, as in TRL.
+Tokenisation (``tokenize_sequence``, the one function behind training, ``inform-fast score`` and
+the reward functions, and what TRL's RewardTrainer does):
+
+* text (prompt + response): tokenised with the tokenizer's special tokens, the EOS id appended
+  when the sequence does not already end with it, so the pooled (last) token is EOS; a text that
+  already starts with the tokenizer's BOS does not get a second one;
+* conversations (message lists): the chat template's rendering of prompt + response, tokenised
+  without adding special tokens (the template writes its own) and without an appended EOS (the
+  template ends the conversation its own way), as ``apply_chat_template(..., tokenize=True)``.
 
 Truncation policy (``max_length``), ``truncation="truncate"`` (default), per sequence:
 
 1. the prompt is the token prefix shared by chosen and rejected (or the explicit prompt);
 2. if the sequence is longer than ``max_length``, tokens are dropped from the *start of the
-   prompt* (keeping a leading BOS token), i.e. the end of the prompt, nearest the response, is kept;
-3. if the response alone still does not fit, it is cut from the right but its final EOS is kept:
-   ``response[:room - 1] + [EOS]``, so the pooled last token is still the end-of-sequence token.
+   prompt* (keeping its leading special tokens, whatever their names: BOS, BERT's [CLS], a
+   template's begin-of-text), i.e. the end of the prompt, nearest the response, is kept;
+3. if the response alone still does not fit, it is cut from the right but its final token is
+   kept: ``response[:room - 1] + [last]``, so the pooled token is still the end of the sequence
+   (EOS, [SEP], a template's end of turn).
 
 ``truncation="drop"`` instead drops pairs where either sequence exceeds ``max_length`` (TRL's
 behaviour) and ``load_preference_data`` reports how many were dropped.
@@ -31,13 +39,14 @@ behaviour) and ``load_preference_data`` reports how many were dropped.
 from __future__ import annotations
 
 import json
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
+
+from inform_fast.validation import check_real, require
 
 TRUNCATION_MODES = ("truncate", "drop")
 _PARQUET_SUFFIXES = (".parquet", ".pq")
@@ -63,6 +72,35 @@ def _file_kind(path: Path) -> str:
     )
 
 
+def jsonl_lines(path: str | os.PathLike) -> Iterator[Tuple[int, str]]:
+    """``(line_number, text)`` of every non-blank line of a JSONL file, lazily: the one line
+    splitter of every JSONL reader (``iter_records``, ``count_records``), so that counting and
+    reading agree. Lines end at ``\n``, ``\r\n`` or a bare ``\r`` (JSON escapes these inside
+    strings, so they only ever end lines); a line is blank when ``str.isspace`` says so (also a
+    no-break space or a lone ``\x1c``). A UTF-8 byte order mark is skipped."""
+    path = Path(path)
+    line_number = 0
+    try:
+        with open(path, "r", encoding="utf-8-sig", newline=None) as handle:
+            for line_number, line in enumerate(handle, start=1):
+                if line.strip():
+                    yield line_number, line
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path}: line {line_number + 1}: not UTF-8 text ({error.reason} at byte {error.start})") from None
+
+
+def _parquet(path: Path):
+    return require("pyarrow.parquet", f"{path}: reading a .parquet file", "data")
+
+
+def _load_from_disk(path: Path):
+    datasets = require("datasets", f"{path}: reading a datasets.save_to_disk folder", "data")
+    try:
+        return datasets, datasets.load_from_disk(str(path))
+    except Exception as error:  # datasets raises FileNotFoundError / its own errors
+        raise ValueError(f"{path}: not a datasets.save_to_disk folder ({error})") from None
+
+
 def iter_records(path: str | os.PathLike) -> Iterator[Tuple[int, Any]]:
     """Yield ``(row_number, record)`` lazily; row numbers are 1-based (JSONL: line numbers).
 
@@ -74,15 +112,12 @@ def iter_records(path: str | os.PathLike) -> Iterator[Tuple[int, Any]]:
         raise FileNotFoundError(f"data: {path} does not exist")
     kind = _file_kind(path)
     if kind == "jsonl":
-        with open(path, "r", encoding="utf-8") as handle:
-            for line_number, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue  # blank lines (e.g. a trailing newline) are not rows
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as error:
-                    raise ValueError(f"{path}: line {line_number}: invalid JSON ({error.msg})") from None
-                yield line_number, record
+        for line_number, line in jsonl_lines(path):
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{path}: line {line_number}: invalid JSON ({error.msg})") from None
+            yield line_number, record
     elif kind == "json":
         with open(path, "r", encoding="utf-8") as handle:
             try:
@@ -96,22 +131,15 @@ def iter_records(path: str | os.PathLike) -> Iterator[Tuple[int, Any]]:
         for index, record in enumerate(records, start=1):
             yield index, record
     elif kind == "parquet":
-        import pyarrow.parquet as pq
-
-        parquet = pq.ParquetFile(path)
+        parquet = _parquet(path).ParquetFile(path)
         row = 0
         for batch in parquet.iter_batches(batch_size=4096):
             for record in batch.to_pylist():
                 row += 1
                 yield row, record
     else:
-        from datasets import DatasetDict, load_from_disk
-
-        try:
-            dataset = load_from_disk(str(path))
-        except Exception as error:  # datasets raises FileNotFoundError / its own errors
-            raise ValueError(f"{path}: not a datasets.save_to_disk folder ({error})") from None
-        if isinstance(dataset, DatasetDict):
+        datasets, dataset = _load_from_disk(path)
+        if isinstance(dataset, datasets.DatasetDict):
             if "train" not in dataset:
                 raise ValueError(f"{path}: a DatasetDict without a 'train' split ({list(dataset.keys())})")
             dataset = dataset["train"]
@@ -126,24 +154,12 @@ def count_records(path: str | os.PathLike) -> int:
         raise FileNotFoundError(f"data: {path} does not exist")
     kind = _file_kind(path)
     if kind == "jsonl":
-        count = 0
-        with open(path, "rb") as handle:
-            for line in handle:
-                if line.strip():
-                    count += 1
-        return count
+        return sum(1 for _ in jsonl_lines(path))
     if kind == "parquet":
-        import pyarrow.parquet as pq
-
-        return pq.ParquetFile(path).metadata.num_rows
+        return _parquet(path).ParquetFile(path).metadata.num_rows
     if kind == "datasets":
-        from datasets import DatasetDict, load_from_disk
-
-        try:
-            dataset = load_from_disk(str(path))
-        except Exception as error:
-            raise ValueError(f"{path}: not a datasets.save_to_disk folder ({error})") from None
-        return len(dataset["train"] if isinstance(dataset, DatasetDict) and "train" in dataset else dataset)
+        datasets, dataset = _load_from_disk(path)
+        return len(dataset["train"] if isinstance(dataset, datasets.DatasetDict) and "train" in dataset else dataset)
     return sum(1 for _ in iter_records(path))
 
 
@@ -183,10 +199,10 @@ def _check_text(value, column: str, where: str) -> None:
     )
 
 
-def _render_chat(tokenizer, messages: List[dict], where: str) -> str:
+def _render_chat(tokenizer, messages: List[dict], where: str, add_generation_prompt: bool = False) -> str:
     if getattr(tokenizer, "chat_template", None) is None:
         raise ValueError(f"{where}: conversational row but the tokenizer has no chat template")
-    return tokenizer.apply_chat_template(messages, tokenize=False)
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
 
 
 def render_text(tokenizer, prompt, response, where: str = "data") -> str:
@@ -203,12 +219,68 @@ def render_text(tokenizer, prompt, response, where: str = "data") -> str:
 
 
 def encode(tokenizer, text: str) -> List[int]:
-    """Token ids of ``text`` with the tokenizer's special tokens and a final EOS (appended only
-    when the tokenizer did not put one there)."""
-    ids = list(tokenizer(text, add_special_tokens=True)["input_ids"])
+    """Token ids of a plain ``text`` with the tokenizer's special tokens and a final EOS (appended
+    only when the tokenizer did not put one there), as TRL's RewardTrainer tokenises text.
+
+    A text that already begins with the tokenizer's leading special token (a prompt rendered by a
+    chat template, or OpenRLHF's queries, decoded with their special tokens) keeps just that one:
+    the tokenizer's own is not added a second time."""
+    ids = _encode_text(tokenizer, text)
     eos = tokenizer.eos_token_id
     if eos is not None and (not ids or ids[-1] != eos):
         ids.append(eos)
+    return ids
+
+
+def _encode_text(tokenizer, text: str) -> List[int]:
+    """``encode`` without the EOS it appends."""
+    ids = list(tokenizer(text, add_special_tokens=True)["input_ids"])
+    if len(ids) >= 2 and ids[0] == ids[1] and ids[0] in set(tokenizer.all_special_ids):
+        bare = tokenizer(text, add_special_tokens=False)["input_ids"]
+        if len(bare) and bare[0] == ids[0]:  # the text wrote it: drop the added copy
+            ids = ids[1:]
+    return ids
+
+
+def encode_conversation(tokenizer, messages: List[dict], where: str = "data", add_generation_prompt: bool = False) -> List[int]:
+    """Token ids of a conversation: the chat template's rendering, tokenised without adding
+    special tokens (a template writes its own: BOS, end-of-turn markers). This is what
+    ``tokenizer.apply_chat_template(messages, tokenize=True)`` and TRL's RewardTrainer give; no EOS
+    is appended, the template ends the conversation its own way."""
+    return list(tokenizer(_render_chat(tokenizer, messages, where, add_generation_prompt), add_special_tokens=False)["input_ids"])
+
+
+def tokenize_sequence(tokenizer, prompt, response, where: str = "data") -> List[int]:
+    """The one tokenisation of ``prompt + response`` for training, scoring and the reward
+    functions: ``encode_conversation(prompt + response)`` for message lists, ``encode(prompt +
+    response)`` for strings (``prompt`` may be None)."""
+    if _is_messages(response):
+        if prompt is not None and not _is_messages(prompt):
+            raise ValueError(f"{where}: prompt is a string but the response is a message list")
+        return encode_conversation(tokenizer, list(prompt or []) + list(response), where)
+    return encode(tokenizer, render_text(tokenizer, prompt, response, where))
+
+
+def prompt_length(tokenizer, prompt, ids: Sequence[int], where: str = "data") -> int:
+    """How many leading tokens of ``ids`` (``tokenize_sequence(prompt, response)``) the prompt
+    makes: the common prefix with the prompt tokenised alone (messages: with the template's
+    generation prompt; text: without the EOS that ``encode`` would append)."""
+    if not prompt:
+        return 0
+    if _is_messages(prompt):
+        alone = encode_conversation(tokenizer, list(prompt), where, add_generation_prompt=True)
+    else:
+        alone = _encode_text(tokenizer, prompt)
+    return common_prefix_length(alone, ids)
+
+
+def tokenize_example(tokenizer, prompt, response, max_length: Optional[int] = None, where: str = "data") -> List[int]:
+    """``tokenize_sequence`` truncated to ``max_length`` by the module's policy (what scoring
+    and the reward functions run; training applies the same policy to each pair)."""
+    ids = tokenize_sequence(tokenizer, prompt, response, where)
+    if max_length is not None and len(ids) > max_length:
+        ids = truncate_sequence(ids, prompt_length(tokenizer, prompt, ids, where), max_length,
+                                special_ids=tokenizer.all_special_ids)
     return ids
 
 
@@ -220,18 +292,26 @@ def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
     return i
 
 
-def truncate_sequence(ids: List[int], prompt_length: int, max_length: Optional[int], bos_token_id: Optional[int] = None) -> List[int]:
+def truncate_sequence(ids: List[int], prompt_length: int, max_length: Optional[int], bos_token_id: Optional[int] = None,
+                      special_ids: Sequence[int] = ()) -> List[int]:
     """Apply the module's truncation policy to one sequence of ``prompt_length`` prompt tokens
-    followed by the response (ending with EOS). Returns at most ``max_length`` ids."""
+    followed by the response. Returns at most ``max_length`` ids.
+
+    The leading run of special tokens (``bos_token_id`` or any of ``special_ids``: BOS, BERT's
+    [CLS], a template's begin-of-text) is kept whatever their names, and so is the final token
+    (EOS, [SEP], a template's end of turn): the reward is read there."""
     if max_length is None or len(ids) <= max_length:
         return list(ids)
     if max_length < 1:
         raise ValueError(f"max_length: must be >= 1, got {max_length}")
     # A single response token must stay at the end even when prompt_length covers everything.
     prompt_length = min(prompt_length, len(ids) - 1)
-    keep_bos = bos_token_id is not None and prompt_length > 0 and ids[0] == bos_token_id and max_length > 1
-    head = [ids[0]] if keep_bos else []
-    prompt = ids[len(head):prompt_length]
+    keep = set(special_ids) | ({bos_token_id} if bos_token_id is not None else set())
+    lead = 0
+    while lead < prompt_length and lead < max_length - 1 and ids[lead] in keep:
+        lead += 1
+    head = list(ids[:lead])
+    prompt = ids[lead:prompt_length]
     response = ids[prompt_length:]
     overflow = len(ids) - max_length
     drop = min(overflow, len(prompt))
@@ -240,8 +320,8 @@ def truncate_sequence(ids: List[int], prompt_length: int, max_length: Optional[i
     if len(response) > room:
         # keep the final token (EOS): the reward is read there
         response = response[: room - 1] + [response[-1]] if room > 1 else [response[-1]]
-        if room < 1:  # only possible when the BOS alone fills max_length
-            head = []
+        if room < 1:  # only possible when the leading specials alone fill max_length
+            head = head[: max_length - 1]
     return head + prompt + response
 
 
@@ -275,21 +355,22 @@ def _pair_from_record(record, path, row, tokenizer, max_length, truncation):
     prompt = _checked_record(record, ("chosen", "rejected"), where, "an object with 'chosen' and 'rejected'")
     if _is_messages(record["chosen"]) != _is_messages(record["rejected"]):
         raise ValueError(f"{where}: 'chosen' and 'rejected' must both be strings or both message lists")
-    chosen = encode(tokenizer, render_text(tokenizer, prompt, record["chosen"], where))
-    rejected = encode(tokenizer, render_text(tokenizer, prompt, record["rejected"], where))
+    chosen = tokenize_sequence(tokenizer, prompt, record["chosen"], where)
+    rejected = tokenize_sequence(tokenizer, prompt, record["rejected"], where)
     out: Dict[str, Any] = {}
     margin = record.get("margin")
     if margin is not None:
-        if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not math.isfinite(margin):
-            raise ValueError(f"{where}: column 'margin' must be a finite number, got {margin!r}")
-        out["margin"] = float(margin)
+        try:
+            out["margin"] = check_real("margin", margin)
+        except ValueError:
+            raise ValueError(f"{where}: column 'margin' must be a finite number, got {margin!r}") from None
     truncated = False
     if max_length is not None and (len(chosen) > max_length or len(rejected) > max_length):
         if truncation == "drop":
             return None, False
-        prompt_length = common_prefix_length(chosen, rejected)
-        chosen = truncate_sequence(chosen, prompt_length, max_length, tokenizer.bos_token_id)
-        rejected = truncate_sequence(rejected, prompt_length, max_length, tokenizer.bos_token_id)
+        shared = common_prefix_length(chosen, rejected)
+        chosen = truncate_sequence(chosen, shared, max_length, special_ids=tokenizer.all_special_ids)
+        rejected = truncate_sequence(rejected, shared, max_length, special_ids=tokenizer.all_special_ids)
         truncated = True
     out["chosen_ids"] = chosen
     out["rejected_ids"] = rejected
@@ -349,7 +430,7 @@ class PreferenceDataset(torch.utils.data.Dataset):
 
 def to_hf_dataset(pairs: List[Dict[str, Any]]):
     """A ``datasets.Dataset`` with columns chosen_ids, rejected_ids (and margin) for TRL."""
-    from datasets import Dataset
+    Dataset = require("datasets", "TRL's RewardTrainer", "trl").Dataset
 
     columns = {"chosen_ids": [p["chosen_ids"] for p in pairs], "rejected_ids": [p["rejected_ids"] for p in pairs]}
     if pairs and "margin" in pairs[0]:
@@ -428,8 +509,12 @@ class PackedPairCollator:
 
     Output: ``input_ids`` [1, T] and ``position_ids`` [1, T] (restarting at 0 per sequence),
     ``cu_seqlens`` [2B + 1] int32, ``max_seqlen`` (int), ``num_pairs`` (int, B) and ``margin`` [B]
-    when present; consumed by ``model.packed_pairwise_loss``.
+    when present; consumed by ``model.packed_pairwise_loss``. ``pad_to_multiple_of`` rounds T up
+    with one filler sequence of ``pad_token_id`` (``inform_fast.packing.pack_sequences``).
     """
+
+    pad_to_multiple_of: Optional[int] = None
+    pad_token_id: int = 0
 
     def __call__(self, examples: List[Dict[str, Any]]) -> Dict[str, Any]:
         from inform_fast.packing import pack_sequences
@@ -437,7 +522,7 @@ class PackedPairCollator:
         if not examples:
             raise ValueError("examples: empty batch")
         sequences = [list(e["chosen_ids"]) for e in examples] + [list(e["rejected_ids"]) for e in examples]
-        batch = dict(pack_sequences(sequences))
+        batch = dict(pack_sequences(sequences, pad_to_multiple_of=self.pad_to_multiple_of, pad_token_id=self.pad_token_id))
         batch["num_pairs"] = len(examples)
         margin = _margins(examples)
         if margin is not None:
@@ -449,12 +534,6 @@ class PackedPairCollator:
 # streaming for scoring
 
 
-def _score_text(record, field: str, path, row, tokenizer):
-    where = _where(path, row)
-    prompt = _checked_record(record, (field,), where, "an object")
-    return render_text(tokenizer, prompt, record[field], where)
-
-
 def stream_tokenized(
     path: str | os.PathLike,
     tokenizer,
@@ -462,25 +541,12 @@ def stream_tokenized(
     max_length: Optional[int] = None,
 ) -> Iterator[Tuple[int, List[int]]]:
     """Yield ``(index, token_ids)`` for each row's ``prompt + field`` (index is 0-based row order),
-    reading the file lazily. Truncation follows the module policy (prompt kept from its end,
-    response cut from the right with its final EOS kept)."""
+    reading the file lazily: ``tokenize_example``, the tokenisation of training and of the reward
+    functions, truncated by the module policy."""
     for index, (row, record) in enumerate(iter_records(path)):
-        text = _score_text(record, field, path, row, tokenizer)
-        ids = encode(tokenizer, text)
-        if max_length is not None and len(ids) > max_length:
-            prompt = record.get("prompt")
-            prompt_length = 0
-            if prompt is not None:
-                if isinstance(prompt, str):
-                    prompt_ids = list(tokenizer(prompt, add_special_tokens=True)["input_ids"])
-                else:
-                    prompt_ids = list(tokenizer(
-                        tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True),
-                        add_special_tokens=True,
-                    )["input_ids"])
-                prompt_length = common_prefix_length(prompt_ids, ids)
-            ids = truncate_sequence(ids, prompt_length, max_length, tokenizer.bos_token_id)
-        yield index, ids
+        where = _where(path, row)
+        prompt = _checked_record(record, (field,), where, "an object")
+        yield index, tokenize_example(tokenizer, prompt, record[field], max_length, where)
 
 
 def length_sorted_batches(

@@ -27,6 +27,11 @@ import torch
 BACKENDS = ("reference", "triton", "cpp")
 ENV_VAR = "INFORM_FAST_BACKEND"
 
+class BackendUnavailableError(ValueError, RuntimeError):
+    """A forced backend cannot run here (no CUDA for Triton, no C++ extension). A ValueError (a
+    choice the caller can change) and, as before, a RuntimeError."""
+
+
 # op -> backend -> "module:attribute" (imported on first use)
 _REGISTRY: dict[str, dict[str, str]] = {}
 
@@ -112,7 +117,9 @@ def resolve(op: str, device: torch.device | str, backend: Optional[str] = None) 
             raise ValueError(f"backend: {op!r} has no {forced!r} implementation; registered: {tuple(impls)}")
         ok, why = _runnable(forced, device)
         if not ok:
-            raise RuntimeError(f"backend: {forced!r} was requested for {op!r} but cannot run: {why}; registered: {tuple(impls)}")
+            source = "backend" if backend is not None and backend != "auto" else ENV_VAR
+            raise BackendUnavailableError(
+                f"{source}: {forced!r} was requested for {op!r} but cannot run: {why}; registered: {tuple(impls)}")
         return forced, _load(impls[forced])
 
     if device.type == "cuda":

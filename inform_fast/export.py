@@ -7,7 +7,10 @@ In evaluation mode the linear InfoRM head is affine in the pooled hidden state h
            = w h + b,   w = (w_dec W_mu) / reward_std,   b = (w_dec . b_mu + b_dec - reward_mean) / reward_std
 
 so a stock sequence classifier of the backbone's family with ``num_labels=1`` and score layer ``w``
-gives the same reward, and vLLM, verl, OpenRLHF or TGI can serve it without our code.
+gives the same reward, and vLLM, verl, OpenRLHF or TGI can serve it without our code. verl loads
+reward models as ``*ForTokenClassification`` and reads the last token's logit: for families whose
+token classifier names its layer differently (GPT-2 and GPT-NeoX: ``classifier``), the checkpoint
+holds that layer too, so every loader gets the same rewards.
 
 Limits, checked with clear errors:
 * only decoder="linear" folds (the gated-MLP decoder is not affine);
@@ -27,9 +30,8 @@ model applies the score layer in bf16 where we accumulate in float32.
 from __future__ import annotations
 
 import copy
+import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Optional, Union
 
@@ -38,6 +40,36 @@ from torch import nn
 from transformers import AutoModelForSequenceClassification
 
 __all__ = ["fold_linear_head", "export_sequence_classifier", "export_from_directory"]
+
+# Written into every export: the files it holds. ``overwrite=True`` replaces a folder only if this
+# marker says that every file in it came from an earlier export.
+MARKER = ".inform_fast_export.json"
+
+
+def _foreign_entries(folder: Path) -> list:
+    """Entries of an existing ``folder`` that no earlier export wrote (all of them without a marker)."""
+    entries = sorted(entry.name for entry in folder.iterdir())
+    try:
+        with open(folder / MARKER) as stream:
+            own = set(json.load(stream)["files"]) | {MARKER}
+    except (OSError, ValueError, KeyError, TypeError):
+        return entries
+    return [name for name in entries if name not in own or not (folder / name).is_file()]
+
+
+def _check_output_dir(output_dir: Path, overwrite: bool) -> None:
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ValueError(f"output_dir: {str(output_dir)!r} is a file, not a folder; give a folder path")
+    if not output_dir.is_dir() or not any(output_dir.iterdir()):
+        return
+    if not overwrite:
+        raise ValueError(f"output_dir: {str(output_dir)!r} exists and is not empty (pass overwrite=True to replace "
+                         "a previous export)")
+    foreign = _foreign_entries(output_dir)
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        raise ValueError(f"output_dir: {str(output_dir)!r} holds files that no earlier export wrote ({shown}); "
+                         "overwrite=True replaces only a previous export: choose another folder")
 
 
 @torch.no_grad()
@@ -69,6 +101,23 @@ def _score_layer(stock: nn.Module, family: str) -> nn.Linear:
     return score
 
 
+def _token_classifier_layer(config, score: nn.Linear):
+    """(name, a fresh nn.Linear like it) of the family's token-classification output layer when
+    its name is not ``score``; None when it is, or when the family has no token classifier."""
+    from transformers import AutoModelForTokenClassification
+
+    try:
+        with torch.device("meta"):
+            token_model = AutoModelForTokenClassification.from_config(config)
+    except (ValueError, KeyError):
+        return None
+    prefix = token_model.base_model_prefix
+    for name, module in token_model.named_children():
+        if name != prefix and isinstance(module, nn.Linear) and module.out_features == 1 and name != "score":
+            return name, nn.Linear(score.in_features, 1, bias=module.bias is not None, device=score.weight.device, dtype=score.weight.dtype)
+    return None
+
+
 @torch.no_grad()
 def export_sequence_classifier(
     model,
@@ -85,17 +134,18 @@ def export_sequence_classifier(
         tokenizer: saved alongside when given (its pad token id is used if the configs have none).
         pad_token_id: written to the exported config (default: backbone's, then the tokenizer's).
         drop_bias: export even though a non-zero constant cannot be stored (see module docstring).
-        overwrite: replace an existing non-empty ``output_dir``.
+        overwrite: replace an existing non-empty ``output_dir`` that a previous export wrote (a
+            folder holding anything else is refused: nothing the export did not write is deleted).
     Returns the output path. The checkpoint is written to a temporary folder first and moved in
-    place at the end, so a failure leaves nothing half-written.
+    place at the end (``inform_fast._io.atomic_directory``), so a failure, a full disk or SIGTERM
+    leaves nothing half-written and a previous export as it was.
     """
     from inform_fast.modeling import InfoRMForRewardModel
 
     if not isinstance(model, InfoRMForRewardModel):
         raise ValueError(f"model: expected an InfoRMForRewardModel, got {type(model).__name__}")
     output_dir = Path(output_dir)
-    if output_dir.exists() and (not output_dir.is_dir() or any(output_dir.iterdir())) and not overwrite:
-        raise ValueError(f"output_dir: {str(output_dir)!r} exists and is not empty (pass overwrite=True)")
+    _check_output_dir(output_dir, overwrite)
     weight, bias = fold_linear_head(model)
     family = model.config.backbone_config.model_type
 
@@ -126,20 +176,28 @@ def export_sequence_classifier(
     score.weight.copy_(weight.to(score.weight.dtype).reshape(score.weight.shape))
     if score.bias is not None:
         score.bias.copy_(bias.to(score.bias.dtype).reshape(score.bias.shape))
+    token_layer = _token_classifier_layer(stock_config, score)
+    if token_layer is not None:
+        # verl loads reward models as *ForTokenClassification; where its layer has another name
+        # (GPT-2, GPT-NeoX: `classifier`), the checkpoint carries it too, or verl would start
+        # from a random head. The sequence classifier ignores it (an unused-weights note on load).
+        name, layer = token_layer
+        layer.weight.copy_(score.weight)
+        if layer.bias is not None:
+            layer.bias.copy_(score.bias if score.bias is not None else torch.zeros_like(layer.bias))
+        stock.add_module(name, layer)
     stock.config.architectures = [type(stock).__name__]
 
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".inform-export-", dir=output_dir.parent))
-    try:
+    from inform_fast._io import atomic_directory, new_folders
+
+    with new_folders(output_dir.parent, "output_dir"), \
+            atomic_directory(output_dir, "output_dir", replace=True) as staging:
         stock.save_pretrained(staging, safe_serialization=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(staging)
-        if output_dir.exists():
-            shutil.rmtree(output_dir)
-        os.replace(staging, output_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+        files = sorted(os.listdir(staging))
+        with open(os.path.join(staging, MARKER), "w") as stream:
+            json.dump({"generator": "inform-fast export", "files": files}, stream)
     return output_dir
 
 
@@ -151,17 +209,18 @@ def export_from_directory(
     overwrite: bool = False,
 ) -> Path:
     """Load a saved InfoRM checkpoint (and its tokenizer, if saved with it) and export it."""
+    from inform_fast.loading import check_inform_checkpoint, load_tokenizer, load_weights
     from inform_fast.modeling import InfoRMForRewardModel
 
     model_dir = Path(model_dir)
-    if not (model_dir / "config.json").is_file():
-        raise FileNotFoundError(f"model: no config.json in {str(model_dir)!r}")
-    model = InfoRMForRewardModel.from_pretrained(model_dir).eval()
+    if not model_dir.is_dir():
+        raise ValueError(f"model_dir: folder not found: {str(model_dir)!r}")
+    _check_output_dir(Path(output_dir), overwrite)  # before the model is loaded
+    check_inform_checkpoint(str(model_dir), "model_dir")
+    model = load_weights(lambda: InfoRMForRewardModel.from_pretrained(model_dir).eval(), str(model_dir), "model_dir")
     tokenizer = None
     if any((model_dir / name).exists() for name in ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")):
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        tokenizer = load_tokenizer(str(model_dir), "model_dir")
     return export_sequence_classifier(
         model, output_dir, tokenizer=tokenizer, pad_token_id=pad_token_id, drop_bias=drop_bias, overwrite=overwrite
     )

@@ -16,9 +16,11 @@ from inform_fast import dispatch, reference
 from inform_fast.validation import (
     check_attention_mask,
     check_choice,
+    check_finite,
     check_float_tensor,
     check_noise,
     check_positive_int,
+    check_real,
     check_same_rows,
 )
 
@@ -58,14 +60,19 @@ class InfoRMLossOutput:
 
 
 class GatedMLPDecoder(nn.Module):
-    """reward = W_down(silu(W_gate z) * (W_up z)), intermediate size 4L by default."""
+    """reward = W_down(act(W_gate z) * (W_up z)), intermediate size 4L by default; ``activation``
+    a name in ``reference.ACTIVATIONS`` (SiLU by default; the authors use the backbone's)."""
 
-    def __init__(self, latent_dim: int, intermediate_size: Optional[int] = None, bias: bool = False):
+    def __init__(self, latent_dim: int, intermediate_size: Optional[int] = None, bias: bool = False, activation: str = "silu"):
         super().__init__()
         intermediate_size = intermediate_size or 4 * latent_dim
+        self.activation = check_choice("decoder_activation", activation, tuple(reference.ACTIVATIONS))
         self.gate_proj = nn.Linear(latent_dim, intermediate_size, bias=bias)
         self.up_proj = nn.Linear(latent_dim, intermediate_size, bias=bias)
         self.down_proj = nn.Linear(intermediate_size, 1, bias=bias)
+
+    def extra_repr(self) -> str:
+        return f"activation={self.activation!r}"
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:  # [N, L] -> [N]
         return reference.decode_gated_mlp(
@@ -76,6 +83,7 @@ class GatedMLPDecoder(nn.Module):
             self.gate_proj.bias,
             self.up_proj.bias,
             self.down_proj.bias,
+            activation=self.activation,
         )
 
 
@@ -118,11 +126,19 @@ class InfoRMHead(nn.Module):
         latent_dim: L, the bottleneck size (default 128). With ``beta`` it bounds how much of the
             input the reward can use.
         decoder: "linear" (reward = w . z + b, the default and the fused path) or "mlp" (gated MLP
-            with intermediate size 4L and SiLU).
+            with intermediate size 4L).
         bias: whether the encoder and decoder layers have biases.
         kl: "standard" (per-dimension KL to N(0, I), the default) or "authors" (the authors' code:
-            mu and logvar averaged over the latent dimensions before the scalar formula).
+            mu and logvar averaged over the latent dimensions before the scalar formula, and the
+            loss weighting beta * mean over the 2B rows: beta = their kl_loss_coef gives their loss).
+        decoder_activation: the MLP decoder's activation, a name in ``reference.ACTIVATIONS``
+            ("silu" by default; the authors' code uses the backbone's, e.g. "gelu_new" for GPT-2).
         backend: None (automatic), "reference" or "triton"; ``INFORM_FAST_BACKEND`` also forces one.
+        check_finite: refuse NaN / Inf hidden states with an error naming the argument and the first
+            bad index (default). The check reads only the pooled [N, H] rows, one reduction (an
+            elementwise search only when that sum is not finite); on CUDA it waits for the device
+            once per call; skipped while ``torch.compile`` traces. ``False`` turns it off (NaN / Inf
+            rewards and loss then follow NaN input).
 
     Submodules: ``encoder`` = nn.Linear(H, 2L) whose first L outputs are mu and last L are
     logvar; ``decoder`` = nn.Linear(L, 1) or ``GatedMLPDecoder``.
@@ -136,30 +152,65 @@ class InfoRMHead(nn.Module):
         bias: bool = False,
         kl: str = "standard",
         backend: Optional[str] = None,
+        decoder_activation: str = "silu",
+        check_finite: bool = True,
     ):
         super().__init__()
         self.hidden_size = check_positive_int("hidden_size", hidden_size)
         self.latent_dim = check_positive_int("latent_dim", latent_dim)
         self.decoder_type = check_choice("decoder", decoder, DECODERS)
         self.kl_mode = check_choice("kl", kl, reference.KL_MODES)
+        check_choice("decoder_activation", decoder_activation, tuple(reference.ACTIVATIONS))
+        if decoder == "linear" and decoder_activation != "silu":
+            raise ValueError(f"decoder_activation: {decoder_activation!r} given, but only decoder='mlp' has an activation")
         if backend is not None:
             dispatch.requested_backend(backend)  # validates the name now rather than at the first call
         self.backend = backend
+        if not isinstance(check_finite, bool):
+            raise ValueError(f"check_finite: expected True or False, got {check_finite!r}")
+        self.check_finite = check_finite
         self.encoder = nn.Linear(hidden_size, 2 * latent_dim, bias=bias)
         if decoder == "linear":
             self.decoder = nn.Linear(latent_dim, 1, bias=bias)
         else:
-            self.decoder = GatedMLPDecoder(latent_dim, bias=bias)
+            self.decoder = GatedMLPDecoder(latent_dim, bias=bias, activation=decoder_activation)
 
     def extra_repr(self) -> str:
         return f"decoder={self.decoder_type!r}, kl={self.kl_mode!r}"
+
+    def linear_layers(self):
+        """(name, module) of the head's linear layers, which it reads weights from directly."""
+        if self.decoder_type == "linear":
+            return [("encoder", self.encoder), ("decoder", self.decoder)]
+        return [("encoder", self.encoder)] + [(f"decoder.{n}", getattr(self.decoder, n)) for n in ("gate_proj", "up_proj", "down_proj")]
+
+    def check_layers(self) -> None:
+        """Refuse layers that an adapter library has wrapped: the head reads its layers' weights
+        directly (the fused kernels need them), so a wrapper's extra weights, a LoRA adapter's
+        say, would be silently bypassed and the head would train, or stay, without them."""
+        for name, layer in self.linear_layers():
+            # isinstance, not type(): FSDP2 swaps a sharded module's class for a subclass of it
+            if not isinstance(layer, nn.Linear) or hasattr(layer, "base_layer"):
+                raise ValueError(
+                    f"head.{name}: is a {type(layer).__name__}, not a plain nn.Linear; the InfoRM head reads its weights "
+                    "directly, so an adapter there would be bypassed. Keep the head out of PEFT's target_modules and "
+                    "train it in full with modules_to_save=['head'] (InfoRMRewardTrainer does both for you)"
+                )
 
     # ----------------------------------------------------------------------------------------
     # input handling
 
     def pool(self, hidden_states: torch.Tensor, attention_mask: Optional[torch.Tensor] = None, name: str = "hidden_states") -> torch.Tensor:
         """Validate and pool: [N, H] passes through; [B, T, H] + mask [B, T] -> [B, H] at the
-        last non-padding token (left or right padding). [B, T, H] without a mask takes position T-1."""
+        last non-padding token (left or right padding). [B, T, H] without a mask takes position T-1.
+        With ``check_finite`` (the default) NaN / Inf in the pooled rows raise, naming ``name``."""
+        pooled = self._pool(hidden_states, attention_mask, name)
+        # not while torch.compile traces (a host sync breaks the graph), nor on meta tensors (no values)
+        if self.check_finite and pooled.device.type != "meta" and not torch.compiler.is_compiling():
+            check_finite(name, pooled)
+        return pooled
+
+    def _pool(self, hidden_states: torch.Tensor, attention_mask: Optional[torch.Tensor], name: str) -> torch.Tensor:
         check_float_tensor(name, hidden_states, ndims=(2, 3))
         if hidden_states.shape[-1] != self.hidden_size:
             raise ValueError(
@@ -195,6 +246,7 @@ class InfoRMHead(nn.Module):
             noise: optional [N, L] standard-normal noise for the reparameterisation (training mode
                 only; drawn if not given). In eval mode z = mu and ``noise`` is ignored.
         """
+        self.check_layers()
         pooled = self.pool(hidden_states, attention_mask)
         rows = pooled.shape[0]
         check_noise("noise", noise, rows, self.latent_dim)
@@ -216,6 +268,7 @@ class InfoRMHead(nn.Module):
     @torch.no_grad()
     def latents(self, hidden_states: torch.Tensor, attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Detection latents (mu, the evaluation-mode latent), [N, L], without gradients."""
+        self.check_layers()
         pooled = self.pool(hidden_states, attention_mask)
         mu, _ = reference.vib_encode(pooled, self.encoder.weight, self.encoder.bias)
         return mu
@@ -242,6 +295,7 @@ class InfoRMHead(nn.Module):
             beta: weight of the KL term (>= 0). margin: None, a float, or a [B] tensor.
             noise_chosen, noise_rejected: optional [B, L] noise (training mode only).
         """
+        self.check_layers()
         chosen = self.pool(chosen_hidden, chosen_attention_mask, name="chosen_hidden")
         rejected = self.pool(rejected_hidden, rejected_attention_mask, name="rejected_hidden")
         check_same_rows("chosen_hidden", chosen, "rejected_hidden", rejected)
@@ -276,7 +330,7 @@ class InfoRMHead(nn.Module):
             out = self(torch.cat([chosen, rejected]), noise=noise)
             r_w, r_l = out.reward.chunk(2)
             kl_w, kl_l = out.kl.chunk(2)
-            terms = reference.pairwise_loss_from_rewards(r_w, r_l, kl_w, kl_l, beta=beta, margin=margin)
+            terms = reference.pairwise_loss_from_rewards(r_w, r_l, kl_w, kl_l, beta=beta, margin=margin, kl_mode=self.kl_mode)
         return InfoRMLossOutput(
             loss=terms.loss,
             preference_loss=terms.preference_loss,
@@ -296,9 +350,7 @@ def _partitioned(module: nn.Module) -> bool:
 
 
 def _check_beta(beta) -> float:
-    if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not (beta >= 0) or beta == float("inf"):
-        raise ValueError(f"beta: expected a finite number >= 0, got {beta!r}")
-    return float(beta)
+    return check_real("beta", beta, minimum=0)
 
 
 def _check_margin(margin, pairs: int):
@@ -310,9 +362,7 @@ def _check_margin(margin, pairs: int):
         if tuple(margin.shape) != (pairs,):
             raise ValueError(f"margin: expected a scalar or shape ({pairs},), got {tuple(margin.shape)}")
         return margin
-    if isinstance(margin, bool) or not isinstance(margin, (int, float)):
-        raise ValueError(f"margin: expected None, a number or a tensor, got {type(margin).__name__}")
-    return float(margin)
+    return check_real("margin", margin)
 
 
 def inform_loss(

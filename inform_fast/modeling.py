@@ -1,9 +1,10 @@
 """The Hugging Face InfoRM reward model: any ``AutoModel`` backbone + ``InfoRMHead``.
 
-Importing this module registers ``InfoRMConfig`` (model_type "inform") with ``AutoConfig`` and
-``InfoRMForRewardModel`` with ``AutoModel`` and ``AutoModelForSequenceClassification``; a saved
-checkpoint loads through the Auto classes only after ``import inform_fast.modeling`` (or
-``from inform_fast import InfoRMForRewardModel``). To serve without our code, fold the head into a
+Auto classes: after ``import inform_fast`` (nothing more), ``AutoConfig``, ``AutoModel`` and
+``AutoModelForSequenceClassification`` load a saved InfoRM folder, and both model classes return
+this ``InfoRMForRewardModel`` (backbone + head; ``logits`` [B, 1] is the reward), not the bare
+backbone. A process that never imports inform_fast loads it with ``trust_remote_code=True``
+(``inform_fast.configuration`` explains how). To serve without our code, fold the head into a
 stock checkpoint with ``export_sequence_classifier`` (``inform_fast.export``).
 
 Batches the model takes:
@@ -17,8 +18,11 @@ Batches the model takes:
   into a right-padded batch (``packed_fallback = "repad"``, the default: cheaper than T^2
   attention) or kept packed with a block-diagonal 4-D mask (``packed_fallback = "block_mask"``).
 
-PEFT / LoRA: train the head in full and save it with the adapter:
-``LoraConfig(target_modules=[...], modules_to_save=["head"])``.
+PEFT / LoRA: adapters on the backbone, the head trained in full and saved with the adapter:
+``LoraConfig(target_modules=[...], modules_to_save=["head"])``, or any PEFT config passed through
+``inform_fast.integrations.hf_trainer.inform_peft_config`` (``InfoRMRewardTrainer`` does it for its
+``peft_config``). The head reads its layers' weights directly, so it refuses to run with an adapter
+on one of them (``InfoRMHead.check_layers``) rather than silently bypass it.
 """
 from __future__ import annotations
 
@@ -31,84 +35,15 @@ from typing import Optional, Union
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, PreTrainedConfig, PreTrainedModel
-from transformers.configuration_utils import SubConfigSpec
+from transformers import AutoModel, AutoModelForSequenceClassification, PreTrainedModel
 from transformers.utils import ModelOutput
 
 from inform_fast import packing, reference
-from inform_fast.head import DECODERS, InfoRMHead, InfoRMLossOutput, _check_beta
-from inform_fast.validation import check_attention_mask, check_choice, check_positive_int
+from inform_fast.configuration import InfoRMConfig, _check_normalization
+from inform_fast.head import InfoRMHead, InfoRMLossOutput
+from inform_fast.validation import check_attention_mask, check_positive_int
 
 __all__ = ["InfoRMConfig", "InfoRMForRewardModel", "InfoRMRewardModelOutput", "default_attn_implementation"]
-
-# Backbones whose attention is bidirectional: a packed batch needs a block mask without the
-# causal triangle. Everything else is treated as a causal decoder.
-_BIDIRECTIONAL = {"bert", "roberta", "xlm-roberta", "distilbert", "electra", "deberta", "deberta-v2", "modernbert", "camembert", "albert", "mpnet"}
-
-
-class InfoRMConfig(PreTrainedConfig):
-    r"""Configuration of ``InfoRMForRewardModel``.
-
-    Args:
-        backbone_config: the backbone's config (``PreTrainedConfig``, or a dict with its
-            ``model_type``; None gives a default Llama config). Saved as a nested sub-config.
-        latent_dim: L, the information-bottleneck size (default 128).
-        decoder: "linear" (default; foldable by ``export_sequence_classifier``) or "mlp".
-        head_bias: biases in the head's encoder and decoder.
-        beta: default KL weight of ``pairwise_loss``.
-        kl: "standard" (default) or "authors" (the authors' averaged-KL variant, for reproduction).
-        reward_mean, reward_std: serving normalisation, reward = (raw - mean) / std (identity by
-            default; ``fit_reward_normalization`` sets them).
-    """
-
-    model_type = "inform"
-    sub_configs_defaults = {"backbone_config": SubConfigSpec(config_class=AutoConfig, model_type="llama")}
-
-    backbone_config: Union[dict, PreTrainedConfig, None] = None
-    latent_dim: int = 128
-    decoder: str = "linear"
-    head_bias: bool = False
-    beta: float = 0.1
-    kl: str = "standard"
-    reward_mean: float = 0.0
-    reward_std: float = 1.0
-
-    def __post_init__(self, **kwargs):
-        check_positive_int("latent_dim", self.latent_dim)
-        check_choice("decoder", self.decoder, DECODERS)
-        check_choice("kl", self.kl, reference.KL_MODES)
-        _check_beta(self.beta)
-        self.head_bias = bool(self.head_bias)
-        self.reward_mean, self.reward_std = _check_normalization(self.reward_mean, self.reward_std)
-        # A reward model has one output, like a sequence-classification model with num_labels=1.
-        kwargs.setdefault("num_labels", 1)
-        super().__post_init__(**kwargs)
-        if self.problem_type is None:
-            self.problem_type = "regression"
-
-    def get_text_config(self, decoder=None, encoder=None) -> PreTrainedConfig:
-        """The backbone's config. ``decoder`` here is the head's decoder type (a string), which
-        transformers' default lookup would mistake for a text sub-config; Trainer and TRL read
-        pad/eos ids from what this returns."""
-        return self.backbone_config
-
-    @property
-    def hidden_size(self) -> int:
-        """The backbone's hidden size H."""
-        return self.backbone_config.hidden_size
-
-    @property
-    def backbone_is_bidirectional(self) -> bool:
-        return self.backbone_config.model_type in _BIDIRECTIONAL
-
-
-def _check_normalization(mean, std) -> tuple[float, float]:
-    mean, std = float(mean), float(std)
-    if not (mean == mean) or abs(mean) == float("inf"):
-        raise ValueError(f"reward_mean: expected a finite number, got {mean!r}")
-    if not (std > 0) or std == float("inf"):
-        raise ValueError(f"reward_std: expected a finite number > 0, got {std!r}")
-    return mean, std
 
 
 @dataclass
@@ -164,11 +99,16 @@ class InfoRMForRewardModel(PreTrainedModel):
             backbone = AutoModel.from_config(config.backbone_config)
         self.backbone = backbone
         self.head = InfoRMHead(
-            config.hidden_size, latent_dim=config.latent_dim, decoder=config.decoder, bias=config.head_bias, kl=config.kl
+            config.hidden_size, latent_dim=config.latent_dim, decoder=config.decoder, bias=config.head_bias, kl=config.kl,
+            decoder_activation=config.decoder_activation,
         )
         # FSDP auto-wrap and device_map must not split the backbone's layers.
         self._no_split_modules = list(getattr(backbone, "_no_split_modules", None) or [])
         self.post_init()
+
+    @classmethod
+    def register_for_auto_class(cls, auto_class="AutoModel"):
+        """Nothing to do: the saved config carries the ``auto_map`` (see ``inform_fast.configuration``)."""
 
     def _init_weights(self, module):
         # The backbone initialises itself (its own _init_weights); this only sees the head.
@@ -193,6 +133,7 @@ class InfoRMForRewardModel(PreTrainedModel):
         kl: str = "standard",
         head_bias: bool = False,
         dtype: Optional[torch.dtype] = None,
+        decoder_activation: str = "silu",
         attn_implementation: Optional[str] = None,
         **kwargs,
     ) -> "InfoRMForRewardModel":
@@ -203,6 +144,8 @@ class InfoRMForRewardModel(PreTrainedModel):
                 or a ``PreTrainedModel``; a ``*ForCausalLM`` / ``*ForSequenceClassification`` is
                 reduced to its base model (the LM / classifier head is dropped).
             dtype: weights dtype when loading from a path (e.g. torch.bfloat16); the head is cast too.
+            decoder_activation: the "mlp" decoder's activation ("silu", or "backbone" for the
+                backbone's own as in the authors' code; see ``InfoRMConfig``).
             attn_implementation: passed through; default "flash_attention_2" when flash-attn is
                 installed and CUDA is used, else "sdpa" (falling back to "eager" for backbones without SDPA).
             kwargs: more ``from_pretrained`` arguments (``device_map``, ``revision``, ...).
@@ -232,7 +175,7 @@ class InfoRMForRewardModel(PreTrainedModel):
                 backbone = AutoModel.from_pretrained(name_or_path_or_model, attn_implementation="eager", **load)
         config = InfoRMConfig(
             backbone_config=copy.deepcopy(backbone.config), latent_dim=latent_dim, decoder=decoder,
-            beta=beta, kl=kl, head_bias=head_bias,
+            beta=beta, kl=kl, head_bias=head_bias, decoder_activation=decoder_activation,
         )
         # The loaded weights must survive post_init's initialisation pass.
         flagged = []
@@ -550,6 +493,5 @@ def _right_pad(tensor: torch.Tensor, length: int, value: int) -> torch.Tensor:
     return torch.nn.functional.pad(tensor, (0, extra), value=value)
 
 
-AutoConfig.register("inform", InfoRMConfig, exist_ok=True)
 AutoModel.register(InfoRMConfig, InfoRMForRewardModel, exist_ok=True)
 AutoModelForSequenceClassification.register(InfoRMConfig, InfoRMForRewardModel, exist_ok=True)

@@ -11,11 +11,15 @@ Head:
     [mu, logvar] = h @ W_enc^T (+ b_enc)            W_enc: [2L, H]  (nn.Linear layout)
     z = mu + exp(logvar / 2) * eps   (training)      z = mu   (evaluation)
     reward = z @ w_dec (+ b_dec)                     (linear decoder)
+    reward = W_down(act(W_gate z) * (W_up z))         (gated MLP decoder; act SiLU or the backbone's)
     KL = 0.5 * sum_j (mu_j^2 + exp(logvar_j) - 1 - logvar_j)          (kl="standard")
     KL = 0.5 * (m^2 + exp(v) - 1 - v), m = mean_j mu_j, v = mean_j logvar_j   (kl="authors")
 
 Loss over B pairs (chosen w, rejected l):
-    loss = mean_b[-logsigmoid(r_w - r_l - margin)] + beta * mean_b[KL_w + KL_l]
+    loss = mean_b[-logsigmoid(r_w - r_l - margin)] + beta * mean_b[KL_w + KL_l]     (kl="standard")
+    loss = mean_b[-logsigmoid(r_w - r_l - margin)] + beta * mean over the 2B rows of KL   (kl="authors")
+The authors' code weights its KL by ``kl_loss_coef * mean over all rows`` (chosen and rejected
+alike), half of the pair sum: with kl="authors", beta = their kl_loss_coef gives their loss.
 """
 from __future__ import annotations
 
@@ -25,6 +29,8 @@ import torch
 import torch.nn.functional as F
 
 KL_MODES = ("standard", "authors")
+# weight of mean_b[KL_w + KL_l] in the loss: the authors' code averages KL over the 2B rows
+KL_PAIR_WEIGHT = {"standard": 1.0, "authors": 0.5}
 
 
 def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -93,6 +99,21 @@ def decode_linear(z: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Te
     return reward
 
 
+# Activations of the gated MLP decoder, by the names Transformers configs use (``hidden_act``,
+# ``activation_function``): the authors' decoder applies the backbone's own.
+ACTIVATIONS = {
+    "silu": F.silu,
+    "swish": F.silu,
+    "gelu": F.gelu,  # exact (erf)
+    "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu_fast": lambda x: F.gelu(x, approximate="tanh"),
+    "relu": F.relu,
+    "tanh": torch.tanh,
+    "sigmoid": torch.sigmoid,
+}
+
+
 def decode_gated_mlp(
     z: torch.Tensor,
     gate_weight: torch.Tensor,
@@ -101,15 +122,18 @@ def decode_gated_mlp(
     gate_bias: Optional[torch.Tensor] = None,
     up_bias: Optional[torch.Tensor] = None,
     down_bias: Optional[torch.Tensor] = None,
+    activation: str = "silu",
 ) -> torch.Tensor:
-    """Gated MLP reward decoder: W_down(silu(W_gate z) * (W_up z)) -> reward [N].
+    """Gated MLP reward decoder: W_down(act(W_gate z) * (W_up z)) -> reward [N].
 
-    gate/up weights: [I, L]; down weight: [1, I] (I = intermediate size, 4L by default).
+    gate/up weights: [I, L]; down weight: [1, I] (I = intermediate size, 4L by default);
+    ``activation``: a name in ``ACTIVATIONS`` (SiLU by default).
     """
     def cast(t):
         return None if t is None else t.to(z.dtype)
 
-    hidden = F.silu(F.linear(z, cast(gate_weight), cast(gate_bias))) * F.linear(z, cast(up_weight), cast(up_bias))
+    act = ACTIVATIONS[activation]
+    hidden = act(F.linear(z, cast(gate_weight), cast(gate_bias))) * F.linear(z, cast(up_weight), cast(up_bias))
     return F.linear(hidden, cast(down_weight), cast(down_bias)).squeeze(-1)
 
 
@@ -130,12 +154,14 @@ def pairwise_loss_from_rewards(
     kl_rejected: torch.Tensor,
     beta: float = 0.1,
     margin: Optional[torch.Tensor | float] = None,
+    kl_mode: str = "standard",
 ) -> PairwiseLoss:
-    """SPEC.md's loss from per-pair rewards and KLs (all [B], float32 or float64)."""
+    """SPEC.md's loss from per-pair rewards and KLs (all [B], float32 or float64). The KL term
+    is mean_b[KL_w + KL_l] (kl_mode="standard") or the mean over the 2B rows ("authors")."""
     gap = reward_chosen - reward_rejected
     logits = gap if margin is None else gap - margin
     preference_loss = -F.logsigmoid(logits).mean()
-    kl = (kl_chosen + kl_rejected).mean()
+    kl = (kl_chosen + kl_rejected).mean() * KL_PAIR_WEIGHT[kl_mode]
     return PairwiseLoss(
         loss=preference_loss + beta * kl,
         preference_loss=preference_loss,
@@ -184,4 +210,4 @@ def linear_head_pairwise_loss(
     args = (encoder_weight, encoder_bias, decoder_weight, decoder_bias)
     r_w, _, _, _, kl_w = linear_head_forward(chosen, *args, noise=noise_chosen, kl_mode=kl_mode)
     r_l, _, _, _, kl_l = linear_head_forward(rejected, *args, noise=noise_rejected, kl_mode=kl_mode)
-    return pairwise_loss_from_rewards(r_w, r_l, kl_w, kl_l, beta=beta, margin=margin), r_w, r_l
+    return pairwise_loss_from_rewards(r_w, r_l, kl_w, kl_l, beta=beta, margin=margin, kl_mode=kl_mode), r_w, r_l

@@ -1,5 +1,5 @@
 """Tiny offline assets for tests, examples and CPU benchmarks: a word-level tokenizer with a chat
-template and a tiny random Llama backbone, built from code (no downloads)."""
+template, a tiny random Llama backbone and a tiny causal-LM policy, built from code (no downloads)."""
 from __future__ import annotations
 
 import os
@@ -32,19 +32,34 @@ def tiny_tokenizer(extra_words: Iterable[str] = ()):
     return tokenizer
 
 
-def tiny_llama(vocab_size: int, hidden_size: int = 32, layers: int = 2, seed: Optional[int] = 0, **overrides):
-    """A random ``LlamaModel`` backbone (2 layers, hidden 32 by default)."""
-    import torch
-    from transformers import LlamaConfig, LlamaModel
+def _tiny_llama_config(vocab_size: int, hidden_size: int, layers: int, **overrides):
+    from transformers import LlamaConfig
 
-    config = LlamaConfig(
+    return LlamaConfig(
         vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=2 * hidden_size,
         num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
         max_position_embeddings=256, pad_token_id=0, bos_token_id=2, eos_token_id=3, **overrides,
     )
+
+
+def tiny_llama(vocab_size: int, hidden_size: int = 32, layers: int = 2, seed: Optional[int] = 0, **overrides):
+    """A random ``LlamaModel`` backbone (2 layers, hidden 32 by default)."""
+    import torch
+    from transformers import LlamaModel
+
     if seed is not None:
         torch.manual_seed(seed)
-    return LlamaModel(config)
+    return LlamaModel(_tiny_llama_config(vocab_size, hidden_size, layers, **overrides))
+
+
+def tiny_causal_llama(vocab_size: int, hidden_size: int = 32, layers: int = 1, seed: Optional[int] = 0):
+    """A random ``LlamaForCausalLM`` (1 layer, hidden 32): a policy for RL recipes on the CPU."""
+    import torch
+    from transformers import LlamaForCausalLM
+
+    if seed is not None:
+        torch.manual_seed(seed)
+    return LlamaForCausalLM(_tiny_llama_config(vocab_size, hidden_size, layers))
 
 
 def save_tiny_backbone(directory: str | os.PathLike, hidden_size: int = 32, layers: int = 2) -> str:

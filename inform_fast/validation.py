@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
+import numpy as np
 import torch
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -25,6 +26,10 @@ def check_float_tensor(name: str, tensor, ndims: Sequence[int] = (), finite: boo
     return tensor
 
 
+class NonFiniteError(ValueError):
+    """A tensor holds NaN or Inf where numbers are needed (``check_finite``)."""
+
+
 def check_finite(name: str, tensor: torch.Tensor) -> None:
     """Raise if ``tensor`` holds NaN or Inf, saying where the first one is.
 
@@ -38,7 +43,7 @@ def check_finite(name: str, tensor: torch.Tensor) -> None:
     if bool(bad.any()):
         count = int(bad.sum())
         first = tuple(int(i) for i in torch.nonzero(bad)[0].tolist())
-        raise ValueError(f"{name}: contains {count} NaN/Inf value(s), first at index {first}")
+        raise NonFiniteError(f"{name}: contains {count} NaN/Inf value(s), first at index {first}")
 
 
 def check_attention_mask(name: str, attention_mask: torch.Tensor, batch: int, seq_len: int) -> None:
@@ -79,3 +84,53 @@ def check_noise(name: str, noise: Optional[torch.Tensor], rows: int, latent_dim:
     check_float_tensor(name, noise, ndims=(2,))
     if tuple(noise.shape) != (rows, latent_dim):
         raise ValueError(f"{name}: expected shape {(rows, latent_dim)}, got {tuple(noise.shape)}")
+
+
+class MissingDependencyError(ImportError):
+    """An optional package is needed for what was asked; the message says which and how to get it."""
+
+
+def require(module: str, purpose: str, extra: Optional[str] = None):
+    """Import ``module`` or raise ``MissingDependencyError`` saying that ``purpose`` needs it and
+    how to install it: the extra of inform-fast that brings it, or (``extra=None``, a dependency of
+    the base install gone missing) the package itself."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as error:
+        package = module.split(".")[0]
+        if extra is None:
+            how = f"which is missing from this environment: pip install {package}"
+        else:
+            how = f"which the base install leaves out: pip install 'inform-fast[{extra}]' (or pip install {package})"
+        raise MissingDependencyError(f"{purpose} needs {package}, {how}") from error
+
+
+def check_real(name: str, value, minimum: Optional[float] = None, maximum: Optional[float] = None,
+               open_minimum: bool = False, open_maximum: bool = False) -> float:
+    """A finite real number (Python, NumPy scalar or one-element tensor; not a bool) in the given
+    range, returned as a float. The error names the argument and the range."""
+    import math
+    import numbers
+
+    if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_complex() and value.dtype != torch.bool:
+        value = value.item()
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{name}: expected a finite number{_range(minimum, maximum, open_minimum, open_maximum)}, got {value!r}")
+    number = float(value)
+    low_ok = minimum is None or (number > minimum if open_minimum else number >= minimum)
+    high_ok = maximum is None or (number < maximum if open_maximum else number <= maximum)
+    if not math.isfinite(number) or not low_ok or not high_ok:
+        raise ValueError(f"{name}: expected a finite number{_range(minimum, maximum, open_minimum, open_maximum)}, got {value!r}")
+    return number
+
+
+def _range(minimum, maximum, open_minimum, open_maximum) -> str:
+    if minimum is not None and maximum is not None:
+        return f" in {'(' if open_minimum else '['}{minimum:g}, {maximum:g}{')' if open_maximum else ']'}"
+    if minimum is not None:
+        return f" {'>' if open_minimum else '>='} {minimum:g}"
+    if maximum is not None:
+        return f" {'<' if open_maximum else '<='} {maximum:g}"
+    return ""

@@ -188,7 +188,7 @@ def test_bad_input_is_one_error_and_writes_nothing(tmp_path, capsys, case, exist
 def test_bad_options_name_the_flag(tmp_path, capsys):
     _reference(tmp_path)
     paths = _write_steps(tmp_path)
-    base = ["monitor", "--reference", str(tmp_path / "ref.safetensors"), "--rlhf", *paths, "--out-dir", str(tmp_path / "out")]
+    base = ["monitor", "--reference", str(tmp_path / "ref.safetensors"), "--rlhf", *paths, "--out-dir", str(tmp_path / "out"), "--method", "both"]
     for extra, message in [(["--eps", "-1"], "--eps"), (["--eps", "big"], "--eps"), (["--alpha", "2"], "--alpha"),
                            (["--shrinkage", "oas"], "--shrinkage"), (["--onset-threshold", "0"], "--onset-threshold"),
                            (["--min-samples", "0"], "--min-samples"), (["--min-jump", "-1"], "--min-jump")]:

@@ -68,8 +68,8 @@ def test_conversational_uses_chat_template(tmp_path, tok):
          "rejected": [{"role": "assistant", "content": "bad"}]},
     ]
     pairs = data.load_preference_data(write_jsonl(tmp_path / "c.jsonl", rows), tok)
-    rendered = tok.apply_chat_template(rows[0]["chosen"], tokenize=False)
-    assert pairs[0]["chosen_ids"] == tok(rendered)["input_ids"] + [tok.eos_token_id]
+    # the template's own tokens, as apply_chat_template(tokenize=True) and TRL give them: no EOS added
+    assert pairs[0]["chosen_ids"] == list(tok.apply_chat_template(rows[0]["chosen"], tokenize=True, return_dict=True)["input_ids"])
     assert pairs[0] == pairs[1]
 
 

@@ -29,10 +29,11 @@ def spec_head_numpy(pooled, w_enc, b_enc, w_dec, b_dec, noise, kl_mode):
     return np.array(rewards), np.array(kls), np.array(mus)
 
 
-def spec_loss_numpy(r_w, r_l, kl_w, kl_l, beta, margin):
+def spec_loss_numpy(r_w, r_l, kl_w, kl_l, beta, margin, kl_mode="standard"):
     logits = r_w - r_l - (0.0 if margin is None else margin)
     preference = np.mean(np.log1p(np.exp(-logits)))  # -logsigmoid(x) = log(1 + e^-x)
-    kl = np.mean(kl_w + kl_l)
+    # SPEC: mean over pairs of KL_w + KL_l; the authors' code: mean over all 2B rows
+    kl = np.mean(kl_w + kl_l) if kl_mode == "standard" else np.mean(np.concatenate([kl_w, kl_l]))
     return preference + beta * kl, preference, kl, np.mean(r_w > r_l)
 
 
@@ -91,7 +92,7 @@ def test_pairwise_loss_matches_spec(kl_mode, margin):
     r_w, kl_w, _ = spec_head_numpy(chosen.numpy(), *params(head), n_w.numpy(), kl_mode)
     r_l, kl_l, _ = spec_head_numpy(rejected.numpy(), *params(head), n_l.numpy(), kl_mode)
     m = margin.numpy() if isinstance(margin, torch.Tensor) else margin
-    loss, preference, kl, accuracy = spec_loss_numpy(r_w, r_l, kl_w, kl_l, beta, m)
+    loss, preference, kl, accuracy = spec_loss_numpy(r_w, r_l, kl_w, kl_l, beta, m, kl_mode)
     assert out.loss.item() == pytest.approx(loss, rel=1e-10)
     assert out.preference_loss.item() == pytest.approx(preference, rel=1e-10)
     assert out.kl.item() == pytest.approx(kl, rel=1e-10)
@@ -267,3 +268,28 @@ def test_hidden_size_must_be_positive():
 def test_reference_last_token_indices():
     mask = torch.tensor([[1, 1, 0, 0], [0, 0, 1, 1], [1, 1, 1, 1], [0, 1, 0, 0]])
     assert reference.last_token_indices(mask).tolist() == [1, 3, 3, 1]
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_non_finite_hidden_states_are_refused_unless_turned_off(bad, dtype):
+    """NaN / Inf hidden states used to give NaN rewards and loss without a word."""
+    head = InfoRMHead(12, 4)
+    hidden = torch.randn(3, 5, 12).to(dtype)
+    mask = torch.ones(3, 5, dtype=torch.long)
+    mask[1, 3:] = 0
+    hidden[1, 2, 7] = bad  # row 1's last real token
+    with pytest.raises(ValueError, match=r"hidden_states: contains 1 NaN/Inf value\(s\), first at index \(1, 7\)"):
+        head(hidden, attention_mask=mask)
+    with pytest.raises(ValueError, match="rejected_hidden: contains 1 NaN/Inf"):
+        head.pairwise_loss(hidden.nan_to_num(0.0, 0.0, 0.0), hidden, chosen_attention_mask=mask, rejected_attention_mask=mask)
+    with pytest.raises(ValueError, match="hidden_states: contains"):
+        head.latents(hidden, attention_mask=mask)
+    hidden[1, 4, 0] = bad  # a padding position: never read, so never refused
+    hidden[1, 2, 7] = 0.0
+    assert head(hidden, attention_mask=mask).reward.isfinite().all()
+    hidden[1, 2, 7] = bad
+    unchecked = InfoRMHead(12, 4, check_finite=False)
+    unchecked.load_state_dict(head.state_dict())
+    assert not unchecked(hidden, attention_mask=mask).reward[1].isfinite()
+

@@ -176,9 +176,9 @@ def test_cli_icds_end_to_end(tmp_path, capsys):
 @pytest.mark.parametrize(
     "extra, match",
     [
-        (["--eps", "0"], "eps"),
-        (["--eps", "wide"], "--eps"),
-        (["--min-samples", "0"], "min_samples"),
+        (["--eps", "0"], "--eps: "),
+        (["--eps", "wide"], "--eps: "),
+        (["--min-samples", "0"], "--min-samples: "),
     ],
 )
 def test_cli_icds_bad_input_writes_nothing(tmp_path, capsys, extra, match):

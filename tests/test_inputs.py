@@ -79,3 +79,59 @@ def test_file_errors_name_the_argument(tmp_path):
     np.save(tmp_path / "nan.npy", np.array([[np.nan, 1.0]]))
     with pytest.raises(ValueError, match="NaN/Inf"):
         load_latents(str(tmp_path / "nan.npy"))
+
+
+@pytest.mark.parametrize("value", [
+    np.ones((3, 2), dtype=np.complex64) * (1 + 2j),
+    torch.ones(3, 2, dtype=torch.complex64) * (1 + 2j),
+    np.ones((3, 2), dtype=np.complex128),  # an imaginary part of 0 is still a complex input
+], ids=["numpy complex64", "torch complex64", "numpy complex128"])
+def test_complex_latents_are_refused_not_cast(value):
+    # the cast used to drop the imaginary part with only a warning
+    with pytest.raises(ValueError, match="rlhf_latents: expected real numbers, got complex"):
+        as_latents("rlhf_latents", value)
+
+
+def test_bool_tensors_are_refused_like_bool_arrays():
+    for value in (np.ones((2, 2), dtype=bool), torch.ones(2, 2, dtype=torch.bool)):
+        with pytest.raises(ValueError, match="x: expected a numeric"):
+            as_latents("x", value)
+
+
+@pytest.mark.parametrize("dtype", [">f4", ">f8", ">i4", "<f4"])
+def test_any_byte_order_is_read(tmp_path, dtype):
+    values = np.random.default_rng(0).normal(size=(7, 3)) * 100
+    np.save(tmp_path / "x.npy", values.astype(dtype))
+    loaded = load_latents(str(tmp_path / "x.npy"), name="--rlhf")
+    torch.testing.assert_close(loaded.double(), torch.from_numpy(values.astype(dtype).astype(np.float64)), rtol=0, atol=0)
+
+
+def test_numpy_scalars_are_numbers():
+    """np.float32(0.5) is a number a user passes without thinking; only Python floats were taken."""
+    from inform_fast import InfoRMHead, MahalanobisScorer, ibl_penalty, icds, mop
+
+    rng = np.random.default_rng(0)
+    reference, rlhf = rng.normal(size=(200, 4)), rng.normal(size=(50, 4))
+    assert icds(rlhf, reference, eps=np.float32(0.5)).eps == 0.5
+    assert icds(rlhf, reference, eps=0.5).score == icds(rlhf, reference, eps=np.float64(0.5)).score
+    assert mop(rlhf, reference, alpha=np.float32(0.25)).alpha == 0.25
+    scorer = MahalanobisScorer(eps=np.float32(1e-3), shrinkage=np.float16(0.5)).fit(reference)
+    assert scorer.eps == pytest.approx(1e-3) and scorer.shrinkage == 0.5
+    rewards = torch.zeros(50)
+    torch.testing.assert_close(ibl_penalty(rewards, rlhf, scorer, coef=np.float32(0.5)), ibl_penalty(rewards, rlhf, scorer, coef=0.5))
+    head = InfoRMHead(6, 3)
+    hidden = torch.randn(4, 6)
+    assert head.pairwise_loss(hidden, hidden.flip(0), beta=np.float32(0.1), margin=np.int64(1)).loss.isfinite()
+    for bad in (np.bool_(True), True, np.float32("nan"), np.complex64(1), "0.5"):
+        with pytest.raises(ValueError, match="^eps: expected a"):
+            icds(rlhf, reference, eps=bad)
+
+
+def test_automatic_eps_errors_name_the_callers_argument():
+    from inform_fast import icds
+    from inform_fast.detect.icds import auto_eps
+
+    with pytest.raises(ValueError, match=r"^rlhf_latents: automatic eps needs at least 2 latents"):
+        icds(np.zeros((1, 3)), np.random.default_rng(0).normal(size=(50, 3)), eps="auto")
+    with pytest.raises(ValueError, match=r"^reference: automatic eps needs at least 2 latents"):
+        auto_eps(np.zeros((1, 3)), name="reference")

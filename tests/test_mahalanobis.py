@@ -196,7 +196,9 @@ def test_singular_covariance_says_shrinkage_fixes_it():
     with pytest.raises(ValueError, match="singular.*shrinkage='ledoit_wolf'"):
         MahalanobisScorer().fit(few)
     with pytest.raises(ValueError, match="reference_latents.*10 reference latents for 20 dimensions"):
-        mop(_data(5, 20), few)
+        mop(_data(5, 20), few, pvalues="chi2")
+    with pytest.raises(ValueError, match="reference_latents.*5 reference latents for 20 dimensions"):
+        mop(_data(5, 20), few)  # empirical p-values fit on half of the reference
     constant = _data(100, 5)
     constant[:, 3] = 1.25
     with pytest.raises(ValueError, match=r"dimension\(s\) \[3\] are constant.*shrinkage"):
@@ -251,13 +253,13 @@ def test_bad_input():
 def test_mop_score_and_reuse():
     reference = _data(800, 6)
     rlhf = np.concatenate([_data(150, 6, seed=3), _data(50, 6, seed=4) + 6.0])
-    result = mop(rlhf, reference, alpha=0.05, eps=0.0)
+    result = mop(rlhf, reference, alpha=0.05, eps=0.0, pvalues="chi2")
     d2 = _numpy_d2(reference, rlhf)
     p = scipy.stats.chi2.sf(d2, 6)
     np.testing.assert_allclose(result.pvalues.numpy(), p, rtol=1e-5, atol=1e-12)
     assert result.score == pytest.approx(np.mean(p < 0.05))
     assert result.n_outliers >= 50 and result.alpha == 0.05
-    again = mop(rlhf, alpha=0.05, scorer=result.scorer)
+    again = mop(rlhf, alpha=0.05, scorer=result.scorer, pvalues="chi2")
     assert again.score == result.score
     summary = result.summary()
     assert summary["n_reference"] == 800 and summary["latent_dim"] == 6
@@ -362,7 +364,7 @@ def test_nan_inf_tensor_found_from_the_result(value):
     with pytest.raises(ValueError, match=r"queries: contains 1 NaN/Inf value\(s\), first at index \(7, 5\)"):
         scorer.distance(x, name="queries")
     with pytest.raises(ValueError, match="rlhf_latents: contains"):
-        mop(x, scorer=scorer)
+        mop(x, scorer=scorer, pvalues="chi2")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -324,3 +324,82 @@ def test_bad_input_errors():
         model(ids[:1], position_ids=torch.arange(7)[None])
     with pytest.raises(ValueError, match="num_pairs"):
         model.packed_pairwise_loss(ids[:1], torch.arange(7)[None], num_pairs=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Auto classes in fresh processes (issue 12 item 4)
+
+_AUTO_SCRIPTS = {
+    # `import inform_fast` and nothing else: the Auto classes give the full reward model
+    "import_inform_fast": """
+import inform_fast
+from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification
+config = AutoConfig.from_pretrained(PATH)
+assert type(config).__module__ == "inform_fast.configuration", type(config)
+for auto in (AutoModel, AutoModelForSequenceClassification):
+    model = auto.from_pretrained(PATH).eval()
+    assert type(model).__name__ == "InfoRMForRewardModel" and type(model).__module__ == "inform_fast.modeling", type(model)
+    check(model)
+""",
+    # Transformers imported first, its Auto classes touched before inform_fast is imported
+    "transformers_first": """
+from transformers import AutoModelForSequenceClassification
+assert AutoModelForSequenceClassification.__name__
+import inform_fast
+model = AutoModelForSequenceClassification.from_pretrained(PATH).eval()
+check(model)
+""",
+    # never imported: Transformers asks for trust_remote_code (not to upgrade itself), and with it
+    # loads the very class of the installed package; saving again keeps the folder loadable
+    "no_import": """
+from transformers import AutoModel
+try:
+    AutoModel.from_pretrained(PATH)
+    raise SystemExit("loaded without trust_remote_code")
+except ValueError as error:
+    assert "trust_remote_code" in str(error) and "upgrade" not in str(error), str(error)
+model = AutoModel.from_pretrained(PATH, trust_remote_code=True).eval()
+import inform_fast.modeling
+assert type(model) is inform_fast.modeling.InfoRMForRewardModel, type(model)
+check(model)
+model.save_pretrained(PATH + "-again")
+import json, os
+assert sorted(os.listdir(PATH + "-again")) == ["config.json", "inform_fast_auto.py", "model.safetensors"], os.listdir(PATH + "-again")
+assert json.load(open(PATH + "-again/config.json"))["auto_map"]["AutoModel"] == "inform_fast_auto.InfoRMForRewardModel"
+check(AutoModel.from_pretrained(PATH + "-again", trust_remote_code=True).eval())
+""",
+}
+
+
+def test_auto_classes_in_fresh_processes(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    model = make_model("qwen2", latent_dim=6)
+    model.save_pretrained(tmp_path / "rm")
+    assert json.loads((tmp_path / "rm" / "config.json").read_text())["auto_map"]["AutoConfig"] == "inform_fast_auto.InfoRMConfig"
+    ids, mask = pad(ragged())
+    with torch.no_grad():
+        expected = model(ids, attention_mask=mask).logits
+    torch.save({"ids": ids, "mask": mask, "expected": expected}, tmp_path / "batch.pt")
+    prelude = (
+        "import torch\n"
+        f"PATH = {str(tmp_path / 'rm')!r}\n"
+        f"BATCH = torch.load({str(tmp_path / 'batch.pt')!r})\n"
+        "def check(model):\n"
+        "    with torch.no_grad():\n"
+        "        got = model(BATCH['ids'], attention_mask=BATCH['mask']).logits\n"
+        "    torch.testing.assert_close(got, BATCH['expected'], rtol=1e-5, atol=1e-5)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["HF_MODULES_CACHE"] = str(tmp_path / "hf_modules")  # where trust_remote_code copies inform_fast_auto.py
+    env["HF_HUB_OFFLINE"] = "1"
+    runs = {}
+    for name, body in _AUTO_SCRIPTS.items():  # in parallel: each pays the imports of torch and transformers
+        runs[name] = subprocess.Popen([sys.executable, "-c", prelude + body], cwd=tmp_path, env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for name, run in runs.items():
+        _, stderr = run.communicate(timeout=300)
+        assert run.returncode == 0, f"{name}:\n{stderr[-3000:]}"

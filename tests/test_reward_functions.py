@@ -24,9 +24,10 @@ def model(tok):
 
 
 def one_by_one(model, tok, texts):
+    """(reward, mu) of each text (or token list), one forward each."""
     out = []
     for text in texts:
-        r, m = model.score(torch.tensor([data.encode(tok, text)]))
+        r, m = model.score(torch.tensor([text if isinstance(text, list) else data.encode(tok, text)]))
         out.append((r[0], m[0]))
     return out
 
@@ -66,8 +67,8 @@ def test_trl_reward_func_conversational_and_penalty(tok, model):
     penalised = make_trl_reward_func(model, tok, batch_size=3, ibl_penalty=penalty, monitor=monitor, name="rm")(
         prompts=prompts, completions=completions, log_metric=lambda k, v: logged.__setitem__(k, v))
     assert seen["shapes"] == ((5,), (5, 6))
-    texts = [tok.apply_chat_template(p + c, tokenize=False) for p, c in zip(prompts, completions)]
-    expected = one_by_one(model, tok, texts)
+    conversations = [data.encode_conversation(tok, p + c) for p, c in zip(prompts, completions)]
+    expected = one_by_one(model, tok, conversations)
     for i, (r, m) in enumerate(expected):
         assert plain[i] == pytest.approx(r.item(), abs=1e-5)
         assert penalised[i] == pytest.approx(r.item() - 0.5 * m.norm().item(), abs=1e-5)
@@ -146,9 +147,90 @@ def test_overoptimization_monitor_as_the_reward_function_hook(tok, model):
     assert monitor.history[0]["n_latents"] == 5 and monitor.history[1]["n_latents"] == 15
     assert logs[3]["inform/mop"] == monitor.history[1]["mop"]
 
-    # OpenRLHF passes no step: the count of reward batches is the step
+    # OpenRLHF passes no step: the count of reward batches is the step; the keys never change
     counted = OverOptimizationMonitor(torch.randn(300, 6), every=2, method="mop")
     openrlhf = make_openrlhf_reward_func(model, tok, monitor=counted)
     outs = [openrlhf([p + c for p, c in zip(PROMPTS, COMPLETIONS)]) for _ in range(3)]
     assert [r["step"] for r in counted.history] == [0, 2]
-    assert "inform_mop" in outs[0]["extra_logs"] and "inform_mop" not in outs[1]["extra_logs"]
+    assert all(set(o["extra_logs"]) == set(outs[0]["extra_logs"]) for o in outs)
+    assert [float(o["extra_logs"]["inform_evaluated"][0]) for o in outs] == [1.0, 0.0, 1.0]
+    assert float(outs[1]["extra_logs"]["inform_mop"][0]) == counted.history[0]["mop"]  # the latest value, carried
+
+
+# --- OpenRLHF's contract, in our words -------------------------------------------------------
+# OpenRLHF/OpenRLHF (commit 3c3be62, 2026-08): openrlhf/utils/agent.py,
+# SingleTurnAgentExecutor.execute and _fetch_rewards_via_func: every sample's reward comes from
+# its own coroutine, which calls reward_func([query], [prompt], [label]) through
+# asyncio.to_thread (so from worker threads, concurrently) and turns any exception into a
+# missing reward (logged at info level). openrlhf/trainer/ppo_utils/samples_generator.py,
+# _process_response_into_experience: each extra_logs value becomes info[key] =
+# tensor([value.flatten()[0].item()]). openrlhf/trainer/ppo_utils/experience.py,
+# Experience._merge_item / concat_experiences merge the samples' info dicts key by key, and
+# split_experience_batch then requires len(info[key]) == batch size for every key ("Size of
+# info[k] (2) does not match batch_size (8)").
+
+
+def _openrlhf_rollout(reward_func, queries, prompts):
+    import asyncio
+
+    async def one_sample(query, prompt):
+        output = {"reward": None, "extra_logs": {}}
+        try:
+            (info,) = await asyncio.gather(asyncio.to_thread(reward_func, [query], [prompt], [None]))
+            output.update(reward=info.get("rewards"), extra_logs=info.get("extra_logs") or {})
+        except Exception as error:  # OpenRLHF logs it and goes on without a reward
+            output["error"] = repr(error)
+        return output
+
+    async def all_samples():
+        return await asyncio.gather(*(one_sample(q, p) for q, p in zip(queries, prompts)))
+
+    return asyncio.run(all_samples())
+
+
+def _openrlhf_batch_info(outputs):
+    per_sample = []
+    for output in outputs:
+        info = {}
+        for key, value in output["extra_logs"].items():
+            if isinstance(value, torch.Tensor):
+                value = value.flatten()[0].item()
+            info[key] = torch.tensor([value])
+        per_sample.append(info)
+    merged = {}
+    for info in per_sample:  # Experience._merge_item on a list of dicts
+        for key, value in info.items():
+            merged.setdefault(key, []).append(value)
+    merged = {key: torch.cat(values) for key, values in merged.items()}
+    for key, value in merged.items():  # split_experience_batch's check
+        if len(value) != len(outputs):
+            raise ValueError(f"Size of info[{key}] ({len(value)}) does not match batch_size ({len(outputs)})")
+    return merged
+
+
+@pytest.mark.parametrize("every", [1, 4])
+def test_openrlhf_threaded_per_sample_calls_with_the_monitor(tok, model, every):
+    # the monitor as docs/detection.md configures it, fed one sample per call from threads
+    from inform_fast.detect.monitor import OverOptimizationMonitor
+    from inform_fast.integrations.openrlhf import make_openrlhf_reward_func
+
+    torch.manual_seed(every)
+    reference = model.latents(torch.randint(4, len(tok), (300, 6))) + 0.05 * torch.randn(300, 6)
+    monitor = OverOptimizationMonitor(reference, every=every, method="both", icds_kwargs={"eps": "auto"})
+    func = make_openrlhf_reward_func(model, tok, monitor=monitor, ibl_penalty=lambda r, z: r - 0.1)
+    words = ["good", "answer", "no", "yes", "great", "thanks", "red", "three", "the", "cat"]
+    prompts = [PROMPTS[i % 5] for i in range(25)]
+    queries = [p + " " + " ".join(words[(3 * i + k) % 10] for k in range(1 + i % 4)) for i, p in enumerate(prompts)]
+    outputs = _openrlhf_rollout(func, queries, prompts)
+    assert [o.get("error") for o in outputs] == [None] * 25
+    expected = torch.stack([r for r, _ in one_by_one(model, tok, queries)])
+    got = torch.stack([o["reward"][0] for o in outputs])
+    torch.testing.assert_close(got, expected - 0.1, atol=1e-5, rtol=1e-4)
+    info = _openrlhf_batch_info(outputs)
+    assert {"inform_raw_reward", "inform_ibl_penalty", "inform_icds", "inform_icds_normalized", "inform_mop",
+            "inform_onset", "inform_evaluated"} <= set(info)
+    # every latent was either evaluated or is still buffered: none lost or counted twice by the threads
+    assert monitor.history and sum(r["n_latents"] for r in monitor.history) + monitor._buffered == 25
+    assert int(info["inform_evaluated"].sum()) == len(monitor.history)
+    # the first evaluation waits for min_samples (5) latents: the 4 calls before it report NaN
+    assert monitor.min_latents == 5 and int(torch.isnan(info["inform_mop"]).sum()) == 4

@@ -134,3 +134,48 @@ def test_trl_reward_trainer_takes_raw_text(tmp_path, tok):
     assert "kl" in trainer.state.log_history[0]
     with pytest.raises(ValueError, match="model"):
         InfoRMRewardTrainer(model="some/name", args=args, train_dataset=raw, processing_class=tok)
+
+
+@pytest.mark.parametrize("trainer_kind", ["hf", "trl"])
+def test_monitor_callback_keeps_the_trainers_own_logs(tmp_path, tok, trainer_kind):
+    # issue 12 item 2: the monitor's scores used to be logged from inside on_step_end, which
+    # reset the Trainer's should_log: its loss / grad_norm / learning_rate of that step were lost
+    from transformers import TrainerCallback, TrainingArguments
+
+    from inform_fast.detect.monitor import OverOptimizationMonitor
+
+    class ReportingIntegration(TrainerCallback):  # stands for wandb / tensorboard: sees `logs` in on_log
+        def __init__(self):
+            self.seen = []
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            self.seen.append(dict(logs))
+
+    reporter = ReportingIntegration()
+    model = make_model(tok, latent_dim=6)
+    common = dict(output_dir=str(tmp_path), max_steps=6, per_device_train_batch_size=4, logging_steps=3, report_to=[],
+                  save_strategy="no", disable_tqdm=True, use_cpu=True)
+    if trainer_kind == "hf":
+        from inform_fast.integrations.hf_trainer import InfoRMTrainer
+
+        trainer = InfoRMTrainer(model=model, args=TrainingArguments(**common), train_dataset=data.PreferenceDataset(synthetic_pairs(tok, n=24)),
+                                processing_class=tok, callbacks=[reporter])
+    else:
+        pytest.importorskip("trl")
+        from inform_fast.integrations.trl import InfoRMRewardTrainer, RewardConfig
+
+        trainer = InfoRMRewardTrainer(model=model, args=RewardConfig(**common, dataset_num_proc=None),
+                                      train_dataset=data.to_hf_dataset(synthetic_pairs(tok, n=24)), processing_class=tok,
+                                      callbacks=[reporter])
+    torch.manual_seed(0)
+    monitor = OverOptimizationMonitor(torch.randn(300, 6), every=2, method="mop")
+    monitor.trainer_callback(lambda step: torch.randn(40, 6)).attach(trainer)
+    trainer.train()
+    logs = [entry for entry in trainer.state.log_history if "train_runtime" not in entry]
+    assert [entry["step"] for entry in logs] == [2, 3, 4, 6]  # logging steps 3, 6 and the monitor's 2, 4, 6
+    for entry in logs:
+        assert {"loss", "grad_norm", "learning_rate", "kl"} <= set(entry), entry
+        assert ("inform/mop" in entry) == (entry["step"] % 2 == 0), entry
+    assert [r["step"] for r in monitor.history] == [2, 4, 6]
+    seen = [entry for entry in reporter.seen if "train_runtime" not in entry]
+    assert [("inform/mop" in entry, "loss" in entry) for entry in seen] == [(True, True), (False, True), (True, True), (True, True)]

@@ -12,14 +12,16 @@ def add_arguments(parser) -> None:
         "--drop-bias", action="store_true",
         help="export even if the folded constant (head bias / reward_mean) cannot be stored; rewards shift by it",
     )
-    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --output folder")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace a previous export in --output (a folder holding anything else is refused)")
 
 
 def run(args) -> int:
     from inform_fast.export import export_from_directory
+    from inform_fast.loading import resolve_model
 
     path = export_from_directory(
-        args.model, args.output, pad_token_id=args.pad_token_id, drop_bias=args.drop_bias, overwrite=args.overwrite
+        resolve_model(args.model, local_only=True), args.output, pad_token_id=args.pad_token_id, drop_bias=args.drop_bias, overwrite=args.overwrite
     )
     print(f"exported stock sequence classifier to {path}")
     return 0

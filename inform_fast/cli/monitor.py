@@ -4,7 +4,9 @@ Given the reference (SFT) latents and the policy's latents saved at several RL s
 ICDS and/or MOP at every step with ``OverOptimizationMonitor`` (``every=1``), applies its onset
 rule and writes the monitor's ``history.json`` and ``history.png`` into ``--out-dir``.
 
-* ``--rlhf`` takes several files; a quoted glob pattern is expanded here (sorted).
+* ``--rlhf`` takes several files; a quoted glob pattern is expanded here (sorted). The rewards file
+  ``inform-fast score --output X.npy`` writes beside the latents (``X.rewards.npy``) is left out
+  when ``X.npy`` is among the files, so ``--rlhf latents/step_*.npy`` takes score's outputs as they are.
 * Steps come from ``--steps`` (one per file, in the order the files are given) or else from the
   last integer in each file name (``step_0200.npy`` -> 200); files are evaluated in step order.
 * ``--eps auto`` picks the DBSCAN radius once, on the reference set, and uses it at every step so
@@ -12,6 +14,8 @@ rule and writes the monitor's ``history.json`` and ``history.png`` into ``--out-
 * Every file's shape is checked from its header (.npy, .safetensors) before the first evaluation,
   and the results are written only at the end, both files atomically: an error leaves nothing in
   ``--out-dir`` (a folder this command created is removed again).
+* A reference whose latents have collapsed onto about one direction gets a note suggesting
+  ``--shrinkage`` (not when it is given).
 """
 from __future__ import annotations
 
@@ -19,10 +23,12 @@ import glob
 import os
 import re
 import sys
+import warnings
 
 HELP = "run the overoptimization monitor over saved checkpoint latents: ICDS/MOP per step, onset, JSON + PNG"
 
 _GLOB_CHARS = set("*?[")
+_SCORE_REWARDS = ".rewards.npy"
 _INTEGER = re.compile(r"\d+")
 
 
@@ -32,19 +38,26 @@ def add_arguments(parser) -> None:
                         help="policy latents [n, L] at each step: several files, or a quoted glob pattern (expanded, sorted)")
     parser.add_argument("--steps", type=int, nargs="+", default=None,
                         help="the step of each --rlhf file, in the same order (default: the last integer in each file name)")
-    parser.add_argument("--method", choices=["icds", "mop", "both"], default="both", help="score(s) to watch (default both)")
+    parser.add_argument(
+        "--method", choices=["calibrated", "both", "all", "icds", "mop", "kop", "excess_icds"], default="calibrated",
+        help="score(s) to watch: calibrated (default: KOP with its rank shift, and excess ICDS), both (the papers' ICDS "
+             "and MOP), all, or one of them (docs/detection.md)",
+    )
     parser.add_argument("--eps", default="0.5",
                         help="ICDS DBSCAN radius (> 0) or 'auto' (chosen once on the reference set); default 0.5")
     parser.add_argument("--min-samples", type=int, default=5, help="ICDS DBSCAN min_samples (default 5)")
-    parser.add_argument("--alpha", type=float, default=0.01, help="MOP p-value level of an outlier (default 0.01)")
+    parser.add_argument("--alpha", type=float, default=0.01, help="MOP / KOP p-value level of an outlier (default 0.01)")
+    parser.add_argument("--pvalues", choices=["empirical", "chi2"], default="empirical",
+                        help="MOP p-values: empirical (default, calibrated on half the reference) or chi2")
+    parser.add_argument("--k", type=int, default=10, help="KOP: distance to the k-th nearest reference latent (default 10)")
     parser.add_argument("--shrinkage", default=None, help="MOP covariance shrinkage: none (default), ledoit_wolf, or a float in [0, 1]")
     parser.add_argument("--onset-threshold", type=float, default=10.0,
-                        help="onset when a score's jump exceeds this many times the mean earlier jump (default 10)")
+                        help="onset when a score's rise exceeds this many times the mean earlier jump (default 10; falls never fire)")
     parser.add_argument("--score-threshold", type=float, default=None,
                         help="also flag the onset when a watched score (ICDS/n, MOP) exceeds this value")
-    parser.add_argument("--min-jump", type=float, default=1e-12,
-                        help="floor of the mean earlier jump in the onset rule (default 1e-12): set it to the smallest "
-                             "change of the score that matters, so that a change after a flat stretch does not fire")
+    parser.add_argument("--min-jump", type=float, default=None,
+                        help="floor of the mean earlier jump in the onset rule (default: each score's noise floor, "
+                             "see docs/detection.md): the smallest change of the score that matters")
     parser.add_argument("--key", default=None, help="tensor name inside .safetensors/.pt files (default: mu, latents, or the only one)")
     parser.add_argument("--out-dir", required=True, help="folder for history.json and history.png (created if missing)")
 
@@ -63,7 +76,20 @@ def expand_files(patterns) -> list:
     for path in files:
         if not os.path.isfile(path):
             raise ValueError(f"--rlhf: file not found: {path}")
-    return files
+    return without_score_rewards(files)
+
+
+def without_score_rewards(files: list) -> list:
+    """``files`` less each ``X.rewards.npy`` whose ``X.npy`` is there too: the rewards that
+    ``inform-fast score --output X.npy`` writes beside the latents, which a shell glob such as
+    ``step_*.npy`` also matches."""
+    given = {os.path.abspath(path) for path in files}
+    kept = []
+    for path in files:
+        if path.endswith(_SCORE_REWARDS) and os.path.abspath(path[: -len(_SCORE_REWARDS)] + ".npy") in given:
+            continue
+        kept.append(path)
+    return kept
 
 
 def step_from_name(path: str) -> int:
@@ -137,39 +163,48 @@ def _format_ratio(value) -> str:
     return "-" if value is None else f"{value:.3g}"
 
 
+SHORT_LABELS = {"icds_normalized": "ICDS/n", "mop": "MOP", "mop_shift": "MOP shift", "kop": "KOP",
+                "kop_shift": "KOP shift", "excess_icds_normalized": "excess ICDS/n", "excess_fraction": "excess share"}
+
+
 def step_line(record: dict, watched) -> str:
     parts = [f"step {record['step']:>8}", f"n {record['n_latents']:>7}"]
-    if "icds_normalized" in record:
-        parts.append(f"ICDS/n {record['icds_normalized']:.4g}")
-    if "mop" in record:
-        parts.append(f"MOP {record['mop']:.4f}")
-    labels = {"icds_normalized": "ICDS/n", "mop": "MOP"}
     for metric in watched:
-        label = "jump" if len(watched) == 1 else f"jump {labels[metric]}"
-        parts.append(f"{label} {_format_ratio(record.get(metric + '_jump_ratio'))}")
+        parts.append(f"{SHORT_LABELS.get(metric, metric)} {record[metric]:.4g}")
+    for metric in watched:
+        label = "jump" if len(watched) == 1 else f"jump {SHORT_LABELS.get(metric, metric)}"
+        parts.append(f"{label} {_format_ratio(record.get(f'{metric}_jump_ratio'))}")
     parts.append("ONSET" if record["onset"] else "-")
     return "  ".join(parts)
 
 
 def write_outputs(monitor, out_dir: str) -> tuple:
-    """history.json and history.png in ``out_dir``, both or neither; a folder made here is removed on error."""
-    from inform_fast._io import atomic_path
+    """history.json and history.png in ``out_dir``, both or neither; a folder made here is removed on
+    error. The JSON is ``monitor.save``'s content as strict JSON (an infinite jump ratio, after a
+    flat stretch with ``--min-jump 0``, is null instead of ``Infinity``)."""
+    from inform_fast._io import atomic_paths, json_text, new_folders
 
-    created = not os.path.exists(out_dir)
-    os.makedirs(out_dir, exist_ok=True)
     json_path, png_path = os.path.join(out_dir, "history.json"), os.path.join(out_dir, "history.png")
-    try:
-        with atomic_path(json_path, "--out-dir") as json_temp, atomic_path(png_path, "--out-dir") as png_temp:
-            monitor.save(json_temp)
-            monitor.plot(png_temp)
-    except BaseException:
-        if created:
-            try:
-                os.rmdir(out_dir)
-            except OSError:
-                pass
-        raise
+    with new_folders(out_dir, "--out-dir"), atomic_paths([json_path, png_path], "--out-dir") as (json_temp, png_temp):
+        with open(json_temp, "w") as handle:
+            handle.write(json_text(monitor.to_dict()))
+        monitor.plot(png_temp)
     return json_path, png_path
+
+
+def collapse_note(monitor, shrinkage) -> str:
+    """A note when the reference latents use about one direction and MOP runs without shrinkage
+    (the monitor's own warning names its Python keyword; this names the option), else ''."""
+    from inform_fast.detect.monitor import COLLAPSED_RATIO
+
+    spectrum = monitor.reference_spectrum
+    dim = monitor.reference.shape[1]
+    if spectrum is None or shrinkage is not None or dim < 4 or not spectrum["participation_ratio"] < COLLAPSED_RATIO:
+        return ""
+    return (f"note: the reference latents use about {spectrum['participation_ratio']:.1f} of their {dim} directions "
+            f"({spectrum['top_share']:.0%} of the variance on the top one): MOP then mixes noise from the squeezed "
+            "directions with how far responses go along that one; consider --shrinkage 0.1 and --method both "
+            "(docs/detection.md)")
 
 
 def run(args) -> int:
@@ -185,7 +220,10 @@ def run(args) -> int:
     # ---- arguments, before any file is read
     if os.path.exists(args.out_dir) and not os.path.isdir(args.out_dir):
         raise ValueError(f"--out-dir: {args.out_dir} exists and is not a folder")
-    uses_icds, uses_mop = args.method in ("icds", "both"), args.method in ("mop", "both")
+    from inform_fast.detect.monitor import METHOD_GROUPS
+
+    methods = METHOD_GROUPS.get(args.method, (args.method,))
+    uses_icds, uses_mop, uses_kop = "icds" in methods, "mop" in methods, "kop" in methods
     eps = parse_eps(args.eps)
     if uses_icds and eps != "auto":
         try:
@@ -196,13 +234,10 @@ def run(args) -> int:
         raise ValueError(f"--min-samples: expected an integer >= 1, got {args.min_samples}")
     if not args.onset_threshold > 0:
         raise ValueError(f"--onset-threshold: expected a number > 0, got {args.onset_threshold}")
-    if not args.min_jump >= 0:
-        raise ValueError(f"--min-jump: expected a number >= 0, got {args.min_jump}")
-    try:
-        check_alpha(args.alpha)
-        shrinkage = _check_shrinkage(args.shrinkage)
-    except ValueError as error:
-        raise ValueError(f"--{str(error)}") from None
+    if args.min_jump is not None and not 0 <= args.min_jump < float("inf"):
+        raise ValueError(f"--min-jump: expected a finite number >= 0, got {args.min_jump}")
+    check_alpha(args.alpha)  # the library's errors name alpha:, shrinkage:; the command line says --alpha:
+    shrinkage = _check_shrinkage(args.shrinkage)
     pairs = assign_steps(expand_files(args.rlhf), args.steps)
 
     # ---- inputs: the reference, then every file's header
@@ -218,19 +253,26 @@ def run(args) -> int:
         if eps == "auto":
             from inform_fast.detect.icds import auto_eps
 
-            eps = auto_eps(reference, min_samples=args.min_samples)
+            eps = auto_eps(reference, min_samples=args.min_samples, name="--reference")
             print(f"eps auto: {eps:.6g} (chosen once on the {reference.shape[0]} reference latents, used at every step)")
         icds_kwargs = {"eps": float(eps), "min_samples": args.min_samples}
-    monitor = OverOptimizationMonitor(
-        reference,
-        every=1,
-        method=args.method,
-        icds_kwargs=icds_kwargs,
-        mop_kwargs={"alpha": args.alpha, "shrinkage": shrinkage} if uses_mop else {},
-        onset_threshold=args.onset_threshold,
-        score_threshold=args.score_threshold,
-        min_jump=args.min_jump,
-    )
+    with warnings.catch_warnings():
+        # the library's collapse warning names its keyword (mop_kwargs=...): collapse_note names the option
+        warnings.filterwarnings("ignore", message="reference_latents use about")
+        monitor = OverOptimizationMonitor(
+            reference,
+            every=1,
+            method=args.method,
+            icds_kwargs=icds_kwargs,
+            mop_kwargs={"alpha": args.alpha, "shrinkage": shrinkage, "pvalues": args.pvalues} if uses_mop else {},
+            kop_kwargs={"alpha": args.alpha, "k": args.k} if uses_kop else {},
+            onset_threshold=args.onset_threshold,
+            score_threshold=args.score_threshold,
+            min_jump=args.min_jump,
+        )
+    note = collapse_note(monitor, shrinkage)
+    if note:
+        print(note, file=sys.stderr)
 
     # ---- evaluation, in memory; nothing is written until every step is done
     with tqdm(total=len(pairs), desc="monitor", unit="step", disable=None, leave=False, file=sys.stderr) as bar:

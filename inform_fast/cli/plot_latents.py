@@ -7,9 +7,8 @@ cluster centroids with black-edged stars. Written to a temporary file, then rena
 """
 from __future__ import annotations
 
-import os
 
-from inform_fast._io import atomic_path
+from inform_fast._io import atomic_path, check_output_path
 
 HELP = "PNG map of reference vs RLHF latents, clusters and outliers marked"
 
@@ -37,9 +36,7 @@ def run(args) -> int:
 
     if not args.out.lower().endswith(".png"):
         raise ValueError(f"--out: expected a .png path, got {args.out!r}")
-    folder = os.path.dirname(os.path.abspath(args.out))
-    if not os.path.isdir(folder):
-        raise ValueError(f"--out: folder does not exist: {folder}")
+    check_output_path(args.out, "--out")
     eps = parse_eps(args.eps)
     rlhf = load_latents(args.rlhf, key=args.key, name="--rlhf")
     reference = load_latents(args.reference, key=args.key, name="--reference")

@@ -12,15 +12,19 @@ Outputs (float32, row i = data row i):
 * ``FILE.npy``: ``mu`` [N, L] in ``FILE.npy`` and ``rewards`` [N] in ``FILE.rewards.npy``
   (both ``numpy.lib.format.open_memmap`` files, loadable with ``np.load(..., mmap_mode="r")``).
 
-Everything is written under temporary names in the output's folder and renamed at the end; a bad
-row stops the command with its file and row number and leaves no output.
+Everything is written under temporary names in the output's folder (``inform_fast._io``) and
+renamed at the end, both .npy files together; a bad row, a full disk (the space is reserved before
+scoring starts), Ctrl-C or SIGTERM stop the command with one line and leave no output and any
+previous output unchanged. The headers are written last: a temporary file left by SIGKILL is not
+a loadable .npy / .safetensors file.
 """
 from __future__ import annotations
 
+import errno
+import io
 import json
 import os
 import struct
-import tempfile
 from pathlib import Path
 from typing import Optional
 
@@ -45,32 +49,83 @@ def _npy_rewards_path(path: Path) -> Path:
     return path.with_name(path.name[: -len(".npy")] + ".rewards.npy")
 
 
-class _SafetensorsWriter:
-    """A safetensors file with ``rewards`` [N] and ``mu`` [N, L] float32 whose data region is a
-    memory map filled in place (header first, so no second pass and no full copy in memory)."""
+def output_paths(output) -> list:
+    """The files ``--output`` stands for: [FILE.safetensors] or [FILE.npy, FILE.rewards.npy]."""
+    output = Path(output)
+    suffix = output.suffix.lower()
+    if suffix not in (".safetensors", ".npy"):
+        raise ValueError(f"--output: must end with .safetensors or .npy, got {output.name}")
+    return [output] if suffix == ".safetensors" else [output, _npy_rewards_path(output)]
 
-    def __init__(self, path: Path, rows: int, latent_dim: int):
-        reward_bytes = 4 * rows
-        mu_bytes = 4 * rows * latent_dim
-        header = {
-            "rewards": {"dtype": "F32", "shape": [rows], "data_offsets": [0, reward_bytes]},
-            "mu": {"dtype": "F32", "shape": [rows, latent_dim], "data_offsets": [reward_bytes, reward_bytes + mu_bytes]},
-            "__metadata__": {"format": "pt", "producer": "inform-fast score"},
-        }
-        blob = json.dumps(header, separators=(",", ":")).encode()
-        blob += b" " * ((-len(blob)) % 8)  # keep the data region 8-byte aligned
-        with open(path, "wb") as handle:
-            handle.write(struct.pack("<Q", len(blob)))
-            handle.write(blob)
-            handle.truncate(8 + len(blob) + reward_bytes + mu_bytes)
-        start = 8 + len(blob)
-        self.rewards = np.memmap(path, dtype="<f4", mode="r+", offset=start, shape=(rows,)) if rows else np.zeros(0, "<f4")
-        self.mu = np.memmap(path, dtype="<f4", mode="r+", offset=start + reward_bytes, shape=(rows, latent_dim))
 
-    def flush(self):
-        for array in (self.rewards, self.mu):
-            if isinstance(array, np.memmap):
-                array.flush()
+def _reserve(fd: int, size: int) -> None:
+    """Give the file ``size`` bytes of real disk space now: a full disk fails here with ENOSPC,
+    instead of killing the process with SIGBUS when the memory map first touches a page the disk
+    has no room for (what a sparse file does)."""
+    if hasattr(os, "posix_fallocate"):
+        try:
+            os.posix_fallocate(fd, 0, size)
+            return
+        except OSError as error:
+            if error.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                raise
+    os.ftruncate(fd, size)  # no fallocate here: a sparse file (a full disk may still end in SIGBUS)
+
+
+class _ArrayFile:
+    """A file of float32 arrays filled in place: disk space reserved up front, the arrays written
+    through memory maps, and the header (``header`` bytes at offset 0) written last, so that a file
+    cut short by SIGKILL is not a valid .npy / .safetensors file."""
+
+    def __init__(self, path: str, header: bytes, shapes: list):
+        self.path, self.header = path, header
+        sizes = [4 * int(np.prod(shape)) for shape in shapes]
+        fd = os.open(path, os.O_RDWR)
+        try:
+            _reserve(fd, len(header) + sum(sizes))
+        finally:
+            os.close(fd)
+        offset = len(header)
+        self.arrays = []
+        for shape, size in zip(shapes, sizes):
+            self.arrays.append(np.memmap(path, dtype="<f4", mode="r+", offset=offset, shape=tuple(shape)))
+            offset += size
+
+    def finish(self) -> None:
+        for array in self.arrays:
+            array.flush()
+        self.arrays = []
+        with open(self.path, "r+b") as handle:
+            handle.write(self.header)
+
+
+def _npy_header(shape) -> bytes:
+    buffer = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buffer, {"descr": "<f4", "fortran_order": False, "shape": tuple(shape)})
+    return buffer.getvalue()
+
+
+def _safetensors_header(rows: int, latent_dim: int) -> bytes:
+    reward_bytes = 4 * rows
+    header = {
+        "rewards": {"dtype": "F32", "shape": [rows], "data_offsets": [0, reward_bytes]},
+        "mu": {"dtype": "F32", "shape": [rows, latent_dim], "data_offsets": [reward_bytes, reward_bytes + 4 * rows * latent_dim]},
+        "__metadata__": {"format": "pt", "producer": "inform-fast score"},
+    }
+    blob = json.dumps(header, separators=(",", ":")).encode()
+    blob += b" " * ((-len(blob)) % 8)  # keep the data region 8-byte aligned
+    return struct.pack("<Q", len(blob)) + blob
+
+
+def open_outputs(temps: list, rows: int, latent_dim: int):
+    """(files, rewards [rows], mu [rows, latent_dim]) writing into the temporary paths of
+    ``output_paths``: one .safetensors file, or the .npy pair."""
+    if len(temps) == 1:
+        file = _ArrayFile(temps[0], _safetensors_header(rows, latent_dim), [(rows,), (rows, latent_dim)])
+        return [file], file.arrays[0], file.arrays[1]
+    mu_file = _ArrayFile(temps[0], _npy_header((rows, latent_dim)), [(rows, latent_dim)])
+    rewards_file = _ArrayFile(temps[1], _npy_header((rows,)), [(rows,)])
+    return [mu_file, rewards_file], rewards_file.arrays[0], mu_file.arrays[0]
 
 
 def score_file(model, tokenizer, data_path, output, field: str = "response", batch_size: int = 32,
@@ -80,11 +135,9 @@ def score_file(model, tokenizer, data_path, output, field: str = "response", bat
     from tqdm.auto import tqdm
 
     from inform_fast import data
+    from inform_fast._io import atomic_paths, new_folders
 
-    output = Path(output)
-    suffix = output.suffix.lower()
-    if suffix not in (".safetensors", ".npy"):
-        raise ValueError(f"--output: must end with .safetensors or .npy, got {output.name}")
+    targets = output_paths(output)
     if batch_size < 1:
         raise ValueError(f"--batch-size: must be >= 1, got {batch_size}")
     if window < 1:
@@ -97,25 +150,9 @@ def score_file(model, tokenizer, data_path, output, field: str = "response", bat
     latent_dim = model.config.latent_dim
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     device = next(model.parameters()).device
-    output.parent.mkdir(parents=True, exist_ok=True)
 
-    temps = []
-
-    def temp_path(final: Path) -> Path:
-        fd, name = tempfile.mkstemp(prefix=f".{final.name}.tmp-", suffix=final.suffix, dir=final.parent)
-        os.close(fd)
-        temps.append((Path(name), final))
-        return Path(name)
-
-    try:
-        if suffix == ".safetensors":
-            writer = _SafetensorsWriter(temp_path(output), rows, latent_dim)
-            rewards_out, mu_out = writer.rewards, writer.mu
-        else:
-            from numpy.lib.format import open_memmap
-
-            mu_out = open_memmap(temp_path(output), mode="w+", dtype=np.float32, shape=(rows, latent_dim))
-            rewards_out = open_memmap(temp_path(_npy_rewards_path(output)), mode="w+", dtype=np.float32, shape=(rows,))
+    with new_folders(targets[0].parent, "--output"), atomic_paths(targets, "--output") as temps:
+        files, rewards_out, mu_out = open_outputs(temps, rows, latent_dim)
         seen = 0
         model.eval()
         items = data.stream_tokenized(data_path, tokenizer, field=field, max_length=max_length)
@@ -132,39 +169,22 @@ def score_file(model, tokenizer, data_path, output, field: str = "response", bat
                 bar.update(len(batch))
         if seen != rows:
             raise ValueError(f"{data_path}: read {seen} rows but counted {rows}; was the file changed while scoring?")
-        for array in (rewards_out, mu_out):
-            if isinstance(array, np.memmap):
-                array.flush()
         del rewards_out, mu_out
-        from inform_fast._io import process_umask
-
-        umask = process_umask()
-        for temp, final in temps:
-            os.chmod(temp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual permissions
-            os.replace(temp, final)
-        temps.clear()
-    finally:
-        for temp, _ in temps:
-            try:
-                os.unlink(temp)
-            except FileNotFoundError:
-                pass
+        for file in files:
+            file.finish()
     return rows
 
 
 def run(args) -> int:
     import torch
-    from transformers import AutoTokenizer
 
-    from inform_fast.modeling import InfoRMForRewardModel
+    from inform_fast._io import check_output_path
+    from inform_fast.loading import load_inform_model, resolve_model
 
-    if not Path(args.model).is_dir():
-        raise ValueError(f"--model: {args.model} is not a checkpoint directory")
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(args.model)
-        model = InfoRMForRewardModel.from_pretrained(args.model, dtype=torch.bfloat16 if args.bf16 else None)
-    except OSError as error:
-        raise ValueError(f"--model: cannot load an InfoRM checkpoint from {args.model} ({error})") from None
+    for target in output_paths(args.output):  # before the model is loaded
+        check_output_path(target, "--output", create_folders=True)
+    folder = resolve_model(args.model, local_only=True)
+    model, tokenizer = load_inform_model(folder, dtype=torch.bfloat16 if args.bf16 else None)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device)
     rows = score_file(model, tokenizer, args.data, args.output, field=args.field, batch_size=args.batch_size,

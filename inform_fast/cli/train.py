@@ -4,7 +4,9 @@ The data is read and validated first (a bad row stops the command before anythin
 Training runs in ``transformers.Trainer`` (``--trainer hf``, default) or TRL's RewardTrainer
 (``--trainer trl``) with the Trainer's tqdm progress bar. The checkpoint (model + tokenizer +
 ``training_log.json``) is written into a temporary folder next to ``--output-dir`` and renamed to it
-at the end, so a failed or interrupted run leaves no half-written output directory.
+at the end (``inform_fast._io.atomic_directory``), so a failed or interrupted run, or a full disk,
+leaves no half-written output directory. Training that makes the weights or the hidden states
+non-finite (a too high ``--lr``) stops with one line and saves nothing.
 
 Sweeps: ``--latent-dim`` and ``--beta`` take several values (the two knobs that bound how much of
 the input the reward can use). With more than one combination, each is trained from the same seed
@@ -14,10 +16,8 @@ training metrics and, with ``--eval-data``, its held-out accuracy, loss and KL.
 from __future__ import annotations
 
 import itertools
-import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 HELP = "train an InfoRM reward model on preference pairs"
@@ -63,6 +63,8 @@ def _check_args(args) -> None:
             raise ValueError(f"--beta: must be a finite number >= 0, got {beta}")
     if not args.lr > 0:
         raise ValueError(f"--lr: must be > 0, got {args.lr}")
+    if not args.epochs > 0:
+        raise ValueError(f"--epochs: must be > 0, got {args.epochs}")
     if args.max_steps == 0 or args.max_steps < -1:
         raise ValueError(f"--max-steps: must be >= 1 (or omitted), got {args.max_steps}")
     if os.path.exists(args.output_dir):
@@ -71,32 +73,36 @@ def _check_args(args) -> None:
 
 def load_model(name_or_path: str, latent_dim: int, beta: float):
     """An InfoRM checkpoint is loaded as is (``--beta`` overrides its training beta); anything else
-    is a backbone that gets a fresh head."""
-    from transformers import AutoConfig
-
+    is a backbone that gets a fresh head. ``name_or_path`` comes from ``resolve_model``."""
+    from inform_fast.loading import load_weights, read_config
     from inform_fast.modeling import InfoRMForRewardModel
 
-    try:
-        model_type = AutoConfig.from_pretrained(name_or_path).model_type
-    except (OSError, ValueError) as error:
-        raise ValueError(f"--model: cannot load a config from {name_or_path!r} ({error})") from None
+    if os.path.isdir(name_or_path):
+        model_type = read_config(name_or_path).get("model_type")
+    else:  # a Hub id that resolve_model found reachable
+        from transformers import AutoConfig
+
+        model_type = load_weights(lambda: AutoConfig.from_pretrained(name_or_path), name_or_path).model_type
     if model_type == "inform":
-        model = InfoRMForRewardModel.from_pretrained(name_or_path)
+        model = load_weights(lambda: InfoRMForRewardModel.from_pretrained(name_or_path), name_or_path)
         model.config.beta = beta
         return model
-    return InfoRMForRewardModel.from_backbone(name_or_path, latent_dim=latent_dim, beta=beta)
+    return load_weights(lambda: InfoRMForRewardModel.from_backbone(name_or_path, latent_dim=latent_dim, beta=beta),
+                        name_or_path)
 
 
 def run(args) -> int:
     _check_args(args)
-    from transformers import AutoTokenizer
-
     from inform_fast import data
+    from inform_fast._io import atomic_directory, new_folders
+    from inform_fast.loading import load_tokenizer, resolve_model
+    from inform_fast.validation import require
 
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(args.model)
-    except (OSError, ValueError) as error:
-        raise ValueError(f"--model: cannot load a tokenizer from {args.model!r} ({error})") from None
+    require("accelerate", "inform-fast train (transformers.Trainer)")
+    if args.trainer == "trl":
+        require("trl", "--trainer trl", "trl")
+    args.model = resolve_model(args.model)
+    tokenizer = load_tokenizer(args.model)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if tokenizer.eos_token_id is None:
@@ -110,12 +116,13 @@ def run(args) -> int:
         eval_pairs = data.load_preference_data(args.eval_data, tokenizer, max_length=args.max_length, truncation=args.truncation)
 
     output_dir = Path(args.output_dir).resolve()
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.tmp-", dir=output_dir.parent))
     grid = list(itertools.product(args.latent_dim, args.beta))
-    try:
+    with new_folders(output_dir.parent, "--output-dir"), atomic_directory(output_dir, "--output-dir") as staging:
+        staging = Path(staging)
         if len(grid) == 1:
-            _train_one(args, grid[0][0], grid[0][1], tokenizer, pairs, eval_pairs, staging)
+            metrics = _train_one(args, grid[0][0], grid[0][1], tokenizer, pairs, eval_pairs, staging)
+            if eval_pairs is not None:
+                print("inform-fast train: held-out " + _eval_line(metrics))
         else:
             runs = []
             for latent_dim, beta in grid:
@@ -123,15 +130,35 @@ def run(args) -> int:
                 print(f"inform-fast train: sweep run {len(runs) + 1}/{len(grid)}: {name}")
                 metrics = _train_one(args, latent_dim, beta, tokenizer, pairs, eval_pairs, staging / name)
                 runs.append({"name": name, "latent_dim": latent_dim, "beta": beta, **metrics})
-            with open(staging / "sweep.json", "w") as handle:
-                json.dump({"args": vars(args), "runs": runs}, handle, indent=1, default=str)
+            _write_json(staging / "sweep.json", {"args": vars(args), "runs": runs})
             _print_sweep(runs)
-        os.replace(staging, output_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     print(f"inform-fast train: saved {output_dir}")
     return 0
+
+
+_EVAL_SHOWN = ("eval_accuracy", "eval_loss", "eval_preference_loss", "eval_kl", "eval_reward_margin")
+
+
+def _eval_line(metrics: dict) -> str:
+    """``eval_accuracy 0.75, eval_loss 0.61, ...``: the held-out metrics of ``trainer.evaluate()``."""
+    return ", ".join(f"{key} {metrics[key]:.4g}" for key in _EVAL_SHOWN if isinstance(metrics.get(key), (int, float)))
+
+
+def _write_json(path: Path, payload) -> None:
+    """A JSON file inside the staging folder (fsync'ed with it); NaN / Inf written as null."""
+    from inform_fast._io import json_text
+
+    path.write_text(json_text(payload))
+
+
+def check_trained_weights(model, lr: float) -> None:
+    """ValueError naming --lr when training left a NaN / Inf weight (nothing is saved then)."""
+    import torch
+
+    for name, parameter in model.named_parameters():
+        if not bool(torch.isfinite(parameter.detach()).all()):
+            raise ValueError(f"--lr: training made the weights non-finite (first: {name}); nothing was saved; "
+                             f"lower --lr (now {lr:g}) or check the data")
 
 
 def checkpointing_argument(enabled: bool) -> dict:
@@ -179,7 +206,14 @@ def _train_one(args, latent_dim: int, beta: float, tokenizer, pairs, eval_pairs,
             eval_dataset=None if eval_pairs is None else data.PreferenceDataset(eval_pairs),
             processing_class=tokenizer, packing=args.packing,
         )
-    trainer.train()
+    from inform_fast.validation import NonFiniteError
+
+    try:
+        trainer.train()
+    except NonFiniteError as error:  # the head refuses NaN / Inf hidden states: the backbone diverged
+        raise ValueError(f"--lr: training diverged at step {trainer.state.global_step} ({error}); nothing was saved; "
+                         f"lower --lr (now {args.lr:g}) or check the data") from None
+    check_trained_weights(trainer.model, args.lr)
     metrics = {}
     for entry in trainer.state.log_history:  # the last value logged of each training metric
         metrics.update({k: v for k, v in entry.items() if isinstance(v, (int, float)) and not k.startswith("eval_")})
@@ -188,9 +222,8 @@ def _train_one(args, latent_dim: int, beta: float, tokenizer, pairs, eval_pairs,
     shutil.rmtree(target / "trainer", ignore_errors=True)
     trainer.model.save_pretrained(str(target))
     tokenizer.save_pretrained(str(target))
-    with open(target / "training_log.json", "w") as handle:
-        json.dump({"args": {**vars(args), "latent_dim": latent_dim, "beta": beta},
-                   "log_history": trainer.state.log_history}, handle, indent=1, default=str)
+    _write_json(target / "training_log.json", {"args": {**vars(args), "latent_dim": latent_dim, "beta": beta},
+                                               "log_history": trainer.state.log_history})
     return metrics
 
 

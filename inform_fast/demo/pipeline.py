@@ -186,7 +186,7 @@ def _run(config, seed, device, rng, grid, bar, started) -> dict:
         for name in RM_NAMES:
             selected = latents[picks[name]]
             result = icds(selected, reference, eps=eps, min_samples=config.icds_min_samples)
-            outliers = mop(selected, scorer=scorer, alpha=config.mop_alpha)
+            outliers = mop(selected, scorer=scorer, pvalues="chi2", alpha=config.mop_alpha)
             hacked = pool.gold[picks[name]] < gold_median
             detection[name]["icds"].append(result.score)
             detection[name]["icds_normalized"].append(result.normalized_score)

@@ -1,13 +1,7 @@
 """Reward-hacking detection on bottleneck latents: ICDS, Mahalanobis / MOP, IBL, online monitor.
 
 Inputs are latent matrices (torch tensors or NumPy arrays, [n, L]); nothing here imports the
-reward head or Hugging Face. Names are imported lazily, except those that are also the names of
-their submodules (``icds``, ``dbscan``, ``mop``): importing a submodule sets the package attribute
-of that name to the module, which would hide a lazy function of the same name whenever anything
-(the monitor, ICDS itself) had imported the submodule first. Those are bound here, so
-``from inform_fast.detect import dbscan`` is the function whatever was imported before; the
-modules stay reachable as ``importlib.import_module("inform_fast.detect.dbscan")`` and through
-``from inform_fast.detect.dbscan import ...``.
+reward head or Hugging Face. Names are imported lazily.
 """
 from __future__ import annotations
 
@@ -22,6 +16,13 @@ _LAZY = {
     "nearest_distance": "inform_fast.detect.neighbors",
     "MahalanobisScorer": "inform_fast.detect.mahalanobis",
     "mop": "inform_fast.detect.mop",
+    "knn_scores": "inform_fast.detect.calibrated",
+    "excess_icds": "inform_fast.detect.excess",
+    "ExcessICDSResult": "inform_fast.detect.excess",
+    "kop": "inform_fast.detect.calibrated",
+    "KOPResult": "inform_fast.detect.calibrated",
+    "KNNScorer": "inform_fast.detect.calibrated",
+    "EmpiricalPValues": "inform_fast.detect.calibrated",
     "MOPResult": "inform_fast.detect.mop",
     "ibl_penalty": "inform_fast.detect.ibl",
     "OverOptimizationMonitor": "inform_fast.detect.monitor",
@@ -29,9 +30,12 @@ _LAZY = {
 
 __all__ = sorted(_LAZY)
 
-for _name, _module in _LAZY.items():
-    if _module.rsplit(".", 1)[1] == _name:
-        globals()[_name] = getattr(importlib.import_module(_module), _name)
+# Functions named like their module (``icds`` in icds.py, ``dbscan``, ``mop``) are bound now: once
+# a submodule is imported, Python sets the package attribute of that name to the module, and the
+# lazy ``__getattr__`` below would never be asked again. Binding the function first keeps it.
+from inform_fast.detect.dbscan import dbscan  # noqa: E402
+from inform_fast.detect.icds import icds  # noqa: E402
+from inform_fast.detect.mop import mop  # noqa: E402
 
 
 def __getattr__(name: str):

@@ -67,7 +67,7 @@ from inform_fast.detect.spatial import (
     tile_band,
     worker_threads,
 )
-from inform_fast.validation import check_positive_int
+from inform_fast.validation import check_positive_int, check_real
 
 dispatch.register("dbscan", "reference", "inform_fast.detect.dbscan:_dbscan_reference")
 dispatch.register("dbscan", "cpp", "inform_fast.detect.dbscan:_dbscan_cpp")
@@ -94,9 +94,7 @@ class DBSCANResult:
 
 
 def check_eps(eps) -> float:
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not np.isfinite(eps) or eps <= 0:
-        raise ValueError(f"eps: expected a finite number > 0, got {eps!r}")
-    return float(eps)
+    return check_real("eps", eps, minimum=0, open_minimum=True)
 
 
 def dbscan(

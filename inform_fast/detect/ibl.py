@@ -2,13 +2,14 @@
 distance of the response latent to the reference (SFT) latents, with one fitted reference and
 coefficient per data class when classes are given.
 
-Runs on the rewards' device without a host round trip: the scorers' mean and whitening matrix are
-moved there once and cached, the distance is one fused kernel (CUDA) or GEMM, and per-class
-selection is a ``torch.where`` per class rather than a data-dependent gather.
+The distances are computed on the latents' device (as every detection score: the policy latents
+decide where), the scorers' mean and whitening matrix moved there once and cached; the distance is
+one fused kernel (CUDA) or GEMM, only the [n] result moves to the rewards' device (their device and
+dtype are kept), and per-class selection is a ``torch.where`` per class rather than a
+data-dependent gather. Nothing round-trips through the host when both are on one accelerator.
 """
 from __future__ import annotations
 
-import math
 from typing import Mapping, Optional, Sequence, Union
 
 import numpy as np
@@ -16,12 +17,11 @@ import torch
 
 from inform_fast.detect.inputs import as_latents
 from inform_fast.detect.mahalanobis import MahalanobisScorer
+from inform_fast.validation import check_real
 
 
 def _check_coef(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-        raise ValueError(f"{name}: expected a finite float >= 0, got {value!r}")
-    return float(value)
+    return check_real(name, value, minimum=0)
 
 
 def _check_scorer(name: str, scorer, dim: int) -> MahalanobisScorer:
@@ -33,14 +33,16 @@ def _check_scorer(name: str, scorer, dim: int) -> MahalanobisScorer:
     return scorer
 
 
-def _latents_on(rewards: torch.Tensor, latents) -> torch.Tensor:
+def _checked_latents(rewards: torch.Tensor, latents) -> torch.Tensor:
+    """The latents [n, L], checked, left on their device: the distances are computed there (like
+    every detection score) and only the [n] result moves to the rewards' device."""
     if isinstance(latents, torch.Tensor) and latents.device.type != "cpu":
         # shape checks only: a NaN/Inf check would synchronise with the host; NaN latents give
         # NaN rewards, which the trainer sees anyway
         if latents.dim() != 2 or latents.shape[0] != rewards.shape[0] or not latents.is_floating_point():
             raise ValueError(f"latents: expected a floating [{rewards.shape[0]}, L] tensor, got {tuple(latents.shape)} {latents.dtype}")
-        return latents.to(rewards.device)
-    latents = as_latents("latents", latents, allow_empty=True, device=rewards.device)
+        return latents
+    latents = as_latents("latents", latents, allow_empty=True)
     if latents.shape[0] != rewards.shape[0]:
         raise ValueError(f"latents: {latents.shape[0]} rows for {rewards.shape[0]} rewards")
     return latents
@@ -65,7 +67,7 @@ def ibl_penalty(
     """
     if not isinstance(rewards, torch.Tensor) or not rewards.is_floating_point() or rewards.dim() != 1:
         raise ValueError(f"rewards: expected a 1-D floating tensor [n], got {getattr(rewards, 'shape', type(rewards).__name__)}")
-    latents = _latents_on(rewards, latents)
+    latents = _checked_latents(rewards, latents)
     dim = latents.shape[1]
     by_class = isinstance(scorer_or_scorers_by_class, Mapping)
     if classes is None:
@@ -77,7 +79,7 @@ def ibl_penalty(
         c = _check_coef("coef", coef)
         with torch.no_grad():
             distance = scorer.distance(latents, name="latents", check_finite=latents.device.type == "cpu")
-        return rewards - (c * distance).to(rewards.dtype)
+        return rewards - (c * distance).to(device=rewards.device, dtype=rewards.dtype)
 
     keys, index = _class_index(classes, rewards)
     if by_class:
@@ -103,7 +105,8 @@ def ibl_penalty(
     with torch.no_grad():
         def distance_for(scorer):
             if id(scorer) not in distances:
-                distances[id(scorer)] = scorer.distance(latents, name="latents", check_finite=latents.device.type == "cpu").to(work)
+                distance = scorer.distance(latents, name="latents", check_finite=latents.device.type == "cpu")
+                distances[id(scorer)] = distance.to(device=rewards.device, dtype=work)
             return distances[id(scorer)]
 
         if labels is None:  # one scorer, one coefficient: the classes change nothing

@@ -88,6 +88,13 @@ class ICDSResult:
         return out
 
 
+def _kth_neighbor_distance(sample: torch.Tensor, x: torch.Tensor, k: int) -> torch.Tensor:
+    """[s] exact distance from each sample row to its k-th nearest row of x (itself counted when
+    it is a row of x); the monitor's neighbour scale reads it."""
+    distances, _ = knn_distance_checked(sample, x, min(k, x.shape[0]))
+    return distances[:, -1]
+
+
 def knee_of_sorted(values: torch.Tensor) -> float:
     """Knee of an ascending curve: the point farthest from the chord, both axes scaled to [0, 1]."""
     y = values.to(torch.float64)
@@ -124,15 +131,16 @@ class AutoEps:
                 "duplicate_share": float(self.duplicate_share), "floor": float(self.floor)}
 
 
-def auto_eps_details(x, min_samples: int = 5, sample_size: int = 2048, seed: int = 0, backend: Optional[str] = None) -> AutoEps:
+def auto_eps_details(x, min_samples: int = 5, sample_size: int = 2048, seed: int = 0, backend: Optional[str] = None,
+                     name: str = "x") -> AutoEps:
     """eps from the k-distance curve (k = min_samples) of ``x`` [n, L], with the reasons; see the
-    module docstring."""
-    x = as_latents("x", x)
+    module docstring. ``name`` is the argument that errors name (the caller's name for ``x``)."""
+    x = as_latents(name, x)
     check_positive_int("min_samples", min_samples)
     check_positive_int("sample_size", sample_size)
     n = x.shape[0]
     if n < 2:
-        raise ValueError(f"x: auto eps needs at least 2 latents, got {n}")
+        raise ValueError(f"{name}: automatic eps needs at least 2 latents, got {n}")
     if n > sample_size:
         generator = torch.Generator().manual_seed(seed)
         pick = torch.randperm(n, generator=generator)[:sample_size].to(x.device)
@@ -159,10 +167,10 @@ def auto_eps_details(x, min_samples: int = 5, sample_size: int = 2048, seed: int
     return AutoEps(eps=float(eps), rule=rule, k=k, sample_size=int(kth.numel()), duplicate_share=duplicate_share, floor=floor)
 
 
-def auto_eps(x, min_samples: int = 5, sample_size: int = 2048, seed: int = 0) -> float:
+def auto_eps(x, min_samples: int = 5, sample_size: int = 2048, seed: int = 0, name: str = "x") -> float:
     """eps from the k-distance curve (k = min_samples) of ``x`` [n, L]; see the module docstring
-    (``auto_eps_details`` also says why)."""
-    return auto_eps_details(x, min_samples, sample_size, seed).eps
+    (``auto_eps_details`` also says why). ``name`` is the argument that errors name."""
+    return auto_eps_details(x, min_samples, sample_size, seed, name=name).eps
 
 
 def icds(
@@ -180,7 +188,8 @@ def icds(
 
     Args:
         rlhf_latents: [n, L] tensor/array (policy response latents, mu).
-        reference_latents: [m, L] tensor/array (SFT response latents), same L.
+        reference_latents: [m, L] tensor/array (SFT response latents), same L; moved to the
+            RLHF latents' device if it is elsewhere (the score is computed there).
         eps: DBSCAN radius (> 0) or "auto" (k-distance knee, see ``auto_eps``; the choice is
             reported in ``ICDSResult.eps_choice``).
         min_samples: DBSCAN min_samples (>= 1; the point itself counts).
@@ -194,7 +203,9 @@ def icds(
     rlhf = as_latents("rlhf_latents", rlhf_latents)
     reference = as_latents("reference_latents", reference_latents, dim=rlhf.shape[1])
     if reference.device != rlhf.device:
-        raise ValueError(f"reference_latents: on {reference.device}, but rlhf_latents are on {rlhf.device}")
+        # computed where the policy latents are; a caller that scores often (the monitor) moves
+        # its reference there once instead of paying this copy on every call
+        reference = reference.to(rlhf.device)
     check_positive_int("min_samples", min_samples)
     if not isinstance(include_noise, bool):
         raise ValueError(f"include_noise: expected a bool, got {include_noise!r}")
@@ -208,7 +219,7 @@ def icds(
     if isinstance(eps, str):
         if eps != "auto":
             raise ValueError(f"eps: expected a number > 0 or 'auto', got {eps!r}")
-        choice = auto_eps_details(rlhf, min_samples, sample_size=auto_sample_size, backend=backend)
+        choice = auto_eps_details(rlhf, min_samples, sample_size=auto_sample_size, backend=backend, name="rlhf_latents")
         eps, eps_choice = choice.eps, choice.to_dict()
     else:
         eps = check_eps(eps)

@@ -37,9 +37,17 @@ def as_latents(
             raise ValueError(f"{name}: cannot be read as an array ({error})") from error
         if array.dtype == object or not np.issubdtype(array.dtype, np.number):
             raise ValueError(f"{name}: expected a numeric array, got dtype {array.dtype}")
+        if np.iscomplexobj(array):
+            raise ValueError(f"{name}: expected real numbers, got complex dtype {array.dtype} (casting would drop the imaginary part)")
+        if not array.dtype.isnative:  # a big-endian .npy file: torch reads native byte order only
+            array = array.astype(array.dtype.newbyteorder("="))
         if not np.issubdtype(array.dtype, np.floating):
             array = array.astype(np.float32)
         latents = torch.from_numpy(np.ascontiguousarray(array))
+    if latents.is_complex():
+        raise ValueError(f"{name}: expected real numbers, got complex dtype {latents.dtype} (casting would drop the imaginary part)")
+    if latents.dtype == torch.bool:
+        raise ValueError(f"{name}: expected a numeric tensor, got dtype {latents.dtype}")
     if not latents.is_floating_point():
         latents = latents.to(torch.float32)
     if latents.dim() != 2:
@@ -78,8 +86,9 @@ def load_latents(path: str, key: Optional[str] = None, name: str = "path") -> to
             value = load_file(path)
         else:
             value = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # a corrupt file: name the argument and the file, keep the cause
-        raise ValueError(f"{name}: could not read {path}: {type(error).__name__}: {error}") from error
+    except Exception as error:  # a corrupt file: name the argument and the file, keep the cause's first line
+        cause = (str(error).strip().splitlines() or [""])[0]
+        raise ValueError(f"{name}: could not read {path}: {type(error).__name__}: {cause}") from error
     if isinstance(value, dict):
         value = _pick(value, key, path, name)
     elif key is not None:

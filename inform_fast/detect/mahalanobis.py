@@ -33,7 +33,6 @@ far in the tail (1e-200) are resolved instead of underflowing as ``1 - cdf`` doe
 from __future__ import annotations
 
 import json
-import math
 from typing import Optional, Union
 
 import torch
@@ -41,6 +40,7 @@ import torch
 from inform_fast import dispatch
 from inform_fast._io import atomic_path
 from inform_fast.detect.inputs import as_latents
+from inform_fast.validation import check_real
 
 dispatch.register("mahalanobis_sq", "reference", "inform_fast.detect.mahalanobis:_mahalanobis_sq_reference")
 dispatch.register("mahalanobis_sq", "triton", "inform_fast.kernels.mahalanobis:mahalanobis_sq")
@@ -95,9 +95,10 @@ def _check_shrinkage(shrinkage) -> Union[None, str, float]:
             shrinkage = float(shrinkage)
         except ValueError:
             raise ValueError(f"shrinkage: expected None, 'ledoit_wolf' or a float in [0, 1], got {shrinkage!r}") from None
-    if isinstance(shrinkage, bool) or not isinstance(shrinkage, (int, float)) or not 0.0 <= float(shrinkage) <= 1.0:
-        raise ValueError(f"shrinkage: expected None, 'ledoit_wolf' or a float in [0, 1], got {shrinkage!r}")
-    return float(shrinkage)
+    try:
+        return check_real("shrinkage", shrinkage, minimum=0, maximum=1)
+    except ValueError:
+        raise ValueError(f"shrinkage: expected None, 'ledoit_wolf' or a float in [0, 1], got {shrinkage!r}") from None
 
 
 def _shift(n: float, s, S2, u, T4, d):
@@ -141,9 +142,7 @@ class MahalanobisScorer:
 
     def __init__(self, shrinkage=None, eps: float = 1e-6, precision: str = "tf32"):
         self.shrinkage = _check_shrinkage(shrinkage)
-        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps < 0:
-            raise ValueError(f"eps: expected a finite float >= 0, got {eps!r}")
-        self.eps = float(eps)
+        self.eps = check_real("eps", eps, minimum=0)
         if precision not in PRECISIONS:
             raise ValueError(f"precision: expected one of {PRECISIONS}, got {precision!r}")
         self.precision = precision

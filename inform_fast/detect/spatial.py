@@ -358,24 +358,45 @@ def leaf_lower_bound(index: LeafIndex, leaves, others=None) -> torch.Tensor:
     return box_lower_bound(index.box_lo[leaves], index.box_hi[leaves], index.centre[leaves], index.radius[leaves], index, others)
 
 
-def candidate_leaves(index: LeafIndex, radius: float, chunk: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
-    """CSR (indptr [n_leaves + 1], indices) of, for each leaf, the leaves that may hold a point
-    within ``radius`` (frame units) of one of its points, nearest centre first (itself first)."""
+def candidate_leaves(index: LeafIndex, radius: float, chunk: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+    """CSR (indptr [n_leaves + 1], indices int32) of, for each leaf, the leaves that may hold a
+    point within ``radius`` (frame units) of one of its points, nearest centre first (itself
+    first). The boxes (a few coordinates) rule out most pairs first; only the pairs they leave get
+    the ball bound (all D coordinates), so the cost is not n_leaves^2 x D."""
     n_leaves = index.n_leaves
-    indptr = [0]
-    parts = []
+    device = index.box_lo.device
+    row_parts, col_parts, key_parts = [], [], []
     for a in range(0, n_leaves, chunk):
-        rows = torch.arange(a, min(a + chunk, n_leaves))
-        bound = leaf_lower_bound(index, rows)
-        distance = torch.cdist(index.centre[rows], index.centre)
-        distance[torch.arange(rows.numel()), rows] = -1.0  # itself first
-        distance = torch.where(bound <= radius, distance, torch.full_like(distance, float("inf")))
-        ranked = torch.argsort(distance, dim=1)
-        counts = (bound <= radius).sum(1)
-        for r in range(rows.numel()):
-            parts.append(ranked[r, : int(counts[r])].to(torch.int32))
-            indptr.append(indptr[-1] + int(counts[r]))
-    return torch.tensor(indptr, dtype=torch.int64), torch.cat(parts) if parts else torch.zeros(0, dtype=torch.int32)
+        rows = torch.arange(a, min(a + chunk, n_leaves), device=device)
+        lo, hi = index.box_lo[rows], index.box_hi[rows]
+        gap = torch.clamp(torch.maximum(index.box_lo[None] - hi[:, None], lo[:, None] - index.box_hi[None]), min=0)
+        near = (gap * gap).sum(-1).sqrt() - index.slack <= radius
+        if int(near.sum()) > near.numel() // 8:
+            # the boxes leave many pairs (diffuse data): one GEMM-based cdist of the chunk, less a
+            # tolerance for its float64 cancellation (a lower bound must not overstate)
+            distance_all = torch.cdist(index.centre[rows], index.centre)
+            tolerance = 4.0 * (index.centre.shape[1] * FLOAT64_ROUNDOFF) ** 0.5 * float(index.centre.norm(dim=1).max())
+            ball = distance_all - index.radius[rows][:, None] - index.radius[None, :] - index.slack - tolerance
+            i, j = torch.nonzero(near & (ball <= radius), as_tuple=True)
+            distance = distance_all[i, j]
+            i = i + a
+        else:
+            i, j = torch.nonzero(near, as_tuple=True)
+            i = i + a
+            distance = torch.cat([(index.centre[i[p : p + 65536]] - index.centre[j[p : p + 65536]]).norm(dim=1)
+                                  for p in range(0, i.numel(), 65536)]) if i.numel() else torch.zeros(0, dtype=torch.float64, device=device)
+            keep = distance - index.radius[i] - index.radius[j] - index.slack <= radius
+            i, j, distance = i[keep], j[keep], distance[keep]
+        row_parts.append(i)
+        col_parts.append(j)
+        key_parts.append(torch.where(i == j, torch.full_like(distance, -1.0), distance))  # itself first
+    rows, cols, key = torch.cat(row_parts), torch.cat(col_parts), torch.cat(key_parts)
+    order = torch.argsort(key, stable=True)
+    order = order[torch.argsort(rows[order], stable=True)]
+    counts = torch.bincount(rows, minlength=n_leaves)
+    indptr = torch.zeros(n_leaves + 1, dtype=torch.int64, device=device)
+    indptr[1:] = torch.cumsum(counts, 0)
+    return indptr.cpu(), cols[order].to(torch.int32).cpu()
 
 
 def tile_band(frame: Frame, dim: int, row_local: torch.Tensor, col_local_max: float, row_global: torch.Tensor,

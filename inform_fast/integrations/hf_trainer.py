@@ -13,13 +13,15 @@ rewards, z, mu, logvar and kl per sequence), so the latent statistics come for f
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, Optional
 
 import torch
 import transformers
 
 from inform_fast import reference
 from inform_fast.data import PackedPairCollator, PairCollator
+from inform_fast.head import InfoRMHead
+from inform_fast.integrations.monitor_callback import merge_pending_scores
 
 METRIC_NAMES = ("preference_loss", "kl", "accuracy", "reward_margin", "reward_chosen", "reward_rejected", "mu_norm", "logvar_mean")
 
@@ -47,13 +49,17 @@ def _raw_rewards(core, rewards: torch.Tensor) -> torch.Tensor:
     return rewards * std + mean
 
 
-def inform_batch_loss(model, inputs: Dict[str, Any], beta: Optional[float] = None):
+def inform_batch_loss(model, inputs: Dict[str, Any], beta: Optional[float] = None,
+                      center_rewards_coefficient: Optional[float] = None, gather: Optional[Callable] = None):
     """InfoRM loss and metrics for one collated batch.
 
     ``inputs``: a ``PairCollator`` batch (``chosen_input_ids``/``chosen_attention_mask``/
     ``rejected_*`` [B, T]), a ``PackedPairCollator`` batch (``input_ids``/``position_ids`` [1, T],
     ``num_pairs``), or TRL's ``DataCollatorForPreference`` batch (``input_ids``/``attention_mask``
     [2B, T], chosen first); optional ``margin`` [B].
+    center_rewards_coefficient: TRL's option: adds ``coef * mean((r_w + r_l)^2)`` (raw rewards).
+    gather: e.g. ``accelerator.gather_for_metrics``: the metrics ([1, k] per process) are averaged
+        over what it returns, so every process logs the mean over all of them.
 
     Returns ``(loss [] float32, metrics dict of python floats, model output)``.
     """
@@ -80,7 +86,11 @@ def inform_batch_loss(model, inputs: Dict[str, Any], beta: Optional[float] = Non
     beta = core.config.beta if beta is None else beta
     raw = _raw_rewards(core, output.rewards[: 2 * pairs])
     kl = output.kl[: 2 * pairs]
-    terms = reference.pairwise_loss_from_rewards(raw[:pairs], raw[pairs:], kl[:pairs], kl[pairs:], beta=beta, margin=margin)
+    terms = reference.pairwise_loss_from_rewards(raw[:pairs], raw[pairs:], kl[:pairs], kl[pairs:], beta=beta, margin=margin,
+                                                 kl_mode=core.config.kl)
+    loss = terms.loss
+    if center_rewards_coefficient is not None:
+        loss = loss + center_rewards_coefficient * (raw[:pairs] + raw[pairs:]).square().mean()
     with torch.no_grad():
         mu = output.mu[: 2 * pairs].float()
         values = {
@@ -93,10 +103,64 @@ def inform_batch_loss(model, inputs: Dict[str, Any], beta: Optional[float] = Non
             "mu_norm": mu.norm(dim=-1).mean(),
             "logvar_mean": output.logvar[: 2 * pairs].float().mean(),
         }
+        stacked = torch.stack([v.detach().float() for v in values.values()])  # [k]
+        if gather is not None:
+            stacked = gather(stacked[None]).reshape(-1, stacked.numel()).mean(dim=0)
         # one device-to-host copy for all the metrics, not one synchronisation each
-        numbers = torch.stack([v.detach().float() for v in values.values()]).tolist()
-        metrics = dict(zip(values, numbers))
-    return terms.loss, metrics, output
+        metrics = dict(zip(values, stacked.tolist()))
+    return loss, metrics, output
+
+
+def inform_peft_config(model, peft_config):
+    """A copy of ``peft_config`` (PEFT) that trains an InfoRM model as intended.
+
+    * ``target_modules=None`` (PEFT's default, e.g. TRL's ``LoraConfig()``): PEFT's default for the
+      backbone's family (Llama / Qwen2: q_proj, v_proj; GPT-2: c_attn; ...), which PEFT cannot
+      find itself because the model's own type is "inform";
+    * ``"all-linear"``: every linear layer of the backbone (not the head's);
+    * ``"head"`` is added to ``modules_to_save``: the head is trained in full and saved with the
+      adapter (left out, PEFT would freeze it at its random initialisation). PEFT puts no adapter
+      inside a module it saves whole, so targets that also match the head's layers (an MLP
+      decoder's gate_proj, say) adapt only the backbone; ``check_peft_head`` refuses a model where
+      the head's layers were wrapped anyway (the head reads their weights directly).
+    """
+    import copy
+
+    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
+
+    core = _unwrap(model)
+    if not hasattr(core, "head") or not hasattr(core.config, "backbone_config"):
+        raise ValueError(f"model: expected an InfoRMForRewardModel, got {type(core).__name__}")
+    config = copy.deepcopy(peft_config)
+    if hasattr(config, "target_modules"):
+        family = core.config.backbone_config.model_type
+        if config.target_modules is None:
+            defaults = TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING.get(family)
+            if defaults is None:
+                raise ValueError(f"peft_config.target_modules: PEFT has no default for the {family!r} backbone; "
+                                 "name the backbone's layers to adapt (e.g. ['q_proj', 'v_proj'])")
+            config.target_modules = set(defaults)
+        elif isinstance(config.target_modules, str) and config.target_modules.lower() == "all-linear":
+            names = sorted({name.rsplit(".", 1)[-1] for name, module in core.backbone.named_modules()
+                            if isinstance(module, torch.nn.Linear)})
+            config.target_modules = r"backbone\..*\.(?:" + "|".join(names) + ")"
+    saved = list(config.modules_to_save or [])
+    if "head" not in saved:
+        config.modules_to_save = saved + ["head"]
+    return config
+
+
+def check_peft_head(model) -> None:
+    """Refuse a PEFT model whose InfoRM head would not train: wrapped layers (see
+    ``InfoRMHead.check_layers``) or no trainable head parameter (``modules_to_save`` without "head")."""
+    if not hasattr(model, "peft_config"):
+        return
+    heads = [module for module in model.modules() if isinstance(module, InfoRMHead)]
+    for head in heads:
+        head.check_layers()
+    if heads and not any(p.requires_grad for head in heads for p in head.parameters()):
+        raise ValueError("model: PEFT froze the InfoRM head at its initialisation; add modules_to_save=['head'] to the "
+                         "PEFT config (or build it with inform_fast.integrations.hf_trainer.inform_peft_config)")
 
 
 def default_collator(tokenizer_or_pad_id, packing: bool = False, padding_side: Optional[str] = None):
@@ -128,7 +192,7 @@ class _MetricsMixin:
             if values:
                 logs[f"{prefix}{key}"] = sum(values) / len(values)
         store.clear()
-        return logs
+        return merge_pending_scores(self, logs)
 
 
 class InfoRMTrainer(_MetricsMixin, transformers.Trainer):
@@ -155,6 +219,7 @@ class InfoRMTrainer(_MetricsMixin, transformers.Trainer):
             if processing_class is None and not packing:
                 raise ValueError("processing_class: needed for the default collator's pad token (or pass data_collator)")
             data_collator = default_collator(processing_class, packing=packing)
+        check_peft_head(model)
         super().__init__(model=model, args=args, data_collator=data_collator, train_dataset=train_dataset,
                          eval_dataset=eval_dataset, processing_class=processing_class, **kwargs)
         self.packing = packing
@@ -166,14 +231,14 @@ class InfoRMTrainer(_MetricsMixin, transformers.Trainer):
         self.model_accepts_loss_kwargs = False  # same meaning for transformers < 5.19
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        loss, metrics, output = inform_batch_loss(model, inputs, beta=self.beta)
+        loss, metrics, output = inform_batch_loss(model, inputs, beta=self.beta, gather=self.accelerator.gather_for_metrics)
         self._record(metrics)
         return (loss, {"logits": output.logits}) if return_outputs else loss
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         inputs = self._prepare_inputs(inputs)
         with torch.no_grad():
-            loss, metrics, _ = inform_batch_loss(model, inputs, beta=self.beta)
+            loss, metrics, _ = inform_batch_loss(model, inputs, beta=self.beta, gather=self.accelerator.gather_for_metrics)
         self._record(metrics)
         return loss.detach(), None, None
 

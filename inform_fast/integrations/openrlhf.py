@@ -8,14 +8,19 @@ Hooks shared by both reward functions:
   ``functools.partial(inform_fast.detect.ibl.ibl_penalty, scorer=fitted, coef=0.1)``;
 * ``monitor(latents [n, L], rewards [n]) -> dict[str, float] | None``: called on every batch;
   the numbers it returns are logged. An ``inform_fast.detect.OverOptimizationMonitor`` can be
-  passed as it is: it evaluates ICDS / MOP at its due steps (TRL's global step; here, without
-  a step, the count of reward batches) and its scores and onset flag are logged.
+  passed as it is: it evaluates its scores once per ``every`` steps (TRL's global step; here,
+  without a step, the count of calls, which OpenRLHF makes once per sample), never fails because
+  an evaluation is not due or lacks latents, is safe to call from several threads, and returns
+  the same keys on every call (``monitor.hook_keys``).
 
 Scoring happens under ``torch.inference_mode`` on the model's device, in batches sorted by length;
 the model is put in eval mode (z = mu, so rewards are deterministic).
 """
 from __future__ import annotations
 
+import math
+import threading
+from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -47,27 +52,17 @@ class RewardScorer:
         self.max_length = max_length
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.pad_id = 0 if pad is None else pad
+        self._tokenizer_lock = threading.Lock()
 
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
     def encode(self, prompt, response) -> List[int]:
-        """Token ids of prompt + response (strings, or message lists rendered with the chat template)."""
-        ids = data.encode(self.tokenizer, data.render_text(self.tokenizer, prompt, response, where="reward input"))
-        if self.max_length is not None and len(ids) > self.max_length:
-            prompt_length = 0
-            if prompt:
-                if isinstance(prompt, str):
-                    prompt_ids = self.tokenizer(prompt, add_special_tokens=True)["input_ids"]
-                else:
-                    prompt_ids = self.tokenizer(
-                        self.tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True),
-                        add_special_tokens=True,
-                    )["input_ids"]
-                prompt_length = data.common_prefix_length(prompt_ids, ids)
-            ids = data.truncate_sequence(ids, prompt_length, self.max_length, self.tokenizer.bos_token_id)
-        return ids
+        """Token ids of prompt + response (strings, or message lists rendered with the chat
+        template): ``inform_fast.data.tokenize_example``, the tokenisation of training."""
+        with self._tokenizer_lock:  # a fast tokenizer's state must not be shared by threads mid-call
+            return data.tokenize_example(self.tokenizer, prompt, response, self.max_length, where="reward input")
 
     def score_ids(self, sequences: Sequence[Sequence[int]]) -> Tuple[torch.Tensor, torch.Tensor]:
         """(rewards [n] float32, mu [n, L] float32) on the model's device, in input order."""
@@ -94,10 +89,22 @@ class RewardScorer:
         return self.score_ids(sequences)
 
 
+@dataclass
+class HookResult:
+    """What ``apply_hooks`` returns for one batch of n responses."""
+
+    rewards: torch.Tensor  # [n] float32, after the penalty
+    metrics: Dict[str, float]  # "inform/reward_raw_mean", "inform/mu_norm", "inform/ibl_penalty_mean"
+    monitor: Dict[str, float]  # the monitor's numbers, "inform/<name>" (an OverOptimizationMonitor: the same keys every call)
+    monitor_evaluated: bool  # whether the monitor evaluated at this call
+
+
 def apply_hooks(rewards: torch.Tensor, mu: torch.Tensor, ibl_penalty: Optional[PenaltyFn], monitor: Optional[MonitorFn],
-                step: Optional[int] = None):
-    """Run the optional penalty and monitor: returns (final rewards [n], metrics dict of floats).
+                step: Optional[int] = None) -> HookResult:
+    """Run the optional penalty and monitor on a batch (rewards [n], mu [n, L]).
     ``step`` (the trainer's global step, when known) goes to an ``OverOptimizationMonitor``."""
+    from inform_fast.detect.monitor import OverOptimizationMonitor
+
     metrics: Dict[str, float] = {}
     if rewards.numel():
         metrics["inform/reward_raw_mean"] = rewards.mean().item()
@@ -108,13 +115,20 @@ def apply_hooks(rewards: torch.Tensor, mu: torch.Tensor, ibl_penalty: Optional[P
         if final.shape != rewards.shape:
             raise ValueError(f"ibl_penalty: returned shape {tuple(final.shape)}, expected {tuple(rewards.shape)}")
         metrics["inform/ibl_penalty_mean"] = (rewards - final).mean().item()
-    if monitor is not None and rewards.numel():
-        from inform_fast.detect.monitor import OverOptimizationMonitor
-
-        extra = (monitor(mu, final, step=step) if isinstance(monitor, OverOptimizationMonitor) else monitor(mu, final)) or {}
-        for key, value in extra.items():
-            metrics[key if "/" in key else f"inform/{key}"] = float(value)
-    return final, metrics
+    numbers: Dict[str, float] = {}
+    evaluated = False
+    if isinstance(monitor, OverOptimizationMonitor):
+        if rewards.numel():
+            numbers = monitor(mu, final, step=step)
+        else:  # nothing to buffer: the keys, with the latest values, all the same
+            numbers = monitor.hook_values()
+        evaluated = bool(numbers.pop("evaluated"))
+        numbers["evaluated"] = float(evaluated)
+    elif monitor is not None and rewards.numel():
+        numbers = dict(monitor(mu, final) or {})
+        evaluated = bool(numbers)
+    named = {key if "/" in key else f"inform/{key}": float(value) for key, value in numbers.items()}
+    return HookResult(rewards=final, metrics=metrics, monitor=named, monitor_evaluated=evaluated)
 
 
 def make_openrlhf_reward_func(model, tokenizer, batch_size: int = 32, max_length: Optional[int] = None,
@@ -124,26 +138,37 @@ def make_openrlhf_reward_func(model, tokenizer, batch_size: int = 32, max_length
     Returns ``reward_func(queries, prompts=None, labels=None, **kw)`` where ``queries`` are the
     full texts (prompt + response, as OpenRLHF passes them). It returns
     ``{"rewards": [n] float32 tensor (after the IBL penalty), "scores": the same tensor,
-    "extra_logs": {name: [n] tensor}}`` with the raw reward, the penalty and any monitor numbers
-    (OpenRLHF averages extra_logs for logging). Tensors are on the CPU, as OpenRLHF's remote
-    reward functions return them.
+    "extra_logs": {name: [n] tensor}}`` with the raw reward, the penalty and the monitor's numbers.
+    Tensors are on the CPU, as OpenRLHF's remote reward functions return them.
+
+    OpenRLHF calls it once per sample (``queries`` of length 1) from worker threads, turns an
+    exception into a missing reward, and batches ``extra_logs`` across samples, which needs the
+    same keys on every call: so the keys never depend on whether the monitor evaluated. With an
+    ``OverOptimizationMonitor`` they are ``inform_raw_reward``, ``inform_ibl_penalty`` (with a
+    penalty) and ``inform_<metric>`` for each of ``monitor.hook_keys`` (the latest evaluation's
+    values, NaN before the first; ``inform_evaluated`` is 1 on the sample whose call evaluated).
+    A custom monitor callable must return the same keys on every call; keys it has returned before
+    and omits later are filled with NaN. Safe to call from several threads.
     """
     scorer = RewardScorer(model, tokenizer, batch_size=batch_size, max_length=max_length)
+    seen_monitor_keys: Dict[str, None] = {}  # insertion-ordered set of keys a custom monitor returned
+    lock = threading.Lock()
 
     def reward_func(queries, prompts=None, labels=None, **kwargs):
         if isinstance(queries, str):
             raise ValueError("queries: expected a list of strings, got one string")
         raw, mu = scorer.score(None, list(queries))
-        final, metrics = apply_hooks(raw, mu, ibl_penalty, monitor)
+        hooked = apply_hooks(raw, mu, ibl_penalty, monitor)
         n = len(queries)
         extra_logs = {"inform_raw_reward": raw.cpu()}
         if ibl_penalty is not None:
-            extra_logs["inform_ibl_penalty"] = (raw - final).cpu()
-        for key, value in metrics.items():
-            if key.startswith("inform/") and key[7:] in ("reward_raw_mean", "ibl_penalty_mean"):
-                continue
-            extra_logs[key.replace("/", "_")] = torch.full((n,), value)
-        final = final.cpu()
+            extra_logs["inform_ibl_penalty"] = (raw - hooked.rewards).cpu()
+        with lock:
+            seen_monitor_keys.update(dict.fromkeys(hooked.monitor))
+            monitor_keys = list(seen_monitor_keys)
+        for key in monitor_keys:
+            extra_logs[key.replace("/", "_")] = torch.full((n,), hooked.monitor.get(key, math.nan))
+        final = hooked.rewards.cpu()
         return {"rewards": final, "scores": final.clone(), "extra_logs": extra_logs}
 
     reward_func.__name__ = "inform_reward"

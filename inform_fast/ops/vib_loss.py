@@ -102,7 +102,8 @@ def linear_pairwise_loss(
         noise_chosen, noise_rejected: optional [B, L] noise. With ``sample`` a missing one is drawn
             in-kernel (Philox, seeded from torch's RNG); without ``sample`` a missing one means z = mu.
         beta: KL weight. margin: None, a float, a 0-d or a [B] tensor (not differentiated).
-        kl_mode: "standard" or "authors".
+        kl_mode: "standard" or "authors" (the authors' per-row KL, and their weighting: beta times
+            the mean over the 2B rows, ``reference.KL_PAIR_WEIGHT``).
 
     Returns (reference.PairwiseLoss, reward_chosen [B], reward_rejected [B]), float32 (float64 in);
     only ``loss`` carries a gradient.
@@ -124,6 +125,8 @@ def linear_pairwise_loss(
     for name, noise in (("noise_chosen", noise_chosen), ("noise_rejected", noise_rejected)):
         if noise is not None and tuple(noise.shape) != (pairs, latent):
             raise ValueError(f"{name}: expected shape ({pairs}, {latent}), got {tuple(noise.shape)}")
+    # the kernel computes mean_b[KL_w + KL_l]; the mode's weight of it folds into beta
+    weight = reference.KL_PAIR_WEIGHT[kl_mode]
     acc = reference.accumulation_dtype(chosen.dtype)
     device = chosen.device
     seed, mode = 0, K.NOISE_NONE
@@ -144,9 +147,9 @@ def linear_pairwise_loss(
         None if encoder_bias is None else encoder_bias.contiguous(),
         decoder_weight.reshape(-1).contiguous(), None if decoder_bias is None else decoder_bias.reshape(-1).contiguous(),
         noise_chosen, noise_rejected, _margin_tensor(margin, pairs, device, acc),
-        seed, mode, kl_mode == "authors", float(beta),
+        seed, mode, kl_mode == "authors", float(beta) * weight,
     )
     terms = reference.PairwiseLoss(
-        loss=loss, preference_loss=means[0], kl=means[1], accuracy=means[3], reward_margin=means[2],
+        loss=loss, preference_loss=means[0], kl=means[1] * weight, accuracy=means[3], reward_margin=means[2],
     )
     return terms, rewards[0], rewards[1]
