@@ -33,17 +33,23 @@ def tiny_tokenizer(extra_words: Iterable[str] = ()):
 
 
 def _tiny_llama_config(vocab_size: int, hidden_size: int, layers: int, **overrides):
+    """A small ``LlamaConfig`` (4 heads, 2 key/value heads, 256 positions); ``overrides`` are
+    ``LlamaConfig`` fields and replace any of these defaults."""
     from transformers import LlamaConfig
 
-    return LlamaConfig(
+    settings = dict(
         vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=2 * hidden_size,
         num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
-        max_position_embeddings=256, pad_token_id=0, bos_token_id=2, eos_token_id=3, **overrides,
+        max_position_embeddings=256, pad_token_id=0, bos_token_id=2, eos_token_id=3,
     )
+    settings.update(overrides)
+    return LlamaConfig(**settings)
 
 
 def tiny_llama(vocab_size: int, hidden_size: int = 32, layers: int = 2, seed: Optional[int] = 0, **overrides):
-    """A random ``LlamaModel`` backbone (2 layers, hidden 32 by default)."""
+    """A random ``LlamaModel`` backbone (2 layers, hidden 32, 4 heads, 2 key/value heads by default);
+    ``overrides`` are ``LlamaConfig`` fields and replace any of these defaults. The weights are drawn
+    after ``torch.manual_seed(seed)`` (no reseeding when ``seed`` is None)."""
     import torch
     from transformers import LlamaModel
 

@@ -1,6 +1,8 @@
 """Tests of ``inform-fast demo``: the best-of-n / KL / AUROC math against brute force and
-scikit-learn, the synthetic world against its gold oracle, and the tiny preset end to end
-(report structure, determinism, numbers that come from the trained models)."""
+scikit-learn, the synthetic world against its gold oracle and its annotator's formula, the
+across-seed intervals against scipy and a direct computation, the findings as numbers against
+their named thresholds, and the tiny preset end to end (report structure, determinism per seed,
+numbers that come from the trained models, an output folder never damaged)."""
 import itertools
 import json
 import math
@@ -11,13 +13,13 @@ import pytest
 import torch
 
 from inform_fast.cli import main
-from inform_fast.demo import study, world
+from inform_fast.demo import aggregate, findings, study, world
 from inform_fast.demo.config import preset
 from inform_fast.demo.pipeline import run_study
 
 RM = ("standard", "inform")
 SERIES = ("kl", "gold", "proxy", "icds", "icds_normalized", "mop", "hacked_fraction", "filler")
-
+TINY_SEEDS = [0, 1]
 
 # ----------------------------------------------------------------------------------- math
 def test_kl_formula():
@@ -102,37 +104,294 @@ def test_log_grid():
     assert study.log_grid(100) == [1, 2, 4, 8, 16, 32, 64, 100]
 
 
+
 # ----------------------------------------------------------------------------------- world
-def test_world_gold_and_pairs():
+def test_world_gold_filler_and_kinds_match_the_words():
     rng = np.random.default_rng(1)
-    responses = world.generate(rng, rng.integers(8, size=500))
+    config = world.WorldConfig(min_words=5, max_words=17, padded_share=0.2)
+    responses = world.generate(rng, rng.integers(8, size=700), config)
     for topic, words, gold in zip(responses.topic, responses.words, responses.gold):
         assert gold == pytest.approx(world.gold_reward(int(topic), words))
+        assert world.is_valid_response(words, config)
     assert all(len(w) == n for w, n in zip(responses.words, responses.length))
+    assert set(responses.length.tolist()) == set(range(5, 18))
     filler = set(world.FILLER)
     assert [sum(w in filler for w in ws) for ws in responses.words] == responses.filler.tolist()
-
-    pairs = world.preference_pairs(rng, 3000, 8, flip=0.25)
-    agree = pairs.chosen.gold >= pairs.rejected.gold
-    decided = pairs.chosen.gold != pairs.rejected.gold
-    # labels follow the gold reward except for the flipped ones
-    assert np.all(agree[decided & ~pairs.flipped])
-    assert np.all(~agree[decided & pairs.flipped])
-    assert 0.2 < pairs.flipped.mean() < 0.3
-    # the spurious feature: the chosen response has more filler far more often than less
-    more = np.mean(pairs.chosen.filler > pairs.rejected.filler)
-    less = np.mean(pairs.chosen.filler < pairs.rejected.filler)
-    assert more > 2 * less
+    counts = world.kind_counts(responses)
+    names = list(world.TOPICS)
+    own = [sum(w in world.TOPICS[names[t]].split() for w in ws) for t, ws in zip(responses.topic, responses.words)]
+    np.testing.assert_array_equal(counts[:, world.KINDS.index("on_topic")], own)
+    np.testing.assert_array_equal(counts[:, world.KINDS.index("filler")], responses.filler)
+    np.testing.assert_array_equal(counts.sum(axis=1), responses.length)
+    weights = np.array([world.GOLD_WEIGHTS.get(kind, 0.0) for kind in world.KINDS])
+    np.testing.assert_allclose(counts @ weights, responses.gold)
+    # every response word is reachable, and a padded share of 0.2 shows as responses mostly filler
+    assert set(w for ws in responses.words for w in ws) == set(world.response_vocabulary())
+    assert 0.1 < np.mean(2 * responses.filler >= responses.length) < 0.3
     tokenizer = world.build_tokenizer()
     ids = tokenizer(responses.texts()[:20])["input_ids"]
     assert all(tokenizer.unk_token_id not in row for row in ids)
 
 
+def test_annotator_follows_the_bradley_terry_formula():
+    rng = np.random.default_rng(2)
+    bias, temperature = 1.5, 2.0
+    pairs = world.preference_pairs(rng, 20000, 8, filler_bias=bias, temperature=temperature)
+    assert len(pairs.chosen.words) == len(pairs.rejected.words) == 20000
+    assert np.array_equal(pairs.chosen.topic, pairs.rejected.topic)
+    gap = (pairs.chosen.gold + bias * pairs.chosen.filler) - (pairs.rejected.gold + bias * pairs.rejected.filler)
+    # A beats B with probability sigmoid((u_A - u_B) / T): among pairs whose utilities differ by |gap|,
+    # the share in which the chosen one has the higher utility is sigmoid(|gap| / T) on average
+    magnitude = np.abs(gap)
+    agree = gap > 0
+    for low, high in ((0.25, 1.0), (1.0, 2.5), (2.5, 6.0)):
+        rows = (magnitude >= low) & (magnitude < high)
+        expected = np.mean(1.0 / (1.0 + np.exp(-magnitude[rows] / temperature)))
+        sem = math.sqrt(expected * (1 - expected) / rows.sum())
+        assert abs(agree[rows].mean() - expected) < 5 * sem, (low, high, agree[rows].mean(), expected)
+    np.testing.assert_array_equal(pairs.against_gold, pairs.chosen.gold < pairs.rejected.gold)
+    # the bias shows: the chosen response has more filler clearly more often than less (0.17 vs 0.10 here)
+    more, less = np.mean(pairs.chosen.filler > pairs.rejected.filler), np.mean(pairs.chosen.filler < pairs.rejected.filler)
+    assert more > 1.5 * less
+    # no bias and no temperature: the gold comparison itself (the held-out pairs)
+    gold = world.preference_pairs(rng, 3000, 8)
+    assert not gold.against_gold.any()
+    with pytest.raises(ValueError, match="label_model"):
+        world.preference_pairs(rng, 10, 8, label_model="votes")
+
+
+def test_previous_world_labels_select_and_flip():
+    rng = np.random.default_rng(1)
+    config = world.WorldConfig(min_words=8, max_words=20, quality_mean=0.0, filler_b=3.0, filler_max=0.9, padded_share=0.0)
+    pairs = world.preference_pairs(rng, 3000, 8, label_model="selected", flip=0.25, keep_otherwise=0.25, config=config)
+    decided = pairs.chosen.gold != pairs.rejected.gold
+    # about a quarter of the decided labels disagree with the gold reward (the flips)
+    assert 0.18 < pairs.against_gold[decided].mean() < 0.32
+    more = np.mean(pairs.chosen.filler > pairs.rejected.filler)
+    less = np.mean(pairs.chosen.filler < pairs.rejected.filler)
+    assert more > 2 * less
+
+
+def test_config_world_and_bad_fields():
+    config = preset("small")
+    made = config.world()
+    assert (made.min_words, made.max_words, made.padded_share, made.quality_mean) == (
+        config.min_words, config.max_words, config.padded_share, config.quality_mean)
+    for field, value, name in (("label_model", "votes", "label_model"), ("padded_share", 1.5, "padded_share"),
+                               ("min_words", 0, "min_words"), ("label_temperature", -1.0, "label_temperature"),
+                               ("padded_low", 0.95, "padded_low")):
+        with pytest.raises(ValueError, match=name):
+            preset("tiny", **{field: value})
+
+
+# ----------------------------------------------------------------------------------- across seeds
+@pytest.mark.parametrize("size", [2, 3, 7, 10])
+def test_mean_interval_matches_scipy_and_the_formula(size):
+    stats = pytest.importorskip("scipy.stats")
+    rng = np.random.default_rng(size)
+    values = rng.normal(loc=rng.normal(), scale=rng.uniform(0.1, 3.0), size=size)
+    got = aggregate.mean_interval(values.tolist())
+    mean = values.mean()
+    sem = values.std(ddof=1) / math.sqrt(size)
+    low, high = stats.t.interval(0.95, size - 1, loc=mean, scale=sem)
+    assert got["mean"] == pytest.approx(mean, rel=1e-12)
+    assert got["low"] == pytest.approx(low, rel=1e-10, abs=1e-12)
+    assert got["high"] == pytest.approx(high, rel=1e-10, abs=1e-12)
+    assert got["sd"] == pytest.approx(values.std(ddof=1), rel=1e-12) and got["n"] == size
+    # by hand in float64: the t quantile of N - 1 degrees of freedom times the standard error
+    half = stats.t.ppf(0.975, size - 1) * sem
+    assert (got["high"] - got["low"]) / 2 == pytest.approx(half, rel=1e-10)
+    narrow = aggregate.mean_interval(values, confidence=0.5)
+    assert got["low"] < narrow["low"] < narrow["high"] < got["high"]
+
+
+def test_mean_interval_edge_cases_and_bad_input():
+    one = aggregate.mean_interval([0.7])
+    assert one == {"mean": 0.7, "low": None, "high": None, "sd": None, "n": 1}
+    same = aggregate.mean_interval([0.25, 0.25, 0.25])
+    assert same["low"] == same["high"] == 0.25
+    for bad, match in (([], "non-empty"), ([1.0, float("nan")], "finite"), ([[1.0, 2.0]], "1-D"), ([1.0, float("inf")], "finite")):
+        with pytest.raises(ValueError, match=match):
+            aggregate.mean_interval(bad)
+    with pytest.raises(ValueError, match="confidence"):
+        aggregate.mean_interval([1.0, 2.0], confidence=1.0)
+
+
+def test_curve_interval_direction_and_count():
+    rng = np.random.default_rng(4)
+    rows = rng.normal(size=(5, 9))
+    band = aggregate.curve_interval(rows)
+    for k in range(9):
+        column = aggregate.mean_interval(rows[:, k])
+        assert (band["mean"][k], band["low"][k], band["high"][k]) == (column["mean"], column["low"], column["high"])
+    assert aggregate.curve_interval(rows[:1])["low"] is None
+    assert aggregate.direction({"low": 0.1, "high": 0.4}) == "above zero"
+    assert aggregate.direction({"low": -0.4, "high": -0.01}) == "below zero"
+    assert aggregate.direction({"low": -0.1, "high": 0.4}) == "includes zero"
+    assert aggregate.direction({"low": None, "high": None}) is None
+    assert aggregate.count([True, False, True]) == {"count": 2, "seeds": 3, "holds": "some"}
+    assert aggregate.count([True] * 4)["holds"] == "all" and aggregate.count([False])["holds"] == "none"
+    with pytest.raises(ValueError, match="flags"):
+        aggregate.count([])
+
+
+# ----------------------------------------------------------------------------------- findings as numbers
+def test_gold_decline_and_the_comparison_thresholds():
+    tol = findings.DECLINE_TOLERANCE
+    rising = findings.gold_decline([0.0, 0.3, 0.5])
+    assert rising == {"index": 2, "value": 0.5, "final": 0.5, "drop": 0.0, "declined": False}
+    peaked = findings.gold_decline([0.0, 0.8, 0.8 - 2 * tol])
+    assert peaked["index"] == 1 and peaked["drop"] == pytest.approx(2 * tol) and peaked["declined"]
+    assert not findings.gold_decline([0.0, 0.8, 0.8 - tol / 2])["declined"]  # inside the tolerance
+    with pytest.raises(ValueError, match="gold"):
+        findings.gold_decline([0.0, float("nan")])
+    same = findings.SAME_GOLD_TOLERANCE
+    assert findings.compare(0.5 + 2 * same, 0.5, same) == "higher"
+    assert findings.compare(0.5 - 2 * same, 0.5, same) == "lower"
+    assert findings.compare(0.5 + same / 2, 0.5, same) == "same"
+    bands = [(findings.AUROC_USABLE, "usable"), (findings.AUROC_USABLE - 0.01, "modest"), (findings.AUROC_MODEST, "modest"),
+             (0.5, "chance"), (findings.AUROC_INVERTED, "inverted"), (0.1, "inverted"), (None, "undefined")]
+    for value, band in bands:
+        assert findings.auroc_quality(value) == band, value
+
+
+def _guide(gold, mop, alarm, icds=None, every=2):
+    peak = int(np.argmax(gold))
+    decline = findings.gold_decline(gold)
+    return {"gold": list(gold), "proxy": [0.0] * len(gold), "mop": list(mop), "icds_normalized": list(icds or [0.0] * len(gold)),
+            "hacked_fraction": [0.5] * len(gold), "off_topic": [1.0] * len(gold), "filler": [0.5] * len(gold),
+            "inform": [0.0, 1.0, 2.0, 3.0][: len(gold)], "gold_peak_round": peak * every, "gold_peak": gold[peak],
+            "gold_drop_after_peak": decline["drop"], "gold_declined": decline["declined"], "alarm_round": alarm,
+            "alarm_reason": "mop 0.2 > threshold 0.1" if alarm is not None else None}
+
+
+def test_alarm_timing_classes():
+    def timing(gold, alarm):
+        return findings.alarm_timing(_guide(gold, [0.0] * len(gold), alarm))
+
+    hacked = [0.1, 0.4, 0.0, -0.5]  # peak at round 2
+    assert timing(hacked, 0)["timing"] == "early" and timing(hacked, 0)["lag"] == -2
+    assert timing(hacked, 2)["timing"] == "at_peak" and timing(hacked, 2)["lag"] == 0
+    assert timing(hacked, 6)["timing"] == "late" and timing(hacked, 6)["lag"] == 4
+    assert timing(hacked, None)["timing"] == "undetected" and timing(hacked, None)["lag"] is None
+    honest = [0.1, 0.5, 0.9, 1.2]
+    assert timing(honest, 4)["timing"] == "false_alarm"
+    assert timing(honest, None)["timing"] == "quiet"
+
+
+def test_detector_against_the_control_labels():
+    def search(control_mop, hacked_mop, control_icds=(0.01, 0.012), hacked_icds=(0.01, 0.03)):
+        return {"gold": _guide([0.1, 0.5, 0.9, 1.2], [control_mop[0], 0, 0, control_mop[1]], None, [control_icds[0], 0, 0, control_icds[1]]),
+                "standard": _guide([0.1, 0.4, 0.0, -0.5], [hacked_mop[0], 0, 0, hacked_mop[1]], 4, [hacked_icds[0], 0, 0, hacked_icds[1]])}
+
+    mop = findings.score_against_control(search((0.02, 0.2), (0.02, 0.4)), "mop", ["standard"])
+    assert mop["control_rise"] == pytest.approx(0.18) and mop["rise"]["standard"] == pytest.approx(0.38)
+    assert mop["ratio"]["standard"] == pytest.approx(0.38 / 0.18) and mop["label"] == "separated_control_rose"
+    assert findings.score_against_control(search((0.02, 0.03), (0.02, 0.4)), "mop", ["standard"])["label"] == "separated"
+    assert findings.score_against_control(search((0.02, 0.2), (0.02, 0.3)), "mop", ["standard"])["label"] == "not_separated"
+    assert findings.score_against_control(search((0.02, 0.2), (0.02, 0.06)), "mop", ["standard"])["label"] == "barely_moved"
+    icds = findings.score_against_control(search((0, 0), (0, 0)), "icds_normalized", ["standard"])
+    assert icds["rise"]["standard"] == pytest.approx(0.02) and icds["ratio"]["standard"] == pytest.approx(10.0)
+    assert icds["label"] == "separated"
+    close = findings.score_against_control(search((0, 0), (0, 0), (0.01, 0.02), (0.01, 0.025)), "icds_normalized", ["standard"])
+    assert close["ratio"]["standard"] == pytest.approx(1.5) and close["label"] == "not_separated"
+    flat = findings.score_against_control(search((0, 0), (0, 0), (0.01, 0.02), (0.01, 0.01)), "icds_normalized", ["standard"])
+    assert flat["label"] == "no_rise"
+
+
+def test_ibl_findings_numbers():
+    ibl = {"coef": 0.25, "coef_scale": 1.0, "reference_reward_std": 0.5, "reference_distance_std": 2.0,
+           "reference_distance_mean": 1.9, "reference_corr_distance_abs_reward": 0.8}
+
+    def results(penalised):
+        plain = _guide([0.1, 0.4, 0.0, -0.5], [0.01, 0.1, 0.2, 0.3], 4)
+        plain["distance"] = [2.0, 2.5]
+        return {"policy_search": {"rounds": [0, 2, 4, 6], "config": {"ibl": ibl}, "inform": plain, "inform_ibl": penalised}}
+
+    delayed = _guide([0.1, 0.2, 0.5, 0.1], [0.01, 0.0, 0.0, 0.0], 2)
+    delayed["distance"] = [2.0, 1.0]
+    f = findings.ibl_findings(results(delayed))
+    assert f["decline"] == "both_declined" and f["peak_delay"] == 2
+    assert f["gold_difference_final"] == pytest.approx(0.6) and f["gold_final_verdict"] == "higher"
+    assert f["hacked_toward_reference"] and f["distance_tracks_reward"]
+    assert f["alarm"]["inform_ibl"]["timing"] == "early" and f["alarm"]["inform_ibl"]["lag"] == -2
+    assert f["alarm"]["inform"]["timing"] == "late" and f["peak_round"] == {"inform": 2, "inform_ibl": 4}
+    removed = _guide([0.1, 0.2, 0.3, 0.4], [0.0] * 4, None)
+    removed["distance"] = [2.0, 1.5]
+    f = findings.ibl_findings(results(removed))
+    assert f["decline"] == "removed" and not f["hacked_toward_reference"]
+    ibl["reference_corr_distance_abs_reward"] = 0.06
+    assert findings.ibl_findings(results(removed))["distance_tracks_reward"] is False
+    assert findings.ibl_findings({"policy_search": {"inform": removed, "rounds": [0], "config": {}}}) is None
+
+
+def _fake_seed(seed, standard_gold, inform_gold, accuracy=(0.8, 0.79), auroc=0.6):
+    ns = [1, 2, 4, 8]
+    return {"seed": seed, "best_of_n": findings.best_of_n_findings({
+        "n": ns,
+        "standard": {"gold": standard_gold, "proxy": [0, 1, 2, 3], "filler": [0.5, 1, 2, 4], "heldout_accuracy": accuracy[0]},
+        "inform": {"gold": inform_gold, "proxy": [0, 1, 2, 3], "filler": [0.5, 1, 1, 2], "heldout_accuracy": accuracy[1]},
+    }), "detection": {"auroc": {"standard": auroc, "inform": auroc, "pooled": auroc},
+                      "mop": {name: {"n1": 0.01, "max_n": 0.2} for name in RM},
+                      "icds_normalized": {name: {"n1": 0.0, "max_n": 0.1} for name in RM}}}
+
+
+def test_study_findings_count_and_interval_the_seeds():
+    rng = np.random.default_rng(7)
+    per_seed = []
+    for seed in range(6):
+        peak = rng.uniform(0.5, 1.0)
+        standard = [0.0, peak, peak - 0.3, peak - rng.uniform(0.2, 1.0)] if seed != 3 else [0.0, 0.3, 0.6, 0.9]
+        inform = [0.0, peak, peak - 0.1, standard[-1] + rng.normal(0.2, 0.1)]
+        per_seed.append(_fake_seed(seed, standard, inform, accuracy=(0.8 + 0.01 * seed, 0.79), auroc=0.4 + 0.05 * seed))
+    f = findings.study_findings(per_seed)
+    best = f["best_of_n"]
+    assert f["seeds"] == list(range(6)) and f["n_seeds"] == 6
+    assert best["standard"]["overoptimized"] == {"count": 5, "seeds": 6, "holds": "some"}
+    drops = [s["best_of_n"]["standard"]["drop"] for s in per_seed]
+    assert best["standard"]["drop"] == aggregate.mean_interval(drops)
+    differences = [s["best_of_n"]["inform"]["final"] - s["best_of_n"]["standard"]["final"] for s in per_seed]
+    got = best["gold_difference_at_max_n"]
+    assert got["mean"] == pytest.approx(np.mean(differences))
+    assert got["direction"] == aggregate.direction(aggregate.mean_interval(differences))
+    assert got["inform_higher"]["count"] == sum(d > findings.SAME_GOLD_TOLERANCE for d in differences)
+    accuracy = best["heldout_accuracy_difference"]
+    assert accuracy["mean"] == pytest.approx(np.mean([0.79 - 0.8 - 0.01 * s for s in range(6)]))
+    assert accuracy["direction"] == "below zero"
+    band = best["gold_difference"]
+    assert band["n"] == [1, 2, 4, 8] and band["mean"][0] == 0.0
+    assert best["inform_higher_at_n"] == [n for n, low in zip(band["n"], band["low"]) if low > 0]
+    det = f["detection"]
+    assert det["auroc_below_half"]["pooled"]["count"] == 2  # 0.40 and 0.45
+    assert det["auroc"]["pooled"]["mean"] == pytest.approx(np.mean([0.4 + 0.05 * s for s in range(6)]))
+    with pytest.raises(ValueError, match="per_seed"):
+        findings.study_findings([])
+
+
+@pytest.mark.parametrize("auroc,hacked_distance,reading", [
+    (0.3, 2.0, "inverted_hacked_closer"), (0.3, 5.0, "inverted_hacked_farther"),
+    (0.8, 5.0, "hacked_farther"), (0.8, 2.0, "hacked_closer"),
+])
+def test_the_auroc_is_read_from_what_the_picks_look_like(auroc, hacked_distance, reading):
+    per_seed = []
+    for seed in range(3):
+        fake = _fake_seed(seed, [0.0, 0.5, 0.4, 0.1], [0.0, 0.5, 0.45, 0.2], auroc=auroc + 0.01 * seed)
+        fake["detection"]["picks"] = {"hacked_share": 0.3, "hacked_distance": hacked_distance + 0.1 * seed,
+                                      "other_distance": 3.0, "hacked_reward_z": 1.0, "other_reward_z": 2.0,
+                                      "corr_distance_abs_reward_z": 0.8}
+        per_seed.append(fake)
+    detection = findings.study_findings(per_seed)["detection"]
+    assert detection["auroc_reading"] == reading
+    assert detection["auroc_quality"] == findings.auroc_quality(auroc + 0.01)
+    assert detection["picks"]["hacked_distance"]["mean"] == pytest.approx(hacked_distance + 0.1)
+
 # ----------------------------------------------------------------------------------- end to end
 @pytest.fixture(scope="module")
 def tiny_report(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo") / "report"
-    code = main(["demo", "--preset", "tiny", "--seed", "0", "--out", str(out), "--quiet"])
+    # --jobs 2: seed 0 runs here, seed 1 in a spawned worker process (compared with seed 1 run here below)
+    code = main(["demo", "--preset", "tiny", "--seeds", str(len(TINY_SEEDS)), "--seed", str(TINY_SEEDS[0]), "--jobs", "2",
+                 "--out", str(out), "--quiet"])
     assert code == 0
     return out
 
@@ -140,77 +399,218 @@ def tiny_report(tmp_path_factory):
 def test_report_structure(tiny_report):
     files = sorted(os.listdir(tiny_report))
     assert files == [".inform-fast-demo", "detection.png", "gold_vs_proxy.png", "latent_map.png", "policy_search.png", "report.json", "report.md"]
-    for name in ("detection.png", "gold_vs_proxy.png", "latent_map.png"):
+    for name in ("detection.png", "gold_vs_proxy.png", "latent_map.png", "policy_search.png"):
         with open(tiny_report / name, "rb") as stream:
             assert stream.read(8) == b"\x89PNG\r\n\x1a\n"
     results = json.loads((tiny_report / "report.json").read_text())
-    grid = results["n"]
-    assert grid[0] == 1 and grid[-1] == preset("tiny").max_n
-    for name in RM:
-        for key in SERIES:
-            assert len(results[name][key]) == len(grid), (name, key)
-            assert all(math.isfinite(v) for v in results[name][key])
-        assert len(results["icds"][name]) == len(results["mop"][name]) == len(grid)
-        # n = 1 is the base pool: z-scored rewards average to 0 there
-        assert results[name]["gold"][0] == pytest.approx(0.0, abs=1e-9)
-        assert results[name]["proxy"][0] == pytest.approx(0.0, abs=1e-9)
-        assert np.all(np.diff(results[name]["proxy"]) >= -1e-9)  # best-of-n on its own proxy
-        np.testing.assert_allclose(results[name]["kl"], study.best_of_n_kl(grid))
-    assert set(results["detector_auroc"]) == {"standard", "inform", "pooled"}
-    for name in RM:
-        assert len(results["detector_auroc_by_n"][name]) == len(grid)
-    spectrum = results["latent_spectrum"]
-    assert len(spectrum["eigenvalues"]) == preset("tiny").latent_dim
-    assert 1.0 <= spectrum["participation_ratio"] <= preset("tiny").latent_dim
-    assert 0.0 <= spectrum["top_cos_reward"] <= 1.0 + 1e-12
-    assert results["seed"] == 0 and results["preset"] == "tiny"
+    assert results["seeds"] == TINY_SEEDS and results["preset"] == "tiny"
+    assert [r["seed"] for r in results["per_seed"]] == TINY_SEEDS
     assert results["config"]["max_n"] == preset("tiny").max_n
-    assert results["runtime_s"] > 0
+    assert results["runtime_s"] > 0 and len(results["environment"]["seed_runtime_s"]) == len(TINY_SEEDS)
+    for run in results["per_seed"]:
+        grid = run["n"]
+        assert grid[0] == 1 and grid[-1] == preset("tiny").max_n
+        for name in RM:
+            for key in SERIES:
+                assert len(run[name][key]) == len(grid), (name, key)
+                assert all(math.isfinite(v) for v in run[name][key])
+            # n = 1 is the base pool: z-scored rewards average to 0 there
+            assert run[name]["gold"][0] == pytest.approx(0.0, abs=1e-9)
+            assert run[name]["proxy"][0] == pytest.approx(0.0, abs=1e-9)
+            assert np.all(np.diff(run[name]["proxy"]) >= -1e-9)  # best-of-n on its own proxy
+            np.testing.assert_allclose(run[name]["kl"], study.best_of_n_kl(grid))
+        assert set(run["detector_auroc"]) == {"standard", "inform", "pooled"}
+        spectrum = run["latent_spectrum"]
+        assert len(spectrum["eigenvalues"]) == preset("tiny").latent_dim
+        assert 1.0 <= spectrum["participation_ratio"] <= preset("tiny").latent_dim
+        picks = run["detector_picks"]
+        assert 0.0 < picks["hacked_share"] < 1.0 and picks["hacked_distance"] > 0 and picks["other_distance"] > 0
+        assert 0.0 <= run["data"]["label_against_gold"] <= 0.5
     text = (tiny_report / "report.md").read_text()
-    for name in ("gold_vs_proxy.png", "detection.png", "latent_map.png"):
+    for name in ("gold_vs_proxy.png", "detection.png", "latent_map.png", "policy_search.png"):
         assert f"]({name})" in text
-    # the verdict quotes the measured numbers, not a fixed claim
-    assert f"{results['inform']['gold'][-1]:.2f} vs {results['standard']['gold'][-1]:.2f}" in text
+    assert f"**{len(TINY_SEEDS)} seeds** ({', '.join(map(str, TINY_SEEDS))})" in text
 
 
-def _strip(results):
-    return {k: v for k, v in results.items() if k not in ("runtime_s", "environment")}
+def test_multi_seed_aggregates_equal_a_direct_computation(tiny_report):
+    """The report's across-seed numbers, recomputed from its own per-seed series with scipy."""
+    stats = pytest.importorskip("scipy.stats")
+    results = json.loads((tiny_report / "report.json").read_text())
+    runs, study_f = results["per_seed"], results["findings"]["study"]
+
+    def interval(values):
+        values = np.asarray(values, dtype=np.float64)
+        low, high = stats.t.interval(0.95, values.size - 1, loc=values.mean(), scale=values.std(ddof=1) / math.sqrt(values.size))
+        return values.mean(), low, high
+
+    for name in RM:
+        drops = [max(r[name]["gold"]) - r[name]["gold"][-1] for r in runs]
+        declined = [int(np.argmax(r[name]["gold"])) < len(r[name]["gold"]) - 1 and d > findings.DECLINE_TOLERANCE
+                    for r, d in zip(runs, drops)]
+        got = study_f["best_of_n"][name]
+        assert got["overoptimized"]["count"] == sum(declined)
+        np.testing.assert_allclose([got["drop"]["mean"], got["drop"]["low"], got["drop"]["high"]], interval(drops), rtol=1e-9, atol=1e-12)
+        accuracy = [r[name]["heldout_accuracy"] for r in runs]
+        np.testing.assert_allclose([got["heldout_accuracy"][k] for k in ("mean", "low", "high")], interval(accuracy), rtol=1e-9)
+    differences = [r["inform"]["gold"][-1] - r["standard"]["gold"][-1] for r in runs]
+    got = study_f["best_of_n"]["gold_difference_at_max_n"]
+    np.testing.assert_allclose([got["mean"], got["low"], got["high"]], interval(differences), rtol=1e-9, atol=1e-12)
+    pooled = [r["detector_auroc"]["pooled"] for r in runs]
+    got = study_f["detection"]["auroc"]["pooled"]
+    np.testing.assert_allclose([got["mean"], got["low"], got["high"]], interval(pooled), rtol=1e-9)
+    # the per-n band of the difference, point by point
+    band = study_f["best_of_n"]["gold_difference"]
+    for k in range(len(band["mean"])):
+        column = [r["inform"]["gold"][k] - r["standard"]["gold"][k] for r in runs]
+        if np.ptp(column) > 0:
+            np.testing.assert_allclose([band["mean"][k], band["low"][k], band["high"][k]], interval(column), rtol=1e-9, atol=1e-12)
+    # the renderer prints the study's numbers, not numbers of its own
+    text = (tiny_report / "report.md").read_text()
+    drop = study_f["best_of_n"]["standard"]["drop"]
+    assert f"{drop['mean']:.2f} [{drop['low']:.2f}, {drop['high']:.2f}]" in text
+    assert f"{got['mean']:.2f} [{got['low']:.2f}, {got['high']:.2f}]" in text
 
 
 @pytest.fixture(scope="module")
 def tiny_outcome():
-    """run_study of the tiny preset, seed 0, in this process (the arrays, scorer and search scorer kept)."""
-    return run_study(preset("tiny"), seed=0, progress=False)
+    """run_study of the tiny preset, seed 1 alone, in this process (the arrays, scorer and search scorer kept)."""
+    return run_study(preset("tiny"), seed=TINY_SEEDS[1], progress=False)
 
 
-def test_deterministic_and_model_dependent(tiny_report, tiny_outcome):
-    first = json.loads((tiny_report / "report.json").read_text())
+def test_each_seed_is_deterministic_on_its_own(tiny_report, tiny_outcome):
+    """A seed's numbers in a multi-seed run (computed there in a worker process, --jobs 2) are the
+    numbers of that seed run alone in this process."""
+    first = json.loads((tiny_report / "report.json").read_text())["per_seed"][1]
     again = json.loads(json.dumps(tiny_outcome["results"]))
-    for key in ("n", "kl", "gold_oracle", "icds", "mop", "detector_auroc", "detector_auroc_by_n", "latent_spectrum", "standard", "inform", "policy_search"):
+    assert again["seed"] == first["seed"] == TINY_SEEDS[1]
+    for key in ("n", "kl", "gold_oracle", "icds", "mop", "detector_auroc", "detector_auroc_by_n", "detector_picks",
+                "latent_spectrum", "standard", "inform", "policy_search", "data"):
         assert again[key] == first[key], key
 
+
+def test_calibrated_scores_are_the_library_calls(tiny_outcome):
+    """The demo's MOP (empirical p-values) and KOP at the largest n are inform_fast.detect's own
+    functions on the picks' latents, with the reference split seeded by the run's seed."""
+    from inform_fast.detect.calibrated import kop
+    from inform_fast.detect.mop import mop
+
+    results, arrays = tiny_outcome["results"], tiny_outcome["arrays"]
+    config, seed = preset("tiny"), results["seed"]
+    reference = torch.from_numpy(arrays["reference"])
+    for name in RM:
+        picks = torch.from_numpy(arrays["selected"][name])
+        empirical = mop(picks, reference, alpha=config.mop_alpha, shrinkage="ledoit_wolf", pvalues="empirical",
+                        calibration_fraction=config.calibration_fraction, seed=seed)
+        neighbours = kop(picks, reference, alpha=config.mop_alpha, k=config.knn_k, calibration_fraction=config.calibration_fraction, seed=seed)
+        assert results[name]["mop_empirical"][-1] == empirical.score
+        assert results[name]["kop"][-1] == neighbours.score
+        for key in ("mop_empirical", "kop"):
+            assert len(results[name][key]) == len(results["n"]) and all(0.0 <= v <= 1.0 for v in results[name][key])
+    assert results["reference"]["calibration_size"] == round(config.reference_size * config.calibration_fraction)
+    for guide in ("standard", "inform", "inform_ibl", "gold"):
+        series = results["policy_search"][guide]
+        assert len(series["kop"]) == len(series["mop_empirical"]) == len(results["policy_search"]["rounds"])
+
+
+def test_jobs_and_seeds_are_checked():
+    from inform_fast.demo.pipeline import default_jobs, run_seeds
+
+    config = preset("tiny")
+    assert 1 <= default_jobs(config, 3) <= 3 and default_jobs(config, 1) == 1
+    assert default_jobs(preset("tiny", device="cuda"), 3) == 1
+    with pytest.raises(ValueError, match="--jobs"):
+        run_seeds(config, [0], progress=False, jobs=0)
+    with pytest.raises(ValueError, match="--seeds"):
+        run_seeds(config, [1, 1], progress=False)
+
+
+def test_numbers_follow_the_seed_and_the_models(tiny_report):
+    runs = json.loads((tiny_report / "report.json").read_text())["per_seed"]
     # a different seed changes the data and the models, hence every curve
-    other = run_study(preset("tiny"), seed=1, progress=False)["results"]
     for name in RM:
-        assert other[name]["proxy"] != first[name]["proxy"]
-        assert other[name]["gold"] != first[name]["gold"]
-    # same data, different training: the proxy curves follow the trained models
-    short = run_study(preset("tiny", steps=3), seed=0, progress=False)["results"]
+        assert runs[0][name]["proxy"] != runs[1][name]["proxy"]
+        assert runs[0][name]["gold"] != runs[1][name]["gold"]
+    # same data, different training: the curves follow the trained models
+    short = run_study(preset("tiny", steps=3), seed=TINY_SEEDS[0], progress=False)["results"]
     for name in RM:
-        assert short[name]["gold"] != first[name]["gold"]
-        assert short[name]["heldout_accuracy"] != first[name]["heldout_accuracy"]
+        assert short[name]["gold"] != runs[0][name]["gold"]
+        assert short[name]["heldout_accuracy"] != runs[0][name]["heldout_accuracy"]
     # the oracle curve depends on the pool only, not on the reward models
-    np.testing.assert_allclose(short["gold_oracle"], first["gold_oracle"])
+    np.testing.assert_allclose(short["gold_oracle"], runs[0]["gold_oracle"])
 
 
-def test_cli_errors(tmp_path, capsys):
+def test_cli_states_the_seed_count_and_rejects_bad_seeds(tmp_path, capsys):
     code = main(["demo", "--preset", "tiny", "--out", str(tmp_path / "missing" / "out"), "--quiet"])
     assert code == 2
     assert "--out" in capsys.readouterr().err
+    for argv, name in ((["--seeds", "0"], "--seeds"), (["--seeds", "-2"], "--seeds"), (["--seed", "-1"], "--seed"),
+                       (["--jobs", "0"], "--jobs")):
+        assert main(["demo", "--preset", "tiny", "--out", str(tmp_path / "o"), "--quiet", *argv]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and name in err
+    assert not os.path.exists(tmp_path / "o")
     with pytest.raises(ValueError, match="preset"):
         preset("huge")
     with pytest.raises(ValueError, match="max_n"):
         preset("tiny", max_n=10_000)
+
+
+def test_cli_prints_the_seed_count(tiny_report, tmp_path, capsys, monkeypatch):
+    import inform_fast.demo as demo
+
+    seen = {}
+    results = json.loads((tiny_report / "report.json").read_text())
+
+    def finished_run(out, **kwargs):  # the tiny run's results, without running it again
+        seen.update(kwargs)
+        return results
+
+    monkeypatch.setattr(demo, "run_demo", finished_run)
+    assert main(["demo", "--preset", "tiny", "--seeds", "2", "--seed", "0", "--out", str(tmp_path / "x"), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert seen["seeds"] == 2 and seen["seed"] == 0
+    assert "2 seeds (0, 1), preset tiny" in out
+    drop = results["findings"]["study"]["best_of_n"]["standard"]["drop"]
+    assert f"{drop['mean']:.2f} [{drop['low']:.2f}, {drop['high']:.2f}]" in out
+
+
+def test_paper_preset_on_a_cpu_warns_before_it_runs(tmp_path, capsys, monkeypatch):
+    import inform_fast.demo as demo
+    from inform_fast.cli.demo import cost_warning
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    line = cost_warning("paper", cpu)
+    assert "--preset paper" in line and "GPU" in line and "\n" not in line
+    assert str(preset("paper").steps) in line and f"{8 * preset('paper').pool_per_prompt:,}" in line
+    assert cost_warning("small", cpu) == "" and cost_warning("paper", cuda) == ""
+
+    def stop(out, **kwargs):
+        raise ValueError("--out: stopped by the test")
+
+    monkeypatch.setattr(demo, "run_demo", stop)
+    assert main(["demo", "--preset", "paper", "--device", "cpu", "--out", str(tmp_path / "p"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.index("warning: --preset paper") < err.index("stopped by the test")
+    assert main(["demo", "--preset", "small", "--device", "cpu", "--out", str(tmp_path / "p"), "--quiet"]) == 2
+    assert "warning" not in capsys.readouterr().err
+
+
+def test_progress_bar_starts_each_stage_without_the_last_loss():
+    import io
+
+    from inform_fast.demo.pipeline import Progress
+
+    stream = io.StringIO()
+    bar = Progress(total=10, enabled=True, file=stream)
+    bar.prefix = "seed 3 (2/5): "
+    bar.stage("train standard")
+    bar.tick(loss="0.693", acc="0.50")
+    assert "loss=0.693" in bar.bar.postfix
+    bar.stage("score standard")
+    bar.tick()
+    assert not bar.bar.postfix  # the training loss is not shown through scoring
+    assert bar.bar.desc.startswith("seed 3 (2/5): score standard")
+    bar.close()
 
 
 def test_presets_are_consistent():
@@ -221,11 +621,26 @@ def test_presets_are_consistent():
     assert preset("small").max_n >= 1000 and preset("paper").max_n >= preset("small").max_n
 
 
+def test_backbone_is_the_tiny_llama_recipe():
+    from inform_fast.demo.train import build_backbone
+    from inform_fast.tiny import tiny_llama
+
+    demo_backbone = build_backbone(90, 32, 1, 2, seed=5)
+    config = demo_backbone.config
+    assert (config.num_attention_heads, config.num_key_value_heads, config.use_cache) == (2, 2, False)
+    same = tiny_llama(90, hidden_size=32, layers=1, seed=5, num_attention_heads=2, num_key_value_heads=2,
+                      max_position_embeddings=64, use_cache=False)
+    for (name, a), (_, b) in zip(demo_backbone.state_dict().items(), same.state_dict().items()):
+        assert torch.equal(a, b), name
+
+
 @pytest.fixture(scope="module")
 def short_outcome():
-    outcome = run_study(preset("tiny", steps=2), seed=0, progress=False)
-    outcome["results"].update(preset="tiny", config=preset("tiny", steps=2).to_dict())
-    return outcome
+    from inform_fast.demo.pipeline import run_seeds, study_results
+
+    config = preset("tiny", steps=2)
+    outcome = run_seeds(config, [0], progress=False)
+    return {"results": study_results(outcome["per_seed"], "tiny", config), "arrays": outcome["arrays"]}
 
 
 def _previous_output(out, files=("report.json",)):
@@ -320,8 +735,10 @@ def test_demo_reruns_into_its_previous_output(tmp_path, short_outcome):
     out = tmp_path / "out"
     # an earlier run wrote a figure this run does not: it is the demo's own, so it goes
     _previous_output(out, files=("report.json", "report.md", "latent_map.png", "policy_search.png"))
-    results = dict(short_outcome["results"])
-    results.pop("policy_search", None)
+    from inform_fast.demo.pipeline import study_results
+
+    runs = [{k: v for k, v in run.items() if k != "policy_search"} for run in short_outcome["results"]["per_seed"]]
+    results = study_results(runs, "tiny", preset("tiny", steps=2))
     report.write_report(str(out), {"results": results, "arrays": short_outcome["arrays"]})
     files = set(os.listdir(out))
     assert "policy_search.png" not in files and {"report.md", "report.json", "latent_map.png", report.MARKER} <= files
@@ -349,10 +766,12 @@ SEARCH_SERIES = ("gold", "gold_raw", "proxy", "standard", "inform", "mop", "icds
 
 
 def _population(seed=0, size=60):
+    """Responses of mixed lengths (the demo's default is a fixed budget; padding must work too)."""
     from inform_fast.demo import search
 
     rng = np.random.default_rng(seed)
-    return rng, search.Population.from_responses(world.generate(rng, rng.integers(8, size=size)))
+    config = world.WorldConfig(min_words=6, max_words=16, padded_share=0.1)
+    return rng, search.Population.from_responses(world.generate(rng, rng.integers(8, size=size), config))
 
 
 def test_edit_operator_keeps_responses_valid_and_changes_one_word():
@@ -369,7 +788,7 @@ def test_edit_operator_keeps_responses_valid_and_changes_one_word():
     gold = edits.gold(table)
     for row, new in enumerate(edited):
         old = words[row // k]
-        assert world.is_valid_response(new), new
+        assert world.is_valid_response(new, world.WorldConfig(min_words=6, max_words=16)), new
         assert len(new) == len(old)
         assert sum(a != b for a, b in zip(old, new)) == 1, (old, new)
         assert gold[row] == pytest.approx(world.gold_reward(int(edits.topic[row]), new))
@@ -388,15 +807,16 @@ def test_edit_operator_keeps_responses_valid_and_changes_one_word():
 
 def test_encoder_matches_the_tokenizer():
     from inform_fast.demo import search
-    from inform_fast.demo.pipeline import _tokenize
 
     _, population = _population(size=25)
     tokenizer = world.build_tokenizer()
     ids, mask = search.Encoder(tokenizer)(population)
     responses = world.Responses(topic=population.topic, words=population.words(), gold=np.zeros(25),
                                 filler=np.zeros(25, int), length=population.length)
-    want_ids, want_mask = _tokenize(tokenizer, responses, "cpu")
-    assert ids.tolist() == want_ids.tolist() and mask.tolist() == want_mask.tolist()
+    # the tokenizer on the texts themselves (prompt + response + <eos>, right-padded)
+    encoded = tokenizer([text + " <eos>" for text in responses.texts()], padding=True, return_tensors="pt")
+    assert ids.tolist() == encoded["input_ids"].tolist() and mask.tolist() == encoded["attention_mask"].tolist()
+    assert tokenizer.unk_token_id not in ids.tolist()
 
 
 def test_gold_guided_search_never_lowers_gold_and_is_deterministic():
@@ -431,88 +851,42 @@ def test_gold_guided_search_never_lowers_gold_and_is_deterministic():
     assert run(1)["gold"]["gold"] != first["gold"]["gold"]
 
 
+
 def test_policy_search_report(tiny_report):
     results = json.loads((tiny_report / "report.json").read_text())
-    ps = results["policy_search"]
     config = preset("tiny")
-    assert ps["config"]["population"] == config.search_population
-    assert ps["config"]["rounds"] == config.search_rounds and ps["config"]["edits"] == config.search_edits
-    assert ps["rounds"] == list(range(0, config.search_rounds + 1, config.search_every))
+    for run in results["per_seed"]:
+        ps = run["policy_search"]
+        assert ps["config"]["population"] == config.search_population
+        assert ps["config"]["rounds"] == config.search_rounds and ps["config"]["edits"] == config.search_edits
+        assert ps["rounds"] == list(range(0, config.search_rounds + 1, config.search_every))
+        for guide in GUIDES:
+            s = ps[guide]
+            for key in SEARCH_SERIES:
+                assert len(s[key]) == len(ps["rounds"]), (guide, key)
+                assert all(math.isfinite(v) for v in s[key]), (guide, key)
+            assert all(0.0 <= v <= 1.0 for v in s["mop"] + s["hacked_fraction"])
+            assert s["gold_peak_round"] in ps["rounds"]
+            assert s["alarm_round"] is None or s["alarm_round"] in ps["rounds"]
+            assert s["gold_raw"][0] == pytest.approx(ps["gold"]["gold_raw"][0])  # one start for every guide
+            z = (np.asarray(s["gold_raw"]) - run["reference"]["pool_gold_mean"]) / run["reference"]["pool_gold_std"]
+            np.testing.assert_allclose(s["gold"], z, rtol=1e-9, atol=1e-9)
+        assert np.all(np.diff(ps["gold"]["gold"]) >= -1e-12)
+        assert ps["gold"]["mop"][0] == ps["standard"]["mop"][0] == ps["inform"]["mop"][0] == ps["inform_ibl"]["mop"][0]
+        assert ps["inform_ibl"]["distance"][0] == ps["inform"]["distance"][0]  # the same start
+        assert len(set(ps["config"]["start_index"])) == config.search_population
+    # the findings of each seed's search are its series, judged (counted across seeds)
+    per_seed = results["findings"]["per_seed"]
+    summary = results["findings"]["study"]["policy_search"]["guides"]
     for guide in GUIDES:
-        s = ps[guide]
-        for key in SEARCH_SERIES:
-            assert len(s[key]) == len(ps["rounds"]), (guide, key)
-            assert all(math.isfinite(v) for v in s[key]), (guide, key)
-        assert all(0.0 <= v <= 1.0 for v in s["mop"] + s["hacked_fraction"])
-        assert s["gold_peak_round"] in ps["rounds"]
-        assert s["alarm_round"] is None or s["alarm_round"] in ps["rounds"]
-        assert s["gold_raw"][0] == pytest.approx(ps["gold"]["gold_raw"][0])  # one start for every guide
-        z = (np.asarray(s["gold_raw"]) - results["reference"]["pool_gold_mean"]) / results["reference"]["pool_gold_std"]
-        np.testing.assert_allclose(s["gold"], z, rtol=1e-9, atol=1e-9)
-    assert np.all(np.diff(ps["gold"]["gold"]) >= -1e-12)
-    assert ps["gold"]["mop"][0] == ps["standard"]["mop"][0] == ps["inform"]["mop"][0] == ps["inform_ibl"]["mop"][0]
-    assert ps["inform_ibl"]["distance"][0] == ps["inform"]["distance"][0]  # the same start
-    # round 0: the start's MOP with the scorer and alpha of the best-of-n stage
-    start = set(ps["config"]["start_index"])
-    assert len(start) == config.search_population
-    text = (tiny_report / "report.md").read_text()
-    assert "](policy_search.png)" in text
-    for guide in GUIDES:
-        s = ps[guide]
-        assert f"gold {s['gold'][0]:.2f} -> {s['gold'][-1]:.2f}" in text
-        assert f"MOP {s['mop'][0]:.3f} -> {s['mop'][-1]:.3f}" in text
-        if s["alarm_round"] is not None:
-            assert f"round {s['alarm_round']}" in text
-    with open(tiny_report / "policy_search.png", "rb") as stream:
-        assert stream.read(8) == b"\x89PNG\r\n\x1a\n"
-
-
-def test_policy_search_verdict_follows_the_numbers():
-    from inform_fast.demo.report import policy_search_verdict
-
-    def guide(gold, mop, alarm):
-        peak = int(np.argmax(gold))
-        return {"gold": gold, "proxy": [0.0] * len(gold), "mop": mop, "icds_normalized": [0.0] * len(gold),
-                "hacked_fraction": [0.5] * len(gold), "off_topic": [1.0] * len(gold), "gold_peak_round": peak * 2,
-                "gold_peak": gold[peak], "gold_drop_after_peak": gold[peak] - gold[-1],
-                "gold_declined": peak < len(gold) - 1 and gold[peak] - gold[-1] > 0.05, "alarm_round": alarm,
-                "alarm_reason": "mop 0.2 > threshold 0.1" if alarm is not None else None}
-
-    results = {"policy_search": {
-        "rounds": [0, 2, 4, 6], "config": {},
-        "standard": guide([0.1, 0.4, 0.0, -0.5], [0.02, 0.05, 0.2, 0.4], 4),
-        "inform": guide([0.1, 0.3, 0.2, -0.3], [0.02, 0.3, 0.5, 0.6], 2),
-        "gold": guide([0.1, 0.5, 0.9, 1.2], [0.02, 0.05, 0.12, 0.2], 4),
-    }}
-    text = "\n".join(policy_search_verdict(results))
-    assert "peaks at round 2 (z = 0.40)" in text and "2 round(s) after the gold peak" in text
-    assert "at round 2 (mop 0.2 > threshold 0.1), the round of the gold peak" in text
-    assert "**false alarm**" in text
-    assert "changed by +0.180 (vs +0.380 climbing the standard RM (ratio 2.1) and +0.580 climbing InfoRM (ratio 3.2))" in text
-    assert "rose for the control too" in text
-    assert "Largest MOP jump ratio" not in text  # no jump ratios given
-    results["policy_search"]["config"] = {"monitor": {"onset_threshold": 10.0}}
-    results["policy_search"]["standard"]["mop_jump_ratio"] = [None, None, 12.5, 3.0]
-    text = "\n".join(policy_search_verdict(results))
-    assert "Largest MOP jump ratio 12.5 at round 4 (above the relative-jump threshold 10)" in text
-    results["policy_search"]["gold"]["alarm_round"] = None
-    results["policy_search"]["standard"]["alarm_round"] = None
-    text = "\n".join(policy_search_verdict(results))
-    assert "false alarm" not in text and "went undetected" in text
-
-
-def test_icds_control_comparison_is_computed():
-    from inform_fast.demo.report import _icds_against_control
-
-    def guide(start, end):
-        return {"icds_normalized": [start, end]}
-
-    apart = _icds_against_control({"gold": guide(0.01, 0.012), "standard": guide(0.01, 0.03)}, ["standard"])
-    assert "+0.002" in apart and "+0.020" in apart and "ratio 10.0" in apart and "told the two apart" in apart
-    close = _icds_against_control({"gold": guide(0.01, 0.02), "standard": guide(0.01, 0.025)}, ["standard"])
-    assert "ratio 1.5" in close and "did not separate" in close
-    flat = _icds_against_control({"gold": guide(0.01, 0.02), "standard": guide(0.01, 0.01)}, ["standard"])
-    assert "did not rise" in flat
+        rows = [f["policy_search"]["guides"][guide] for f in per_seed]
+        for row, run in zip(rows, results["per_seed"]):
+            s = run["policy_search"][guide]
+            assert (row["gold_start"], row["gold_final"], row["mop_final"]) == (s["gold"][0], s["gold"][-1], s["mop"][-1])
+            assert row["timing"] == findings.alarm_timing(s)["timing"]
+        assert summary[guide]["declined"]["count"] == sum(r["declined"] for r in rows)
+        assert sum(summary[guide]["timing"].values()) == len(rows)
+        assert summary[guide]["gold_final"] == aggregate.mean_interval([r["gold_final"] for r in rows])
 
 
 # ----------------------------------------------------------------------------------- IBL guide
@@ -581,30 +955,31 @@ def test_ibl_coef_rule_recomputed_from_the_reference(tiny_outcome):
         preset("tiny", search_ibl_coef_scale=float("nan"))
 
 
+
 def test_ibl_guide_in_the_report(tiny_report):
     results = json.loads((tiny_report / "report.json").read_text())
-    ps = results["policy_search"]
     assert results["config"]["search_ibl_coef_scale"] == 1.0
-    ibl = ps["config"]["ibl"]
-    for key in ("coef", "coef_scale", "rule", "reference_reward_std", "reference_distance_std", "reference_distance_mean",
-                "reference_corr_distance_abs_reward", "pool_penalised_mean", "pool_penalised_std", "pool_reward_mean",
-                "pool_reward_std", "shrinkage"):
-        assert key in ibl, key
-    assert ibl["coef"] == pytest.approx(ibl["coef_scale"] * ibl["reference_reward_std"] / ibl["reference_distance_std"])
-    s, base = ps["inform_ibl"], ps["inform"]
-    assert len(s["distance"]) == len(s["proxy"]) == len(ps["rounds"])
-    # the penalised proxy (z on the pool) is InfoRM's reward minus coef x distance, averaged over the population
-    penalised = np.asarray(s["proxy"]) * ibl["pool_penalised_std"] + ibl["pool_penalised_mean"]
-    reward = np.asarray(s["inform"]) * ibl["pool_reward_std"] + ibl["pool_reward_mean"]
-    np.testing.assert_allclose(penalised, reward - ibl["coef"] * np.asarray(s["distance"]), rtol=1e-5, atol=1e-5)
-    assert np.all(np.diff(s["proxy"]) >= -1e-12)  # it climbs its own (penalised) score
-    text = (tiny_report / "report.md").read_text()
-    last = ps["rounds"][-1]
-    assert f"coef {ibl['coef']:.3g} = 1 x std(InfoRM reward) {ibl['reference_reward_std']:.3g}" in text
-    assert f"Gold at round {last}: {s['gold'][-1]:.2f} with the penalty vs {base['gold'][-1]:.2f} without" in text
-    assert f"MOP {s['mop'][-1]:.3f} vs {base['mop'][-1]:.3f}" in text
-    assert f"InfoRM's raw reward {s['inform'][0]:.2f} -> {s['inform'][-1]:.2f}" in text
-    assert "climbing InfoRM + IBL penalty" in text
+    for run, f in zip(results["per_seed"], results["findings"]["per_seed"]):
+        ps = run["policy_search"]
+        ibl = ps["config"]["ibl"]
+        for key in ("coef", "coef_scale", "rule", "reference_reward_std", "reference_distance_std", "reference_distance_mean",
+                    "reference_corr_distance_abs_reward", "pool_penalised_mean", "pool_penalised_std", "pool_reward_mean",
+                    "pool_reward_std", "shrinkage"):
+            assert key in ibl, key
+        assert ibl["coef"] == pytest.approx(ibl["coef_scale"] * ibl["reference_reward_std"] / ibl["reference_distance_std"])
+        s, base = ps["inform_ibl"], ps["inform"]
+        assert len(s["distance"]) == len(s["proxy"]) == len(ps["rounds"])
+        # the penalised proxy (z on the pool) is InfoRM's reward minus coef x distance, averaged over the population
+        penalised = np.asarray(s["proxy"]) * ibl["pool_penalised_std"] + ibl["pool_penalised_mean"]
+        reward = np.asarray(s["inform"]) * ibl["pool_reward_std"] + ibl["pool_reward_mean"]
+        np.testing.assert_allclose(penalised, reward - ibl["coef"] * np.asarray(s["distance"]), rtol=1e-5, atol=1e-5)
+        assert np.all(np.diff(s["proxy"]) >= -1e-12)  # it climbs its own (penalised) score
+        found = f["policy_search"]["ibl"]
+        assert found["gold_difference_final"] == pytest.approx(s["gold"][-1] - base["gold"][-1])
+        assert found["coef"] == ibl["coef"] and found["mop_final"]["inform_ibl"] == s["mop"][-1]
+    differences = [f["policy_search"]["ibl"]["gold_difference_final"] for f in results["findings"]["per_seed"]]
+    summary = results["findings"]["study"]["policy_search"]["ibl"]["gold_difference_final"]
+    assert summary["mean"] == pytest.approx(np.mean(differences))
 
 
 def test_ibl_guide_leaves_the_other_guides_unchanged():
@@ -635,38 +1010,29 @@ def test_ibl_guide_leaves_the_other_guides_unchanged():
     assert four["inform_ibl"]["gold"] != four["inform"]["gold"]  # a different score climbed
 
 
-def test_ibl_verdict_follows_the_numbers():
-    from inform_fast.demo.report import ibl_verdict
 
-    def guide(gold, alarm=None, distance=(2.0, 2.5), mop=(0.01, 0.3)):
-        peak = int(np.argmax(gold))
-        return {"gold": gold, "inform": [0.0, 1.0, 2.0, 3.0], "proxy": [0.0] * 4, "mop": list(mop), "icds_normalized": [0.0, 0.1],
-                "gold_peak_round": 2 * peak, "gold_peak": gold[peak], "gold_drop_after_peak": gold[peak] - gold[-1],
-                "gold_declined": peak < len(gold) - 1 and gold[peak] - gold[-1] > 0.05, "alarm_round": alarm,
-                "distance": list(distance), "off_topic": [1.0, 2.0]}
 
-    ibl = {"coef": 0.25, "coef_scale": 1.0, "reference_reward_std": 0.5, "reference_distance_std": 2.0,
-           "reference_distance_mean": 1.9, "reference_corr_distance_abs_reward": 0.8}
-    results = {"latent_spectrum": {"participation_ratio": 1.0, "top_cos_reward": 0.999},
-               "policy_search": {"rounds": [0, 2, 4, 6], "config": {"ibl": ibl},
-                                 "inform": guide([0.1, 0.4, 0.0, -0.5], alarm=4),
-                                 "inform_ibl": guide([0.1, 0.2, 0.5, 0.1], alarm=2, distance=(2.0, 1.0))}}
-    text = "\n".join(ibl_verdict(results))
-    assert "coef 0.25 = 1 x std(InfoRM reward) 0.5 / std(Mahalanobis distance) 2" in text
-    assert "delayed the gold peak by 2 round(s) (round 2 -> 4; peak z 0.40 -> 0.50)" in text
-    assert "Gold at round 6: 0.10 with the penalty vs -0.50 without (+0.60, higher than plain InfoRM" in text
-    assert "alarm at round 2 (2 round(s) before its gold peak)" in text and "alarm at round 4 (2 round(s) after its gold peak)" in text
-    assert "Why the penalty" not in text and "braking the climb" in text and "rose to 3.00 (z) instead of 3.00" in text
-    results["policy_search"]["inform_ibl"] = guide([0.1, 0.05, -0.3, -0.9], distance=(2.0, 1.0))
-    text = "\n".join(ibl_verdict(results))
-    assert "brought the gold peak 2 round(s) earlier" in text and "with the penalty no alarm" in text
-    assert "(-0.40, lower than plain InfoRM" in text
-    assert "Why the penalty did not help here" in text and "correlates 0.80 with |reward - mean|" in text
-    assert "toward* the reference fit (mean distance 2.00 -> 1.00, reference mean 1.90)" in text
-    assert "MOP ended at 0.300 and the monitor gave no alarm" in text
-    ibl["reference_corr_distance_abs_reward"] = 0.06
-    assert "correlates only 0.06 with |reward - mean|" in "\n".join(ibl_verdict(results))
-    results["policy_search"]["inform_ibl"] = guide([0.1, 0.2, 0.3, 0.4])
-    assert "the penalty removed the gold decline" in "\n".join(ibl_verdict(results))
-    del results["policy_search"]["inform_ibl"]
-    assert ibl_verdict(results) == []
+# ----------------------------------------------------------------------------------- the world sweep
+def test_sweep_recovers_weights_and_judges_each_seed():
+    from inform_fast.demo import sweep
+
+    rng = np.random.default_rng(11)
+    counts = rng.integers(0, 6, size=(3000, 6)).astype(np.float64)
+    topics = rng.integers(4, size=3000)
+    truth = np.array([0.3, 0.1, -0.8, 0.25, -0.05, 0.45])
+    reward = counts @ truth + np.array([0.5, -1.0, 0.2, 2.0])[topics]
+    fit = sweep.proxy_weights(reward, counts, topics)
+    np.testing.assert_allclose([fit["weights"][k] for k in world.KINDS], truth, atol=1e-9)
+    assert fit["r2"] == pytest.approx(1.0)
+
+    row = sweep.run_seed(preset("tiny"), seed=2)
+    gold = np.asarray(row["gold"])
+    assert row["n"][-1] == preset("tiny").max_n and row["gold"][0] == pytest.approx(0.0, abs=1e-9)
+    for n, declined in row["declined_by_n"].items():
+        assert declined == findings.gold_decline(gold[: row["n"].index(int(n)) + 1])["declined"], n
+    assert row["drop"] == pytest.approx(gold.max() - gold[-1])
+    assert row["filler_per_on_topic"] == pytest.approx(row["weights"]["filler"] / row["weights"]["on_topic"])
+    summary = sweep.summarize([row, dict(row, drop=0.0, declined_by_n={k: False for k in row["declined_by_n"]})])
+    assert all(c["count"] == int(row["declined_by_n"][n]) for n, c in summary["declined_by_n"].items())
+    assert summary["drop"]["mean"] == pytest.approx(row["drop"] / 2)
+    assert sweep.main(["--variants", "nonsense", "--seeds", "1"]) == 2

@@ -1,5 +1,10 @@
 """Write the demo's report: report.json, report.md and four PNGs, each file whole or not at all.
 
+The report covers every seed of a run: ``results`` holds ``per_seed`` (each seed's numbers from
+``pipeline.run_study``) and ``findings`` (``findings.seed_findings`` per seed and
+``findings.study_findings`` across them); the figures show each seed as a thin line and the mean
+with its 95% band. The judgements are made in ``findings``; this module only renders them.
+
 The files are written into a hidden temporary folder first and moved into ``out_dir`` only when
 every one is complete. The demo never deletes or replaces a file it did not write: ``out_dir`` may
 be new, empty, or a previous demo output (recognised by the ``.inform-fast-demo`` marker that lists
@@ -20,6 +25,8 @@ from typing import Optional
 import numpy as np
 
 from inform_fast._io import process_umask
+from inform_fast.demo.aggregate import CONFIDENCE, curve_interval, format_interval
+from inform_fast.demo.findings import COLLAPSED_DIRECTIONS
 
 RM_LABELS = {"standard": "standard RM", "inform": "InfoRM"}
 THE = {"standard": "the standard RM", "inform": "InfoRM"}
@@ -101,7 +108,7 @@ def write_report(out_dir: str, outcome: dict, started: Optional[float] = None, o
         plot_gold_vs_proxy(results, os.path.join(temp, "gold_vs_proxy.png"))
         plot_detection(results, os.path.join(temp, "detection.png"))
         plot_latent_map(results, arrays, os.path.join(temp, "latent_map.png"))
-        if "policy_search" in results:
+        if all("policy_search" in r for r in results["per_seed"]):
             plot_policy_search(results, os.path.join(temp, "policy_search.png"))
         if started is not None:
             results["runtime_s"] = time.perf_counter() - started
@@ -141,52 +148,111 @@ def _pyplot():
     return plt
 
 
+def _spread(ax, x, rows, color, label, style="-", mean_marker="o"):
+    """One thin line per seed, the mean over seeds, and its 95% band (no band with one seed). The
+    y range follows the lines, not the band: with two or three seeds the t interval is so wide
+    that it would flatten every line."""
+    rows = np.asarray(rows, dtype=np.float64)
+    for row in rows:
+        ax.plot(x, row, style, color=color, lw=0.7, alpha=0.3)
+    band = curve_interval(rows)
+    ax.plot(x, band["mean"], style, marker=mean_marker, ms=3.5, lw=1.8, color=color, label=label)
+    low, high = float(rows.min()), float(rows.max())
+    seen = getattr(ax, "_line_range", None)
+    ax._line_range = (low, high) if seen is None else (min(seen[0], low), max(seen[1], high))
+    if band["low"] is not None:
+        ax.fill_between(x, band["low"], band["high"], color=color, alpha=0.15, lw=0)
+    low, high = ax._line_range
+    pad = 0.08 * (high - low) + 1e-3
+    ax.set_ylim(low - pad, high + pad)
+
+
+def _include(ax, values) -> None:
+    """Widen the y range to show ``values`` too (lines drawn without ``_spread``)."""
+    values = np.asarray(values, dtype=np.float64)
+    low, high = ax.get_ylim()
+    pad = 0.05 * (high - low)
+    ax.set_ylim(min(low, float(values.min()) - pad), max(high, float(values.max()) + pad))
+
+
+def _seeds_text(results: dict) -> str:
+    seeds = results["seeds"]
+    return f"{len(seeds)} seed{'s' if len(seeds) != 1 else ''}"
+
+
 def plot_gold_vs_proxy(results: dict, path: str) -> None:
+    """Left: gold (solid, mean with its band, a thin line per seed) and proxy (dashed, mean) of
+    best-of-n against each RM, and best-of-n on the gold reward itself (dotted); right: InfoRM's
+    gold minus the standard RM's, per seed and mean with its band."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=120)
+    runs = results["per_seed"]
+    kl = runs[0]["kl"]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.8), dpi=120, gridspec_kw={"width_ratios": [1.5, 1]})
     for name in ("standard", "inform"):
-        r = results[name]
-        ax.plot(r["kl"], r["proxy"], "--", color=COLORS[name], label=f"{RM_LABELS[name]}: proxy reward")
-        ax.plot(r["kl"], r["gold"], "-o", ms=3.5, color=COLORS[name], label=f"{RM_LABELS[name]}: gold reward")
-    ax.plot(results["kl"], results["gold_oracle"], ":", color="0.45", label="best-of-n on the gold reward itself")
-    _n_axis(ax, results)
-    ax.axhline(0.0, color="0.8", lw=0.8, zorder=0)
-    ax.set_xlabel("KL(best-of-n || base) = log n - (n-1)/n   [nats]")
-    ax.set_ylabel("reward (z-score over the base pool)")
-    ax.set_title("Best-of-n against each proxy: does the gold reward follow?")
-    ax.legend(fontsize=8, loc="upper left")
+        _spread(left, kl, [r[name]["gold"] for r in runs], COLORS[name], f"{RM_LABELS[name]}: gold reward")
+        left.plot(kl, np.mean([r[name]["proxy"] for r in runs], axis=0), "--", color=COLORS[name], label=f"{RM_LABELS[name]}: proxy reward (mean)")
+    oracle = np.mean([r["gold_oracle"] for r in runs], axis=0)
+    left.plot(kl, oracle, ":", color="0.45", label="best-of-n on the gold reward itself (mean)")
+    _include(left, np.concatenate([oracle] + [np.mean([r[name]["proxy"] for r in runs], axis=0) for name in ("standard", "inform")]))
+    left.axhline(0.0, color="0.8", lw=0.8, zorder=0)
+    left.set_ylabel("reward (z-score over the base pool)")
+    left.set_title("Best-of-n against each proxy: does the gold reward follow?", fontsize=10)
+    left.legend(fontsize=7.5, loc="upper left")
+    difference = [np.asarray(r["inform"]["gold"]) - np.asarray(r["standard"]["gold"]) for r in runs]
+    _spread(right, kl, difference, "tab:purple", "InfoRM - standard RM, gold")
+    _include(right, [0.0])
+    right.axhline(0.0, color="0.5", lw=0.8)
+    right.set_ylabel("gold difference (z)")
+    right.set_title("InfoRM minus the standard RM (above 0: InfoRM's picks are better)", fontsize=10)
+    right.legend(fontsize=7.5, loc="lower left")
+    for ax in (left, right):
+        _n_axis(ax, runs[0])
+        ax.set_xlabel("KL(best-of-n || base) = log n - (n-1)/n   [nats]")
+    fig.suptitle(f"{_seeds_text(results)}: thin lines are single seeds, thick lines the mean, bands its {CONFIDENCE:.0%} interval", fontsize=10)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
 
 
 def plot_detection(results: dict, path: str) -> None:
+    """ICDS/n, MOP (empirical and chi-square p-values), KOP and the hacked fraction against KL, for
+    best-of-n on each proxy: mean with its band and a thin line per seed."""
     plt = _pyplot()
-    fig, axes = plt.subplots(1, 3, figsize=(13, 4.2), dpi=110)
+    runs = results["per_seed"]
+    alpha = runs[0]["reference"]["mop_alpha"]
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8.2), dpi=110)
     panels = (
-        ("icds_normalized", "ICDS / number of latents", "ICDS (cluster deviation)"),
-        ("mop", f"fraction with p < {results['reference']['mop_alpha']}", "MOP (Mahalanobis outliers)"),
-        ("hacked_fraction", "fraction below the base median gold", "hacked responses (gold-defined)"),
+        (("icds_normalized",), "ICDS / number of latents", "ICDS (cluster deviation)"),
+        (("mop_empirical", "mop"), f"fraction with p <= {alpha}", "MOP: empirical p-values (solid), chi-square (dotted, mean)"),
+        (("kop",), f"fraction with p <= {alpha}", "KOP: k-NN distance, empirical p-values"),
+        (("hacked_fraction",), "fraction below the base median gold", "hacked responses (gold-defined)"),
     )
-    for ax, (key, ylabel, title) in zip(axes, panels):
+    for ax, (keys, ylabel, title) in zip(axes.ravel(), panels):
         for name in ("standard", "inform"):
-            ax.plot(results[name]["kl"], results[name][key], "-o", ms=3.5, color=COLORS[name],
-                    label=f"best-of-n on {THE[name]}")
-        _n_axis(ax, results)
+            _spread(ax, runs[0]["kl"], [r[name][keys[0]] for r in runs], COLORS[name], f"best-of-n on {THE[name]}")
+            for key in keys[1:]:
+                values = np.mean([r[name][key] for r in runs], axis=0)
+                ax.plot(runs[0]["kl"], values, ":", color=COLORS[name], lw=1.5)
+                _include(ax, values)
+        _n_axis(ax, runs[0])
         ax.set_xlabel("KL [nats]")
         ax.set_ylabel(ylabel)
         ax.set_title(title, fontsize=10)
-    axes[0].legend(fontsize=8)
-    fig.suptitle("Detection in InfoRM's latent space (whatever proxy was optimised)", fontsize=11)
+    axes[0, 0].legend(fontsize=8)
+    fig.suptitle(f"Detection in InfoRM's latent space (whatever proxy was optimised), {_seeds_text(results)}: "
+                 f"mean, {CONFIDENCE:.0%} band, thin line per seed", fontsize=10)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
 
 
 def plot_latent_map(results: dict, arrays: dict, path: str) -> None:
+    """The first seed's reference latents and best-of-n picks at the largest n (one seed: a map of
+    points has no mean)."""
     from inform_fast.detect.projection import PCAProjection
 
     plt = _pyplot()
+    first = results["per_seed"][0]
     projection = PCAProjection(n_components=2, normalize=False).fit(arrays["reference"])
     ref = projection.transform(arrays["reference"]).numpy()
     # each axis in units of the reference's spread along it (PC 2 is often tiny next to PC 1),
@@ -200,7 +266,7 @@ def plot_latent_map(results: dict, arrays: dict, path: str) -> None:
     low, high = shown.min(axis=0), shown.max(axis=0)
     pad = 0.05 * (high - low + 1e-12)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.8), dpi=110, sharex=True, sharey=True)
-    n = results["n"][-1]
+    n = first["n"][-1]
     for ax, name in zip(axes, ("standard", "inform")):
         sel = selected[name]
         hacked = np.asarray(arrays["hacked"][name], dtype=bool)
@@ -213,491 +279,382 @@ def plot_latent_map(results: dict, arrays: dict, path: str) -> None:
         ax.set_ylim(low[1] - pad[1], high[1] + pad[1])
         ax.legend(fontsize=8, loc="best")
     axes[0].set_ylabel("PC 2 (reference std units)")
-    fig.suptitle("InfoRM latents (mu): reference vs selected; hacked = gold below the reference median", fontsize=11)
+    fig.suptitle(f"Seed {first['seed']}: InfoRM latents (mu), reference vs selected; hacked = gold below the reference median", fontsize=11)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
 
 
 def plot_policy_search(results: dict, path: str) -> None:
-    """Left: gold (solid) and the guide's proxy (dashed) per round for each guide, the gold peak
-    starred; right: MOP (solid) and ICDS / n (dotted) per round, the monitor's first alarm of each
-    guide as a vertical line in its colour."""
+    """Left: each guide's gold per round (mean with its band, a thin line per seed); right: MOP per
+    round (mean with its band) and each seed's first monitor alarm as a tick in the guide's colour."""
     plt = _pyplot()
-    ps = results["policy_search"]
-    rounds = ps["rounds"]
-    guides = [g for g in GUIDE_LABELS if g in ps]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 6.0), dpi=110)
-    for guide in guides:
-        s, color = ps[guide], GUIDE_COLORS[guide]
-        left.plot(rounds, s["gold"], "-o", ms=3, color=color, label=f"climbing {GUIDE_LABELS[guide]}: gold")
-        if guide == "inform_ibl":  # its proxy is the penalised score; show InfoRM's own reward too
-            left.plot(rounds, s["proxy"], "--", color=color, label=f"climbing {GUIDE_LABELS[guide]}: its proxy (penalised)")
-            left.plot(rounds, s["inform"], ":", color=color, label=f"climbing {GUIDE_LABELS[guide]}: InfoRM's raw reward")
-        elif guide != "gold":  # for the control the proxy is the gold reward itself
-            left.plot(rounds, s["proxy"], "--", color=color, label=f"climbing {GUIDE_LABELS[guide]}: its proxy")
-        left.plot([s["gold_peak_round"]], [s["gold_peak"]], "*", ms=13, color=color, mec="k", mew=0.6)
-        right.plot(rounds, s["mop"], "-o", ms=3, color=color, label=f"{GUIDE_LABELS[guide]}: MOP")
-        right.plot(rounds, s["icds_normalized"], ":", color=color, label=f"{GUIDE_LABELS[guide]}: ICDS / n")
-        if s["alarm_round"] is not None:
-            left.axvline(s["alarm_round"], color=color, ls="--", lw=1.2, alpha=0.8)
-            right.axvline(s["alarm_round"], color=color, ls="--", lw=1.2, alpha=0.8,
-                          label=f"{GUIDE_LABELS[guide]}: monitor alarm (round {s['alarm_round']})")
-    threshold = ps["config"]["monitor"]["score_threshold"].get("mop")
+    searches = [r["policy_search"] for r in results["per_seed"]]
+    rounds = searches[0]["rounds"]
+    guides = [g for g in GUIDE_LABELS if all(g in ps for ps in searches)]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5.6), dpi=110)
+    for k, guide in enumerate(guides):
+        color = GUIDE_COLORS[guide]
+        _spread(left, rounds, [ps[guide]["gold"] for ps in searches], color, f"climbing {GUIDE_LABELS[guide]}: gold")
+        _spread(right, rounds, [ps[guide]["mop"] for ps in searches], color, f"climbing {GUIDE_LABELS[guide]}: MOP")
+        if all("kop" in ps[guide] for ps in searches):
+            right.plot(rounds, np.mean([ps[guide]["kop"] for ps in searches], axis=0), "--", color=color, lw=1.2,
+                       label=f"climbing {GUIDE_LABELS[guide]}: KOP (mean)")
+        alarms = [ps[guide]["alarm_round"] for ps in searches if ps[guide]["alarm_round"] is not None]
+        if alarms:
+            right.plot(alarms, [1.06 + 0.03 * k] * len(alarms), "|", ms=9, mew=1.5, color=color, clip_on=False,
+                       label=f"{GUIDE_LABELS[guide]}: first alarm of a seed ({len(alarms)} of {len(searches)} seeds)")
+    threshold = searches[0]["config"]["monitor"]["score_threshold"].get("mop")
     if threshold is not None:
         right.axhline(threshold, color="0.5", lw=0.8, ls="-.", label=f"MOP alarm threshold {threshold:g}")
     left.axhline(0.0, color="0.8", lw=0.8, zorder=0)
     left.set_xlabel("round of one-word edits")
-    left.set_ylabel("mean reward (z-score over the base pool)")
-    left.set_title("Hill climbing on each guide: gold (solid, star = peak) and proxy (dashed)", fontsize=10)
-    left.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2)
+    left.set_ylabel("mean gold reward of the population (z-score over the base pool)")
+    left.set_title("Hill climbing on each guide: gold per round", fontsize=10)
+    left.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2)
     right.set_xlabel("round of one-word edits")
-    right.set_ylabel("score")
-    right.set_title("Detector on InfoRM latents (dashed vertical: the monitor's first alarm)", fontsize=10)
-    right.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2)
-    fig.suptitle("Policy search: a policy that leaves the base pool (the gold-guided control does not hack)", fontsize=11)
+    right.set_ylabel("fraction of the population flagged")
+    right.set_ylim(-0.02, 1.2)
+    right.set_title("MOP (solid, the monitor's chi-square test), KOP (dashed); ticks: first alarms", fontsize=10)
+    right.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2)
+    fig.suptitle(f"Policy search, {_seeds_text(results)} (the gold-guided control cannot hack)", fontsize=11)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
 
 
-def _n_axis(ax, results: dict) -> None:
+def _n_axis(ax, run: dict) -> None:
     """A secondary x axis with n at a few grid points."""
-    ns = results["n"]
+    ns = run["n"]
     marks = [n for n in ns if n in (1, 4, 16, 64, 256, 1024, 4096, 16384)] or ns
     top = ax.secondary_xaxis("top")
     top.set_xticks([math.log(n) - (n - 1) / n for n in marks])
     top.set_xticklabels([f"n={n}" for n in marks], fontsize=7)
 
 
-# ------------------------------------------------------------------------------------- markdown
+# ------------------------------------------------------------------------------------- rendering
 def _fmt(value, digits: int = 3) -> str:
-    if value is None:
-        return "n/a"
-    return f"{value:.{digits}f}"
+    return "n/a" if value is None else f"{value:.{digits}f}"
 
 
-def verdict(results: dict) -> list:
-    """Plain-words findings computed from the numbers (never fixed claims)."""
-    std, inf = results["standard"], results["inform"]
-    n_max = results["n"][-1]
+_iv = format_interval
+
+
+def _k(counted: dict) -> str:
+    return f"{counted['count']} of {counted['seeds']}"
+
+
+def _held(counted: dict) -> str:
+    k, n = counted["count"], counted["seeds"]
+    return {"all": f"in every seed ({k} of {n})", "none": f"in no seed (0 of {n})",
+            "some": f"in {k} of {n} seeds (seed-dependent)"}[counted["holds"]]
+
+
+DIRECTION_WORDS = {
+    "above zero": "InfoRM higher (the interval lies above zero)",
+    "below zero": "InfoRM lower (the interval lies below zero)",
+    "includes zero": "no difference resolved (the interval includes zero)",
+    None: "one seed: no interval",
+}
+IBL_DIRECTION_WORDS = {
+    "above zero": "the penalty kept more gold (the interval lies above zero)",
+    "below zero": "the penalty kept less gold (the interval lies below zero)",
+    "includes zero": "no difference resolved (the interval includes zero)",
+    None: "one seed: no interval",
+}
+TIMING_WORDS = {"early": "before the gold peak", "at_peak": "at the gold peak", "late": "after the gold peak",
+                "undetected": "no alarm while the gold fell", "false_alarm": "false alarm (gold did not fall)",
+                "quiet": "no alarm, nothing to flag"}
+MOP_LABELS = {"barely_moved": "MOP barely moved under hacking", "not_separated": "MOP rose less than twice the control's rise",
+              "separated_control_rose": "MOP rose clearly more under hacking, but rose for the control too",
+              "separated": "MOP rose under hacking and stayed flat for the control"}
+ICDS_LABELS = {"no_rise": "ICDS/n did not rise under hacking", "not_separated": "ICDS/n did not separate hacking from the control",
+               "separated": "ICDS/n rose at least three times the control's rise"}
+AUROC_WORDS = {"usable": "usable", "modest": "modest", "chance": "close to chance", "inverted": "inverted: hacked picks look *less* unusual",
+               "undefined": "undefined"}
+
+
+def study_lines(results: dict) -> list:
+    """The across-seed findings as markdown bullets (``findings.study_findings``, rendered)."""
+    f = results["findings"]["study"]
+    best, det = f["best_of_n"], f["detection"]
+    n_max, seeds = best["n_max"], f"{f['n_seeds']} seed{'s' if f['n_seeds'] != 1 else ''}"
     lines = []
-    for name, r in (("standard", std), ("inform", inf)):
-        gold = np.asarray(r["gold"])
-        peak = int(np.argmax(gold))
-        drop = gold[peak] - gold[-1]
-        if peak < len(gold) - 1 and drop > 0.05:
-            lines.append(
-                f"- **{RM_LABELS[name]}**: the gold reward peaks at n = {results['n'][peak]} (z = {gold[peak]:.2f}) "
-                f"and falls to {gold[-1]:.2f} at n = {n_max} while its proxy keeps rising to {r['proxy'][-1]:.2f}: "
-                f"overoptimization. Mean filler words of its picks go from {r['filler'][0]:.1f} to {r['filler'][-1]:.1f}."
-            )
-        else:
-            lines.append(
-                f"- **{RM_LABELS[name]}**: no clear overoptimization up to n = {n_max}: gold {gold[-1]:.2f} at the "
-                f"largest n (peak {gold[peak]:.2f} at n = {results['n'][peak]}); proxy {r['proxy'][-1]:.2f}."
-            )
-    diff = inf["gold"][-1] - std["gold"][-1]
-    better = "higher" if diff > 0.02 else ("lower" if diff < -0.02 else "about the same as")
-    lines.append(
-        f"- At n = {n_max}, InfoRM's gold reward is {inf['gold'][-1]:.2f} vs {std['gold'][-1]:.2f} for the standard RM "
-        f"({better} {'' if better == 'about the same as' else 'than '}the standard RM; peak gold {max(inf['gold']):.2f} vs "
-        f"{max(std['gold']):.2f}). Held-out accuracy against the gold labels: InfoRM {inf['heldout_accuracy']:.3f}, "
-        f"standard {std['heldout_accuracy']:.3f}."
-    )
-    for name, r in (("standard", std), ("inform", inf)):
+    for name in ("standard", "inform"):
+        b = best[name]
         lines.append(
-            f"- Detection on best-of-n against {THE[name]}: ICDS/n {r['icds_normalized'][0]:.3f} at n = 1 -> "
-            f"{r['icds_normalized'][-1]:.3f} at n = {n_max}; MOP {r['mop'][0]:.3f} -> {r['mop'][-1]:.3f}; "
-            f"hacked fraction {r['hacked_fraction'][0]:.2f} -> {r['hacked_fraction'][-1]:.2f}."
+            f"- **{RM_LABELS[name]} overoptimizes {_held(b['overoptimized'])}**: best-of-n gold peaks at z {_iv(b['peak_gold'])} "
+            f"(peak n per seed: {', '.join(map(str, b['peak_n']))}) and ends at {_iv(b['gold_at_max_n'])} at n = {n_max}, "
+            f"a drop of {_iv(b['drop'])}; its picks at n = {n_max} hold {_iv(b['filler_final'], 1)} filler words."
         )
-    auc = results["detector_auroc"]
-    pooled = auc.get("pooled")
-    if pooled is None:
-        quality = "not measurable (one class is empty)"
-    elif pooled >= 0.7:
-        quality = "usable"
-    elif pooled >= 0.6:
-        quality = "modest"
-    elif pooled > 0.4:
-        quality = "close to chance"
-    else:
-        quality = "inverted: hacked picks lie *closer* to the reference than the other picks, so distance alone does not flag them"
+    d = best["gold_difference_at_max_n"]
     lines.append(
-        f"- The per-response outlier score (Mahalanobis distance in InfoRM's latent space) separates hacked from "
-        f"non-hacked selections with AUROC {_fmt(auc.get('standard'))} (standard proxy), {_fmt(auc.get('inform'))} "
-        f"(InfoRM proxy), {_fmt(auc.get('pooled'))} pooled: {quality} in this run."
+        f"- **InfoRM minus standard RM, gold at n = {n_max}**: {_iv(d)} ({seeds}): {DIRECTION_WORDS[d['direction']]}; "
+        f"InfoRM higher in {_k(d['inform_higher'])} seeds, lower in {_k(d['inform_lower'])}."
     )
-    by_n = results.get("detector_auroc_by_n")
-    if by_n:
-        per_n = ", ".join(
-            f"n = {n}: {_fmt(a)} / {_fmt(b)}" for n, a, b in zip(results["n"], by_n["standard"], by_n["inform"]) if n > 1
-        )
+    if f["n_seeds"] > 1:
+        lower, higher = best["inform_lower_at_n"], best["inform_higher_at_n"]
         lines.append(
-            f"- The same AUROC at each n (standard / InfoRM proxy; the hacked fraction changes with n, so the pooled "
-            f"value mixes populations): {per_n}."
+            "- Across n (95% intervals of the per-seed differences): InfoRM's gold is "
+            + (f"below the standard RM's at n = {', '.join(map(str, lower))}" if lower else "never resolved below the standard RM's")
+            + "; " + (f"above it at n = {', '.join(map(str, higher))}." if higher else "never resolved above it.")
         )
-    spectrum = results.get("latent_spectrum")
-    if spectrum:
-        shape = (
-            f"InfoRM's latent uses about {spectrum['participation_ratio']:.1f} direction(s) on the reference set "
-            f"(participation ratio of the covariance eigenvalues; the top direction holds "
-            f"{spectrum['top_share']:.0%} of the variance"
-        )
-        cos = spectrum.get("top_cos_reward")
-        shape += f" and is aligned with the decoder's reward direction, |cos| {cos:.3f})" if cos is not None else ")"
-        if spectrum["participation_ratio"] < 2.0:
-            shape += (
-                ". With one real direction, the Mahalanobis distance of a typical response is mostly noise from the "
-                "squeezed directions (the fit weights each of them like the real one), and it grows large only for "
-                "responses far out along a direction, here the reward's: so a padded pick with a moderate reward can "
-                "look less unusual than a genuinely good pick with an extreme one; and best-of-n only picks tail "
-                "points of the very pool the reference is drawn from, never a new kind of text."
-            )
-        lines.append(f"- {shape}")
+    acc = best["heldout_accuracy_difference"]
     lines.append(
-        f"- This is one seed (seed {results['seed']}): the comparison between the two reward models varies from seed to "
-        "seed in this toy world; rerun with `--seed` to see the spread (docs/demo.md)."
+        f"- **Held-out accuracy** (noise-free gold pairs): standard RM {_iv(best['standard']['heldout_accuracy'], 3)}, "
+        f"InfoRM {_iv(best['inform']['heldout_accuracy'], 3)}; InfoRM minus standard {_iv(acc, 3)}: "
+        f"{DIRECTION_WORDS[acc['direction']].replace('InfoRM higher', 'InfoRM more accurate').replace('InfoRM lower', 'InfoRM less accurate')}."
     )
+    auroc, knn = det["auroc"], det.get("auroc_knn", {})
+    alpha = results["per_seed"][0]["reference"]["mop_alpha"]
+    if "pooled" in auroc:
+        lines.append(
+            f"- **Detector, per response** (hacked vs other best-of-n picks, n > 1; AUROC, 0.5 = chance): the Mahalanobis "
+            f"distance in InfoRM's latent {_iv(auroc['pooled'])} ({AUROC_WORDS[det['auroc_quality']]} on average; below 0.5 in "
+            f"{_k(det['auroc_below_half']['pooled'])} seeds)"
+            + (f", the k-NN distance {_iv(knn['pooled'])} (below 0.5 in {_k(det['auroc_knn_below_half']['pooled'])})" if "pooled" in knn else "")
+            + "."
+        )
+    rates = []
+    for key, label in (("mop", "MOP, chi-square p-values (the paper's)"), ("mop_empirical", "MOP, empirical p-values"), ("kop", "KOP")):
+        if key + "_n1" in det:
+            rates.append(f"{label} {_iv(det[key + '_n1'], 3)} at n = 1 -> {_iv(det[key + '_max_n']['standard'], 3)} / "
+                         f"{_iv(det[key + '_max_n']['inform'], 3)} at n = {n_max}")
+    if rates:
+        lines.append(
+            f"- **Detector, outlier fractions** at alpha {alpha} (at n = 1 the picks are the base policy itself, so the value "
+            f"there is the false-alarm rate; at n = {n_max}: best-of-n on the standard RM / on InfoRM): " + "; ".join(rates)
+            + f"; ICDS/n {_iv(det['icds_normalized_max_n']['standard'], 3)} / {_iv(det['icds_normalized_max_n']['inform'], 3)} at n = {n_max}."
+        )
+    picks = det.get("picks")
+    if picks and "hacked_distance" in picks and "other_distance" in picks:
+        lines.append(
+            f"- What the picks look like in the latent: hacked picks lie at Mahalanobis distance {_iv(picks['hacked_distance'])} "
+            f"from the reference fit, the other picks at {_iv(picks['other_distance'])}; InfoRM's reward of the hacked picks is "
+            f"{_iv(picks['hacked_reward_z'])} reference standard deviations above the reference mean, of the others "
+            f"{_iv(picks['other_reward_z'])}; over the picks the distance correlates {_iv(picks['corr_distance_abs_reward_z'])} "
+            f"with |reward z|"
+            + (f"; k-NN distance {_iv(picks['hacked_knn_distance'])} (hacked) vs {_iv(picks['other_knn_distance'])} (other)"
+               if "hacked_knn_distance" in picks and "other_knn_distance" in picks else "")
+            + ". " + AUROC_READINGS.get(det.get("auroc_reading"), "")
+        )
+    latent = det.get("latent")
+    if latent:
+        lines.append(
+            f"- InfoRM's latent uses {_iv(latent['participation_ratio'], 1)} direction(s) on the reference set (participation "
+            f"ratio), under {COLLAPSED_DIRECTIONS:g} in {_k(latent['collapsed'])} seeds"
+            + (f"; its top direction's |cos| with the decoder's reward direction: {_iv(latent['top_cos_reward'], 3)}." if "top_cos_reward" in latent else ".")
+        )
+    if "policy_search" in f and all("policy_search" in r for r in results["per_seed"]):
+        lines += _search_study_lines(f["policy_search"], results)
     return lines
 
 
-def _icds_against_control(ps: dict, hacked: list) -> str:
-    """The control comparison for ICDS/n, computed like MOP's."""
-    rise = {g: ps[g]["icds_normalized"][-1] - ps[g]["icds_normalized"][0] for g in ["gold", *hacked]}
-    control = rise["gold"]
-    ratio = {g: (rise[g] / control if control > 1e-12 else math.inf) for g in hacked}
-    compared = " and ".join(
-        f"{rise[g]:+.3f} climbing {THE[g]} (ratio {'inf' if math.isinf(ratio[g]) else f'{ratio[g]:.1f}'})" for g in hacked
-    )
-    weakest = min(hacked, key=lambda g: ratio[g])
-    if rise[weakest] <= 0.0:
-        judgement = f"ICDS did not rise while {THE[weakest]} was being hacked"
-    elif ratio[weakest] >= 3.0:
-        judgement = (
-            "ICDS rose at least three times as much under hacking as for the control: in this run the size-weighted "
-            "distance of the clusters to the nearest reference latent told the two apart better than the outlier fraction"
-        )
-    else:
-        judgement = "ICDS did not separate hacking from the control's improvement clearly either"
-    return f"- ICDS/n, the same comparison: the control's changed by {control:+.3f} (vs {compared}): {judgement}."
+AUROC_READINGS = {
+    "inverted_hacked_closer": "The AUROC is below 0.5 because the hacked picks are the *less* unusual ones: they lie closer to "
+                              "the reference fit than the other picks, whose more extreme reward the distance tracks.",
+    "inverted_hacked_farther": "The AUROC is below 0.5 although the hacked picks are farther out on average: a minority of very "
+                               "distant other picks sets the ranking.",
+    "hacked_farther": "The distance ranks hacked picks as more unusual: they lie farther from the reference fit than the other picks.",
+    "hacked_closer": "The hacked picks are not farther out on average; the ranking comes from a minority of far hacked picks.",
+}
 
 
-def policy_search_verdict(results: dict) -> list:
-    """Findings of the policy-search stage, computed from its numbers."""
-    ps = results["policy_search"]
-    rounds = ps["rounds"]
-    last = rounds[-1]
+def _search_study_lines(ps: dict, results: dict) -> list:
+    config = results["per_seed"][0]["policy_search"]["config"]
+    rounds = results["per_seed"][0]["policy_search"]["rounds"][-1]
     lines = []
-    rises = {}
-    for guide in [g for g in GUIDE_LABELS if g in ps]:
-        s = ps[guide]
-        rises[guide] = s["mop"][-1] - s["mop"][0]
-        head = (
-            f"- **Climbing {GUIDE_LABELS[guide]}**: gold {s['gold'][0]:.2f} -> {s['gold'][-1]:.2f} (z) over {last} rounds"
-            + (f", proxy {s['proxy'][0]:.2f} -> {s['proxy'][-1]:.2f}" if guide != "gold" else "")
-            + (f" (the penalised score; InfoRM's raw reward {s['inform'][0]:.2f} -> {s['inform'][-1]:.2f})" if guide == "inform_ibl" else "")
-            + f"; hacked fraction {s['hacked_fraction'][0]:.2f} -> {s['hacked_fraction'][-1]:.2f}; off-topic words per "
-            f"response {s['off_topic'][0]:.1f} -> {s['off_topic'][-1]:.1f}; MOP {s['mop'][0]:.3f} -> {s['mop'][-1]:.3f}, "
-            f"ICDS/n {s['icds_normalized'][0]:.3f} -> {s['icds_normalized'][-1]:.3f}."
+    for guide, g in ps["guides"].items():
+        timing = "; ".join(f"{TIMING_WORDS[t]} in {c}" for t, c in g["timing"].items() if c)
+        declined = g["declined"]
+        what = ("its gold fell after a peak " + _held(declined)) if guide != "gold" else (
+            "the control; its gold never falls" if declined["count"] == 0 else f"the control; its gold fell in {_k(declined)} seeds")
+        lines.append(
+            f"- **Policy search, climbing {GUIDE_LABELS[guide]}** ({rounds} rounds): {what}; gold {_iv(g['gold_start'])} -> peak "
+            f"{_iv(g['gold_peak'])} -> {_iv(g['gold_final'])} at the last round; filler words per response {_iv(g['filler_final'], 1)}, "
+            f"off-topic {_iv(g['off_topic_final'], 1)}; MOP {_iv(g['mop_final'], 3)}"
+            + (f", KOP {_iv(g['kop_final'], 3)}" if g.get("kop_final") else "")
+            + f" at the last round. The monitor's first alarm, per seed: {timing}."
         )
-        alarm, peak = s["alarm_round"], s["gold_peak_round"]
-        reason = f" ({s['alarm_reason']})" if s["alarm_reason"] else ""
-        if s["gold_declined"]:
-            onset = (
-                f" The gold reward peaks at round {peak} (z = {s['gold_peak']:.2f}) and then falls by "
-                f"{s['gold_drop_after_peak']:.2f}: hacking from round {peak} on."
-            )
-            if alarm is None:
-                onset += f" The monitor raised no alarm in {last} rounds: the hacking went undetected."
-            elif alarm < peak:
-                onset += f" The monitor's alarm came at round {alarm}{reason}, {peak - alarm} round(s) before the gold peak (an early warning)."
-            elif alarm == peak:
-                onset += f" The monitor's alarm came at round {alarm}{reason}, the round of the gold peak."
-            else:
-                onset += (
-                    f" The monitor's alarm came at round {alarm}{reason}, {alarm - peak} round(s) after the gold peak "
-                    f"(late: the gold was already {s['gold'][rounds.index(alarm)]:.2f} then)."
-                )
-        else:
-            what = "by construction: each kept edit raises it" if guide == "gold" else "no hacking in this run"
-            onset = f" The gold reward does not fall (peak {s['gold_peak']:.2f} at round {peak}; {what})."
-            if alarm is None:
-                onset += " The monitor raised no alarm: correct, there was nothing to flag."
-            else:
-                onset += f" The monitor raised an alarm at round {alarm}{reason}: a **false alarm**, the policy was not hacking."
-        jumps = [(r, j) for r, j in zip(rounds, s.get("mop_jump_ratio", [])) if j is not None]
-        if jumps:
-            top_round, top = max(jumps, key=lambda item: item[1])
-            fired = top > ps["config"]["monitor"]["onset_threshold"]
-            onset += (
-                f" Largest MOP jump ratio {top:.1f} at round {top_round} "
-                f"({'above' if fired else 'below'} the relative-jump threshold {ps['config']['monitor']['onset_threshold']:g})."
-            )
-        lines.append(head + onset)
-    if "gold" in ps:
-        control = rises["gold"]
-        hacked = [g for g in ("standard", "inform") if g in ps and ps[g]["gold_declined"]]
-        if hacked:
-            ratios = {g: (rises[g] / control if control > 1e-12 else math.inf) for g in hacked}
-            compared = " and ".join(
-                f"{rises[g]:+.3f} climbing {THE[g]} (ratio {'inf' if math.isinf(ratios[g]) else f'{ratios[g]:.1f}'})"
-                for g in hacked
-            )
-            weakest = min(hacked, key=lambda g: rises[g])
-            if rises[weakest] <= 0.05:
-                judgement = f"MOP barely moved while {THE[weakest]} was being hacked, so it tells little either way there"
-            elif ratios[weakest] < 2.0:
-                judgement = (
-                    f"when climbing {THE[weakest]}, MOP rose less than twice as much as for the control, so MOP "
-                    "alone does not tell that hacking from genuine improvement"
-                )
-            elif control > 0.02:
-                judgement = "MOP rose clearly more under hacking than under genuine improvement, but it rose for the control too"
-            else:
-                judgement = "MOP rose under hacking and stayed flat for the control"
-            lines.append(
-                f"- The control climbs the gold reward itself, so it cannot hack, yet its MOP changed by {control:+.3f} "
-                f"(vs {compared}): {judgement}. MOP measures departure from the reference; read it next to a reward "
-                "that you trust (or a held-out check), never alone."
-            )
-            lines.append(_icds_against_control(ps, hacked))
-        else:
-            lines.append(
-                f"- No model-guided search lowered the gold reward in this run; the control's MOP changed by {control:+.3f}."
-            )
-    lines += ibl_verdict(results)
+    for key, labels in (("mop_against_control", MOP_LABELS), ("icds_against_control", ICDS_LABELS)):
+        if ps.get(key):
+            spread = "; ".join(f"{labels[label]} in {c}" for label, c in ps[key].items())
+            lines.append(f"- Against the control ({'MOP' if key.startswith('mop') else 'ICDS/n'}; the control's rise "
+                         f"{_iv(ps.get(key + '_control_rise'), 3)}): {spread} of the seeds where a model-guided search was hacked.")
+    ibl = ps.get("ibl")
+    if ibl:
+        d = ibl["gold_difference_final"]
+        decline = ", ".join(f"{label.replace('_', ' ')} {c}" for label, c in ibl["decline"].items() if c)
+        lines.append(
+            f"- **IBL penalty vs plain InfoRM** (coef rule: {config['ibl']['rule']}, scale {config['ibl']['coef_scale']:g}): gold at "
+            f"the last round, penalised minus plain, {_iv(d)}: {IBL_DIRECTION_WORDS[d['direction']]}; "
+            f"gold decline per seed: {decline}; the penalised search hacked while moving toward the reference fit in "
+            f"{_k(ibl['hacked_toward_reference'])} seeds; MOP at the last round {_iv(ibl['mop_final']['inform_ibl'], 3)} with the "
+            f"penalty vs {_iv(ibl['mop_final']['inform'], 3)} without."
+        )
     return lines
 
 
-def _alarm_words(s: dict) -> str:
-    """A guide's first alarm, relative to its own gold peak when its gold declined."""
-    alarm = s["alarm_round"]
-    if alarm is None:
-        return "no alarm"
-    if not s["gold_declined"]:
-        return f"alarm at round {alarm} (its gold did not fall)"
-    gap = alarm - s["gold_peak_round"]
-    where = "at its gold peak" if gap == 0 else (f"{-gap} round(s) before its gold peak" if gap < 0 else f"{gap} round(s) after its gold peak")
-    return f"alarm at round {alarm} ({where})"
+def seed_table(results: dict) -> list:
+    """One row per seed: the numbers the across-seed findings are made of."""
+    rows = [
+        "| seed | standard RM: peak gold (n) -> at n max | drop | InfoRM: peak gold (n) -> at n max | drop | InfoRM - standard at n max "
+        "| held-out acc std / InfoRM | AUROC std / InfoRM / pooled | MOP at n max std / InfoRM |",
+        "|---:|---|---:|---|---:|---:|---|---|---|",
+    ]
+    for f in results["findings"]["per_seed"]:
+        b, d = f["best_of_n"], f["detection"]
+        s, i = b["standard"], b["inform"]
+        rows.append(
+            f"| {f['seed']} | {s['value']:.2f} ({s['peak_n']}) -> {s['final']:.2f} | {s['drop']:.2f} | {i['value']:.2f} ({i['peak_n']}) -> "
+            f"{i['final']:.2f} | {i['drop']:.2f} | {b['gold_difference_at_max_n']:+.2f} | {s['heldout_accuracy']:.3f} / "
+            f"{i['heldout_accuracy']:.3f} | {_fmt(d['auroc'].get('standard'), 2)} / {_fmt(d['auroc'].get('inform'), 2)} / "
+            f"{_fmt(d['auroc'].get('pooled'), 2)} | {d['mop']['standard']['max_n']:.3f} / {d['mop']['inform']['max_n']:.3f} |"
+        )
+    return rows
 
 
-def ibl_verdict(results: dict) -> list:
-    """The IBL-penalised InfoRM guide against plain InfoRM, computed from the numbers."""
-    ps = results["policy_search"]
-    if "inform_ibl" not in ps or "inform" not in ps:
-        return []
-    s, base = ps["inform_ibl"], ps["inform"]
-    ibl = ps["config"].get("ibl", {})
-    last = ps["rounds"][-1]
-    out = (
-        f"- **IBL penalty vs plain InfoRM** (coef {ibl.get('coef', math.nan):.3g} = {ibl.get('coef_scale', math.nan):g} x "
-        f"std(InfoRM reward) {ibl.get('reference_reward_std', math.nan):.3g} / std(Mahalanobis distance) "
-        f"{ibl.get('reference_distance_std', math.nan):.3g} over the reference set, a rule fixed before the run): "
-    )
-    b_peak, i_peak = base["gold_peak_round"], s["gold_peak_round"]
-    if base["gold_declined"] and s["gold_declined"]:
-        delay = i_peak - b_peak
-        when = (f"delayed the gold peak by {delay} round(s)" if delay > 0 else
-                f"brought the gold peak {-delay} round(s) earlier" if delay < 0 else "left the gold peak at the same round")
-        out += (f"the penalty {when} (round {b_peak} -> {i_peak}; peak z {base['gold_peak']:.2f} -> {s['gold_peak']:.2f}) "
-                f"but did not remove the decline (it falls by {s['gold_drop_after_peak']:.2f} after its peak, plain InfoRM's "
-                f"by {base['gold_drop_after_peak']:.2f}).")
-    elif base["gold_declined"]:
-        out += (f"the penalty removed the gold decline: plain InfoRM's gold peaks at round {b_peak} and falls by "
-                f"{base['gold_drop_after_peak']:.2f}; with the penalty it does not fall (peak {s['gold_peak']:.2f} at round {i_peak}).")
-    elif s["gold_declined"]:
-        out += (f"with the penalty the gold reward peaks at round {i_peak} (z = {s['gold_peak']:.2f}) and falls by "
-                f"{s['gold_drop_after_peak']:.2f}; plain InfoRM's does not fall.")
-    else:
-        out += "neither gold curve falls."
-    diff = s["gold"][-1] - base["gold"][-1]
-    better = "higher than" if diff > 0.05 else ("lower than" if diff < -0.05 else "about the same as")
-    out += (f" Gold at round {last}: {s['gold'][-1]:.2f} with the penalty vs {base['gold'][-1]:.2f} without ({diff:+.2f}, "
-            f"{better} plain InfoRM; both from {base['gold'][0]:.2f}). InfoRM's raw reward of the population: "
-            f"{s['inform'][-1]:.2f} with the penalty vs {base['inform'][-1]:.2f} without (z).")
-    if "distance" in s and "distance" in base:
-        out += (f" Mean Mahalanobis distance to the reference fit: {s['distance'][0]:.2f} -> {s['distance'][-1]:.2f} with the "
-                f"penalty, -> {base['distance'][-1]:.2f} without (reference mean {ibl.get('reference_distance_mean', math.nan):.2f}).")
-    out += (f" Detector at round {last}: MOP {s['mop'][-1]:.3f} vs {base['mop'][-1]:.3f}, ICDS/n {s['icds_normalized'][-1]:.3f} vs "
-            f"{base['icds_normalized'][-1]:.3f}; with the penalty {_alarm_words(s)}, without {_alarm_words(base)}.")
-    lines = [out]
-    if diff > 0.05:
-        lines.append(
-            f"- The penalty helped the final gold here by braking the climb: InfoRM's raw reward of the penalised "
-            f"population rose to {s['inform'][-1]:.2f} (z) instead of {base['inform'][-1]:.2f}, so less optimisation pressure "
-            f"reached the hackable reward (off-topic words per response {s['off_topic'][-1]:.1f} vs {base['off_topic'][-1]:.1f})."
-        )
-    else:
-        spectrum = results.get("latent_spectrum") or {}
-        corr = ibl.get("reference_corr_distance_abs_reward")
-        if spectrum.get("participation_ratio") is not None and spectrum["participation_ratio"] < 2.0:
-            cos = spectrum.get("top_cos_reward")
-            why = (f"InfoRM's latent uses about {spectrum['participation_ratio']:.1f} direction(s) on the reference set"
-                   + (f", aligned with its reward direction (|cos| {cos:.3f})" if cos is not None else ""))
-            if corr is not None and corr >= 0.5:
-                why += (f", and the distance correlates {corr:.2f} with |reward - mean| there: the penalty mostly taxes an "
-                        "extreme reward itself, good or hacked, rather than a direction the hack takes")
-            elif corr is not None:
-                why += (f"; the distance correlates only {corr:.2f} with |reward - mean| there, so it is mostly the squeezed "
-                        "directions (the noise the KL term left), which say nothing about the hack")
-            lines.append(f"- Why the penalty did not help here: {why}.")
-    if s["gold_declined"] and "distance" in s and s["distance"][-1] < s["distance"][0]:
-        lines.append(
-            f"- The penalised search hacked while moving its latents *toward* the reference fit (mean distance "
-            f"{s['distance'][0]:.2f} -> {s['distance'][-1]:.2f}, reference mean {ibl.get('reference_distance_mean', math.nan):.2f}): "
-            "the hack is not a departure that InfoRM's latent sees, and the penalty pushes down the very distance MOP tests, "
-            f"so MOP ended at {s['mop'][-1]:.3f} and the monitor gave {_alarm_words(s)}. A policy trained against the IBL "
-            "penalty needs a check the penalty does not optimise (a trusted reward, held-out labels)."
-        )
-    return lines
+def curve_table(results: dict) -> list:
+    """Per n: the mean over seeds with its 95% interval of both gold curves and their difference."""
+    runs = results["per_seed"]
+    bands = {name: curve_interval([r[name]["gold"] for r in runs]) for name in ("standard", "inform")}
+    bands["difference"] = curve_interval([np.asarray(r["inform"]["gold"]) - np.asarray(r["standard"]["gold"]) for r in runs])
+    proxies = {name: np.mean([r[name]["proxy"] for r in runs], axis=0) for name in ("standard", "inform")}
+    oracle = np.mean([r["gold_oracle"] for r in runs], axis=0)
+
+    def cell(band, i):
+        if band["low"] is None:
+            return f"{band['mean'][i]:.2f}"
+        return f"{band['mean'][i]:.2f} [{band['low'][i]:.2f}, {band['high'][i]:.2f}]"
+
+    rows = ["| n | KL | gold standard RM | gold InfoRM | InfoRM - standard | proxy standard | proxy InfoRM | gold oracle |",
+            "|---:|---:|---|---|---|---:|---:|---:|"]
+    for i, n in enumerate(runs[0]["n"]):
+        rows.append(f"| {n} | {runs[0]['kl'][i]:.2f} | {cell(bands['standard'], i)} | {cell(bands['inform'], i)} | "
+                    f"{cell(bands['difference'], i)} | {proxies['standard'][i]:.2f} | {proxies['inform'][i]:.2f} | {oracle[i]:.2f} |")
+    return rows
+
+
+def search_table(results: dict) -> list:
+    """One row per seed of the policy search: each guide's gold start -> peak (round) -> end and its first alarm."""
+    searches = [r["policy_search"] for r in results["per_seed"]]
+    guides = [g for g in GUIDE_LABELS if all(g in ps for ps in searches)]
+    rows = ["| seed | " + " | ".join(f"{GUIDE_LABELS[g]}: gold start -> peak (round) -> end; alarm" for g in guides) + " |",
+            "|---:|" + "---|" * len(guides)]
+    for run, f in zip(results["per_seed"], results["findings"]["per_seed"]):
+        cells = []
+        for g in guides:
+            s = f["policy_search"]["guides"][g]
+            alarm = "none" if s["alarm_round"] is None else f"round {s['alarm_round']} ({TIMING_WORDS[s['timing']]})"
+            cells.append(f"{s['gold_start']:.2f} -> {s['gold_peak']:.2f} ({s['peak_round']}) -> {s['gold_final']:.2f}; {alarm}")
+        rows.append(f"| {run['seed']} | " + " | ".join(cells) + " |")
+    return rows
 
 
 def markdown(results: dict) -> str:
     cfg = results["config"]
-    std, inf = results["standard"], results["inform"]
+    runs = results["per_seed"]
+    first = runs[0]
+    f = results["findings"]["study"]
+    seeds = results["seeds"]
+    data = {key: float(np.mean([r["data"][key] for r in runs])) for key in runs[0]["data"]}
     out = [
         "# inform-fast demo: reward overoptimization, InfoRM and its detector",
         "",
-        f"Preset `{results.get('preset', '?')}`, seed {results['seed']}, device {results['environment']['device']}, "
-        f"runtime {results['runtime_s']:.1f} s. How to read this report: docs/demo.md.",
+        f"Preset `{results.get('preset', '?')}`, **{len(seeds)} seed{'s' if len(seeds) != 1 else ''}** ({', '.join(map(str, seeds))}), "
+        f"device {results['environment']['device']}, runtime {results['runtime_s']:.1f} s. Every number below is the mean over the "
+        f"seeds with its {CONFIDENCE:.0%} interval (Student t) in brackets, or a count of seeds. How to read this report: docs/demo.md.",
         "",
-        "## What was run",
+        "## What was run (per seed)",
         "",
-        f"- A synthetic text world ({cfg['n_prompts']} prompts, one per topic). The gold reward counts content words: "
-        "on-topic +1, helpful +0.5, error -1.5, off-topic -0.5; filler words (`very really basically ...`) score 0 but "
-        "take up room in a response of at most 20 words.",
-        f"- {cfg['train_pairs']} training pairs labelled by the gold reward, {results['data']['label_flip_observed']:.1%} of "
-        f"labels flipped; the pairs were selected so that the chosen response has more filler in "
-        f"{results['data']['train_chosen_more_filler']:.0%} of them (fewer in {results['data']['train_chosen_less_filler']:.0%}): "
-        "the spurious feature. In the candidate pool filler and gold are not positively related "
-        f"(correlation {results['data']['pool_corr_gold_filler']:.2f}).",
+        f"- A synthetic text world ({cfg['n_prompts']} prompts, one per topic; responses of {cfg['min_words']}"
+        + (f"-{cfg['max_words']}" if cfg['max_words'] != cfg['min_words'] else "") + " words). The gold reward counts content words: "
+        "on-topic +1, helpful +0.5, error -1.5, off-topic -0.5; filler words (`very really basically ...`) score 0 and take "
+        f"the place of content words. {data['pool_half_filler_share']:.1%} of the pool's responses are at least half filler "
+        f"(padded); the pool's correlation of gold with the filler count is {data['pool_corr_gold_filler']:.2f}.",
+        (f"- {cfg['train_pairs']} training pairs from a biased Bradley-Terry annotator: utility gold + {cfg['filler_bias']:g} x filler "
+         f"words, temperature {cfg['label_temperature']:g}; {data['label_against_gold']:.1%} of the labels prefer the response with "
+         f"the lower gold; the chosen response has more filler in {data['train_chosen_more_filler']:.0%} of pairs, less in "
+         f"{data['train_chosen_less_filler']:.0%}." if cfg["label_model"] == "bradley_terry" else
+         f"- {cfg['train_pairs']} training pairs labelled by the gold reward with {cfg['label_flip']:.0%} of labels flipped, selected so "
+         f"that the chosen response has more filler in {data['train_chosen_more_filler']:.0%} of them (the previous world)."),
         f"- Two reward models on a word-level tokenizer and a tiny Llama built from scratch (hidden {cfg['hidden_size']}, "
-        f"{cfg['layers']} layers, {cfg['heads']} heads; the same initial weights for both), {cfg['steps']} AdamW steps of "
+        f"{cfg['layers']} layer(s), {cfg['heads']} heads; the same initial weights for both in a seed), {cfg['steps']} AdamW steps of "
         f"{cfg['batch_size']} pairs, lr {cfg['lr']}: a **standard RM** (linear head, Bradley-Terry loss) and **InfoRM** "
         f"(InfoRMHead, latent {cfg['latent_dim']}, beta {cfg['beta']}).",
-        f"- Best-of-n against each proxy over {cfg['pool_per_prompt']} candidates per prompt, n = 1 ... {results['n'][-1]}, "
-        "exact (unbiased) best-of-n expectations; KL = log n - (n-1)/n. Rewards are z-scores over the pool.",
+        f"- Best-of-n against each proxy over {cfg['pool_per_prompt']} candidates per prompt, n = 1 ... {first['n'][-1]}, exact "
+        "(unbiased) best-of-n expectations; KL = log n - (n-1)/n. Rewards are z-scores over the pool.",
         f"- Detection: {cfg['draws']} sampled best-of-n picks per n and proxy, their InfoRM latents (mu) against "
-        f"{results['reference']['size']} reference latents (random pool responses, n = 1): ICDS (DBSCAN eps "
-        f"{results['reference']['icds_eps']:.4f} chosen once on the reference set, min_samples "
-        f"{results['reference']['icds_min_samples']}) and MOP (alpha {results['reference']['mop_alpha']}, Ledoit-Wolf). "
-        "A pick is *hacked* when its gold reward is below the reference median.",
+        f"{first['reference']['size']} reference latents (random pool responses, n = 1): ICDS (DBSCAN eps from the reference set's "
+        f"k-distance curve, min_samples {first['reference']['icds_min_samples']}) and MOP (alpha {first['reference']['mop_alpha']}, "
+        "Ledoit-Wolf). A pick is *hacked* when its gold reward is below the reference median.",
         "",
-        "## Verdict (computed from the numbers below)",
+        f"## Across seeds ({CONFIDENCE:.0%} intervals over {len(seeds)} seed{'s' if len(seeds) != 1 else ''}; computed from the numbers below)",
         "",
-        *verdict(results),
+        *study_lines(results),
         "",
-        "## Numbers",
+        "## Per seed",
         "",
-        "| n | KL | gold std | proxy std | gold InfoRM | proxy InfoRM | gold oracle | ICDS/n std | ICDS/n InfoRM | MOP std | MOP InfoRM |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for i, n in enumerate(results["n"]):
-        out.append(
-            f"| {n} | {results['kl'][i]:.2f} | {std['gold'][i]:.3f} | {std['proxy'][i]:.3f} | {inf['gold'][i]:.3f} | "
-            f"{inf['proxy'][i]:.3f} | {results['gold_oracle'][i]:.3f} | {std['icds_normalized'][i]:.4f} | "
-            f"{inf['icds_normalized'][i]:.4f} | {std['mop'][i]:.3f} | {inf['mop'][i]:.3f} |"
-        )
-    auc = results["detector_auroc"]
-    out += [
+        *seed_table(results),
         "",
-        f"Training: final loss {std['train_loss_final']:.3f} (standard), {inf['train_loss_final']:.3f} (InfoRM, KL "
-        f"{inf['train_kl_final']:.2f}); held-out accuracy on noise-free, unselected gold pairs: "
-        f"{std['heldout_accuracy']:.3f} (standard), {inf['heldout_accuracy']:.3f} (InfoRM). Detector AUROC (hacked vs "
-        f"not, selections at n > 1): standard {_fmt(auc.get('standard'))}, InfoRM {_fmt(auc.get('inform'))}, pooled "
-        f"{_fmt(auc.get('pooled'))}.",
+        f"## Best-of-n, mean over seeds [{CONFIDENCE:.0%} interval]",
         "",
-        "Highest-proxy response of the whole pool:",
-        "",
-    ]
-    for name in ("standard", "inform"):
-        top = results["top_proxy_response"][name]
-        out.append(f"- {RM_LABELS[name]}: `{top['text']}` (gold {top['gold_raw']:.1f}, {top['filler']} filler words)")
-    out += [
+        *curve_table(results),
         "",
         "## Figures",
         "",
-        "![gold and proxy reward against KL](gold_vs_proxy.png)",
+        "![gold and proxy reward against KL, every seed](gold_vs_proxy.png)",
         "",
         "![ICDS, MOP and hacked fraction against KL](detection.png)",
         "",
-        "![latent map](latent_map.png)",
+        f"![latent map, seed {first['seed']}](latent_map.png)",
         "",
     ]
-    if "policy_search" in results:
-        out += _policy_search_section(results)
+    if all("policy_search" in r for r in runs):
+        ps = first["policy_search"]["config"]
+        monitor = ps["monitor"]
+        threshold = monitor["score_threshold"].get("mop")
+        out += [
+            "## Policy search: a policy that leaves the pool",
+            "",
+            f"{ps['population']} pool responses (spread over the prompts, none from the reference set; the same start for every "
+            f"guide) are improved for {ps['rounds']} rounds: each round every response gets {ps['edits']} random one-word edits, "
+            "and the edit its guide scores highest is kept if it raises that guide's score. Guides: the standard RM, InfoRM, "
+            "InfoRM + IBL penalty, and the gold reward itself (the control: it cannot hack). Every "
+            f"{ps['record_every']} round(s) the population's InfoRM latents go to an `OverOptimizationMonitor` (ICDS and MOP, the "
+            f"same reference set; relative-jump onset threshold {monitor['onset_threshold']:g}, min_jump {monitor['min_jump']:.4g}"
+            + (f", plain MOP threshold {threshold:g}" if threshold is not None else "") + "). The gold peak round is the true onset "
+            "of hacking; an alarm for the control is a false alarm. The across-seed findings are in the list above.",
+            "",
+            *search_table(results),
+            "",
+            "![policy search: gold and MOP per round, every seed](policy_search.png)",
+            "",
+            f"Responses at the last round, seed {first['seed']} (one per guide):",
+            "",
+        ]
+        for guide in [g for g in GUIDE_LABELS if g in first["policy_search"]]:
+            out.append(f"- climbing {GUIDE_LABELS[guide]}: `{first['policy_search'][guide]['examples'][0]}`")
+        out.append("")
+    out += [f"Highest-proxy response of the whole pool, seed {first['seed']}:", ""]
+    for name in ("standard", "inform"):
+        top = first["top_proxy_response"][name]
+        out.append(f"- {RM_LABELS[name]}: `{top['text']}` (gold {top['gold_raw']:.1f}, {top['filler']} filler words)")
+    out.append("")
     return "\n".join(out)
 
 
-def _policy_search_section(results: dict) -> list:
-    ps = results["policy_search"]
-    cfg, monitor = ps["config"], ps["config"]["monitor"]
-    guides = [g for g in GUIDE_LABELS if g in ps]
-    threshold = monitor["score_threshold"].get("mop")
-    out = [
-        "## Policy search: a policy that leaves the pool",
-        "",
-        f"{cfg['population']} pool responses (spread over the prompts, none from the reference set; the same start for "
-        f"every guide) are improved for {cfg['rounds']} rounds: each round every response gets {cfg['edits']} random "
-        "one-word edits (a uniform position, a different word of the world's vocabulary), and the edit its guide scores "
-        "highest is kept if it raises that guide's score. Guides: the standard RM, InfoRM, "
-        + (f"InfoRM + IBL penalty (InfoRM's reward minus {cfg['ibl']['coef']:.3g} x the Mahalanobis distance of its "
-           f"latent to the reference fit; {cfg['ibl']['rule']}, scale {cfg['ibl']['coef_scale']:g}), " if "ibl" in cfg else "")
-        + "and the gold reward itself (the control: it cannot hack). Every "
-        f"{cfg['record_every']} round(s) the population's InfoRM latents go to an `OverOptimizationMonitor` (method "
-        f"`both`, the same reference set, DBSCAN eps and MOP alpha as above; relative-jump onset threshold "
-        f"{monitor['onset_threshold']:g}, min_jump {monitor['min_jump']:.4g}"
-        + (f", plain MOP threshold {threshold:g}" if threshold is not None else "")
-        + "). The gold peak round is the true onset of hacking; an alarm for the control is a false alarm.",
-        "",
-        "### Verdict (computed from the numbers below)",
-        "",
-        *policy_search_verdict(results),
-        "",
-        "| round | " + " | ".join(f"gold {g}" for g in guides) + " | " + " | ".join(f"MOP {g}" for g in guides)
-        + " | " + " | ".join(f"ICDS/n {g}" for g in guides) + " | " + " | ".join(f"hacked {g}" for g in guides) + " |",
-        "|---:|" + "---:|" * (4 * len(guides)),
-    ]
-    for i, r in enumerate(ps["rounds"]):
-        cells = [f"{ps[g]['gold'][i]:.2f}" for g in guides] + [f"{ps[g]['mop'][i]:.3f}" for g in guides]
-        cells += [f"{ps[g]['icds_normalized'][i]:.3f}" for g in guides] + [f"{ps[g]['hacked_fraction'][i]:.2f}" for g in guides]
-        out.append(f"| {r} | " + " | ".join(cells) + " |")
-    out += ["", "Responses at the last round (one per guide):", ""]
-    for guide in guides:
-        example = ps[guide]["examples"][0]
-        out.append(f"- climbing {GUIDE_LABELS[guide]}: `{example}`")
-    out += ["", "![policy search: gold, proxy, MOP and ICDS per round](policy_search.png)", ""]
-    return out
-
-
-def summary_table(results: dict) -> str:
-    """A short plain-text table for the terminal."""
-    std, inf = results["standard"], results["inform"]
-    rows = [f"{'n':>6} {'KL':>5} | {'gold std':>8} {'gold InfoRM':>11} | {'proxy std':>9} {'proxy InfoRM':>12} | {'MOP std':>7} {'MOP InfoRM':>10}"]
-    for i, n in enumerate(results["n"]):
-        rows.append(
-            f"{n:>6} {results['kl'][i]:>5.2f} | {std['gold'][i]:>8.3f} {inf['gold'][i]:>11.3f} | "
-            f"{std['proxy'][i]:>9.3f} {inf['proxy'][i]:>12.3f} | {std['mop'][i]:>7.3f} {inf['mop'][i]:>10.3f}"
-        )
-    ps = results.get("policy_search")
-    if ps:
-        ibl = ps["config"].get("ibl")
-        coef = f"; IBL coef {ibl['coef']:.3g} = {ibl['coef_scale']:g} x std(reward)/std(distance) on the reference" if ibl else ""
-        rows.append(f"policy search ({ps['config']['population']} responses, {ps['rounds'][-1]} rounds, {ps['config']['edits']} edits/round{coef}):")
-        for guide in [g for g in GUIDE_LABELS if g in ps]:
-            s = ps[guide]
-            alarm = "none" if s["alarm_round"] is None else str(s["alarm_round"])
-            rows.append(
-                f"  climbing {GUIDE_LABELS[guide]:<22} gold {s['gold'][0]:6.2f} -> {s['gold'][-1]:6.2f} (peak r{s['gold_peak_round']})"
-                f" | MOP {s['mop'][0]:.3f} -> {s['mop'][-1]:.3f} | alarm round {alarm}"
-            )
-        if "inform_ibl" in ps and "inform" in ps:
-            s, base = ps["inform_ibl"], ps["inform"]
-            rows.append(
-                f"  IBL vs plain InfoRM at round {ps['rounds'][-1]}: gold {s['gold'][-1]:.2f} vs {base['gold'][-1]:.2f}, "
-                f"InfoRM's raw reward {s['inform'][-1]:.2f} vs {base['inform'][-1]:.2f} (z)"
-                + (f", mean distance {s['distance'][-1]:.2f} vs {base['distance'][-1]:.2f}" if "distance" in s and "distance" in base else "")
-                + f", ICDS/n {s['icds_normalized'][-1]:.3f} vs {base['icds_normalized'][-1]:.3f}"
-            )
+def summary_text(results: dict) -> str:
+    """What the command line prints: one row per seed, then the across-seed findings (plain text)."""
+    n_max = results["findings"]["study"]["best_of_n"]["n_max"]
+    rows = [f"{'seed':>5} | {'std gold peak -> n=' + str(n_max):>24} | {'InfoRM gold peak -> n=' + str(n_max):>27} | "
+            f"{'held-out acc std/InfoRM':>23} | {'AUROC':>5}"]
+    for f in results["findings"]["per_seed"]:
+        b, d = f["best_of_n"], f["detection"]
+        s, i = b["standard"], b["inform"]
+        rows.append(f"{f['seed']:>5} | {s['value']:>9.2f} (n={s['peak_n']:<4}) -> {s['final']:>5.2f} | "
+                    f"{i['value']:>12.2f} (n={i['peak_n']:<4}) -> {i['final']:>5.2f} | "
+                    f"{s['heldout_accuracy']:>11.3f} / {i['heldout_accuracy']:.3f} | {_fmt(d['auroc'].get('pooled'), 2):>5}")
+    rows.append("")
+    rows += [line.replace("**", "") for line in study_lines(results)]
     return "\n".join(rows)

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from inform_fast.demo import world
+from inform_fast.demo.findings import gold_decline
 
 # what the search climbs; "gold" is the control (no hacking); "inform_ibl" is InfoRM's reward minus
 # the IBL penalty (coef x Mahalanobis distance of its latent to the reference fit)
@@ -142,14 +143,6 @@ def record_rounds(rounds: int, every: int) -> List[int]:
     return sorted(set(range(0, rounds + 1, every)) | {rounds})
 
 
-def gold_peak(gold: Sequence[float], tolerance: float = 0.05) -> dict:
-    """Where a gold series (z) peaks and whether it then falls by more than ``tolerance``."""
-    gold = np.asarray(gold, dtype=np.float64)
-    peak = int(np.argmax(gold))
-    drop = float(gold[peak] - gold[-1])
-    return {"index": peak, "value": float(gold[peak]), "drop": drop, "declined": bool(peak < gold.size - 1 and drop > tolerance)}
-
-
 def ibl_coef(reference_reward, reference_distance, scale: float = 1.0) -> float:
     """The IBL coefficient fixed in advance: ``scale * std(reward) / std(distance)`` over the
     reference set, so that the penalty and the reward have the same spread there (times scale)."""
@@ -195,6 +188,7 @@ def run_policy_search(
     guides: Sequence[str] = BASE_GUIDES,
     tick: Optional[Callable[[], None]] = None,
     distance: Optional[Callable[[torch.Tensor], np.ndarray]] = None,
+    calibrated: Optional[Dict[str, object]] = None,
 ) -> dict:
     """Hill-climb ``start`` under each guide; returns the JSON-ready series and alarms.
 
@@ -204,7 +198,9 @@ def run_policy_search(
     population and draws its edits from a generator with the same seed (common random numbers).
     A guide other than "gold" is scored by ``score(guide, ...)`` (e.g. "inform_ibl"), and needs its
     entry in ``norms``. distance(latents) -> [N] Mahalanobis distances to the reference fit: when
-    given, every guide's series also records their mean (``distance``).
+    given, every guide's series also records their mean (``distance``). calibrated: {"mop_empirical":
+    a CalibratedScorer of a Mahalanobis fit, "kop": one of a k-NN scorer} (``inform_fast.detect.calibrated``):
+    when given, every guide's series also records MOP with empirical p-values and KOP at ``mop_alpha``.
     """
     from inform_fast.detect.monitor import OverOptimizationMonitor
 
@@ -266,8 +262,14 @@ def run_policy_search(
             series["improved"].append(float(improved_since.mean()))  # share edited since the last record
             if distance is not None:
                 series.setdefault("distance", []).append(float(np.mean(distance(latents))))
+            if calibrated:
+                from inform_fast.detect.calibrated import kop
+                from inform_fast.detect.mop import mop
+
+                series.setdefault("mop_empirical", []).append(mop(latents, calibrated=calibrated["mop_empirical"], alpha=mop_alpha).score)
+                series.setdefault("kop", []).append(kop(latents, calibrated=calibrated["kop"], alpha=mop_alpha).score)
             improved_since[:] = False
-        peak = gold_peak(series["gold"])
+        peak = gold_decline(series["gold"])
         alarms = [r["step"] for r in monitor.history if r["onset"]]
         alarm = monitor.onset_step
         series.update({

@@ -96,6 +96,36 @@ def auroc(scores: np.ndarray, positive: np.ndarray) -> Optional[float]:
     return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
 
+def pick_profile(distance: np.ndarray, reward_z: np.ndarray, hacked: np.ndarray, knn_distance: Optional[np.ndarray] = None) -> dict:
+    """What hacked and other best-of-n picks look like to the detector: the mean Mahalanobis
+    distance to the reference fit (and, when given, the mean k-NN distance) and the mean InfoRM
+    reward (in reference standard deviations) of each group, the share of hacked picks, and the
+    correlation of distance with |reward z| over all picks. distance, reward_z, knn_distance: [P]
+    float; hacked: [P] bool. Group means are None for an empty group."""
+    distance = np.asarray(distance, dtype=np.float64)
+    reward_z = np.asarray(reward_z, dtype=np.float64)
+    hacked = np.asarray(hacked, dtype=bool)
+    if not distance.shape == reward_z.shape == hacked.shape or distance.ndim != 1 or distance.size < 2:
+        raise ValueError(f"distance / reward_z / hacked: expected three [P] arrays, P >= 2, got "
+                         f"{distance.shape}, {reward_z.shape}, {hacked.shape}")
+
+    def mean(values, where):
+        return float(values[where].mean()) if where.any() else None
+
+    out = {
+        "hacked_share": float(hacked.mean()),
+        "hacked_distance": mean(distance, hacked), "other_distance": mean(distance, ~hacked),
+        "hacked_reward_z": mean(reward_z, hacked), "other_reward_z": mean(reward_z, ~hacked),
+        "corr_distance_abs_reward_z": float(np.corrcoef(distance, np.abs(reward_z))[0, 1]),
+    }
+    if knn_distance is not None:
+        knn = np.asarray(knn_distance, dtype=np.float64)
+        if knn.shape != distance.shape:
+            raise ValueError(f"knn_distance: expected shape {distance.shape}, got {knn.shape}")
+        out.update(hacked_knn_distance=mean(knn, hacked), other_knn_distance=mean(knn, ~hacked))
+    return out
+
+
 def latent_spectrum(reference: np.ndarray, reward_direction: Optional[np.ndarray] = None) -> dict:
     """How many directions the reference latents really use.
 

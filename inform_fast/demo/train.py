@@ -4,7 +4,7 @@ Both share the backbone architecture *and* its random initialisation (same seed)
 pairs in the same order with the same optimizer, steps and batch size. They differ only in the
 head: ``standard`` is ``nn.Linear(H, 1)`` on the last-token hidden state with the Bradley-Terry
 loss; ``inform`` is ``InfoRMHead(H, latent_dim)`` with its pairwise loss (Bradley-Terry + beta *
-KL). The backbone is a tiny Llama built from a config (no download).
+KL). The backbone is ``inform_fast.tiny.tiny_llama`` built from a config (no download).
 """
 from __future__ import annotations
 
@@ -19,17 +19,14 @@ from inform_fast.reference import pool_last_token
 
 
 def build_backbone(vocab_size: int, hidden_size: int, layers: int, heads: int, seed: int, max_positions: int = 64):
-    """A randomly initialised ``LlamaModel`` (SDPA attention), seeded so both reward models start equal."""
-    from transformers import LlamaConfig, LlamaModel
+    """The tiny Llama of ``inform_fast.tiny.tiny_llama`` (SDPA attention) with ``heads`` attention and
+    key/value heads, seeded so that both reward models start from the same weights."""
+    from inform_fast.tiny import tiny_llama
 
-    config = LlamaConfig(
-        vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=2 * hidden_size,
-        num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
-        max_position_embeddings=max_positions, pad_token_id=0, bos_token_id=2, eos_token_id=3,
-        use_cache=False,
+    return tiny_llama(
+        vocab_size, hidden_size=hidden_size, layers=layers, seed=seed, num_attention_heads=heads,
+        num_key_value_heads=heads, max_position_embeddings=max_positions, use_cache=False,
     )
-    torch.manual_seed(seed)
-    return LlamaModel(config)
 
 
 class DemoRewardModel(nn.Module):

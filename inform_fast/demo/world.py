@@ -1,7 +1,7 @@
 """A synthetic text world with a known gold reward and a spurious feature.
 
-Every prompt asks about one topic (``question about cooking :``). A response is a short sequence
-of words drawn from five kinds:
+Every prompt asks about one topic (``question about cooking :``). A response is a fixed budget of
+words (12 by default) of six kinds:
 
 * on-topic words (``recipe oven flour`` for cooking): gold +1 each;
 * helpful connectives (``because example step``): gold +0.5 each;
@@ -9,13 +9,20 @@ of words drawn from five kinds:
 * off-topic words (another topic's words): gold -0.5 each;
 * neutral words (``the it is``) and **filler words** (``very really basically``): gold 0.
 
-The gold reward reads only the content words. The filler words are the spurious feature: they
-are worthless to the gold reward, but a response has a bounded number of words, so filler
-crowds content out (more filler, less content, lower gold), exactly like padding a real answer
-with verbiage. In the *training pairs* the filler count is made to correlate with the
-preference label by selecting pairs (a pair whose chosen response has more filler is kept more
-often), the way length correlates with preference in real preference data. The labels stay the
-gold comparison of the very texts in the pair, with a fraction (25%) flipped at random.
+The gold reward reads only the content words. Filler is the spurious feature: worthless to the
+gold reward, and since the word budget is fixed and the base policy is competent on average
+(``quality_mean`` > 0: a content word is worth more than nothing on average), each filler word
+takes the place of a content word that was worth something. Most responses carry a little filler;
+a small share (``padded_share``) are *padded*, most of their words filler, the way a policy
+sometimes rambles.
+
+The preference labels come from a **biased annotator** (``label_model="bradley_terry"``): it
+values a response at ``gold + filler_bias * filler`` and prefers A to B with probability
+``sigmoid((u_A - u_B) / label_temperature)``, the Bradley-Terry model with the verbosity bias of
+real raters. The temperature is the label noise (a close pair is a coin flip, a clear one is
+not). The previous world's labels (``label_model="selected"``: the gold comparison, a share of
+labels flipped at random, pairs whose chosen response has more filler kept more often) remain
+for comparisons; docs/demo.md has the measurements that made us change it.
 
 Everything is drawn from a ``numpy.random.Generator``; the same seed gives the same world.
 """
@@ -46,6 +53,9 @@ PROMPT_WORDS = ["question", "about", ":"]
 GOLD_WEIGHTS = {"on_topic": 1.0, "helpful": 0.5, "error": -1.5, "off_topic": -0.5}
 KINDS = ("on_topic", "helpful", "error", "off_topic", "neutral", "filler")
 _WORDS_OF_KIND = {"helpful": HELPFUL, "error": ERRORS, "neutral": NEUTRAL, "filler": FILLER}
+# position of each word kind after the topic words in response_vocabulary() (helpful, error, filler, neutral)
+_KIND_OFFSETS = {"helpful": 0, "error": len(HELPFUL), "filler": len(HELPFUL) + len(ERRORS),
+                 "neutral": len(HELPFUL) + len(ERRORS) + len(FILLER)}
 
 
 def vocabulary() -> List[str]:
@@ -79,15 +89,19 @@ class Responses:
         )
 
 
-@dataclass
+@dataclass(frozen=True)
 class WorldConfig:
     """Parameters of the response generator."""
 
-    min_words: int = 8  # response length is uniform in [min_words, max_words]
-    max_words: int = 20
-    filler_a: float = 0.5  # filler fraction ~ filler_max * Beta(filler_a, filler_b): mostly small,
-    filler_b: float = 3.0  # a long tail of very padded responses (where best-of-n goes looking)
-    filler_max: float = 0.9
+    min_words: int = 12  # response length is uniform in [min_words, max_words]
+    max_words: int = 12
+    quality_mean: float = 1.0  # a response's competence ~ N(quality_mean, 1) (sets its mix of good and bad words)
+    filler_a: float = 0.5  # filler fraction of an ordinary response ~ filler_max * Beta(filler_a, filler_b)
+    filler_b: float = 8.0
+    filler_max: float = 0.25
+    padded_share: float = 0.01  # share of padded responses: filler fraction ~ Uniform(padded_low, padded_high)
+    padded_low: float = 0.6
+    padded_high: float = 0.9
 
 
 def _kind_probabilities(quality: np.ndarray, filler_fraction: np.ndarray) -> np.ndarray:
@@ -106,39 +120,47 @@ def _kind_probabilities(quality: np.ndarray, filler_fraction: np.ndarray) -> np.
 
 
 def generate(rng: np.random.Generator, topics: Sequence[int], config: WorldConfig = WorldConfig()) -> Responses:
-    """One response per entry of ``topics`` (topic indices)."""
+    """One response per entry of ``topics`` (topic indices), drawn in whole arrays."""
     topics = np.asarray(topics, dtype=np.int64)
-    n = topics.shape[0]
-    names = list(TOPICS)
-    topic_words = [TOPICS[name].split() for name in names]
-    quality = rng.standard_normal(n)
-    filler_fraction = config.filler_max * rng.beta(config.filler_a, config.filler_b, size=n)
+    n, width = topics.shape[0], config.max_words
+    quality = config.quality_mean + rng.standard_normal(n)
+    light = config.filler_max * rng.beta(config.filler_a, config.filler_b, size=n)
+    padded = rng.random(n) < config.padded_share
+    filler_fraction = np.where(padded, rng.uniform(config.padded_low, config.padded_high, size=n), light)
     lengths = rng.integers(config.min_words, config.max_words + 1, size=n)
-    probs = _kind_probabilities(quality, filler_fraction)
-    words: List[List[str]] = []
-    gold = np.zeros(n)
-    filler = np.zeros(n, dtype=np.int64)
-    cumulative = probs.cumsum(axis=1)
-    for i in range(n):
-        m = int(lengths[i])
-        # inverse-CDF draw of the word kinds, then one integer per word to pick the word itself
-        kinds = np.minimum((rng.random(m)[:, None] > cumulative[i][None, :]).sum(axis=1), len(KINDS) - 1)
-        picks = rng.integers(0, 1 << 30, size=(m, 2))
-        row = []
-        for k, (pick, other_pick) in zip(kinds.tolist(), picks.tolist()):
-            kind = KINDS[k]
-            if kind == "on_topic":
-                row.append(topic_words[topics[i]][pick % 6])
-            elif kind == "off_topic":
-                other = (topics[i] + 1 + other_pick % (len(names) - 1)) % len(names)
-                row.append(topic_words[other][pick % 6])
-            else:
-                pool = _WORDS_OF_KIND[kind]
-                row.append(pool[pick % len(pool)])
-            gold[i] += GOLD_WEIGHTS.get(kind, 0.0)
-        filler[i] = int((kinds == KINDS.index("filler")).sum())
-        words.append(row)
+    cumulative = _kind_probabilities(quality, filler_fraction).cumsum(axis=1)  # [n, 6]
+    # inverse-CDF draw of each position's word kind, then two integers to pick the word itself
+    kinds = np.minimum((rng.random((n, width))[:, :, None] > cumulative[:, None, :]).sum(axis=2), len(KINDS) - 1)  # [n, W]
+    picks = rng.integers(0, 1 << 30, size=(n, width, 2))
+    ids = _word_ids(kinds, picks, topics)  # [n, W] indices into response_vocabulary()
+    valid = np.arange(width)[None, :] < lengths[:, None]
+    kind_gold = np.array([GOLD_WEIGHTS.get(kind, 0.0) for kind in KINDS])
+    gold = np.where(valid, kind_gold[kinds], 0.0).sum(axis=1)
+    filler = (valid & (kinds == KINDS.index("filler"))).sum(axis=1).astype(np.int64)
+    vocab = response_vocabulary()
+    words = [[vocab[i] for i in row[:m]] for row, m in zip(ids.tolist(), lengths.tolist())]
     return Responses(topic=topics, words=words, gold=gold, filler=filler, length=lengths.astype(np.int64))
+
+
+def _word_ids(kinds: np.ndarray, picks: np.ndarray, topics: np.ndarray) -> np.ndarray:
+    """[n, W] indices into ``response_vocabulary()`` of words of the given kinds [n, W]: ``picks``
+    [n, W, 2] chooses the word within its kind (and, for off-topic words, the other topic)."""
+    n_topics, per_topic = len(TOPICS), len(next(iter(TOPICS.values())).split())
+    pick, other_pick = picks[..., 0], picks[..., 1]
+    topic = topics[:, None]
+    other = (topic + 1 + other_pick % (n_topics - 1)) % n_topics
+    offset = n_topics * per_topic  # the topic words come first in response_vocabulary()
+    ids = np.empty(kinds.shape, dtype=np.int64)
+    for k, kind in enumerate(KINDS):
+        if kind == "on_topic":
+            choice = topic * per_topic + pick % per_topic
+        elif kind == "off_topic":
+            choice = other * per_topic + pick % per_topic
+        else:
+            pool = _WORDS_OF_KIND[kind]
+            choice = offset + _KIND_OFFSETS[kind] + pick % len(pool)
+        ids = np.where(kinds == k, choice, ids)
+    return ids
 
 
 def gold_reward(topic: int, words: Sequence[str]) -> float:
@@ -158,6 +180,23 @@ def gold_reward(topic: int, words: Sequence[str]) -> float:
         elif word in errors:
             total += GOLD_WEIGHTS["error"]
     return total
+
+
+def kind_counts(responses: Responses) -> np.ndarray:
+    """[N, 6] float64: how many words of each kind (order ``KINDS``) each response holds, on-topic
+    and off-topic relative to its own prompt's topic."""
+    names = list(TOPICS)
+    kind_of = {word: KINDS.index(kind) for kind, pool in _WORDS_OF_KIND.items() for word in pool}
+    topic_of = {word: t for t, name in enumerate(names) for word in TOPICS[name].split()}
+    on, off = KINDS.index("on_topic"), KINDS.index("off_topic")
+    counts = np.zeros((len(responses.words), len(KINDS)))
+    for row, (topic, words) in enumerate(zip(responses.topic.tolist(), responses.words)):
+        for word in words:
+            kind = kind_of.get(word)
+            if kind is None:
+                kind = on if topic_of[word] == topic else off
+            counts[row, kind] += 1
+    return counts
 
 
 def response_vocabulary() -> List[str]:
@@ -184,55 +223,68 @@ def is_valid_response(words: Sequence[str], config: WorldConfig = WorldConfig())
     return config.min_words <= len(words) <= config.max_words and all(word in allowed for word in words)
 
 
+LABEL_MODELS = ("bradley_terry", "selected")
+
+
 @dataclass
 class PreferencePairs:
     """P preference pairs for one prompt each: chosen / rejected responses and how they were made."""
 
     chosen: Responses
     rejected: Responses
-    flipped: np.ndarray  # [P] bool: the label disagrees with the gold reward (label noise)
+    against_gold: np.ndarray  # [P] bool: the chosen response has the lower gold reward (label noise or bias)
 
 
 def preference_pairs(
     rng: np.random.Generator,
     count: int,
     n_topics: int,
-    flip: float = 0.25,
-    keep_if_more_filler: float = 1.0,
-    keep_otherwise: float = 0.25,
+    label_model: str = "bradley_terry",
+    filler_bias: float = 0.0,
+    temperature: float = 0.0,
+    flip: float = 0.0,
+    keep_otherwise: float = 1.0,
     config: WorldConfig = WorldConfig(),
 ) -> PreferencePairs:
-    """``count`` labelled pairs in which the filler count correlates with the label.
+    """``count`` labelled pairs (two responses to the same prompt each).
 
-    Two responses to the same prompt; the gold reward decides which is chosen (a tie goes to a
-    coin), then the label is flipped with probability ``flip``. The pair is kept with
-    probability ``keep_if_more_filler`` when the chosen response has more filler words than the
-    rejected one, ``keep_otherwise`` otherwise (the selection that makes filler look good).
+    ``bradley_terry``: the annotator's utility is ``gold + filler_bias * filler``; A is chosen
+    with probability ``sigmoid((u_A - u_B) / temperature)``, or whenever ``u_A > u_B`` with
+    ``temperature`` 0 (a tie goes to a coin). ``filler_bias`` 0 and ``temperature`` 0 give the
+    gold comparison itself (the held-out pairs).
+
+    ``selected`` (the previous world): the gold reward decides (a tie goes to a coin), the label
+    is flipped with probability ``flip``, and a pair is kept with probability 1 when the chosen
+    response has more filler words than the rejected one, ``keep_otherwise`` otherwise.
     """
-    chosen_parts, rejected_parts, flipped_parts = [], [], []
+    if label_model not in LABEL_MODELS:
+        raise ValueError(f"label_model: expected one of {LABEL_MODELS}, got {label_model!r}")
+    chosen_parts, rejected_parts = [], []
     have = 0
     while have < count:
-        batch = max(256, 2 * (count - have))
+        batch = count - have if label_model == "bradley_terry" else max(256, 2 * (count - have))
         topics = rng.integers(n_topics, size=batch)
         a = generate(rng, topics, config)
         b = generate(rng, topics, config)
-        a_wins = (a.gold > b.gold) | ((a.gold == b.gold) & (rng.random(batch) < 0.5))
-        flipped = rng.random(batch) < flip
-        a_chosen = a_wins ^ flipped
-        filler_chosen = np.where(a_chosen, a.filler, b.filler)
-        filler_rejected = np.where(a_chosen, b.filler, a.filler)
-        keep_prob = np.where(filler_chosen > filler_rejected, keep_if_more_filler, keep_otherwise)
-        keep = np.flatnonzero(rng.random(batch) < keep_prob)[: count - have]
-        chosen_index = np.where(a_chosen[keep], keep, keep + batch)
-        rejected_index = np.where(a_chosen[keep], keep + batch, keep)
+        if label_model == "bradley_terry":
+            gap = (a.gold + filler_bias * a.filler) - (b.gold + filler_bias * b.filler)
+            if temperature > 0:
+                a_chosen = rng.random(batch) < 1.0 / (1.0 + np.exp(-gap / temperature))
+            else:
+                a_chosen = (gap > 0) | ((gap == 0) & (rng.random(batch) < 0.5))
+            keep = np.arange(batch)
+        else:
+            a_wins = (a.gold > b.gold) | ((a.gold == b.gold) & (rng.random(batch) < 0.5))
+            a_chosen = a_wins ^ (rng.random(batch) < flip)
+            more_filler = np.where(a_chosen, a.filler > b.filler, b.filler > a.filler)
+            keep_prob = np.where(more_filler, 1.0, keep_otherwise)
+            keep = np.flatnonzero(rng.random(batch) < keep_prob)[: count - have]
         both = _concat(a, b)
-        chosen_parts.append(both.subset(chosen_index))
-        rejected_parts.append(both.subset(rejected_index))
-        flipped_parts.append(flipped[keep])
+        chosen_parts.append(both.subset(np.where(a_chosen[keep], keep, keep + batch)))
+        rejected_parts.append(both.subset(np.where(a_chosen[keep], keep + batch, keep)))
         have += keep.size
-    return PreferencePairs(
-        chosen=_concat(*chosen_parts), rejected=_concat(*rejected_parts), flipped=np.concatenate(flipped_parts),
-    )
+    chosen, rejected = _concat(*chosen_parts), _concat(*rejected_parts)
+    return PreferencePairs(chosen=chosen, rejected=rejected, against_gold=chosen.gold < rejected.gold)
 
 
 def _concat(*parts: Responses) -> Responses:
