@@ -308,13 +308,18 @@ def build_index(x: torch.Tensor, leaf_size: int = 64, radius: Optional[float] = 
     the CPU from the top coordinates). ``frame``: another set's frame (queries against a
     reference index), else fitted to x with the search ``radius`` in x's units."""
     frame = frame if frame is not None else fit_frame(x, radius=radius)
-    y = frame.apply(x)
-    top64 = frame.project(y)
+    n, rows = x.shape[0], 1 << 14
+    # built in row chunks, so that beside the index itself (one copy of x in the frame) only
+    # chunk-sized temporaries exist: at 10^6 x 128 each whole-matrix temporary is 0.5 GiB
+    top64 = torch.empty((n, frame.axes.shape[1]), dtype=torch.float64, device=x.device)
+    for a in range(0, n, rows):
+        top64[a : a + rows] = frame.project(frame.apply(x[a : a + rows]))
     k = min(tree_dims or tree_dims_for(x.shape[0], leaf_size), top64.shape[1])
     order_np, sizes = _kd_order(top64[:, :k].to(torch.float32).cpu().numpy(), leaf_size)
-    order = torch.from_numpy(order_np).to(y.device)
-    points = y.index_select(0, order)
-    del y
+    order = torch.from_numpy(order_np).to(x.device)
+    points = torch.empty(x.shape, dtype=frame.dtype, device=x.device)
+    for a in range(0, n, rows):
+        points[a : a + rows] = frame.apply(x.index_select(0, order[a : a + rows]))
     top64 = top64.index_select(0, order)
     device = points.device
     n_leaves = len(sizes)
@@ -328,10 +333,14 @@ def build_index(x: torch.Tensor, leaf_size: int = 64, radius: Optional[float] = 
     # norms, centres and radii in the points' precision: they enter bounds and bands only, so they
     # are inflated by their relative error (gamma_D) instead of computed in float64
     inflate = 1.0 + 2.0 * (points.shape[1] + 2) * frame.roundoff
-    norms = (points * points).sum(1).sqrt().to(torch.float64) * inflate
     centre = torch.zeros((n_leaves, points.shape[1]), dtype=points.dtype, device=device).index_add_(0, leaf, points)
     centre /= size_t[:, None].to(points.dtype)
-    spread = (points - centre[leaf]).norm(dim=1).to(torch.float64) * inflate
+    norms = torch.empty(n, **f64)
+    spread = torch.empty(n, **f64)
+    for a in range(0, n, rows):
+        chunk = points[a : a + rows]
+        norms[a : a + rows] = (chunk * chunk).sum(1).sqrt().to(torch.float64) * inflate
+        spread[a : a + rows] = (chunk - centre[leaf[a : a + rows]]).norm(dim=1).to(torch.float64) * inflate
     radius_t = torch.zeros(n_leaves, **f64).scatter_reduce_(0, leaf, spread, reduce="amax")
     # stored coordinates are within roundoff * |y| of the frame's exact values, so a distance between
     # stored points can exceed the true one by 2 roundoff max|y| (plus the centres' own rounding)
@@ -358,45 +367,52 @@ def leaf_lower_bound(index: LeafIndex, leaves, others=None) -> torch.Tensor:
     return box_lower_bound(index.box_lo[leaves], index.box_hi[leaves], index.centre[leaves], index.radius[leaves], index, others)
 
 
-def candidate_leaves(index: LeafIndex, radius: float, chunk: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+def candidate_leaves(index: LeafIndex, radius: float, chunk_elements: int = 1 << 22) -> tuple[torch.Tensor, torch.Tensor]:
     """CSR (indptr [n_leaves + 1], indices int32) of, for each leaf, the leaves that may hold a
     point within ``radius`` (frame units) of one of its points, nearest centre first (itself
     first). The boxes (a few coordinates) rule out most pairs first; only the pairs they leave get
-    the ball bound (all D coordinates), so the cost is not n_leaves^2 x D."""
+    the ball bound (all D coordinates), so the cost is not n_leaves^2 x D. Rows go in chunks of
+    about ``chunk_elements / n_leaves`` leaves, each chunk ordered on its own, so the temporaries
+    stay near ``chunk_elements`` x (box dims) values and only the int32 lists are kept (at 10^6
+    dense points, 16,384 leaves, a whole-matrix sort held several GiB)."""
     n_leaves = index.n_leaves
     device = index.box_lo.device
-    row_parts, col_parts, key_parts = [], [], []
+    dims = index.box_lo.shape[1]
+    chunk = max(1, min(n_leaves, chunk_elements // max(1, n_leaves * dims)))
+    tolerance = 4.0 * (index.centre.shape[1] * FLOAT64_ROUNDOFF) ** 0.5 * float(index.centre.norm(dim=1).max()) if n_leaves else 0.0
+    counts = torch.zeros(n_leaves, dtype=torch.int64, device=device)
+    col_parts = []
     for a in range(0, n_leaves, chunk):
         rows = torch.arange(a, min(a + chunk, n_leaves), device=device)
         lo, hi = index.box_lo[rows], index.box_hi[rows]
         gap = torch.clamp(torch.maximum(index.box_lo[None] - hi[:, None], lo[:, None] - index.box_hi[None]), min=0)
-        near = (gap * gap).sum(-1).sqrt() - index.slack <= radius
+        near = gap.square_().sum(-1).sqrt_() - index.slack <= radius
+        del gap
         if int(near.sum()) > near.numel() // 8:
             # the boxes leave many pairs (diffuse data): one GEMM-based cdist of the chunk, less a
             # tolerance for its float64 cancellation (a lower bound must not overstate)
             distance_all = torch.cdist(index.centre[rows], index.centre)
-            tolerance = 4.0 * (index.centre.shape[1] * FLOAT64_ROUNDOFF) ** 0.5 * float(index.centre.norm(dim=1).max())
             ball = distance_all - index.radius[rows][:, None] - index.radius[None, :] - index.slack - tolerance
             i, j = torch.nonzero(near & (ball <= radius), as_tuple=True)
             distance = distance_all[i, j]
-            i = i + a
+            del distance_all, ball
         else:
             i, j = torch.nonzero(near, as_tuple=True)
-            i = i + a
-            distance = torch.cat([(index.centre[i[p : p + 65536]] - index.centre[j[p : p + 65536]]).norm(dim=1)
+            distance = torch.cat([(index.centre[rows[i[p : p + 65536]]] - index.centre[j[p : p + 65536]]).norm(dim=1)
                                   for p in range(0, i.numel(), 65536)]) if i.numel() else torch.zeros(0, dtype=torch.float64, device=device)
-            keep = distance - index.radius[i] - index.radius[j] - index.slack <= radius
+            keep = distance - index.radius[rows[i]] - index.radius[j] - index.slack <= radius
             i, j, distance = i[keep], j[keep], distance[keep]
-        row_parts.append(i)
-        col_parts.append(j)
-        key_parts.append(torch.where(i == j, torch.full_like(distance, -1.0), distance))  # itself first
-    rows, cols, key = torch.cat(row_parts), torch.cat(col_parts), torch.cat(key_parts)
-    order = torch.argsort(key, stable=True)
-    order = order[torch.argsort(rows[order], stable=True)]
-    counts = torch.bincount(rows, minlength=n_leaves)
+        del near
+        i = i + a
+        key = torch.where(i == j, torch.full_like(distance, -1.0), distance)  # itself first
+        order = torch.argsort(key, stable=True)
+        order = order[torch.argsort(i[order], stable=True)]
+        col_parts.append(j[order].to(torch.int32))
+        counts += torch.bincount(i, minlength=n_leaves)
     indptr = torch.zeros(n_leaves + 1, dtype=torch.int64, device=device)
     indptr[1:] = torch.cumsum(counts, 0)
-    return indptr.cpu(), cols[order].to(torch.int32).cpu()
+    columns = torch.cat(col_parts) if col_parts else torch.zeros(0, dtype=torch.int32, device=device)
+    return indptr.cpu(), columns.cpu()
 
 
 def tile_band(frame: Frame, dim: int, row_local: torch.Tensor, col_local_max: float, row_global: torch.Tensor,
