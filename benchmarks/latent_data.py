@@ -87,39 +87,35 @@ def cache_dir() -> str:
 
 
 def _inform_model(seed: int = 0):
-    """The demo's InfoRM reward model (small preset's world and backbone, L = 128, beta = 0.1),
-    trained once and cached."""
+    """The demo's InfoRM reward model (small preset's world, pairs and backbone, L = 128,
+    beta = 0.1), trained once through the demo's own code and cached."""
     import torch
 
-    from inform_fast.demo import world
     from inform_fast.demo.config import preset
-    from inform_fast.demo.pipeline import _tokenize
-    from inform_fast.demo.train import DemoRewardModel, build_backbone, train_reward_model
+    from inform_fast.demo.pipeline import draw_data, train_and_score
+    from inform_fast.demo.train import DemoRewardModel, build_backbone
 
-    config = preset("small")
-    tokenizer = world.build_tokenizer()
-    backbone = build_backbone(len(tokenizer), config.hidden_size, config.layers, config.heads, seed=seed)
-    model = DemoRewardModel(backbone, "inform", latent_dim=DIM, seed=seed)
-    path = os.path.join(cache_dir(), f"inform-L{DIM}-seed{seed}.pt")
+    config = preset("small", latent_dim=DIM)
+    data = draw_data(config, np.random.default_rng(seed), "cpu")
+    path = os.path.join(cache_dir(), f"inform-{WORLD}-L{DIM}-seed{seed}.pt")
     if os.path.exists(path):
+        backbone = build_backbone(len(data["tokenizer"]), config.hidden_size, config.layers, config.heads, seed=seed)
+        model = DemoRewardModel(backbone, "inform", latent_dim=DIM, seed=seed)
         model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
         model.eval()
-        return model, tokenizer, config
-    rng = np.random.default_rng(seed)
-    pairs = world.preference_pairs(rng, config.train_pairs, config.n_prompts, flip=config.label_flip,
-                                   keep_otherwise=config.keep_less_filler)
-    chosen_ids, chosen_mask = _tokenize(tokenizer, pairs.chosen, "cpu")
-    rejected_ids, rejected_mask = _tokenize(tokenizer, pairs.rejected, "cpu")
-    train_reward_model(model, chosen_ids, chosen_mask, rejected_ids, rejected_mask, steps=config.steps,
-                       batch_size=config.batch_size, lr=config.lr, beta=config.beta, seed=seed)
+        return model, data, config
+    model = train_and_score(config, "inform", data, seed, "cpu")["model"]
+    model.eval()
     os.makedirs(cache_dir(), exist_ok=True)
     temp = path + f".tmp{os.getpid()}"
     torch.save(model.state_dict(), temp)
     os.replace(temp, path)
-    return model, tokenizer, config
+    return model, data, config
 
 
 CHUNK = 1 << 14  # responses per generation step: latents for n are a prefix of those for more
+# the demo world's version: cached latents of an older world are not reused
+WORLD = "world2"
 
 
 def inform(n: int, seed: int = 0) -> np.ndarray:
@@ -127,23 +123,25 @@ def inform(n: int, seed: int = 0) -> np.ndarray:
     prompts of the demo's world (cached: the largest cached stream covering n is reused)."""
     import glob
 
-    prefix = os.path.join(cache_dir(), f"inform-L{DIM}-seed{seed}-chunks")
+    prefix = os.path.join(cache_dir(), f"inform-{WORLD}-L{DIM}-seed{seed}-chunks")
     for path in sorted(glob.glob(prefix + "*.npy"), key=lambda p: int(p[len(prefix):-4])):
         if int(path[len(prefix):-4]) * CHUNK >= n:
             return np.load(path, mmap_mode="r")[:n].copy()
     import torch
 
-    from inform_fast.demo import world
+    from inform_fast.demo import search, world
     from inform_fast.demo.pipeline import _tokenize
 
-    model, tokenizer, config = _inform_model(seed)
+    model, data, config = _inform_model(seed)
+    encoder = search.Encoder(data["tokenizer"])
+    world_config = config.world()
     chunks = -(-n // CHUNK)
     rng = np.random.default_rng(seed + 1)
     out = np.empty((chunks * CHUNK, DIM), np.float32)
     with torch.no_grad():
         for c in range(chunks):
-            responses = world.generate(rng, rng.integers(0, config.n_prompts, CHUNK))
-            ids, mask = _tokenize(tokenizer, responses, "cpu")
+            responses = world.generate(rng, rng.integers(0, config.n_prompts, CHUNK), world_config)
+            ids, mask = _tokenize(encoder, responses, "cpu")
             for a in range(0, CHUNK, 2048):
                 out[c * CHUNK + a : c * CHUNK + a + 2048] = model.score(ids[a : a + 2048], mask[a : a + 2048])[1].numpy()
     os.makedirs(cache_dir(), exist_ok=True)

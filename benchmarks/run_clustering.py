@@ -21,6 +21,11 @@ the load average; ratios measured side by side move much less than times.
 k-NN case (``--knn``): ``knn_distance`` (k = 10) of 10^5 InfoRM latents against 10^6 others,
 against one GEMM pass of the same shape (``torch.mm`` of the queries with every reference chunk,
 nothing else), timed on ``--gemm-queries`` queries and scaled linearly in the query count.
+
+Score case (``--scores N``): the detection scores at N policy latents against N references, both
+from the trained-InfoRM stream (references its first N rows, policy the next N): the paper's
+``icds`` (eps "auto"), ``knn_scores`` (k = 10), ``kop`` (alpha 0.01, k = 10) and ``excess_icds``
+(k = 20, eps "auto"), each in its own process, with their cost relative to ``icds``.
 """
 from __future__ import annotations
 
@@ -128,6 +133,42 @@ def child_knn(args) -> dict:
     return row
 
 
+SCORES = ("icds", "knn_scores", "kop", "excess_icds")
+
+
+def child_scores(args) -> dict:
+    sys.path.insert(0, HERE)
+    import torch
+
+    import latent_data
+
+    data = torch.from_numpy(latent_data.generate("inform", 2 * args.n, args.seed))
+    reference, rlhf = data[: args.n], data[args.n :]
+    from inform_fast.detect.calibrated import knn_scores, kop
+    from inform_fast.detect.excess import excess_icds
+    from inform_fast.detect.icds import icds
+
+    calls = {
+        "icds": lambda: icds(rlhf, reference, eps="auto"),
+        "knn_scores": lambda: knn_scores(rlhf, reference, k=10),
+        "kop": lambda: kop(rlhf, reference, alpha=0.01, k=10),
+        "excess_icds": lambda: excess_icds(rlhf, reference),
+    }
+    result, wall, cpu, memory = _measure(calls[args.impl])
+    row = {"distribution": "inform", "n": args.n, "m": args.n, "impl": args.impl, "threads": torch.get_num_threads(),
+           "seconds": wall, "cpu_seconds": cpu, "memory_growth_bytes": memory,
+           "max_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+    if args.impl == "icds":
+        row.update(score=float(result.score), n_clusters=int(result.n_clusters), eps=float(result.eps))
+    elif args.impl == "knn_scores":
+        row.update(kth_distance_median=float(result.median()))
+    elif args.impl == "kop":
+        row.update(score=float(result.score), shift=float(result.shift))
+    else:
+        row.update(score=float(result.score), excess_fraction=float(result.excess_fraction))
+    return row
+
+
 # --- parent -----------------------------------------------------------------------------------
 
 
@@ -143,17 +184,39 @@ def _run_child(argv: list, timeout: float = 7200) -> dict:
     return row
 
 
-def compare(ours_file: str, theirs_file: str) -> dict:
-    """Core points equal, core partition equal up to relabelling, noise equal."""
+def compare(ours_file: str, theirs_file: str, data=None, eps: float = None) -> dict:
+    """Core points equal, core partition equal up to relabelling (on the points both call core),
+    noise equal. Where the core points differ and ``data`` (a callable returning the points) is
+    given, each differing point's
+    neighbour count is recomputed exactly (float64 differences of the stored values, ``<= eps``)
+    and the pairs that decide it are checked against eps: ``core_mismatch_rounding`` counts the
+    points where ours is the exact answer and the deciding pair lies within 1e-6 (relative) of
+    eps, i.e. scikit-learn's own rounding of the distance (its expanded float64 formula) put it on
+    the other side."""
     import numpy as np
 
     a, b = np.load(ours_file), np.load(theirs_file)
     core = a["core"]
     same_core = bool((core == b["core"]).all())
-    pairs = set(zip(a["labels"][core].tolist(), b["labels"][core].tolist()))
-    same_partition = same_core and len(pairs) == len(set(a["labels"][core].tolist())) == len(set(b["labels"][core].tolist()))
-    return {"same_core": same_core, "same_partition": same_partition,
-            "same_noise": bool(((a["labels"] < 0) == (b["labels"] < 0)).all())}
+    both = core & b["core"]
+    pairs = set(zip(a["labels"][both].tolist(), b["labels"][both].tolist()))
+    same_partition = (len(pairs) == len(set(a["labels"][both].tolist())) == len(set(b["labels"][both].tolist())))
+    out = {"same_core": same_core, "same_partition": bool(same_core and same_partition),
+           "same_partition_on_common_core": bool(same_partition),
+           "same_noise": bool(((a["labels"] < 0) == (b["labels"] < 0)).all())}
+    if not same_core:
+        differing = np.flatnonzero(core != b["core"])
+        out["core_mismatch"] = int(differing.size)
+        if data is not None:
+            x64 = np.asarray(data(), dtype=np.float64)
+            rounding = 0
+            for i in differing[:1000]:
+                distance = np.sqrt(((x64 - x64[i]) ** 2).sum(1))
+                exact_core = int((distance <= eps).sum()) >= MIN_SAMPLES
+                close = bool((np.abs(distance - eps) <= 1e-6 * eps).any())
+                rounding += int(exact_core == bool(core[i]) and close)
+            out["core_mismatch_rounding"] = rounding
+    return out
 
 
 def _median(values):
@@ -199,7 +262,7 @@ def run_dbscan(args) -> list:
                             rows.append(row)
                             print(f"{name} n={n} sklearn failed:\n{row['error'][-500:]}")
                         else:
-                            row.update(compare(save, other))
+                            row.update(compare(save, other, lambda: latent_data.generate(name, n, args.seed), eps))
                             theirs.append(row)
                 for impl, runs in (("ours", ours), ("sklearn", theirs)):
                     if not runs:
@@ -257,6 +320,8 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--case-timeout", type=float, default=1800, help="seconds one run may take (then recorded as a timeout)")
     parser.add_argument("--knn", action="store_true", help="run the k-NN score case only")
+    parser.add_argument("--scores", type=int, default=None, metavar="N",
+                        help="run the detection-score case only: N policy latents against N references")
     parser.add_argument("--nq", type=int, default=100_000)
     parser.add_argument("--nr", type=int, default=1_000_000)
     parser.add_argument("--k", type=int, default=10)
@@ -276,7 +341,8 @@ def main() -> int:
             print(markdown(json.load(stream)))
         return 0
     if args.child:
-        print("RESULT " + json.dumps(child_dbscan(args) if args.child == "dbscan" else child_knn(args)))
+        child = {"dbscan": child_dbscan, "knn": child_knn, "scores": child_scores}[args.child]
+        print("RESULT " + json.dumps(child(args)))
         return 0
     sys.path.insert(0, HERE)
     import latent_data
@@ -284,7 +350,15 @@ def main() -> int:
     args.distributions = args.distributions or list(latent_data.NAMES)
     stamp = datetime.date.today().isoformat()
     rows = []
-    if args.knn:
+    if args.scores:
+        for impl in SCORES:
+            row = _run_child(["--child", "scores", "--n", str(args.scores), "--seed", str(args.seed), "--impl", impl],
+                             args.case_timeout)
+            row.setdefault("impl", impl)
+            rows.append(row)
+            print({k: v for k, v in row.items() if k != "error"} if "error" not in row else row["error"][-1500:], flush=True)
+        output = args.output or os.path.join(HERE, "results", f"scores-{stamp}.json")
+    elif args.knn:
         base = ["--child", "knn", "--distribution", args.knn_distribution, "--nq", str(args.nq), "--nr", str(args.nr),
                 "--k", str(args.k), "--seed", str(args.seed), "--gemm-queries", str(args.gemm_queries)]
         for impl in ("ours", "gemm", "ours", "gemm"):
@@ -321,6 +395,20 @@ def markdown(payload: dict) -> str:
              f"`{payload['command']}`", ""]
     timeouts = [r for r in payload["rows"] if "timeout" in r]
     rows = [r for r in payload["rows"] if "error" not in r]
+    if rows and "m" in rows[0]:
+        icds_row = next((r for r in rows if r["impl"] == "icds"), None)
+        lines += ["| score | policy x reference latents | time | CPU time | relative to icds (time) | memory growth | result |",
+                  "|---|---|---|---|---|---|---|"]
+        for r in rows:
+            relative = f"{r['seconds'] / icds_row['seconds']:.2f}x" if icds_row else "-"
+            result = ", ".join(f"{key} {r[key]:.4g}" for key in ("score", "n_clusters", "eps", "shift", "excess_fraction",
+                                                                  "kth_distance_median") if key in r)
+            lines.append(f"| {r['impl']} | {r['n']:,} x {r['m']:,} | {r['seconds']:.1f} s | {r['cpu_seconds']:.1f} s | {relative} | "
+                         f"{_fmt_bytes(r['memory_growth_bytes'])} | {result} |")
+        for r in payload["rows"]:
+            if "error" in r:
+                lines.append(f"| {r.get('impl')} | | failed: {r['error'].strip().splitlines()[-1][:120] if r['error'].strip() else ''} | | | | |")
+        return "\n".join(lines)
     if rows and "nq" in rows[0]:
         lines += ["| implementation | queries x references | k | time | CPU time | memory growth | strategy |", "|---|---|---|---|---|---|---|"]
         for r in rows:
