@@ -9,7 +9,7 @@
 * ``triton_fused``: ``InfoRMHead(backend="triton").pairwise_loss``: the fused kernels (CUDA only;
   the benchmarks never time the Triton interpreter).
 * ``triton_single_kernel``: the same kernels in their one-kernel forward layout
-  (``forced_h_splits(0)``: the loss kernel projects its 16-pair blocks itself, dX not split over
+  (``InfoRMHead(h_splits=0)``: the loss kernel projects its 16-pair blocks itself, dX not split over
   H), timed as a baseline so that the run shows what the separate projection kernel (64-row
   blocks, H split over idle SMs) buys at each size.
 
@@ -25,8 +25,6 @@ allocator's peak above what was allocated before the step (not measured on CPU).
     python -m pytest benchmarks/bench_head.py --benchmark-only -q -p no:cacheprovider
 """
 from __future__ import annotations
-
-import contextlib
 
 import pytest
 import torch
@@ -99,13 +97,8 @@ def test_head_loss_fwd_bwd(benchmark, device, gpu_sizes, size, impl, plumbing):
 
     torch.manual_seed(0)
     backend = "triton" if fused else "reference"
-    layout = contextlib.nullcontext  # a factory: a generator context manager is good for one `with`
-    if impl == "triton_single_kernel":
-        from inform_fast.kernels.vib_head import forced_h_splits
-
-        def layout():
-            return forced_h_splits(0)
-    head = InfoRMHead(hidden, LATENT, backend=backend).to(device=device, dtype=dtype).train()
+    h_splits = 0 if impl == "triton_single_kernel" else None
+    head = InfoRMHead(hidden, LATENT, backend=backend, h_splits=h_splits).to(device=device, dtype=dtype).train()
     if impl == "authors_eager":
         states_w = torch.randn(pairs, seq, hidden, device=device, dtype=dtype, requires_grad=True)
         states_l = torch.randn(pairs, seq, hidden, device=device, dtype=dtype, requires_grad=True)
@@ -133,8 +126,7 @@ def test_head_loss_fwd_bwd(benchmark, device, gpu_sizes, size, impl, plumbing):
         for t in inputs:
             t.grad = None
         head.zero_grad(set_to_none=True)
-        with layout():
-            loss_fn().backward()
+        loss_fn().backward()
         _sync(device)
 
     if impl == "reference_compile":

@@ -34,7 +34,7 @@ def main(argv=None) -> int:
     parser.add_argument("--capability", type=int, default=90)
     parser.add_argument("--json", default=None, help="also write the table here")
     args = parser.parse_args(argv)
-    from inform_fast.dispatch import triton_interpret
+    from inform_fast._platform import triton_interpret
 
     if triton_interpret():
         print("unset TRITON_INTERPRET: the interpreted kernels cannot be compiled", file=sys.stderr)

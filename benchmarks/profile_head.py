@@ -25,13 +25,8 @@ from inform_fast import InfoRMHead
 def profile_step(pairs: int, hidden: int, latent: int, dtype: torch.dtype, backend: str, device: str, steps: int = 5,
                  h_splits=None):
     """Profile ``steps`` steps; ``h_splits`` forces the fused kernels' split-H layout (None: heuristic)."""
-    if h_splits is not None:
-        from inform_fast.kernels.vib_head import forced_h_splits
-
-        with forced_h_splits(h_splits):
-            return profile_step(pairs, hidden, latent, dtype, backend, device, steps)
     torch.manual_seed(0)
-    head = InfoRMHead(hidden, latent, backend=backend).to(device=device, dtype=dtype).train()
+    head = InfoRMHead(hidden, latent, backend=backend, h_splits=h_splits).to(device=device, dtype=dtype).train()
     chosen = torch.randn(pairs, hidden, device=device, dtype=dtype, requires_grad=True)
     rejected = torch.randn(pairs, hidden, device=device, dtype=dtype, requires_grad=True)
 

@@ -17,7 +17,6 @@ This module imports only Transformers' configuration code (not its model code), 
 """
 from __future__ import annotations
 
-import importlib
 import os
 import warnings
 from typing import Union
@@ -26,8 +25,8 @@ from transformers.configuration_utils import PreTrainedConfig, SubConfigSpec
 from transformers.models.auto.configuration_auto import AutoConfig
 
 from inform_fast import reference
-from inform_fast.head import DECODERS, _check_beta
-from inform_fast.validation import check_choice, check_positive_int
+from inform_fast.head import DECODERS
+from inform_fast.validation import check_beta, check_choice, check_normalization, check_positive_int
 
 __all__ = ["InfoRMConfig", "AUTO_MAP", "AUTO_MODULE"]
 
@@ -93,18 +92,15 @@ class InfoRMConfig(PreTrainedConfig):
         if self.decoder == "linear" and self.decoder_activation != "silu":
             raise ValueError(f"decoder_activation: {self.decoder_activation!r} given, but only decoder='mlp' has an activation")
         check_choice("kl", self.kl, reference.KL_MODES)
-        _check_beta(self.beta)
+        check_beta(self.beta)
         self.head_bias = bool(self.head_bias)
-        self.reward_mean, self.reward_std = _check_normalization(self.reward_mean, self.reward_std)
+        self.reward_mean, self.reward_std = check_normalization(self.reward_mean, self.reward_std)
         # A reward model has one output, like a sequence-classification model with num_labels=1.
         kwargs.setdefault("num_labels", 1)
         super().__post_init__(**kwargs)
         if self.problem_type is None:
             self.problem_type = "regression"
         self.auto_map = dict(AUTO_MAP)
-        # the model classes register themselves with AutoModel on import: a config built by
-        # AutoConfig.from_pretrained must find them when AutoModel looks next
-        importlib.import_module("inform_fast.modeling")
 
     @classmethod
     def register_for_auto_class(cls, auto_class="AutoConfig"):
@@ -142,15 +138,6 @@ def _backbone_activation(backbone_config) -> str:
             return name
     raise ValueError("decoder_activation: 'backbone' given, but the backbone config names no activation "
                      "(hidden_act / activation_function); name one, e.g. 'gelu'")
-
-
-def _check_normalization(mean, std) -> tuple[float, float]:
-    mean, std = float(mean), float(std)
-    if not (mean == mean) or abs(mean) == float("inf"):
-        raise ValueError(f"reward_mean: expected a finite number, got {mean!r}")
-    if not (std > 0) or std == float("inf"):
-        raise ValueError(f"reward_std: expected a finite number > 0, got {std!r}")
-    return mean, std
 
 
 def write_auto_module(directory: Union[str, os.PathLike]) -> None:

@@ -1,7 +1,9 @@
 """The one dispatch point between the reference PyTorch path and the kernels.
 
-Each op registers its implementations by backend name with a lazy loader (so importing
-``inform_fast`` never imports Triton or probes a device). ``resolve(op, device)`` picks one:
+``BACKENDS`` below is the static table of every op's implementations, by backend name, as
+"module:function" strings loaded on first use (so importing ``inform_fast`` never imports Triton
+or probes a device). All implementations of an op take the same arguments.
+``resolve(op, device)`` picks one:
 
 * an explicit ``backend=`` argument, else ``INFORM_FAST_BACKEND=reference|triton|cpp``, forces
   a path. A forced backend that cannot run here raises, naming the backends the op has.
@@ -12,39 +14,77 @@ Each op registers its implementations by backend name with a lazy loader (so imp
   reference with a warning.
 
 Triton runs on CPU tensors only under ``TRITON_INTERPRET=1`` (the test suite does that on small
-shapes), and only when asked for explicitly.
+shapes), and only when asked for explicitly. ``recording()`` lists the choices made while it is
+open (which backend a training step really ran).
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import os
+import threading
 import warnings
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 import torch
 
-BACKENDS = ("reference", "triton", "cpp")
+from inform_fast._platform import cpp_available, triton_importable, triton_interpret  # noqa: F401  (dispatch's API)
+
+BACKEND_NAMES = ("reference", "triton", "cpp")
 ENV_VAR = "INFORM_FAST_BACKEND"
+
+# op -> backend -> "module:function". The head's ops and Mahalanobis are registered torch ops
+# (inform_fast.ops), which resolve here when they run. The DBSCAN / nearest-reference / k-NN
+# backends still live in inform_fast.detect (their code is being rewritten; they become ops too).
+BACKENDS: dict[str, dict[str, str]] = {
+    "vib_encode": {
+        "reference": "inform_fast.ops.vib_head:vib_encode_reference",
+        "triton": "inform_fast.kernels.vib_head:vib_encode",
+    },
+    "vib_encode_backward": {
+        "reference": "inform_fast.ops.vib_head:vib_encode_backward_reference",
+        "triton": "inform_fast.kernels.vib_head:vib_encode_backward",
+    },
+    "linear_pairwise_loss": {
+        "reference": "inform_fast.ops.vib_head:linear_pairwise_loss_reference",
+        "triton": "inform_fast.kernels.vib_head:linear_pairwise_loss",
+    },
+    "linear_pairwise_loss_backward": {
+        "reference": "inform_fast.ops.vib_head:linear_pairwise_loss_backward_reference",
+        "triton": "inform_fast.kernels.vib_head:linear_pairwise_loss_backward",
+    },
+    "mahalanobis_sq": {
+        "reference": "inform_fast.reference:mahalanobis_sq",
+        "triton": "inform_fast.kernels.mahalanobis:mahalanobis_sq",
+    },
+    "dbscan": {
+        "reference": "inform_fast.detect.dbscan:_dbscan_reference",
+        "cpp": "inform_fast.detect.dbscan:_dbscan_cpp",
+        "triton": "inform_fast.detect.dbscan:_dbscan_triton",
+    },
+    # one search for both ops (nearest is k = 1): inform_fast.detect.neighbors
+    "nearest_distance": {
+        "reference": "inform_fast.detect.neighbors:_knn_reference",
+        "cpp": "inform_fast.detect.neighbors:_knn_cpp",
+        "triton": "inform_fast.detect.neighbors:_knn_device",
+    },
+    "knn_distance": {
+        "reference": "inform_fast.detect.neighbors:_knn_reference",
+        "cpp": "inform_fast.detect.neighbors:_knn_cpp",
+        "triton": "inform_fast.detect.neighbors:_knn_device",
+    },
+}
+
 
 class BackendUnavailableError(ValueError, RuntimeError):
     """A forced backend cannot run here (no CUDA for Triton, no C++ extension). A ValueError (a
     choice the caller can change) and, as before, a RuntimeError."""
 
 
-# op -> backend -> "module:attribute" (imported on first use)
-_REGISTRY: dict[str, dict[str, str]] = {}
-
-
-def register(op: str, backend: str, target: str) -> None:
-    """Register ``target`` ("package.module:function") as the ``backend`` implementation of ``op``."""
-    if backend not in BACKENDS:
-        raise ValueError(f"backend: expected one of {BACKENDS}, got {backend!r}")
-    _REGISTRY.setdefault(op, {})[backend] = target
-
-
 def registered(op: str) -> tuple[str, ...]:
-    return tuple(_REGISTRY.get(op, {}))
+    """The backends ``op`` has."""
+    return tuple(BACKENDS.get(op, {}))
 
 
 @functools.lru_cache(maxsize=None)
@@ -53,33 +93,14 @@ def _load(target: str) -> Callable:
     return getattr(importlib.import_module(module), attribute)
 
 
-@functools.lru_cache(maxsize=None)
-def triton_importable() -> bool:
-    try:
-        import triton  # noqa: F401
-    except Exception:  # ImportError, or a broken install on an unsupported platform
-        return False
-    return True
-
-
-def triton_interpret() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0", "false", "False")
-
-
-def cpp_available() -> bool:
-    from inform_fast import _native
-
-    return _native.available()
-
-
 def requested_backend(backend: Optional[str] = None) -> Optional[str]:
     """The forced backend: the argument if given, else the environment variable, else None."""
     choice = backend if backend is not None else (os.environ.get(ENV_VAR) or None)
     if choice is None or choice == "auto":
         return None
-    if choice not in BACKENDS:
+    if choice not in BACKEND_NAMES:
         source = "backend" if backend is not None else ENV_VAR
-        raise ValueError(f"{source}: expected one of {BACKENDS + ('auto',)}, got {choice!r}")
+        raise ValueError(f"{source}: expected one of {BACKEND_NAMES + ('auto',)}, got {choice!r}")
     return choice
 
 
@@ -103,9 +124,36 @@ def _runnable(backend: str, device: torch.device) -> tuple[bool, str]:
     return False, "unknown backend"
 
 
+# open recorders (``recording``): a process-wide list, because CUDA runs a backward's ops in the
+# autograd engine's own thread
+_RECORDERS: list[list] = []
+_RECORDERS_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def recording() -> Iterator[list]:
+    """Within the block, every ``resolve`` appends (op, backend) to the list it yields."""
+    calls: list = []
+    with _RECORDERS_LOCK:
+        _RECORDERS.append(calls)
+    try:
+        yield calls
+    finally:
+        with _RECORDERS_LOCK:
+            _RECORDERS.remove(calls)
+
+
+def _chosen(op: str, name: str, implementation: Callable) -> tuple[str, Callable]:
+    if _RECORDERS:
+        with _RECORDERS_LOCK:
+            for calls in _RECORDERS:
+                calls.append((op, name))
+    return name, implementation
+
+
 def resolve(op: str, device: torch.device | str, backend: Optional[str] = None) -> tuple[str, Callable]:
     """Return (backend name, implementation) for ``op`` on ``device``."""
-    impls = _REGISTRY.get(op)
+    impls = BACKENDS.get(op)
     if not impls:
         raise ValueError(f"op: no implementation registered for {op!r}")
     device = torch.device(device)
@@ -120,7 +168,7 @@ def resolve(op: str, device: torch.device | str, backend: Optional[str] = None) 
             source = "backend" if backend is not None and backend != "auto" else ENV_VAR
             raise BackendUnavailableError(
                 f"{source}: {forced!r} was requested for {op!r} but cannot run: {why}; registered: {tuple(impls)}")
-        return forced, _load(impls[forced])
+        return _chosen(op, forced, _load(impls[forced]))
 
     if device.type == "cuda":
         preferences = ("triton", "reference")
@@ -130,9 +178,9 @@ def resolve(op: str, device: torch.device | str, backend: Optional[str] = None) 
         if name not in impls or not _runnable(name, device)[0]:
             continue
         try:
-            return name, _load(impls[name])
+            return _chosen(op, name, _load(impls[name]))
         except Exception as error:  # an automatic choice falls back rather than failing
             if name == "reference":
                 raise
             warnings.warn(f"inform_fast: {name} backend for {op!r} failed to load ({error}); using the reference")
-    return "reference", _load(impls["reference"])
+    return _chosen(op, "reference", _load(impls["reference"]))

@@ -1,23 +1,31 @@
 """``InfoRMHead``: the variational information bottleneck between a backbone and the reward.
 
 Usable alone on any hidden states; the Hugging Face reward model wraps it. The math lives in
-``inform_fast.reference``; this module validates input, pools, and dispatches the hot path to
-the fused Triton kernels (CUDA) or the reference (everywhere else) through ``inform_fast.dispatch``.
+``inform_fast.reference`` (derived in ``docs/math.md``); this module validates input, pools, and
+calls the registered ops of ``inform_fast.ops.vib_head``, which run the fused Triton kernels on
+CUDA and the reference everywhere else (``inform_fast.dispatch``).
+
+The training loss has one path: ``InfoRMHead.forward`` with ``num_pairs`` (what
+``InfoRMForRewardModel.forward`` calls, so that DeepSpeed ZeRO-3 gathers the head's weights
+around it), and ``pairwise_loss`` on separate chosen / rejected rows, both through the same op.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import NamedTuple, Optional
 
 import torch
 from torch import nn
 
 from inform_fast import dispatch, reference
+from inform_fast.ops import vib_head as ops
 from inform_fast.validation import (
     check_attention_mask,
+    check_beta,
     check_choice,
     check_finite,
     check_float_tensor,
+    check_h_splits,
+    check_margin,
     check_noise,
     check_positive_int,
     check_real,
@@ -25,11 +33,6 @@ from inform_fast.validation import (
 )
 
 DECODERS = ("linear", "mlp")
-
-dispatch.register("vib_encode", "reference", "inform_fast.head:_reference_vib_encode")
-dispatch.register("vib_encode", "triton", "inform_fast.ops.vib_encode:vib_encode")
-dispatch.register("linear_pairwise_loss", "reference", "inform_fast.head:_reference_linear_pairwise_loss")
-dispatch.register("linear_pairwise_loss", "triton", "inform_fast.ops.vib_loss:linear_pairwise_loss")
 
 
 class InfoRMHeadOutput(NamedTuple):
@@ -46,17 +49,21 @@ class InfoRMHeadOutput(NamedTuple):
     kl: torch.Tensor  # [N] KL(q(z|h) || N(0, I)) per sequence
 
 
-@dataclass
-class InfoRMLossOutput:
-    """Output of the pairwise InfoRM loss over B preference pairs. Only ``loss`` is meant for backward."""
+class InfoRMLossOutput(NamedTuple):
+    """The pairwise InfoRM loss over B preference pairs. Only ``loss`` is meant for backward.
 
-    loss: torch.Tensor  # [] preference_loss + beta * kl
+    A NamedTuple for the same reason as ``InfoRMHeadOutput``: ``InfoRMHead.forward`` returns it
+    in pair mode, and ZeRO-3's backward hooks must find its tensors."""
+
+    loss: torch.Tensor  # [] preference_loss + beta * kl (+ c * mean((r_w + r_l)^2))
     preference_loss: torch.Tensor  # [] mean of -logsigmoid(r_w - r_l - margin)
-    kl: torch.Tensor  # [] mean over pairs of KL_w + KL_l
+    kl: torch.Tensor  # [] mean over pairs of KL_w + KL_l (half of it with kl="authors")
     accuracy: torch.Tensor  # [] fraction of pairs with r_w > r_l
     reward_margin: torch.Tensor  # [] mean of r_w - r_l
-    reward_chosen: torch.Tensor  # [B]
+    reward_chosen: torch.Tensor  # [B] raw rewards
     reward_rejected: torch.Tensor  # [B]
+    mu: torch.Tensor  # [2B, L] latent means, chosen rows then rejected rows (no gradient)
+    logvar: torch.Tensor  # [2B, L] latent log-variances (no gradient)
 
 
 class GatedMLPDecoder(nn.Module):
@@ -87,35 +94,18 @@ class GatedMLPDecoder(nn.Module):
         )
 
 
-def _draw_noise(mu: torch.Tensor, noise: Optional[torch.Tensor], sample: bool) -> Optional[torch.Tensor]:
-    if noise is not None or not sample:
-        return noise
-    return torch.randn_like(mu)
+def join_pair_noise(noise_chosen: Optional[torch.Tensor], noise_rejected: Optional[torch.Tensor], pairs: int,
+                    latent_dim: int, like: torch.Tensor) -> Optional[torch.Tensor]:
+    """[2B, L] noise of the chosen rows then the rejected rows, None when neither is given; a
+    missing side is drawn (standard normal, float32 or float64 like ``like``)."""
+    if noise_chosen is None and noise_rejected is None:
+        return None
+    acc = reference.accumulation_dtype(like.dtype)
 
+    def side(noise):
+        return noise if noise is not None else torch.randn(pairs, latent_dim, device=like.device, dtype=acc)
 
-def _reference_vib_encode(pooled, weight, bias, *, noise=None, sample=False, kl_mode="standard"):
-    """Reference adapter for the "vib_encode" op: returns (mu, logvar, z, kl)."""
-    mu, logvar = reference.vib_encode(pooled, weight, bias)
-    z = reference.reparameterize(mu, logvar, _draw_noise(mu, noise, sample))
-    return mu, logvar, z, reference.kl_divergence(mu, logvar, kl_mode)
-
-
-def _reference_linear_pairwise_loss(
-    chosen, rejected, encoder_weight, encoder_bias, decoder_weight, decoder_bias,
-    *, noise_chosen=None, noise_rejected=None, sample=False, beta=0.1, margin=None, kl_mode="standard",
-):
-    """Reference adapter for the "linear_pairwise_loss" op: returns (PairwiseLoss, r_w, r_l)."""
-    latent_dim = encoder_weight.shape[0] // 2
-    if sample:
-        acc = reference.accumulation_dtype(chosen.dtype)
-        if noise_chosen is None:
-            noise_chosen = torch.randn(chosen.shape[0], latent_dim, device=chosen.device, dtype=acc)
-        if noise_rejected is None:
-            noise_rejected = torch.randn(rejected.shape[0], latent_dim, device=rejected.device, dtype=acc)
-    return reference.linear_head_pairwise_loss(
-        chosen, rejected, encoder_weight, encoder_bias, decoder_weight, decoder_bias,
-        noise_chosen=noise_chosen, noise_rejected=noise_rejected, beta=beta, margin=margin, kl_mode=kl_mode,
-    )
+    return torch.cat([side(noise_chosen).to(acc), side(noise_rejected).to(acc)])
 
 
 class InfoRMHead(nn.Module):
@@ -139,6 +129,8 @@ class InfoRMHead(nn.Module):
             elementwise search only when that sum is not finite); on CUDA it waits for the device
             once per call; skipped while ``torch.compile`` traces. ``False`` turns it off (NaN / Inf
             rewards and loss then follow NaN input).
+        h_splits: the Triton kernels' split-H layout (None: chosen per batch; 0: one fused kernel;
+            n: at most n ranges of H), for benchmarks and tests (``inform_fast.kernels.vib_head``).
 
     Submodules: ``encoder`` = nn.Linear(H, 2L) whose first L outputs are mu and last L are
     logvar; ``decoder`` = nn.Linear(L, 1) or ``GatedMLPDecoder``.
@@ -154,6 +146,7 @@ class InfoRMHead(nn.Module):
         backend: Optional[str] = None,
         decoder_activation: str = "silu",
         check_finite: bool = True,
+        h_splits: Optional[int] = None,
     ):
         super().__init__()
         self.hidden_size = check_positive_int("hidden_size", hidden_size)
@@ -169,6 +162,7 @@ class InfoRMHead(nn.Module):
         if not isinstance(check_finite, bool):
             raise ValueError(f"check_finite: expected True or False, got {check_finite!r}")
         self.check_finite = check_finite
+        self.h_splits = check_h_splits(h_splits)
         self.encoder = nn.Linear(hidden_size, 2 * latent_dim, bias=bias)
         if decoder == "linear":
             self.decoder = nn.Linear(latent_dim, 1, bias=bias)
@@ -237,24 +231,40 @@ class InfoRMHead(nn.Module):
         hidden_states: torch.Tensor,
         attention_mask: Optional[torch.Tensor] = None,
         noise: Optional[torch.Tensor] = None,
-    ) -> InfoRMHeadOutput:
-        """Rewards and latents.
+        *,
+        num_pairs: Optional[int] = None,
+        beta: float = 0.1,
+        margin: Optional[torch.Tensor | float] = None,
+        center_rewards_coefficient: float = 0.0,
+    ):
+        """Rewards and latents (``InfoRMHeadOutput``), or with ``num_pairs`` the pairwise loss
+        (``InfoRMLossOutput``).
 
         Args:
             hidden_states: pooled [N, H], or [B, T, H] with ``attention_mask`` [B, T] (the head then
                 runs only on each row's last non-padding token). Any float dtype.
             noise: optional [N, L] standard-normal noise for the reparameterisation (training mode
                 only; drawn if not given). In eval mode z = mu and ``noise`` is ignored.
+            num_pairs: P: the rows are P chosen sequences, then the P rejected ones in the same
+                pair order (N = 2P); the loss is ``pairwise_loss``'s, through the same op.
+            beta, margin, center_rewards_coefficient: the loss's options (see ``pairwise_loss``).
         """
         self.check_layers()
         pooled = self.pool(hidden_states, attention_mask)
         rows = pooled.shape[0]
         check_noise("noise", noise, rows, self.latent_dim)
+        if num_pairs is not None:
+            check_positive_int("num_pairs", num_pairs)
+            if rows != 2 * num_pairs:
+                raise ValueError(f"hidden_states: {rows} rows, expected 2 * num_pairs = {2 * num_pairs} "
+                                 "(the chosen sequences, then the rejected ones)")
+            noise_chosen, noise_rejected = (None, None) if noise is None else (noise[:num_pairs], noise[num_pairs:])
+            return self._pairwise(pooled[:num_pairs], pooled[num_pairs:], beta, margin, noise_chosen, noise_rejected,
+                                  center_rewards_coefficient)
         sample = self.training
-        _, encode = dispatch.resolve("vib_encode", pooled.device, self.backend)
-        mu, logvar, z, kl = encode(
-            pooled, self.encoder.weight, self.encoder.bias,
-            noise=noise if sample else None, sample=sample, kl_mode=self.kl_mode,
+        mu, logvar, z, kl = ops.vib_encode(
+            pooled, self.encoder.weight, self.encoder.bias, noise=noise if sample else None, sample=sample,
+            kl_mode=self.kl_mode, backend=self.backend, h_splits=self.h_splits,
         )
         reward = self.decode(z)
         return InfoRMHeadOutput(reward=reward, mu=mu, logvar=logvar, z=z, kl=kl)
@@ -270,7 +280,7 @@ class InfoRMHead(nn.Module):
         """Detection latents (mu, the evaluation-mode latent), [N, L], without gradients."""
         self.check_layers()
         pooled = self.pool(hidden_states, attention_mask)
-        mu, _ = reference.vib_encode(pooled, self.encoder.weight, self.encoder.bias)
+        mu, _ = reference.latent_statistics(pooled, self.encoder.weight, self.encoder.bias)
         return mu
 
     # ----------------------------------------------------------------------------------------
@@ -286,83 +296,80 @@ class InfoRMHead(nn.Module):
         noise_rejected: Optional[torch.Tensor] = None,
         chosen_attention_mask: Optional[torch.Tensor] = None,
         rejected_attention_mask: Optional[torch.Tensor] = None,
+        center_rewards_coefficient: float = 0.0,
     ) -> InfoRMLossOutput:
-        """InfoRM loss over B pairs: mean[-logsigmoid(r_w - r_l - margin)] + beta * mean[KL_w + KL_l].
+        """InfoRM loss over B pairs: mean[-logsigmoid(r_w - r_l - margin)] + beta * mean[KL_w + KL_l]
+        (+ c * mean[(r_w + r_l)^2]; ``docs/math.md``).
 
         Args:
             chosen_hidden, rejected_hidden: pooled [B, H], or [B, T, H] with the matching
                 ``*_attention_mask`` [B, T].
             beta: weight of the KL term (>= 0). margin: None, a float, or a [B] tensor.
             noise_chosen, noise_rejected: optional [B, L] noise (training mode only).
+            center_rewards_coefficient: c, TRL's option (0 by default).
         """
         self.check_layers()
         chosen = self.pool(chosen_hidden, chosen_attention_mask, name="chosen_hidden")
         rejected = self.pool(rejected_hidden, rejected_attention_mask, name="rejected_hidden")
         check_same_rows("chosen_hidden", chosen, "rejected_hidden", rejected)
-        if chosen.shape[0] == 0:
+        pairs = chosen.shape[0]
+        if pairs == 0:
             raise ValueError("chosen_hidden: no pairs (batch size 0)")
-        beta = _check_beta(beta)
-        margin = _check_margin(margin, chosen.shape[0])
-        check_noise("noise_chosen", noise_chosen, chosen.shape[0], self.latent_dim)
-        check_noise("noise_rejected", noise_rejected, rejected.shape[0], self.latent_dim)
+        check_noise("noise_chosen", noise_chosen, pairs, self.latent_dim)
+        check_noise("noise_rejected", noise_rejected, pairs, self.latent_dim)
+        if _partitioned(self):
+            # DeepSpeed ZeRO-3 holds the weights whole only inside a forward: the same op through it
+            noise = join_pair_noise(noise_chosen, noise_rejected, pairs, self.latent_dim, chosen) if self.training else None
+            return self(torch.cat([chosen, rejected]), noise=noise, num_pairs=pairs, beta=beta, margin=margin,
+                        center_rewards_coefficient=center_rewards_coefficient)
+        return self._pairwise(chosen, rejected, beta, margin, noise_chosen, noise_rejected, center_rewards_coefficient)
+
+    def _pairwise(self, chosen, rejected, beta, margin, noise_chosen, noise_rejected, center_rewards_coefficient):
+        """The loss of pooled chosen / rejected rows [B, H] (checked by the callers)."""
+        pairs = chosen.shape[0]
+        beta = check_beta(beta)
+        margin = check_margin(margin, pairs)
+        center = check_real("center_rewards_coefficient", center_rewards_coefficient)
         sample = self.training
         if not sample:
             noise_chosen = noise_rejected = None
-
-        if self.decoder_type == "linear" and not _partitioned(self):
-            _, loss_fn = dispatch.resolve("linear_pairwise_loss", chosen.device, self.backend)
-            terms, r_w, r_l = loss_fn(
+        if self.decoder_type == "linear":
+            result = ops.linear_pairwise_loss(
                 chosen, rejected, self.encoder.weight, self.encoder.bias, self.decoder.weight, self.decoder.bias,
-                noise_chosen=noise_chosen, noise_rejected=noise_rejected, sample=sample,
-                beta=beta, margin=margin, kl_mode=self.kl_mode,
+                noise_chosen=noise_chosen, noise_rejected=noise_rejected, sample=sample, beta=beta, margin=margin,
+                kl_mode=self.kl_mode, center_rewards_coefficient=center, backend=self.backend, h_splits=self.h_splits,
             )
+            terms, r_w, r_l, mu, logvar = result.terms, result.reward_chosen, result.reward_rejected, result.mu, result.logvar
         else:
-            # one forward of the head over the chosen and rejected rows, through ``self(...)``:
-            # DeepSpeed ZeRO-3 gathers a module's partitioned weights only around its forward
-            noise = None
-            if noise_chosen is not None or noise_rejected is not None:
-                latent_shape = (chosen.shape[0], self.latent_dim)
-                acc = reference.accumulation_dtype(chosen.dtype)
-                noise = torch.cat([
-                    noise_chosen if noise_chosen is not None else torch.randn(latent_shape, device=chosen.device, dtype=acc),
-                    noise_rejected if noise_rejected is not None else torch.randn(latent_shape, device=chosen.device, dtype=acc),
-                ])
-            out = self(torch.cat([chosen, rejected]), noise=noise)
-            r_w, r_l = out.reward.chunk(2)
-            kl_w, kl_l = out.kl.chunk(2)
-            terms = reference.pairwise_loss_from_rewards(r_w, r_l, kl_w, kl_l, beta=beta, margin=margin, kl_mode=self.kl_mode)
+            # the gated MLP decoder has no fused kernel: the encoder op over both sides, the
+            # decoder, and the reference loss
+            noise = join_pair_noise(noise_chosen, noise_rejected, pairs, self.latent_dim, chosen)
+            mu, logvar, z, kl = ops.vib_encode(
+                torch.cat([chosen, rejected]), self.encoder.weight, self.encoder.bias, noise=noise, sample=sample,
+                kl_mode=self.kl_mode, backend=self.backend, h_splits=self.h_splits,
+            )
+            r_w, r_l = self.decode(z).chunk(2)
+            kl_w, kl_l = kl.chunk(2)
+            terms = reference.pairwise_loss_from_rewards(r_w, r_l, kl_w, kl_l, beta=beta, margin=margin,
+                                                         kl_mode=self.kl_mode, center_rewards_coefficient=center)
+            mu, logvar = mu.detach(), logvar.detach()
         return InfoRMLossOutput(
             loss=terms.loss,
-            preference_loss=terms.preference_loss,
-            kl=terms.kl,
+            preference_loss=terms.preference_loss.detach(),
+            kl=terms.kl.detach(),
             accuracy=terms.accuracy,
-            reward_margin=terms.reward_margin,
-            reward_chosen=r_w,
-            reward_rejected=r_l,
+            reward_margin=terms.reward_margin.detach(),
+            reward_chosen=r_w.detach(),
+            reward_rejected=r_l.detach(),
+            mu=mu,
+            logvar=logvar,
         )
 
 
 def _partitioned(module: nn.Module) -> bool:
     """True under DeepSpeed ZeRO-3, whose partitioned parameters (they carry ``ds_id``) hold their
-    full values only inside a module's forward: the fused loss, which reads the weights
-    directly, must then go through the forward instead."""
+    full values only inside a module's forward."""
     return any(hasattr(p, "ds_id") for p in module.parameters())
-
-
-def _check_beta(beta) -> float:
-    return check_real("beta", beta, minimum=0)
-
-
-def _check_margin(margin, pairs: int):
-    if margin is None:
-        return None
-    if isinstance(margin, torch.Tensor):
-        if margin.dim() == 0:
-            return margin
-        if tuple(margin.shape) != (pairs,):
-            raise ValueError(f"margin: expected a scalar or shape ({pairs},), got {tuple(margin.shape)}")
-        return margin
-    return check_real("margin", margin)
 
 
 def inform_loss(

@@ -5,7 +5,10 @@ Auto classes: after ``import inform_fast`` (nothing more), ``AutoConfig``, ``Aut
 this ``InfoRMForRewardModel`` (backbone + head; ``logits`` [B, 1] is the reward), not the bare
 backbone. A process that never imports inform_fast loads it with ``trust_remote_code=True``
 (``inform_fast.configuration`` explains how). To serve without our code, fold the head into a
-stock checkpoint with ``export_sequence_classifier`` (``inform_fast.export``).
+stock checkpoint with ``inform_fast.export.export_sequence_classifier(model, folder)``.
+
+Training: ``forward(..., num_pairs=P)`` returns the InfoRM loss in ``loss`` (chosen rows first,
+then rejected); the trainers (``inform_fast.integrations``) and ``inform-fast train`` read it.
 
 Batches the model takes:
 
@@ -39,8 +42,8 @@ from transformers import AutoModel, AutoModelForSequenceClassification, PreTrain
 from transformers.utils import ModelOutput
 
 from inform_fast import packing, reference
-from inform_fast.configuration import InfoRMConfig, _check_normalization
-from inform_fast.head import InfoRMHead, InfoRMLossOutput
+from inform_fast.configuration import InfoRMConfig, check_normalization
+from inform_fast.head import InfoRMHead, InfoRMLossOutput, join_pair_noise
 from inform_fast.validation import check_attention_mask, check_positive_int
 
 __all__ = ["InfoRMConfig", "InfoRMForRewardModel", "InfoRMRewardModelOutput", "default_attn_implementation"]
@@ -48,11 +51,19 @@ __all__ = ["InfoRMConfig", "InfoRMForRewardModel", "InfoRMRewardModelOutput", "d
 
 @dataclass
 class InfoRMRewardModelOutput(ModelOutput):
-    """Output of ``InfoRMForRewardModel.forward`` for B sequences (float32).
+    """Output of ``InfoRMForRewardModel.forward`` for N sequences (float32).
 
-    logits: [B, 1] the (normalised) reward, shaped like a sequence-classification model's output.
-    rewards: [B] the same values. mu, logvar, z: [B, L] the latent (z = mu in eval mode).
-    kl: [B] KL(q(z|h) || N(0, I)). loss: always None (use ``pairwise_loss``).
+    logits: [N, 1] the (normalised) reward, shaped like a sequence-classification model's output.
+    rewards: [N] the same values. mu, logvar: [N, L] the latent.
+
+    Scoring (no ``num_pairs``): z [N, L] (z = mu in eval mode), kl [N] KL(q(z|h) || N(0, I));
+    ``loss`` is None.
+
+    Pair mode (``num_pairs=P``, N = 2P: the chosen sequences, then the rejected ones): ``loss`` []
+    the InfoRM loss on the raw rewards, and its terms, without gradients: ``preference_loss``,
+    ``kl_loss`` (mean over pairs of KL_w + KL_l, half of it with kl="authors"), ``accuracy``,
+    ``reward_margin`` (all []), ``reward_chosen`` / ``reward_rejected`` [P] (raw); mu and logvar
+    carry no gradient; z and kl are None (the fused loss does not produce them).
     """
 
     loss: Optional[torch.Tensor] = None
@@ -62,6 +73,12 @@ class InfoRMRewardModelOutput(ModelOutput):
     logvar: Optional[torch.Tensor] = None
     z: Optional[torch.Tensor] = None
     kl: Optional[torch.Tensor] = None
+    preference_loss: Optional[torch.Tensor] = None
+    kl_loss: Optional[torch.Tensor] = None
+    accuracy: Optional[torch.Tensor] = None
+    reward_margin: Optional[torch.Tensor] = None
+    reward_chosen: Optional[torch.Tensor] = None
+    reward_rejected: Optional[torch.Tensor] = None
 
 
 def default_attn_implementation(device: Optional[Union[str, torch.device]] = None) -> str:
@@ -301,19 +318,38 @@ class InfoRMForRewardModel(PreTrainedModel):
         inputs_embeds: Optional[torch.Tensor] = None,
         return_dict: Optional[bool] = True,
         noise: Optional[torch.Tensor] = None,
+        num_pairs: Optional[int] = None,
+        margin: Optional[Union[torch.Tensor, float]] = None,
+        beta: Optional[float] = None,
+        center_rewards_coefficient: Optional[float] = None,
         **kwargs,
     ) -> InfoRMRewardModelOutput:
-        """Rewards and latents for a padded batch ([B, T] + mask) or a packed one ([1, T] + position ids).
+        """Rewards and latents for a padded batch ([N, T] + mask) or a packed one ([1, T] + position
+        ids); with ``num_pairs`` also the InfoRM training loss.
 
-        Returns ``InfoRMRewardModelOutput`` with ``logits`` [B, 1] = (raw - reward_mean) / reward_std
-        in float32, ``rewards`` [B], ``mu`` / ``logvar`` / ``z`` [B, L], ``kl`` [B]. ``noise`` [B, L]
-        fixes the reparameterisation noise in training mode. Extra keyword arguments (except
-        ``labels``/``use_cache``, ignored) go to the backbone.
+        Returns ``InfoRMRewardModelOutput`` with ``logits`` [N, 1] = (raw - reward_mean) / reward_std
+        in float32, ``rewards`` [N], ``mu`` / ``logvar`` [N, L], and ``z`` [N, L], ``kl`` [N] when
+        scoring. ``noise`` [N, L] fixes the reparameterisation noise in training mode. Extra keyword
+        arguments (except ``labels``/``use_cache``, ignored) go to the backbone.
+
+        Pair mode, the one training path of the trainers and ``pairwise_loss``: ``num_pairs=P``
+        says the batch holds P chosen sequences then the P rejected ones in the same pair order
+        (rows of a padded batch; sequences of a packed row, where a trailing filler sequence is
+        ignored). ``loss`` is then the InfoRM loss on the raw head rewards (no serving
+        normalisation), computed by the head's fused pairwise op (the Triton kernel on CUDA);
+        ``margin`` (None, a float or [P]), ``beta`` (default ``config.beta``) and
+        ``center_rewards_coefficient`` (TRL's ``c * mean((r_w + r_l)^2)``, default 0) shape it.
         """
         # Arguments that trainers pass to sequence-classification models but a reward model has no use for.
         for unused in ("labels", "use_cache", "num_items_in_batch", "return_loss"):
             kwargs.pop(unused, None)
-        pooled = self._encode(input_ids, attention_mask, position_ids, inputs_embeds, **kwargs)
+        if num_pairs is not None:
+            num_pairs = check_positive_int("num_pairs", int(num_pairs) if isinstance(num_pairs, torch.Tensor) else num_pairs)
+        pooled = self._encode(input_ids, attention_mask, position_ids, inputs_embeds,
+                              num_sequences=None if num_pairs is None else 2 * num_pairs, **kwargs)
+        if num_pairs is not None:
+            output = self._pair_output(pooled[: 2 * num_pairs], num_pairs, noise, margin, beta, center_rewards_coefficient)
+            return output if return_dict is not False else output.to_tuple()
         head_out = self.head(pooled, noise=noise)
         rewards = self._normalize(head_out.reward).float()
         # No output is a view of another tensor: FSDP2 registers its pre-backward hook on the
@@ -324,6 +360,20 @@ class InfoRMForRewardModel(PreTrainedModel):
             logvar=_own(head_out.logvar), z=_own(head_out.z), kl=_own(head_out.kl),
         )
         return output if return_dict is not False else output.to_tuple()
+
+    def _pair_output(self, pooled, num_pairs, noise, margin, beta, center_rewards_coefficient) -> InfoRMRewardModelOutput:
+        if pooled.shape[0] != 2 * num_pairs:
+            raise ValueError(f"num_pairs: {num_pairs} pairs need {2 * num_pairs} sequences, the batch has {pooled.shape[0]}")
+        # through the head's forward, not its weights: DeepSpeed ZeRO-3 gathers them around it
+        result = self.head(pooled, noise=noise, num_pairs=num_pairs, beta=self.config.beta if beta is None else beta,
+                           margin=margin, center_rewards_coefficient=center_rewards_coefficient or 0.0)
+        rewards = self._normalize(torch.cat([result.reward_chosen, result.reward_rejected])).float()
+        return InfoRMRewardModelOutput(
+            loss=result.loss, logits=rewards[:, None].clone(), rewards=rewards, mu=_own(result.mu),
+            logvar=_own(result.logvar), preference_loss=_own(result.preference_loss), kl_loss=_own(result.kl),
+            accuracy=_own(result.accuracy), reward_margin=_own(result.reward_margin),
+            reward_chosen=_own(result.reward_chosen), reward_rejected=_own(result.reward_rejected),
+        )
 
     def _normalize(self, reward: torch.Tensor) -> torch.Tensor:
         if self.config.reward_mean == 0.0 and self.config.reward_std == 1.0:
@@ -340,8 +390,10 @@ class InfoRMForRewardModel(PreTrainedModel):
         beta: Optional[float] = None,
         noise_chosen: Optional[torch.Tensor] = None,
         noise_rejected: Optional[torch.Tensor] = None,
+        center_rewards_coefficient: Optional[float] = None,
     ) -> InfoRMLossOutput:
-        """InfoRM loss over B pairs with ONE backbone forward over chosen and rejected together.
+        """InfoRM loss over B pairs with ONE backbone forward over chosen and rejected together
+        (``forward`` in pair mode).
 
         chosen_* and rejected_* are [B, Tw] and [B, Tl] (any padding side; masks None = no padding);
         the shorter side is right-padded to the longer. ``beta`` defaults to ``config.beta``. The
@@ -361,11 +413,10 @@ class InfoRMForRewardModel(PreTrainedModel):
         pad_id = self._pad_id()
         input_ids = torch.cat([_right_pad(chosen_input_ids, length, pad_id), _right_pad(rejected_input_ids, length, pad_id)])
         mask = torch.cat([_right_pad(chosen_attention_mask, length, 0), _right_pad(rejected_attention_mask, length, 0)])
-        pooled = self._encode(input_ids, mask, None, None)  # [2B, H]
-        return self.head.pairwise_loss(
-            pooled[:pairs], pooled[pairs:], beta=self.config.beta if beta is None else beta, margin=margin,
-            noise_chosen=noise_chosen, noise_rejected=noise_rejected,
-        )
+        output = self(input_ids=input_ids, attention_mask=mask, num_pairs=pairs, margin=margin, beta=beta,
+                      noise=self._pair_noise(noise_chosen, noise_rejected, pairs, input_ids.device),
+                      center_rewards_coefficient=center_rewards_coefficient)
+        return _loss_output(output)
 
     def packed_pairwise_loss(
         self,
@@ -376,8 +427,9 @@ class InfoRMForRewardModel(PreTrainedModel):
         beta: Optional[float] = None,
         noise_chosen: Optional[torch.Tensor] = None,
         noise_rejected: Optional[torch.Tensor] = None,
+        center_rewards_coefficient: Optional[float] = None,
     ) -> InfoRMLossOutput:
-        """InfoRM loss from one padding-free packed row.
+        """InfoRM loss from one padding-free packed row (``forward`` in pair mode).
 
         ``input_ids`` / ``position_ids`` [1, T] hold 2 * num_pairs sequences in this order: the
         num_pairs chosen responses (pair 0, 1, ...), then the num_pairs rejected ones in the same
@@ -387,12 +439,16 @@ class InfoRMForRewardModel(PreTrainedModel):
         check_positive_int("num_pairs", num_pairs)
         if position_ids is None:
             raise ValueError("position_ids: required for a packed batch")
-        pooled = self._encode(input_ids, None, position_ids, None, num_sequences=2 * num_pairs)
-        pooled = pooled[: 2 * num_pairs]
-        return self.head.pairwise_loss(
-            pooled[:num_pairs], pooled[num_pairs:], beta=self.config.beta if beta is None else beta, margin=margin,
-            noise_chosen=noise_chosen, noise_rejected=noise_rejected,
-        )
+        output = self(input_ids=input_ids, position_ids=position_ids, num_pairs=num_pairs, margin=margin, beta=beta,
+                      noise=self._pair_noise(noise_chosen, noise_rejected, num_pairs, input_ids.device),
+                      center_rewards_coefficient=center_rewards_coefficient)
+        return _loss_output(output)
+
+    def _pair_noise(self, noise_chosen, noise_rejected, pairs, device):
+        if not self.head.training:
+            return None
+        like = torch.empty(0, device=device, dtype=torch.float32)
+        return join_pair_noise(noise_chosen, noise_rejected, pairs, self.head.latent_dim, like)
 
     @torch.no_grad()
     def latents(
@@ -425,7 +481,7 @@ class InfoRMForRewardModel(PreTrainedModel):
 
     def set_reward_normalization(self, mean: float, std: float) -> None:
         """Serve rewards as (raw - mean) / std; stored in the config (saved with the model)."""
-        self.config.reward_mean, self.config.reward_std = _check_normalization(mean, std)
+        self.config.reward_mean, self.config.reward_std = check_normalization(mean, std)
 
     def fit_reward_normalization(self, rewards: torch.Tensor) -> tuple[float, float]:
         """Set the normalisation to the mean / std of RAW rewards (e.g. ``score`` output on a
@@ -441,12 +497,13 @@ class InfoRMForRewardModel(PreTrainedModel):
         self.set_reward_normalization(mean, std)
         return mean, std
 
-    def export_sequence_classifier(self, output_dir, tokenizer=None):
-        """Fold the linear head into a stock ``*ForSequenceClassification`` checkpoint; see
-        ``inform_fast.export.export_sequence_classifier``."""
-        from inform_fast.export import export_sequence_classifier
 
-        return export_sequence_classifier(self, output_dir, tokenizer=tokenizer)
+def _loss_output(output: InfoRMRewardModelOutput) -> InfoRMLossOutput:
+    return InfoRMLossOutput(
+        loss=output.loss, preference_loss=output.preference_loss, kl=output.kl_loss, accuracy=output.accuracy,
+        reward_margin=output.reward_margin, reward_chosen=output.reward_chosen, reward_rejected=output.reward_rejected,
+        mu=output.mu, logvar=output.logvar,
+    )
 
 
 def _own(tensor: torch.Tensor) -> torch.Tensor:

@@ -55,6 +55,8 @@ def check_attention_mask(name: str, attention_mask: torch.Tensor, batch: int, se
             f"{name}: expected shape {(batch, seq_len)} to match hidden states [B, T, H], "
             f"got {tuple(attention_mask.shape)}"
         )
+    if torch.compiler.is_compiling():
+        return  # a host sync on the mask's values would break the graph
     empty = (attention_mask == 0).all(dim=-1)
     if bool(empty.any()):
         rows = torch.nonzero(empty).flatten()[:8].tolist()
@@ -84,6 +86,33 @@ def check_noise(name: str, noise: Optional[torch.Tensor], rows: int, latent_dim:
     check_float_tensor(name, noise, ndims=(2,))
     if tuple(noise.shape) != (rows, latent_dim):
         raise ValueError(f"{name}: expected shape {(rows, latent_dim)}, got {tuple(noise.shape)}")
+
+
+def check_beta(beta, name: str = "beta") -> float:
+    """The KL weight of the InfoRM loss: a finite number >= 0 (``docs/math.md``)."""
+    return check_real(name, beta, minimum=0)
+
+
+def check_margin(margin, pairs: int, name: str = "margin"):
+    """A preference margin: None, a finite number, a 0-d tensor or a [pairs] tensor."""
+    if margin is None:
+        return None
+    if isinstance(margin, torch.Tensor):
+        if margin.dim() != 0 and tuple(margin.shape) != (pairs,):
+            raise ValueError(f"{name}: expected a scalar or shape ({pairs},), got {tuple(margin.shape)}")
+        return margin
+    return check_real(name, margin)
+
+
+def check_normalization(mean, std) -> tuple[float, float]:
+    """The serving normalisation of rewards, (raw - mean) / std: a finite mean and a finite std > 0."""
+    return (check_real("reward_mean", mean),
+            check_real("reward_std", std, minimum=0, open_minimum=True))
+
+
+def check_h_splits(h_splits, name: str = "h_splits"):
+    """The Triton kernels' split-H layout: None (chosen per batch), 0 or a positive count."""
+    return None if h_splits is None else check_positive_int(name, h_splits, minimum=0)
 
 
 class MissingDependencyError(ImportError):

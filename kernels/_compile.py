@@ -11,7 +11,7 @@ from typing import Mapping, Optional
 
 import triton
 
-from inform_fast.dispatch import triton_interpret
+from inform_fast._platform import triton_interpret
 
 
 def compile_for_gpu(

@@ -2,7 +2,7 @@
 
 The algorithm (near pass, far pass, unions, joins, borders) lives in
 ``inform_fast.detect.dbscan._core_and_roots``; it asks a *pair engine* for two passes over index
-sets ``rows`` x ``cols`` of the index's points (``inform_fast.detect.spatial.LeafIndex``).
+sets ``rows`` x ``cols`` of the index's points (``inform_fast.spatial.LeafIndex``).
 ``TritonTiles`` runs each as one kernel over [BLOCK_M, BLOCK_N] tiles: the points are centred on
 the rows' mean while loaded, the squared distance ``|a|^2 + |b|^2 - 2 a.b`` is computed in
 registers with exact fp32 products, and the epilogue compares it with ``eps^2`` widened by the
@@ -24,7 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
-from inform_fast.detect.spatial import LeafIndex, tile_band
+from inform_fast.spatial import LeafIndex, tile_band
 
 
 @triton.jit
@@ -282,7 +282,7 @@ class TritonTiles:
                     continue
                 changed = not torch.equal(parent, root)
                 if a.numel():
-                    from inform_fast.detect.dbscan import union_roots
+                    from inform_fast.spatial import union_roots
 
                     host = parent.cpu()
                     compress(host)

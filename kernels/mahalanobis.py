@@ -73,15 +73,14 @@ def _launch_blocks(dim: int, precision: str, cuda: bool) -> tuple[int, int, int,
 
 
 def mahalanobis_sq(x: torch.Tensor, mean: torch.Tensor, whiten: torch.Tensor, precision: str = "tf32") -> torch.Tensor:
-    """d2 [n] float32 for x [n, dim] (fp32/bf16/fp16; float64 goes through torch in float64).
+    """d2 [n] float32 for x [n, dim] (fp32/bf16/fp16: the op ``inform_fast.ops.mahalanobis``
+    sends float64 to the reference).
 
-    ``mean`` [dim] and ``whiten`` [dim, dim] are float32 (float64 for float64 x) on x's device.
-    ``precision``: "tf32" / "tf32x3" use tensor cores on CUDA, "ieee" exact fp32 products; under
-    the CPU interpreter every product is exact fp32."""
+    ``mean`` [dim] and ``whiten`` [dim, dim] are float32 on x's device. ``precision``: "tf32" /
+    "tf32x3" use tensor cores on CUDA, "ieee" exact fp32 products; under the CPU interpreter
+    every product is exact fp32."""
     if x.dtype == torch.float64:
-        from inform_fast.detect.mahalanobis import _mahalanobis_sq_reference
-
-        return _mahalanobis_sq_reference(x, mean, whiten)
+        raise ValueError("x: the Triton Mahalanobis kernel takes float16 / bfloat16 / float32 latents, got float64")
     n, dim = x.shape
     if x.stride(1) != 1:
         x = x.contiguous()

@@ -167,7 +167,7 @@ def nearest_exact(queries: torch.Tensor, references: torch.Tensor, exact_scale: 
     """(exact squared distance [q] float64 times exact_scale^2, index [q] int64) of each query's
     nearest reference, ties to the smallest index; queries / references: [n, dim] on the GPU (or
     CPU tensors under the interpreter), any float dtype (the exact test reads them in float64)."""
-    from inform_fast.detect.spatial import fit_frame, tile_band
+    from inform_fast.spatial import fit_frame, tile_band
 
     q = queries.contiguous()
     r = references.contiguous()

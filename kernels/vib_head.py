@@ -3,8 +3,10 @@
 Notation: N rows, H hidden size, L latent size, B preference pairs, K = 2L encoder outputs.
 The encoder weight is in ``nn.Linear`` layout [2L, H]: rows 0..L-1 give mu, rows L..2L-1 logvar.
 
-Kernels (launchers below them take and return torch tensors; the autograd.Functions are in
-``inform_fast.ops.vib_encode`` and ``inform_fast.ops.vib_loss``):
+Kernels, then their launchers, which take and return torch tensors and are named after the ops
+they implement (``vib_encode``, ``vib_encode_backward``, ``linear_pairwise_loss``,
+``linear_pairwise_loss_backward``; the ops themselves are registered in ``inform_fast.ops.vib_head``
+and their reference math is ``inform_fast.reference``):
 
 * ``_encode_fwd_kernel``: [mu, logvar] = x @ W^T (+ b), z = mu + exp(logvar/2) * eps, KL.
 * ``_encode_bwd_kernel``: G = [dmu, dlogvar] from the output gradients (eps regenerated from the
@@ -12,8 +14,9 @@ Kernels (launchers below them take and return torch tensors; the autograd.Functi
   in the same pass; on CUDA dX comes from ``_grad_input_kernel`` instead.
 * ``_pair_loss_fwd_kernel``: one program owns a block of pairs and projects its chosen and
   rejected rows against the same W tiles, then reparameterises, decodes, computes the per-pair
-  loss and, because the loss is the last node of the graph, the gradient G of the pre-activations
-  (Liger-style): the backward only scales it, so the noise is needed in the forward only.
+  loss terms and, because the loss is the last node of the graph, the gradient G of the
+  pre-activations (Liger-style): the backward only scales it, so the noise is needed in the
+  forward only. It also writes every row's [mu, logvar] (the latent statistics trainers log).
 * ``_project_partial_kernel``: the projection on its own (what CUDA runs): program (row block,
   H range, output tile) computes x @ W^T for 64 rows and up to 256 outputs (all 2L at L = 128)
   over its range of H and stores the fp32 sums; the two kernels above then add the ranges (PRE_PROJECTED) instead of projecting.
@@ -24,6 +27,14 @@ Kernels (launchers below them take and return torch tensors; the autograd.Functi
   ``_grad_weight_kernel``: dW = s * G^T X, each program owning one [BLOCK_K, BLOCK_H] tile of dW
   and looping over the rows in order (deterministic).
 * ``_philox_noise_kernel``: the noise the kernels draw for a seed, for tests and debugging.
+
+Launch configurations come from one place: the ``_*_launches`` planners turn shapes, dtypes, the
+target GPU and the split-H layout into ``Launch`` records (kernel, grid, constexprs, warps); the
+launchers run them, and ``gpu_configs()`` hands the same records, planned for the goal size on a
+132-SM Hopper GPU, to the compile and register-spill checks. The split-H layout is the
+launchers' ``h_splits`` argument: None chooses it per batch (separate projection kernel on CUDA,
+the single fused kernel on CPU), 0 forces the single fused kernel, n >= 1 the separate
+projection with at most n ranges of H.
 
 Noise modes (constexpr NOISE_MODE): 0 none (z = mu), 1 explicit noise tensor, 2 Philox
 ``tl.randn(seed, row * L + j)`` where ``row`` is the global row index (chosen rows 0..B-1 and
@@ -39,15 +50,16 @@ dot with fp32 accumulation.
 """
 from __future__ import annotations
 
-import contextlib
 import functools
-from typing import Iterator, Optional
+from dataclasses import dataclass, field
+from typing import Optional
 
 import torch
 import triton
 import triton.language as tl
 
-from inform_fast.dispatch import triton_interpret
+from inform_fast._platform import triton_interpret
+from inform_fast.reference import KL_PAIR_WEIGHT
 
 NOISE_NONE, NOISE_EXPLICIT, NOISE_PHILOX = 0, 1, 2
 
@@ -366,11 +378,13 @@ def _pair_loss_fwd_kernel(
     nl_ptr, stride_nl,  # [B, L] explicit rejected noise (NOISE_MODE == 1)
     margin_ptr, stride_margin,  # [B] margin (HAS_MARGIN; stride 0 for a scalar)
     seed,  # Philox seed (NOISE_MODE == 2); rejected rows use global rows B..2B-1
-    beta_ptr,  # [1] weight of the KL term (a tensor: float scalar arguments would be rounded to fp32)
+    coef_ptr,  # [2] weight of the KL term and c of the centring term (tensors: float scalar
+    #            arguments would be rounded to fp32)
     g_ptr,  # [2B, 2L] output (STORE_GRAD): d loss / d [mu, logvar], chosen rows then rejected rows
-    pair_ptr,  # [4, B] output: -logsigmoid(r_w - r_l - margin), KL_w + KL_l, r_w - r_l, [r_w > r_l]
+    stats_ptr,  # [2B, 2L] output: [mu, logvar] of the chosen rows, then of the rejected rows
+    pair_ptr,  # [5, B] output: -logsigmoid(r_w - r_l - margin), KL_w + KL_l, r_w - r_l, [r_w > r_l], (r_w + r_l)^2
     reward_ptr,  # [2, B] output: r_w, r_l
-    dwdec_ptr,  # [programs, L] output (STORE_GRAD): this program's part of d loss / d w_dec
+    dwdec_ptr,  # [programs, L + 1] output (STORE_GRAD): this program's part of d loss / d [w_dec, b_dec]
     part_ptr, num_splits,  # [S, 2, B, 2L] partial projections (PRE_PROJECTED) and S
     B, H, L,
     HAS_BIAS: tl.constexpr, HAS_DEC_BIAS: tl.constexpr, HAS_MARGIN: tl.constexpr,
@@ -399,6 +413,11 @@ def _pair_loss_fwd_kernel(
         mu_l += b_mu
         lv_w += b_lv
         lv_l += b_lv
+    s_idx = rows[:, None] * (2 * L) + cols[None, :]
+    tl.store(stats_ptr + s_idx, mu_w, mask=valid)
+    tl.store(stats_ptr + s_idx + L, lv_w, mask=valid)
+    tl.store(stats_ptr + B * 2 * L + s_idx, mu_l, mask=valid)
+    tl.store(stats_ptr + B * 2 * L + s_idx + L, lv_l, mask=valid)
 
     # reparameterisation and linear decoder
     w_dec = tl.load(wdec_ptr + cols, mask=l_mask, other=0.0).to(ACC)  # [BL]
@@ -435,32 +454,37 @@ def _pair_loss_fwd_kernel(
     tl.store(pair_ptr + B + rows, kl_w + kl_l, mask=row_mask)
     tl.store(pair_ptr + 2 * B + rows, gap, mask=row_mask)
     tl.store(pair_ptr + 3 * B + rows, tl.where(gap > 0, 1.0, 0.0).to(ACC), mask=row_mask)
+    total = r_w + r_l
+    tl.store(pair_ptr + 4 * B + rows, total * total, mask=row_mask)
     tl.store(reward_ptr + rows, r_w, mask=row_mask)
     tl.store(reward_ptr + B + rows, r_l, mask=row_mask)
 
     if STORE_GRAD:
-        # loss = mean_b softplus(-(gap_b - m_b)) + beta * mean_b (KL_w + KL_l)
-        # [BB] d loss / d r_w = -sigmoid(-t) / B; d loss / d r_l = -dr_w. sigmoid(-t) from
-        # e^-|t| so that nothing overflows for large |t|
+        # loss = mean_b softplus(-(gap_b - m_b)) + beta * mean_b (KL_w + KL_l) + c * mean_b (r_w + r_l)^2
+        # [BB] d loss / d r_w = (-sigmoid(-t) + 2 c (r_w + r_l)) / B, d loss / d r_l =
+        # (sigmoid(-t) + 2 c (r_w + r_l)) / B. sigmoid(-t) from e^-|t| so that nothing
+        # overflows for large |t|
         e = tl.exp(-tl.abs(logits))
         sig_neg = tl.where(logits >= 0, e / (1.0 + e), 1.0 / (1.0 + e))
-        dr_w = -sig_neg / B
-        dr_w = tl.where(row_mask, dr_w, tl.zeros_like(dr_w))
-        c = tl.load(beta_ptr).to(ACC) / B
+        centring = 2.0 * tl.load(coef_ptr + 1).to(ACC) * total
+        zero_b = tl.zeros_like(sig_neg)
+        dr_w = tl.where(row_mask, (centring - sig_neg) / B, zero_b)
+        dr_l = tl.where(row_mask, (centring + sig_neg) / B, zero_b)
+        c = tl.load(coef_ptr).to(ACC) / B
         g_mu_w = dr_w[:, None] * w_dec[None, :] + c * dkl_dmu_w
-        g_mu_l = -dr_w[:, None] * w_dec[None, :] + c * dkl_dmu_l
+        g_mu_l = dr_l[:, None] * w_dec[None, :] + c * dkl_dmu_l
         g_lv_w = c * dkl_dlv_w
         g_lv_l = c * dkl_dlv_l
         if NOISE_MODE != 0:
             g_lv_w += dr_w[:, None] * w_dec[None, :] * 0.5 * std_w * eps_w
-            g_lv_l -= dr_w[:, None] * w_dec[None, :] * 0.5 * std_l * eps_l
-        g_idx = rows[:, None] * (2 * L) + cols[None, :]
-        tl.store(g_ptr + g_idx, g_mu_w, mask=valid)
-        tl.store(g_ptr + g_idx + L, g_lv_w, mask=valid)
-        tl.store(g_ptr + B * 2 * L + g_idx, g_mu_l, mask=valid)
-        tl.store(g_ptr + B * 2 * L + g_idx + L, g_lv_l, mask=valid)
-        dwdec = tl.sum(dr_w[:, None] * (z_w - z_l), axis=0)  # [BL]
-        tl.store(dwdec_ptr + pid * L + cols, dwdec, mask=l_mask)
+            g_lv_l += dr_l[:, None] * w_dec[None, :] * 0.5 * std_l * eps_l
+        tl.store(g_ptr + s_idx, g_mu_w, mask=valid)  # G has the layout of the stats
+        tl.store(g_ptr + s_idx + L, g_lv_w, mask=valid)
+        tl.store(g_ptr + B * 2 * L + s_idx, g_mu_l, mask=valid)
+        tl.store(g_ptr + B * 2 * L + s_idx + L, g_lv_l, mask=valid)
+        dwdec = tl.sum(dr_w[:, None] * z_w + dr_l[:, None] * z_l, axis=0)  # [BL]
+        tl.store(dwdec_ptr + pid * (L + 1) + cols, dwdec, mask=l_mask)
+        tl.store(dwdec_ptr + pid * (L + 1) + L, tl.sum(dr_w + dr_l, axis=0))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -547,7 +571,50 @@ def _philox_noise_kernel(
 
 
 # ------------------------------------------------------------------------------------------------
-# launchers
+# launch planning: the one source of block sizes, grids and layouts (launchers and gpu_configs)
+
+
+@dataclass(frozen=True)
+class Target:
+    """What a launch is planned for: the device kind, its multiprocessor count (CUDA) and whether
+    the kernels run in Triton's interpreter (which needs fp32 dot operands, see UPCAST)."""
+
+    kind: str  # "cuda" or "cpu"
+    multiprocessors: int = 0
+    interpret: bool = False
+
+
+# the goal size's GPU: an H100 / H200 (sm_90, 132 SMs), kernels compiled
+HOPPER = Target("cuda", 132, interpret=False)
+
+
+@functools.lru_cache(maxsize=None)
+def _multiprocessors(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def target_of(device: torch.device) -> Target:
+    """The ``Target`` of tensors on ``device`` in this process."""
+    if device.type == "cuda":
+        return Target("cuda", _multiprocessors(device), triton_interpret())
+    return Target(device.type, 0, triton_interpret())
+
+
+@dataclass(frozen=True)
+class Launch:
+    """One kernel launch as planned: ``launch(*runtime_args)`` runs it; ``gpu_configs()`` compiles it."""
+
+    kernel: object  # a @triton.jit function
+    grid: tuple
+    constexprs: dict
+    num_warps: int
+    pointer_types: dict = field(default_factory=dict)  # Triton types of the pointers that are not fp32
+
+    def __call__(self, *args) -> None:
+        self.kernel[self.grid](*args, **self.constexprs, num_warps=self.num_warps)
+
+
+_POINTER = {torch.bfloat16: "*bf16", torch.float16: "*fp16", torch.float32: "*fp32", torch.float64: "*fp64"}
 
 
 def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -576,52 +643,34 @@ def _num_warps(block_l: int) -> int:
     return 4 if block_l <= 64 else 8
 
 
-_forced_splits: Optional[int] = None
+# The forward's H ranges are at least 512 columns: the epilogue reads every range's fp32 partial
+# sums (S x 2 x 16 x 2L x 4 bytes a program), so at B = 64 ranges of 128 columns (32 of them)
+# would make the 4 epilogue programs read 1 MiB each. dX has no epilogue, but each program
+# re-reads its rows' G (64 x 2L fp32), as much as a 128-column slice of W: ranges of >= 256.
+_FORWARD_MIN_COLUMNS, _GRAD_INPUT_MIN_COLUMNS = 512, 256
+_PARTIAL_MAX_BLOCK_K = 256
 
 
-@contextlib.contextmanager
-def forced_h_splits(splits: Optional[int]) -> Iterator[None]:
-    """Within the block, force the layout of the forward projection and the input gradient,
-    whatever the device: ``splits`` >= 1 runs the separate projection kernel with at most that
-    many H ranges (and splits dX as far); 0 runs the single fused kernel (the projection in its
-    own 16-row blocks, dX unsplit); None restores the default (the separate projection on CUDA,
-    sized by ``h_splits``; the single fused kernel on CPU). For tests (the interpreter has no
-    SMs to fill) and for benchmarking the layouts against each other."""
-    global _forced_splits
-    previous, _forced_splits = _forced_splits, splits
-    try:
-        yield
-    finally:
-        _forced_splits = previous
-
-
-@functools.lru_cache(maxsize=None)
-def _multiprocessors(device: torch.device) -> int:
-    return torch.cuda.get_device_properties(device).multi_processor_count
-
-
-def h_splits(row_blocks: int, hidden: int, block_h: int, device: torch.device, min_columns: int) -> tuple[int, int]:
+def split_h(row_blocks: int, hidden: int, block_h: int, target: Target, min_columns: int,
+            h_splits: Optional[int] = None) -> tuple[int, int]:
     """(number of H ranges, columns per range) for a grid of ``row_blocks`` row blocks.
 
     A row block alone streams all of W (2L x H) through one SM; when there are fewer row blocks
     than SMs (B = 512 pairs: 16 projection blocks of 64 rows on a 132-SM H100) the grid also
     splits H, up to one wave of programs, each range whole BLOCK_H tiles and at least
-    ``min_columns`` wide. CPU (interpreter): no split unless forced (``forced_h_splits``, which
-    allows ranges of one tile; 0 counts as 1 here).
+    ``min_columns`` wide. CPU (interpreter): one range. ``h_splits`` given: at most that many
+    ranges, down to one tile each, whatever the device (0 counts as 1 here).
     """
     tiles = triton.cdiv(hidden, block_h)
-    if _forced_splits is not None:
-        wanted = min(_forced_splits, tiles)
-    elif device.type == "cuda":
-        wanted = min(_multiprocessors(device) // max(row_blocks, 1), hidden // max(min_columns, 1))
+    if h_splits is not None:
+        wanted = min(h_splits, tiles)
+    elif target.kind == "cuda":
+        wanted = min(target.multiprocessors // max(row_blocks, 1), hidden // max(min_columns, 1))
     else:
         wanted = 1
     wanted = max(1, wanted)
     per_split = triton.cdiv(tiles, wanted) * block_h
     return triton.cdiv(hidden, per_split), per_split
-
-
-_PARTIAL_MAX_BLOCK_K = 256
 
 
 def _partial_blocks(rows: int, k: int, hidden: int, element_size: int) -> tuple[int, int, int]:
@@ -635,15 +684,16 @@ def _partial_blocks(rows: int, k: int, hidden: int, element_size: int) -> tuple[
     return block_n, block_h, block_k
 
 
-def _separate_gemms(device: torch.device) -> bool:
+def _separate_gemms(target: Target, h_splits: Optional[int]) -> bool:
     """Whether the forward projection and the encoder's dX run as their own GEMM kernels: on CUDA
-    by default, on CPU only under ``forced_h_splits(n >= 1)``; never under ``forced_h_splits(0)``."""
-    if _forced_splits is not None:
-        return _forced_splits > 0
-    return device.type == "cuda"
+    by default, on CPU only with ``h_splits`` >= 1; never with ``h_splits`` = 0."""
+    if h_splits is not None:
+        return h_splits > 0
+    return target.kind == "cuda"
 
 
-def _split_layout(rows: int, sets: int, hidden: int, weight: torch.Tensor, device) -> tuple[int, int]:
+def _split_layout(rows: int, sets: int, hidden: int, k: int, element_size: int, target: Target,
+                  h_splits: Optional[int]) -> tuple[int, int]:
     """(H ranges, columns per range) of the forward's projection kernel, or (0, H): no separate
     projection, the single fused kernel projects in its own loop.
 
@@ -653,38 +703,113 @@ def _split_layout(rows: int, sets: int, hidden: int, weight: torch.Tensor, devic
     registers (``benchmarks/kernel_resources.py``); the cost is one launch and writing and
     reading the fp32 pre-activations (2 x B x 2L x 4 bytes per range).
     """
-    if not _separate_gemms(device):
+    if not _separate_gemms(target, h_splits):
         return 0, hidden
-    block_n, block_h, _ = _partial_blocks(rows, weight.shape[0], hidden, weight.element_size())
-    return h_splits(sets * triton.cdiv(rows, block_n), hidden, block_h, device, _FORWARD_MIN_COLUMNS)
+    block_n, block_h, _ = _partial_blocks(rows, k, hidden, element_size)
+    return split_h(sets * triton.cdiv(rows, block_n), hidden, block_h, target, _FORWARD_MIN_COLUMNS, h_splits)
 
 
-def _project_partials(x1, x2, weight, acc, splits, per_split):
-    """Partial pre-activations [splits, 1 or 2, N, 2L] (acc dtype) of the split-H forward."""
-    rows, hidden = x1.shape
-    k = weight.shape[0]
-    sets = 1 if x2 is None else 2
-    block_n, block_h, block_k = _partial_blocks(rows, k, hidden, weight.element_size())
-    part = torch.empty(splits, sets, rows, k, device=x1.device, dtype=acc)
-    x2 = x1 if x2 is None else x2
-    _project_partial_kernel[(sets * triton.cdiv(rows, block_n), splits, triton.cdiv(k, block_k))](
-        x1, x1.stride(0), x2, x2.stride(0), weight, weight.stride(0), part, rows, hidden, k, per_split,
-        SETS=sets, UPCAST=triton_interpret(), ACC=_tl_acc(acc),
-        BLOCK_N=block_n, BLOCK_H=block_h, BLOCK_K=block_k, num_warps=8 if block_k >= 256 else 4,
+def _projection_launch(rows, sets, hidden, k, dtype, acc, splits, target) -> Launch:
+    block_n, block_h, block_k = _partial_blocks(rows, k, hidden, dtype.itemsize)
+    pointer = _POINTER[dtype]
+    return Launch(
+        _project_partial_kernel, (sets * triton.cdiv(rows, block_n), splits, triton.cdiv(k, block_k)),
+        dict(SETS=sets, UPCAST=target.interpret, ACC=_tl_acc(acc), BLOCK_N=block_n, BLOCK_H=block_h, BLOCK_K=block_k),
+        8 if block_k >= 256 else 4, dict(x1_ptr=pointer, x2_ptr=pointer, w_ptr=pointer),
     )
-    return part
 
 
-# The forward's H ranges are at least 512 columns: the epilogue reads every range's fp32 partial
-# sums (S x 2 x 16 x 2L x 4 bytes a program), so at B = 64 ranges of 128 columns (32 of them)
-# would make the 4 epilogue programs read 1 MiB each. dX has no epilogue, but each program
-# re-reads its rows' G (64 x 2L fp32), as much as a 128-column slice of W: ranges of >= 256.
-_FORWARD_MIN_COLUMNS, _GRAD_INPUT_MIN_COLUMNS = 512, 256
+def _encode_forward_launches(rows, hidden, latent, dtype, acc, bias_dtype, noise_mode, kl_authors, target, h_splits):
+    """([projection,] encoder) launches and the (H ranges, columns per range) of the projection."""
+    block_l = _block_l(latent)
+    block_n = _block_rows(rows)
+    block_h = _block_h(hidden, block_l, dtype.itemsize)
+    splits, per_split = _split_layout(rows, 1, hidden, 2 * latent, dtype.itemsize, target, h_splits)
+    launches = [_projection_launch(rows, 1, hidden, 2 * latent, dtype, acc, splits, target)] if splits > 0 else []
+    pointer = _POINTER[dtype]
+    launches.append(Launch(
+        _encode_fwd_kernel, (triton.cdiv(rows, block_n),),
+        dict(HAS_BIAS=bias_dtype is not None, NOISE_MODE=noise_mode, KL_AUTHORS=kl_authors, UPCAST=target.interpret,
+             PRE_PROJECTED=splits > 0, ACC=_tl_acc(acc), BLOCK_N=block_n, BLOCK_H=block_h, BLOCK_L=block_l),
+        _num_warps(block_l), dict(x_ptr=pointer, w_ptr=pointer, b_ptr=_POINTER[bias_dtype or dtype]),
+    ))
+    return launches, splits, per_split
+
+
+def _encode_backward_launch(rows, hidden, latent, dtype, x_dtype, noise_mode, kl_authors, store_dx, target, h_splits):
+    """The encoder-gradient launch and the columns of dX per program (its grid's axis 1)."""
+    block_l = _block_l(latent)
+    block_n = _block_rows(rows)
+    block_h = _block_h(hidden, block_l, dtype.itemsize)
+    row_blocks = triton.cdiv(rows, block_n)
+    splits, per_split = (split_h(row_blocks, hidden, block_h, target, _GRAD_INPUT_MIN_COLUMNS, h_splits)
+                         if store_dx else (1, hidden))
+    return Launch(
+        _encode_bwd_kernel, (row_blocks, splits),
+        dict(NOISE_MODE=noise_mode, KL_AUTHORS=kl_authors, UPCAST=target.interpret, STORE_DX=store_dx,
+             BLOCK_N=block_n, BLOCK_H=block_h, BLOCK_L=block_l),
+        _num_warps(block_l), dict(w_ptr=_POINTER[dtype], dx_ptr=_POINTER[x_dtype]),
+    ), per_split
+
+
+def _pair_loss_launches(pairs, hidden, latent, dtype, acc, bias_dtype, dec_weight_dtype, dec_bias_dtype, has_margin,
+                        noise_mode, kl_authors, store_grad, target, h_splits):
+    """([projection,] loss) launches and the projection's (H ranges, columns per range)."""
+    block_l = _block_l(latent)
+    splits, per_split = _split_layout(pairs, 2, hidden, 2 * latent, dtype.itemsize, target, h_splits)
+    # the epilogue alone (splits > 0) keeps 16-pair blocks at any B: with 32 it spills on sm_90
+    block_b = 16 if splits > 0 else _block_rows(pairs)
+    block_h = _block_h(hidden, block_l, dtype.itemsize)
+    launches = [_projection_launch(pairs, 2, hidden, 2 * latent, dtype, acc, splits, target)] if splits > 0 else []
+    pointer = _POINTER[dtype]
+    launches.append(Launch(
+        _pair_loss_fwd_kernel, (triton.cdiv(pairs, block_b),),
+        dict(HAS_BIAS=bias_dtype is not None, HAS_DEC_BIAS=dec_bias_dtype is not None, HAS_MARGIN=has_margin,
+             NOISE_MODE=noise_mode, KL_AUTHORS=kl_authors, STORE_GRAD=store_grad, UPCAST=target.interpret,
+             PRE_PROJECTED=splits > 0, ACC=_tl_acc(acc), BLOCK_B=block_b, BLOCK_H=block_h, BLOCK_L=block_l),
+        _num_warps(block_l),
+        dict(xw_ptr=pointer, xl_ptr=pointer, w_ptr=pointer, b_ptr=_POINTER[bias_dtype or dtype],
+             wdec_ptr=_POINTER[dec_weight_dtype], bdec_ptr=_POINTER[dec_bias_dtype or dec_weight_dtype]),
+    ))
+    return launches, splits, per_split
+
+
+def _grad_input_launch(rows, hidden, latent, dtype, out_dtype, target, h_splits):
+    """The dX launch and its columns per program."""
+    block_l = _block_l(latent)
+    # every row block reads its H range of W once: 64-row blocks read W a quarter as often as
+    # 16-row blocks (at B = 512: 32 MiB instead of 128 MiB of L2 traffic), and the split over H
+    # keeps the grid as wide; G is the only other operand, so the larger block still fits
+    block_n = min(64, max(16, triton.next_power_of_2(rows)))
+    # 64 x 64 output tiles make ptxas spill on sm_90 at L = 128 (255 registers); 64 x 32 do not
+    block_h = min(_block_h(hidden, block_l, dtype.itemsize), 32 if block_n == 64 else 64)
+    row_blocks = triton.cdiv(rows, block_n)
+    splits, per_split = split_h(row_blocks, hidden, block_h, target, _GRAD_INPUT_MIN_COLUMNS, h_splits)
+    return Launch(
+        _grad_input_kernel, (row_blocks, splits),
+        dict(UPCAST=target.interpret, BLOCK_N=block_n, BLOCK_H=block_h, BLOCK_L=block_l),
+        _num_warps(block_l), dict(w_ptr=_POINTER[dtype], dx_ptr=_POINTER[out_dtype]),
+    ), per_split
+
+
+def _grad_weight_launch(k, hidden, acc, x_dtype, out_dtype, target) -> Launch:
+    block_h = 64 if hidden >= 64 else 32 if hidden >= 32 else 16
+    block_k = 64 if k >= 64 else 32 if k >= 32 else 16
+    return Launch(
+        _grad_weight_kernel, (triton.cdiv(k, block_k), triton.cdiv(hidden, block_h)),
+        dict(UPCAST=target.interpret, ACC=_tl_acc(acc), BLOCK_K=block_k, BLOCK_N=32, BLOCK_H=block_h),
+        4, dict(x1_ptr=_POINTER[x_dtype], x2_ptr=_POINTER[x_dtype], dw_ptr=_POINTER[out_dtype]),
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+# launchers
 
 
 def _dot_operands(x: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """tl.dot needs one operand dtype: mixed inputs (bf16 rows, fp32 weight) are upcast, so the
     result matches the reference, which computes in the wider dtype."""
+    x, weight = x.contiguous(), weight.contiguous()
     if x.dtype == weight.dtype:
         return x, weight
     wide = torch.promote_types(x.dtype, weight.dtype)
@@ -694,11 +819,11 @@ def _dot_operands(x: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, 
 
 
 @functools.lru_cache(maxsize=64)
-def _constant(value: float, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """A 1-element tensor holding ``value``, made once per (value, device, dtype): a kernel argument
-    that must keep float64 precision, without an allocation and a host-to-device copy each call.
+def _constant(values: tuple, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """A tensor holding ``values``, made once per (values, device, dtype): kernel arguments that
+    must keep float64 precision, without an allocation and a host-to-device copy each call.
     Read-only: the kernels only load it."""
-    return torch.full((1,), value, device=device, dtype=dtype)
+    return torch.tensor(values, device=device, dtype=dtype)
 
 
 def draw_seed() -> int:
@@ -717,133 +842,149 @@ def philox_noise(seed: int, rows: int, latent_dim: int, device="cpu", row_base: 
     return out
 
 
-def encode_forward(x, weight, bias, noise, seed, noise_mode, kl_authors):
-    """x [N, H], weight [2L, H], bias [2L]|None, noise [N, L]|None -> mu, logvar, z [N, L], kl [N]."""
-    rows, hidden = x.shape
+def _noise_mode(has_noise: bool, seed: Optional[int]) -> int:
+    return NOISE_EXPLICIT if has_noise else NOISE_PHILOX if seed is not None else NOISE_NONE
+
+
+def vib_encode(pooled, weight, bias, noise, seed, kl_mode, h_splits=None):
+    """The op "vib_encode" on the GPU (or the interpreter).
+
+    pooled [N, H] (fp16 / bf16 / fp32 / fp64), weight [2L, H], bias [2L] | None; noise [N, L] |
+    None; seed: an int for Philox noise drawn in-kernel (when ``noise`` is None), None for z = mu.
+    Returns mu, logvar, z [N, L] and kl [N] in the accumulation dtype.
+    """
+    rows, hidden = pooled.shape
     latent = weight.shape[0] // 2
-    acc = _acc_dtype(x.dtype)
-    x, weight = _dot_operands(x, weight)
+    acc = _acc_dtype(pooled.dtype)
+    x, w = _dot_operands(pooled, weight)
     mu = torch.empty(rows, latent, device=x.device, dtype=acc)
     logvar, z = torch.empty_like(mu), torch.empty_like(mu)
     kl = torch.empty(rows, device=x.device, dtype=acc)
     if rows == 0:
         return mu, logvar, z, kl
-    block_l = _block_l(latent)
-    block_n = _block_rows(rows)
-    block_h = _block_h(hidden, block_l, weight.element_size())
-    row_blocks = triton.cdiv(rows, block_n)
-    splits, per_split = _split_layout(rows, 1, hidden, weight, x.device)
-    part = _project_partials(x, None, weight, acc, splits, per_split) if splits > 0 else mu
-    noise_arg = noise if noise is not None else mu  # any valid pointer when unused
-    _encode_fwd_kernel[(row_blocks,)](
-        x, x.stride(0), weight, weight.stride(0), bias if bias is not None else mu,
-        noise_arg, noise_arg.stride(0), seed, mu, logvar, z, kl, part, splits, rows, hidden, latent,
-        HAS_BIAS=bias is not None, NOISE_MODE=noise_mode, KL_AUTHORS=kl_authors, UPCAST=triton_interpret(),
-        PRE_PROJECTED=splits > 0,
-        ACC=_tl_acc(acc), BLOCK_N=block_n, BLOCK_H=block_h, BLOCK_L=block_l,
-        num_warps=_num_warps(block_l),
+    launches, splits, per_split = _encode_forward_launches(
+        rows, hidden, latent, w.dtype, acc, None if bias is None else bias.dtype, _noise_mode(noise is not None, seed),
+        kl_mode == "authors", target_of(x.device), h_splits)
+    part = mu  # any valid pointer when there is no separate projection
+    if splits > 0:
+        part = torch.empty(splits, 1, rows, 2 * latent, device=x.device, dtype=acc)
+        launches[0](x, x.stride(0), x, x.stride(0), w, w.stride(0), part, rows, hidden, 2 * latent, per_split)
+    noise = noise.to(acc).contiguous() if noise is not None else mu
+    launches[-1](
+        x, x.stride(0), w, w.stride(0), bias.contiguous() if bias is not None else mu, noise, noise.stride(0),
+        seed or 0, mu, logvar, z, kl, part, splits, rows, hidden, latent,
     )
     return mu, logvar, z, kl
 
 
-def encode_backward(x, weight, mu, logvar, grad_mu, grad_logvar, grad_z, grad_kl, noise, seed, noise_mode, kl_authors):
-    """Gradients of the encoder: returns (G [N, 2L] accumulation dtype, dX [N, H] in x's dtype)."""
-    rows, hidden = x.shape
+def vib_encode_backward(grad_mu, grad_logvar, grad_z, grad_kl, pooled, weight, mu, logvar, noise, seed, kl_mode,
+                        need_input, need_weight, h_splits=None):
+    """Gradients of "vib_encode": (G [N, 2L] accumulation dtype, dX [N, H] in pooled's dtype,
+    dW [2L, H] in weight's dtype); dX and dW are empty [0] tensors when not needed. ``noise`` and
+    ``seed`` as in the forward (the Philox noise is regenerated, never stored)."""
+    rows, hidden = pooled.shape
     latent = weight.shape[0] // 2
-    _, weight_c = _dot_operands(x, weight)
+    x, w = _dot_operands(pooled, weight)
     g = torch.empty(rows, 2 * latent, device=x.device, dtype=mu.dtype)
+    nothing = g.new_empty(0)
     if rows == 0:
-        return g, torch.empty(rows, hidden, device=x.device, dtype=x.dtype)
-    block_l = _block_l(latent)
-    block_n = _block_rows(rows)
-    block_h = _block_h(hidden, block_l, weight_c.element_size())
-    row_blocks = triton.cdiv(rows, block_n)
+        return (g, pooled.new_zeros(rows, hidden) if need_input else nothing,
+                weight.new_zeros(weight.shape) if need_weight else nothing)
+    target = target_of(x.device)
     # with separate GEMM kernels this one computes G only and dX = G W runs in the input-gradient
     # kernel's 64-row HGMMA tiles; otherwise it writes dX itself from its 16-row blocks
-    separate = _separate_gemms(x.device)
-    if separate:
-        dx, splits, per_split = g, 1, hidden  # dx: any valid pointer, not written
-    else:
-        dx = torch.empty(rows, hidden, device=x.device, dtype=x.dtype)
-        splits, per_split = h_splits(row_blocks, hidden, block_h, x.device, _GRAD_INPUT_MIN_COLUMNS)
-    noise_arg = noise if noise is not None else mu
-    _encode_bwd_kernel[(row_blocks, splits)](
-        weight_c, weight_c.stride(0), mu, logvar, grad_mu, grad_logvar, grad_z, grad_kl,
-        noise_arg, noise_arg.stride(0), seed, g, dx, dx.stride(0), rows, hidden, latent, per_split,
-        NOISE_MODE=noise_mode, KL_AUTHORS=kl_authors, UPCAST=triton_interpret(), STORE_DX=not separate,
-        BLOCK_N=block_n, BLOCK_H=block_h, BLOCK_L=block_l, num_warps=_num_warps(block_l),
-    )
-    if separate:
-        dx = grad_input(g, weight_c, _constant(1.0, g.device, g.dtype), x.dtype)
-    return g, dx
+    separate = _separate_gemms(target, h_splits)
+    store_dx = need_input and not separate
+    launch, per_split = _encode_backward_launch(rows, hidden, latent, w.dtype, pooled.dtype, _noise_mode(noise is not None, seed),
+                                                kl_mode == "authors", store_dx, target, h_splits)
+    dx = torch.empty(rows, hidden, device=x.device, dtype=pooled.dtype) if store_dx else g
+    grads = [t.to(mu.dtype).contiguous() for t in (grad_mu, grad_logvar, grad_z, grad_kl)]
+    noise = noise.to(mu.dtype).contiguous() if noise is not None else mu
+    launch(w, w.stride(0), mu.contiguous(), logvar.contiguous(), *grads, noise, noise.stride(0), seed or 0,
+           g, dx, dx.stride(0), rows, hidden, latent, per_split)
+    one = _constant((1.0,), g.device, g.dtype)
+    if need_input and separate:
+        dx = grad_input(g, w, one, pooled.dtype, h_splits)
+    return g, dx if need_input else nothing, grad_weight(g, x, None, one, weight.dtype) if need_weight else nothing
 
 
-def pair_loss_forward(chosen, rejected, weight, bias, dec_weight, dec_bias, noise_chosen, noise_rejected,
-                      margin, seed, noise_mode, kl_authors, beta, store_grad):
-    """Fused forward of the pairwise loss.
+def linear_pairwise_loss(chosen, rejected, encoder_weight, encoder_bias, decoder_weight, decoder_bias,
+                         noise_chosen, noise_rejected, margin, seed, kl_mode, beta, center_rewards_coefficient,
+                         store_grad, h_splits=None):
+    """The op "linear_pairwise_loss" on the GPU (or the interpreter).
 
-    chosen, rejected [B, H]; weight [2L, H]; bias [2L]|None; dec_weight [L]; dec_bias [1]|None;
-    noise_* [B, L]|None; margin [B] (any stride)|None.
-    Returns (pair [4, B]: preference term, KL_w + KL_l, gap, 1.0 where gap > 0; rewards [2, B];
-    G [2B, 2L] or None; dwdec partial sums [programs, L] or None), all in the accumulation dtype:
-    one ``pair.mean(1)`` then gives every metric of the batch.
+    chosen, rejected [B, H]; encoder_weight [2L, H]; encoder_bias [2L] | None; decoder_weight
+    [1, L]; decoder_bias [1] | None; noise_chosen, noise_rejected: both [B, L] or both None;
+    margin [B] (any stride) | None; seed: an int for Philox noise when no noise is given, None
+    for z = mu. Returns, in the accumulation dtype: loss [], terms [5] (preference loss, kl,
+    reward margin, accuracy, mean (r_w + r_l)^2), rewards [2, B], stats [2B, 2L] (every row's
+    [mu, logvar]), and with ``store_grad`` G = d loss / d stats [2B, 2L] and d loss / d [w_dec, b_dec]
+    [L + 1] (else two empty [0] tensors).
     """
     pairs, hidden = chosen.shape
-    latent = weight.shape[0] // 2
+    latent = encoder_weight.shape[0] // 2
     acc = _acc_dtype(chosen.dtype)
-    chosen_c, weight_c = _dot_operands(chosen, weight)
-    rejected_c, _ = _dot_operands(rejected, weight)
+    chosen_c, weight_c = _dot_operands(chosen, encoder_weight)
+    rejected_c, _ = _dot_operands(rejected, encoder_weight)
     device = chosen.device
-    block_l = _block_l(latent)
-    splits, per_split = _split_layout(pairs, 2, hidden, weight_c, device)
-    # the epilogue alone (splits > 0) keeps 16-pair blocks at any B: with 32 it spills on sm_90
-    block_b = 16 if splits > 0 else _block_rows(pairs)
-    block_h = _block_h(hidden, block_l, weight_c.element_size())
-    programs = triton.cdiv(pairs, block_b)
-    pair = torch.empty(4, pairs, device=device, dtype=acc)
+    launches, splits, per_split = _pair_loss_launches(
+        pairs, hidden, latent, weight_c.dtype, acc, None if encoder_bias is None else encoder_bias.dtype,
+        decoder_weight.dtype, None if decoder_bias is None else decoder_bias.dtype, margin is not None,
+        _noise_mode(noise_chosen is not None, seed), kl_mode == "authors", store_grad, target_of(device), h_splits)
+    programs = launches[-1].grid[0]
+    pair = torch.empty(5, pairs, device=device, dtype=acc)
     rewards = torch.empty(2, pairs, device=device, dtype=acc)
+    stats = torch.empty(2 * pairs, 2 * latent, device=device, dtype=acc)
     g = torch.empty(2 * pairs, 2 * latent, device=device, dtype=acc) if store_grad else pair
-    dwdec = torch.empty(programs, latent, device=device, dtype=acc) if store_grad else pair
-    nw = noise_chosen if noise_chosen is not None else pair
-    nl = noise_rejected if noise_rejected is not None else pair
-    m = margin if margin is not None else pair
-    part = _project_partials(chosen_c, rejected_c, weight_c, acc, splits, per_split) if splits > 0 else pair
-    _pair_loss_fwd_kernel[(programs,)](
+    dwdec = torch.empty(programs, latent + 1, device=device, dtype=acc) if store_grad else pair  # [w_dec | b_dec]
+    part = pair  # any valid pointer when there is no separate projection
+    if splits > 0:
+        part = torch.empty(splits, 2, pairs, 2 * latent, device=device, dtype=acc)
+        launches[0](chosen_c, chosen_c.stride(0), rejected_c, rejected_c.stride(0), weight_c, weight_c.stride(0), part,
+                    pairs, hidden, 2 * latent, per_split)
+    noise_w = noise_chosen.to(acc).contiguous() if noise_chosen is not None else pair
+    noise_l = noise_rejected.to(acc).contiguous() if noise_rejected is not None else pair
+    margin_arg = margin.to(device=device, dtype=acc) if margin is not None else pair
+    # the kernel's KL term is mean_b[KL_w + KL_l]; the mode's weight of it folds into beta
+    kl_weight = KL_PAIR_WEIGHT[kl_mode]
+    coefficients = _constant((float(beta) * kl_weight, float(center_rewards_coefficient)), device, acc)
+    launches[-1](
         chosen_c, chosen_c.stride(0), rejected_c, rejected_c.stride(0), weight_c, weight_c.stride(0),
-        bias if bias is not None else pair, dec_weight, dec_bias if dec_bias is not None else pair,
-        nw, nw.stride(0), nl, nl.stride(0), m, m.stride(0) if margin is not None else 0,
-        seed, _constant(float(beta), device, acc), g, pair, rewards, dwdec,
-        part, splits, pairs, hidden, latent,
-        HAS_BIAS=bias is not None, HAS_DEC_BIAS=dec_bias is not None, HAS_MARGIN=margin is not None,
-        NOISE_MODE=noise_mode, KL_AUTHORS=kl_authors, STORE_GRAD=store_grad, UPCAST=triton_interpret(),
-        PRE_PROJECTED=splits > 0,
-        ACC=_tl_acc(acc), BLOCK_B=block_b, BLOCK_H=block_h, BLOCK_L=block_l,
-        num_warps=_num_warps(block_l),
+        encoder_bias.contiguous() if encoder_bias is not None else pair, decoder_weight.reshape(-1).contiguous(),
+        decoder_bias.reshape(-1).contiguous() if decoder_bias is not None else pair,
+        noise_w, noise_w.stride(0), noise_l, noise_l.stride(0), margin_arg, margin_arg.stride(0) if margin is not None else 0,
+        seed or 0, coefficients, g, stats, pair, rewards, dwdec, part, splits, pairs, hidden, latent,
     )
-    return pair, rewards, (g if store_grad else None), (dwdec if store_grad else None)
+    terms = pair.mean(dim=1)  # one reduction for every metric of the batch
+    terms[1] *= kl_weight
+    loss = terms[0] + float(beta) * terms[1] + float(center_rewards_coefficient) * terms[4]
+    nothing = pair.new_empty(0)
+    return loss, terms, rewards, stats, (g if store_grad else nothing), (dwdec.sum(0) if store_grad else nothing)
 
 
-def grad_input(g, weight, scale, out_dtype):
+def linear_pairwise_loss_backward(grad_loss, chosen, rejected, encoder_weight, grad, need_input, need_weight, h_splits=None):
+    """Input and encoder-weight gradients of "linear_pairwise_loss" from its stored G [2B, 2L]:
+    (dX [2B, H] in chosen's dtype, chosen rows then rejected rows; dW [2L, H] in the weight's
+    dtype), each an empty [0] tensor when not needed."""
+    scale = grad_loss.to(grad.dtype).reshape(1).contiguous()
+    chosen_c, weight_c = _dot_operands(chosen, encoder_weight)
+    nothing = grad.new_empty(0)
+    dx = grad_input(grad, weight_c, scale, chosen.dtype, h_splits) if need_input else nothing
+    if not need_weight:
+        return dx, nothing
+    rejected_c = _dot_operands(rejected, encoder_weight)[0]
+    return dx, grad_weight(grad, chosen_c, rejected_c, scale, encoder_weight.dtype)
+
+
+def grad_input(g, weight, scale, out_dtype, h_splits=None):
     """dX [N, H] (out_dtype) = scale * G [N, 2L] @ weight [2L, H]; scale is a 1-element tensor."""
     rows = g.shape[0]
     latent, hidden = weight.shape[0] // 2, weight.shape[1]
     dx = torch.empty(rows, hidden, device=g.device, dtype=out_dtype)
     if rows == 0:
         return dx
-    block_l = _block_l(latent)
-    # every row block reads its H range of W once: 64-row blocks read W a quarter as often as
-    # 16-row blocks (at B = 512: 32 MiB instead of 128 MiB of L2 traffic), and the split over H
-    # keeps the grid as wide; G is the only other operand, so the larger block still fits
-    block_n = min(64, max(16, triton.next_power_of_2(rows)))
-    # 64 x 64 output tiles make ptxas spill on sm_90 at L = 128 (255 registers); 64 x 32 do not
-    block_h = min(_block_h(hidden, block_l, weight.element_size()), 32 if block_n == 64 else 64)
-    row_blocks = triton.cdiv(rows, block_n)
-    splits, per_split = h_splits(row_blocks, hidden, block_h, g.device, _GRAD_INPUT_MIN_COLUMNS)
-    _grad_input_kernel[(row_blocks, splits)](
-        g, weight, weight.stride(0), scale, dx, dx.stride(0), rows, hidden, latent, per_split,
-        UPCAST=triton_interpret(), BLOCK_N=block_n, BLOCK_H=block_h, BLOCK_L=block_l,
-        num_warps=_num_warps(block_l),
-    )
+    launch, per_split = _grad_input_launch(rows, hidden, latent, weight.dtype, out_dtype, target_of(g.device), h_splits)
+    launch(g.contiguous(), weight, weight.stride(0), scale, dx, dx.stride(0), rows, hidden, latent, per_split)
     return dx
 
 
@@ -854,15 +995,8 @@ def grad_weight(g, x1, x2, scale, out_dtype):
     dw = torch.empty(k, hidden, device=g.device, dtype=out_dtype)
     if x2 is None:
         x2 = x1[:0]
-    block_h = 64 if hidden >= 64 else 32 if hidden >= 32 else 16
-    block_k = 64 if k >= 64 else 32 if k >= 32 else 16
-    grid = (triton.cdiv(k, block_k), triton.cdiv(hidden, block_h))
-    _grad_weight_kernel[grid](
-        g, x1, x1.stride(0), x1.shape[0], x2, x2.stride(0), x2.shape[0],
-        scale, dw, dw.stride(0), k, hidden,
-        UPCAST=triton_interpret(), ACC=_tl_acc(g.dtype), BLOCK_K=block_k, BLOCK_N=32, BLOCK_H=block_h,
-        num_warps=4,
-    )
+    launch = _grad_weight_launch(k, hidden, g.dtype, x1.dtype, out_dtype, target_of(g.device))
+    launch(g.contiguous(), x1, x1.stride(0), x1.shape[0], x2, x2.stride(0), x2.shape[0], scale, dw, dw.stride(0), k, hidden)
     return dw
 
 
@@ -871,32 +1005,28 @@ def grad_weight(g, x1, x2, scale, out_dtype):
 
 
 def gpu_configs() -> list[tuple]:
-    """(kernel, pointer types, constexprs, num_warps) of the hot path as the launchers set it up at
-    the goal size (B = 512 pairs, H = 4096, L = 128, bf16; Philox noise), plus the variants the
-    other sizes take (the single fused kernel, biases, margin, explicit noise)."""
-    bf16 = "*bf16"
-    block = dict(UPCAST=False, BLOCK_H=64, BLOCK_L=128)
-    loss_ptrs = dict(xw_ptr=bf16, xl_ptr=bf16, w_ptr=bf16, b_ptr=bf16, wdec_ptr=bf16, bdec_ptr=bf16)
-    return [
-        (_project_partial_kernel, dict(x1_ptr=bf16, x2_ptr=bf16, w_ptr=bf16),
-         dict(SETS=2, UPCAST=False, ACC=tl.float32, BLOCK_N=64, BLOCK_H=32, BLOCK_K=256), 8),
-        (_pair_loss_fwd_kernel, loss_ptrs,
-         dict(HAS_BIAS=False, HAS_DEC_BIAS=False, HAS_MARGIN=False, NOISE_MODE=NOISE_PHILOX, KL_AUTHORS=False,
-              STORE_GRAD=True, PRE_PROJECTED=True, ACC=tl.float32, BLOCK_B=16, **block), 8),
-        (_grad_input_kernel, dict(w_ptr=bf16, dx_ptr=bf16), dict(UPCAST=False, BLOCK_N=64, BLOCK_H=32, BLOCK_L=128), 8),
-        (_grad_weight_kernel, dict(x1_ptr=bf16, x2_ptr=bf16, dw_ptr=bf16),
-         dict(UPCAST=False, ACC=tl.float32, BLOCK_K=64, BLOCK_N=32, BLOCK_H=64), 4),
-        (_pair_loss_fwd_kernel, loss_ptrs,
-         dict(HAS_BIAS=True, HAS_DEC_BIAS=True, HAS_MARGIN=True, NOISE_MODE=NOISE_PHILOX, KL_AUTHORS=False,
-              STORE_GRAD=True, PRE_PROJECTED=False, ACC=tl.float32, BLOCK_B=16, **block), 8),
-        (_encode_fwd_kernel, dict(x_ptr=bf16, w_ptr=bf16, b_ptr=bf16),
-         dict(HAS_BIAS=False, NOISE_MODE=NOISE_PHILOX, KL_AUTHORS=False, PRE_PROJECTED=True, ACC=tl.float32,
-              BLOCK_N=16, **block), 8),
-        (_encode_fwd_kernel, dict(x_ptr=bf16, w_ptr=bf16, b_ptr=bf16),
-         dict(HAS_BIAS=True, NOISE_MODE=NOISE_EXPLICIT, KL_AUTHORS=True, PRE_PROJECTED=False, ACC=tl.float32,
-              BLOCK_N=16, **block), 8),
-        (_encode_bwd_kernel, dict(w_ptr=bf16, dx_ptr=bf16),
-         dict(NOISE_MODE=NOISE_PHILOX, KL_AUTHORS=False, STORE_DX=False, BLOCK_N=16, **block), 8),
-        (_encode_bwd_kernel, dict(w_ptr=bf16, dx_ptr=bf16),
-         dict(NOISE_MODE=NOISE_EXPLICIT, KL_AUTHORS=True, STORE_DX=True, BLOCK_N=16, **block), 8),
+    """(kernel, pointer types, constexprs, num_warps) of the launches the planners above make on a
+    132-SM Hopper GPU: the hot path at the goal size (B = 512 pairs, H = 4096, L = 128, bf16,
+    Philox noise; the projection, the loss epilogue, dX and dW), then the variants other sizes
+    and options take (the single fused kernels with biases, margin, explicit noise, the authors' KL)."""
+    bf16 = torch.bfloat16
+    pairs, hidden, latent = 512, 4096, 128
+    acc = torch.float32
+    hot, _, _ = _pair_loss_launches(pairs, hidden, latent, bf16, acc, None, bf16, None, False, NOISE_PHILOX, False, True,
+                                    HOPPER, None)
+    single_loss, _, _ = _pair_loss_launches(pairs, hidden, latent, bf16, acc, bf16, bf16, bf16, True, NOISE_PHILOX, False,
+                                            True, HOPPER, 0)
+    encode, _, _ = _encode_forward_launches(pairs, hidden, latent, bf16, acc, None, NOISE_PHILOX, False, HOPPER, None)
+    single_encode, _, _ = _encode_forward_launches(pairs, hidden, latent, bf16, acc, bf16, NOISE_EXPLICIT, True, HOPPER, 0)
+    launches = hot + [
+        _grad_input_launch(2 * pairs, hidden, latent, bf16, bf16, HOPPER, None)[0],
+        _grad_weight_launch(2 * latent, hidden, acc, bf16, bf16, HOPPER),
+        single_loss[-1],
+        encode[-1],
+        single_encode[-1],
+        _encode_backward_launch(pairs, hidden, latent, bf16, bf16, NOISE_PHILOX, False,
+                                not _separate_gemms(HOPPER, None), HOPPER, None)[0],
+        _encode_backward_launch(pairs, hidden, latent, bf16, bf16, NOISE_EXPLICIT, True,
+                                not _separate_gemms(HOPPER, 0), HOPPER, 0)[0],
     ]
+    return [(launch.kernel, launch.pointer_types, launch.constexprs, launch.num_warps) for launch in launches]

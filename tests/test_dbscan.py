@@ -113,7 +113,7 @@ def test_triton_union_joins_chains_across_launches():
     # a chain of points eps apart whose indices are shuffled: one component needs several
     # hooking launches (each launch only links roots), and must end as one cluster rooted at
     # its smallest index
-    from inform_fast.detect.spatial import build_index
+    from inform_fast.spatial import build_index
     from inform_fast.kernels.dbscan import TritonTiles
 
     device = kernel_test_device()
@@ -178,7 +178,7 @@ def _on(backend, x):
     ],
 )
 def test_every_pass_matches_sklearn(monkeypatch, backend, settings):
-    from inform_fast.detect import spatial
+    from inform_fast import spatial
 
     module = importlib.import_module("inform_fast.detect.dbscan")
     for name, value in settings.items():

@@ -39,7 +39,27 @@ def test_unregistered_op_and_backend():
     with pytest.raises(ValueError, match="no implementation registered"):
         dispatch.resolve("no_such_op", "cpu")
     with pytest.raises(ValueError, match="backend"):
-        dispatch.register("x", "cuda", "a:b")
+        dispatch.resolve("vib_encode", "cpu", backend="cuda")
+
+
+def test_static_table_names_loadable_implementations_with_one_signature():
+    # one table, no registration by import: every entry is a known backend and resolves to a
+    # function; the backends of a registered torch op take the same arguments
+    import inspect
+
+    import inform_fast.ops.mahalanobis  # noqa: F401  (defines the torch ops, registers no backend)
+    import inform_fast.ops.vib_head  # noqa: F401
+
+    torch_ops = [op for op in dispatch.BACKENDS if hasattr(torch.ops.inform_fast, op)]
+    assert len(torch_ops) == 5, torch_ops
+    for op, implementations in dispatch.BACKENDS.items():
+        assert set(implementations) <= set(dispatch.BACKEND_NAMES), op
+        if not dispatch.triton_importable():
+            implementations = {k: v for k, v in implementations.items() if k != "triton"}
+        parameters = {name: list(inspect.signature(dispatch._load(target)).parameters)
+                      for name, target in implementations.items()}
+        if op in torch_ops:
+            assert len({tuple(p) for p in parameters.values()}) == 1, (op, parameters)
 
 
 def test_head_honours_environment(monkeypatch):

@@ -29,7 +29,7 @@ def test_stock_classifier_gives_identical_rewards(tmp_path, family):
     ids, mask = pad(ragged(), "right")
     with torch.no_grad():
         expected = model(ids, attention_mask=mask).logits
-    out = model.export_sequence_classifier(tmp_path / "stock")
+    out = export_sequence_classifier(model, tmp_path / "stock")
     config = json.loads((out / "config.json").read_text())
     assert config["model_type"] == model.config.backbone_config.model_type and config["pad_token_id"] == 0
     assert (out / "model.safetensors").is_file()
@@ -150,7 +150,7 @@ def test_export_loads_in_verl_and_openrlhf_with_the_same_rewards(tmp_path, famil
     ids, mask = pad(ragged((6, 2, 9, 4)), "right")
     with torch.no_grad():
         expected = model(ids, attention_mask=mask).rewards
-    out = model.export_sequence_classifier(tmp_path / "stock")
+    out = export_sequence_classifier(model, tmp_path / "stock")
     got, info = verl_rewards(out, ids, mask)
     assert not info["missing_keys"] or set(info["missing_keys"]) <= {"score.bias"}, info  # zero-initialised
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)

@@ -1,4 +1,4 @@
-"""InfoRMHead and its loss against an independent float64 computation of SPEC.md's formulas."""
+"""InfoRMHead and its loss against an independent float64 computation of the formulas of docs/math.md."""
 import math
 
 import numpy as np
@@ -9,7 +9,7 @@ from inform_fast import InfoRMHead, inform_loss, reference
 
 
 def spec_head_numpy(pooled, w_enc, b_enc, w_dec, b_dec, noise, kl_mode):
-    """SPEC.md written out row by row in float64 NumPy, independent of inform_fast.reference."""
+    """docs/math.md written out row by row in float64 NumPy, independent of inform_fast.reference."""
     pooled = np.asarray(pooled, dtype=np.float64)
     latent = w_enc.shape[0] // 2
     rewards, kls, mus = [], [], []
@@ -32,7 +32,7 @@ def spec_head_numpy(pooled, w_enc, b_enc, w_dec, b_dec, noise, kl_mode):
 def spec_loss_numpy(r_w, r_l, kl_w, kl_l, beta, margin, kl_mode="standard"):
     logits = r_w - r_l - (0.0 if margin is None else margin)
     preference = np.mean(np.log1p(np.exp(-logits)))  # -logsigmoid(x) = log(1 + e^-x)
-    # SPEC: mean over pairs of KL_w + KL_l; the authors' code: mean over all 2B rows
+    # docs/math.md: mean over pairs of KL_w + KL_l; the authors' code: mean over all 2B rows
     kl = np.mean(kl_w + kl_l) if kl_mode == "standard" else np.mean(np.concatenate([kl_w, kl_l]))
     return preference + beta * kl, preference, kl, np.mean(r_w > r_l)
 

@@ -192,6 +192,31 @@ def test_packed_pairwise_loss_matches_padded(fallback):
         model.packed_pairwise_loss(packed["input_ids"], packed["position_ids"], num_pairs=3)
 
 
+def test_forward_in_pair_mode_is_the_training_loss():
+    # issue 14 item 1: one training path. forward(num_pairs=B) returns the head's pairwise loss on
+    # the raw rewards (never the serving normalisation), the same as pairwise_loss and as the
+    # head's op on the backbone's pooled rows
+    model = make_model("llama")
+    model.set_reward_normalization(0.5, 2.0)
+    ids, mask = pad(ragged((4, 6, 3, 5), seed=4), "left")
+    margin = torch.tensor([0.3, -0.1])
+    out = model(ids, attention_mask=mask, num_pairs=2, margin=margin, beta=0.25, center_rewards_coefficient=0.05)
+    assert out.loss.requires_grad and out.z is None and out.kl is None and out.mu.shape == (4, 8)
+    same = model.pairwise_loss(ids[:2], mask[:2], ids[2:], mask[2:], margin=margin, beta=0.25, center_rewards_coefficient=0.05)
+    with torch.no_grad():
+        pooled = model.backbone(ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0)).last_hidden_state[:, -1]
+        head = model.head.pairwise_loss(pooled[:2], pooled[2:], beta=0.25, margin=margin, center_rewards_coefficient=0.05)
+    for name, value in (("loss", out.loss), ("preference_loss", out.preference_loss), ("kl", out.kl_loss),
+                        ("accuracy", out.accuracy), ("reward_chosen", out.reward_chosen)):
+        torch.testing.assert_close(value, getattr(same, name), rtol=1e-6, atol=1e-6, msg=name)
+        torch.testing.assert_close(value, getattr(head, name), rtol=1e-5, atol=1e-5, msg=name)
+    raw = torch.cat([out.reward_chosen, out.reward_rejected])
+    torch.testing.assert_close(out.rewards, (raw - 0.5) / 2.0)  # served normalised, trained raw
+    assert model.config.beta == 0.1 and model(ids, attention_mask=mask, num_pairs=2).loss is not None  # beta from the config
+    with pytest.raises(ValueError, match="num_pairs"):
+        model(ids, attention_mask=mask, num_pairs=3)
+
+
 # ---------------------------------------------------------------------------------------------
 # training features
 

@@ -233,7 +233,9 @@ def test_trainer_callback_logs_and_stops(reference):
 
     monitor = OverOptimizationMonitor(reference, every=1, method="mop", stop_on_onset=True)
     shifts = [0.0] * 6 + [4.0]
-    callback = monitor.trainer_callback(lambda step: _latents(300, shift=shifts[step - 1], seed=step))
+    from inform_fast.integrations.monitor_callback import OverOptimizationCallback
+
+    callback = OverOptimizationCallback(monitor, lambda step: _latents(300, shift=shifts[step - 1], seed=step))
     state, control = TrainerState(), TrainerControl()
     for step in range(1, 8):  # what a Trainer does at each step: on_step_end, then its log if asked
         state.global_step = step

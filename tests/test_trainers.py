@@ -1,12 +1,14 @@
 """Training paths: collators agree with the model, HF Trainer learns, TRL trainer logs the KL."""
 from __future__ import annotations
 
+import math
 import random
 
 import pytest
 import torch
 
 from inform_fast import data
+from inform_fast.testing import requires_triton_interpreter
 from inform_fast.tiny import tiny_llama, tiny_tokenizer
 
 modeling = pytest.importorskip("inform_fast.modeling", reason="inform_fast.modeling is not available")
@@ -143,6 +145,7 @@ def test_monitor_callback_keeps_the_trainers_own_logs(tmp_path, tok, trainer_kin
     from transformers import TrainerCallback, TrainingArguments
 
     from inform_fast.detect.monitor import OverOptimizationMonitor
+    from inform_fast.integrations.monitor_callback import OverOptimizationCallback
 
     class ReportingIntegration(TrainerCallback):  # stands for wandb / tensorboard: sees `logs` in on_log
         def __init__(self):
@@ -169,7 +172,7 @@ def test_monitor_callback_keeps_the_trainers_own_logs(tmp_path, tok, trainer_kin
                                       callbacks=[reporter])
     torch.manual_seed(0)
     monitor = OverOptimizationMonitor(torch.randn(300, 6), every=2, method="mop")
-    monitor.trainer_callback(lambda step: torch.randn(40, 6)).attach(trainer)
+    OverOptimizationCallback(monitor, lambda step: torch.randn(40, 6)).attach(trainer)
     trainer.train()
     logs = [entry for entry in trainer.state.log_history if "train_runtime" not in entry]
     assert [entry["step"] for entry in logs] == [2, 3, 4, 6]  # logging steps 3, 6 and the monitor's 2, 4, 6
@@ -179,3 +182,40 @@ def test_monitor_callback_keeps_the_trainers_own_logs(tmp_path, tok, trainer_kin
     assert [r["step"] for r in monitor.history] == [2, 4, 6]
     seen = [entry for entry in reporter.seen if "train_runtime" not in entry]
     assert [("inform/mop" in entry, "loss" in entry) for entry in seen] == [(True, True), (False, True), (True, True), (True, True)]
+
+
+@requires_triton_interpreter()
+@pytest.mark.parametrize("trainer_kind", ["hf", "trl"])
+def test_trainer_step_runs_the_fused_loss_kernel(tmp_path, tok, monkeypatch, trainer_kind):
+    # issue 14 item 1: the trainers' loss is the model's outputs.loss, computed by the head's fused
+    # pairwise op; on CUDA that is the Triton kernel, here forced and interpreted on the CPU
+    from transformers import TrainingArguments
+
+    from inform_fast import dispatch
+
+    monkeypatch.setenv("INFORM_FAST_BACKEND", "triton")
+    model = make_model(tok, latent_dim=4)
+    common = dict(output_dir=str(tmp_path), max_steps=2, per_device_train_batch_size=3, learning_rate=1e-3, logging_steps=1,
+                  report_to=[], save_strategy="no", disable_tqdm=True, use_cpu=True)
+    pairs = synthetic_pairs(tok, n=6)
+    if trainer_kind == "hf":
+        from inform_fast.integrations.hf_trainer import InfoRMTrainer
+
+        trainer = InfoRMTrainer(model=model, args=TrainingArguments(**common), train_dataset=data.PreferenceDataset(pairs),
+                                processing_class=tok)
+    else:
+        pytest.importorskip("trl")
+        from inform_fast.integrations.trl import InfoRMRewardTrainer, RewardConfig
+
+        trainer = InfoRMRewardTrainer(model=model, args=RewardConfig(**common, dataset_num_proc=None, center_rewards_coefficient=0.1),
+                                      train_dataset=data.to_hf_dataset(pairs), processing_class=tok)
+    before = model.head.encoder.weight.detach().clone()
+    with dispatch.recording() as calls:
+        trainer.train()
+    ops = [op for op, _ in calls]
+    assert ops.count("linear_pairwise_loss") == 2 and ops.count("linear_pairwise_loss_backward") == 2, calls
+    assert "vib_encode" not in ops  # the loss never takes the unfused encoder path
+    assert {backend for _, backend in calls} == {"triton"}
+    logs = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert len(logs) == 2 and all(math.isfinite(entry["loss"]) and entry["kl"] > 0 for entry in logs)
+    assert not torch.equal(model.head.encoder.weight.detach(), before)  # the kernel's gradients trained the head

@@ -1,8 +1,9 @@
 """``inform-fast`` command line.
 
-Each subcommand lives in its own module exposing ``HELP`` (one line), ``add_arguments(parser)``
-and ``run(args) -> int``. Only the chosen subcommand's module is imported, so ``inform-fast icds``
-never imports transformers and ``--help`` is instant.
+Each subcommand lives in its own module exposing ``add_arguments(parser)`` and
+``run(args) -> int``; its one-line description is in ``COMMANDS`` below. Only the chosen
+subcommand's module is imported, so ``inform-fast icds`` never imports transformers and
+``--help`` is instant.
 
 Errors a user can cause (a bad option, a bad file, a full disk, a missing optional package) are
 reported here, in one place, as one line on stderr naming the option, with exit status 2; the
@@ -23,7 +24,7 @@ from typing import Dict, Optional, Sequence
 
 # subcommand -> (module, one-line description shown by --help)
 COMMANDS = {
-    "demo": ("inform_fast.cli.demo", "run the built-in overoptimization study (best-of-n, InfoRM vs standard RM, ICDS/MOP)"),
+    "demo": ("inform_fast.cli.demo", "run the built-in overoptimization study (best-of-n, InfoRM vs standard RM, ICDS/MOP) over several seeds"),
     "train": ("inform_fast.cli.train", "train an InfoRM reward model on preference pairs"),
     "score": ("inform_fast.cli.score", "score responses: rewards and latents (mu) to .safetensors/.npy"),
     "export": ("inform_fast.cli.export", "fold a linear-decoder InfoRM model into a stock sequence-classification checkpoint"),

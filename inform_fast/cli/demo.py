@@ -12,8 +12,6 @@ import sys
 
 from inform_fast.demo.config import DEFAULT_SEEDS
 
-HELP = "run the built-in overoptimization study (best-of-n, InfoRM vs standard RM, ICDS/MOP) over several seeds"
-
 
 def add_arguments(parser) -> None:
     parser.add_argument("--out", default="inform_fast_demo", help="output folder (default ./inform_fast_demo): new, empty, or a previous demo output")

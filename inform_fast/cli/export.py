@@ -1,8 +1,6 @@
 """``inform-fast export``: fold a linear-decoder InfoRM checkpoint into a stock sequence classifier."""
 from __future__ import annotations
 
-HELP = "fold a linear-decoder InfoRM model into a stock sequence-classification checkpoint"
-
 
 def add_arguments(parser) -> None:
     parser.add_argument("--model", required=True, help="InfoRM checkpoint folder (save_pretrained output)")

@@ -11,8 +11,6 @@ import os
 
 from inform_fast._io import check_output_path, write_json_atomic
 
-HELP = "integrated cluster deviation score of RLHF latents against reference latents"
-
 
 def add_arguments(parser) -> None:
     parser.add_argument("--rlhf", required=True, help="RLHF-policy latents [n, L] (.npy/.safetensors/.pt)")

@@ -25,7 +25,6 @@ import re
 import sys
 import warnings
 
-HELP = "run the overoptimization monitor over saved checkpoint latents: ICDS/MOP per step, onset, JSON + PNG"
 
 _GLOB_CHARS = set("*?[")
 _SCORE_REWARDS = ".rewards.npy"
@@ -216,6 +215,7 @@ def run(args) -> int:
     from inform_fast.detect.mahalanobis import _check_shrinkage
     from inform_fast.detect.monitor import OverOptimizationMonitor
     from inform_fast.detect.mop import check_alpha
+    from inform_fast.validation import check_positive_int, check_real
 
     # ---- arguments, before any file is read
     if os.path.exists(args.out_dir) and not os.path.isdir(args.out_dir):
@@ -224,19 +224,16 @@ def run(args) -> int:
 
     methods = METHOD_GROUPS.get(args.method, (args.method,))
     uses_icds, uses_mop, uses_kop = "icds" in methods, "mop" in methods, "kop" in methods
+    # the library's checks, run before any file is read; their errors name eps:, alpha:, ...,
+    # which inform_fast.cli reports as --eps:, --alpha:, ...
     eps = parse_eps(args.eps)
     if uses_icds and eps != "auto":
-        try:
-            check_eps(eps)
-        except ValueError:
-            raise ValueError(f"--eps: expected a number > 0 or 'auto', got {args.eps!r}") from None
-    if args.min_samples < 1:
-        raise ValueError(f"--min-samples: expected an integer >= 1, got {args.min_samples}")
-    if not args.onset_threshold > 0:
-        raise ValueError(f"--onset-threshold: expected a number > 0, got {args.onset_threshold}")
-    if args.min_jump is not None and not 0 <= args.min_jump < float("inf"):
-        raise ValueError(f"--min-jump: expected a finite number >= 0, got {args.min_jump}")
-    check_alpha(args.alpha)  # the library's errors name alpha:, shrinkage:; the command line says --alpha:
+        check_eps(eps)
+    check_positive_int("min_samples", args.min_samples)
+    check_real("onset_threshold", args.onset_threshold, minimum=0, open_minimum=True)
+    if args.min_jump is not None:
+        check_real("min_jump", args.min_jump, minimum=0)
+    check_alpha(args.alpha)
     shrinkage = _check_shrinkage(args.shrinkage)
     pairs = assign_steps(expand_files(args.rlhf), args.steps)
 

@@ -1,8 +1,6 @@
 """``inform-fast mop``: Mahalanobis outlier probability of RLHF latents against reference latents."""
 from __future__ import annotations
 
-HELP = "Mahalanobis outlier probability of RLHF latents against reference latents"
-
 
 def add_arguments(parser) -> None:
     parser.add_argument("--rlhf", required=True, help="RLHF-policy latents [n, L] (.npy / .safetensors / .pt)")

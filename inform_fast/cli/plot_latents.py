@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from inform_fast._io import atomic_path, check_output_path
 
-HELP = "PNG map of reference vs RLHF latents, clusters and outliers marked"
 
 MAX_POINTS = 200_000  # plotted per set (a fixed-seed subsample above this); clustering uses all
 

@@ -1,8 +1,6 @@
 """``inform-fast report``: plot a saved monitor history (ICDS / MOP over steps) to PNG."""
 from __future__ import annotations
 
-HELP = "plot a monitor history (ICDS / MOP over steps) to PNG"
-
 
 def add_arguments(parser) -> None:
     parser.add_argument("--history", required=True, help="monitor JSON written by OverOptimizationMonitor.save")

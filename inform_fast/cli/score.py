@@ -30,8 +30,6 @@ from typing import Optional
 
 import numpy as np
 
-HELP = "score responses: rewards and latents (mu) to .safetensors/.npy"
-
 
 def add_arguments(parser) -> None:
     parser.add_argument("--model", required=True, help="an InfoRM checkpoint directory (model + tokenizer)")

@@ -20,8 +20,6 @@ import os
 import shutil
 from pathlib import Path
 
-HELP = "train an InfoRM reward model on preference pairs"
-
 
 def add_arguments(parser) -> None:
     parser.add_argument("--model", required=True, help="backbone name/path (a fresh InfoRM head is added) or an InfoRM checkpoint to continue training")
@@ -50,23 +48,20 @@ def add_arguments(parser) -> None:
 
 
 def _check_args(args) -> None:
+    """The library's checks, under the options' names (``inform_fast.cli`` turns ``beta:`` into ``--beta:``)."""
+    from inform_fast.validation import check_beta, check_positive_int, check_real
+
     for latent_dim in args.latent_dim:
-        if latent_dim < 1:
-            raise ValueError(f"--latent-dim: must be >= 1, got {latent_dim}")
+        check_positive_int("latent_dim", latent_dim)
     for name in ("batch_size", "grad_accum", "logging_steps"):
-        if getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')}: must be >= 1, got {getattr(args, name)}")
-    if args.max_length < 2:
-        raise ValueError(f"--max-length: must be >= 2, got {args.max_length}")
+        check_positive_int(name, getattr(args, name))
+    check_positive_int("max_length", args.max_length, minimum=2)
     for beta in args.beta:
-        if not beta >= 0 or beta == float("inf"):
-            raise ValueError(f"--beta: must be a finite number >= 0, got {beta}")
-    if not args.lr > 0:
-        raise ValueError(f"--lr: must be > 0, got {args.lr}")
-    if not args.epochs > 0:
-        raise ValueError(f"--epochs: must be > 0, got {args.epochs}")
-    if args.max_steps == 0 or args.max_steps < -1:
-        raise ValueError(f"--max-steps: must be >= 1 (or omitted), got {args.max_steps}")
+        check_beta(beta)
+    check_real("lr", args.lr, minimum=0, open_minimum=True)
+    check_real("epochs", args.epochs, minimum=0, open_minimum=True)
+    if args.max_steps != -1:
+        check_positive_int("max_steps", args.max_steps)
     if os.path.exists(args.output_dir):
         raise ValueError(f"--output-dir: {args.output_dir} already exists; choose a new directory")
 

@@ -13,7 +13,7 @@ Same definition as scikit-learn's ``DBSCAN(eps, min_samples)`` with the Euclidea
 Clusters are numbered 0, 1, ... in the order of their smallest core point index. The result is
 exact for any finite input: pairs are classified by float32 GEMM tiles in a centred, scaled
 frame with an error band, and the pairs inside the band are decided by the exact test
-(``inform_fast.detect.spatial``).
+(``inform_fast.spatial``).
 
 Algorithm (one driver, ``_core_and_roots``, over a *pair engine*; every pass runs on a set of row
 points against gathered column points, centred on the rows):
@@ -57,7 +57,7 @@ import torch
 
 from inform_fast import dispatch
 from inform_fast.detect.inputs import as_latents
-from inform_fast.detect.spatial import (
+from inform_fast.spatial import (
     LeafIndex,
     box_lower_bound,
     build_index,
@@ -65,13 +65,12 @@ from inform_fast.detect.spatial import (
     outward,
     run_parallel,
     tile_band,
+    union_roots,
     worker_threads,
 )
 from inform_fast.validation import check_positive_int, check_real
 
-dispatch.register("dbscan", "reference", "inform_fast.detect.dbscan:_dbscan_reference")
-dispatch.register("dbscan", "cpp", "inform_fast.detect.dbscan:_dbscan_cpp")
-dispatch.register("dbscan", "triton", "inform_fast.detect.dbscan:_dbscan_triton")
+# backends: inform_fast.dispatch.BACKENDS
 
 DEFAULT_BLOCK = 4096  # columns per tile
 LEAF_SIZE = 64  # points per k-d leaf
@@ -192,26 +191,6 @@ class _TorchEpilogue:
             pairs = torch.unique(root_rows[i] * n + root_cols[j])
             union_roots(parent, pairs // n, pairs % n)
         return tests
-
-
-def union_roots(parent: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
-    """Vectorised hooking (in place, parent fully compressed with parent[x] <= x): link each larger
-    root under the smallest root it meets, compress, repeat until every edge is inside one
-    component."""
-    p = parent.numpy()
-    a = a.numpy()
-    b = b.numpy()
-    while True:
-        ra, rb = p[a], p[b]
-        differ = ra != rb
-        if not differ.any():
-            break
-        np.minimum.at(p, np.maximum(ra, rb)[differ], np.minimum(ra, rb)[differ])
-        while True:
-            q = p[p]
-            if np.array_equal(q, p):
-                break
-            p[:] = q
 
 
 class _CppEpilogue:

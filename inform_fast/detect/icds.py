@@ -1,6 +1,6 @@
 """ICDS, the Integrated Cluster Deviation Score (the paper's CSI), at scale.
 
-SPEC.md: cluster the RLHF latents R [n, L] with DBSCAN(eps, min_samples) (noise is not a
+docs/math.md: cluster the RLHF latents R [n, L] with DBSCAN(eps, min_samples) (noise is not a
 cluster); for each cluster C_i its centroid c_i; d_i = Euclidean distance from c_i to the nearest
 reference latent in S [m, L]; ``ICDS = sum_i |C_i| * d_i``. ``normalized_score = ICDS / n``.
 
@@ -33,7 +33,7 @@ import torch
 from inform_fast.detect.dbscan import DEFAULT_BLOCK, check_eps, dbscan_checked
 from inform_fast.detect.inputs import as_latents
 from inform_fast.detect.neighbors import knn_distance_checked, nearest_distance_checked
-from inform_fast.detect.spatial import fit_frame
+from inform_fast.spatial import fit_frame
 from inform_fast.detect.projection import apply_projection
 from inform_fast.validation import check_positive_int
 

@@ -20,8 +20,9 @@ Covariance (biased, /n, as sklearn's ``EmpiricalCovariance`` / ``LedoitWolf``)::
     "ledoit_wolf"         a = sklearn.covariance.ledoit_wolf_shrinkage(X) computed from the sums
 
 Distances: with ``Sigma = L L^T`` and ``A = L^{-T}``, ``d2(x) = ||(x - mean) @ A||^2``: one GEMM per
-chunk plus a square-sum. Op ``"mahalanobis_sq"`` in ``inform_fast.dispatch``: ``reference``
-(chunked PyTorch, CPU default; a C++ path would only re-implement the GEMM) and ``triton``
+chunk plus a square-sum: the registered op ``inform_fast.ops.mahalanobis.mahalanobis_sq``, whose
+backends are ``reference`` (``inform_fast.reference.mahalanobis_sq``, chunked PyTorch, CPU
+default; a C++ path would only re-implement the GEMM) and ``triton``
 (``inform_fast.kernels.mahalanobis``, CUDA: mean subtraction, tensor-core GEMM and square-sum
 fused, writes only [n]).
 
@@ -37,52 +38,16 @@ from typing import Optional, Union
 
 import torch
 
-from inform_fast import dispatch
 from inform_fast._io import atomic_path
 from inform_fast.detect.inputs import as_latents
+from inform_fast.ops.mahalanobis import mahalanobis_sq
 from inform_fast.validation import check_real
-
-dispatch.register("mahalanobis_sq", "reference", "inform_fast.detect.mahalanobis:_mahalanobis_sq_reference")
-dispatch.register("mahalanobis_sq", "triton", "inform_fast.kernels.mahalanobis:mahalanobis_sq")
 
 PRECISIONS = ("tf32", "tf32x3", "ieee")
 SHRINKAGE_NAMES = (None, "ledoit_wolf")
-# Rows per chunk of the PyTorch path (bounds the [chunk, L] temporary: 16 MiB at L = 128 fp32,
-# inside the L3 cache). Measured on the 2-core development machine, 2*10^5 x 128, against one
-# torch.mm of the same shape: idle, 8192 rows 103%, 32768 rows 97%, one chunk 63%; with other
-# processes competing for the cores, small chunks fall to 25-50% (each chunk's ops are OpenMP
-# regions whose barriers wait for descheduled threads) while 32768 rows stay near 60-80%.
-_CHUNK_ROWS = 1 << 15
-# largest Mahalanobis norm of the mean for which the PyTorch path folds the mean into the GEMM
-_FOLD_MAX_NORM = 64.0
 # eigenvalue floor (relative to the largest) below which C counts as singular
 _SINGULAR_RTOL = 1e-12
 _FORMAT_VERSION = 1
-
-
-def _mahalanobis_sq_reference(x: torch.Tensor, mean: torch.Tensor, whiten: torch.Tensor, precision: str = "ieee") -> torch.Tensor:
-    """d2 [n] = ||(x - mean) @ whiten||^2, in chunks of ``_CHUNK_ROWS`` rows. x [n, L] any float
-    dtype; mean [L] and whiten [L, L] in the work dtype (float32, or float64 for float64 x).
-    ``precision`` is unused here."""
-    work = whiten.dtype
-    n = x.shape[0]
-    out = torch.empty(n, dtype=work, device=x.device)
-    if n == 0:
-        return out
-    # x @ A - mean @ A (one addmm) saves the subtraction pass, but the error of a whitened
-    # coordinate grows like eps * ||mean @ A||: fold only when the mean is near the origin in
-    # whitened units (a host check, so only for CPU tensors); else subtract first.
-    shift = mean[None, :] @ whiten  # [1, L]
-    fold = x.device.type == "cpu" and x.dtype == work and float(shift.norm()) <= _FOLD_MAX_NORM
-    negated = -shift
-    for start in range(0, n, _CHUNK_ROWS):
-        chunk = x[start : start + _CHUNK_ROWS]
-        if fold:
-            projected = torch.addmm(negated, chunk, whiten)  # [c, L]
-        else:
-            projected = (chunk.to(work) - mean) @ whiten  # [c, L]
-        torch.linalg.vector_norm(projected, dim=1, out=out[start : start + chunk.shape[0]])
-    return out.square_()
 
 
 def _check_shrinkage(shrinkage) -> Union[None, str, float]:
@@ -379,8 +344,7 @@ class MahalanobisScorer:
             x = as_latents(name, x, dim=self.dim, allow_empty=True)  # converts, or raises naming x
         work = torch.float64 if x.dtype == torch.float64 else torch.float32
         mean, whiten = self._tensors(x.device, work)
-        _, impl = dispatch.resolve("mahalanobis_sq", x.device, backend)
-        d2 = impl(x, mean, whiten, self.precision)
+        d2 = mahalanobis_sq(x, mean, whiten, self.precision, backend)
         # NaN/Inf in a row always reach its d2, so checking the [n] result replaces a pass over
         # the [n, L] input; only then is x searched for the offending entry
         if tensor and check_finite and not bool(torch.isfinite(d2).all()):

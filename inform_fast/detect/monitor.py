@@ -36,8 +36,8 @@ there once and kept (MOP's fitted mean and whitening likewise).
 Reward-function hook (``monitor(latents, rewards, step)``, what ``make_trl_reward_func`` and
 ``make_openrlhf_reward_func`` call): safe to call from several threads; it never fails because an
 evaluation is not due or has too few latents yet, and it returns the same keys on every call
-(``hook_keys``). Transformers is never imported here at module import: ``trainer_callback``
-builds the ``TrainerCallback`` in ``inform_fast.integrations.monitor_callback`` on demand.
+(``hook_keys``). Transformers is never imported here: in a ``transformers.Trainer`` the monitor
+runs through ``inform_fast.integrations.monitor_callback.OverOptimizationCallback(monitor, latents_fn)``.
 """
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ import torch
 
 from inform_fast._io import atomic_path, write_json_atomic
 from inform_fast.detect.inputs import as_latents
-from inform_fast.validation import check_positive_int
+from inform_fast.validation import check_positive_int, check_real
 
 # below this participation ratio the reference latents have collapsed onto about one direction
 COLLAPSED_RATIO = 1.5
@@ -334,14 +334,6 @@ def _nearest_neighbour_scale(reference: torch.Tensor) -> float:
     return float(positive.median()) if positive.numel() else 0.0
 
 
-def _check_number(name: str, value, minimum: float = -math.inf, strict: bool = False) -> float:
-    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
-    if not ok or (value <= minimum if strict else value < minimum):
-        bound = "" if minimum == -math.inf else f" {'>' if strict else '>='} {minimum:g}"
-        raise ValueError(f"{name}: expected a finite number{bound}, got {value!r}")
-    return float(value)
-
-
 class OverOptimizationMonitor:
     """Track detection scores of RLHF latents during training and flag the overoptimization onset.
 
@@ -390,8 +382,8 @@ class OverOptimizationMonitor:
         self.every = check_positive_int("every", every)
         self.min_jumps = check_positive_int("min_jumps", min_jumps)
         self.max_buffer = check_positive_int("max_buffer", max_buffer)
-        self.onset_threshold = _check_number("onset_threshold", onset_threshold, 0.0, strict=True)
-        self.min_jump = None if min_jump is None else _check_number("min_jump", min_jump, 0.0, strict=False)
+        self.onset_threshold = check_real("onset_threshold", onset_threshold, minimum=0, open_minimum=True)
+        self.min_jump = None if min_jump is None else check_real("min_jump", min_jump, minimum=0)
         self.stop_on_onset = bool(stop_on_onset)
         self.reference = as_latents("reference_latents", reference_latents)
         kwargs_by_method = {"icds": icds_kwargs, "mop": mop_kwargs, "kop": kop_kwargs, "excess_icds": excess_icds_kwargs}
@@ -433,10 +425,10 @@ class OverOptimizationMonitor:
             unknown = set(score_threshold) - set(self.recorded_metrics())
             if unknown:
                 raise ValueError(f"score_threshold: unknown metric(s) {sorted(unknown)}; recorded: {self.recorded_metrics()}")
-            return {k: _check_number(f"score_threshold[{k!r}]", v) for k, v in score_threshold.items()}
+            return {k: check_real(f"score_threshold[{k!r}]", v) for k, v in score_threshold.items()}
         if isinstance(score_threshold, bool) or not isinstance(score_threshold, (int, float)):
             raise ValueError(f"score_threshold: expected None, a float or a dict metric -> float, got {score_threshold!r}")
-        value = _check_number("score_threshold", score_threshold)
+        value = check_real("score_threshold", score_threshold)
         return {k: value for k in self.watched}
 
     def __getstate__(self):
@@ -636,13 +628,6 @@ class OverOptimizationMonitor:
         values["onset"] = float(bool(last.get("onset", False)))
         values["evaluated"] = float(evaluated)
         return values
-
-    def trainer_callback(self, latents_fn: Callable, trainer=None):
-        """A ``transformers.TrainerCallback`` that evaluates ``latents_fn(step)`` at due steps,
-        logs the scores with the Trainer's own logs and stops training on onset when ``stop_on_onset``."""
-        from inform_fast.integrations.monitor_callback import OverOptimizationCallback
-
-        return OverOptimizationCallback(self, latents_fn, trainer=trainer)
 
     def to_dict(self) -> dict:
         return {

@@ -4,7 +4,7 @@
 distances to the references and their indices; ``nearest_distance`` is the case k = 1. Exact:
 the result is that of the float64 sum of squared differences of the original values (what
 scikit-learn's tree searches compute), ties ordered by reference index, for any finite input
-(``inform_fast.detect.spatial`` explains the frame, the error band and the exact test).
+(``inform_fast.spatial`` explains the frame, the error band and the exact test).
 
 How the references are found:
 
@@ -38,7 +38,7 @@ import torch
 
 from inform_fast import dispatch
 from inform_fast.detect.inputs import as_latents
-from inform_fast.detect.spatial import (
+from inform_fast.spatial import (
     LeafIndex,
     _kd_order,
     box_lower_bound,
@@ -53,10 +53,7 @@ from inform_fast.detect.spatial import (
 )
 from inform_fast.validation import check_positive_int
 
-for _op in ("knn_distance", "nearest_distance"):
-    dispatch.register(_op, "reference", "inform_fast.detect.neighbors:_knn_reference")
-    dispatch.register(_op, "cpp", "inform_fast.detect.neighbors:_knn_cpp")
-    dispatch.register(_op, "triton", "inform_fast.detect.neighbors:_knn_device")
+# backends: inform_fast.dispatch.BACKENDS
 
 CPP_MAX_QUERIES = 48  # the direct C++ search up to this many queries (measured: see the module docstring)
 INDEX_MIN_QUERIES = 256  # a tree over the references pays from this many queries ...

@@ -5,8 +5,9 @@ dataset of dicts with ``chosen_ids`` / ``rejected_ids`` [/ ``margin``]) and trai
 ``loss = mean[-logsigmoid(r_w - r_l - margin)] + beta * mean[KL_w + KL_l]``. With ``packing=True``
 the chosen and rejected sequences of a batch go padding-free into one row.
 
-The loss is computed from ONE forward over chosen and rejected together (``model(...)`` returns
-rewards, z, mu, logvar and kl per sequence), so the latent statistics come for free:
+The loss is the model's own: ONE forward over chosen and rejected together in pair mode
+(``model(..., num_pairs=B)``) returns it in ``outputs.loss``, computed by the head's fused pairwise
+op (the Triton kernel on CUDA), with its terms and the latent statistics beside it:
 ``kl``, ``preference_loss``, ``accuracy``, ``reward_margin``, ``mu_norm`` (mean L2 norm of mu),
 ``logvar_mean`` are logged through ``self.log`` with the Trainer's ``loss``.
 """
@@ -18,7 +19,6 @@ from typing import Any, Callable, Dict, Optional
 import torch
 import transformers
 
-from inform_fast import reference
 from inform_fast.data import PackedPairCollator, PairCollator
 from inform_fast.head import InfoRMHead
 from inform_fast.integrations.monitor_callback import merge_pending_scores
@@ -35,80 +35,64 @@ def _unwrap(model):
     return model
 
 
-def _raw_rewards(core, rewards: torch.Tensor) -> torch.Tensor:
-    """The raw head rewards (the loss never uses the serving normalisation in ``logits``).
-
-    Taken from the forward's output, with the normalisation undone, instead of decoding ``z`` again
-    here: under DeepSpeed ZeRO-3 the head's parameters are gathered only inside a forward and are
-    empty partitions outside one. With the default (identity) normalisation this is exact.
-    """
-    mean = getattr(core.config, "reward_mean", 0.0)
-    std = getattr(core.config, "reward_std", 1.0)
-    if mean == 0.0 and std == 1.0:
-        return rewards
-    return rewards * std + mean
-
-
-def inform_batch_loss(model, inputs: Dict[str, Any], beta: Optional[float] = None,
-                      center_rewards_coefficient: Optional[float] = None, gather: Optional[Callable] = None):
-    """InfoRM loss and metrics for one collated batch.
+def pair_batch(inputs: Dict[str, Any]) -> tuple[Dict[str, Any], int]:
+    """(the model's keyword arguments, the number of pairs) of a collated preference batch, its
+    rows or sequences laid out as the model's pair mode reads them: the chosen ones, then the
+    rejected ones.
 
     ``inputs``: a ``PairCollator`` batch (``chosen_input_ids``/``chosen_attention_mask``/
     ``rejected_*`` [B, T]), a ``PackedPairCollator`` batch (``input_ids``/``position_ids`` [1, T],
     ``num_pairs``), or TRL's ``DataCollatorForPreference`` batch (``input_ids``/``attention_mask``
-    [2B, T], chosen first); optional ``margin`` [B].
+    [2B, T], chosen first).
+    """
+    if "chosen_input_ids" in inputs:
+        if inputs["chosen_input_ids"].shape[1] != inputs["rejected_input_ids"].shape[1]:
+            raise ValueError("rejected_input_ids: chosen and rejected must be padded to one length (use PairCollator)")
+        return {"input_ids": torch.cat([inputs["chosen_input_ids"], inputs["rejected_input_ids"]]),
+                "attention_mask": torch.cat([inputs["chosen_attention_mask"], inputs["rejected_attention_mask"]])}, \
+            inputs["chosen_input_ids"].shape[0]
+    if "num_pairs" in inputs:
+        return {"input_ids": inputs["input_ids"], "position_ids": inputs["position_ids"]}, int(inputs["num_pairs"])
+    if "input_ids" in inputs and "attention_mask" in inputs:
+        rows = inputs["input_ids"].shape[0]
+        if rows % 2:
+            raise ValueError(f"input_ids: expected chosen then rejected rows (an even count), got {rows}")
+        return {"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"]}, rows // 2
+    raise ValueError(f"inputs: not a preference batch (keys {sorted(inputs)})")
+
+
+def inform_batch_loss(model, inputs: Dict[str, Any], beta: Optional[float] = None,
+                      center_rewards_coefficient: Optional[float] = None, gather: Optional[Callable] = None):
+    """InfoRM loss and metrics for one collated batch (see ``pair_batch``; optional ``margin`` [B]):
+    ``outputs.loss`` of the model's pair-mode forward.
+
+    beta: the KL weight (default ``model.config.beta``).
     center_rewards_coefficient: TRL's option: adds ``coef * mean((r_w + r_l)^2)`` (raw rewards).
     gather: e.g. ``accelerator.gather_for_metrics``: the metrics ([1, k] per process) are averaged
         over what it returns, so every process logs the mean over all of them.
 
     Returns ``(loss [] float32, metrics dict of python floats, model output)``.
     """
-    margin = inputs.get("margin")
-    if "chosen_input_ids" in inputs:
-        pairs = inputs["chosen_input_ids"].shape[0]
-        if inputs["chosen_input_ids"].shape[1] != inputs["rejected_input_ids"].shape[1]:
-            raise ValueError("rejected_input_ids: chosen and rejected must be padded to one length (use PairCollator)")
-        input_ids = torch.cat([inputs["chosen_input_ids"], inputs["rejected_input_ids"]])
-        attention_mask = torch.cat([inputs["chosen_attention_mask"], inputs["rejected_attention_mask"]])
-        output = model(input_ids=input_ids, attention_mask=attention_mask)
-    elif "num_pairs" in inputs:
-        pairs = int(inputs["num_pairs"])
-        output = model(input_ids=inputs["input_ids"], position_ids=inputs["position_ids"])
-    elif "input_ids" in inputs and "attention_mask" in inputs:
-        rows = inputs["input_ids"].shape[0]
-        if rows % 2:
-            raise ValueError(f"input_ids: expected chosen then rejected rows (an even count), got {rows}")
-        pairs = rows // 2
-        output = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
-    else:
-        raise ValueError(f"inputs: not a preference batch (keys {sorted(inputs)})")
-    core = _unwrap(model)
-    beta = core.config.beta if beta is None else beta
-    raw = _raw_rewards(core, output.rewards[: 2 * pairs])
-    kl = output.kl[: 2 * pairs]
-    terms = reference.pairwise_loss_from_rewards(raw[:pairs], raw[pairs:], kl[:pairs], kl[pairs:], beta=beta, margin=margin,
-                                                 kl_mode=core.config.kl)
-    loss = terms.loss
-    if center_rewards_coefficient is not None:
-        loss = loss + center_rewards_coefficient * (raw[:pairs] + raw[pairs:]).square().mean()
+    model_inputs, pairs = pair_batch(inputs)
+    output = model(**model_inputs, num_pairs=pairs, margin=inputs.get("margin"), beta=beta,
+                   center_rewards_coefficient=center_rewards_coefficient)
     with torch.no_grad():
-        mu = output.mu[: 2 * pairs].float()
         values = {
-            "preference_loss": terms.preference_loss,
-            "kl": terms.kl,
-            "accuracy": terms.accuracy,
-            "reward_margin": terms.reward_margin,
-            "reward_chosen": raw[:pairs].mean(),
-            "reward_rejected": raw[pairs:].mean(),
-            "mu_norm": mu.norm(dim=-1).mean(),
-            "logvar_mean": output.logvar[: 2 * pairs].float().mean(),
+            "preference_loss": output.preference_loss,
+            "kl": output.kl_loss,
+            "accuracy": output.accuracy,
+            "reward_margin": output.reward_margin,
+            "reward_chosen": output.reward_chosen.mean(),
+            "reward_rejected": output.reward_rejected.mean(),
+            "mu_norm": output.mu.float().norm(dim=-1).mean(),
+            "logvar_mean": output.logvar.float().mean(),
         }
         stacked = torch.stack([v.detach().float() for v in values.values()])  # [k]
         if gather is not None:
             stacked = gather(stacked[None]).reshape(-1, stacked.numel()).mean(dim=0)
         # one device-to-host copy for all the metrics, not one synchronisation each
         metrics = dict(zip(values, stacked.tolist()))
-    return loss, metrics, output
+    return output.loss, metrics, output
 
 
 def inform_peft_config(model, peft_config):

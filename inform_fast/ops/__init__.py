@@ -1,5 +1,12 @@
-"""autograd.Functions and functional wrappers around the Triton kernels of ``inform_fast.kernels``.
+"""The package's ops, registered with ``torch.library`` so that ``torch.compile`` sees them.
 
-Importing a module here imports Triton; ``inform_fast.dispatch`` does so only when a Triton path
-is chosen.
+Each op (namespace ``inform_fast``, e.g. ``torch.ops.inform_fast.linear_pairwise_loss``) has a
+fake (meta) implementation for shape propagation and, where it is differentiable, its backward
+registered as an op of its own. Its one implementation for every device resolves the backend
+through ``inform_fast.dispatch`` when it runs: the reference math (``inform_fast.reference``) by
+default on CPU, the Triton kernels (``inform_fast.kernels``) on CUDA, or what ``backend=`` /
+``INFORM_FAST_BACKEND`` forces. Importing these modules imports neither Triton nor the kernels.
+
+* ``inform_fast.ops.vib_head``: the head's encoder and its fused pairwise loss.
+* ``inform_fast.ops.mahalanobis``: the detectors' squared Mahalanobis distance.
 """

@@ -432,3 +432,23 @@ def outward(lo: torch.Tensor, hi: torch.Tensor, dtype: torch.dtype) -> tuple[tor
         lo_d = torch.where(lo_d.to(torch.float64) > lo, torch.nextafter(lo_d, -inf), lo_d)
         hi_d = torch.where(hi_d.to(torch.float64) < hi, torch.nextafter(hi_d, inf), hi_d)
     return lo_d, hi_d
+
+
+def union_roots(parent: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
+    """Vectorised hooking (in place, parent fully compressed with parent[x] <= x): link each larger
+    root under the smallest root it meets, compress, repeat until every edge is inside one
+    component."""
+    p = parent.numpy()
+    a = a.numpy()
+    b = b.numpy()
+    while True:
+        ra, rb = p[a], p[b]
+        differ = ra != rb
+        if not differ.any():
+            break
+        np.minimum.at(p, np.maximum(ra, rb)[differ], np.minimum(ra, rb)[differ])
+        while True:
+            q = p[p]
+            if np.array_equal(q, p):
+                break
+            p[:] = q
