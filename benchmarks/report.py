@@ -113,6 +113,13 @@ def render(runs: list[tuple[str, dict]], preamble: str = "") -> str:
         if "cases" in data:
             lines += render_targets(path, data)
             continue
+        if "rows" in data:  # benchmarks/run_clustering.py
+            sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+            from run_clustering import markdown
+
+            lines += [f"## Run `{os.path.basename(path)}` (clustering and k-NN on latent distributions, one process per run)", "",
+                      markdown(data), ""]
+            continue
         machine = data.get("machine_info", {})
         benches = data.get("benchmarks", [])
         device = data.get("device_name") or _device_name(benches, machine)
@@ -206,8 +213,9 @@ def main(argv=None) -> int:
         except (OSError, json.JSONDecodeError) as error:
             print(f"report: cannot read {path}: {error}", file=sys.stderr)
             return 2
-        if "benchmarks" not in data and "cases" not in data:
-            print(f"report: {path} is not pytest-benchmark JSON (no 'benchmarks' key) nor detection targets (no 'cases')", file=sys.stderr)
+        if "benchmarks" not in data and "cases" not in data and "rows" not in data:
+            print(f"report: {path} is not pytest-benchmark JSON (no 'benchmarks' key), detection targets (no 'cases') "
+                  "nor clustering runs (no 'rows')", file=sys.stderr)
             return 2
         runs.append((path, data))
     preamble = ""

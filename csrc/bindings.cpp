@@ -3,6 +3,7 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <cmath>
 #include <string>
 #include <vector>
 
@@ -13,6 +14,7 @@ namespace py = pybind11;
 namespace {
 
 using F32 = py::array_t<float, py::array::c_style>;
+using F64 = py::array_t<double, py::array::c_style>;
 using I64 = py::array_t<int64_t, py::array::c_style>;
 
 [[noreturn]] void fail(const std::string& op, const std::string& message) {
@@ -39,49 +41,100 @@ void check_len(const std::string& op, const char* name, const py::array& arr, in
     fail(op, std::string(name) + " must have length " + std::to_string(expected) + ", got " + std::to_string(arr.shape(0)));
 }
 
-void tile_counts(py::handle partial_obj, py::handle thr_obj, py::handle count_rows_obj, py::object count_cols_obj) {
-  const std::string op = "dbscan_tile_counts";
-  auto partial = checked<float>(op, "partial", partial_obj, 2);
-  auto thr = checked<float>(op, "thr", thr_obj, 1);
-  auto count_rows = checked<int64_t>(op, "count_rows", count_rows_obj, 1);
-  const int64_t rows = partial.shape(0), cols = partial.shape(1);
-  check_len(op, "thr", thr, rows);
-  check_len(op, "count_rows", count_rows, rows);
-  int64_t* cc = nullptr;
-  I64 count_cols;
-  if (!count_cols_obj.is_none()) {
-    count_cols = checked<int64_t>(op, "count_cols", count_cols_obj, 1);
-    check_len(op, "count_cols", count_cols, cols);
-    cc = count_cols.mutable_data();
-  }
-  py::gil_scoped_release release;
-  inform_fast::dbscan_tile_counts(partial.data(), rows, cols, thr.data(), count_rows.mutable_data(), cc);
+void check_ids(const std::string& op, const char* name, const I64& ids, int64_t n, const char* bound) {
+  const int64_t* p = ids.data();
+  for (int64_t i = 0; i < ids.shape(0); ++i)
+    if (p[i] < 0 || p[i] >= n) fail(op, std::string(name) + " holds an index outside [0, " + bound + ")");
 }
 
-void tile_union(py::handle partial_obj, py::handle thr_obj, py::handle row_ids_obj, py::handle col_ids_obj,
-                py::handle parent_obj) {
-  const std::string op = "dbscan_tile_union";
+// A float32 or float64 [n, dim] C-contiguous array as exact-test rows; the array is kept alive by ``keep``.
+inform_fast::Rows rows_of(const std::string& op, const char* name, const py::handle& obj, double scale, py::array& keep) {
+  if (!py::isinstance<py::array>(obj)) fail(op, std::string(name) + " must be a NumPy array");
+  keep = py::reinterpret_borrow<py::array>(obj);
+  const bool is_double = keep.dtype().is(py::dtype::of<double>());
+  if (!is_double && !keep.dtype().is(py::dtype::of<float>()))
+    fail(op, std::string(name) + " must have dtype float32 or float64, got " + std::string(py::str(keep.dtype())));
+  if (!(keep.flags() & py::array::c_style)) fail(op, std::string(name) + " must be C-contiguous");
+  if (keep.ndim() != 2) fail(op, std::string(name) + " must be 2-D, got " + std::to_string(keep.ndim()) + "-D");
+  if (!(scale > 0.0) || !std::isfinite(scale)) fail(op, "scale must be a finite number > 0");
+  inform_fast::Rows rows;
+  rows.data = keep.data();
+  rows.is_double = is_double;
+  rows.dim = keep.shape(1);
+  rows.scale = scale;
+  return rows;
+}
+
+struct Tile {
+  F32 partial, lo, hi;
+  I64 row_ids, col_ids;
+  int64_t rows = 0, cols = 0;
+};
+
+Tile tile_of(const std::string& op, py::handle partial_obj, py::handle lo_obj, py::handle hi_obj, py::handle row_ids_obj,
+             py::handle col_ids_obj, int64_t n) {
+  Tile t;
+  t.partial = checked<float>(op, "partial", partial_obj, 2);
+  t.lo = checked<float>(op, "thr_lo", lo_obj, 1);
+  t.hi = checked<float>(op, "thr_hi", hi_obj, 1);
+  t.row_ids = checked<int64_t>(op, "row_ids", row_ids_obj, 1);
+  t.col_ids = checked<int64_t>(op, "col_ids", col_ids_obj, 1);
+  t.rows = t.partial.shape(0);
+  t.cols = t.partial.shape(1);
+  check_len(op, "thr_lo", t.lo, t.rows);
+  check_len(op, "thr_hi", t.hi, t.rows);
+  check_len(op, "row_ids", t.row_ids, t.rows);
+  check_len(op, "col_ids", t.col_ids, t.cols);
+  check_ids(op, "row_ids", t.row_ids, n, "n");
+  check_ids(op, "col_ids", t.col_ids, n, "n");
+  return t;
+}
+
+int64_t tile_neighbours(py::handle partial, py::handle lo, py::handle hi, py::handle row_ids, py::handle col_ids,
+                        py::handle points_obj, double scale, double eps2, py::handle counts_obj, py::handle lists_obj,
+                        int threads) {
+  const std::string op = "dbscan_tile_neighbours";
+  py::array keep;
+  const auto points = rows_of(op, "points", points_obj, scale, keep);
+  const int64_t n = keep.shape(0);
+  if (n >= (int64_t{1} << 31)) fail(op, "points must have fewer than 2^31 rows");
+  Tile t = tile_of(op, partial, lo, hi, row_ids, col_ids, n);
+  auto counts = checked<int32_t>(op, "counts", counts_obj, 1);
+  auto lists = checked<int32_t>(op, "lists", lists_obj, 2);
+  check_len(op, "counts", counts, n);
+  check_len(op, "lists", lists, n);
+  const int64_t cap = lists.shape(1);
+  py::gil_scoped_release release;
+  return inform_fast::dbscan_tile_neighbours(t.partial.data(), t.rows, t.cols, t.lo.data(), t.hi.data(), t.row_ids.data(),
+                                             t.col_ids.data(), points, eps2, counts.mutable_data(), lists.mutable_data(), cap,
+                                             threads);
+}
+
+int64_t count_at_most(py::handle partial_obj, py::handle hi_obj, int64_t budget) {
+  const std::string op = "tile_count_at_most";
   auto partial = checked<float>(op, "partial", partial_obj, 2);
-  auto thr = checked<float>(op, "thr", thr_obj, 1);
-  auto row_ids = checked<int64_t>(op, "row_ids", row_ids_obj, 1);
-  auto col_ids = checked<int64_t>(op, "col_ids", col_ids_obj, 1);
+  auto hi = checked<float>(op, "thr_hi", hi_obj, 1);
+  check_len(op, "thr_hi", hi, partial.shape(0));
+  py::gil_scoped_release release;
+  return inform_fast::tile_count_at_most(partial.data(), partial.shape(0), partial.shape(1), hi.data(), budget);
+}
+
+int64_t tile_union(py::handle partial, py::handle lo, py::handle hi, py::handle row_ids, py::handle col_ids,
+                   py::handle points_obj, double scale, double eps2, py::handle parent_obj, int threads) {
+  const std::string op = "dbscan_tile_union";
+  py::array keep;
+  const auto points = rows_of(op, "points", points_obj, scale, keep);
   auto parent = checked<int64_t>(op, "parent", parent_obj, 1);
-  const int64_t rows = partial.shape(0), cols = partial.shape(1), n = parent.shape(0);
+  const int64_t n = parent.shape(0);
   if (n >= (int64_t{1} << 31)) fail(op, "parent must have fewer than 2^31 entries");
-  check_len(op, "thr", thr, rows);
-  check_len(op, "row_ids", row_ids, rows);
-  check_len(op, "col_ids", col_ids, cols);
-  for (int64_t i = 0; i < rows; ++i)
-    if (row_ids.data()[i] < 0 || row_ids.data()[i] >= n) fail(op, "row_ids holds an index outside [0, len(parent))");
-  for (int64_t j = 0; j < cols; ++j)
-    if (col_ids.data()[j] < 0 || col_ids.data()[j] >= n) fail(op, "col_ids holds an index outside [0, len(parent))");
+  if (keep.shape(0) != n) fail(op, "points must have one row per parent entry");
+  Tile t = tile_of(op, partial, lo, hi, row_ids, col_ids, n);
   const int64_t* p = parent.data();
   for (int64_t k = 0; k < n; ++k)
-    if (p[k] < 0 || p[k] > k || p[p[k]] != p[k])
-      fail(op, "parent must be fully compressed with parent[x] <= x (as union_edges leaves it)");
+    if (p[k] < 0 || p[k] > k) fail(op, "parent must satisfy 0 <= parent[x] <= x (a union-find forest rooted at minima)");
   py::gil_scoped_release release;
-  inform_fast::dbscan_tile_union(partial.data(), rows, cols, thr.data(), row_ids.data(), col_ids.data(),
-                                 parent.mutable_data(), n);
+  return inform_fast::dbscan_tile_union(t.partial.data(), t.rows, t.cols, t.lo.data(), t.hi.data(), t.row_ids.data(),
+                                        t.col_ids.data(), points, eps2, parent.mutable_data(), n, threads);
 }
 
 void union_edges(py::handle parent_obj, py::handle a_obj, py::handle b_obj) {
@@ -100,60 +153,84 @@ void union_edges(py::handle parent_obj, py::handle a_obj, py::handle b_obj) {
   inform_fast::union_edges(parent.mutable_data(), n, a.data(), b.data(), e);
 }
 
-py::tuple nearest_reference(py::handle queries_obj, py::handle refs_obj) {
-  const std::string op = "nearest_reference";
-  auto queries = checked<float>(op, "queries", queries_obj, 2);
-  auto refs = checked<float>(op, "references", refs_obj, 2);
-  if (queries.shape(1) != refs.shape(1))
-    fail(op, "queries and references must have the same dimension, got " + std::to_string(queries.shape(1)) + " and " +
-                 std::to_string(refs.shape(1)));
-  if (refs.shape(0) < 1) fail(op, "references must not be empty");
-  const int64_t nq = queries.shape(0), nr = refs.shape(0), dim = queries.shape(1);
-  F32 d2(nq);
-  I64 index(nq);
-  {
-    py::gil_scoped_release release;
-    inform_fast::nearest_reference(queries.data(), nq, refs.data(), nr, dim, d2.mutable_data(), index.mutable_data());
-  }
-  return py::make_tuple(d2, index);
+int64_t knn_tile_update(py::handle partial_obj, py::handle q_norm_obj, py::handle band_obj, double frame_to_exact,
+                        py::handle row_ids_obj, py::handle col_ids_obj, py::handle queries_obj, py::handle refs_obj,
+                        double scale, py::handle best_d2_obj, py::handle best_index_obj, int threads) {
+  const std::string op = "knn_tile_update";
+  py::array keep_q, keep_r;
+  const auto queries = rows_of(op, "queries", queries_obj, scale, keep_q);
+  const auto refs = rows_of(op, "references", refs_obj, scale, keep_r);
+  if (queries.dim != refs.dim) fail(op, "queries and references must have the same dimension");
+  auto partial = checked<float>(op, "partial", partial_obj, 2);
+  auto q_norm = checked<float>(op, "q_norm", q_norm_obj, 1);
+  auto band = checked<float>(op, "band", band_obj, 1);
+  auto row_ids = checked<int64_t>(op, "row_ids", row_ids_obj, 1);
+  auto col_ids = checked<int64_t>(op, "col_ids", col_ids_obj, 1);
+  auto best_d2 = checked<double>(op, "best_d2", best_d2_obj, 2);
+  auto best_index = checked<int64_t>(op, "best_index", best_index_obj, 2);
+  const int64_t rows = partial.shape(0), cols = partial.shape(1), k = best_d2.shape(1);
+  if (!(frame_to_exact > 0.0) || !std::isfinite(frame_to_exact)) fail(op, "frame_to_exact must be a finite number > 0");
+  check_len(op, "q_norm", q_norm, rows);
+  check_len(op, "band", band, rows);
+  check_len(op, "row_ids", row_ids, rows);
+  check_len(op, "col_ids", col_ids, cols);
+  check_len(op, "best_d2", best_d2, keep_q.shape(0));
+  check_len(op, "best_index", best_index, keep_q.shape(0));
+  if (best_index.shape(1) != k || k < 1) fail(op, "best_d2 and best_index must both be [n_queries, k] with k >= 1");
+  check_ids(op, "row_ids", row_ids, keep_q.shape(0), "n_queries");
+  check_ids(op, "col_ids", col_ids, keep_r.shape(0), "n_references");
+  py::gil_scoped_release release;
+  return inform_fast::knn_tile_update(partial.data(), rows, cols, q_norm.data(), band.data(), frame_to_exact, row_ids.data(),
+                                      col_ids.data(), queries, refs, k, best_d2.mutable_data(), best_index.mutable_data(),
+                                      threads);
 }
 
-void nearest_tile_update(py::handle tile_obj, py::handle norm_obj, int64_t col_offset, py::handle best_obj,
-                         py::handle index_obj) {
-  const std::string op = "nearest_tile_update";
-  auto tile = checked<float>(op, "tile", tile_obj, 2);
-  auto norm = checked<float>(op, "col_norm", norm_obj, 1);
-  auto best = checked<float>(op, "best", best_obj, 1);
-  auto index = checked<int64_t>(op, "best_index", index_obj, 1);
-  const int64_t rows = tile.shape(0), cols = tile.shape(1);
-  if (cols < 1) fail(op, "tile must have at least one column");
-  if (col_offset < 0) fail(op, "col_offset must be >= 0");
-  check_len(op, "col_norm", norm, cols);
-  check_len(op, "best", best, rows);
-  check_len(op, "best_index", index, rows);
-  py::gil_scoped_release release;
-  inform_fast::nearest_tile_update(tile.data(), rows, cols, norm.data(), col_offset, best.mutable_data(),
-                                   index.mutable_data());
+py::tuple knn_exact(py::handle queries_obj, py::handle refs_obj, int64_t k, double scale, int threads) {
+  const std::string op = "knn_exact";
+  py::array keep_q, keep_r;
+  const auto queries = rows_of(op, "queries", queries_obj, scale, keep_q);
+  const auto refs = rows_of(op, "references", refs_obj, scale, keep_r);
+  if (queries.dim != refs.dim)
+    fail(op, "queries and references must have the same dimension, got " + std::to_string(queries.dim) + " and " +
+                 std::to_string(refs.dim));
+  if (queries.is_double != refs.is_double) fail(op, "queries and references must have the same dtype");
+  const int64_t nq = keep_q.shape(0), nr = keep_r.shape(0);
+  if (k < 1 || k > nr) fail(op, "k must be in [1, len(references)]");
+  F64 d2({nq, k});
+  I64 index({nq, k});
+  {
+    py::gil_scoped_release release;
+    inform_fast::knn_exact(queries, nq, refs, nr, k, d2.mutable_data(), index.mutable_data(), threads);
+  }
+  return py::make_tuple(d2, index);
 }
 
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
-  m.doc() = "inform_fast CPU kernels (DBSCAN tile epilogues and union-find, nearest reference: exact search and GEMM tile epilogue)";
-  m.def("dbscan_tile_counts", &tile_counts, py::arg("partial"), py::arg("thr"), py::arg("count_rows"),
-        py::arg("count_cols") = py::none(),
-        "Add eps-neighbour counts of a [rows, cols] float32 tile (partial <= thr[row]) to count_rows / count_cols (int64, in place).");
-  m.def("dbscan_tile_union", &tile_union, py::arg("partial"), py::arg("thr"), py::arg("row_ids"), py::arg("col_ids"),
-        py::arg("parent"),
-        "Union-find (in place on a fully compressed int64 parent) over the eps-neighbour pairs of a float32 tile.");
+  m.doc() = "inform_fast CPU kernels: DBSCAN and k-NN tile epilogues with the exact test of pairs inside the GEMM's "
+            "error band, union-find, exact k-NN search";
+  m.def("dbscan_tile_neighbours", &tile_neighbours, py::arg("partial"), py::arg("thr_lo"), py::arg("thr_hi"),
+        py::arg("row_ids"), py::arg("col_ids"), py::arg("points"), py::arg("scale"), py::arg("eps2"), py::arg("counts"),
+        py::arg("lists"), py::arg("threads") = 1,
+        "Count the neighbours of each tile row (int32 counts, in place) and append them to its capped int32 list; "
+        "partial <= thr_lo: neighbour, > thr_hi: not, else exact test on points. Returns the number of exact tests.");
+  m.def("tile_count_at_most", &count_at_most, py::arg("partial"), py::arg("thr_hi"), py::arg("budget"),
+        "Count of partial[i, j] <= thr_hi[i] (float32 tile), stopping once it exceeds budget.");
+  m.def("dbscan_tile_union", &tile_union, py::arg("partial"), py::arg("thr_lo"), py::arg("thr_hi"), py::arg("row_ids"),
+        py::arg("col_ids"), py::arg("points"), py::arg("scale"), py::arg("eps2"), py::arg("parent"), py::arg("threads") = 1,
+        "Union-find (in place, int64 parent, roots at minima) over the neighbour pairs of a tile. Returns the number of exact tests.");
   m.def("union_edges", &union_edges, py::arg("parent"), py::arg("edge_a"), py::arg("edge_b"),
         "Union-find over parent (int64, in place); roots are the smallest index of each component.");
-  m.def("nearest_reference", &nearest_reference, py::arg("queries"), py::arg("references"),
-        "Exact nearest reference per query: (squared distance float32 [q], index int64 [q]).");
-  m.def("nearest_tile_update", &nearest_tile_update, py::arg("tile"), py::arg("col_norm"), py::arg("col_offset"),
-        py::arg("best"), py::arg("best_index"),
-        "Merge the row minima of col_norm + tile (float32 [rows, cols], -2 q.r) into best / best_index (in place; "
-        "strictly smaller wins, ties keep the first column).");
+  m.def("knn_tile_update", &knn_tile_update, py::arg("partial"), py::arg("q_norm"), py::arg("band"),
+        py::arg("frame_to_exact"), py::arg("row_ids"), py::arg("col_ids"), py::arg("queries"), py::arg("references"),
+        py::arg("scale"), py::arg("best_d2"), py::arg("best_index"), py::arg("threads") = 1,
+        "Merge a tile's references into the per-query heaps of the k best (exact squared distance, id). "
+        "Returns the number of exact tests.");
+  m.def("knn_exact", &knn_exact, py::arg("queries"), py::arg("references"), py::arg("k"), py::arg("scale") = 1.0,
+        py::arg("threads") = 1,
+        "Exact k nearest references by direct float64 differences: (squared distances float64 [q, k], ids int64 [q, k]), "
+        "each row a max-heap (unsorted).");
 #ifdef _OPENMP
   m.attr("openmp") = true;
 #else

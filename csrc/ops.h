@@ -1,44 +1,64 @@
 // Plain CPU kernels behind inform_fast._C (no Python, no pybind11 here: csrc/bindings.cpp holds
 // the one PYBIND11_MODULE and checks the arguments before calling these).
 //
-// DBSCAN tiles: the Python driver computes, with a BLAS GEMM, the partial squared distance
+// Tiles: the Python driver computes, with a BLAS GEMM on float32 copies of the points (centred,
+// rotated, scaled by a power of two, and centred again on the tile's row group),
 //   partial[i, j] = ||c_j||^2 - 2 r_i . c_j            [rows, cols] float32, row-major
-// and a per-row threshold thr[i] = eps^2 - ||r_i||^2, so "r_i and c_j are eps-neighbours" is
-// partial[i, j] <= thr[i]. These functions are the fused epilogues over such a tile.
+// For DBSCAN, "r_i and c_j are eps-neighbours" is ||r_i - c_j||^2 <= eps^2, i.e. partial[i, j] <=
+// eps^2 - ||r_i||^2. The GEMM's rounding is bounded, so the driver passes two thresholds per row:
+// partial <= thr_lo[i] is certainly a neighbour, partial > thr_hi[i] certainly not, and a pair in
+// between is decided exactly on the original data (exact.h). The result is therefore the one of
+// the exact float64 test whatever the GEMM's cancellation.
+// ``threads``: OpenMP threads of a call (1: no parallel region at all). The Python drivers run
+// their own pool of workers over row groups and call these with 1, so that no call waits at a
+// barrier for a thread the OS has descheduled (measured on a busy 2-core machine: per-call
+// parallel regions made DBSCAN 10-20x slower than one thread).
 #pragma once
 
 #include <cstdint>
-#include <vector>
+
+#include "exact.h"
 
 namespace inform_fast {
 
-// Adds the number of eps-neighbours in the tile to count_rows[i] (per row) and, when
-// count_cols is not null, to count_cols[j] (per column; used for the mirrored half of a
-// symmetric tiling).
-void dbscan_tile_counts(const float* partial, int64_t rows, int64_t cols, const float* thr,
-                        int64_t* count_rows, int64_t* count_cols);
+// Neighbour counts and capped neighbour lists over one tile. For every pair (i, j) with
+// col_ids[j] != row_ids[i] that is a neighbour (see above; exact test: exact_d2 <= eps2), with
+// id = row_ids[i]: if counts[id] < cap, lists[id * cap + counts[id]] = col_ids[j]; then
+// counts[id] += 1. row_ids must be distinct within the tile (rows run in parallel). Columns are
+// visited in order, so a list holds the first neighbours found. Returns the number of exact tests.
+int64_t dbscan_tile_neighbours(const float* partial, int64_t rows, int64_t cols, const float* thr_lo, const float* thr_hi,
+                               const int64_t* row_ids, const int64_t* col_ids, const Rows& points, double eps2,
+                               int32_t* counts, int32_t* lists, int64_t cap, int threads);
 
-// Union-find over the eps-neighbour pairs of a tile, in place on parent[0:n], which must be
-// fully compressed on entry (parent[x] is x's root) and is again on exit. row_ids / col_ids map
-// tile rows / columns to parent indices. Roots are always the smallest index of the component.
-void dbscan_tile_union(const float* partial, int64_t rows, int64_t cols, const float* thr, const int64_t* row_ids,
-                       const int64_t* col_ids, int64_t* parent, int64_t n);
+// Number of entries with partial[i, j] <= thr_hi[i], counted row by row until it exceeds budget
+// (then some number > budget): whether a lower-bound tile is sparse enough for exact tests.
+int64_t tile_count_at_most(const float* partial, int64_t rows, int64_t cols, const float* thr_hi, int64_t budget);
+
+// Union-find over the neighbour pairs of a tile (same test), in place on parent[0:n], which must be
+// fully compressed on entry (parent[x] is x's root) and is again on exit. Roots are always the
+// smallest index of their component. Returns the number of exact tests.
+int64_t dbscan_tile_union(const float* partial, int64_t rows, int64_t cols, const float* thr_lo, const float* thr_hi,
+                          const int64_t* row_ids, const int64_t* col_ids, const Rows& points, double eps2,
+                          int64_t* parent, int64_t n, int threads);
 
 // Union-find over parent[0:n] (in place): for each edge links the larger root under the smaller
 // one, so every root is the smallest index of its component; finishes with full compression.
 void union_edges(int64_t* parent, int64_t n, const int64_t* edge_a, const int64_t* edge_b, int64_t n_edges);
 
-// Nearest reference (exact squared Euclidean distance, no GEMM cancellation) for each query:
-// best_d2[q] and best_index[q] (the smallest index among ties).
-void nearest_reference(const float* queries, int64_t n_queries, const float* refs, int64_t n_refs,
-                       int64_t dim, float* best_d2, int64_t* best_index);
+// k nearest references, exact, for queries whose tiles are given: partial[i, j] = ||c_j||^2 -
+// 2 q_i . c_j in the tile's frame, q_norm[i] = ||q_i||^2 there, band[i] >= the rounding error of
+// partial[i, j] + q_norm[i] as a squared distance (frame units), frame_to_exact = the factor from
+// exact squared distances to frame units (the square of the frame's scale). best_d2 / best_index
+// [n_queries, k] hold per query a max-heap of the k best (exact squared distance, reference id)
+// pairs, ordered by distance then id (empty slots: +inf, -1). A reference is tested exactly only if
+// its approximate value is within the band of the current k-th best. Returns the number of exact tests.
+int64_t knn_tile_update(const float* partial, int64_t rows, int64_t cols, const float* q_norm, const float* band,
+                        double frame_to_exact, const int64_t* row_ids, const int64_t* col_ids, const Rows& queries,
+                        const Rows& refs, int64_t k, double* best_d2, int64_t* best_index, int threads);
 
-// Epilogue of a nearest-reference GEMM tile: tile[i, j] = -2 q_i . r_j ([rows, cols] float32,
-// row-major) and col_norm[j] = ||r_j||^2, so col_norm[j] + tile[i, j] orders the references by
-// distance to q_i. Where a row's minimum is strictly below best[i], sets best[i] to it and
-// best_index[i] to col_offset + its first column (so ties keep the smallest index, and an
-// earlier tile wins a tie against a later one).
-void nearest_tile_update(const float* tile, int64_t rows, int64_t cols, const float* col_norm, int64_t col_offset,
-                         float* best, int64_t* best_index);
+// The same heaps filled by an exact search over every reference (no tiles): for few queries this
+// streams the references once and is faster than any GEMM.
+void knn_exact(const Rows& queries, int64_t n_queries, const Rows& refs, int64_t n_refs, int64_t k, double* best_d2,
+               int64_t* best_index, int threads);
 
 }  // namespace inform_fast

@@ -63,13 +63,16 @@ BACKENDS: dict[str, dict[str, str]] = {
         "cpp": "inform_fast.detect.dbscan:_dbscan_cpp",
         "triton": "inform_fast.detect.dbscan:_dbscan_triton",
     },
+    # one search for both ops (nearest is k = 1): inform_fast.detect.neighbors
     "nearest_distance": {
-        "reference": "inform_fast.detect.neighbors:_nearest_index_reference",
-        "triton": "inform_fast.kernels.min_distance:nearest_index",
-        "cpp": "inform_fast.detect.neighbors:_nearest_index_cpp",
+        "reference": "inform_fast.detect.neighbors:_knn_reference",
+        "cpp": "inform_fast.detect.neighbors:_knn_cpp",
+        "triton": "inform_fast.detect.neighbors:_knn_device",
     },
     "knn_distance": {
-        "reference": "inform_fast.detect.neighbors:_knn_index_reference",
+        "reference": "inform_fast.detect.neighbors:_knn_reference",
+        "cpp": "inform_fast.detect.neighbors:_knn_cpp",
+        "triton": "inform_fast.detect.neighbors:_knn_device",
     },
 }
 

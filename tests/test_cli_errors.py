@@ -131,9 +131,8 @@ BAD_INPUTS = [
     ("icds --variant excess --level 2", "icds --rlhf {rl} --reference {ref} --variant excess --level 2", "--level: "),
     ("icds: complex latents", "icds --rlhf {root}/complex.npy --reference {ref}", "--rlhf ("),
     ("monitor: complex latents", "monitor --reference {ref} --rlhf {root}/complex.npy --steps 1 --out-dir {out}", "--rlhf"),
-    ("icds --eps auto on duplicates", "icds --rlhf {root}/duplicates.npy --reference {ref} --eps auto", "--rlhf: "),
-    ("monitor --eps auto on a duplicated reference",
-     "monitor --reference {root}/duplicates.npy --rlhf {rl} --steps 1 --eps auto --method icds --out-dir {out}", "--reference: "),
+    # (eps auto on identical latents is no longer an error: every copy is core at any eps, and
+    # auto_eps says so, rule "identical"; tests/test_icds.py checks the cluster it gives)
     # library argument names in the command's terms
     ("mop: singular reference names --shrinkage", "mop --rlhf {rl} --reference {root}/duplicates.npy",
      "--shrinkage ledoit_wolf"),

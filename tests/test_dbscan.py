@@ -113,21 +113,26 @@ def test_triton_union_joins_chains_across_launches():
     # a chain of points eps apart whose indices are shuffled: one component needs several
     # hooking launches (each launch only links roots), and must end as one cluster rooted at
     # its smallest index
-    from inform_fast.kernels.dbscan import TritonPairs
+    from inform_fast.spatial import build_index
+    from inform_fast.kernels.dbscan import TritonTiles
 
     device = kernel_test_device()
     order = torch.randperm(70, generator=torch.Generator().manual_seed(0))
     x = torch.zeros(70, 3)
     x[order, 0] = torch.arange(70.0)
-    x = (x - x.mean(0)).to(device)
+    index = build_index(x.to(device), leaf_size=8, radius=1.0)
+    engine = TritonTiles(index, x, 1.0)
     parent = torch.arange(70, device=device)
     everything = torch.arange(70, device=device)
-    TritonPairs(x, 1.01).union(everything, everything, parent)
+    engine.union(everything, everything, parent)
     assert (parent == 0).all()
-    counts = torch.zeros(70, dtype=torch.int64, device=device)
-    TritonPairs(x, 1.01).count(everything, everything, counts)
+    counts = torch.zeros(70, dtype=torch.int32, device=device)
+    lists = torch.full((70, 4), -1, dtype=torch.int32, device=device)
+    engine.neighbours(everything, everything, counts, lists)
     ends = order[[0, 69]].to(device)
-    assert counts[ends].tolist() == [1, 1] and int(counts.sum()) == 2 * 69
+    assert counts[ends].tolist() == [1, 1] and int(counts.sum()) == 2 * 69  # points at exactly eps are neighbours
+    assert engine.exact_tests > 0  # pairs at eps sit inside the band and were decided exactly
+
 
 @pytest.mark.parametrize(
     "kwargs, match",
@@ -155,17 +160,107 @@ def test_bad_input():
         dbscan(np.zeros(5), 0.5, 2)
 
 
-@pytest.mark.parametrize("backend", ["reference", pytest.param("cpp", marks=requires_cpp()), TRITON])
-@pytest.mark.parametrize("sample_columns, max_components", [(7, 128), (7, 1), (40, 2), (1, 128)])
-def test_seed_and_pruning_paths(monkeypatch, backend, sample_columns, max_components):
-    # few sample columns: many uncertain points and many seed components, so the component-pair
-    # union, the ball pruning, the all-tiles fallback and the late-core pass all run
-    module = importlib.import_module("inform_fast.detect.dbscan")  # the module, not the function of that name
+BACKENDS = ["reference", pytest.param("cpp", marks=requires_cpp()), TRITON]
 
-    monkeypatch.setattr(module, "SAMPLE_COLUMNS", sample_columns)
-    monkeypatch.setattr(module, "MAX_COMPONENTS", max_components)
+
+def _on(backend, x):
+    return torch.from_numpy(x).to(kernel_test_device() if backend == "triton" else "cpu")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(
+    "settings",
+    [
+        dict(NEAR_COLUMNS=8, ROW_GROUP=16),  # small near pass: most points go through the far pass
+        dict(LIST_CAP=1, UNION_ROWS=1),  # overflowing lists: components joined pairwise
+        dict(FILTER_MAX_FRACTION=1.0),  # lower-bound tiles everywhere (exact tests of every candidate)
+        dict(FILTER_MAX_FRACTION=0.0, NEAR_COLUMNS=40),  # full tiles everywhere
+    ],
+)
+def test_every_pass_matches_sklearn(monkeypatch, backend, settings):
+    from inform_fast import spatial
+
+    module = importlib.import_module("inform_fast.detect.dbscan")
+    for name, value in settings.items():
+        monkeypatch.setattr(module, name, value)
+    monkeypatch.setattr(module, "LEAF_SIZE", 8)
+    monkeypatch.setattr(spatial, "MAX_TREE_DIMS", 3)
     x, _ = make_blobs(407, n_features=6, centers=5, cluster_std=1.3, random_state=11)
-    x = x.astype(np.float32)
-    device = kernel_test_device() if backend == "triton" else "cpu"
-    result = dbscan(torch.from_numpy(x).to(device), 1.9, 5, block=50, backend=backend)
+    x = np.vstack([x, x[:30]]).astype(np.float32)  # some exact duplicates
+    result = dbscan(_on(backend, x), 1.9, 5, block=50, backend=backend)
     check_against_sklearn(x.astype(np.float64), 1.9, 5, result)
+
+
+# --- exactness (issue 11): the reproduction cases, on every backend --------------------------
+
+
+@pytest.mark.parametrize("backend", ["reference", pytest.param("cpp", marks=requires_cpp())])
+def test_points_on_a_line_far_from_the_origin(backend):
+    # 8,000 points 0.9 apart on a line at a large offset, eps = 1, min_samples = 2: one cluster (the
+    # float32 GEMM expansion without re-checks gave 353 clusters)
+    rng = np.random.default_rng(0)
+    direction = rng.normal(size=16)
+    direction /= np.linalg.norm(direction)
+    x = (3e3 * rng.normal(size=16) + 0.9 * np.arange(8000)[:, None] * direction).astype(np.float32)
+    result = dbscan(x[rng.permutation(8000)], 1.0, 2, backend=backend)
+    assert result.n_clusters == 1 and bool(result.core_mask.all())
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_two_lines_far_from_their_mean(backend):
+    # two lines 0.9-spaced, 2e4 apart: centring on the mean leaves both far from the origin, so
+    # only local centring and the exact re-check keep each line one cluster
+    rng = np.random.default_rng(3)
+    direction = rng.normal(size=16)
+    direction /= np.linalg.norm(direction)
+    line = 0.9 * np.arange(150)[:, None] * direction
+    x = np.vstack([1e4 * direction + line, -1e4 * direction - line]).astype(np.float32)
+    result = dbscan(_on(backend, x[rng.permutation(300)]), 1.0, 2, backend=backend)
+    assert result.n_clusters == 2 and bool(result.core_mask.all())
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("seed", [3, 5])  # seeds where the pre-fix code made every copy noise
+def test_exact_duplicates_are_one_cluster(backend, seed):
+    # 300 copies of one latent far from the data's mean (other points on the opposite side): one
+    # cluster of core points (the unchecked expansion gave 258 clusters and 84 noise points; on
+    # these draws all 300 copies came out as noise)
+    rng = np.random.default_rng(seed)
+    v = rng.normal(size=128)
+    x = np.vstack([np.repeat(1e3 * v[None], 300, 0), -1e3 * v + rng.normal(size=(300, 128))]).astype(np.float32)
+    shuffle = rng.permutation(600)
+    result = dbscan(_on(backend, x[shuffle]), 0.5, 5, backend=backend)
+    labels, core = np.empty(600, np.int64), np.empty(600, bool)
+    labels[shuffle], core[shuffle] = result.labels.cpu().numpy(), result.core_mask.cpu().numpy()
+    assert result.n_clusters == 1
+    assert core[:300].all() and (labels[:300] == labels[0]).all() and labels[0] >= 0
+    assert (labels[300:] == -1).all()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_points_at_exactly_eps_are_neighbours(backend, dtype):
+    # dist <= eps is a neighbour, as in scikit-learn: all five points form one cluster
+    x = np.array([[0, 1], [1, 1], [2, 1], [2, 0], [1, 0]], dtype)
+    result = dbscan(_on(backend, x), 1.0, 3, backend=backend)
+    assert result.n_clusters == 1 and bool((result.labels == 0).all())
+    check_against_sklearn(x.astype(np.float64), 1.0, 3, result)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_magnitudes_of_1e20(backend):
+    # float32 squares of 1e20 overflow: the frame's power-of-two scale keeps them finite and exact
+    x = np.array([[0, 1], [1, 1], [2, 1], [2, 0], [1, 0], [40, 40]], np.float64) * 1e20
+    result = dbscan(_on(backend, x), 1e20, 3, backend=backend)
+    assert result.n_clusters == 1 and result.labels.tolist() == [0, 0, 0, 0, 0, -1]
+    check_against_sklearn(x, 1e20, 3, result)
+
+
+def test_float64_eps_below_float32_resolution():
+    # neighbours 1e-6 apart at a unit scale: float32 cannot tell them apart, the frame turns float64
+    rng = np.random.default_rng(2)
+    base = rng.normal(size=(40, 8))
+    x = np.vstack([base, base + 1e-6 * rng.normal(size=(40, 8)), base + 2e-6 * rng.normal(size=(40, 8))])
+    result = dbscan(x, 5e-6, 3)
+    assert result.stats["frame_dtype"] == "float64"
+    check_against_sklearn(x, 5e-6, 3, result)

@@ -8,7 +8,7 @@ from sklearn.datasets import make_blobs
 from sklearn.decomposition import PCA
 
 from inform_fast import icds as top_level_icds
-from inform_fast.detect.icds import auto_eps, icds, knee_of_sorted
+from inform_fast.detect.icds import auto_eps, auto_eps_details, icds, knee_of_sorted
 from inform_fast.detect.projection import PCAProjection
 from inform_fast.testing import kernel_test_device, requires_cpp, requires_triton_interpreter
 
@@ -234,3 +234,47 @@ def test_same_result_without_the_extension(monkeypatch):
     np.testing.assert_allclose(with_ext.score, without.score, rtol=1e-6)
     expected = hand_icds(rlhf, [np.flatnonzero(truth == k) for k in range(3)], reference)
     np.testing.assert_allclose(without.score, expected, rtol=1e-5)
+
+
+# --- exactness and auto eps with duplicates (issue 11) ----------------------------------------
+
+
+def test_auto_eps_with_repeated_rows():
+    # a collapsed policy: 90% of the responses are copies of 10 latents, the rest diffuse. eps must
+    # not fall to rounding noise (the old knee gave ~2^-9 and DBSCAN then dropped copies as
+    # noise), and every group of copies is a cluster
+    rng = np.random.default_rng(5)
+    distinct = rng.normal(size=(10, 64)) * 3 + 20
+    copies = np.repeat(distinct, 90, axis=0)
+    diffuse = rng.normal(size=(100, 64)) + 20
+    rlhf = np.vstack([copies, diffuse]).astype(np.float32)[rng.permutation(1000)]
+    result = icds(rlhf, diffuse.astype(np.float32), eps="auto", min_samples=5)
+    choice = result.eps_choice
+    assert choice["rule"] == "knee" and choice["duplicate_share"] > 0.8 and result.eps == choice["eps"]
+    assert result.eps > 1.0  # the diffuse part's scale, far above rounding noise
+    copy_rows = np.isin(rlhf, distinct).all(1)
+    assert (result.labels.numpy()[copy_rows] >= 0).all()
+    assert json.loads(json.dumps(result.to_dict()))["eps_choice"]["rule"] == "knee"
+    assert icds(rlhf, diffuse, eps=1.0).eps_choice is None
+
+
+def test_auto_eps_when_every_latent_is_the_same():
+    x = np.full((50, 4), 7.0, np.float32)
+    choice = auto_eps_details(x, min_samples=5)
+    assert choice.rule == "identical" and choice.eps > 0
+    result = icds(x, x, eps="auto", min_samples=5)
+    assert result.n_clusters == 1 and result.cluster_sizes.tolist() == [50] and result.score == 0.0
+
+
+@pytest.mark.parametrize(
+    "backend", ["reference", pytest.param("cpp", marks=requires_cpp()), pytest.param("triton", marks=requires_triton_interpreter())]
+)
+def test_magnitudes_of_1e20(backend):
+    # the old ICDS found 0 clusters here (float32 squares overflow); every distance scales by 1e20
+    rlhf, truth, reference = blobs()
+    device = kernel_test_device() if backend == "triton" else "cpu"
+    big_rlhf, big_reference = (torch.from_numpy((a * 1e20).astype(np.float32)).to(device) for a in (rlhf, reference))
+    result = icds(big_rlhf, big_reference, eps=3e20, min_samples=5, backend=backend)
+    expected = hand_icds(rlhf, [np.flatnonzero(truth == k) for k in range(3)], reference) * 1e20
+    assert result.n_clusters == 3
+    np.testing.assert_allclose(result.score, expected, rtol=1e-5)  # float32 latents and centroid sums

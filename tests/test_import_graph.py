@@ -17,7 +17,7 @@ import inform_fast
 
 LAYERS = [
     ("base", ("inform_fast._platform", "inform_fast._native", "inform_fast._C", "inform_fast._io", "inform_fast.validation")),
-    ("math", ("inform_fast.reference",)),
+    ("math", ("inform_fast.reference", "inform_fast.spatial")),
     ("kernels", ("inform_fast.kernels",)),
     ("ops", ("inform_fast.dispatch", "inform_fast.ops")),
     ("modules", ("inform_fast.head", "inform_fast.packing", "inform_fast.data", "inform_fast.configuration",

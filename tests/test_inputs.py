@@ -131,8 +131,7 @@ def test_automatic_eps_errors_name_the_callers_argument():
     from inform_fast import icds
     from inform_fast.detect.icds import auto_eps
 
-    duplicates = np.zeros((20, 3))
-    with pytest.raises(ValueError, match=r"^rlhf_latents: all sampled latents coincide"):
-        icds(duplicates, np.random.default_rng(0).normal(size=(50, 3)), eps="auto")
+    with pytest.raises(ValueError, match=r"^rlhf_latents: automatic eps needs at least 2 latents"):
+        icds(np.zeros((1, 3)), np.random.default_rng(0).normal(size=(50, 3)), eps="auto")
     with pytest.raises(ValueError, match=r"^reference: automatic eps needs at least 2 latents"):
         auto_eps(np.zeros((1, 3)), name="reference")

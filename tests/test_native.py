@@ -1,4 +1,4 @@
-"""The C++ extension inform_fast._C against the PyTorch reference, and its argument checks."""
+"""The C++ extension inform_fast._C against NumPy oracles, and its argument checks."""
 import numpy as np
 import pytest
 import torch
@@ -11,27 +11,6 @@ pytestmark = requires_cpp()
 
 def C():
     return _native.module()
-
-
-def tile(seed, rows=37, cols=53, dim=5):
-    rng = np.random.default_rng(seed)
-    r = rng.normal(size=(rows, dim)).astype(np.float32)
-    c = rng.normal(size=(cols, dim)).astype(np.float32)
-    partial = ((c * c).sum(1)[None, :] - 2 * r @ c.T).astype(np.float32)
-    thr = (2.0 - (r * r).sum(1)).astype(np.float32)  # eps^2 = 2
-    return partial, thr
-
-
-def test_tile_counts_match_numpy():
-    partial, thr = tile(0)
-    rows = np.zeros(partial.shape[0], np.int64)
-    cols = np.full(partial.shape[1], 5, np.int64)
-    C().dbscan_tile_counts(partial, thr, rows, cols)
-    hit = partial <= thr[:, None]
-    np.testing.assert_array_equal(rows, hit.sum(1))
-    np.testing.assert_array_equal(cols, 5 + hit.sum(0))
-    C().dbscan_tile_counts(partial, thr, rows)  # row counts only, accumulating
-    np.testing.assert_array_equal(rows, 2 * hit.sum(1))
 
 
 def components(hit, n):
@@ -48,30 +27,47 @@ def assert_roots_are_component_minima(parent, comp):
         assert (parent[members] == members.min()).all()
 
 
-def test_tile_union_gives_components():
-    partial, thr = tile(1, rows=40, cols=40)
-    n = 40
-    parent = np.arange(n, dtype=np.int64)
-    ids = np.arange(n, dtype=np.int64)
-    C().dbscan_tile_union(partial, thr, ids, ids, parent)
-    assert_roots_are_component_minima(parent, components(partial <= thr[:, None], n))
+def banded_tile(points, rows, cols, eps2, band):
+    """partial = ||c||^2 - 2 r.c of float32 points and thresholds eps2 - ||r||^2 -/+ band."""
+    r, c = points[rows], points[cols]
+    partial = ((c * c).sum(1)[None, :] - 2 * r @ c.T).astype(np.float32)
+    thr = eps2 - (r * r).sum(1)
+    return partial, (thr - band).astype(np.float32), (thr + band).astype(np.float32)
 
 
-def test_tile_union_two_tiles_with_id_maps():
-    # rows of a 50-point set split into two tiles mapped through a permutation
-    rng = np.random.default_rng(5)
-    x = rng.normal(size=(50, 3)).astype(np.float32)
-    perm = rng.permutation(50).astype(np.int64)
-    parent = np.arange(50, dtype=np.int64)
-    xp = x[perm]
-    for rows in (slice(0, 25), slice(25, 50)):
-        for cols in (slice(0, 25), slice(25, 50)):
-            r, c = xp[rows], xp[cols]
-            partial = ((c * c).sum(1)[None, :] - 2 * r @ c.T).astype(np.float32)
-            thr = (0.6 - (r * r).sum(1)).astype(np.float32)
-            C().dbscan_tile_union(partial, thr, perm[rows].copy(), perm[cols].copy(), parent)
-    d2 = ((x[:, None] - x[None]) ** 2).sum(-1)
-    assert_roots_are_component_minima(parent, components(d2 <= 0.6, 50))
+def exact_d2(points, a, b):
+    return ((points[a].astype(np.float64)[:, None] - points[b].astype(np.float64)[None]) ** 2).sum(-1)
+
+
+@pytest.mark.parametrize("band", [0.0, 0.3, 100.0])  # none, some and every pair decided exactly
+def test_tile_neighbours_counts_and_lists(band):
+    rng = np.random.default_rng(0)
+    points = rng.normal(size=(90, 5)).astype(np.float32)
+    points[10] = points[3]  # an exact duplicate
+    rows, cols = np.arange(0, 40), np.arange(0, 90)  # the rows are among the columns (self pairs)
+    partial, lo, hi = banded_tile(points, rows, cols, 2.0, band)
+    counts = np.zeros(90, np.int32)
+    lists = np.full((90, 6), -1, np.int32)
+    tests = C().dbscan_tile_neighbours(partial, lo, hi, rows.astype(np.int64), cols.astype(np.int64), points, 1.0, 2.0,
+                                       counts, lists)
+    hit = (exact_d2(points, rows, cols) <= 2.0) & (rows[:, None] != cols[None, :])
+    np.testing.assert_array_equal(counts[:40], hit.sum(1))
+    assert (counts[40:] == 0).all()
+    for i in range(40):  # the first neighbours in column order, while there is room
+        want = cols[hit[i]][:6]
+        np.testing.assert_array_equal(lists[i, : len(want)], want)
+    assert counts[3] >= 1 and 10 in lists[3].tolist()
+    assert (tests == 0) if band == 0.0 else tests > 0
+
+
+def test_tile_union_gives_components_with_exact_band():
+    rng = np.random.default_rng(1)
+    points = rng.normal(size=(60, 3)).astype(np.float32)
+    ids = np.arange(60, dtype=np.int64)
+    partial, lo, hi = banded_tile(points, ids, ids, 0.6, 0.2)
+    parent = np.arange(60, dtype=np.int64)
+    C().dbscan_tile_union(partial, lo, hi, ids, ids, points, 1.0, 0.6, parent)
+    assert_roots_are_component_minima(parent, components(exact_d2(points, ids, ids) <= 0.6, 60))
 
 
 def test_union_edges_gives_components():
@@ -85,35 +81,72 @@ def test_union_edges_gives_components():
     assert_roots_are_component_minima(parent, components(hit, 60))
 
 
-def test_nearest_matches_numpy():
+def test_count_at_most_stops_past_the_budget():
+    tile = np.arange(12, dtype=np.float32).reshape(3, 4)
+    hi = np.array([1.5, 100.0, -1.0], np.float32)
+    assert C().tile_count_at_most(tile, hi, 100) == 2 + 4
+    assert C().tile_count_at_most(tile, hi, 1) > 1
+
+
+def heap_sorted(d2, index):
+    order = np.lexsort((index, d2), axis=1)
+    return np.take_along_axis(d2, order, 1), np.take_along_axis(index, order, 1)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_knn_exact_and_tile_update_match_numpy(dtype):
     rng = np.random.default_rng(2)
-    q = rng.normal(size=(7, 13)).astype(np.float32)
-    r = rng.normal(size=(301, 13)).astype(np.float32)
-    d2, index = C().nearest_reference(q, r)
-    full = ((q[:, None, :].astype(np.float64) - r[None]) ** 2).sum(-1)
-    np.testing.assert_array_equal(index, full.argmin(1))
-    np.testing.assert_allclose(d2, full.min(1), rtol=1e-5)
+    queries = rng.normal(size=(13, 9)).astype(dtype)
+    refs = rng.normal(size=(300, 9)).astype(dtype)
+    refs[50] = refs[40]  # a tie: the smaller index comes first
+    d2 = ((queries[:, None].astype(np.float64) - refs[None].astype(np.float64)) ** 2).sum(-1)
+    want_index = np.lexsort((np.broadcast_to(np.arange(300), d2.shape), d2), axis=1)[:, :4]
+    got_d2, got_index = C().knn_exact(queries, refs, 4)
+    got_d2, got_index = heap_sorted(got_d2, got_index)
+    np.testing.assert_array_equal(got_index, want_index)
+    np.testing.assert_allclose(got_d2, np.take_along_axis(d2, want_index, 1), rtol=1e-14)  # summation order
+    # the tile epilogue over two tiles, with a band that leaves every reference to the exact test
+    best_d2 = np.full((13, 4), np.inf)
+    best_index = np.full((13, 4), -1, np.int64)
+    q32, r32 = queries.astype(np.float32), refs.astype(np.float32)
+    for c0 in (0, 150):
+        cols = np.arange(c0, c0 + 150, dtype=np.int64)
+        partial = ((r32[cols] ** 2).sum(1)[None, :] - 2 * q32 @ r32[cols].T).astype(np.float32)
+        tests = C().knn_tile_update(partial, (q32 * q32).sum(1).astype(np.float32), np.full(13, 1e-3, np.float32), 1.0,
+                                    np.arange(13, dtype=np.int64), cols, queries, refs, 1.0, best_d2, best_index)
+        assert 0 < tests < 13 * 150
+    tiled_d2, tiled_index = heap_sorted(best_d2, best_index)
+    np.testing.assert_array_equal(tiled_index, want_index)
+    np.testing.assert_array_equal(tiled_d2, got_d2)  # the same sequential float64 sums
 
 
 def test_checks_name_op_and_argument():
-    partial, thr = tile(3)
-    with pytest.raises(ValueError, match="dbscan_tile_counts: thr must have length"):
-        C().dbscan_tile_counts(partial, thr[:-1], np.zeros(partial.shape[0], np.int64))
-    with pytest.raises(ValueError, match="dbscan_tile_counts: count_rows must have dtype"):
-        C().dbscan_tile_counts(partial, thr, np.zeros(partial.shape[0], np.int32))
-    with pytest.raises(ValueError, match="dbscan_tile_counts: partial must be C-contiguous"):
-        C().dbscan_tile_counts(np.asfortranarray(partial), thr, np.zeros(partial.shape[0], np.int64))
+    points = np.zeros((5, 3), np.float32)
+    partial = np.zeros((2, 3), np.float32)
+    lo = hi = np.zeros(2, np.float32)
+    ids2, ids3 = np.arange(2, dtype=np.int64), np.arange(3, dtype=np.int64)
+    counts, lists = np.zeros(5, np.int32), np.zeros((5, 2), np.int32)
+    with pytest.raises(ValueError, match="dbscan_tile_neighbours: thr_lo must have length 2"):
+        C().dbscan_tile_neighbours(partial, lo[:1], hi, ids2, ids3, points, 1.0, 1.0, counts, lists)
+    with pytest.raises(ValueError, match="dbscan_tile_neighbours: counts must have dtype int32"):
+        C().dbscan_tile_neighbours(partial, lo, hi, ids2, ids3, points, 1.0, 1.0, counts.astype(np.int64), lists)
+    with pytest.raises(ValueError, match="dbscan_tile_neighbours: partial must be C-contiguous"):
+        C().dbscan_tile_neighbours(np.asfortranarray(np.zeros((2, 3), np.float32)), lo, hi, ids2, ids3, points, 1.0, 1.0, counts, lists)
+    with pytest.raises(ValueError, match="dbscan_tile_neighbours: col_ids holds an index outside"):
+        C().dbscan_tile_neighbours(partial, lo, hi, ids2, np.array([0, 1, 9], np.int64), points, 1.0, 1.0, counts, lists)
+    with pytest.raises(ValueError, match="dbscan_tile_neighbours: points must have dtype float32 or float64"):
+        C().dbscan_tile_neighbours(partial, lo, hi, ids2, ids3, points.astype(np.int32), 1.0, 1.0, counts, lists)
+    with pytest.raises(ValueError, match="dbscan_tile_union: parent must satisfy"):
+        C().dbscan_tile_union(partial, lo, hi, ids2, ids3, points, 1.0, 1.0, np.array([0, 0, 1, 4, 3], np.int64))
     with pytest.raises(ValueError, match="union_edges: edge_a/edge_b hold an index"):
         C().union_edges(np.arange(3, dtype=np.int64), np.array([0], np.int64), np.array([5], np.int64))
-    with pytest.raises(ValueError, match="nearest_reference: queries and references must have the same dimension"):
-        C().nearest_reference(np.zeros((2, 3), np.float32), np.zeros((4, 2), np.float32))
-    with pytest.raises(ValueError, match="nearest_reference: queries must have dtype"):
-        C().nearest_reference(np.zeros((2, 3)), np.zeros((4, 3), np.float32))
-    rows, cols = partial.shape
-    with pytest.raises(ValueError, match="dbscan_tile_union: row_ids holds an index"):
-        C().dbscan_tile_union(partial, thr, np.full(rows, 99, np.int64), np.zeros(cols, np.int64), np.arange(60, dtype=np.int64))
-    with pytest.raises(ValueError, match="dbscan_tile_union: parent must be fully compressed"):
-        C().dbscan_tile_union(partial, thr, np.zeros(rows, np.int64), np.zeros(cols, np.int64), np.array([0, 0, 1] + list(range(3, 60)), np.int64))
+    with pytest.raises(ValueError, match="knn_exact: queries and references must have the same dimension"):
+        C().knn_exact(np.zeros((2, 3), np.float32), np.zeros((4, 2), np.float32), 1)
+    with pytest.raises(ValueError, match="knn_exact: k must be in"):
+        C().knn_exact(np.zeros((2, 3), np.float32), np.zeros((4, 3), np.float32), 5)
+    with pytest.raises(ValueError, match="knn_tile_update: best_d2 must have length 2"):
+        C().knn_tile_update(partial, np.zeros(2, np.float32), np.zeros(2, np.float32), 1.0, ids2, ids3, np.zeros((2, 3), np.float32),
+                            points, 1.0, np.zeros((3, 1)), np.zeros((3, 1), np.int64))
 
 
 def test_dispatch_prefers_cpp_on_cpu():
@@ -121,3 +154,4 @@ def test_dispatch_prefers_cpp_on_cpu():
 
     assert dispatch.resolve("dbscan", torch.device("cpu"))[0] == "cpp"
     assert dispatch.resolve("nearest_distance", torch.device("cpu"))[0] == "cpp"
+    assert dispatch.resolve("knn_distance", torch.device("cpu"))[0] == "cpp"

@@ -4,11 +4,12 @@ import pytest
 import torch
 from sklearn.neighbors import NearestNeighbors
 
-from inform_fast import _native
-from inform_fast.detect.neighbors import CPP_MAX_QUERIES, nearest_distance
+from inform_fast.detect import neighbors
+from inform_fast.detect.neighbors import CPP_MAX_QUERIES, knn_distance, nearest_distance
 from inform_fast.testing import kernel_test_device, requires_cpp, requires_triton_interpreter
 
 BACKENDS = ["reference", pytest.param("cpp", marks=requires_cpp())]
+ALL_BACKENDS = BACKENDS + [pytest.param("triton", marks=requires_triton_interpreter())]
 # the cpp backend: exact search up to CPP_MAX_QUERIES queries, GEMM tiles + C++ epilogue above
 FEW, MANY = CPP_MAX_QUERIES, CPP_MAX_QUERIES + 5
 
@@ -111,25 +112,6 @@ def test_strided_inputs_requiring_grad(backend, n_q):
     np.testing.assert_allclose(dist.detach().numpy(), want_d, rtol=1e-6)
 
 
-@requires_cpp()
-def test_tile_epilogue():
-    C = _native.module()
-    tile = np.array([[5.0, 1.0, 1.0, 2.0], [0.0, 0.0, 0.0, 0.0], [9.0, 9.0, 9.0, 9.0]], np.float32)
-    norm = np.array([0.0, 1.0, 0.0, -1.0], np.float32)  # row sums: [5, 2, 1, 1], [0, 1, 0, -1], [9, 10, 9, 8]
-    best = np.array([np.inf, -1.0, 8.0], np.float32)
-    index = np.array([-1, 17, 17], np.int64)
-    C.nearest_tile_update(tile, norm, 100, best, index)
-    # a tie inside the tile keeps the first column; a tie with the running best keeps the earlier tile
-    np.testing.assert_array_equal(best, [1.0, -1.0, 8.0])
-    np.testing.assert_array_equal(index, [102, 17, 17])
-    with pytest.raises(ValueError, match="nearest_tile_update: col_norm must have length 4"):
-        C.nearest_tile_update(tile, norm[:3], 0, best, index)
-    with pytest.raises(ValueError, match="nearest_tile_update: best must have dtype float32"):
-        C.nearest_tile_update(tile, norm, 0, best.astype(np.float64), index)
-    with pytest.raises(ValueError, match="nearest_tile_update: tile must be C-contiguous"):
-        C.nearest_tile_update(np.asfortranarray(tile), norm, 0, best, index)
-
-
 def test_bf16_input():
     rng = np.random.default_rng(2)
     queries = torch.from_numpy(rng.normal(size=(9, 8))).bfloat16()
@@ -141,10 +123,11 @@ def test_bf16_input():
 
 
 @requires_triton_interpreter()
-def test_triton_under_interpreter():
+@pytest.mark.parametrize("offset, dtype", [(0.0, np.float32), (1e4, np.float32), (1e9, np.float64)])
+def test_triton_under_interpreter(offset, dtype):
     rng = np.random.default_rng(3)
-    queries = rng.normal(size=(19, 7)).astype(np.float32)
-    references = rng.normal(size=(301, 7)).astype(np.float32)
+    queries = (rng.normal(size=(19, 7)) + offset).astype(dtype)
+    references = (rng.normal(size=(301, 7)) + offset).astype(dtype)
     device = kernel_test_device()
     dist, index = nearest_distance(torch.from_numpy(queries).to(device), torch.from_numpy(references).to(device), backend="triton")
     assert dist.device.type == index.device.type == device
@@ -195,3 +178,67 @@ def test_knn_distance_bad_input():
         knn_distance(torch.zeros(2, 3), torch.zeros(3, 3), 0)
     with pytest.raises(ValueError, match="references: latent dimension"):
         knn_distance(torch.zeros(2, 3), torch.zeros(3, 4), 1)
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+@pytest.mark.parametrize("n_q", [5, MANY])
+def test_magnitudes_of_1e20(backend, n_q):
+    # float32 squares of 1e20 overflow (the old search raised IndexError or returned a neighbour
+    # 15x farther than the nearest): the frame's power-of-two scale keeps every distance exact
+    rng = np.random.default_rng(8)
+    references = (rng.normal(size=(400, 6)) * 1e20).astype(np.float32)
+    queries = (rng.normal(size=(n_q, 6)) * 1e20).astype(np.float32)
+    device = kernel_test_device() if backend == "triton" else "cpu"
+    dist, index = nearest_distance(torch.from_numpy(queries).to(device), torch.from_numpy(references).to(device), backend=backend)
+    want_d, want_i = exact(queries, references)
+    np.testing.assert_array_equal(index.cpu().numpy(), want_i)
+    np.testing.assert_allclose(dist.cpu().double().numpy(), want_d, rtol=1e-6)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_knn_ties_and_duplicates(backend):
+    # 30 exact copies of one reference: the k nearest are copies in index order, at distance 0
+    rng = np.random.default_rng(9)
+    references = rng.normal(size=(500, 12)).astype(np.float32)
+    references[100:130] = references[7]
+    queries = np.concatenate([references[[7, 100]], rng.normal(size=(MANY, 12)).astype(np.float32)])
+    distance, index = knn_distance(queries, references, 10, backend=backend)
+    assert index[0].tolist() == [7] + list(range(100, 109)) and bool((distance[:2] == 0).all())
+    d = np.sqrt(((queries[:, None, :].astype(np.float64) - references[None]) ** 2).sum(-1))
+    np.testing.assert_allclose(distance.double().numpy(), np.sort(d, axis=1)[:, :10], rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("spectrum", ["collapsed", "isotropic"])
+def test_knn_pruned_and_brute_paths_are_exact(monkeypatch, backend, spectrum):
+    # enough queries for the tree over the references: latents on a few directions (the InfoRM
+    # case) are searched by pruning, isotropic ones fall back to brute force after the pilot groups
+    monkeypatch.setattr(neighbors, "INDEX_MIN_QUERIES", 64)
+    monkeypatch.setattr(neighbors, "INDEX_MIN_REFS", 512)
+    monkeypatch.setattr(neighbors, "QUERY_GROUP", 32)
+    monkeypatch.setattr(neighbors, "PILOT_GROUPS", 2)
+    rng = np.random.default_rng(10)
+    scale = 0.3 ** np.arange(24) if spectrum == "collapsed" else np.ones(24)
+    references = (rng.normal(size=(3001, 24)) * scale + 50.0).astype(np.float32)
+    queries = (rng.normal(size=(301, 24)) * scale + 50.0).astype(np.float32)
+    stats = neighbors.search_stats(queries, references, 5, backend=backend)
+    if spectrum == "collapsed":
+        assert stats["strategy"] == "pruned" and stats["pairs"] < 0.25 * 301 * 3001
+    else:
+        assert stats["strategy"] == "pilot, then brute"
+    distance, index = knn_distance(queries, references, 5, backend=backend)
+    d = np.sqrt(((queries[:, None, :].astype(np.float64) - references[None]) ** 2).sum(-1))
+    want_index = np.argsort(d, axis=1, kind="stable")[:, :5]
+    np.testing.assert_array_equal(index.numpy(), want_index)
+    np.testing.assert_allclose(distance.double().numpy(), np.take_along_axis(d, want_index, 1), rtol=1e-6)
+
+
+@requires_triton_interpreter()
+def test_knn_on_the_triton_backend():
+    rng = np.random.default_rng(11)
+    queries = torch.from_numpy(rng.normal(size=(9, 5)).astype(np.float32)).to(kernel_test_device())
+    references = torch.from_numpy(rng.normal(size=(200, 5)).astype(np.float32)).to(kernel_test_device())
+    distance, index = knn_distance(queries, references, 4, backend="triton")
+    want, want_index = knn_distance(queries.cpu(), references.cpu(), 4, backend="reference")
+    torch.testing.assert_close(index.cpu(), want_index)
+    torch.testing.assert_close(distance.cpu(), want)

@@ -1,68 +1,95 @@
-"""DBSCAN over latent matrices, tiled: never an n x n matrix.
+"""DBSCAN over latent matrices, exact and tiled: never an n x n matrix.
 
 Same definition as scikit-learn's ``DBSCAN(eps, min_samples)`` with the Euclidean metric:
 
-* a point is *core* when at least ``min_samples`` points (itself included) lie within ``eps``;
+* a point is *core* when at least ``min_samples`` points (itself included) lie within ``eps``
+  (``dist <= eps``, the distance as the float64 sum of squared differences: scikit-learn's test);
 * core points within ``eps`` of each other are in the same cluster (connected components);
 * a non-core point within ``eps`` of a core point is a *border* point and joins the cluster of
-  one such core point (here: the first found in a fixed order, so the result is deterministic;
-  scikit-learn's choice depends on its expansion order, the core partition is the same);
+  its core neighbour with the smallest index (deterministic; scikit-learn's choice depends on its
+  expansion order, the core partition is the same);
 * everything else is noise, label ``-1``.
 
-Clusters are numbered 0, 1, ... in the order of their smallest core point index.
+Clusters are numbered 0, 1, ... in the order of their smallest core point index. The result is
+exact for any finite input: pairs are classified by float32 GEMM tiles in a centred, scaled
+frame with an error band, and the pairs inside the band are decided by the exact test
+(``inform_fast.spatial``).
 
-CPU algorithm (``reference`` and ``cpp`` backends): the data are centred (less cancellation);
-every tile is a BLAS GEMM giving ``partial = ||c||^2 - 2 r.c`` [block, block], compared against
-``eps^2 - ||r||^2`` (steps in ``_core_and_roots``):
+Algorithm (one driver, ``_core_and_roots``, over a *pair engine*; every pass runs on a set of row
+points against gathered column points, centred on the rows):
 
-0. counts against a strided sample of 2048 points are lower bounds, so points reaching
-   min_samples there are certainly core; they are unioned with a few hundred certain sample
-   points, which gives seed components;
-1. among certain points only pairs of *different* seed components can add edges, and only if
-   their bounding balls come within eps: the others are skipped without a GEMM, so for
-   well-clustered data this step costs almost nothing; the rest are unioned tile by tile (each
-   tile only touches rows that have a neighbour in another component);
-2. the uncertain points are counted exactly against all points; the ones that turn out core
-   are unioned with all core points;
-3. non-core points against core points, for border assignment.
+0. a k-d tree over the top principal coordinates puts the points in leaves of ~256 and lists,
+   per leaf, the leaves that can hold a neighbour (lower bounds of ``spatial``);
+1. *near pass*: each leaf against its nearest candidate leaves (about ``NEAR_COLUMNS`` points):
+   neighbour counts and capped neighbour lists. A point that reaches ``min_samples`` here is
+   certainly core; where the near leaves are all the candidates, the counts are final;
+2. *far pass*: the points still below ``min_samples`` are counted again against every candidate
+   leaf of their leaf (grouped ~512 rows at a time): exact counts and complete neighbour lists
+   (noise and border points have fewer than ``min_samples`` neighbours, so their lists are
+   complete by construction);
+3. *union*: along the listed edges between core points, then the near pass again restricted to
+   core points with a union-find epilogue (links each leaf's cores to its neighbours' cores);
+   the only edges still unknown join two core points whose lists overflowed, so the components
+   they form are compared pairwise, pruned by their bounding balls, and joined where a pair
+   within eps exists (rows of the smaller side, columns of its partners, stopping once joined);
+4. *borders*: each non-core point with a core neighbour (in its complete list) takes its cluster.
 
-The result is exact whatever the sample: the sample only decides how much work is skipped.
-Worst case (no certain points) the cost is that of plain tiled counting plus union over core
-points, O(n^2 L) time and O(block^2 + n L) memory.
+Cost: the near pass is ``n x NEAR_COLUMNS`` pairs; the far pass ``(points not certain after it)
+x (candidate columns)``, which is small where the data are dense around most points or where
+the tree prunes (latents whose variance lives in few directions), and ``n^2`` only for data that
+are both diffuse and high-dimensional at the scale of eps; the union passes are near-linear
+unless many separate components touch. Memory: the index (a float32 copy of the points), the
+lists (``n x cap`` int32) and one tile (``ROW_BLOCK x block`` floats).
 
-The ``cpp`` backend runs the tile epilogues (threshold + counts, threshold + live union-find) in
-``inform_fast._C`` with OpenMP; the ``reference`` backend does them with PyTorch / NumPy. The
-``triton`` backend (CUDA) runs the same steps on the GPU, each pair pass one fused Triton kernel
-(distance, threshold and count / union-find hooking / first core neighbour in the epilogue, no
-tile stored; ``inform_fast.kernels.dbscan``), so well-clustered data cost a few passes over
-n x SAMPLE_COLUMNS pairs instead of several over n x n.
-
-float64 input is computed in float64 (reference epilogues); everything else in float32.
+Backends (``inform_fast.dispatch``, op ``"dbscan"``): ``reference`` (PyTorch epilogues),
+``cpp`` (the epilogues of ``inform_fast._C``, OpenMP), ``triton`` (the engine's passes as fused
+Triton kernels, ``inform_fast.kernels.dbscan``; the exact test of the band's pairs on the host).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Optional
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import threading
 
 import numpy as np
 import torch
 
 from inform_fast import dispatch
 from inform_fast.detect.inputs import as_latents
+from inform_fast.spatial import (
+    LeafIndex,
+    box_lower_bound,
+    build_index,
+    candidate_leaves,
+    outward,
+    run_parallel,
+    tile_band,
+    union_roots,
+    worker_threads,
+)
 from inform_fast.validation import check_positive_int, check_real
 
 # backends: inform_fast.dispatch.BACKENDS
 
-DEFAULT_BLOCK = 4096
+DEFAULT_BLOCK = 4096  # columns per tile
+LEAF_SIZE = 64  # points per k-d leaf
+ROW_BLOCK = 512  # rows per tile
+ROW_GROUP = 256  # rows the near and far passes take together (whole leaves)
+NEAR_COLUMNS = 1024  # columns of the near pass (the nearest candidate leaves)
+LIST_CAP = 16  # neighbour list length (at least min_samples - 1)
+LIST_BUDGET = 1 << 28  # bound on n x cap list entries (1 GiB of int32)
 
 
 @dataclass
 class DBSCANResult:
-    """labels: [n] int64, cluster id or -1 (noise); core_mask: [n] bool; n_clusters: int."""
+    """labels: [n] int64, cluster id or -1 (noise); core_mask: [n] bool; n_clusters: int.
+    stats: what the run did (pairs computed, exact tests, leaves), for benchmarks."""
 
     labels: torch.Tensor
     core_mask: torch.Tensor
     n_clusters: int
+    stats: dict = field(default_factory=dict, repr=False)
 
 
 def check_eps(eps) -> float:
@@ -78,8 +105,9 @@ def dbscan(
 ) -> DBSCANResult:
     """Cluster ``x`` [n, L] (tensor or array, any float dtype) with DBSCAN(eps, min_samples).
 
-    ``block`` is the tile side: peak extra memory is about ``block^2`` floats (64 MiB at 4096).
-    Returns a DBSCANResult on ``x``'s device.
+    ``block`` is the column count of a tile: peak extra memory is about ``ROW_BLOCK x block``
+    floats beyond the index (a float32 copy of x) and the neighbour lists. Returns a
+    DBSCANResult on ``x``'s device.
     """
     x = as_latents("x", x)
     eps = check_eps(eps)
@@ -91,287 +119,582 @@ def dbscan(
 def dbscan_checked(x: torch.Tensor, eps: float, min_samples: int, block: int = DEFAULT_BLOCK, backend: Optional[str] = None) -> DBSCANResult:
     """``dbscan`` on arguments already validated by the caller (no second pass over ``x``)."""
     _, impl = dispatch.resolve("dbscan", x.device, backend)
-    core, root = impl(x, eps, min_samples, block)
-    return _number_clusters(core, root)
+    core, root, stats = impl(x, eps, min_samples, block)
+    return _number_clusters(core, root, stats)
 
 
-def _number_clusters(core: torch.Tensor, root: torch.Tensor) -> DBSCANResult:
+def _number_clusters(core: torch.Tensor, root: torch.Tensor, stats: dict) -> DBSCANResult:
     """core [n] bool; root [n] int64: index of the smallest core point of the component (-1 noise)."""
     roots = torch.unique(root[core])  # sorted: cluster k has the k-th smallest first core index
     labels = torch.full_like(root, -1)
     assigned = root >= 0
     labels[assigned] = torch.searchsorted(roots, root[assigned])
-    return DBSCANResult(labels=labels, core_mask=core, n_clusters=int(roots.numel()))
+    return DBSCANResult(labels=labels, core_mask=core, n_clusters=int(roots.numel()), stats=stats)
+
+
+def exact_points(x: torch.Tensor) -> torch.Tensor:
+    """The values the exact test reads: x on the CPU, contiguous, float32 or float64 (float16 and
+    bfloat16 widen to float32 exactly)."""
+    dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    return x.detach().to("cpu", dtype).contiguous()
+
+
+# --- epilogues --------------------------------------------------------------------------------
 
 
 class _TorchEpilogue:
-    """Tile epilogues and union-find in PyTorch / NumPy (the reference)."""
+    """The tile epilogues in PyTorch / NumPy (the reference)."""
 
-    def counts(self, partial, thr, count_rows, count_cols):
-        hit = partial <= thr[:, None]
-        count_rows += hit.sum(1)
-        if count_cols is not None:
-            count_cols += hit.sum(0)
+    def __init__(self, points: torch.Tensor, scale: float, eps2: float):
+        self.points, self.scale, self.eps2 = points, scale, eps2
 
-    def root_edges(self, partial, thr, root_rows, root_cols, n_roots):
-        hit = (partial <= thr[:, None]) & (root_rows[:, None] != root_cols[None, :])
+    def exact_hits(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """[P] bool: exact test of the pairs (a[p], b[p]) (original ids)."""
+        diff = self.points[a].to(torch.float64) * self.scale - self.points[b].to(torch.float64) * self.scale
+        return (diff * diff).sum(1) <= self.eps2
+
+    def hits(self, partial, lo, hi, row_ids, col_ids):
+        hit = partial <= lo[:, None]
+        maybe = (partial <= hi[:, None]) & ~hit
+        if bool(maybe.any()):
+            i, j = torch.nonzero(maybe, as_tuple=True)
+            keep = self.exact_hits(row_ids[i], col_ids[j])
+            hit[i[keep], j[keep]] = True
+            return hit, int(i.numel())
+        return hit, 0
+
+    def count_at_most(self, partial, hi, budget: int) -> int:
+        return int((partial <= hi[:, None]).sum())
+
+    def neighbours(self, partial, lo, hi, row_ids, col_ids, counts, lists) -> int:
+        hit, tests = self.hits(partial, lo, hi, row_ids, col_ids)
+        hit &= row_ids[:, None] != col_ids[None, :]
+        cap = lists.shape[1]
+        open_rows = torch.nonzero(counts[row_ids] < cap).flatten()
+        if open_rows.numel():
+            i, j = torch.nonzero(hit[open_rows], as_tuple=True)  # row-major: columns in order per row
+            if i.numel():
+                first = torch.searchsorted(i, i, right=False)
+                slot = counts[row_ids[open_rows[i]]].to(torch.int64) + torch.arange(i.numel()) - first
+                keep = slot < cap
+                lists[row_ids[open_rows[i[keep]]], slot[keep]] = col_ids[j[keep]].to(torch.int32)
+        counts[row_ids] += hit.sum(1).to(torch.int32)
+        return tests
+
+    def union(self, partial, lo, hi, row_ids, col_ids, parent) -> int:
+        hit, tests = self.hits(partial, lo, hi, row_ids, col_ids)
+        root_rows, root_cols = parent[row_ids], parent[col_ids]
+        hit &= root_rows[:, None] != root_cols[None, :]
         i, j = torch.nonzero(hit, as_tuple=True)
-        if i.numel() == 0:
-            return None
-        pairs = torch.unique(root_rows[i] * n_roots + root_cols[j])
-        return pairs // n_roots, pairs % n_roots
-
-    def union_tile(self, partial, thr, row_ids, col_ids, parent):
-        edges = self.root_edges(partial, thr, parent[row_ids], parent[col_ids], parent.numel())
-        if edges is not None:
-            self.union(parent, *edges)
-
-    def union(self, parent, a, b):
-        # Vectorised hooking: link each larger root under the smallest root it meets, compress,
-        # repeat until every edge is inside one component. parent[x] <= x always holds.
-        p = parent.numpy()
-        a = a.numpy()
-        b = b.numpy()
-        while True:
-            ra, rb = p[a], p[b]
-            differ = ra != rb
-            if not differ.any():
-                break
-            lo = np.minimum(ra, rb)[differ]
-            hi = np.maximum(ra, rb)[differ]
-            np.minimum.at(p, hi, lo)
-            _compress(p)
-
-
-def _compress(p: np.ndarray) -> None:
-    while True:
-        q = p[p]
-        if np.array_equal(q, p):
-            return
-        p[:] = q
+        if i.numel():
+            n = parent.numel()
+            pairs = torch.unique(root_rows[i] * n + root_cols[j])
+            union_roots(parent, pairs // n, pairs % n)
+        return tests
 
 
 class _CppEpilogue:
-    """The same epilogues in inform_fast._C (float32, OpenMP)."""
+    """The same epilogues in inform_fast._C (float32 tiles, OpenMP)."""
 
-    def __init__(self):
+    def __init__(self, points: torch.Tensor, scale: float, eps2: float):
         from inform_fast import _native
 
         self.C = _native.module()
+        self.points, self.scale, self.eps2 = points.numpy(), scale, eps2
+        self.torch = _TorchEpilogue(points, scale, eps2)
 
-    def counts(self, partial, thr, count_rows, count_cols):
-        self.C.dbscan_tile_counts(partial.numpy(), thr.numpy(), count_rows.numpy(), None if count_cols is None else count_cols.numpy())
+    def count_at_most(self, partial, hi, budget: int) -> int:
+        if partial.dtype != torch.float32:
+            return self.torch.count_at_most(partial, hi, budget)
+        return self.C.tile_count_at_most(partial.numpy(), hi.numpy(), int(budget))
 
-    def union_tile(self, partial, thr, row_ids, col_ids, parent):
-        self.C.dbscan_tile_union(partial.numpy(), thr.numpy(), row_ids.numpy(), col_ids.numpy(), parent.numpy())
+    def neighbours(self, partial, lo, hi, row_ids, col_ids, counts, lists) -> int:
+        if partial.dtype != torch.float32:  # a float64 frame: the reference epilogue keeps float64
+            return self.torch.neighbours(partial, lo, hi, row_ids, col_ids, counts, lists)
+        return self.C.dbscan_tile_neighbours(partial.numpy(), lo.numpy(), hi.numpy(), row_ids.numpy(), col_ids.numpy(),
+                                             self.points, self.scale, self.eps2, counts.numpy(), lists.numpy())
 
-    def union(self, parent, a, b):
-        self.C.union_edges(parent.numpy(), a.contiguous().numpy(), b.contiguous().numpy())
+    def union(self, partial, lo, hi, row_ids, col_ids, parent) -> int:
+        if partial.dtype != torch.float32:
+            return self.torch.union(partial, lo, hi, row_ids, col_ids, parent)
+        return self.C.dbscan_tile_union(partial.numpy(), lo.numpy(), hi.numpy(), row_ids.numpy(), col_ids.numpy(),
+                                        self.points, self.scale, self.eps2, parent.numpy())
+
+
+# --- the CPU pair engine ----------------------------------------------------------------------
+
+FILTER_MAX_FRACTION = 1 / 32  # above this share of candidate pairs, a full tile is cheaper than exact tests
+FILTER_RETRY = 4  # after this many dense lower-bound tries in a row, only every 4th row block tries
+
+
+class _RowBlock:
+    """A block of row points in a tile's frame: full coordinates and principal coordinates, each
+    centred on the rows' mean where that shrinks the norms (what the GEMM's cancellation is
+    relative to; on diffuse data it does not, and the global frame saves a pass over each column
+    chunk), with float64 norms in that frame, thresholds before the band, global norms and ids."""
+
+    def __init__(self, engine: "CpuTiles", positions: torch.Tensor):
+        index = engine.index
+        self.positions = positions
+        self.ids = index.order[positions]
+        self.global_norm = index.norms[positions]
+        self.full, self.centre, self.full_norm = self._frame(index.points.index_select(0, positions), self.global_norm, engine.eps_frame)
+        self.full_threshold = engine.eps2 - self.full_norm * self.full_norm
+        low = index.top.index_select(0, positions)
+        self.low, self.low_centre, self.low_norm = self._frame(low, engine.top_sqnorm[positions].to(torch.float64).sqrt(), engine.eps_frame)
+        self.low_threshold = engine.low_eps2 - self.low_norm * self.low_norm
+
+    @staticmethod
+    def _frame(rows: torch.Tensor, global_norm: torch.Tensor, reach: float):
+        """(rows, centre or None, float64 norms) in the chosen frame."""
+        centre = rows.mean(0)
+        local = rows - centre
+        # norms in the rows' precision: their error (gamma_D relative) is inside the band's c1 term
+        local_norm = (local * local).sum(1).to(torch.float64).sqrt()
+        if float(local_norm.max()) + reach < 0.5 * float(global_norm.max()):
+            return local, centre, local_norm
+        return rows, None, global_norm
+
+
+class CpuTiles:
+    """The pair engine of the CPU backends: GEMM tiles of row points against gathered column
+    points, both centred on the rows' mean, thresholds widened by the error band, and an
+    epilogue (PyTorch or C++) that decides the band's pairs exactly.
+
+    A tile is *full* (all D coordinates: pairs below the band are neighbours, pairs inside it
+    are tested exactly) or *filtering* (the top principal coordinates only: their distance is a
+    lower bound of the full one, so a pair above eps there is no neighbour, and the few pairs
+    left are tested exactly). ``mode="auto"`` tries the filter on the first column chunk of each
+    row block and keeps it while it leaves at most FILTER_MAX_FRACTION of the pairs.
+
+    Every pair engine (this one, ``inform_fast.kernels.dbscan.TritonTiles``) offers, for
+    positions ``rows`` and ``cols`` into ``index.points`` (counts, lists and parent are indexed
+    by original row):
+
+    * ``neighbours(rows, cols, counts, lists, mode, need=None)``: counts[i] += neighbours of i
+      among cols (itself excluded), appended to i's list while it has room (rows distinct);
+      with ``need``, a row is no longer scanned once its count reaches it;
+    * ``union(rows, cols, parent, mode, stop=None)``: merge the union-find ``parent`` (fully
+      compressed, parent[i] <= i) along every neighbour pair, checking ``stop()`` between row
+      blocks.
+    """
+
+    def __init__(self, index: LeafIndex, eps: float, epilogue, block: int, workers: int = 1):
+        self.index = index
+        eps_frame = eps * index.frame.scale
+        self.eps_frame = eps_frame
+        self.eps2 = eps_frame**2
+        self.sqnorm = (index.points * index.points).sum(1)  # squared norms in the global frame
+        self.top_sqnorm = (index.top * index.top).sum(1)
+        self.filter_failures = 0  # lower-bound tiles found dense in a row (auto mode then rests)
+        self.row_blocks = 0
+        # the principal-coordinate distance bounds the distance of the *stored* points, which may
+        # exceed the true one by the index's slack
+        self.low_eps2 = (eps_frame + index.slack) ** 2
+        self.block = block
+        self.ops = epilogue
+        self.workers = workers
+        self.pairs = 0  # pairs in full tiles
+        self.filtered_pairs = 0  # pairs in lower-bound tiles
+        self.exact_tests = 0
+        self._lock = threading.Lock()
+        self._local = threading.local()  # one tile buffer per worker
+
+    def _count(self, pairs: int = 0, filtered: int = 0, tests: int = 0) -> None:
+        with self._lock:
+            self.pairs += pairs
+            self.filtered_pairs += filtered
+            self.exact_tests += tests
+
+    def _buffer(self, size: int) -> torch.Tensor:
+        buffer = getattr(self._local, "buffer", None)
+        if buffer is None or buffer.numel() < size:
+            buffer = self._local.buffer = torch.empty(size, dtype=self.index.points.dtype)
+        return buffer[:size]
+
+    def _tile(self, rb: _RowBlock, col_pos: torch.Tensor, low: bool):
+        """(partial [R, C], thr_lo [R], thr_hi [R]) of the row block against ``col_pos``."""
+        index = self.index
+        if low:
+            r, c, centre, sqnorm = rb.low, index.top.index_select(0, col_pos), rb.low_centre, self.top_sqnorm
+            row_norm, threshold, dim = rb.low_norm, rb.low_threshold, index.top.shape[1]
+        else:
+            r, c, centre, sqnorm = rb.full, index.points.index_select(0, col_pos), rb.centre, self.sqnorm
+            row_norm, threshold, dim = rb.full_norm, rb.full_threshold, index.points.shape[1]
+            self._count(pairs=r.shape[0] * c.shape[0])
+        if centre is not None:
+            c -= centre
+            col_norm2 = (c * c).sum(1)
+        else:
+            col_norm2 = sqnorm[col_pos]
+        band = tile_band(index.frame, dim, row_norm, float(col_norm2.max()) ** 0.5 * (1 + 1e-6), rb.global_norm,
+                         float(index.norms[col_pos].max()))
+        lo, hi = outward(threshold - band, threshold + band, r.dtype)
+        if low:  # a lower bound only rules pairs out
+            lo = torch.full_like(lo, float("-inf"))
+        tile = self._buffer(r.shape[0] * c.shape[0]).view(r.shape[0], c.shape[0])
+        torch.addmm(col_norm2[None, :], r, c.T, alpha=-2.0, out=tile)  # ||c||^2 - 2 r.c
+        return tile, lo, hi
+
+    def _step(self, kind: str, rb: _RowBlock, col_pos: torch.Tensor, low: Optional[bool], *args) -> Optional[bool]:
+        """One tile of ``kind`` ("neighbours" / "union"). ``low`` None: try the lower-bound tile and
+        keep it if it leaves few candidates; True: use it; False: a full tile. Returns the choice for
+        the next tile (a lower-bound tile that left too many candidates turns it off)."""
+        col_ids = self.index.order[col_pos]
+        budget = FILTER_MAX_FRACTION * rb.ids.numel() * col_pos.numel()
+        if low is not False:
+            tile, lo, hi = self._tile(rb, col_pos, True)
+            if low is True or self.ops.count_at_most(tile, hi, budget) <= budget:
+                tests = getattr(self.ops, kind)(tile, lo, hi, rb.ids, col_ids, *args)
+                self._count(filtered=tile.numel(), tests=tests)
+                return tests <= budget
+        tile, lo, hi = self._tile(rb, col_pos, False)
+        self._count(tests=getattr(self.ops, kind)(tile, lo, hi, rb.ids, col_ids, *args))
+        return False
+
+    def _first_choice(self, mode: str) -> Optional[bool]:
+        """How a row block starts: full tiles, or (auto) a try of the lower-bound tile, except after
+        FILTER_RETRY failed tries in a row, when only every FILTER_RETRY-th row block tries."""
+        self.row_blocks += 1
+        if mode != "auto":
+            return False
+        if self.filter_failures >= FILTER_RETRY and self.row_blocks % FILTER_RETRY:
+            return False
+        return None
+
+    def _record(self, tried: Optional[bool], low: Optional[bool]) -> None:
+        if tried is None:
+            self.filter_failures = 0 if low else self.filter_failures + 1
+
+    def neighbours(self, rows, cols, counts, lists, mode: str = "full", need: Optional[int] = None) -> None:
+        for r0 in range(0, rows.numel(), ROW_BLOCK):
+            rb = _RowBlock(self, rows[r0 : r0 + ROW_BLOCK])
+            low = self._first_choice(mode)
+            # with ``need`` rows leave as soon as they have it: small column chunks first
+            width = max(self.block // 8, 256) if need is not None else self.block
+            c0 = 0
+            while c0 < cols.numel():
+                tried = low
+                low = self._step("neighbours", rb, cols[c0 : c0 + width], low, counts, lists)
+                self._record(tried, low)
+                c0 += width
+                width = min(2 * width, self.block)
+                if need is not None:
+                    open_rows = counts[rb.ids] < need
+                    if not bool(open_rows.any()):
+                        break
+                    if not bool(open_rows.all()):
+                        rb = _RowBlock(self, rb.positions[open_rows])
+
+    def union(self, rows, cols, parent, mode: str = "full", stop: Optional[Callable[[], bool]] = None) -> None:
+        for r0 in range(0, rows.numel(), ROW_BLOCK):
+            if stop is not None and stop():
+                return
+            rb = _RowBlock(self, rows[r0 : r0 + ROW_BLOCK])
+            low = self._first_choice(mode)
+            for c0 in range(0, cols.numel(), self.block):
+                tried = low
+                low = self._step("union", rb, cols[c0 : c0 + self.block], low, parent)
+                self._record(tried, low)
+
+
+def _index_for(x: torch.Tensor, eps: float, block: int) -> LeafIndex:
+    leaf_size = max(8, min(LEAF_SIZE, block))
+    return build_index(x, leaf_size=leaf_size, radius=eps)
+
+
+@torch.no_grad()  # NumPy views and out= need tensors outside autograd
+def _dbscan_on_cpu(x: torch.Tensor, eps: float, min_samples: int, block: int, epilogue_class):
+    device = x.device
+    points = exact_points(x)
+    with worker_threads() as workers:
+        index = _index_for(points, eps, block)
+        scale = index.frame.exact_scale
+        epilogue = epilogue_class(points, scale, (eps * scale) ** 2)
+        engine = CpuTiles(index, eps, epilogue, block, workers)
+        core, root, stats = _core_and_roots(index, engine, eps * index.frame.scale, min_samples)
+    return core.to(device), root.to(device), stats
 
 
 def _dbscan_reference(x: torch.Tensor, eps: float, min_samples: int, block: int):
-    return _dbscan_on_cpu(x, eps, min_samples, block, _TorchEpilogue())
+    return _dbscan_on_cpu(x, eps, min_samples, block, _TorchEpilogue)
 
 
 def _dbscan_cpp(x: torch.Tensor, eps: float, min_samples: int, block: int):
-    if x.dtype == torch.float64:  # the C++ epilogues are float32; keep float64 exact
-        return _dbscan_on_cpu(x, eps, min_samples, block, _TorchEpilogue())
-    return _dbscan_on_cpu(x, eps, min_samples, block, _CppEpilogue())
+    return _dbscan_on_cpu(x, eps, min_samples, block, _CppEpilogue)
 
 
+@torch.no_grad()
 def _dbscan_triton(x: torch.Tensor, eps: float, min_samples: int, block: int):
-    """The same algorithm on x's device, every pair pass a fused Triton kernel (no tile stored)."""
-    from inform_fast.kernels.dbscan import TritonPairs
+    """The same driver on x's device, every pass a fused Triton kernel (the exact test of the
+    band's pairs on the host)."""
+    from inform_fast.kernels.dbscan import TritonTiles
 
-    x = x.detach().float()
-    x = (x - x.mean(0)).contiguous()
-    return _core_and_roots(TritonPairs(x, eps), eps, min_samples)
-
-
-def _dbscan_on_cpu(x: torch.Tensor, eps: float, min_samples: int, block: int, epilogue):
-    device = x.device
-    dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-    x = x.detach().to("cpu", dtype)
-    x = (x - x.mean(0)).contiguous()  # centring shrinks ||x||^2 and so the GEMM cancellation
-    core, root = _core_and_roots(_GemmTiles(x, eps, min(block, x.shape[0]), epilogue), eps, min_samples)
-    return core.to(device), root.to(device)
+    points = exact_points(x)
+    index = _index_for(x.detach(), eps, block)
+    if index.frame.dtype != torch.float32:  # eps below float32's resolution of the data: the CPU's float64 tiles
+        core, root, stats = _dbscan_on_cpu(points, eps, min_samples, block, _TorchEpilogue)
+        return core.to(x.device), root.to(x.device), stats
+    engine = TritonTiles(index, points, eps)
+    core, root, stats = _core_and_roots(index, engine, eps * index.frame.scale, min_samples)
+    return core.to(x.device), root.to(x.device), stats
 
 
-def _blocks(start: int, stop: int, block: int):
-    return [(a, min(a + block, stop)) for a in range(start, stop, block)]
+# --- the driver -------------------------------------------------------------------------------
+
+UNION_ROWS = 32  # core points per leaf that the union pass links to the near leaves' cores
 
 
-SAMPLE_COLUMNS = 2048
-SEED_COLUMNS = 512
-MAX_COMPONENTS = 128  # above this many seed components, pairwise ball pruning is not worth it
+def list_capacity(n: int, min_samples: int) -> int:
+    """Neighbour list length: every non-core point's list must hold all its neighbours
+    (< min_samples - 1 of them); longer lists join more of the core graph for free."""
+    need = max(min_samples - 1, 1)
+    cap = max(need, LIST_CAP)
+    if n * cap > LIST_BUDGET:
+        cap = max(need, LIST_BUDGET // max(n, 1))
+    return cap
 
 
-class _GemmTiles:
-    """The pair passes of the CPU backends: one reused [block, block] buffer filled by a BLAS
-    GEMM with ``partial = ||c||^2 - 2 r.c``, then a threshold epilogue (PyTorch or C++).
-
-    Every pair engine (this one, ``inform_fast.kernels.dbscan.TritonPairs``) offers, on the
-    centred points ``x`` [n, L]:
-
-    * ``count(rows, cols, counts)``: counts[k] += eps-neighbours of rows[k] among cols, the point
-      itself excluded;
-    * ``union(rows, cols, parent, symmetric)``: merge the union-find ``parent`` (fully
-      compressed, parent[i] <= i) along every eps-edge between rows and cols;
-    * ``assign_borders(core_index, border_index, root)``: root[b] = root of b's first (smallest
-      index) core neighbour, for every border point that has one.
-    """
-
-    def __init__(self, x: torch.Tensor, eps: float, block: int, epilogue):
-        self.x = x
-        self.eps = eps
-        self.ops = epilogue
-        self.norms = (x * x).sum(1)  # [n]
-        self.eps2 = eps * eps
-        self.block = block
-        self.buffer = torch.empty(block * block, dtype=x.dtype)
-
-    def tiles(self, rows: torch.Tensor, cols: torch.Tensor, symmetric: bool = False):
-        """Yield (row slice, col slice, partial, thr) over rows x cols (index tensors into x):
-        partial = ||c||^2 - 2 r.c [br, bc], neighbours iff partial <= thr[:, None]. With
-        ``symmetric`` (rows is cols) only the upper triangle of tiles is visited."""
-        xr, xc = self.x.index_select(0, rows), self.x.index_select(0, cols)
-        thr = self.eps2 - self.norms.index_select(0, rows)
-        cn = self.norms.index_select(0, cols)
-        row_blocks = _blocks(0, rows.numel(), self.block)
-        col_blocks = _blocks(0, cols.numel(), self.block)
-        for bi, (r0, r1) in enumerate(row_blocks):
-            for c0, c1 in col_blocks[bi:] if symmetric else col_blocks:
-                out = self.buffer[: (r1 - r0) * (c1 - c0)].view(r1 - r0, c1 - c0)
-                torch.addmm(cn[None, c0:c1], xr[r0:r1], xc[c0:c1].T, alpha=-2.0, out=out)
-                yield slice(r0, r1), slice(c0, c1), out, thr[r0:r1]
-
-    def count(self, rows, cols, counts):
-        position = torch.full((self.x.shape[0],), -1, dtype=torch.int64)
-        position[cols] = torch.arange(cols.numel())
-        self_col = position[rows]  # where each row appears among the columns (-1: it does not)
-        for rs, cs, partial, thr in self.tiles(rows, cols):
-            own = self_col[rs]
-            inside = (own >= cs.start) & (own < cs.stop)
-            if bool(inside.any()):
-                partial[torch.nonzero(inside).flatten(), own[inside] - cs.start] = float("inf")
-            self.ops.counts(partial, thr, counts[rs], None)
-
-    def union(self, rows, cols, parent, symmetric=False):
-        for rs, cs, partial, thr in self.tiles(rows, cols, symmetric):
-            self.ops.union_tile(partial, thr, rows[rs].contiguous(), cols[cs].contiguous(), parent)
-
-    def assign_borders(self, core_index, border_index, root):
-        x, eps, block = self.x, self.eps, self.block
-        xb, xc = x.index_select(0, border_index), x.index_select(0, core_index)
-        bn, cn = (xb * xb).sum(1), (xc * xc).sum(1)
-        for r0 in range(0, xb.shape[0], block):
-            rows = xb[r0 : r0 + block]
-            thr = (eps * eps - bn[r0 : r0 + block])[:, None]
-            first = torch.full((rows.shape[0],), -1, dtype=torch.int64)
-            for c0 in range(0, xc.shape[0], block):
-                pending = first < 0
-                if not bool(pending.any()):
-                    break
-                hit = torch.addmm(cn[None, c0 : c0 + block], rows, xc[c0 : c0 + block].T, alpha=-2.0) <= thr
-                has = hit.any(1) & pending
-                first = torch.where(has, hit.to(torch.uint8).argmax(1) + c0, first)  # argmax: first True
-            found = first >= 0
-            targets = border_index[r0 : r0 + block][found]
-            root[targets] = root[core_index[first[found]]]
+def _groups(index: LeafIndex, positions: torch.Tensor, target: int) -> list[tuple[torch.Tensor, list[int]]]:
+    """Split sorted positions into (rows, leaves) groups of about ``target`` rows made of whole
+    consecutive leaves."""
+    if positions.numel() == 0:
+        return []
+    leaf_of = torch.searchsorted(index.starts, positions, right=True) - 1
+    leaves, counts = torch.unique_consecutive(leaf_of, return_counts=True)
+    groups, start, members = [], 0, []
+    bounds = torch.cumsum(counts, 0).tolist()
+    for k, leaf in enumerate(leaves.tolist()):
+        members.append(leaf)
+        if bounds[k] - start >= target or k == len(bounds) - 1:
+            groups.append((positions[start : bounds[k]], members))
+            start, members = bounds[k], []
+    return groups
 
 
-def _core_and_roots(pairs, eps: float, min_samples: int):
-    """Returns (core [n] bool, root [n] int64: smallest core index of the cluster, -1 for noise),
-    on the device of ``pairs.x`` (the centred points; ``pairs`` is a pair engine, see _GemmTiles).
+def _nearest_first(index: LeafIndex, members: list[int], leaves: torch.Tensor) -> torch.Tensor:
+    """``leaves`` ordered by their lower bound from the union of leaves ``members`` (then by centre
+    distance), so the scan meets the neighbours first."""
+    m = torch.tensor(members)
+    lo, hi = index.box_lo[m].min(0).values[None], index.box_hi[m].max(0).values[None]
+    centre = index.centre[m].mean(0, keepdim=True)
+    radius = ((index.centre[m] - centre).norm(dim=1) + index.radius[m]).max()[None]
+    bound = box_lower_bound(lo, hi, centre, radius, index, leaves)[0]
+    distance = torch.cdist(centre, index.centre[leaves])[0]
+    by_distance = torch.argsort(distance)
+    return leaves[by_distance[torch.argsort(bound[by_distance].clamp_min(0), stable=True)]]
 
-    0. Counts against an evenly strided sample of SAMPLE_COLUMNS points (plus the point itself)
-       are lower bounds: a point reaching min_samples there is certainly core. Certain points
-       are unioned with the first SEED_COLUMNS certain sample points within eps: seed components.
-    1. Certain x certain: only pairs of *different* seed components can add edges, and a pair
-       whose bounding balls are more than eps apart cannot; the rest are unioned pass by pass.
-       (Above MAX_COMPONENTS seed components: all certain x certain pairs, upper triangle.)
-    2. The uncertain points are counted against all points; those that are core are unioned
-       with all core points.
-    3. Border points take the root of their first core neighbour.
-    """
-    x = pairs.x
-    n, device = x.shape[0], x.device
-    everything = torch.arange(n, device=device)
-    parent = torch.arange(n, dtype=torch.int64, device=device)  # union-find, kept fully compressed
 
-    # 0. certainly-core points and seed components
-    sample = torch.unique(torch.linspace(0, n - 1, min(n, SAMPLE_COLUMNS), device=device).round().long())
-    counts = torch.ones(n, dtype=torch.int64, device=device)  # the point itself
-    pairs.count(everything, sample, counts)
-    certain = counts >= min_samples
-    certain_index = torch.nonzero(certain).flatten()
-    # a few hundred seeds suffice to join a dense cluster; the union below is exact whatever
-    # the seeds, they only decide how much of step 1 the ball pruning can skip
-    certain_sample = sample[certain[sample]][:SEED_COLUMNS]
-    if certain_index.numel() and certain_sample.numel():
-        pairs.union(certain_index, certain_sample, parent)
+def _leaf_groups(index: LeafIndex, target: int) -> list[list[int]]:
+    """Consecutive leaves (spatially compact in k-d order) in groups of about ``target`` points."""
+    groups, members, rows = [], [], 0
+    for leaf, size in enumerate(index.leaf_sizes.tolist()):
+        members.append(leaf)
+        rows += size
+        if rows >= target:
+            groups.append(members)
+            members, rows = [], 0
+    if members:
+        groups.append(members)
+    return groups
 
-    # 1. certain x certain, pruned by component balls
-    if certain_index.numel():
-        _union_certain(pairs, certain_index, parent, eps)
 
-    # 2. uncertain points: exact counts, then the core ones against all core points
-    uncertain = torch.nonzero(~certain).flatten()
-    core = certain.clone()
-    if uncertain.numel():
-        late_counts = torch.ones(uncertain.numel(), dtype=torch.int64, device=device)
-        pairs.count(uncertain, everything, late_counts)
-        late = uncertain[late_counts >= min_samples]
-        core[late] = True
-        if late.numel():
-            pairs.union(late, late, parent, symmetric=True)
-            if certain_index.numel():
-                pairs.union(late, certain_index, parent)
+def _core_and_roots(index: LeafIndex, engine, eps_frame: float, min_samples: int):
+    """Returns (core [n] bool, root [n] int64: smallest core index of the cluster, -1 for noise,
+    stats dict), indexed by original row, on the device of ``index.points``; see the module
+    docstring for the passes."""
+    device = index.points.device
+    n = index.points.shape[0]
+    order = index.order
+    need = min_samples - 1  # neighbours besides the point itself
+    cap = list_capacity(n, min_samples)
+    counts = torch.zeros(n, dtype=torch.int32, device=device)  # neighbours found (itself excluded)
+    lists = torch.full((n, cap), -1, dtype=torch.int32, device=device)
+    indptr, candidates = candidate_leaves(index, eps_frame)
+    indptr_list = indptr.tolist()
+    sizes = index.leaf_sizes.tolist()
+    starts = index.starts.tolist()
 
-    core_index = torch.nonzero(core).flatten()
+    def group_candidates(members: list[int]) -> torch.Tensor:
+        """The candidate leaves of a group's leaves, nearest first."""
+        cand = torch.unique(torch.cat([candidates[indptr_list[l] : indptr_list[l + 1]] for l in members]).to(torch.int64))
+        return _nearest_first(index, members, cand)
+
+    groups = _leaf_groups(index, ROW_GROUP)
+    near_of = []  # per group: (rows, columns of its nearest candidate leaves)
+    done = torch.zeros(n, dtype=torch.bool, device=device)  # by position: the near pass saw every candidate
+    for members in groups:
+        cand = group_candidates(members)
+        covered = np.cumsum([sizes[c] for c in cand.tolist()])
+        take = max(1, int(np.searchsorted(covered, NEAR_COLUMNS, side="right")))
+        rows = torch.arange(starts[members[0]], starts[members[-1] + 1], device=device)
+        near_of.append((rows, index.positions(cand[:take])))
+        done[rows] = take == cand.numel()
+
+    # 1. near pass: every group of leaves against its nearest candidate leaves
+    run_parallel(lambda group: engine.neighbours(*group, counts, lists, mode="auto"), near_of, engine.workers)
+    pairs = {"near": engine.pairs}
+
+    # 2. far pass: points still below min_samples whose group has more candidates, counted afresh
+    # against all of them, nearest first; a row stops once it has min_samples (it is core then)
+    far = torch.nonzero((counts[order] < need) & ~done).flatten()
+    if far.numel():
+        counts[order[far]] = 0
+        lists[order[far]] = -1
+        run_parallel(lambda group: engine.neighbours(group[0], index.positions(group_candidates(group[1])), counts, lists,
+                                                     mode="auto", need=need),
+                     _groups(index, far, ROW_GROUP), engine.workers)
+    pairs["far"] = engine.pairs - pairs["near"]
+
+    core = counts >= need  # by original row
+    # a list holds every neighbour where the count is final and did not overflow: groups the
+    # near pass covered, and the far points that stayed below min_samples (non-core)
+    complete = torch.zeros(n, dtype=torch.bool, device=device)
+    complete[order] = done & (counts[order] <= cap)
+    complete[order[far]] = counts[order[far]] < need
+
+    # 3. union: every listed edge between core points; the near leaves' cores from a few cores
+    # per group; then the components of the cores whose lists are incomplete
+    parent = torch.arange(n, dtype=torch.int64, device=device)
+    listed = torch.clamp(counts, max=cap)
+    src = torch.nonzero(core).flatten()
+    if src.numel():
+        valid = torch.arange(cap, device=device)[None, :] < listed[src][:, None]
+        a = src[:, None].expand(-1, cap)[valid]
+        b = lists[src][valid].to(torch.int64)
+        keep = core[b]
+        _union_edges(parent, a[keep], b[keep])
+    core_position = core[order]
+    for rows, cols in near_of:
+        rows = rows[core_position[rows]]
+        if rows.numel() == 0:
+            continue
+        # one core per component present in the group (linking it links the component), then
+        # evenly spread ones up to UNION_ROWS
+        _, first = np.unique(parent[order[rows]].cpu().numpy(), return_index=True)
+        spread = torch.linspace(0, rows.numel() - 1, min(rows.numel(), UNION_ROWS)).round().long()
+        pick = torch.unique(torch.cat([torch.from_numpy(first), spread]))
+        engine.union(rows[pick.to(device)], cols[core_position[cols]], parent, mode="auto")
+    pairs["union"] = engine.pairs - pairs["near"] - pairs["far"]
+    incomplete = torch.nonzero(core_position & ~complete[order]).flatten()  # positions
+    joined = _join_components(index, engine, parent, incomplete, eps_frame)
+    pairs["join"] = engine.pairs - pairs["near"] - pairs["far"] - pairs["union"]
+
     root = torch.full((n,), -1, dtype=torch.int64, device=device)
-    if core_index.numel() == 0:
-        return core, root
-    root[core_index] = parent[core_index]  # smallest core index of the component
+    root[core] = parent[core]
 
-    # 3. border points: the first core neighbour found
-    border_index = torch.nonzero(~core).flatten()
-    if border_index.numel():
-        pairs.assign_borders(core_index, border_index, root)
-    return core, root
+    # 4. borders: the smallest core neighbour in the (complete) list
+    border = torch.nonzero(~core & (counts > 0)).flatten()
+    if border.numel():
+        neighbours = lists[border].to(torch.int64)
+        valid = (torch.arange(cap, device=device)[None, :] < counts[border][:, None]) & (neighbours >= 0)
+        valid &= core[neighbours.clamp(min=0)]
+        first = torch.where(valid, neighbours, torch.full_like(neighbours, n)).min(1).values
+        found = first < n
+        root[border[found]] = root[first[found]]
+    stats = {
+        "n": n, "leaves": index.n_leaves, "tree_dims": int(index.box_lo.shape[1]),
+        "frame_dtype": str(index.frame.dtype).replace("torch.", ""),
+        **{f"pairs_{k}": v for k, v in pairs.items()}, "pairs_full": engine.pairs,
+        "pairs_filtered": engine.filtered_pairs, "exact_tests": engine.exact_tests, "far_points": int(far.numel()),
+        "component_pairs_searched": joined, "candidate_fraction": _candidate_fraction(index, indptr, candidates),
+    }
+    return core, root, stats
 
 
-def _union_certain(pairs, certain_index, parent, eps):
-    x = pairs.x
-    comp = parent[certain_index]
-    roots, member_comp = torch.unique(comp, return_inverse=True)
-    k = roots.numel()
-    if k == 1:
+def _candidate_fraction(index: LeafIndex, indptr: torch.Tensor, candidates: torch.Tensor) -> float:
+    """Fraction of all n^2 pairs that the leaf bounds leave as candidates."""
+    sizes = index.leaf_sizes.to(torch.float64)
+    owner = torch.repeat_interleave(torch.arange(index.n_leaves, device=sizes.device), indptr[1:] - indptr[:-1])
+    total = float((sizes[owner] * sizes[candidates.to(torch.int64)]).sum())
+    n = float(sizes.sum())
+    return total / (n * n)
+
+
+def _union_edges(parent: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
+    if a.numel() == 0:
         return
-    if k > MAX_COMPONENTS:
-        pairs.union(certain_index, certain_index, parent, symmetric=True)
+    if dispatch.cpp_available() and parent.device.type == "cpu":
+        from inform_fast import _native
+
+        _native.module().union_edges(parent.numpy(), a.contiguous().numpy(), b.contiguous().numpy())
         return
-    f64 = dict(dtype=torch.float64, device=x.device)
-    sizes = torch.bincount(member_comp, minlength=k).to(torch.float64)
-    chunks = _blocks(0, certain_index.numel(), 1 << 16)  # bounded temporaries
-    centres = torch.zeros((k, x.shape[1]), **f64)
-    for a, b in chunks:
-        one_hot = torch.zeros((k, b - a), **f64)
-        one_hot[member_comp[a:b], torch.arange(b - a, device=x.device)] = 1.0
-        centres += one_hot @ x.index_select(0, certain_index[a:b]).to(torch.float64)  # GEMM, faster than index_add_
-    centres /= sizes[:, None]
-    radius = torch.zeros(k, **f64)
-    scale = torch.zeros((), **f64)
-    for a, b in chunks:
-        points = x.index_select(0, certain_index[a:b]).to(torch.float64)
-        spread = (points - centres[member_comp[a:b]]).norm(dim=1)
-        radius.scatter_reduce_(0, member_comp[a:b], spread, reduce="amax")
-        scale = torch.maximum(scale, points.abs().max())
-    gap = torch.cdist(centres, centres) - radius[:, None] - radius[None, :]
-    # conservative: prune only pairs clearly farther apart than eps (rounding of the tiles)
-    reachable = (gap <= eps * (1 + 1e-4) + 1e-5 * scale).cpu()
-    members = [certain_index[member_comp == a] for a in range(k)]
-    for a in range(k):
-        for b in range(a + 1, k):
-            if bool(reachable[a, b]) and int(parent[roots[a]]) != int(parent[roots[b]]):
-                pairs.union(members[a], members[b], parent)
+    host = parent.cpu()
+    union_roots(host, a.cpu(), b.cpu())
+    parent.copy_(host)
+
+
+def _join_components(index: LeafIndex, engine, parent: torch.Tensor, incomplete: torch.Tensor, eps_frame: float) -> int:
+    """Join the components of the core points whose lists are incomplete (positions
+    ``incomplete``; every other edge is known): components whose bounding balls come within eps
+    are searched for a pair within eps, rows from the smaller component (batched ~ROW_BLOCK rows),
+    columns from its partners restricted to the points that can reach the rows' balls, closest
+    first, stopping once every pair of the batch is joined. Returns the number of component pairs
+    searched."""
+    if incomplete.numel() == 0:
+        return 0
+    comps, member = torch.unique(parent[index.order[incomplete]], return_inverse=True)
+    k = comps.numel()
+    if k <= 1:
+        return 0
+    device = incomplete.device
+    points = index.points.index_select(0, incomplete).to(torch.float64)
+    sizes = torch.bincount(member, minlength=k)
+    centre = torch.zeros((k, points.shape[1]), dtype=torch.float64, device=device).index_add_(0, member, points)
+    centre /= sizes[:, None]
+    spread = (points - centre[member]).norm(dim=1)
+    radius = torch.zeros(k, dtype=torch.float64, device=device).scatter_reduce_(0, member, spread, reduce="amax")
+    reach = eps_frame + 2 * index.slack
+    # partners: the larger side of each touching pair (size, then id), so each pair is searched once
+    key = sizes.to(torch.float64) * (k + 1) + torch.arange(k, device=device)
+    partners = [[] for _ in range(k)]
+    for a in range(0, k, 1024):
+        gap = torch.cdist(centre[a : a + 1024], centre) - radius[a : a + 1024, None] - radius[None, :]
+        i, j = torch.nonzero((gap <= reach) & (key[a : a + 1024, None] < key[None, :]), as_tuple=True)
+        for p, q in zip((i + a).tolist(), j.tolist()):
+            partners[p].append(q)
+    leaf_of_position = index.leaf_of_position()
+    by_comp = torch.argsort(member)
+    bounds = [0] + torch.cumsum(sizes, 0).tolist()
+    members = [incomplete[by_comp[bounds[c] : bounds[c + 1]]] for c in range(k)]
+    searched = 0
+
+    def search(batch: list[int]) -> None:
+        nonlocal searched
+        pending = [(a, b) for a in batch for b in partners[a] if int(parent[comps[a]]) != int(parent[comps[b]])]
+        if not pending:
+            return
+        searched += len(pending)
+        row_comps = sorted({a for a, _ in pending})
+        col_comps = sorted({b for _, b in pending})
+        rows = torch.cat([members[a] for a in row_comps])
+        cols = torch.cat([members[b] for b in col_comps])
+        # columns only from leaves whose ball comes within eps of a row component's ball, then
+        # points within eps of such a ball (and rows likewise against the partners' balls)
+        leaf_gap = torch.cdist(centre[row_comps], index.centre) - radius[row_comps, None] - index.radius[None, :]
+        cols = cols[(leaf_gap <= reach).any(0)[leaf_of_position[cols]]]
+        if cols.numel() == 0:
+            return
+        row_gap = (torch.cdist(index.points[rows].to(torch.float64), centre[col_comps]) - radius[col_comps]).min(1).values
+        col_gap = (torch.cdist(index.points[cols].to(torch.float64), centre[row_comps]) - radius[row_comps]).min(1).values
+        rows, row_gap = rows[row_gap <= reach], row_gap[row_gap <= reach]
+        cols, col_gap = cols[col_gap <= reach], col_gap[col_gap <= reach]
+        if rows.numel() == 0 or cols.numel() == 0:
+            return
+        rows, cols = rows[torch.argsort(row_gap)], cols[torch.argsort(col_gap)]  # closest first
+        a_t = comps[torch.tensor([a for a, _ in pending])]
+        b_t = comps[torch.tensor([b for _, b in pending])]
+        engine.union(rows, cols, parent, mode="auto", stop=lambda: bool((parent[a_t] == parent[b_t]).all()))
+
+    batch, batch_rows = [], 0
+    for a in torch.argsort(key).tolist():
+        if not partners[a]:
+            continue
+        batch.append(a)
+        batch_rows += members[a].numel()
+        if batch_rows >= ROW_BLOCK:
+            search(batch)
+            batch, batch_rows = [], 0
+    if batch:
+        search(batch)
+    return searched

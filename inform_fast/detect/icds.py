@@ -9,13 +9,17 @@ its centroid, size and deviation are appended as the last row of the per-cluster
 in the score. Neither the clustering nor the nearest-reference search ever holds an n x n or
 n x m matrix (``inform_fast.detect.dbscan``, ``inform_fast.detect.neighbors``).
 
-Automatic eps (``eps="auto"``, ``auto_eps``): the k-distance curve with k = min_samples. For a
-sample of points (``sample_size``, drawn with a fixed seed), the distance to the k-th nearest
-neighbour among *all* points, the point itself counted as the first (as scikit-learn's
-min_samples counts it, so a point at that eps is exactly core). The distances are sorted
-ascending; both axes are scaled to [0, 1] and the knee is the point farthest from the chord
-joining the first and last points of the curve. Its distance is the eps used
-(``ICDSResult.eps``); a flat curve (no knee) falls back to the median.
+Automatic eps (``eps="auto"``, ``auto_eps`` / ``auto_eps_details``): the k-distance curve with
+k = min_samples. For a sample of points (``sample_size``, drawn with a fixed seed), the exact
+distance to the k-th nearest point among *all* points, the point itself counted as the first (as
+scikit-learn's min_samples counts it, so a point at that eps is exactly core). Points with
+min_samples - 1 copies of themselves (k-distance zero, or below the resolution floor: 1e-6 of
+the data's RMS spread, where float32 latents differ by rounding only) are core at any eps, so they
+are left out of the curve: repeated responses, the collapsed policy ICDS should catch, no longer
+pull eps down to rounding noise. The rest is sorted; both axes are scaled to [0, 1] and the knee is
+the point farthest below the chord joining the first and last points. A flat curve falls back to
+its median, and eps is never below the floor. What was chosen and why is in
+``ICDSResult.eps_choice`` (an ``AutoEps`` as a dict).
 """
 from __future__ import annotations
 
@@ -28,7 +32,8 @@ import torch
 
 from inform_fast.detect.dbscan import DEFAULT_BLOCK, check_eps, dbscan_checked
 from inform_fast.detect.inputs import as_latents
-from inform_fast.detect.neighbors import nearest_distance_checked
+from inform_fast.detect.neighbors import knn_distance_checked, nearest_distance_checked
+from inform_fast.spatial import fit_frame
 from inform_fast.detect.projection import apply_projection
 from inform_fast.validation import check_positive_int
 
@@ -42,7 +47,8 @@ class ICDSResult:
     centroids: [k, L'] float32 (L' = projected dim if a projection was used).
     deviations: [k] float32, d_i.  With include_noise=True the last row is the noise group.
     eps / min_samples: the values used.  n_clusters: DBSCAN clusters (noise group excluded).
-    n_noise: number of noise points.
+    n_noise: number of noise points.  eps_choice: with eps="auto", what ``auto_eps_details``
+    chose and why (``AutoEps.to_dict()``), else None.
     """
 
     score: float
@@ -58,6 +64,7 @@ class ICDSResult:
     include_noise: bool = False
     projection: Optional[str] = None
     backend: Optional[str] = field(default=None, repr=False)
+    eps_choice: Optional[dict] = None
 
     def to_dict(self, include_labels: bool = False) -> dict:
         """JSON-ready dict (plain floats/ints/lists). Labels only when asked (they are [n])."""
@@ -71,6 +78,7 @@ class ICDSResult:
             "n_points": int(self.labels.numel()),
             "include_noise": bool(self.include_noise),
             "projection": self.projection,
+            "eps_choice": self.eps_choice,
             "cluster_sizes": [int(v) for v in self.cluster_sizes.tolist()],
             "deviations": [float(v) for v in self.deviations.tolist()],
             "centroids": [[float(v) for v in row] for row in self.centroids.tolist()],
@@ -80,18 +88,11 @@ class ICDSResult:
         return out
 
 
-def _kth_neighbor_distance(sample: torch.Tensor, x: torch.Tensor, k: int, block: int = 8192) -> torch.Tensor:
-    """[s] distance from each sample row to its k-th nearest row of x (itself counted), tiled."""
-    dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-    s = sample.to(dtype)
-    sn = (s * s).sum(1)
-    best = None  # [s, <=k] smallest squared distances so far
-    for c0 in range(0, x.shape[0], block):
-        c = x[c0 : c0 + block].to(dtype)
-        d2 = (sn[:, None] + (c * c).sum(1)[None, :] - 2.0 * s @ c.T).clamp_min_(0)
-        d2 = d2 if best is None else torch.cat([best, d2], dim=1)
-        best = torch.topk(d2, min(k, d2.shape[1]), dim=1, largest=False).values
-    return best[:, -1].sqrt()
+def _kth_neighbor_distance(sample: torch.Tensor, x: torch.Tensor, k: int) -> torch.Tensor:
+    """[s] exact distance from each sample row to its k-th nearest row of x (itself counted when
+    it is a row of x); the monitor's neighbour scale reads it."""
+    distances, _ = knn_distance_checked(sample, x, min(k, x.shape[0]))
+    return distances[:, -1]
 
 
 def knee_of_sorted(values: torch.Tensor) -> float:
@@ -108,9 +109,32 @@ def knee_of_sorted(values: torch.Tensor) -> float:
     return float(y[int(torch.argmax(gap))])
 
 
-def auto_eps(x, min_samples: int = 5, sample_size: int = 2048, seed: int = 0, name: str = "x") -> float:
-    """eps from the k-distance curve (k = min_samples) of ``x`` [n, L]; see the module docstring.
-    ``name`` is the argument that errors name (the caller's name for ``x``)."""
+RESOLUTION = 1e-6  # distances below this share of the RMS spread count as duplicates
+
+
+@dataclass
+class AutoEps:
+    """What ``auto_eps`` chose: eps, the rule that gave it ("knee", "median" for a flat curve,
+    "floor" when the knee fell below the resolution floor, "identical" when every sampled point
+    has min_samples - 1 copies), k, the points sampled, the share of them with k-distance at the
+    floor or below (duplicates), and the floor."""
+
+    eps: float
+    rule: str
+    k: int
+    sample_size: int
+    duplicate_share: float
+    floor: float
+
+    def to_dict(self) -> dict:
+        return {"eps": float(self.eps), "rule": self.rule, "k": int(self.k), "sample_size": int(self.sample_size),
+                "duplicate_share": float(self.duplicate_share), "floor": float(self.floor)}
+
+
+def auto_eps_details(x, min_samples: int = 5, sample_size: int = 2048, seed: int = 0, backend: Optional[str] = None,
+                     name: str = "x") -> AutoEps:
+    """eps from the k-distance curve (k = min_samples) of ``x`` [n, L], with the reasons; see the
+    module docstring. ``name`` is the argument that errors name (the caller's name for ``x``)."""
     x = as_latents(name, x)
     check_positive_int("min_samples", min_samples)
     check_positive_int("sample_size", sample_size)
@@ -124,14 +148,29 @@ def auto_eps(x, min_samples: int = 5, sample_size: int = 2048, seed: int = 0, na
     else:
         sample = x
     k = min(min_samples, n)
-    kth = torch.sort(_kth_neighbor_distance(sample, x, k).cpu()).values
-    eps = knee_of_sorted(kth)
-    if not eps > 0:  # duplicated points: fall back to the smallest positive k-distance
-        positive = kth[kth > 0]
-        if positive.numel() == 0:
-            raise ValueError(f"{name}: all sampled latents coincide with their neighbours; eps cannot be chosen automatically")
-        eps = float(positive[0])
-    return eps
+    distances, _ = knn_distance_checked(sample, x, k, backend=backend)
+    kth = torch.sort(distances[:, -1].to(torch.float64).cpu()).values
+    centred = sample.to(torch.float64) - sample.to(torch.float64).mean(0)
+    spread = float((centred * centred).sum(1).mean().sqrt())
+    floor = RESOLUTION * spread
+    positive = kth[kth > floor]
+    duplicate_share = 1.0 - positive.numel() / kth.numel()
+    if positive.numel() == 0:
+        # every sampled point is core at any eps: the smallest eps that is not rounding noise
+        return AutoEps(eps=floor if floor > 0 else 1.0, rule="identical", k=k, sample_size=int(kth.numel()),
+                       duplicate_share=duplicate_share, floor=floor)
+    eps, rule = knee_of_sorted(positive), "knee"
+    if positive.numel() < 3 or float(positive[-1] - positive[0]) <= 0:
+        rule = "median"
+    if eps < floor:
+        eps, rule = floor, "floor"
+    return AutoEps(eps=float(eps), rule=rule, k=k, sample_size=int(kth.numel()), duplicate_share=duplicate_share, floor=floor)
+
+
+def auto_eps(x, min_samples: int = 5, sample_size: int = 2048, seed: int = 0, name: str = "x") -> float:
+    """eps from the k-distance curve (k = min_samples) of ``x`` [n, L]; see the module docstring
+    (``auto_eps_details`` also says why). ``name`` is the argument that errors name."""
+    return auto_eps_details(x, min_samples, sample_size, seed, name=name).eps
 
 
 def icds(
@@ -151,7 +190,8 @@ def icds(
         rlhf_latents: [n, L] tensor/array (policy response latents, mu).
         reference_latents: [m, L] tensor/array (SFT response latents), same L; moved to the
             RLHF latents' device if it is elsewhere (the score is computed there).
-        eps: DBSCAN radius (> 0) or "auto" (k-distance knee, see ``auto_eps``).
+        eps: DBSCAN radius (> 0) or "auto" (k-distance knee, see ``auto_eps``; the choice is
+            reported in ``ICDSResult.eps_choice``).
         min_samples: DBSCAN min_samples (>= 1; the point itself counts).
         include_noise: count the noise points as one more group.
         projection: None, "pca" (``PCAProjection``: 2 components fitted on the reference set,
@@ -175,10 +215,12 @@ def icds(
         rlhf = as_latents("projection(rlhf_latents)", rlhf)
         reference = as_latents("projection(reference_latents)", reference, dim=rlhf.shape[1])
     check_positive_int("block", block)
+    eps_choice = None
     if isinstance(eps, str):
         if eps != "auto":
             raise ValueError(f"eps: expected a number > 0 or 'auto', got {eps!r}")
-        eps = auto_eps(rlhf, min_samples, sample_size=auto_sample_size, name="rlhf_latents")
+        choice = auto_eps_details(rlhf, min_samples, sample_size=auto_sample_size, backend=backend, name="rlhf_latents")
+        eps, eps_choice = choice.eps, choice.to_dict()
     else:
         eps = check_eps(eps)
 
@@ -194,12 +236,16 @@ def icds(
         n_groups += 1
     kept = group >= 0
     dim = rlhf.shape[1]
+    # centroids of the members in the data's own frame (centred, scaled by a power of two): float32
+    # partial sums are then accurate relative to the clusters' spread, not to their distance from
+    # the origin, and nothing overflows at any magnitude
+    frame = fit_frame(rlhf, axes=False)
     sums = torch.zeros((n_groups, dim), dtype=torch.float64, device=rlhf.device)
     members, member_group = rlhf[kept], group[kept]
     for a in range(0, members.shape[0], 1 << 16):
         # float32 partial sums over 65,536 rows at a time, accumulated in float64: accurate and
         # much faster than a float64 index_add over all rows
-        chunk = members[a : a + (1 << 16)].to(torch.float32)
+        chunk = frame.apply(members[a : a + (1 << 16)]).to(torch.float32)
         chunk_group = member_group[a : a + (1 << 16)]
         if n_groups <= 256:  # one-hot GEMM: far faster than index_add_ on CPU for few clusters
             one_hot = torch.zeros((n_groups, chunk.shape[0]), dtype=torch.float32, device=rlhf.device)
@@ -211,15 +257,13 @@ def icds(
         sums += part.to(torch.float64)
     sizes = torch.bincount(member_group, minlength=n_groups)
     if n_groups:
-        centroids = sums / sizes[:, None].to(torch.float64)
-        # search with the reference's precision (float32 unless it is float64); the winner's
-        # distance is recomputed exactly in float64 by nearest_distance
-        search_dtype = torch.float64 if reference.dtype == torch.float64 else torch.float32
-        deviations, _ = nearest_distance_checked(centroids.to(search_dtype), reference, backend=backend)
+        centroids = sums / sizes[:, None].to(torch.float64) / frame.scale + frame.mean.to(rlhf.device)
+        # exact nearest reference of each float64 centroid (distances in float64)
+        deviations, _ = nearest_distance_checked(centroids, reference, backend=backend)
         deviations = deviations.to(torch.float64)
         score = float((sizes.to(torch.float64) * deviations).sum())
     else:
-        centroids = sums
+        centroids = torch.zeros((0, dim), dtype=torch.float64, device=rlhf.device)
         deviations = torch.zeros(0, dtype=torch.float64, device=rlhf.device)
         score = 0.0
     return ICDSResult(
@@ -235,4 +279,5 @@ def icds(
         n_noise=n_noise,
         include_noise=include_noise,
         projection=projection_name,
+        eps_choice=eps_choice,
     )

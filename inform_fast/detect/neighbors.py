@@ -1,207 +1,338 @@
-"""Nearest-reference distance, tiled: never holds the full [q, m] distance matrix.
+"""Exact k nearest references, tiled: never holds the full [q, m] distance matrix.
 
-For each query the nearest reference is picked from ``||r||^2 - 2 q.r`` (the ``||q||^2`` term
-is the same along a row), computed one [block_queries, block_refs] tile at a time with a GEMM and
-min-reduced per tile. The references' mean is subtracted from both sets first (it limits the
-float32 cancellation), and the winner's distance is then recomputed exactly as ``||q - r||`` in
-float64, so the returned distance carries no GEMM cancellation error (which is large when
-``||q||`` is big compared to the distance). The reference tiles are the outer loop: each is
-shifted and normed once, and the strict ``<`` across tiles keeps the smallest index on ties.
+``knn_distance(queries, references, k)`` returns, for each query, the k smallest Euclidean
+distances to the references and their indices; ``nearest_distance`` is the case k = 1. Exact:
+the result is that of the float64 sum of squared differences of the original values (what
+scikit-learn's tree searches compute), ties ordered by reference index, for any finite input
+(``inform_fast.spatial`` explains the frame, the error band and the exact test).
 
-Backends (``inform_fast.dispatch``, op ``"nearest_distance"``):
+How the references are found:
 
-* ``reference``: PyTorch tiles (any device; the CPU default without the extension).
-* ``triton``: ``inform_fast.kernels.min_distance`` (CUDA; the min is reduced in the kernel's
-  epilogue and the reference axis is split across programs).
-* ``cpp`` (the CPU default when the extension is built): for at most ``CPP_MAX_QUERIES``
-  queries, the exact direct-difference search of ``inform_fast._C``; above that the same float32
-  GEMM tiles with the C++ epilogue ``nearest_tile_update`` (a vectorized row minimum; the
-  argmin is searched only in rows whose minimum improved), in place of PyTorch's
-  ``min(dim=1)``, which costs 5x a plain ``amin``.
+* **Few queries** (at most ``CPP_MAX_QUERIES``, the ``cpp`` backend): a direct search in C++
+  that streams the references once and computes every distance exactly in float64 (the
+  fastest exact search when the GEMM cannot amortise).
+* **Pruned** (at least ``INDEX_MIN_QUERIES`` queries and ``INDEX_MIN_REFS`` references): a
+  k-d tree of leaves over the references' top principal coordinates; the queries in groups of
+  ``QUERY_GROUP`` (themselves ordered by a k-d tree, so a group is compact) visit the leaves
+  nearest first, one GEMM tile per chunk of leaves centred on the group, and stop at the first
+  leaf whose lower bound exceeds the group's current k-th distance. On latents whose variance
+  lives in a few directions this visits a few leaves per group instead of all of them.
+* **Brute** (otherwise, or when the first ``PILOT_GROUPS`` groups visit more than
+  ``BRUTE_FRACTION`` of the leaves, as on isotropic high-dimensional data): every query block
+  against every reference chunk in storage order, references read once per chunk.
 
-Measured on the 2-core development CPU (AMD EPYC, AVX-512; 2026-11-25), 50,000 x 128 float32
-references, ``pytest benchmarks/bench_detection.py -k nearest --benchmark-only`` (min of 5):
+In the tiles a reference is tested exactly only if its GEMM value, less the error band, is
+within the query's current k-th distance: a handful of tests per query.
 
-* 1000 queries: 74 ms (before these tiles: 110-150 ms), faiss-cpu ``IndexFlatL2`` 60 ms,
-  chunked NumPy 85-94 ms. Of the 74 ms, 6 were the finite check of the inputs (since made
-  cheaper: the same benchmark in ``benchmarks/results/cpu-2026-11-25.json`` gives medians of
-  65.1 ms, faiss 58.9 ms, NumPy 81.5 ms) and 59 the GEMMs (PyTorch's MKL runs them at
-  ~220 GFLOP/s here; NumPy's OpenBLAS, which faiss uses, in 51 ms, but
-  mixing its thread pool with PyTorch's between tiles made the whole search 8x slower). The
-  ``reference`` backend's PyTorch tiles find the indices in 86 ms.
-* ``CPP_MAX_QUERIES``: the exact search (AVX-512/AVX2 clones picked at run time, four queries
-  per pass over a reference: 4x faster than the plain loop) against the tiles, 16 / 32 / 48 /
-  64 queries: 2.3 / 4.6 / 7.1 / 9.4 ms against 4.8 / 5.8 / 6.9 / 8.1 ms (2*10^5 references:
-  32 queries 19 against 24 ms, 64 queries 38 against 32 ms).
-* ``CPU_BLOCK_REFS``, the index search alone: [1024, 1024] tiles 69 ms, [1024, 2048] 77 ms,
-  [1024, 8192] 87 ms (the PyTorch tiles: 86 / 86 / 98 ms).
-* 6 queries: 7.4 ms against faiss 2.8-3.1 ms, of which the exact search was 1.1 ms and the
-  finite check of the 50,000 references 6 ms; with the cheaper check, 1.46 ms against faiss
-  2.82 ms (medians, ``cpu-2026-11-25.json``).
+Backends (``inform_fast.dispatch``, ops ``"knn_distance"`` and ``"nearest_distance"``):
+``reference`` (PyTorch tiles and epilogue, any device), ``cpp`` (the C++ direct search and tile
+epilogue of ``inform_fast._C``, OpenMP-free workers), ``triton`` (CUDA: the same tiles as
+PyTorch's on the GPU; see ``docs/performance.md`` for the GPU design).
 """
 from __future__ import annotations
 
 from typing import Optional
 
+import numpy as np
 import torch
 
 from inform_fast import dispatch
 from inform_fast.detect.inputs import as_latents
+from inform_fast.spatial import (
+    LeafIndex,
+    _kd_order,
+    box_lower_bound,
+    build_index,
+    exact_scale_for,
+    fit_frame,
+    max_abs,
+    run_parallel,
+    tile_band,
+    tree_dims_for,
+    worker_threads,
+)
 from inform_fast.validation import check_positive_int
 
 # backends: inform_fast.dispatch.BACKENDS
 
-# Measured on the development CPU (see the module docstring): the query count up to which the
-# exact C++ search beats the GEMM tiles, and the reference-tile cap on the CPU (a [1024, 1024]
-# float32 tile stays in cache).
-CPP_MAX_QUERIES = 48
-CPU_BLOCK_REFS = 1024
+CPP_MAX_QUERIES = 48  # the direct C++ search up to this many queries (measured: see the module docstring)
+INDEX_MIN_QUERIES = 256  # a tree over the references pays from this many queries ...
+INDEX_MIN_REFS = 8192  # ... and this many references
+QUERY_GROUP = 256  # queries that visit the leaves together
+FIRST_COLUMNS = 512  # references in a group's first chunk (the chunks then double up to block_refs)
+QUERY_BLOCK = 512  # query rows per brute-force tile
+LEAF_SIZE = 64
+PILOT_GROUPS = 4  # groups searched before deciding between pruning and brute force
+BRUTE_FRACTION = 0.5  # pilot groups visiting more than this share of the leaves: brute force
 
 
 def _work_dtype(*tensors: torch.Tensor) -> torch.dtype:
     return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
 
 
-def reference_shift(references: torch.Tensor, dtype: torch.dtype, rows: int = 65536) -> torch.Tensor:
-    """[L] mean of the references, subtracted from both sets before the GEMM: distances are
-    unchanged, but ||q||^2 and ||r||^2 shrink, and with them the float32 cancellation that would
-    otherwise pick wrong winners for latents far from the origin.
-
-    Chunks of ``rows`` are summed in float32 (float64 for float64 input; PyTorch's reductions
-    sum in cascade, so the error is a few float32 ulps), and the chunk sums in float64: any shift
-    close to the mean serves, and converting every element to float64 first cost 10x more."""
-    acc = torch.float64 if references.dtype == torch.float64 else torch.float32
-    total = torch.zeros(references.shape[1], dtype=torch.float64, device=references.device)
-    for r0 in range(0, references.shape[0], rows):
-        total += references[r0 : r0 + rows].sum(0, dtype=acc)
-    return (total / references.shape[0]).to(dtype)
+# --- epilogues --------------------------------------------------------------------------------
 
 
-def _nearest_index_reference(queries: torch.Tensor, references: torch.Tensor, block_queries: int, block_refs: int) -> torch.Tensor:
-    """Index [q] int64 of the nearest reference, PyTorch tiles (float32, or float64 for float64 input)."""
+class _TorchKnn:
+    """Heap updates in PyTorch (the reference): the heaps are [q, k] arrays of (exact squared
+    distance, id), kept sorted by (distance, id)."""
+
+    def __init__(self, queries: torch.Tensor, refs: torch.Tensor, scale: float):
+        self.queries, self.refs, self.scale = queries, refs, scale
+
+    def exact(self, q_ids: torch.Tensor, r_ids: torch.Tensor) -> torch.Tensor:
+        diff = self.queries[q_ids].to(torch.float64) * self.scale - self.refs[r_ids].to(torch.float64) * self.scale
+        return (diff * diff).sum(1)
+
+    def update(self, partial, q_norm, band, frame_to_exact, row_ids, col_ids, best, best_index) -> int:
+        worst = best[row_ids, -1] * frame_to_exact  # frame units
+        value = partial.to(torch.float64) + q_norm.to(torch.float64)[:, None]  # approximate squared distances
+        k = best.shape[1]
+        if value.shape[1] >= k:
+            # the tile itself holds k references within its k-th value + band: nothing beyond can enter
+            kth = torch.kthvalue(value, k, dim=1).values
+            worst = torch.minimum(worst, kth + band)
+        i, j = torch.nonzero(value <= (worst + band)[:, None], as_tuple=True)
+        if i.numel() == 0:
+            return 0
+        columns, j_compact = torch.unique(j, return_inverse=True)
+        values = torch.full((row_ids.numel(), columns.numel()), float("inf"), dtype=torch.float64, device=best.device)
+        values[i, j_compact] = self.exact(row_ids[i], col_ids[j])
+        ids = col_ids[columns].expand(row_ids.numel(), -1)
+        merged_d = torch.cat([best[row_ids], values], dim=1)
+        merged_i = torch.cat([best_index[row_ids], torch.where(torch.isinf(values), torch.full_like(ids, -1), ids)], dim=1)
+        key = torch.where(merged_i < 0, torch.full_like(merged_i, torch.iinfo(torch.int64).max), merged_i)
+        by_id = torch.argsort(key, dim=1, stable=True)
+        by_distance = torch.argsort(merged_d.gather(1, by_id), dim=1, stable=True)
+        take = by_id.gather(1, by_distance)[:, : best.shape[1]]
+        best[row_ids] = merged_d.gather(1, take)
+        best_index[row_ids] = merged_i.gather(1, take)
+        return int(i.numel())
+
+
+class _CppKnn:
+    """The same heaps (max-heaps, unsorted) updated by ``inform_fast._C.knn_tile_update``."""
+
+    def __init__(self, queries: torch.Tensor, refs: torch.Tensor, scale: float):
+        from inform_fast import _native
+
+        self.C = _native.module()
+        self.queries, self.refs, self.scale = queries.numpy(), refs.numpy(), scale
+        self.torch = _TorchKnn(queries, refs, scale)
+
+    def update(self, partial, q_norm, band, frame_to_exact, row_ids, col_ids, best, best_index) -> int:
+        if partial.dtype != torch.float32:
+            return self.torch.update(partial, q_norm, band, frame_to_exact, row_ids, col_ids, best, best_index)
+        band32 = (band * (1 + 1e-6)).to(torch.float32)
+        return self.C.knn_tile_update(partial.numpy(), q_norm.to(torch.float32).numpy(), band32.numpy(), frame_to_exact,
+                                      row_ids.numpy(), col_ids.numpy(), self.queries, self.refs, self.scale,
+                                      best.numpy(), best_index.numpy())
+
+
+# --- the tiled search -------------------------------------------------------------------------
+
+
+class _Search:
+    """State of one search: the frame's data, the heaps, the epilogue, counters."""
+
+    def __init__(self, queries, refs, k, block, epilogue_class, workers):
+        self.k, self.block, self.workers = k, block, workers
+        device = queries.device
+        self.best = torch.full((queries.shape[0], k), float("inf"), dtype=torch.float64, device=device)
+        self.best_index = torch.full((queries.shape[0], k), -1, dtype=torch.int64, device=device)
+        self.queries, self.refs = queries, refs
+        self.epilogue_class = epilogue_class
+        self.pairs = 0
+        self.leaves_visited = 0.0
+        self.strategy = "brute"
+
+    def start(self, frame) -> None:
+        self.frame = frame
+        self.ops = self.epilogue_class(self.queries, self.refs, frame.exact_scale)
+        # heap values are exact squared distances of the originals times exact_scale^2
+        self.frame_to_exact = (frame.scale / frame.exact_scale) ** 2
+        self.qy = frame.apply(self.queries)
+        self.q_global = (self.qy * self.qy).sum(1).sqrt().to(torch.float64) * (1 + 1e-5)
+
+    def tile(self, q_rows: torch.Tensor, q_local: torch.Tensor, centre: Optional[torch.Tensor], cols: torch.Tensor,
+             col_ids: torch.Tensor, col_global: torch.Tensor) -> None:
+        """Rows ``q_local`` (queries ``q_rows`` in the tile's frame) against frame points ``cols``."""
+        if centre is not None:
+            cols = cols - centre
+        col_norm2 = (cols * cols).sum(1)
+        q_norm2 = (q_local * q_local).sum(1)
+        band = tile_band(self.frame, cols.shape[1], q_norm2.to(torch.float64).sqrt(), float(col_norm2.max()) ** 0.5 * (1 + 1e-6),
+                         self.q_global[q_rows], float(col_global.max()))
+        partial = torch.addmm(col_norm2[None, :], q_local, cols.T, alpha=-2.0)  # ||c||^2 - 2 q.c
+        self.ops.update(partial, q_norm2, band, self.frame_to_exact, q_rows, col_ids, self.best, self.best_index)
+
+    def brute(self, q_rows: torch.Tensor, refs_y: torch.Tensor, ref_ids: Optional[torch.Tensor]) -> None:
+        """Queries ``q_rows`` against all frame points ``refs_y`` (ids ``ref_ids``, or 0..m-1), in
+        storage order, reference chunks outer."""
+        m = refs_y.shape[0]
+        blocks = [q_rows[a : a + QUERY_BLOCK] for a in range(0, q_rows.numel(), QUERY_BLOCK)]
+        for r0 in range(0, m, self.block):
+            chunk = refs_y[r0 : r0 + self.block]
+            ids = torch.arange(r0, r0 + chunk.shape[0], device=chunk.device) if ref_ids is None else ref_ids[r0 : r0 + self.block]
+            chunk_global = (chunk * chunk).sum(1).sqrt().to(torch.float64) * (1 + 1e-5)
+            run_parallel(lambda rows: self.tile(rows, self.qy[rows], None, chunk, ids, chunk_global), blocks, self.workers)
+            self.pairs += q_rows.numel() * chunk.shape[0]
+
+
+def _brute_search(search: _Search, refs: torch.Tensor) -> None:
+    frame = fit_frame(refs, also=search.queries)
+    search.start(frame)
+    rows = torch.arange(search.queries.shape[0], device=refs.device)
+    # the references enter the frame one chunk at a time: no copy of all of them
+    blocks = [rows[a : a + QUERY_BLOCK] for a in range(0, rows.numel(), QUERY_BLOCK)]
+    for r0 in range(0, refs.shape[0], search.block):
+        chunk = frame.apply(refs[r0 : r0 + search.block])
+        ids = torch.arange(r0, r0 + chunk.shape[0], device=refs.device)
+        chunk_global = (chunk * chunk).sum(1).sqrt().to(torch.float64) * (1 + 1e-5)
+        run_parallel(lambda b: search.tile(b, search.qy[b], None, chunk, ids, chunk_global), blocks, search.workers)
+        search.pairs += rows.numel() * chunk.shape[0]
+
+
+def _query_groups(index: LeafIndex, qy: torch.Tensor) -> list[torch.Tensor]:
+    """Queries in compact groups of <= QUERY_GROUP: a k-d order of their principal coordinates."""
+    top = index.frame.project(qy)
+    dims = min(tree_dims_for(qy.shape[0], QUERY_GROUP), top.shape[1])
+    order, sizes = _kd_order(top[:, :dims].to(torch.float32).cpu().numpy(), QUERY_GROUP)
+    order = torch.from_numpy(order).to(qy.device)
+    bounds = np.cumsum([0] + sizes)
+    return [order[bounds[g] : bounds[g + 1]] for g in range(len(sizes))]
+
+
+def _pruned_group(search: _Search, index: LeafIndex, rows: torch.Tensor, top: torch.Tensor) -> float:
+    """One query group over the leaves, nearest first, until the lower bound passes the group's
+    k-th distance. Returns the share of leaves visited."""
+    q = search.qy[rows]
+    centre = q.mean(0)
+    q_local = q - centre
+    centre64 = centre.to(torch.float64)
+    radius = (q_local * q_local).sum(1).sqrt().max().to(torch.float64) * (1 + 1e-5)
+    g_top = top[rows]
+    k_dims = index.box_lo.shape[1]
+    bound = box_lower_bound(g_top[:, :k_dims].min(0).values[None], g_top[:, :k_dims].max(0).values[None], centre64[None],
+                            radius[None], index)[0]
+    distance = torch.cdist(centre64[None], index.centre)[0]
+    by_distance = torch.argsort(distance)
+    leaves = by_distance[torch.argsort(bound[by_distance].clamp_min(0), stable=True)]
+    bound = bound[leaves]
+    sizes = index.leaf_sizes[leaves]
+    visited = 0
+    width = FIRST_COLUMNS  # small chunks first: the nearest leaves set the reach that prunes the rest
+    while visited < leaves.numel():
+        # the group's k-th distance so far, in frame units: farther leaves cannot contribute
+        worst = float(search.best[rows].max())
+        reach = (worst * search.frame_to_exact) ** 0.5 if worst < float("inf") else float("inf")
+        if float(bound[visited]) > reach:
+            break
+        stop = visited + 1
+        total = int(sizes[visited])
+        while stop < leaves.numel() and total + int(sizes[stop]) <= width and float(bound[stop]) <= reach:
+            total += int(sizes[stop])
+            stop += 1
+        positions = index.positions(leaves[visited:stop])
+        search.tile(rows, q_local, centre, index.points[positions], index.order[positions], index.norms[positions])
+        search.pairs += rows.numel() * positions.numel()
+        visited = stop
+        width = min(2 * width, search.block)
+    return visited / leaves.numel()
+
+
+def _indexed_search(search: _Search, refs: torch.Tensor) -> None:
+    index = build_index(refs, leaf_size=LEAF_SIZE, frame=fit_frame(refs, also=search.queries))
+    search.start(index.frame)
+    groups = _query_groups(index, search.qy)
+    top = index.frame.project(search.qy)
+    pilot, rest = groups[:PILOT_GROUPS], groups[PILOT_GROUPS:]
+    shares = []
+    run_parallel(lambda rows: shares.append(_pruned_group(search, index, rows, top)), pilot, search.workers)
+    search.leaves_visited = float(np.mean(shares))
+    search.strategy = "pruned"
+    if not rest:
+        return
+    if search.leaves_visited > BRUTE_FRACTION:
+        # pruning does not pay here: every remaining query against the index's points in storage order
+        search.strategy = "pilot, then brute"
+        search.brute(torch.cat(rest), index.points, index.order)
+    else:
+        run_parallel(lambda rows: _pruned_group(search, index, rows, top), rest, search.workers)
+
+
+@torch.no_grad()
+def _knn_tiles(queries: torch.Tensor, references: torch.Tensor, k: int, block: int, epilogue_class, keep: Optional[list] = None):
+    """(exact squared distances [q, k] float64 of the originals times ``scale``, ids [q, k] int64,
+    scale), rows in any order; ``scale`` is the exact test's power of two (1 unless the values
+    could overflow a square)."""
     dtype = _work_dtype(queries, references)
-    shift = reference_shift(references, dtype)
-    q = queries.to(dtype) - shift  # [q, L], shifted once
-    best = torch.full((q.shape[0],), float("inf"), dtype=dtype, device=q.device)
-    best_index = torch.zeros(q.shape[0], dtype=torch.int64, device=q.device)
-    # references outer: each reference tile is shifted and normed once, not once per query block
-    for r0 in range(0, references.shape[0], block_refs):
-        r = references[r0 : r0 + block_refs].to(dtype) - shift  # [br, L]
-        norm = (r * r).sum(1)[None, :]
-        for q0 in range(0, q.shape[0], block_queries):
-            rows = slice(q0, q0 + block_queries)
-            value, where = torch.addmm(norm, q[rows], r.T, alpha=-2.0).min(dim=1)  # ||r||^2 - 2 q.r
-            better = value < best[rows]  # strict: ties keep the earlier (smaller) index
-            best[rows] = torch.where(better, value, best[rows])
-            best_index[rows] = torch.where(better, where + r0, best_index[rows])
-    return best_index
+    device = queries.device
+    q = queries.detach().to(device, dtype).contiguous()
+    r = references.detach().to(device, dtype).contiguous()
+    with worker_threads() as threads:
+        search = _Search(q, r, k, block, epilogue_class, threads if device.type == "cpu" else 1)
+        if q.shape[0] >= INDEX_MIN_QUERIES and r.shape[0] >= INDEX_MIN_REFS:
+            _indexed_search(search, r)
+        else:
+            _brute_search(search, r)
+    if keep is not None:
+        keep.append(search)
+    return search.best, search.best_index, search.frame.exact_scale
 
 
-@torch.no_grad()  # NumPy views and out= need tensors outside autograd
-def _nearest_index_tiles_cpp(queries: torch.Tensor, references: torch.Tensor, block_queries: int, block_refs: int, native) -> torch.Tensor:
-    """Index [q] int64, float32 GEMM tiles with the C++ epilogue: the same tiles and tie rule as
-    ``_nearest_index_reference``, but each tile is a plain ``mm`` into one reused buffer (the
-    reference tile is pre-scaled by -2, which is exact) and ``native.nearest_tile_update`` adds
-    ||r||^2 and merges the row minima in one vectorized pass."""
-    shift = reference_shift(references, torch.float32)
-    q = queries.to(torch.float32) - shift  # [q, L], shifted once
-    n_q, n_r = q.shape[0], references.shape[0]
-    best = torch.full((n_q,), float("inf")).numpy()
-    best_index = torch.zeros(n_q, dtype=torch.int64)
-    index_view = best_index.numpy()
-    buffer = torch.empty(min(block_queries, n_q) * min(block_refs, n_r))
-    for r0 in range(0, n_r, block_refs):
-        r = references[r0 : r0 + block_refs].to(torch.float32) - shift  # [br, L]
-        norm = (r * r).sum(1).numpy()
-        r.mul_(-2.0)
-        for q0 in range(0, n_q, block_queries):
-            q1 = min(n_q, q0 + block_queries)
-            tile = buffer[: (q1 - q0) * r.shape[0]].view(q1 - q0, r.shape[0])
-            torch.mm(q[q0:q1], r.T, out=tile)  # -2 q.r
-            native.nearest_tile_update(tile.numpy(), norm, r0, best[q0:q1], index_view[q0:q1])
-    return best_index
+def search_stats(queries, references, k: int, block_refs: int = 8192, backend: Optional[str] = None) -> dict:
+    """How the tiled search of ``knn_distance(queries, references, k)`` went (the direct search for
+    few queries aside): strategy ("brute", "pruned", "pilot, then brute"), GEMM pairs computed,
+    their share of q x m, and the share of leaves the pilot query groups visited. For benchmarks."""
+    q, r = _checked_pair(queries, references)
+    name, _ = dispatch.resolve("knn_distance", q.device, backend)
+    kept: list = []
+    _knn_tiles(q, r, k, block_refs, _CppKnn if name == "cpp" else _TorchKnn, keep=kept)
+    search = kept[0]
+    return {"strategy": search.strategy, "pairs": search.pairs, "pair_share": search.pairs / (q.shape[0] * r.shape[0]),
+            "leaves_visited": search.leaves_visited}
 
 
-def _nearest_index_cpp(queries: torch.Tensor, references: torch.Tensor, block_queries: int, block_refs: int) -> torch.Tensor:
-    """Index [q] int64: exact C++ search for few queries, GEMM tiles with the C++ epilogue for
-    many (float64 input stays on the PyTorch tiles, which keep float64)."""
+def _knn_reference(queries, references, k, block_queries, block_refs):
+    return _knn_tiles(queries, references, k, block_refs, _TorchKnn)
+
+
+def _knn_device(queries, references, k, block_queries, block_refs):
+    """CUDA (or the interpreter's CPU tensors): k = 1 by the two-pass Triton search
+    (``inform_fast.kernels.min_distance``), else the PyTorch tiles on the queries' device."""
+    if k > 1:
+        return _knn_tiles(queries, references, k, block_refs, _TorchKnn)
+    from inform_fast.kernels.min_distance import nearest_exact
+
+    scale = exact_scale_for(max(max_abs(queries), max_abs(references)))
+    d2, index = nearest_exact(queries.detach(), references.detach(), scale)
+    return d2[:, None], index[:, None], scale
+
+
+def _knn_cpp(queries, references, k, block_queries, block_refs):
     from inform_fast import _native
 
-    if _work_dtype(queries, references) == torch.float64:
-        return _nearest_index_reference(queries, references, block_queries, block_refs)
     if queries.shape[0] > CPP_MAX_QUERIES:
-        return _nearest_index_tiles_cpp(queries, references, block_queries, block_refs, _native.module())
-    q = queries.detach().to(torch.float32).contiguous().numpy()
-    r = references.detach().to(torch.float32).contiguous().numpy()
-    _, index = _native.module().nearest_reference(q, r)
-    return torch.from_numpy(index)
+        return _knn_tiles(queries, references, k, block_refs, _CppKnn)
+    dtype = _work_dtype(queries, references)
+    q = queries.detach().to("cpu", dtype).contiguous()
+    r = references.detach().to("cpu", dtype).contiguous()
+    scale = exact_scale_for(max(max_abs(q), max_abs(r)))  # 1 unless the squares could overflow
+    with worker_threads() as threads:
+        d2, index = _native.module().knn_exact(q.numpy(), r.numpy(), k, scale, threads)
+    return torch.from_numpy(d2), torch.from_numpy(index), scale
 
 
-def nearest_distance(
-    queries,
-    references,
-    block_queries: int = 1024,
-    block_refs: int = 8192,
-    backend: Optional[str] = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Euclidean distance from each query to its nearest reference.
+# --- public API -------------------------------------------------------------------------------
 
-    Args:
-        queries: [q, L] float tensor or array (float16/bfloat16/float32/float64).
-        references: [m, L], same L, same device as ``queries``.
-        block_queries, block_refs: tile sizes (memory is O(block_queries * block_refs)); on the
-            CPU the reference tile is at most ``CPU_BLOCK_REFS`` rows.
-        backend: None/"auto", "reference", "triton" or "cpp" (see the module docstring).
 
-    Returns:
-        (distances [q], indices [q]): distances float32 (float64 for float64 input), computed
-        exactly as ||q - r|| in float64 for the chosen reference; indices int64 into references
-        (the smallest index among exact ties in a tile).
-    """
+def _checked_pair(queries, references):
     q = as_latents("queries", queries)
     r = as_latents("references", references, dim=q.shape[1])
-    check_positive_int("block_queries", block_queries)
-    check_positive_int("block_refs", block_refs)
     if q.device != r.device:
         raise ValueError(f"references: on {r.device}, but queries are on {q.device}")
-    return nearest_distance_checked(q, r, block_queries, block_refs, backend)
-
-
-def nearest_distance_checked(
-    q: torch.Tensor, r: torch.Tensor, block_queries: int = 1024, block_refs: int = 8192, backend: Optional[str] = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``nearest_distance`` on arguments already validated by the caller (no second pass)."""
-    _, impl = dispatch.resolve("nearest_distance", q.device, backend)
-    if q.device.type == "cpu":
-        block_refs = min(block_refs, CPU_BLOCK_REFS)
-    index = impl(q, r, block_queries, block_refs)
-    out_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
-    diff = q.to(torch.float64) - r.index_select(0, index).to(torch.float64)
-    return diff.norm(dim=1).to(out_dtype), index
-
-
-def _knn_index_reference(queries: torch.Tensor, references: torch.Tensor, k: int, block_queries: int, block_refs: int) -> torch.Tensor:
-    """Indices [q, k] int64 of the k nearest references of each query (any order), PyTorch tiles
-    with the same shift as ``_nearest_index_reference``."""
-    dtype = _work_dtype(queries, references)
-    shift = reference_shift(references, dtype)
-    q = queries.to(dtype) - shift
-    best = torch.empty((q.shape[0], 0), dtype=dtype, device=q.device)
-    best_index = torch.empty((q.shape[0], 0), dtype=torch.int64, device=q.device)
-    for r0 in range(0, references.shape[0], block_refs):
-        r = references[r0 : r0 + block_refs].to(dtype) - shift
-        norm = (r * r).sum(1)[None, :]
-        tile_best, tile_index = [], []
-        for q0 in range(0, q.shape[0], block_queries):
-            rows = slice(q0, q0 + block_queries)
-            partial = torch.addmm(norm, q[rows], r.T, alpha=-2.0)  # ||r||^2 - 2 q.r
-            values = torch.cat([best[rows], partial], dim=1)
-            where = torch.cat([best_index[rows], torch.arange(r0, r0 + r.shape[0], device=q.device).expand(partial.shape[0], -1)], dim=1)
-            top = torch.topk(values, min(k, values.shape[1]), dim=1, largest=False, sorted=False)
-            tile_best.append(top.values)
-            tile_index.append(where.gather(1, top.indices))
-        best, best_index = torch.cat(tile_best), torch.cat(tile_index)
-    return best_index
+    return q, r
 
 
 def knn_distance(
@@ -217,36 +348,72 @@ def knn_distance(
     Args:
         queries: [q, L] float tensor or array; references: [m, L] (m >= k), same L and device.
         k: number of neighbours (>= 1).
-        block_queries, block_refs: tile sizes (memory O(block_queries * (block_refs + k))).
+        block_queries: accepted for compatibility (the query blocks are fixed); block_refs:
+            reference columns per tile (memory O(QUERY_BLOCK * block_refs) per worker).
         backend: None/"auto" or a forced backend (see ``inform_fast.dispatch``).
 
     Returns:
-        (distances [q, k], indices [q, k]): distances float32 (float64 for float64 input),
-        recomputed exactly as ||q - r|| in float64 for the chosen references and sorted ascending;
+        (distances [q, k], indices [q, k]): distances float32 (float64 if either input is
+        float64), exact (see the module docstring) and ascending, ties by reference index;
         indices int64 into ``references``. ``distances[:, -1]`` is the k-th nearest distance.
     """
-    q = as_latents("queries", queries)
-    r = as_latents("references", references, dim=q.shape[1])
+    q, r = _checked_pair(queries, references)
     check_positive_int("k", k)
     if k > r.shape[0]:
         raise ValueError(f"k: {k} neighbours requested but references has only {r.shape[0]} rows")
     check_positive_int("block_queries", block_queries)
     check_positive_int("block_refs", block_refs)
-    if q.device != r.device:
-        raise ValueError(f"references: on {r.device}, but queries are on {q.device}")
     return knn_distance_checked(q, r, k, block_queries, block_refs, backend)
 
 
+def _finish(d2: torch.Tensor, index: torch.Tensor, out_dtype: torch.dtype, scale: float = 1.0):
+    """Sort rows by (distance, id) and take square roots."""
+    by_id = torch.argsort(index, dim=1, stable=True)
+    d2, index = d2.gather(1, by_id), index.gather(1, by_id)
+    by_distance = torch.argsort(d2, dim=1, stable=True)
+    d2, index = d2.gather(1, by_distance), index.gather(1, by_distance)
+    return (d2.sqrt() / scale).to(out_dtype), index
+
+
 def knn_distance_checked(
-    q: torch.Tensor, r: torch.Tensor, k: int, block_queries: int = 1024, block_refs: int = 8192, backend: Optional[str] = None
+    q: torch.Tensor, r: torch.Tensor, k: int, block_queries: int = 1024, block_refs: int = 8192, backend: Optional[str] = None,
+    op: str = "knn_distance",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``knn_distance`` on arguments already validated by the caller."""
-    _, impl = dispatch.resolve("knn_distance", q.device, backend)
-    if q.device.type == "cpu":
-        block_refs = min(block_refs, CPU_BLOCK_REFS)
-    index = impl(q, r, k, block_queries, block_refs)
-    out_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
-    diff = q.to(torch.float64)[:, None, :] - r[index].to(torch.float64)  # [q, k, L]
-    distance = diff.norm(dim=2)
-    distance, order = torch.sort(distance, dim=1)
-    return distance.to(out_dtype), index.gather(1, order)
+    _, impl = dispatch.resolve(op, q.device, backend)
+    d2, index, scale = impl(q, r, k, block_queries, block_refs)
+    out_dtype = torch.float64 if (q.dtype == torch.float64 or r.dtype == torch.float64) else torch.float32
+    return _finish(d2.to(q.device), index.to(q.device), out_dtype, scale)
+
+
+def nearest_distance(
+    queries,
+    references,
+    block_queries: int = 1024,
+    block_refs: int = 8192,
+    backend: Optional[str] = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Euclidean distance from each query to its nearest reference: ``knn_distance`` with k = 1.
+
+    Args:
+        queries: [q, L] float tensor or array (float16/bfloat16/float32/float64).
+        references: [m, L], same L, same device as ``queries``.
+        block_queries, block_refs: see ``knn_distance``.
+        backend: None/"auto", "reference", "triton" or "cpp" (see the module docstring).
+
+    Returns:
+        (distances [q], indices [q]): distances float32 (float64 if either input is float64),
+        exact; indices int64 into references (the smallest index among exact ties).
+    """
+    q, r = _checked_pair(queries, references)
+    check_positive_int("block_queries", block_queries)
+    check_positive_int("block_refs", block_refs)
+    return nearest_distance_checked(q, r, block_queries, block_refs, backend)
+
+
+def nearest_distance_checked(
+    q: torch.Tensor, r: torch.Tensor, block_queries: int = 1024, block_refs: int = 8192, backend: Optional[str] = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``nearest_distance`` on arguments already validated by the caller (no second pass)."""
+    distance, index = knn_distance_checked(q, r, 1, block_queries, block_refs, backend, op="nearest_distance")
+    return distance[:, 0], index[:, 0]

@@ -1,0 +1,153 @@
+// k nearest references (see ops.h): the epilogue of the GEMM tiles and the direct exact search.
+// Both keep, per query, a max-heap of the k best (exact squared distance, reference id) pairs, so
+// the result is the k smallest pairs in that order whatever the order the references come in.
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "ops.h"
+
+namespace inform_fast {
+
+namespace {
+
+constexpr int64_t kChunk = 64;
+
+inline bool before(double d_a, int64_t i_a, double d_b, int64_t i_b) {
+  return d_a < d_b || (d_a == d_b && i_a < i_b);
+}
+
+// Replaces the heap's worst pair (its root) by (d, id) if (d, id) comes before it; sift down.
+inline bool offer(double* hd, int64_t* hi, int64_t k, double d, int64_t id) {
+  if (!before(d, id, hd[0], hi[0])) return false;
+  int64_t pos = 0;
+  while (true) {
+    const int64_t left = 2 * pos + 1;
+    if (left >= k) break;
+    int64_t worst = left;
+    const int64_t right = left + 1;
+    if (right < k && before(hd[left], hi[left], hd[right], hi[right])) worst = right;
+    if (!before(d, id, hd[worst], hi[worst])) break;
+    hd[pos] = hd[worst];
+    hi[pos] = hi[worst];
+    pos = worst;
+  }
+  hd[pos] = d;
+  hi[pos] = id;
+  return true;
+}
+
+// Largest float L with: partial > L implies the approximate squared distance partial + q_norm,
+// less its band, exceeds the heap's worst exact distance (so the reference cannot enter).
+inline float tile_limit(double worst_exact, double frame_to_exact, float band, float q_norm) {
+  if (std::isinf(worst_exact)) return std::numeric_limits<float>::infinity();
+  const double limit = worst_exact * frame_to_exact + static_cast<double>(band) - static_cast<double>(q_norm);
+  float rounded = static_cast<float>(limit);
+  if (static_cast<double>(rounded) < limit) rounded = std::nextafter(rounded, std::numeric_limits<float>::infinity());
+  return rounded;
+}
+
+template <typename T>
+void exact_search(const T* queries, int64_t n_queries, const T* refs, int64_t n_refs, int64_t dim, double scale, int64_t k,
+                  double* heap_d, int64_t* heap_i) {
+  for (int64_t r = 0; r < n_refs; ++r) {
+    const T* ref = refs + r * dim;
+    int64_t q = 0;
+    // four queries per pass over a reference row: independent accumulators, each element loaded
+    // once; each sum is sequential, in the order of exact.h (no vector reduction reordering it)
+    for (; q + 4 <= n_queries; q += 4) {
+      const T* q0 = queries + q * dim;
+      const T *q1 = q0 + dim, *q2 = q1 + dim, *q3 = q2 + dim;
+      double a0 = 0.0, a1 = 0.0, a2 = 0.0, a3 = 0.0;
+      for (int64_t d = 0; d < dim; ++d) {
+        const double x = static_cast<double>(ref[d]) * scale;
+        const double d0 = static_cast<double>(q0[d]) * scale - x, d1 = static_cast<double>(q1[d]) * scale - x;
+        const double d2 = static_cast<double>(q2[d]) * scale - x, d3 = static_cast<double>(q3[d]) * scale - x;
+        a0 += d0 * d0;
+        a1 += d1 * d1;
+        a2 += d2 * d2;
+        a3 += d3 * d3;
+      }
+      offer(heap_d + q * k, heap_i + q * k, k, a0, r);
+      offer(heap_d + (q + 1) * k, heap_i + (q + 1) * k, k, a1, r);
+      offer(heap_d + (q + 2) * k, heap_i + (q + 2) * k, k, a2, r);
+      offer(heap_d + (q + 3) * k, heap_i + (q + 3) * k, k, a3, r);
+    }
+    for (; q < n_queries; ++q) {
+      const T* query = queries + q * dim;
+      double acc = 0.0;
+      for (int64_t d = 0; d < dim; ++d) {
+        const double diff = static_cast<double>(query[d]) * scale - static_cast<double>(ref[d]) * scale;
+        acc += diff * diff;
+      }
+      offer(heap_d + q * k, heap_i + q * k, k, acc, r);
+    }
+  }
+}
+
+}  // namespace
+
+int64_t knn_tile_update(const float* partial, int64_t rows, int64_t cols, const float* q_norm, const float* band,
+                        double frame_to_exact, const int64_t* row_ids, const int64_t* col_ids, const Rows& queries,
+                        const Rows& refs, int64_t k, double* best_d2, int64_t* best_index, int threads) {
+  int64_t exact_tests = 0;
+#pragma omp parallel for schedule(dynamic, 4) reduction(+ : exact_tests) num_threads(threads) if (threads > 1)
+  for (int64_t i = 0; i < rows; ++i) {
+    const float* row = partial + i * cols;
+    const int64_t qid = row_ids[i];
+    double* hd = best_d2 + qid * k;
+    int64_t* hi = best_index + qid * k;
+    float limit = tile_limit(hd[0], frame_to_exact, band[i], q_norm[i]);
+    for (int64_t j0 = 0; j0 < cols; j0 += kChunk) {
+      const int64_t j1 = std::min(cols, j0 + kChunk);
+      int32_t any = 0;
+#pragma omp simd reduction(| : any)
+      for (int64_t j = j0; j < j1; ++j) any |= static_cast<int32_t>(row[j] <= limit);
+      if (!any) continue;
+      for (int64_t j = j0; j < j1; ++j) {
+        if (!(row[j] <= limit)) continue;
+        ++exact_tests;
+        if (offer(hd, hi, k, exact_d2(queries, qid, refs, col_ids[j]), col_ids[j]))
+          limit = tile_limit(hd[0], frame_to_exact, band[i], q_norm[i]);
+      }
+    }
+  }
+  return exact_tests;
+}
+
+void knn_exact(const Rows& queries, int64_t n_queries, const Rows& refs, int64_t n_refs, int64_t k, double* best_d2,
+               int64_t* best_index, int threads) {
+  const int64_t slots = n_queries * k;
+  std::fill(best_d2, best_d2 + slots, std::numeric_limits<double>::infinity());
+  std::fill(best_index, best_index + slots, int64_t{-1});
+#pragma omp parallel num_threads(threads) if (threads > 1)
+  {
+    std::vector<double> local_d(slots, std::numeric_limits<double>::infinity());
+    std::vector<int64_t> local_i(slots, -1);
+    // References are the long axis: each thread streams its own contiguous chunk once.
+    int64_t begin = 0, end = n_refs;
+#ifdef _OPENMP
+    const int64_t threads = omp_get_num_threads(), me = omp_get_thread_num();
+    begin = n_refs * me / threads;
+    end = n_refs * (me + 1) / threads;
+#endif
+    if (queries.is_double)
+      exact_search(static_cast<const double*>(queries.data), n_queries, static_cast<const double*>(refs.data) + begin * refs.dim,
+                   end - begin, queries.dim, queries.scale, k, local_d.data(), local_i.data());
+    else
+      exact_search(static_cast<const float*>(queries.data), n_queries, static_cast<const float*>(refs.data) + begin * refs.dim,
+                   end - begin, queries.dim, queries.scale, k, local_d.data(), local_i.data());
+#pragma omp critical
+    for (int64_t s = 0; s < slots; ++s) {
+      if (local_i[s] < 0) continue;
+      offer(best_d2 + (s / k) * k, best_index + (s / k) * k, k, local_d[s], local_i[s] + begin);
+    }
+  }
+}
+
+}  // namespace inform_fast

@@ -1,0 +1,454 @@
+"""Exact geometry for the pair searches (DBSCAN, k nearest references): a well-conditioned frame,
+a k-d tree of leaves with lower bounds, and the error band of a float32 GEMM tile.
+
+Why: distances computed as ``||a||^2 + ||b||^2 - 2 a.b`` with a GEMM lose everything to
+cancellation when the points are far from the origin compared with their distance (8,000 points
+0.9 apart on a line far from the origin gave 353 DBSCAN clusters instead of one), and overflow
+float32 at magnitudes of 1e20. Three measures make every search here exact:
+
+1. **Frame.** The points are centred (float64 mean), scaled by a power of two (exact) so that
+   every coordinate is at most 1, and rotated onto their principal axes (float64, then rounded
+   once to float32): ``y = ((x - mean) * scale) @ rotation``. Distances are those of ``x`` times
+   ``scale``; the rotation only orders the axes by variance, which the tree uses.
+2. **Local centring.** Each tile subtracts the centre of its row group from both sides before
+   the GEMM, so the cancellation is relative to the size of the group and its reach, not to the
+   distance from the origin.
+3. **Error band.** For float32 points ``a``, ``b`` (local norms ``|a|``, ``|b|``; global norms
+   ``g_a``, ``g_b`` in the frame) the GEMM value of ``|a - b|^2`` is within
+   ``band = c1 (|a| + |b|)^2 + c2 (|a| + |b|)(g_a + g_b)`` of the exact squared distance: ``c1``
+   covers the dot product and the norms (``gamma_D`` each, plus the final sums), ``c2`` the
+   rounding of the frame's coordinates (float32 storage and the float64 rotation). Pairs whose
+   value lies within the band of the threshold are decided by the exact test: the float64 sum of
+   squared differences of the caller's original values, as scikit-learn's tree searches compute
+   it, so ``dist <= eps`` is a neighbour exactly as in scikit-learn.
+
+If float32 cannot resolve the radius at all (``eps`` below ~1e-4 of the data's extent in float32
+units), the frame is float64 and the same band uses float64's unit roundoff.
+
+The tree: median splits along the widest of the top ``TREE_DIMS`` principal coordinates, down to
+leaves of at most ``leaf_size`` points, stored contiguously (``LeafIndex.points`` is in leaf
+order). Each leaf keeps its box in those coordinates, the range of the norm of its remaining
+coordinates, and its bounding ball; two leaves can hold a pair within ``r`` only if
+``max(sqrt(box_gap^2 + tail_gap^2), centre_distance - radius_a - radius_b) <= r`` (an orthogonal
+projection never lengthens a vector, and ``|u - v| >= ||u| - |v||``). On latents whose variance
+lives in a few directions this prunes almost every pair; on isotropic high-dimensional data it
+prunes none, and the searches cost what tiled brute force costs.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import torch
+
+MAX_TREE_DIMS = 8  # at most this many principal coordinates for the k-d tree
+FILTER_DIMS = 16  # principal coordinates kept for the point-level lower-bound tiles
+PCA_SAMPLE = 1 << 14  # rows (evenly strided) the principal axes are estimated from
+FLOAT32_ROUNDOFF = 2.0**-24
+FLOAT64_ROUNDOFF = 2.0**-53
+# |x| above this is scaled (by a power of two) before the exact test squares it in float64
+_EXACT_SCALE_LIMIT = 2.0**480
+
+
+@dataclass
+class Frame:
+    """The map ``x -> (x - mean) * scale`` (stored in ``dtype``) and the principal axes.
+
+    mean: [D] float64.  axes: [D, p] float64, orthonormal principal axes by decreasing variance
+    (p <= FILTER_DIMS).  scale: a power of two.  exact_scale: the power of two the exact test
+    multiplies the original values by (1 unless they could overflow a float64 square).
+    dtype: torch.float32, or torch.float64 when float32 cannot resolve the search radius.
+    """
+
+    mean: torch.Tensor
+    axes: torch.Tensor
+    scale: float
+    exact_scale: float
+    dtype: torch.dtype
+
+    @property
+    def roundoff(self) -> float:
+        return FLOAT32_ROUNDOFF if self.dtype == torch.float32 else FLOAT64_ROUNDOFF
+
+    def apply(self, x: torch.Tensor, rows: int = 1 << 15) -> torch.Tensor:
+        """[n, D] ``(x - mean) * scale`` in ``dtype``, each value rounded once: float32 input into a
+        float32 frame is shifted in float32 (the mean is a float32 value, and a correctly rounded
+        difference is all the band assumes), anything else in float64."""
+        out = torch.empty(x.shape, dtype=self.dtype, device=x.device)
+        work = torch.float32 if (x.dtype == torch.float32 and self.dtype == torch.float32) else torch.float64
+        mean = self.mean.to(x.device, work)
+        for a in range(0, x.shape[0], rows):
+            out[a : a + rows] = (x[a : a + rows].to(work) - mean) * self.scale
+        return out
+
+    def project(self, y: torch.Tensor, rows: int = 1 << 15) -> torch.Tensor:
+        """[n, p] float64 principal coordinates of frame points ``y`` (exact products of the
+        stored values, so the only error is float64's)."""
+        axes = self.axes.to(y.device)
+        out = torch.empty((y.shape[0], axes.shape[1]), dtype=torch.float64, device=y.device)
+        for a in range(0, y.shape[0], rows):
+            out[a : a + rows] = y[a : a + rows].to(torch.float64) @ axes
+        return out
+
+    def band_coefficients(self, dim: int) -> tuple[float, float]:
+        """(c1, c2) of the module docstring's band, with a factor 2 of safety."""
+        u = self.roundoff
+        c1 = 2.0 * (dim + 8) * u
+        # coordinates: float32 (or float64) storage of frame values computed in float64
+        c2 = 2.0 * (4.0 * u + 4.0 * FLOAT64_ROUNDOFF)
+        return c1, c2
+
+
+def _power_of_two_above(value: float) -> float:
+    """A power of two >= value (value > 0; at most 2 value)."""
+    return math.ldexp(1.0, math.frexp(value)[1])
+
+
+def exact_scale_for(largest: float) -> float:
+    """The power of two the exact test multiplies values by: 1 unless ``largest`` (the largest
+    absolute value) could overflow a float64 sum of squares."""
+    return 1.0 if largest < _EXACT_SCALE_LIMIT else 1.0 / _power_of_two_above(largest)
+
+
+def max_abs(x: torch.Tensor, rows: int = 1 << 16) -> float:
+    worst = 0.0
+    for a in range(0, x.shape[0], rows):
+        low, high = torch.aminmax(x[a : a + rows])
+        worst = max(worst, abs(float(low)), abs(float(high)))
+    return worst
+
+
+def _centred_extent(x: torch.Tensor, mean: torch.Tensor, pre: float, rows: int = 1 << 16) -> float:
+    """max |x - mean| over all elements (of x * pre, a power of two, then undone; in x's precision,
+    float32 at least: only a power of two above it is needed)."""
+    work = torch.float64 if x.dtype == torch.float64 else torch.float32
+    shifted = (mean * pre).to(x.device, work)
+    worst = 0.0
+    for a in range(0, x.shape[0], rows):
+        chunk = x[a : a + rows].to(work)
+        if pre != 1.0:
+            chunk = chunk * pre
+        worst = max(worst, float((chunk - shifted).abs().max()))
+    return worst / pre
+
+
+@contextlib.contextmanager
+def worker_threads():
+    """Inside: torch single-threaded; yields how many threads it had, the number of workers the
+    CPU passes then run (``run_parallel``). One worker per tile, each tile single-threaded, means no
+    operation waits at a barrier for a thread the OS has descheduled; on a busy 2-core machine the
+    per-operation parallel regions of the same passes made them 10-20x slower than one thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield threads
+    finally:
+        torch.set_num_threads(threads)
+
+
+def run_parallel(fn, items, workers: int) -> None:
+    """fn(item) for every item, on ``workers`` threads (the heavy parts release the GIL). Items
+    must touch disjoint state (each writes its own rows)."""
+    items = list(items)
+    if workers <= 1 or len(items) <= 1:
+        for item in items:
+            fn(item)
+        return
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for future in [pool.submit(fn, item) for item in items]:
+            future.result()  # re-raises a worker's exception
+
+
+@contextlib.contextmanager
+def single_thread():
+    """torch on one thread inside the block (small problems: thread synchronisation dominates)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def column_mean(x: torch.Tensor, rows: int = 1 << 16) -> torch.Tensor:
+    """[D] float64 mean of x's rows: chunk sums in x's precision (float32 sums are cascaded, so
+    accurate to a few ulps), accumulated in float64 (a centre close to the mean is all any frame
+    needs; converting every element to float64 first costs 10x more)."""
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    total = torch.zeros(x.shape[1], dtype=torch.float64, device=x.device)
+    for a in range(0, x.shape[0], rows):
+        total += x[a : a + rows].sum(0, dtype=acc).to(torch.float64)
+    return total / x.shape[0]
+
+
+def fit_frame(x: torch.Tensor, radius: Optional[float] = None, filter_dims: int = FILTER_DIMS,
+              also: Optional[torch.Tensor] = None, axes: bool = True) -> Frame:
+    """The frame of ``x`` [n, D] (see ``Frame``); ``radius``: the search radius in x's units, which
+    decides whether float32 can resolve it; ``also``: another set (queries) the frame must hold
+    without overflow; ``axes=False`` skips the principal axes (identity)."""
+    big = max_abs(x) if also is None else max(max_abs(x), max_abs(also))
+    # centred on a scaled copy where the values could overflow a sum or a difference
+    pre = 1.0 / _power_of_two_above(big) if big > 2.0**960 else 1.0
+    mean = column_mean(x * pre if pre != 1.0 else x) / pre
+    if x.dtype != torch.float64:
+        mean = mean.to(torch.float32).to(torch.float64)  # a float32 shift: float32 input is centred in float32
+    extent = _centred_extent(x, mean, pre)
+    if also is not None:
+        extent = max(extent, _centred_extent(also, mean, pre))
+    extent *= 1.0 + 1e-6  # bounds |x - mean| elementwise
+    scale = 1.0 / _power_of_two_above(extent) if extent > 0 else 1.0
+    exact_scale = exact_scale_for(big)
+    dtype = torch.float32
+    # In the frame every coordinate is <= 1, so global norms are <= sqrt(D) and the band's linear
+    # term, relative to eps^2 for a pair near the threshold (|a| + |b| ~ eps), is about
+    # 8 u 2 sqrt(D) / eps: below eps ~ 200 u sqrt(D) (~1e-4) float32 would leave every pair to
+    # the exact test, so the frame is float64 instead.
+    if radius is not None and radius * scale < 200.0 * FLOAT32_ROUNDOFF * math.sqrt(x.shape[1]):
+        dtype = torch.float64
+    if axes and x.shape[0] > 1 and x.shape[1] > 1:
+        # the axes only steer the tree and the lower-bound tiles (any orthonormal axes keep them
+        # exact), so a float32 covariance of a strided sample serves
+        step = max(1, x.shape[0] // PCA_SAMPLE)
+        sample = ((x[::step][:PCA_SAMPLE].to(torch.float64) - mean.to(x.device)) * scale).to(torch.float32)
+        covariance = (sample.T @ sample).to(torch.float64).cpu()
+        with single_thread():  # a D x D problem: threads only wait for each other (60x slower on a busy machine)
+            _, vectors = torch.linalg.eigh(covariance)  # ascending eigenvalues
+        axes = vectors.flip(1)[:, : min(filter_dims, x.shape[1])].contiguous()
+    else:
+        axes = torch.eye(x.shape[1], dtype=torch.float64)[:, : min(filter_dims, x.shape[1])]
+    return Frame(mean=mean.cpu(), axes=axes, scale=scale, exact_scale=exact_scale, dtype=dtype)
+
+
+@dataclass
+class LeafIndex:
+    """Points in a frame, in k-d tree leaf order, with per-leaf bounds (see the module docstring).
+
+    points: [n, D] frame dtype, leaf order.  top: [n, p] same dtype, their principal coordinates
+    (the lower-bound tiles).  order: [n] int64, original row of each position.
+    starts: [n_leaves + 1] int64 (leaf l holds positions starts[l]:starts[l+1]).
+    norms: [n] float64, upper bounds of |points| (global norms in the frame).  box_lo / box_hi:
+    [n_leaves, k] float64 in the top-k principal coordinates.  centre: [n_leaves, D] float64.
+    radius: [n_leaves] float64, an upper bound of the leaf's distance from its centre.
+    slack: float64, by how much a distance between stored points can exceed the true one (the
+    stored coordinates are rounded); every bound here is lowered by it.
+    """
+
+    frame: Frame
+    points: torch.Tensor
+    top: torch.Tensor
+    order: torch.Tensor
+    starts: torch.Tensor
+    norms: torch.Tensor
+    box_lo: torch.Tensor
+    box_hi: torch.Tensor
+    centre: torch.Tensor
+    radius: torch.Tensor
+    slack: float
+
+    @property
+    def n_leaves(self) -> int:
+        return self.starts.numel() - 1
+
+    @property
+    def leaf_sizes(self) -> torch.Tensor:
+        return self.starts[1:] - self.starts[:-1]
+
+    def leaf_of_position(self) -> torch.Tensor:
+        """[n] int64: the leaf of each position."""
+        return torch.repeat_interleave(torch.arange(self.n_leaves, device=self.starts.device), self.leaf_sizes)
+
+    def positions(self, leaves) -> torch.Tensor:
+        """Positions [sum of sizes] int64 of the given leaves, in the given order."""
+        leaves = torch.as_tensor(leaves, dtype=torch.int64, device=self.starts.device)
+        sizes = self.leaf_sizes[leaves]
+        offsets = torch.repeat_interleave(self.starts[leaves] - torch.cumsum(sizes, 0) + sizes, sizes)
+        return offsets + torch.arange(offsets.numel(), device=offsets.device)
+
+
+def _kd_order(coords: np.ndarray, leaf_size: int) -> tuple[np.ndarray, list[int]]:
+    """Permutation of the rows of ``coords`` [n, k] into k-d leaves of <= leaf_size, and the leaf
+    sizes in order. Median split along the widest coordinate (a stack, not recursion)."""
+    n = coords.shape[0]
+    order = np.arange(n)
+    leaves = []
+    stack = [(0, n)]
+    while stack:
+        a, b = stack.pop()
+        if b - a <= leaf_size:
+            leaves.append((a, b - a))
+            continue
+        block = coords[order[a:b]]
+        dim = int(np.argmax(block.max(0) - block.min(0)))
+        half = (b - a) // 2
+        part = np.argpartition(block[:, dim], half)
+        order[a:b] = order[a:b][part]
+        stack.append((a + half, b))
+        stack.append((a, a + half))
+    leaves.sort()
+    return order, [size for _, size in leaves]
+
+
+def tree_dims_for(n: int, leaf_size: int) -> int:
+    """Principal coordinates the tree splits: about three halvings per coordinate, so that the
+    leaves' boxes are narrow in each (a tree that splits more coordinates than it has halvings for
+    leaves every box as wide as the data in most of them; measured on 32,000 latents with a 1/k
+    spectrum: 2 coordinates and leaves of 64 left 16% of the pairs as candidates at eps = 0.5,
+    8 coordinates and leaves of 256 left 50%)."""
+    halvings = max(1.0, math.log2(max(n / leaf_size, 2.0)))
+    return int(min(MAX_TREE_DIMS, max(2, round(halvings / 3))))
+
+
+def build_index(x: torch.Tensor, leaf_size: int = 64, radius: Optional[float] = None, frame: Optional[Frame] = None,
+                tree_dims: Optional[int] = None) -> LeafIndex:
+    """The leaf index of ``x`` [n, D] (any float dtype; computed on x's device, the tree built on
+    the CPU from the top coordinates). ``frame``: another set's frame (queries against a
+    reference index), else fitted to x with the search ``radius`` in x's units."""
+    frame = frame if frame is not None else fit_frame(x, radius=radius)
+    n, rows = x.shape[0], 1 << 14
+    # built in row chunks, so that beside the index itself (one copy of x in the frame) only
+    # chunk-sized temporaries exist: at 10^6 x 128 each whole-matrix temporary is 0.5 GiB
+    top64 = torch.empty((n, frame.axes.shape[1]), dtype=torch.float64, device=x.device)
+    for a in range(0, n, rows):
+        top64[a : a + rows] = frame.project(frame.apply(x[a : a + rows]))
+    k = min(tree_dims or tree_dims_for(x.shape[0], leaf_size), top64.shape[1])
+    order_np, sizes = _kd_order(top64[:, :k].to(torch.float32).cpu().numpy(), leaf_size)
+    order = torch.from_numpy(order_np).to(x.device)
+    points = torch.empty(x.shape, dtype=frame.dtype, device=x.device)
+    for a in range(0, n, rows):
+        points[a : a + rows] = frame.apply(x.index_select(0, order[a : a + rows]))
+    top64 = top64.index_select(0, order)
+    device = points.device
+    n_leaves = len(sizes)
+    size_t = torch.tensor(sizes, dtype=torch.int64, device=device)
+    starts = torch.zeros(n_leaves + 1, dtype=torch.int64, device=device)
+    starts[1:] = torch.cumsum(size_t, 0)
+    leaf = torch.repeat_interleave(torch.arange(n_leaves, device=device), size_t)
+    f64 = dict(dtype=torch.float64, device=device)
+    box_lo = torch.full((n_leaves, k), float("inf"), **f64).scatter_reduce_(0, leaf[:, None].expand(-1, k), top64[:, :k], reduce="amin")
+    box_hi = torch.full((n_leaves, k), float("-inf"), **f64).scatter_reduce_(0, leaf[:, None].expand(-1, k), top64[:, :k], reduce="amax")
+    # norms, centres and radii in the points' precision: they enter bounds and bands only, so they
+    # are inflated by their relative error (gamma_D) instead of computed in float64
+    inflate = 1.0 + 2.0 * (points.shape[1] + 2) * frame.roundoff
+    centre = torch.zeros((n_leaves, points.shape[1]), dtype=points.dtype, device=device).index_add_(0, leaf, points)
+    centre /= size_t[:, None].to(points.dtype)
+    norms = torch.empty(n, **f64)
+    spread = torch.empty(n, **f64)
+    for a in range(0, n, rows):
+        chunk = points[a : a + rows]
+        norms[a : a + rows] = (chunk * chunk).sum(1).sqrt().to(torch.float64) * inflate
+        spread[a : a + rows] = (chunk - centre[leaf[a : a + rows]]).norm(dim=1).to(torch.float64) * inflate
+    radius_t = torch.zeros(n_leaves, **f64).scatter_reduce_(0, leaf, spread, reduce="amax")
+    # stored coordinates are within roundoff * |y| of the frame's exact values, so a distance between
+    # stored points can exceed the true one by 2 roundoff max|y| (plus the centres' own rounding)
+    slack = 6.0 * frame.roundoff * float(norms.max()) + 1e-300 if norms.numel() else 0.0
+    return LeafIndex(frame=frame, points=points.contiguous(), top=top64.to(frame.dtype).contiguous(), order=order,
+                     starts=starts, norms=norms, box_lo=box_lo, box_hi=box_hi, centre=centre.to(torch.float64),
+                     radius=radius_t, slack=slack)
+
+
+def box_lower_bound(lo_a, hi_a, centre_a, radius_a, index: LeafIndex, leaves=None) -> torch.Tensor:
+    """[A, B] float64 lower bounds of the distance between any point of each of A groups (boxes
+    lo_a/hi_a [A, k] in the principal coordinates, balls centre_a [A, D] / radius_a [A]) and any
+    point of the index's leaves (all, or ``leaves``), less the index's slack."""
+    sel = slice(None) if leaves is None else leaves
+    lo_b, hi_b = index.box_lo[sel], index.box_hi[sel]
+    gap = torch.clamp(torch.maximum(lo_b[None] - hi_a[:, None], lo_a[:, None] - hi_b[None]), min=0)
+    projected = (gap * gap).sum(-1).sqrt()
+    ball = torch.cdist(centre_a, index.centre[sel]) - radius_a[:, None] - index.radius[sel][None]
+    return torch.maximum(projected, ball) - index.slack
+
+
+def leaf_lower_bound(index: LeafIndex, leaves, others=None) -> torch.Tensor:
+    """[len(leaves), B] lower bounds between the index's ``leaves`` and its leaves ``others`` (all by default)."""
+    return box_lower_bound(index.box_lo[leaves], index.box_hi[leaves], index.centre[leaves], index.radius[leaves], index, others)
+
+
+def candidate_leaves(index: LeafIndex, radius: float, chunk_elements: int = 1 << 22) -> tuple[torch.Tensor, torch.Tensor]:
+    """CSR (indptr [n_leaves + 1], indices int32) of, for each leaf, the leaves that may hold a
+    point within ``radius`` (frame units) of one of its points, nearest centre first (itself
+    first). The boxes (a few coordinates) rule out most pairs first; only the pairs they leave get
+    the ball bound (all D coordinates), so the cost is not n_leaves^2 x D. Rows go in chunks of
+    about ``chunk_elements / n_leaves`` leaves, each chunk ordered on its own, so the temporaries
+    stay near ``chunk_elements`` x (box dims) values and only the int32 lists are kept (at 10^6
+    dense points, 16,384 leaves, a whole-matrix sort held several GiB)."""
+    n_leaves = index.n_leaves
+    device = index.box_lo.device
+    dims = index.box_lo.shape[1]
+    chunk = max(1, min(n_leaves, chunk_elements // max(1, n_leaves * dims)))
+    tolerance = 4.0 * (index.centre.shape[1] * FLOAT64_ROUNDOFF) ** 0.5 * float(index.centre.norm(dim=1).max()) if n_leaves else 0.0
+    counts = torch.zeros(n_leaves, dtype=torch.int64, device=device)
+    col_parts = []
+    for a in range(0, n_leaves, chunk):
+        rows = torch.arange(a, min(a + chunk, n_leaves), device=device)
+        lo, hi = index.box_lo[rows], index.box_hi[rows]
+        gap = torch.clamp(torch.maximum(index.box_lo[None] - hi[:, None], lo[:, None] - index.box_hi[None]), min=0)
+        near = gap.square_().sum(-1).sqrt_() - index.slack <= radius
+        del gap
+        if int(near.sum()) > near.numel() // 8:
+            # the boxes leave many pairs (diffuse data): one GEMM-based cdist of the chunk, less a
+            # tolerance for its float64 cancellation (a lower bound must not overstate)
+            distance_all = torch.cdist(index.centre[rows], index.centre)
+            ball = distance_all - index.radius[rows][:, None] - index.radius[None, :] - index.slack - tolerance
+            i, j = torch.nonzero(near & (ball <= radius), as_tuple=True)
+            distance = distance_all[i, j]
+            del distance_all, ball
+        else:
+            i, j = torch.nonzero(near, as_tuple=True)
+            distance = torch.cat([(index.centre[rows[i[p : p + 65536]]] - index.centre[j[p : p + 65536]]).norm(dim=1)
+                                  for p in range(0, i.numel(), 65536)]) if i.numel() else torch.zeros(0, dtype=torch.float64, device=device)
+            keep = distance - index.radius[rows[i]] - index.radius[j] - index.slack <= radius
+            i, j, distance = i[keep], j[keep], distance[keep]
+        del near
+        i = i + a
+        key = torch.where(i == j, torch.full_like(distance, -1.0), distance)  # itself first
+        order = torch.argsort(key, stable=True)
+        order = order[torch.argsort(i[order], stable=True)]
+        col_parts.append(j[order].to(torch.int32))
+        counts += torch.bincount(i, minlength=n_leaves)
+    indptr = torch.zeros(n_leaves + 1, dtype=torch.int64, device=device)
+    indptr[1:] = torch.cumsum(counts, 0)
+    columns = torch.cat(col_parts) if col_parts else torch.zeros(0, dtype=torch.int32, device=device)
+    return indptr.cpu(), columns.cpu()
+
+
+def tile_band(frame: Frame, dim: int, row_local: torch.Tensor, col_local_max: float, row_global: torch.Tensor,
+              col_global_max: float) -> torch.Tensor:
+    """[R] float64 error band of the squared distances between R rows and a tile's columns (module
+    docstring): local norms |a| of the rows and the largest of the columns, global norms likewise."""
+    c1, c2 = frame.band_coefficients(dim)
+    reach = row_local + col_local_max
+    return c1 * reach * reach + c2 * reach * (row_global + col_global_max)
+
+
+def outward(lo: torch.Tensor, hi: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """float64 thresholds lo <= hi rounded outwards to ``dtype`` (lo down, hi up)."""
+    lo_d, hi_d = lo.to(dtype), hi.to(dtype)
+    if dtype != torch.float64:
+        inf = torch.tensor(float("inf"), dtype=dtype)
+        lo_d = torch.where(lo_d.to(torch.float64) > lo, torch.nextafter(lo_d, -inf), lo_d)
+        hi_d = torch.where(hi_d.to(torch.float64) < hi, torch.nextafter(hi_d, inf), hi_d)
+    return lo_d, hi_d
+
+
+def union_roots(parent: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
+    """Vectorised hooking (in place, parent fully compressed with parent[x] <= x): link each larger
+    root under the smallest root it meets, compress, repeat until every edge is inside one
+    component."""
+    p = parent.numpy()
+    a = a.numpy()
+    b = b.numpy()
+    while True:
+        ra, rb = p[a], p[b]
+        differ = ra != rb
+        if not differ.any():
+            break
+        np.minimum.at(p, np.maximum(ra, rb)[differ], np.minimum(ra, rb)[differ])
+        while True:
+            q = p[p]
+            if np.array_equal(q, p):
+                break
+            p[:] = q
