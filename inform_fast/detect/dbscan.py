@@ -116,11 +116,32 @@ def dbscan(
     return dbscan_checked(x, eps, min_samples, block, backend)
 
 
-def dbscan_checked(x: torch.Tensor, eps: float, min_samples: int, block: int = DEFAULT_BLOCK, backend: Optional[str] = None) -> DBSCANResult:
-    """``dbscan`` on arguments already validated by the caller (no second pass over ``x``)."""
+# The run statistics of the last op call on this thread (an op returns tensors only; eager callers
+# read them right after the call, the monitor's threads each their own).
+_LAST_STATS = threading.local()
+
+
+@torch.library.custom_op("inform_fast::dbscan", mutates_args=())
+def _dbscan_op(x: torch.Tensor, eps: float, min_samples: int, block: int, backend: Optional[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(core [n] bool, root [n] int64: the smallest core index of the point's cluster, -1 for noise)
+    of validated ``x`` [n, L], through the backend ``inform_fast.dispatch`` picks (op "dbscan")."""
     _, impl = dispatch.resolve("dbscan", x.device, backend)
     core, root, stats = impl(x, eps, min_samples, block)
-    return _number_clusters(core, root, stats)
+    _LAST_STATS.value = stats
+    return core, root
+
+
+@_dbscan_op.register_fake
+def _(x, eps, min_samples, block, backend):
+    return x.new_empty(x.shape[0], dtype=torch.bool), x.new_empty(x.shape[0], dtype=torch.int64)
+
+
+def dbscan_checked(x: torch.Tensor, eps: float, min_samples: int, block: int = DEFAULT_BLOCK, backend: Optional[str] = None) -> DBSCANResult:
+    """``dbscan`` on arguments already validated by the caller (no second pass over ``x``), through
+    the registered op ``torch.ops.inform_fast.dbscan`` (so ``torch.compile`` sees one op)."""
+    _LAST_STATS.value = {}
+    core, root = torch.ops.inform_fast.dbscan(x.detach(), float(eps), int(min_samples), int(block), backend)
+    return _number_clusters(core, root, _LAST_STATS.value)
 
 
 def _number_clusters(core: torch.Tensor, root: torch.Tensor, stats: dict) -> DBSCANResult:
