@@ -91,26 +91,28 @@ def _inform_model(seed: int = 0):
     beta = 0.1), trained once through the demo's own code and cached."""
     import torch
 
+    from inform_fast.demo import world
     from inform_fast.demo.config import preset
     from inform_fast.demo.pipeline import draw_data, train_and_score
     from inform_fast.demo.train import DemoRewardModel, build_backbone
 
     config = preset("small", latent_dim=DIM)
-    data = draw_data(config, np.random.default_rng(seed), "cpu")
     path = os.path.join(cache_dir(), f"inform-{WORLD}-L{DIM}-seed{seed}.pt")
-    if os.path.exists(path):
-        backbone = build_backbone(len(data["tokenizer"]), config.hidden_size, config.layers, config.heads, seed=seed)
+    if os.path.exists(path):  # only the tokenizer is needed: no pairs drawn, nothing tokenised
+        tokenizer = world.build_tokenizer()
+        backbone = build_backbone(len(tokenizer), config.hidden_size, config.layers, config.heads, seed=seed)
         model = DemoRewardModel(backbone, "inform", latent_dim=DIM, seed=seed)
         model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
         model.eval()
-        return model, data, config
+        return model, tokenizer, config
+    data = draw_data(config, np.random.default_rng(seed), "cpu")
     model = train_and_score(config, "inform", data, seed, "cpu")["model"]
     model.eval()
     os.makedirs(cache_dir(), exist_ok=True)
     temp = path + f".tmp{os.getpid()}"
     torch.save(model.state_dict(), temp)
     os.replace(temp, path)
-    return model, data, config
+    return model, data["tokenizer"], config
 
 
 CHUNK = 1 << 14  # responses per generation step: latents for n are a prefix of those for more
@@ -132,8 +134,8 @@ def inform(n: int, seed: int = 0) -> np.ndarray:
     from inform_fast.demo import search, world
     from inform_fast.demo.pipeline import _tokenize
 
-    model, data, config = _inform_model(seed)
-    encoder = search.Encoder(data["tokenizer"])
+    model, tokenizer, config = _inform_model(seed)
+    encoder = search.Encoder(tokenizer)
     world_config = config.world()
     chunks = -(-n // CHUNK)
     rng = np.random.default_rng(seed + 1)

@@ -136,6 +136,20 @@ def require(module: str, purpose: str, extra: Optional[str] = None):
         raise MissingDependencyError(f"{purpose} needs {package}, {how}") from error
 
 
+def check_open_unit(name: str, value) -> float:
+    """A float strictly between 0 and 1 (a level, a fraction, alpha); anything ``float()`` takes
+    but a bool or a string (NumPy scalars are accepted)."""
+    import math
+
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if isinstance(value, (bool, str)) or not (0.0 < number < 1.0):
+        raise ValueError(f"{name}: expected a float in (0, 1), got {value!r}")
+    return number
+
+
 def check_real(name: str, value, minimum: Optional[float] = None, maximum: Optional[float] = None,
                open_minimum: bool = False, open_maximum: bool = False) -> float:
     """A finite real number (Python, NumPy scalar or one-element tensor; not a bool) in the given

@@ -34,7 +34,7 @@ from typing import Optional
 import torch
 
 from inform_fast.detect.inputs import as_latents
-from inform_fast.validation import check_positive_int
+from inform_fast.validation import check_open_unit, check_positive_int
 
 PVALUE_METHODS = ("empirical", "chi2")
 DEFAULT_CALIBRATION_FRACTION = 0.5
@@ -42,23 +42,11 @@ DEFAULT_CALIBRATION_FRACTION = 0.5
 
 def check_alpha(alpha, name: str = "alpha") -> float:
     """alpha as a float in (0, 1); NumPy scalars are accepted."""
-    try:
-        value = float(alpha)
-    except (TypeError, ValueError):
-        value = math.nan
-    if isinstance(alpha, bool) or isinstance(alpha, str) or not (0.0 < value < 1.0):
-        raise ValueError(f"{name}: expected a float in (0, 1), got {alpha!r}")
-    return value
+    return check_open_unit(name, alpha)
 
 
 def check_calibration_fraction(fraction, name: str = "calibration_fraction") -> float:
-    try:
-        value = float(fraction)
-    except (TypeError, ValueError):
-        value = math.nan
-    if isinstance(fraction, bool) or isinstance(fraction, str) or not (0.0 < value < 1.0):
-        raise ValueError(f"{name}: expected a float in (0, 1), got {fraction!r}")
-    return value
+    return check_open_unit(name, fraction)
 
 
 class EmpiricalPValues:

@@ -28,14 +28,13 @@ the policy repeats fills a cluster as soon as it is a few percent of the respons
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Optional, Union
 
 import torch
 
 from inform_fast.detect.inputs import as_latents
-from inform_fast.validation import check_positive_int
+from inform_fast.validation import check_open_unit, check_positive_int
 
 
 @dataclass
@@ -136,12 +135,7 @@ def excess_icds(
     reference = as_latents("reference_latents", reference_latents, dim=rlhf.shape[1], device=rlhf.device)
     check_positive_int("k", k)
     check_positive_int("min_samples", min_samples)
-    try:
-        level_value = float(level)
-    except (TypeError, ValueError):
-        level_value = math.nan
-    if isinstance(level, (bool, str)) or not (0.0 < level_value < 1.0):
-        raise ValueError(f"level: expected a float in (0, 1), got {level!r}")
+    level_value = check_open_unit("level", level)
     n = rlhf.shape[0]
     if n < 2:
         raise ValueError(f"rlhf_latents: the local test needs at least 2 policy latents, got {n}")

@@ -375,10 +375,6 @@ def _finish(d2: torch.Tensor, index: torch.Tensor, out_dtype: torch.dtype, scale
     return (d2.sqrt() / scale).to(out_dtype), index
 
 
-def _distance_dtype(q: torch.Tensor, r: torch.Tensor) -> torch.dtype:
-    return torch.float64 if (q.dtype == torch.float64 or r.dtype == torch.float64) else torch.float32
-
-
 @torch.library.custom_op("inform_fast::knn_distance", mutates_args=())
 def _knn_distance_op(q: torch.Tensor, r: torch.Tensor, k: int, block_queries: int, block_refs: int,
                      backend: Optional[str], op: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -386,12 +382,12 @@ def _knn_distance_op(q: torch.Tensor, r: torch.Tensor, k: int, block_queries: in
     ``inform_fast.dispatch`` op ``op`` ("knn_distance", or "nearest_distance" for k = 1)."""
     _, impl = dispatch.resolve(op, q.device, backend)
     d2, index, scale = impl(q, r, k, block_queries, block_refs)
-    return _finish(d2.to(q.device), index.to(q.device), _distance_dtype(q, r), scale)
+    return _finish(d2.to(q.device), index.to(q.device), _work_dtype(q, r), scale)
 
 
 @_knn_distance_op.register_fake
 def _(q, r, k, block_queries, block_refs, backend, op):
-    return q.new_empty((q.shape[0], k), dtype=_distance_dtype(q, r)), q.new_empty((q.shape[0], k), dtype=torch.int64)
+    return q.new_empty((q.shape[0], k), dtype=_work_dtype(q, r)), q.new_empty((q.shape[0], k), dtype=torch.int64)
 
 
 def knn_distance_checked(
