@@ -367,43 +367,86 @@ def leaf_lower_bound(index: LeafIndex, leaves, others=None) -> torch.Tensor:
     return box_lower_bound(index.box_lo[leaves], index.box_hi[leaves], index.centre[leaves], index.radius[leaves], index, others)
 
 
+def _box_gap(lo_a, hi_a, lo_b, hi_b) -> torch.Tensor:
+    """[P] float64 distance between paired boxes (rows of [P, k] bounds) in their coordinates."""
+    gap = torch.clamp(torch.maximum(lo_b - hi_a, lo_a - hi_b), min=0)
+    return gap.square_().sum(-1).sqrt_()
+
+
+def _box_levels(index: LeafIndex, top_groups: int = 64) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Boxes of runs of 1, 2, 4, ... consecutive leaves (level l: runs of 2^l leaves), up to a
+    level with at most ``top_groups`` runs. Consecutive leaves in k-d order are neighbours in
+    space, so a run's box (the union of its leaves' boxes) stays compact: a hierarchy for
+    pruning pairs of runs before pairs of leaves."""
+    levels = [(index.box_lo, index.box_hi)]
+    while levels[-1][0].shape[0] > top_groups:
+        lo, hi = levels[-1]
+        if lo.shape[0] % 2:  # an odd run out: pair it with itself
+            lo, hi = torch.cat([lo, lo[-1:]]), torch.cat([hi, hi[-1:]])
+        levels.append((torch.minimum(lo[0::2], lo[1::2]), torch.maximum(hi[0::2], hi[1::2])))
+    return levels
+
+
+def _box_pairs(index: LeafIndex, radius: float, chunk_pairs: int = 1 << 22) -> tuple[torch.Tensor, torch.Tensor]:
+    """(i, j) int64: every pair of leaves whose boxes come within ``radius`` (less the slack), by a
+    descent of ``_box_levels``: the pairs of runs at each level whose boxes come within it are
+    split into their children's pairs, so the work is about the number of pairs found at each
+    level, not n_leaves^2 (at 10^6 points, 16,384 leaves, the all-pairs box test was half the
+    clustering's time)."""
+    levels = _box_levels(index)
+    top = levels[-1][0].shape[0]
+    grid = torch.arange(top, device=index.box_lo.device)
+    i, j = grid.repeat_interleave(top), grid.repeat(top)
+    reach = radius + index.slack
+    for level in range(len(levels) - 1, -1, -1):
+        lo, hi = levels[level]
+        n_runs = lo.shape[0]
+        keep_i, keep_j = [], []
+        for p in range(0, i.numel(), chunk_pairs):
+            a, b = i[p : p + chunk_pairs], j[p : p + chunk_pairs]
+            valid = (a < n_runs) & (b < n_runs)  # the padding of an odd level
+            a, b = a[valid], b[valid]
+            near = _box_gap(lo[a], hi[a], lo[b], hi[b]) <= reach
+            keep_i.append(a[near])
+            keep_j.append(b[near])
+        i, j = torch.cat(keep_i), torch.cat(keep_j)
+        if level:  # each pair of runs -> the 4 pairs of their halves
+            i = (2 * i[:, None] + torch.tensor([0, 0, 1, 1], device=i.device)).flatten()
+            j = (2 * j[:, None] + torch.tensor([0, 1, 0, 1], device=j.device)).flatten()
+    return i, j
+
+
 def candidate_leaves(index: LeafIndex, radius: float, chunk_elements: int = 1 << 22) -> tuple[torch.Tensor, torch.Tensor]:
     """CSR (indptr [n_leaves + 1], indices int32) of, for each leaf, the leaves that may hold a
     point within ``radius`` (frame units) of one of its points, nearest centre first (itself
-    first). The boxes (a few coordinates) rule out most pairs first; only the pairs they leave get
-    the ball bound (all D coordinates), so the cost is not n_leaves^2 x D. Rows go in chunks of
-    about ``chunk_elements / n_leaves`` leaves, each chunk ordered on its own, so the temporaries
-    stay near ``chunk_elements`` x (box dims) values and only the int32 lists are kept (at 10^6
-    dense points, 16,384 leaves, a whole-matrix sort held several GiB)."""
+    first). The boxes (a few coordinates, by ``_box_pairs``'s descent) rule out most pairs first;
+    only the pairs they leave get the ball bound (all D coordinates). Rows go in chunks of about
+    ``chunk_elements / n_leaves`` leaves, each ordered on its own, so the temporaries stay near
+    ``chunk_elements`` values and only the int32 lists are kept."""
     n_leaves = index.n_leaves
     device = index.box_lo.device
-    dims = index.box_lo.shape[1]
-    chunk = max(1, min(n_leaves, chunk_elements // max(1, n_leaves * dims)))
-    tolerance = 4.0 * (index.centre.shape[1] * FLOAT64_ROUNDOFF) ** 0.5 * float(index.centre.norm(dim=1).max()) if n_leaves else 0.0
+    if n_leaves == 0:
+        return torch.zeros(1, dtype=torch.int64), torch.zeros(0, dtype=torch.int32)
+    chunk = max(1, min(n_leaves, chunk_elements // max(1, n_leaves)))
+    tolerance = 4.0 * (index.centre.shape[1] * FLOAT64_ROUNDOFF) ** 0.5 * float(index.centre.norm(dim=1).max())
+    box_i, box_j = _box_pairs(index, radius)
+    order = torch.argsort(box_i * n_leaves + box_j)
+    box_i, box_j = box_i[order], box_j[order]
+    row_start = torch.searchsorted(box_i, torch.arange(0, n_leaves + chunk, chunk, device=device).clamp(max=n_leaves)).tolist()
     counts = torch.zeros(n_leaves, dtype=torch.int64, device=device)
     col_parts = []
-    for a in range(0, n_leaves, chunk):
-        rows = torch.arange(a, min(a + chunk, n_leaves), device=device)
-        lo, hi = index.box_lo[rows], index.box_hi[rows]
-        gap = torch.clamp(torch.maximum(index.box_lo[None] - hi[:, None], lo[:, None] - index.box_hi[None]), min=0)
-        near = gap.square_().sum(-1).sqrt_() - index.slack <= radius
-        del gap
-        if int(near.sum()) > near.numel() // 8:
-            # the boxes leave many pairs (diffuse data): one GEMM-based cdist of the chunk, less a
-            # tolerance for its float64 cancellation (a lower bound must not overstate)
-            distance_all = torch.cdist(index.centre[rows], index.centre)
-            ball = distance_all - index.radius[rows][:, None] - index.radius[None, :] - index.slack - tolerance
-            i, j = torch.nonzero(near & (ball <= radius), as_tuple=True)
-            distance = distance_all[i, j]
-            del distance_all, ball
-        else:
-            i, j = torch.nonzero(near, as_tuple=True)
-            distance = torch.cat([(index.centre[rows[i[p : p + 65536]]] - index.centre[j[p : p + 65536]]).norm(dim=1)
-                                  for p in range(0, i.numel(), 65536)]) if i.numel() else torch.zeros(0, dtype=torch.float64, device=device)
-            keep = distance - index.radius[rows[i]] - index.radius[j] - index.slack <= radius
-            i, j, distance = i[keep], j[keep], distance[keep]
-        del near
-        i = i + a
+    for c, a in enumerate(range(0, n_leaves, chunk)):
+        i, j = box_i[row_start[c] : row_start[c + 1]], box_j[row_start[c] : row_start[c + 1]]
+        rows = min(a + chunk, n_leaves) - a
+        # the ball bound: one GEMM-based cdist of the chunk's leaves against the leaves its pairs
+        # name (consecutive leaves are close in space, so few), less a tolerance for its float64
+        # cancellation (a lower bound must not overstate); gathering both centres per pair moved
+        # 2 x 128 doubles per pair through memory and cost 10x more
+        columns, column_of = torch.unique(j, return_inverse=True)
+        distance = torch.cdist(index.centre[a : a + rows], index.centre[columns])[i - a, column_of]
+        ball = distance - index.radius[i] - index.radius[j] - index.slack - tolerance
+        keep = ball <= radius
+        i, j, distance = i[keep], j[keep], distance[keep]
         key = torch.where(i == j, torch.full_like(distance, -1.0), distance)  # itself first
         order = torch.argsort(key, stable=True)
         order = order[torch.argsort(i[order], stable=True)]

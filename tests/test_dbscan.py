@@ -264,3 +264,38 @@ def test_float64_eps_below_float32_resolution():
     result = dbscan(x, 5e-6, 3)
     assert result.stats["frame_dtype"] == "float64"
     check_against_sklearn(x, 5e-6, 3, result)
+
+
+# --- repeated rows (a collapsed policy) -------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("min_samples", [1, 3, 6])
+def test_rows_repeated_beyond_min_samples_are_set_aside_without_changing_the_result(backend, min_samples):
+    # groups of 1..12 copies of a few latents among diffuse points and a loose cluster: copies
+    # beyond the min_samples-th are set aside, and core points, clusters, noise and the border
+    # rule still match scikit-learn; -0.0 and 0.0 are one value, as in the distance
+    rng = np.random.default_rng(5 + min_samples)
+    base = rng.normal(size=(40, 9)).astype(np.float32)
+    copies = np.repeat(base, rng.integers(1, 13, size=40), axis=0)
+    x = np.vstack([copies, rng.normal(scale=1.5, size=(150, 9)), 0.3 * rng.normal(size=(60, 9)) + 2.0]).astype(np.float32)
+    x[:5, 0] = 0.0
+    x[5:9] = x[:4]
+    x[5:9, 0] = -0.0
+    x = x[rng.permutation(len(x))]
+    result = dbscan(_on(backend, x), 1.1, min_samples, backend=backend)
+    assert result.stats.get("repeated_rows_set_aside", 0) > 0
+    check_against_sklearn(x.astype(np.float64), 1.1, min_samples, result)
+
+
+def test_rows_equal_in_the_hashed_columns_but_not_elsewhere_are_kept():
+    # 20 rows that agree in every column the duplicate search hashes but differ in one other:
+    # they are not copies (nothing may be set aside), and the clustering is scikit-learn's
+    module = importlib.import_module("inform_fast.detect.dbscan")
+    x = np.zeros((20, 12), np.float32)
+    x[:, 4] = np.arange(20) * 0.5  # column 4 is not among the hashed ones for 12 columns
+    hashed = torch.linspace(0, 11, module.HASH_COLUMNS).round().long().tolist()
+    assert 4 not in hashed
+    assert module.repeated_rows(torch.from_numpy(x), 3) is None
+    result = dbscan(x, 0.6, 3)
+    check_against_sklearn(x.astype(np.float64), 0.6, 3, result)

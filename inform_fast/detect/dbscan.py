@@ -58,6 +58,7 @@ import torch
 from inform_fast import dispatch
 from inform_fast.detect.inputs import as_latents
 from inform_fast.spatial import (
+    FLOAT32_ROUNDOFF,
     LeafIndex,
     box_lower_bound,
     build_index,
@@ -75,7 +76,7 @@ from inform_fast.validation import check_positive_int, check_real
 DEFAULT_BLOCK = 4096  # columns per tile
 LEAF_SIZE = 64  # points per k-d leaf
 ROW_BLOCK = 512  # rows per tile
-ROW_GROUP = 256  # rows the near and far passes take together (whole leaves)
+ROW_GROUP = 1024  # rows the near and far passes take together (whole leaves; 256 spent more on per-group overhead than it saved in pairs, on every distribution at 32k and 10^5)
 NEAR_COLUMNS = 1024  # columns of the near pass (the nearest candidate leaves)
 LIST_CAP = 16  # neighbour list length (at least min_samples - 1)
 LIST_BUDGET = 1 << 28  # bound on n x cap list entries (1 GiB of int32)
@@ -126,9 +127,73 @@ def _dbscan_op(x: torch.Tensor, eps: float, min_samples: int, block: int, backen
     """(core [n] bool, root [n] int64: the smallest core index of the point's cluster, -1 for noise)
     of validated ``x`` [n, L], through the backend ``inform_fast.dispatch`` picks (op "dbscan")."""
     _, impl = dispatch.resolve("dbscan", x.device, backend)
-    core, root, stats = impl(x, eps, min_samples, block)
+    repeats = repeated_rows(x, min_samples)
+    if repeats is None:
+        core, root, stats = impl(x, eps, min_samples, block)
+    else:
+        kept, first = repeats
+        core_kept, root_kept, stats = impl(x.index_select(0, kept), eps, min_samples, block)
+        core, root = _expand_repeats(x.shape[0], kept, first, core_kept, root_kept)
+        stats = {**stats, "n": x.shape[0], "repeated_rows_set_aside": x.shape[0] - kept.numel()}
     _LAST_STATS.value = stats
     return core, root
+
+
+HASH_COLUMNS = 8  # coordinates whose bits the duplicate search sorts by (then whole rows compared)
+
+
+def repeated_rows(x: torch.Tensor, min_samples: int) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
+    """Rows beyond the ``min_samples``-th copy of an identical row, which change no DBSCAN result:
+    ``m >= min_samples`` identical points are core, in one cluster, and a neighbour's count
+    reaches min_samples with ``min_samples`` of them as with all m; the first copies (the smallest
+    indices, which the cluster numbering and the border rule read) stay. Returns None when no row
+    has more than min_samples copies, else (kept [k] int64 row indices, ascending; first [n]
+    int64: for every row, the index of the first row identical to it, itself where kept).
+    Why: a collapsed policy repeats responses, and 80 copies of each of 200 latents (half of
+    32,000 rows) filled every neighbour list with copies and left DBSCAN 3x slower than on the
+    same number of distinct points."""
+    n = x.shape[0]
+    if n <= min_samples:
+        return None
+    # candidates: equal bits in a few spread coordinates (+ 0.0 makes -0.0 and 0.0 one value)
+    columns = torch.linspace(0, x.shape[1] - 1, min(HASH_COLUMNS, x.shape[1])).round().long().unique().to(x.device)
+    sample = x.index_select(1, columns) + 0.0
+    bits = sample.view({8: torch.int64, 4: torch.int32, 2: torch.int16}[sample.element_size()]).to(torch.int64)
+    key = bits[:, 0]
+    for c in range(1, bits.shape[1]):  # a 64-bit mix of the columns (wrapping arithmetic)
+        key = key * 1_000_003 + bits[:, c]
+    order = torch.argsort(key, stable=True)  # equal keys in index order
+    key = key[order]
+    start = torch.ones(n, dtype=torch.bool, device=x.device)
+    start[1:] = key[1:] != key[:-1]
+    run = torch.cumsum(start, 0) - 1
+    run_first = torch.nonzero(start).flatten()
+    rank = torch.arange(n, device=x.device) - run_first[run]  # position within the run of equal keys
+    if int(rank.max()) < min_samples:
+        return None
+    # a row is set aside only if it equals its run's first row exactly (a key collision keeps it)
+    tail = torch.nonzero(rank >= min_samples).flatten()
+    head = order[run_first[run[tail]]]
+    same = (x[order[tail]] == x[head]).all(1)
+    drop_rows, drop_first = order[tail[same]], head[same]
+    if drop_rows.numel() == 0:
+        return None
+    first = torch.arange(n, device=x.device)
+    first[drop_rows] = drop_first
+    keep = torch.ones(n, dtype=torch.bool, device=x.device)
+    keep[drop_rows] = False
+    return torch.nonzero(keep).flatten(), first
+
+
+def _expand_repeats(n: int, kept: torch.Tensor, first: torch.Tensor, core_kept: torch.Tensor, root_kept: torch.Tensor):
+    """(core [n], root [n]) of all rows from the result on the kept rows (their indices ``kept``):
+    roots map back through ``kept``; a row set aside is core (it has min_samples copies) in its
+    first copy's cluster."""
+    core = torch.ones(n, dtype=torch.bool, device=core_kept.device)
+    root = torch.full((n,), -1, dtype=torch.int64, device=core_kept.device)
+    core[kept] = core_kept
+    root[kept] = torch.where(root_kept >= 0, kept[root_kept.clamp(min=0)], root_kept)
+    return core, root[first]
 
 
 @_dbscan_op.register_fake
@@ -408,10 +473,16 @@ class CpuTiles:
                         rb = _RowBlock(self, rb.positions[open_rows])
 
     def union(self, rows, cols, parent, mode: str = "full", stop: Optional[Callable[[], bool]] = None) -> None:
-        for r0 in range(0, rows.numel(), ROW_BLOCK):
+        # with ``stop``, the rows come closest first and the first few usually make the join:
+        # row blocks grow from 32 to ROW_BLOCK, so a search stops after a small tile
+        height = 32 if stop is not None else ROW_BLOCK
+        r0 = 0
+        while r0 < rows.numel():
             if stop is not None and stop():
                 return
-            rb = _RowBlock(self, rows[r0 : r0 + ROW_BLOCK])
+            rb = _RowBlock(self, rows[r0 : r0 + height])
+            r0 += height
+            height = min(2 * height, ROW_BLOCK)
             low = self._first_choice(mode)
             for c0 in range(0, cols.numel(), self.block):
                 tried = low
@@ -542,18 +613,23 @@ def _core_and_roots(index: LeafIndex, engine, eps_frame: float, min_samples: int
         return _nearest_first(index, members, cand)
 
     groups = _leaf_groups(index, ROW_GROUP)
-    near_of = []  # per group: (rows, columns of its nearest candidate leaves)
+    near_of = [None] * len(groups)  # per group: (rows, columns of its nearest candidate leaves)
     done = torch.zeros(n, dtype=torch.bool, device=device)  # by position: the near pass saw every candidate
-    for members in groups:
+
+    def near_pass(g: int) -> None:
+        """Group g against its nearest candidate leaves (their choice runs on the workers too: one
+        ordering per group was a tenth of the run at 32,000 points when done up front)."""
+        members = groups[g]
         cand = group_candidates(members)
         covered = np.cumsum([sizes[c] for c in cand.tolist()])
         take = max(1, int(np.searchsorted(covered, NEAR_COLUMNS, side="right")))
         rows = torch.arange(starts[members[0]], starts[members[-1] + 1], device=device)
-        near_of.append((rows, index.positions(cand[:take])))
-        done[rows] = take == cand.numel()
+        near_of[g] = (rows, index.positions(cand[:take]))
+        done[rows] = take == cand.numel()  # each group its own rows
+        engine.neighbours(*near_of[g], counts, lists, mode="auto")
 
     # 1. near pass: every group of leaves against its nearest candidate leaves
-    run_parallel(lambda group: engine.neighbours(*group, counts, lists, mode="auto"), near_of, engine.workers)
+    run_parallel(near_pass, range(len(groups)), engine.workers)
     pairs = {"near": engine.pairs}
 
     # 2. far pass: points still below min_samples whose group has more candidates, counted afresh
@@ -645,6 +721,19 @@ def _union_edges(parent: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None
     parent.copy_(host)
 
 
+def _gap_floor(points: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
+    """[P, C] float64 lower bounds of the distances between ``points`` [P, D] and ``centres``
+    [C, D] (float64): a GEMM in the points' precision (float32 at most 1/4 of float64's cost
+    here) less its error band (``gamma_D (|p| + |c|)^2`` on the squared distance, doubled, in
+    float32's roundoff at least); a pruning bound may understate, never overstate."""
+    c = centres.to(points.dtype)
+    p_norm = points.norm(dim=1).to(torch.float64)
+    c_norm = c.norm(dim=1).to(torch.float64)
+    band = 2.0 * (points.shape[1] + 8) * FLOAT32_ROUNDOFF * (p_norm[:, None] + c_norm[None, :] + 1e-30) ** 2
+    d2 = torch.addmm((c * c).sum(1)[None, :], points, c.T, alpha=-2.0).to(torch.float64) + (points * points).sum(1).to(torch.float64)[:, None]
+    return (d2 - band).clamp_min(0).sqrt() - 1e-6 * (p_norm[:, None] + c_norm[None, :])
+
+
 def _join_components(index: LeafIndex, engine, parent: torch.Tensor, incomplete: torch.Tensor, eps_frame: float) -> int:
     """Join the components of the core points whose lists are incomplete (positions
     ``incomplete``; every other edge is known): components whose bounding balls come within eps
@@ -668,54 +757,62 @@ def _join_components(index: LeafIndex, engine, parent: torch.Tensor, incomplete:
     reach = eps_frame + 2 * index.slack
     # partners: the larger side of each touching pair (size, then id), so each pair is searched once
     key = sizes.to(torch.float64) * (k + 1) + torch.arange(k, device=device)
-    partners = [[] for _ in range(k)]
+    part_a, part_b = [], []
     for a in range(0, k, 1024):
         gap = torch.cdist(centre[a : a + 1024], centre) - radius[a : a + 1024, None] - radius[None, :]
         i, j = torch.nonzero((gap <= reach) & (key[a : a + 1024, None] < key[None, :]), as_tuple=True)
-        for p, q in zip((i + a).tolist(), j.tolist()):
-            partners[p].append(q)
+        part_a.append(i + a)
+        part_b.append(j)
+    part_a, part_b = torch.cat(part_a), torch.cat(part_b)
+    if part_a.numel() == 0:
+        return 0
+    # pairs in the order of their smaller side's key, so a batch holds whole components
+    rank = torch.empty(k, dtype=torch.int64, device=device)
+    rank[torch.argsort(key)] = torch.arange(k, device=device)
+    by_rank = torch.argsort(rank[part_a], stable=True)
+    part_a, part_b = part_a[by_rank], part_b[by_rank]
     leaf_of_position = index.leaf_of_position()
     by_comp = torch.argsort(member)
     bounds = [0] + torch.cumsum(sizes, 0).tolist()
     members = [incomplete[by_comp[bounds[c] : bounds[c + 1]]] for c in range(k)]
     searched = 0
 
-    def search(batch: list[int]) -> None:
+    def search(pair_a: torch.Tensor, pair_b: torch.Tensor) -> None:
         nonlocal searched
-        pending = [(a, b) for a in batch for b in partners[a] if int(parent[comps[a]]) != int(parent[comps[b]])]
-        if not pending:
+        alive = parent[comps[pair_a]] != parent[comps[pair_b]]
+        pair_a, pair_b = pair_a[alive], pair_b[alive]
+        if pair_a.numel() == 0:
             return
-        searched += len(pending)
-        row_comps = sorted({a for a, _ in pending})
-        col_comps = sorted({b for _, b in pending})
-        rows = torch.cat([members[a] for a in row_comps])
-        cols = torch.cat([members[b] for b in col_comps])
+        searched += pair_a.numel()
+        row_comps = torch.unique(pair_a).tolist()
+        col_comps = torch.unique(pair_b).tolist()
+        rows = torch.cat([members[c] for c in row_comps])
+        cols = torch.cat([members[c] for c in col_comps])
         # columns only from leaves whose ball comes within eps of a row component's ball, then
         # points within eps of such a ball (and rows likewise against the partners' balls)
         leaf_gap = torch.cdist(centre[row_comps], index.centre) - radius[row_comps, None] - index.radius[None, :]
         cols = cols[(leaf_gap <= reach).any(0)[leaf_of_position[cols]]]
         if cols.numel() == 0:
             return
-        row_gap = (torch.cdist(index.points[rows].to(torch.float64), centre[col_comps]) - radius[col_comps]).min(1).values
-        col_gap = (torch.cdist(index.points[cols].to(torch.float64), centre[row_comps]) - radius[row_comps]).min(1).values
+        row_gap = (_gap_floor(index.points[rows], centre[col_comps]) - radius[col_comps]).min(1).values
+        col_gap = (_gap_floor(index.points[cols], centre[row_comps]) - radius[row_comps]).min(1).values
         rows, row_gap = rows[row_gap <= reach], row_gap[row_gap <= reach]
         cols, col_gap = cols[col_gap <= reach], col_gap[col_gap <= reach]
         if rows.numel() == 0 or cols.numel() == 0:
             return
         rows, cols = rows[torch.argsort(row_gap)], cols[torch.argsort(col_gap)]  # closest first
-        a_t = comps[torch.tensor([a for a, _ in pending])]
-        b_t = comps[torch.tensor([b for _, b in pending])]
+        a_t, b_t = comps[pair_a], comps[pair_b]
         engine.union(rows, cols, parent, mode="auto", stop=lambda: bool((parent[a_t] == parent[b_t]).all()))
 
-    batch, batch_rows = [], 0
-    for a in torch.argsort(key).tolist():
-        if not partners[a]:
-            continue
-        batch.append(a)
-        batch_rows += members[a].numel()
-        if batch_rows >= ROW_BLOCK:
-            search(batch)
-            batch, batch_rows = [], 0
-    if batch:
-        search(batch)
+    # batches of about ROW_BLOCK rows: consecutive row components (whole) with all their pairs
+    first = torch.ones(part_a.numel(), dtype=torch.bool, device=device)
+    first[1:] = part_a[1:] != part_a[:-1]
+    starts = torch.nonzero(first).flatten().tolist() + [part_a.numel()]
+    comp_sizes = sizes[part_a[first]].tolist()
+    begin, batch_rows = 0, 0
+    for c, size in enumerate(comp_sizes):
+        batch_rows += size
+        if batch_rows >= ROW_BLOCK or c == len(comp_sizes) - 1:
+            search(part_a[starts[begin] : starts[c + 1]], part_b[starts[begin] : starts[c + 1]])
+            begin, batch_rows = c + 1, 0
     return searched
