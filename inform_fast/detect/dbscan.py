@@ -57,6 +57,7 @@ import torch
 
 from inform_fast import dispatch
 from inform_fast.detect.inputs import as_latents
+from inform_fast.ops.registry import define_op
 from inform_fast.spatial import (
     FLOAT32_ROUNDOFF,
     LeafIndex,
@@ -122,7 +123,6 @@ def dbscan(
 _LAST_STATS = threading.local()
 
 
-@torch.library.custom_op("inform_fast::dbscan", mutates_args=())
 def _dbscan_op(x: torch.Tensor, eps: float, min_samples: int, block: int, backend: Optional[str]) -> tuple[torch.Tensor, torch.Tensor]:
     """(core [n] bool, root [n] int64: the smallest core index of the point's cluster, -1 for noise)
     of validated ``x`` [n, L], through the backend ``inform_fast.dispatch`` picks (op "dbscan")."""
@@ -196,9 +196,11 @@ def _expand_repeats(n: int, kept: torch.Tensor, first: torch.Tensor, core_kept: 
     return core, root[first]
 
 
-@_dbscan_op.register_fake
-def _(x, eps, min_samples, block, backend):
+def _dbscan_fake(x, eps, min_samples, block, backend):
     return x.new_empty(x.shape[0], dtype=torch.bool), x.new_empty(x.shape[0], dtype=torch.int64)
+
+
+define_op("dbscan", "(Tensor x, float eps, int min_samples, int block, str? backend) -> (Tensor, Tensor)", _dbscan_op, _dbscan_fake)
 
 
 def dbscan_checked(x: torch.Tensor, eps: float, min_samples: int, block: int = DEFAULT_BLOCK, backend: Optional[str] = None) -> DBSCANResult:

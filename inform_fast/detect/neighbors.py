@@ -38,6 +38,7 @@ import torch
 
 from inform_fast import dispatch
 from inform_fast.detect.inputs import as_latents
+from inform_fast.ops.registry import define_op
 from inform_fast.spatial import (
     LeafIndex,
     _kd_order,
@@ -375,7 +376,6 @@ def _finish(d2: torch.Tensor, index: torch.Tensor, out_dtype: torch.dtype, scale
     return (d2.sqrt() / scale).to(out_dtype), index
 
 
-@torch.library.custom_op("inform_fast::knn_distance", mutates_args=())
 def _knn_distance_op(q: torch.Tensor, r: torch.Tensor, k: int, block_queries: int, block_refs: int,
                      backend: Optional[str], op: str) -> tuple[torch.Tensor, torch.Tensor]:
     """(distances [q, k], indices [q, k] int64) of validated inputs, through the backend of
@@ -385,9 +385,12 @@ def _knn_distance_op(q: torch.Tensor, r: torch.Tensor, k: int, block_queries: in
     return _finish(d2.to(q.device), index.to(q.device), _work_dtype(q, r), scale)
 
 
-@_knn_distance_op.register_fake
-def _(q, r, k, block_queries, block_refs, backend, op):
+def _knn_distance_fake(q, r, k, block_queries, block_refs, backend, op):
     return q.new_empty((q.shape[0], k), dtype=_work_dtype(q, r)), q.new_empty((q.shape[0], k), dtype=torch.int64)
+
+
+define_op("knn_distance", "(Tensor q, Tensor r, int k, int block_queries, int block_refs, str? backend, str op) -> (Tensor, Tensor)",
+          _knn_distance_op, _knn_distance_fake)
 
 
 def knn_distance_checked(

@@ -9,4 +9,7 @@ default on CPU, the Triton kernels (``inform_fast.kernels``) on CUDA, or what ``
 
 * ``inform_fast.ops.vib_head``: the head's encoder and its fused pairwise loss.
 * ``inform_fast.ops.mahalanobis``: the detectors' squared Mahalanobis distance.
+* ``inform_fast.ops.registry``: ``define_op``, how the detection ops (Mahalanobis, DBSCAN, k-NN)
+  are registered: torch.library's define / impl, without ``custom_op``'s wrapper, whose first
+  call imports ``torch._dynamo`` (seconds).
 """

@@ -12,9 +12,9 @@ from typing import Optional
 import torch
 
 from inform_fast import dispatch, reference
+from inform_fast.ops.registry import define_op
 
 
-@torch.library.custom_op("inform_fast::mahalanobis_sq", mutates_args=())
 def _mahalanobis_sq_op(x: torch.Tensor, mean: torch.Tensor, whiten: torch.Tensor, precision: str,
                        backend: Optional[str]) -> torch.Tensor:
     name, implementation = dispatch.resolve("mahalanobis_sq", x.device, backend)
@@ -23,9 +23,12 @@ def _mahalanobis_sq_op(x: torch.Tensor, mean: torch.Tensor, whiten: torch.Tensor
     return implementation(x, mean, whiten, precision)
 
 
-@_mahalanobis_sq_op.register_fake
-def _(x, mean, whiten, precision, backend):
+def _mahalanobis_sq_fake(x, mean, whiten, precision, backend):
     return x.new_empty(x.shape[0], dtype=whiten.dtype)
+
+
+define_op("mahalanobis_sq", "(Tensor x, Tensor mean, Tensor whiten, str precision, str? backend) -> Tensor", _mahalanobis_sq_op,
+          _mahalanobis_sq_fake)
 
 
 def mahalanobis_sq(x: torch.Tensor, mean: torch.Tensor, whiten: torch.Tensor, precision: str = "tf32",
