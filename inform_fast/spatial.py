@@ -430,9 +430,12 @@ def candidate_leaves(index: LeafIndex, radius: float, chunk_elements: int = 1 <<
     chunk = max(1, min(n_leaves, chunk_elements // max(1, n_leaves)))
     tolerance = 4.0 * (index.centre.shape[1] * FLOAT64_ROUNDOFF) ** 0.5 * float(index.centre.norm(dim=1).max())
     box_i, box_j = _box_pairs(index, radius)
-    order = torch.argsort(box_i * n_leaves + box_j)
-    box_i, box_j = box_i[order], box_j[order]
-    row_start = torch.searchsorted(box_i, torch.arange(0, n_leaves + chunk, chunk, device=device).clamp(max=n_leaves)).tolist()
+    if n_leaves <= chunk:  # one chunk: no grouping of the pairs by row needed
+        row_start = [0, box_i.numel()]
+    else:
+        order = torch.argsort(box_i * n_leaves + box_j)
+        box_i, box_j = box_i[order], box_j[order]
+        row_start = torch.searchsorted(box_i, torch.arange(0, n_leaves + chunk, chunk, device=device).clamp(max=n_leaves)).tolist()
     counts = torch.zeros(n_leaves, dtype=torch.int64, device=device)
     col_parts = []
     for c, a in enumerate(range(0, n_leaves, chunk)):
@@ -447,10 +450,11 @@ def candidate_leaves(index: LeafIndex, radius: float, chunk_elements: int = 1 <<
         ball = distance - index.radius[i] - index.radius[j] - index.slack - tolerance
         keep = ball <= radius
         i, j, distance = i[keep], j[keep], distance[keep]
-        key = torch.where(i == j, torch.full_like(distance, -1.0), distance)  # itself first
-        order = torch.argsort(key, stable=True)
-        order = order[torch.argsort(i[order], stable=True)]
-        col_parts.append(j[order].to(torch.int32))
+        # by row, then itself first, then by centre distance: one sort of a combined key (the
+        # distance part only orders the scan, so its rounding in the sum is harmless)
+        span = 2.0 * float(distance.max()) + 2.0 if distance.numel() else 1.0
+        key = (i - a).to(torch.float64) * span + torch.where(i == j, torch.full_like(distance, -1.0), distance)
+        col_parts.append(j[torch.argsort(key)].to(torch.int32))
         counts += torch.bincount(i, minlength=n_leaves)
     indptr = torch.zeros(n_leaves + 1, dtype=torch.int64, device=device)
     indptr[1:] = torch.cumsum(counts, 0)

@@ -216,6 +216,7 @@ def test_knn_pruned_and_brute_paths_are_exact(monkeypatch, backend, spectrum):
     monkeypatch.setattr(neighbors, "INDEX_MIN_QUERIES", 64)
     monkeypatch.setattr(neighbors, "INDEX_MIN_REFS", 512)
     monkeypatch.setattr(neighbors, "QUERY_GROUP", 32)
+    monkeypatch.setattr(neighbors, "FIRST_COLUMNS", 128)  # a first chunk small against the 3,001 references
     monkeypatch.setattr(neighbors, "PILOT_GROUPS", 2)
     rng = np.random.default_rng(10)
     scale = 0.3 ** np.arange(24) if spectrum == "collapsed" else np.ones(24)

@@ -78,6 +78,8 @@ DEFAULT_BLOCK = 4096  # columns per tile
 LEAF_SIZE = 64  # points per k-d leaf
 ROW_BLOCK = 512  # rows per tile
 ROW_GROUP = 1024  # rows the near and far passes take together (whole leaves; 256 spent more on per-group overhead than it saved in pairs, on every distribution at 32k and 10^5)
+FAR_GROUP = 256  # far rows per group where the leaf bounds prune (below DENSE_CANDIDATES); else ROW_GROUP
+DENSE_CANDIDATES = 0.5  # share of n^2 pairs left by the leaf bounds above which a group's candidates are ~all
 NEAR_COLUMNS = 1024  # columns of the near pass (the nearest candidate leaves)
 LIST_CAP = 16  # neighbour list length (at least min_samples - 1)
 LIST_BUDGET = 1 << 28  # bound on n x cap list entries (1 GiB of int32)
@@ -637,12 +639,16 @@ def _core_and_roots(index: LeafIndex, engine, eps_frame: float, min_samples: int
     # 2. far pass: points still below min_samples whose group has more candidates, counted afresh
     # against all of them, nearest first; a row stops once it has min_samples (it is core then)
     far = torch.nonzero((counts[order] < need) & ~done).flatten()
+    # where the bounds prune, a group's candidates grow with its extent, so far groups stay small;
+    # where they do not (diffuse data), every group sees ~all columns and bigger groups cost less
+    candidate_share = _candidate_fraction(index, indptr, candidates)
+    far_group = FAR_GROUP if candidate_share < DENSE_CANDIDATES else ROW_GROUP
     if far.numel():
         counts[order[far]] = 0
         lists[order[far]] = -1
         run_parallel(lambda group: engine.neighbours(group[0], index.positions(group_candidates(group[1])), counts, lists,
                                                      mode="auto", need=need),
-                     _groups(index, far, ROW_GROUP), engine.workers)
+                     _groups(index, far, far_group), engine.workers)
     pairs["far"] = engine.pairs - pairs["near"]
 
     core = counts >= need  # by original row
@@ -696,7 +702,7 @@ def _core_and_roots(index: LeafIndex, engine, eps_frame: float, min_samples: int
         "frame_dtype": str(index.frame.dtype).replace("torch.", ""),
         **{f"pairs_{k}": v for k, v in pairs.items()}, "pairs_full": engine.pairs,
         "pairs_filtered": engine.filtered_pairs, "exact_tests": engine.exact_tests, "far_points": int(far.numel()),
-        "component_pairs_searched": joined, "candidate_fraction": _candidate_fraction(index, indptr, candidates),
+        "component_pairs_searched": joined, "candidate_fraction": candidate_share,
     }
     return core, root, stats
 
