@@ -616,6 +616,7 @@ def _core_and_roots(index: LeafIndex, engine, eps_frame: float, min_samples: int
         cand = torch.unique(torch.cat([candidates[indptr_list[l] : indptr_list[l + 1]] for l in members]).to(torch.int64))
         return _nearest_first(index, members, cand)
 
+    candidate_share = _candidate_fraction(index, indptr, candidates)
     groups = _leaf_groups(index, ROW_GROUP)
     near_of = [None] * len(groups)  # per group: (rows, columns of its nearest candidate leaves)
     done = torch.zeros(n, dtype=torch.bool, device=device)  # by position: the near pass saw every candidate
@@ -641,7 +642,6 @@ def _core_and_roots(index: LeafIndex, engine, eps_frame: float, min_samples: int
     far = torch.nonzero((counts[order] < need) & ~done).flatten()
     # where the bounds prune, a group's candidates grow with its extent, so far groups stay small;
     # where they do not (diffuse data), every group sees ~all columns and bigger groups cost less
-    candidate_share = _candidate_fraction(index, indptr, candidates)
     far_group = FAR_GROUP if candidate_share < DENSE_CANDIDATES else ROW_GROUP
     if far.numel():
         counts[order[far]] = 0

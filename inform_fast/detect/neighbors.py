@@ -226,15 +226,15 @@ def _pruned_group(search: _Search, index: LeafIndex, rows: torch.Tensor, top: to
     sizes = index.leaf_sizes[leaves]
     visited = 0
     width = FIRST_COLUMNS  # small chunks first: the nearest leaves set the reach that prunes the rest
-    active, q_active = rows, q_local
+    active, q_active, top_active = rows, q_local, g_top[:, :k_dims]
     while visited < leaves.numel():
         # each query's k-th distance so far, in frame units: a query whose k-th distance is below
         # the next leaf's bound (the smallest of the rest) is finished and leaves the group, so a
         # few far queries no longer drag the whole group through distant leaves
-        worst = search.best[active, -1] * search.frame_to_exact
+        worst = search.best[active].max(1).values * search.frame_to_exact  # the C++ heaps are unsorted
         open_rows = worst.sqrt() >= float(bound[visited])  # inf while the heap is not full
         if not bool(open_rows.all()):
-            active, q_active, worst = active[open_rows], q_active[open_rows], worst[open_rows]
+            active, q_active, worst, top_active = active[open_rows], q_active[open_rows], worst[open_rows], top_active[open_rows]
             if active.numel() == 0:
                 break
         reach = float(worst.max()) ** 0.5
@@ -243,9 +243,17 @@ def _pruned_group(search: _Search, index: LeafIndex, rows: torch.Tensor, top: to
         while stop < leaves.numel() and total + int(sizes[stop]) <= width and float(bound[stop]) <= reach:
             total += int(sizes[stop])
             stop += 1
-        positions = index.positions(leaves[visited:stop])
-        search.tile(active, q_active, centre, index.points[positions], index.order[positions], index.norms[positions])
-        search.pairs += active.numel() * positions.numel()
+        chunk = leaves[visited:stop]
+        # only the queries that the chunk's leaves can reach, each by its own bound (its principal
+        # coordinates against the leaves' boxes): the group's shared bound lets a leaf in for all
+        # of them once it is near any
+        gap = torch.clamp(torch.maximum(index.box_lo[chunk][None] - top_active[:, None], top_active[:, None] - index.box_hi[chunk][None]), min=0)
+        reachable = (gap.square_().sum(-1).sqrt_().min(1).values - index.slack) <= worst.sqrt()
+        positions = index.positions(chunk)
+        if bool(reachable.any()):
+            rows_here = active if bool(reachable.all()) else active[reachable]
+            search.tile(rows_here, q_active[reachable], centre, index.points[positions], index.order[positions], index.norms[positions])
+            search.pairs += rows_here.numel() * positions.numel()
         visited = stop
         width = min(2 * width, search.block)
     return visited / leaves.numel()
