@@ -15,16 +15,25 @@ exact for any finite input: pairs are classified by float32 GEMM tiles in a cent
 frame with an error band, and the pairs inside the band are decided by the exact test
 (``inform_fast.spatial``).
 
+Repeated rows first (``repeated_rows``): copies of an identical row beyond its ``min_samples``-th
+change nothing (``m >= min_samples`` copies are core and in one cluster, and min_samples of them
+bring a neighbour's count as far as all m), so they are set aside before the passes and take
+their first copy's result after; a collapsed policy's repeated responses no longer fill every
+neighbour list with copies.
+
 Algorithm (one driver, ``_core_and_roots``, over a *pair engine*; every pass runs on a set of row
 points against gathered column points, centred on the rows):
 
-0. a k-d tree over the top principal coordinates puts the points in leaves of ~256 and lists,
-   per leaf, the leaves that can hold a neighbour (lower bounds of ``spatial``);
-1. *near pass*: each leaf against its nearest candidate leaves (about ``NEAR_COLUMNS`` points):
+0. a k-d tree over the top principal coordinates puts the points in leaves of ``LEAF_SIZE`` and lists,
+   per leaf, the leaves that can hold a neighbour (lower bounds of ``spatial``, found by a descent
+   over runs of consecutive leaves, not by testing all pairs of leaves);
+1. *near pass*: each group of ``ROW_GROUP`` rows (whole consecutive leaves) against its nearest
+   candidate leaves (about ``NEAR_COLUMNS`` points):
    neighbour counts and capped neighbour lists. A point that reaches ``min_samples`` here is
    certainly core; where the near leaves are all the candidates, the counts are final;
 2. *far pass*: the points still below ``min_samples`` are counted again against every candidate
-   leaf of their leaf (grouped ~512 rows at a time): exact counts and complete neighbour lists
+   leaf of their leaf (``FAR_GROUP`` rows at a time where the leaf bounds prune, ``ROW_GROUP``
+   where they leave most pairs): exact counts and complete neighbour lists
    (noise and border points have fewer than ``min_samples`` neighbours, so their lists are
    complete by construction);
 3. *union*: along the listed edges between core points, then the near pass again restricted to
@@ -756,12 +765,18 @@ def _join_components(index: LeafIndex, engine, parent: torch.Tensor, incomplete:
     if k <= 1:
         return 0
     device = incomplete.device
-    points = index.points.index_select(0, incomplete).to(torch.float64)
     sizes = torch.bincount(member, minlength=k)
-    centre = torch.zeros((k, points.shape[1]), dtype=torch.float64, device=device).index_add_(0, member, points)
+    # centres and radii in float64, row chunks at a time: at 10^6 latents most core points are
+    # here, and a float64 copy of them (and its difference from the centres) was 1.6 GB
+    centre = torch.zeros((k, index.points.shape[1]), dtype=torch.float64, device=device)
+    rows = 1 << 16
+    for a in range(0, incomplete.numel(), rows):
+        centre.index_add_(0, member[a : a + rows], index.points.index_select(0, incomplete[a : a + rows]).to(torch.float64))
     centre /= sizes[:, None]
-    spread = (points - centre[member]).norm(dim=1)
-    radius = torch.zeros(k, dtype=torch.float64, device=device).scatter_reduce_(0, member, spread, reduce="amax")
+    radius = torch.zeros(k, dtype=torch.float64, device=device)
+    for a in range(0, incomplete.numel(), rows):
+        spread = (index.points.index_select(0, incomplete[a : a + rows]).to(torch.float64) - centre[member[a : a + rows]]).norm(dim=1)
+        radius.scatter_reduce_(0, member[a : a + rows], spread, reduce="amax")
     reach = eps_frame + 2 * index.slack
     # partners: the larger side of each touching pair (size, then id), so each pair is searched once
     key = sizes.to(torch.float64) * (k + 1) + torch.arange(k, device=device)
