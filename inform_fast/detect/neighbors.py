@@ -31,6 +31,7 @@ PyTorch's on the GPU; see ``docs/performance.md`` for the GPU design).
 """
 from __future__ import annotations
 
+import bisect
 from typing import Optional
 
 import numpy as np
@@ -223,7 +224,8 @@ def _pruned_group(search: _Search, index: LeafIndex, rows: torch.Tensor, top: to
     by_distance = torch.argsort(distance)
     leaves = by_distance[torch.argsort(bound[by_distance].clamp_min(0), stable=True)]
     bound = bound[leaves]
-    sizes = index.leaf_sizes[leaves]
+    covered = [0] + torch.cumsum(index.leaf_sizes[leaves], 0).tolist()  # points in leaves[:i]
+    bound_list = bound.tolist()  # ascending
     visited = 0
     width = FIRST_COLUMNS  # small chunks first: the nearest leaves set the reach that prunes the rest
     active, q_active, top_active = rows, q_local, g_top[:, :k_dims]
@@ -238,17 +240,17 @@ def _pruned_group(search: _Search, index: LeafIndex, rows: torch.Tensor, top: to
             if active.numel() == 0:
                 break
         reach = float(worst.max()) ** 0.5
-        stop = visited + 1
-        total = int(sizes[visited])
-        while stop < leaves.numel() and total + int(sizes[stop]) <= width and float(bound[stop]) <= reach:
-            total += int(sizes[stop])
-            stop += 1
+        # the next leaves up to ``width`` points, while their bound is within reach (at least one)
+        within_width = bisect.bisect_right(covered, covered[visited] + width) - 1
+        within_reach = bisect.bisect_right(bound_list, reach)
+        stop = max(visited + 1, min(within_width, within_reach))
         chunk = leaves[visited:stop]
-        # only the queries that the chunk's leaves can reach, each by its own bound (its principal
-        # coordinates against the leaves' boxes): the group's shared bound lets a leaf in for all
-        # of them once it is near any
-        gap = torch.clamp(torch.maximum(index.box_lo[chunk][None] - top_active[:, None], top_active[:, None] - index.box_hi[chunk][None]), min=0)
-        reachable = (gap.square_().sum(-1).sqrt_().min(1).values - index.slack) <= worst.sqrt()
+        # only the queries that the chunk can reach, each by its own bound (its principal
+        # coordinates against the box of the chunk's leaves): the group's shared bound lets a leaf
+        # in for all of them once it is near any
+        chunk_lo, chunk_hi = index.box_lo[chunk].min(0).values, index.box_hi[chunk].max(0).values  # the chunk's box
+        gap = torch.clamp(torch.maximum(chunk_lo - top_active, top_active - chunk_hi), min=0)
+        reachable = (gap.square_().sum(-1).sqrt_() - index.slack) <= worst.sqrt()
         positions = index.positions(chunk)
         if bool(reachable.any()):
             rows_here = active if bool(reachable.all()) else active[reachable]
