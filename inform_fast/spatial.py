@@ -387,7 +387,7 @@ def _box_levels(index: LeafIndex, top_groups: int = 64) -> list[tuple[torch.Tens
     return levels
 
 
-def _box_pairs(index: LeafIndex, radius: float, chunk_pairs: int = 1 << 22) -> tuple[torch.Tensor, torch.Tensor]:
+def _box_pairs(index: LeafIndex, radius: float, chunk_pairs: int = 1 << 18) -> tuple[torch.Tensor, torch.Tensor]:
     """(i, j) int64: every pair of leaves whose boxes come within ``radius`` (less the slack), by a
     descent of ``_box_levels``: the pairs of runs at each level whose boxes come within it are
     split into their children's pairs, so the work is about the number of pairs found at each
@@ -416,7 +416,7 @@ def _box_pairs(index: LeafIndex, radius: float, chunk_pairs: int = 1 << 22) -> t
     return i, j
 
 
-def candidate_leaves(index: LeafIndex, radius: float, chunk_elements: int = 1 << 22) -> tuple[torch.Tensor, torch.Tensor]:
+def candidate_leaves(index: LeafIndex, radius: float, chunk_elements: int = 1 << 20) -> tuple[torch.Tensor, torch.Tensor]:
     """CSR (indptr [n_leaves + 1], indices int32) of, for each leaf, the leaves that may hold a
     point within ``radius`` (frame units) of one of its points, nearest centre first (itself
     first). The boxes (a few coordinates, by ``_box_pairs``'s descent) rule out most pairs first;

@@ -751,6 +751,18 @@ def _gap_floor(points: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
     return (d2 - band).clamp_min(0).sqrt() - 1e-6 * (p_norm[:, None] + c_norm[None, :])
 
 
+def _ball_gap(points: torch.Tensor, positions: torch.Tensor, centres: torch.Tensor, radii: torch.Tensor,
+              chunk_elements: int = 1 << 21) -> torch.Tensor:
+    """[P] float64: for each of ``points[positions]``, a lower bound of its distance to the nearest
+    of the balls (``centres`` [C, D], ``radii`` [C]), in row chunks of about ``chunk_elements / C``
+    (a giant component against hundreds of small ones held a [P, C] float64 matrix of 1 GB)."""
+    rows = max(1, chunk_elements // max(1, centres.shape[0]))
+    if positions.numel() == 0:
+        return torch.zeros(0, dtype=torch.float64, device=points.device)
+    return torch.cat([(_gap_floor(points.index_select(0, positions[a : a + rows]), centres) - radii).min(1).values
+                      for a in range(0, positions.numel(), rows)])
+
+
 def _join_components(index: LeafIndex, engine, parent: torch.Tensor, incomplete: torch.Tensor, eps_frame: float) -> int:
     """Join the components of the core points whose lists are incomplete (positions
     ``incomplete``; every other edge is known): components whose bounding balls come within eps
@@ -817,8 +829,8 @@ def _join_components(index: LeafIndex, engine, parent: torch.Tensor, incomplete:
         cols = cols[(leaf_gap <= reach).any(0)[leaf_of_position[cols]]]
         if cols.numel() == 0:
             return
-        row_gap = (_gap_floor(index.points[rows], centre[col_comps]) - radius[col_comps]).min(1).values
-        col_gap = (_gap_floor(index.points[cols], centre[row_comps]) - radius[row_comps]).min(1).values
+        row_gap = _ball_gap(index.points, rows, centre[col_comps], radius[col_comps])
+        col_gap = _ball_gap(index.points, cols, centre[row_comps], radius[row_comps])
         rows, row_gap = rows[row_gap <= reach], row_gap[row_gap <= reach]
         cols, col_gap = cols[col_gap <= reach], col_gap[col_gap <= reach]
         if rows.numel() == 0 or cols.numel() == 0:
