@@ -97,10 +97,17 @@ class Frame:
     def band_coefficients(self, dim: int) -> tuple[float, float]:
         """(c1, c2) of the module docstring's band, with a factor 2 of safety."""
         u = self.roundoff
-        c1 = 2.0 * (dim + 8) * u
+        c1 = dot_band_coefficient(dim, u)
         # coordinates: float32 (or float64) storage of frame values computed in float64
         c2 = 2.0 * (4.0 * u + 4.0 * FLOAT64_ROUNDOFF)
         return c1, c2
+
+
+def dot_band_coefficient(dim: int, roundoff: float) -> float:
+    """c1 of the module docstring's band: the GEMM value of |a - b|^2 (dot product and norms over
+    ``dim`` coordinates, then the sums) is within c1 (|a| + |b|)^2 of the exact one, with a factor
+    2 of safety, in a precision of unit ``roundoff``."""
+    return 2.0 * (dim + 8) * roundoff
 
 
 def _power_of_two_above(value: float) -> float:
@@ -350,14 +357,20 @@ def build_index(x: torch.Tensor, leaf_size: int = 64, radius: Optional[float] = 
                      radius=radius_t, slack=slack)
 
 
+def box_gap(lo_a, hi_a, lo_b, hi_b) -> torch.Tensor:
+    """Distance between boxes (or points: lo = hi) in their coordinates, the last dimension of the
+    broadcast bounds ([..., k] -> [...])."""
+    gap = torch.clamp(torch.maximum(lo_b - hi_a, lo_a - hi_b), min=0)
+    return gap.square_().sum(-1).sqrt_()
+
+
 def box_lower_bound(lo_a, hi_a, centre_a, radius_a, index: LeafIndex, leaves=None) -> torch.Tensor:
     """[A, B] float64 lower bounds of the distance between any point of each of A groups (boxes
     lo_a/hi_a [A, k] in the principal coordinates, balls centre_a [A, D] / radius_a [A]) and any
     point of the index's leaves (all, or ``leaves``), less the index's slack."""
     sel = slice(None) if leaves is None else leaves
     lo_b, hi_b = index.box_lo[sel], index.box_hi[sel]
-    gap = torch.clamp(torch.maximum(lo_b[None] - hi_a[:, None], lo_a[:, None] - hi_b[None]), min=0)
-    projected = (gap * gap).sum(-1).sqrt()
+    projected = box_gap(lo_a[:, None], hi_a[:, None], lo_b[None], hi_b[None])
     ball = torch.cdist(centre_a, index.centre[sel]) - radius_a[:, None] - index.radius[sel][None]
     return torch.maximum(projected, ball) - index.slack
 
@@ -367,10 +380,6 @@ def leaf_lower_bound(index: LeafIndex, leaves, others=None) -> torch.Tensor:
     return box_lower_bound(index.box_lo[leaves], index.box_hi[leaves], index.centre[leaves], index.radius[leaves], index, others)
 
 
-def _box_gap(lo_a, hi_a, lo_b, hi_b) -> torch.Tensor:
-    """[P] float64 distance between paired boxes (rows of [P, k] bounds) in their coordinates."""
-    gap = torch.clamp(torch.maximum(lo_b - hi_a, lo_a - hi_b), min=0)
-    return gap.square_().sum(-1).sqrt_()
 
 
 def _box_levels(index: LeafIndex, top_groups: int = 64) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -406,7 +415,7 @@ def _box_pairs(index: LeafIndex, radius: float, chunk_pairs: int = 1 << 18) -> t
             a, b = i[p : p + chunk_pairs], j[p : p + chunk_pairs]
             valid = (a < n_runs) & (b < n_runs)  # the padding of an odd level
             a, b = a[valid], b[valid]
-            near = _box_gap(lo[a], hi[a], lo[b], hi[b]) <= reach
+            near = box_gap(lo[a], hi[a], lo[b], hi[b]) <= reach
             keep_i.append(a[near])
             keep_j.append(b[near])
         i, j = torch.cat(keep_i), torch.cat(keep_j)

@@ -73,6 +73,7 @@ from inform_fast.spatial import (
     box_lower_bound,
     build_index,
     candidate_leaves,
+    dot_band_coefficient,
     outward,
     run_parallel,
     tile_band,
@@ -746,7 +747,7 @@ def _gap_floor(points: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
     c = centres.to(points.dtype)
     p_norm = points.norm(dim=1).to(torch.float64)
     c_norm = c.norm(dim=1).to(torch.float64)
-    band = 2.0 * (points.shape[1] + 8) * FLOAT32_ROUNDOFF * (p_norm[:, None] + c_norm[None, :] + 1e-30) ** 2
+    band = dot_band_coefficient(points.shape[1], FLOAT32_ROUNDOFF) * (p_norm[:, None] + c_norm[None, :] + 1e-30) ** 2
     d2 = torch.addmm((c * c).sum(1)[None, :], points, c.T, alpha=-2.0).to(torch.float64) + (points * points).sum(1).to(torch.float64)[:, None]
     return (d2 - band).clamp_min(0).sqrt() - 1e-6 * (p_norm[:, None] + c_norm[None, :])
 
@@ -802,10 +803,8 @@ def _join_components(index: LeafIndex, engine, parent: torch.Tensor, incomplete:
     if part_a.numel() == 0:
         return 0
     # pairs in the order of their smaller side's key, so a batch holds whole components
-    rank = torch.empty(k, dtype=torch.int64, device=device)
-    rank[torch.argsort(key)] = torch.arange(k, device=device)
-    by_rank = torch.argsort(rank[part_a], stable=True)
-    part_a, part_b = part_a[by_rank], part_b[by_rank]
+    by_key = torch.argsort(key[part_a], stable=True)  # keys are distinct: whole components stay together
+    part_a, part_b = part_a[by_key], part_b[by_key]
     leaf_of_position = index.leaf_of_position()
     by_comp = torch.argsort(member)
     bounds = [0] + torch.cumsum(sizes, 0).tolist()

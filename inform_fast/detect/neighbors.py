@@ -43,6 +43,7 @@ from inform_fast.ops.registry import define_op
 from inform_fast.spatial import (
     LeafIndex,
     _kd_order,
+    box_gap,
     box_lower_bound,
     build_index,
     exact_scale_for,
@@ -234,7 +235,7 @@ def _pruned_group(search: _Search, index: LeafIndex, rows: torch.Tensor, top: to
         # the next leaf's bound (the smallest of the rest) is finished and leaves the group, so a
         # few far queries no longer drag the whole group through distant leaves
         worst = search.best[active].max(1).values * search.frame_to_exact  # the C++ heaps are unsorted
-        open_rows = worst.sqrt() >= float(bound[visited])  # inf while the heap is not full
+        open_rows = worst.sqrt() >= bound_list[visited]  # inf while the heap is not full
         if not bool(open_rows.all()):
             active, q_active, worst, top_active = active[open_rows], q_active[open_rows], worst[open_rows], top_active[open_rows]
             if active.numel() == 0:
@@ -249,8 +250,7 @@ def _pruned_group(search: _Search, index: LeafIndex, rows: torch.Tensor, top: to
         # coordinates against the box of the chunk's leaves): the group's shared bound lets a leaf
         # in for all of them once it is near any
         chunk_lo, chunk_hi = index.box_lo[chunk].min(0).values, index.box_hi[chunk].max(0).values  # the chunk's box
-        gap = torch.clamp(torch.maximum(chunk_lo - top_active, top_active - chunk_hi), min=0)
-        reachable = (gap.square_().sum(-1).sqrt_() - index.slack) <= worst.sqrt()
+        reachable = box_gap(top_active, top_active, chunk_lo, chunk_hi) - index.slack <= worst.sqrt()
         positions = index.positions(chunk)
         if bool(reachable.any()):
             rows_here = active if bool(reachable.all()) else active[reachable]
