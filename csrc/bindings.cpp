@@ -153,36 +153,79 @@ void union_edges(py::handle parent_obj, py::handle a_obj, py::handle b_obj) {
   inform_fast::union_edges(parent.mutable_data(), n, a.data(), b.data(), e);
 }
 
+// The arguments every k-NN heap update shares, checked: the original rows (exact tests), the
+// heaps, and the ids of a tile's rows (queries) and columns (references).
+struct KnnHeaps {
+  py::array keep_q, keep_r;
+  inform_fast::Rows queries, refs;
+  py::array_t<int64_t, py::array::c_style> row_ids, col_ids, best_index;
+  py::array_t<double, py::array::c_style> best_d2;
+  int64_t rows, cols, k;
+
+  KnnHeaps(const std::string& op, py::handle queries_obj, py::handle refs_obj, double scale, py::handle row_ids_obj,
+           py::handle col_ids_obj, py::handle best_d2_obj, py::handle best_index_obj, double frame_to_exact) {
+    queries = rows_of(op, "queries", queries_obj, scale, keep_q);
+    refs = rows_of(op, "references", refs_obj, scale, keep_r);
+    if (queries.dim != refs.dim) fail(op, "queries and references must have the same dimension");
+    row_ids = checked<int64_t>(op, "row_ids", row_ids_obj, 1);
+    col_ids = checked<int64_t>(op, "col_ids", col_ids_obj, 1);
+    best_d2 = checked<double>(op, "best_d2", best_d2_obj, 2);
+    best_index = checked<int64_t>(op, "best_index", best_index_obj, 2);
+    rows = row_ids.shape(0);
+    cols = col_ids.shape(0);
+    k = best_d2.shape(1);
+    if (!(frame_to_exact > 0.0) || !std::isfinite(frame_to_exact)) fail(op, "frame_to_exact must be a finite number > 0");
+    check_len(op, "best_d2", best_d2, keep_q.shape(0));
+    check_len(op, "best_index", best_index, keep_q.shape(0));
+    if (best_index.shape(1) != k || k < 1) fail(op, "best_d2 and best_index must both be [n_queries, k] with k >= 1");
+    check_ids(op, "row_ids", row_ids, keep_q.shape(0), "n_queries");
+    check_ids(op, "col_ids", col_ids, keep_r.shape(0), "n_references");
+  }
+};
+
 int64_t knn_tile_update(py::handle partial_obj, py::handle q_norm_obj, py::handle band_obj, double frame_to_exact,
                         py::handle row_ids_obj, py::handle col_ids_obj, py::handle queries_obj, py::handle refs_obj,
                         double scale, py::handle best_d2_obj, py::handle best_index_obj, int threads) {
   const std::string op = "knn_tile_update";
-  py::array keep_q, keep_r;
-  const auto queries = rows_of(op, "queries", queries_obj, scale, keep_q);
-  const auto refs = rows_of(op, "references", refs_obj, scale, keep_r);
-  if (queries.dim != refs.dim) fail(op, "queries and references must have the same dimension");
+  KnnHeaps h(op, queries_obj, refs_obj, scale, row_ids_obj, col_ids_obj, best_d2_obj, best_index_obj, frame_to_exact);
   auto partial = checked<float>(op, "partial", partial_obj, 2);
   auto q_norm = checked<float>(op, "q_norm", q_norm_obj, 1);
   auto band = checked<float>(op, "band", band_obj, 1);
-  auto row_ids = checked<int64_t>(op, "row_ids", row_ids_obj, 1);
-  auto col_ids = checked<int64_t>(op, "col_ids", col_ids_obj, 1);
-  auto best_d2 = checked<double>(op, "best_d2", best_d2_obj, 2);
-  auto best_index = checked<int64_t>(op, "best_index", best_index_obj, 2);
-  const int64_t rows = partial.shape(0), cols = partial.shape(1), k = best_d2.shape(1);
-  if (!(frame_to_exact > 0.0) || !std::isfinite(frame_to_exact)) fail(op, "frame_to_exact must be a finite number > 0");
-  check_len(op, "q_norm", q_norm, rows);
-  check_len(op, "band", band, rows);
-  check_len(op, "row_ids", row_ids, rows);
-  check_len(op, "col_ids", col_ids, cols);
-  check_len(op, "best_d2", best_d2, keep_q.shape(0));
-  check_len(op, "best_index", best_index, keep_q.shape(0));
-  if (best_index.shape(1) != k || k < 1) fail(op, "best_d2 and best_index must both be [n_queries, k] with k >= 1");
-  check_ids(op, "row_ids", row_ids, keep_q.shape(0), "n_queries");
-  check_ids(op, "col_ids", col_ids, keep_r.shape(0), "n_references");
+  check_len(op, "row_ids", h.row_ids, partial.shape(0));
+  check_len(op, "col_ids", h.col_ids, partial.shape(1));
+  check_len(op, "q_norm", q_norm, h.rows);
+  check_len(op, "band", band, h.rows);
   py::gil_scoped_release release;
-  return inform_fast::knn_tile_update(partial.data(), rows, cols, q_norm.data(), band.data(), frame_to_exact, row_ids.data(),
-                                      col_ids.data(), queries, refs, k, best_d2.mutable_data(), best_index.mutable_data(),
-                                      threads);
+  return inform_fast::knn_tile_update(partial.data(), h.rows, h.cols, q_norm.data(), band.data(), frame_to_exact,
+                                      h.row_ids.data(), h.col_ids.data(), h.queries, h.refs, h.k, h.best_d2.mutable_data(),
+                                      h.best_index.mutable_data(), threads);
+}
+
+int64_t knn_bound_update(py::handle q_low_obj, py::handle cols_low_t_obj, py::handle col_norm_obj, py::handle q_norm_obj,
+                         py::handle band_obj, double slack, double frame_to_exact, py::handle row_ids_obj,
+                         py::handle col_ids_obj, py::handle queries_obj, py::handle refs_obj, double scale,
+                         py::handle best_d2_obj, py::handle best_index_obj, int64_t budget, bool portable) {
+  const std::string op = "knn_bound_update";
+  KnnHeaps h(op, queries_obj, refs_obj, scale, row_ids_obj, col_ids_obj, best_d2_obj, best_index_obj, frame_to_exact);
+  auto q_low = checked<float>(op, "q_low", q_low_obj, 2);
+  auto cols_low_t = checked<float>(op, "cols_low_t", cols_low_t_obj, 2);
+  auto col_norm = checked<float>(op, "col_norm", col_norm_obj, 1);
+  auto q_norm = checked<float>(op, "q_norm", q_norm_obj, 1);
+  auto band = checked<float>(op, "band", band_obj, 1);
+  const int64_t dim = q_low.shape(1), stride = cols_low_t.shape(1);
+  check_len(op, "row_ids", h.row_ids, q_low.shape(0));
+  if (cols_low_t.shape(0) != dim) fail(op, "cols_low_t must be [dim, stride] with the dim of q_low");
+  if (stride % 16 != 0 || stride < h.cols || stride >= h.cols + 16)
+    fail(op, "cols_low_t must have its columns padded to the next multiple of 16 (" + std::to_string(h.cols) + " columns)");
+  check_len(op, "col_norm", col_norm, stride);
+  check_len(op, "q_norm", q_norm, h.rows);
+  check_len(op, "band", band, h.rows);
+  if (!(slack >= 0.0) || !std::isfinite(slack)) fail(op, "slack must be a finite number >= 0");
+  py::gil_scoped_release release;
+  return inform_fast::knn_bound_update(q_low.data(), h.rows, cols_low_t.data(), stride, h.cols, dim, col_norm.data(),
+                                       q_norm.data(), band.data(), slack, frame_to_exact, h.row_ids.data(), h.col_ids.data(),
+                                       h.queries, h.refs, h.k, h.best_d2.mutable_data(), h.best_index.mutable_data(), budget,
+                                       portable);
 }
 
 py::tuple knn_exact(py::handle queries_obj, py::handle refs_obj, int64_t k, double scale, int threads) {
@@ -227,6 +270,12 @@ PYBIND11_MODULE(_C, m) {
         py::arg("scale"), py::arg("best_d2"), py::arg("best_index"), py::arg("threads") = 1,
         "Merge a tile's references into the per-query heaps of the k best (exact squared distance, id). "
         "Returns the number of exact tests.");
+  m.def("knn_bound_update", &knn_bound_update, py::arg("q_low"), py::arg("cols_low_t"), py::arg("col_norm"),
+        py::arg("q_norm"), py::arg("band"), py::arg("slack"),
+        py::arg("frame_to_exact"), py::arg("row_ids"), py::arg("col_ids"), py::arg("queries"), py::arg("references"),
+        py::arg("scale"), py::arg("best_d2"), py::arg("best_index"), py::arg("budget"), py::arg("portable") = false,
+        "k-NN heaps updated from lower-bound coordinates (in place). Returns the number of exact tests, or -r when "
+        "the first r rows needed more than budget of them (the other rows untouched).");
   m.def("knn_exact", &knn_exact, py::arg("queries"), py::arg("references"), py::arg("k"), py::arg("scale") = 1.0,
         py::arg("threads") = 1,
         "Exact k nearest references by direct float64 differences: (squared distances float64 [q, k], ids int64 [q, k]), "

@@ -51,10 +51,26 @@ void union_edges(int64_t* parent, int64_t n, const int64_t* edge_a, const int64_
 // exact squared distances to frame units (the square of the frame's scale). best_d2 / best_index
 // [n_queries, k] hold per query a max-heap of the k best (exact squared distance, reference id)
 // pairs, ordered by distance then id (empty slots: +inf, -1). A reference is tested exactly only if
-// its approximate value is within the band of the current k-th best. Returns the number of exact tests.
+// its approximate value is within the band of the current k-th best (and, while a heap is not
+// full, within twice the band of the tile's own k-th value). Returns the number of exact tests.
 int64_t knn_tile_update(const float* partial, int64_t rows, int64_t cols, const float* q_norm, const float* band,
                         double frame_to_exact, const int64_t* row_ids, const int64_t* col_ids, const Rows& queries,
                         const Rows& refs, int64_t k, double* best_d2, int64_t* best_index, int threads);
+
+// The same heaps updated from a lower bound: q_low [rows, dim] and cols_low_t [dim, stride] (column
+// j's coordinates at stride ``stride``, a multiple of 16 >= cols; padding columns are never
+// tested) are points' top principal coordinates in one frame, centred alike; col_norm [stride] and
+// q_norm [rows] their squared norms. The value col_norm[j] - 2 q_i . c_j, plus q_norm[i], is within
+// band[i] of a lower bound of the squared frame distance of the stored points, which exceed the true
+// distance by at most ``slack``; a reference is tested exactly only if that value is within
+// (sqrt(k-th best) + slack)^2 + band[i]. Returns the number of exact tests, or -r when more than
+// ``budget`` tests were needed by the first r rows (those rows are done, the others untouched: a
+// loose bound hands them to a full tile). ``portable``: the plain loops even where AVX2 is there.
+int64_t knn_bound_update(const float* q_low, int64_t rows, const float* cols_low_t, int64_t stride, int64_t cols,
+                         int64_t dim, const float* col_norm, const float* q_norm, const float* band, double slack,
+                         double frame_to_exact, const int64_t* row_ids, const int64_t* col_ids, const Rows& queries,
+                         const Rows& refs, int64_t k, double* best_d2, int64_t* best_index, int64_t budget,
+                         bool portable = false);
 
 // The same heaps filled by an exact search over every reference (no tiles): for few queries this
 // streams the references once and is faster than any GEMM.

@@ -4,7 +4,7 @@ import pytest
 import torch
 from scipy.stats import binom
 
-from inform_fast.detect.excess import excess_icds, local_excess_pvalues
+from inform_fast.detect.excess import _counts_by_two_searches, excess_icds, local_excess_neighbours, local_excess_pvalues
 
 
 def latents(n: int, seed: int, dim: int = 16) -> np.ndarray:
@@ -29,6 +29,27 @@ def test_local_pvalues_follow_the_definition():
         assert float(radius[i]) == pytest.approx(float(r), abs=1e-12)
         expected = binom.sf(a - 1, a + b, 82 / (82 + 131))
         assert float(pvalues[i]) == pytest.approx(expected, rel=1e-9, abs=1e-15)
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpp"])
+@pytest.mark.parametrize("n, m", [(37, 29), (400, 8300)])
+def test_union_search_equals_two_searches(backend, n, m):
+    # one search over policy + reference (k + 2 neighbours) must give the counts and radii of the
+    # two searches, also where ties sit at the radius: duplicated rows on both sides, lattice
+    # points at equal distances, and both sizes (direct and tree-pruned search paths)
+    rng = np.random.default_rng(n)
+    k = 6
+    rlhf = latents(n, 5)
+    reference = latents(m, 6)
+    rlhf[: n // 4] = rlhf[0]  # a collapsed policy: many copies of one row
+    reference[: m // 10] = rlhf[1]  # reference copies of a policy row
+    lattice = rng.integers(0, 3, size=(n // 5, rlhf.shape[1])).astype(np.float32)
+    rlhf[n // 4 : n // 4 + lattice.shape[0]] = lattice
+    reference[m // 10 : m // 10 + lattice.shape[0]] = lattice[::-1]
+    x, y = torch.from_numpy(rlhf), torch.from_numpy(reference)
+    a, b, radius = local_excess_neighbours(x, y, k, backend=backend)
+    a2, b2, radius2 = _counts_by_two_searches(x, x, y, k, backend)
+    assert torch.equal(a, a2) and torch.equal(b, b2) and torch.equal(radius, radius2)
 
 
 def test_duplicates_on_both_sides_are_not_excess():

@@ -224,7 +224,9 @@ def test_knn_pruned_and_brute_paths_are_exact(monkeypatch, backend, spectrum):
     queries = (rng.normal(size=(301, 24)) * scale + 50.0).astype(np.float32)
     stats = neighbors.search_stats(queries, references, 5, backend=backend)
     if spectrum == "collapsed":
-        assert stats["strategy"] == "pruned" and stats["pairs"] < 0.25 * 301 * 3001
+        assert stats["strategy"] == "pruned" and stats["pairs"] + stats["bound_pairs"] < 0.25 * 301 * 3001
+        # past the first chunk the principal coordinates decide most pairs, leaving few exact tests
+        assert stats["bound_pairs"] > 0.2 * stats["pairs"] and stats["bound_tests"] < 0.1 * stats["bound_pairs"]
     else:
         assert stats["strategy"] == "pilot, then brute"
     distance, index = knn_distance(queries, references, 5, backend=backend)
@@ -232,6 +234,71 @@ def test_knn_pruned_and_brute_paths_are_exact(monkeypatch, backend, spectrum):
     want_index = np.argsort(d, axis=1, kind="stable")[:, :5]
     np.testing.assert_array_equal(index.numpy(), want_index)
     np.testing.assert_allclose(distance.double().numpy(), np.take_along_axis(d, want_index, 1), rtol=1e-6)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_knn_loose_bound_hands_rows_to_full_tiles(monkeypatch, backend):
+    # a budget of no exact tests: every lower-bound tile stops after its first row block and the
+    # rest of the group goes through full tiles; the result must not change
+    monkeypatch.setattr(neighbors, "INDEX_MIN_QUERIES", 64)
+    monkeypatch.setattr(neighbors, "INDEX_MIN_REFS", 512)
+    monkeypatch.setattr(neighbors, "QUERY_GROUP", 37)
+    monkeypatch.setattr(neighbors, "FIRST_COLUMNS", 96)
+    monkeypatch.setattr(neighbors, "BOUND_MAX_FRACTION", 0.0)
+    rng = np.random.default_rng(12)
+    references = (rng.normal(size=(2003, 19)) * 0.4 ** np.arange(19) - 7.0).astype(np.float32)
+    references[1500:1510] = references[3]  # duplicates: ties at the k-th distance
+    queries = (rng.normal(size=(211, 19)) * 0.4 ** np.arange(19) - 7.0).astype(np.float32)
+    queries[:4] = references[3]
+    stats = neighbors.search_stats(queries, references, 7, backend=backend)
+    assert stats["strategy"] == "pruned" and stats["bound_pairs"] > 0
+    distance, index = knn_distance(queries, references, 7, backend=backend)
+    d = np.sqrt(((queries[:, None, :].astype(np.float64) - references[None]) ** 2).sum(-1))
+    want_index = np.argsort(d, axis=1, kind="stable")[:, :7]
+    np.testing.assert_array_equal(index.numpy(), want_index)
+    np.testing.assert_allclose(distance.double().numpy(), np.take_along_axis(d, want_index, 1), rtol=1e-6)
+
+
+@pytest.mark.parametrize("portable", [False, True])
+@pytest.mark.parametrize("rows, cols, dim", [(1, 1, 1), (7, 33, 5), (13, 16, 16), (4, 50, 3)])
+def test_knn_bound_update_kernel(rows, cols, dim, portable):
+    # the C++ lower-bound kernel (AVX2 where the CPU has it, and the portable loops) against its definition: a column is tested exactly iff
+    # col_norm - 2 q.c <= (sqrt(worst) + slack)^2 + band - q_norm; with a zero band and slack and a
+    # bound that is the full distance (dim = the points' dimension) it is a brute-force update
+    from inform_fast import _native
+
+    C = _native.module()
+    rng = np.random.default_rng(rows * 100 + cols)
+    k = 3
+    queries = rng.normal(size=(rows, dim)).astype(np.float32)
+    refs = rng.normal(size=(cols, dim)).astype(np.float32)
+    stride = -(-cols // 16) * 16
+    cols_t = np.zeros((dim, stride), np.float32)
+    cols_t[:, :cols] = refs.T
+    col_norm = np.zeros(stride, np.float32)
+    col_norm[:cols] = (refs * refs).sum(1)
+    q_norm = (queries * queries).sum(1).astype(np.float32)
+    best = np.full((rows, k), np.inf)
+    best[:, 0] = 1e9  # full heaps with a loose worst: every reference is a candidate
+    best[:, 1:] = 1e9 - 1
+    best_index = np.full((rows, k), 10**6, np.int64)
+    band = np.full(rows, 1e-3, np.float32)
+    tests = C.knn_bound_update(queries, cols_t, col_norm, q_norm, band, 0.0, 1.0, np.arange(rows), np.arange(cols), queries,
+                               refs, 1.0, best, best_index, 10**9, portable=portable)
+    d2 = ((queries[:, None, :].astype(np.float64) - refs[None]) ** 2).sum(-1)
+    want = np.sort(d2, axis=1)[:, :k]
+    np.testing.assert_allclose(np.sort(best, axis=1)[:, : min(k, cols)], want[:, : min(k, cols)], rtol=1e-12)
+    assert tests >= rows * min(cols, k)
+    # budget 0 and more than one row block: stops after the first block, the rest untouched
+    if rows > 4:
+        best2 = np.full((rows, k), 1e9)
+        done = C.knn_bound_update(queries, cols_t, col_norm, q_norm, band, 0.0, 1.0, np.arange(rows), np.arange(cols), queries,
+                                  refs, 1.0, best2, best_index.copy(), 0, portable=portable)
+        assert done == -4 and bool((best2[4:] == 1e9).all()) and bool((best2[:4] < 1e9).any())
+    if stride != cols:
+        with pytest.raises(ValueError, match="padded"):
+            C.knn_bound_update(queries, np.ascontiguousarray(cols_t[:, :cols]), col_norm[:cols], q_norm, band, 0.0, 1.0,
+                               np.arange(rows), np.arange(cols), queries, refs, 1.0, best, best_index, 10**9)
 
 
 @requires_triton_interpreter()

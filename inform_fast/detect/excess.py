@@ -83,23 +83,56 @@ def _count_within(own: torch.Tensor, radius: torch.Tensor) -> torch.Tensor:
     return (own <= radius[:, None]).sum(1)
 
 
+def _counts_by_two_searches(queries: torch.Tensor, rlhf: torch.Tensor, reference: torch.Tensor, k: int, backend):
+    """(a, b, radius) of step 1 for ``queries`` (rows of ``rlhf``): the k + 1 nearest policy
+    latents (one of them the latent itself) and the k nearest references, each set searched
+    apart, so that ties at the radius are counted on both sides."""
+    from inform_fast.detect.neighbors import knn_distance_checked
+
+    n, m = rlhf.shape[0], reference.shape[0]
+    d_policy, _ = knn_distance_checked(queries, rlhf, min(k + 1, n), backend=backend)
+    d_policy = d_policy[:, 1:]  # drop one zero: the latent itself (or an exact duplicate, the same thing)
+    d_reference, _ = knn_distance_checked(queries, reference, min(k, m), backend=backend)
+    merged = torch.sort(torch.cat([d_policy, d_reference], dim=1), dim=1).values
+    radius = merged[:, min(k, merged.shape[1]) - 1]
+    return _count_within(d_policy, radius), _count_within(d_reference, radius), radius
+
+
+def local_excess_neighbours(rlhf: torch.Tensor, reference: torch.Tensor, k: int = 20, backend: Optional[str] = None):
+    """(a [n], b [n], radius [n]) of step 1 of the module docstring for every policy latent.
+
+    One search over the union of both sets for the k + 2 nearest (the latent itself, its k
+    neighbours and one beyond): where the one beyond lies farther than the k-th, the k neighbours
+    are exactly the latents within the radius and a, b are read off them. Where it does not (a tie
+    at the radius: duplicated rows), those latents are searched in each set apart
+    (``_counts_by_two_searches``), which counts ties on both sides. Both give the same a, b and
+    radius; the union search visits about half the pairs of the two searches (one radius, at the
+    union's density, instead of two)."""
+    from inform_fast.detect.neighbors import knn_distance_checked
+
+    n, m = rlhf.shape[0], reference.shape[0]
+    if n + m < k + 2 or n < k + 1 or m < k:
+        return _counts_by_two_searches(rlhf, rlhf, reference, k, backend)
+    union = torch.cat([rlhf, reference])
+    distance, index = knn_distance_checked(rlhf, union, k + 2, backend=backend)
+    del union
+    radius = distance[:, k].clone()
+    a = (index[:, : k + 1] < n).sum(1) - 1  # the latent itself is among them: no tie beyond the radius
+    b = k - a
+    tied = torch.nonzero(distance[:, k + 1] <= radius).flatten()
+    if tied.numel():
+        a_tied, b_tied, radius_tied = _counts_by_two_searches(rlhf.index_select(0, tied), rlhf, reference, k, backend)
+        a[tied], b[tied], radius[tied] = a_tied, b_tied, radius_tied
+    return a, b, radius
+
+
 def local_excess_pvalues(rlhf: torch.Tensor, reference: torch.Tensor, k: int = 20, backend: Optional[str] = None):
     """(pvalues [n] float64, radius [n]): the local over-representation test of each policy latent
     (steps 1-2 of the module docstring). ``rlhf`` [n, L] (n >= 2), ``reference`` [m, L], checked."""
     from scipy.stats import binom
 
-    from inform_fast.detect.neighbors import knn_distance_checked
-
     n, m = rlhf.shape[0], reference.shape[0]
-    k_policy = min(k + 1, n)  # the latent itself is among its own set's neighbours
-    k_reference = min(k, m)
-    d_policy, _ = knn_distance_checked(rlhf, rlhf, k_policy, backend=backend)
-    d_policy = d_policy[:, 1:]  # drop one zero: the latent itself (or an exact duplicate, the same thing)
-    d_reference, _ = knn_distance_checked(rlhf, reference, k_reference, backend=backend)
-    merged = torch.sort(torch.cat([d_policy, d_reference], dim=1), dim=1).values
-    radius = merged[:, min(k, merged.shape[1]) - 1]
-    a = _count_within(d_policy, radius)
-    b = _count_within(d_reference, radius)
+    a, b, radius = local_excess_neighbours(rlhf, reference, k, backend=backend)
     q = (n - 1) / (n - 1 + m)
     # P(Binomial(a + b, q) >= a) = sf(a - 1)
     pvalues = torch.from_numpy(binom.sf((a - 1).cpu().numpy(), (a + b).cpu().numpy(), q)).to(torch.float64)

@@ -68,6 +68,8 @@ FIRST_COLUMNS = 2048  # references in a group's first chunk (the chunks then dou
 # per-tile work than their pairs saved; 2048 / 2048 12% in 4.5-5.3 s)
 QUERY_BLOCK = 512  # query rows per brute-force tile
 LEAF_SIZE = 64
+BOUND_MAX_FRACTION = 1 / 32  # a lower-bound tile leaving more pairs than this: the full tile instead
+USE_BOUND = True
 PILOT_GROUPS = 4  # groups searched before deciding between pruning and brute force
 BRUTE_FRACTION = 0.5  # pilot groups visiting more than this share of the leaves: brute force
 
@@ -90,11 +92,11 @@ class _TorchKnn:
         diff = self.queries[q_ids].to(torch.float64) * self.scale - self.refs[r_ids].to(torch.float64) * self.scale
         return (diff * diff).sum(1)
 
-    def update(self, partial, q_norm, band, frame_to_exact, row_ids, col_ids, best, best_index) -> int:
+    def update(self, partial, q_norm, band, frame_to_exact, row_ids, col_ids, best, best_index, bound: bool = False) -> int:
         worst = best[row_ids, -1] * frame_to_exact  # frame units
         value = partial.to(torch.float64) + q_norm.to(torch.float64)[:, None]  # approximate squared distances
         k = best.shape[1]
-        if value.shape[1] >= k:
+        if value.shape[1] >= k and not bound:
             # the tile itself holds k references within its k-th value + band: nothing beyond can enter
             kth = torch.kthvalue(value, k, dim=1).values
             worst = torch.minimum(worst, kth + band)
@@ -116,6 +118,20 @@ class _TorchKnn:
         return int(i.numel())
 
 
+    def bound_update(self, q_low, cols_low, col_norm2, q_norm2, band, slack, worst, frame_to_exact, row_ids, col_ids,
+                     best, best_index, budget: int) -> tuple[int, int]:
+        """The lower-bound tile as a GEMM (``_Search.bound_tile``): (rows done, exact tests)."""
+        # (sqrt(w) + slack)^2 = w + slack (2 sqrt(w) + slack); w, the tile-start worst, only falls
+        band = band + slack * (2.0 * worst.sqrt() + slack)
+        partial = torch.addmm(col_norm2[None, :], q_low, cols_low.T, alpha=-2.0)
+        left = (partial.to(torch.float64) + q_norm2.to(torch.float64)[:, None] <= (worst + band)[:, None]).sum(1)
+        over = torch.nonzero(torch.cumsum(left, 0) > budget).flatten()
+        rows = row_ids.numel() if over.numel() == 0 or int(over[0]) + 1 == row_ids.numel() else int(over[0]) + 1
+        tests = self.update(partial[:rows], q_norm2[:rows], band[:rows], frame_to_exact, row_ids[:rows], col_ids,
+                            best, best_index, bound=True)
+        return rows, tests
+
+
 class _CppKnn:
     """The same heaps (max-heaps, unsorted) updated by ``inform_fast._C.knn_tile_update``."""
 
@@ -126,13 +142,32 @@ class _CppKnn:
         self.queries, self.refs, self.scale = queries.numpy(), refs.numpy(), scale
         self.torch = _TorchKnn(queries, refs, scale)
 
-    def update(self, partial, q_norm, band, frame_to_exact, row_ids, col_ids, best, best_index) -> int:
+    def update(self, partial, q_norm, band, frame_to_exact, row_ids, col_ids, best, best_index, bound: bool = False) -> int:
         if partial.dtype != torch.float32:
-            return self.torch.update(partial, q_norm, band, frame_to_exact, row_ids, col_ids, best, best_index)
-        band32 = (band * (1 + 1e-6)).to(torch.float32)
+            return self.torch.update(partial, q_norm, band, frame_to_exact, row_ids, col_ids, best, best_index, bound)
+        band32 = (band * (1 + 1e-6)).to(torch.float32)  # rounded up by the factor (and tile_limit rounds up)
         return self.C.knn_tile_update(partial.numpy(), q_norm.to(torch.float32).numpy(), band32.numpy(), frame_to_exact,
                                       row_ids.numpy(), col_ids.numpy(), self.queries, self.refs, self.scale,
                                       best.numpy(), best_index.numpy())
+
+
+    def bound_update(self, q_low, cols_low, col_norm2, q_norm2, band, slack, worst, frame_to_exact, row_ids, col_ids,
+                     best, best_index, budget: int) -> tuple[int, int]:
+        if q_low.dtype != torch.float32:
+            return self.torch.bound_update(q_low, cols_low, col_norm2, q_norm2, band, slack, worst, frame_to_exact, row_ids,
+                                           col_ids, best, best_index, budget)
+        band32 = (band * (1 + 1e-6)).to(torch.float32)
+        # coordinate-major, padded to a multiple of 16 columns (the kernel's block; padding is never tested)
+        cols = cols_low.shape[0]
+        stride = -(-cols // 16) * 16
+        cols_t = torch.zeros((cols_low.shape[1], stride), dtype=torch.float32)
+        cols_t[:, :cols] = cols_low.T
+        norm_padded = torch.zeros(stride, dtype=torch.float32)
+        norm_padded[:cols] = col_norm2
+        done = self.C.knn_bound_update(q_low.numpy(), cols_t.numpy(), norm_padded.numpy(), q_norm2.to(torch.float32).numpy(),
+                                       band32.numpy(), slack, frame_to_exact, row_ids.numpy(), col_ids.numpy(),
+                                       self.queries, self.refs, self.scale, best.numpy(), best_index.numpy(), int(budget))
+        return (row_ids.numel(), done) if done >= 0 else (-done, budget)
 
 
 # --- the tiled search -------------------------------------------------------------------------
@@ -155,6 +190,8 @@ class _Search:
     def start(self, frame) -> None:
         self.frame = frame
         self.ops = self.epilogue_class(self.queries, self.refs, frame.exact_scale)
+        self.bound_pairs = 0  # pairs in lower-bound tiles
+        self.bound_tests = 0
         # heap values are exact squared distances of the originals times exact_scale^2
         self.frame_to_exact = (frame.scale / frame.exact_scale) ** 2
         self.qy = frame.apply(self.queries)
@@ -171,6 +208,24 @@ class _Search:
                          self.q_global[q_rows], float(col_global.max()))
         partial = torch.addmm(col_norm2[None, :], q_local, cols.T, alpha=-2.0)  # ||c||^2 - 2 q.c
         self.ops.update(partial, q_norm2, band, self.frame_to_exact, q_rows, col_ids, self.best, self.best_index)
+
+    def bound_tile(self, q_rows: torch.Tensor, q_low: torch.Tensor, centre_low: torch.Tensor, cols_low: torch.Tensor,
+                   col_ids: torch.Tensor, col_global: torch.Tensor, worst: torch.Tensor, slack: float) -> tuple[int, int]:
+        """Rows ``q_low`` (principal coordinates of queries ``q_rows``, centred on ``centre_low``)
+        against frame points' principal coordinates ``cols_low``. The distance there is a lower
+        bound of the full one (of the stored points: less ``slack``), so only the pairs it leaves
+        within a query's current k-th distance are tested exactly. ``worst`` [R]: the heaps' k-th
+        distances at the start, frame units, all finite. Returns (rows done, exact tests): the
+        rows from the first one on that would need more than BOUND_MAX_FRACTION of their pairs
+        tested are left to a full tile."""
+        cols_low = cols_low - centre_low
+        col_norm2 = (cols_low * cols_low).sum(1)
+        q_norm2 = (q_low * q_low).sum(1)
+        band = tile_band(self.frame, cols_low.shape[1], q_norm2.to(torch.float64).sqrt(),
+                         float(col_norm2.max()) ** 0.5 * (1 + 1e-6), self.q_global[q_rows], float(col_global.max()))
+        budget = int(BOUND_MAX_FRACTION * q_rows.numel() * cols_low.shape[0])
+        return self.ops.bound_update(q_low, cols_low, col_norm2, q_norm2, band, slack, worst, self.frame_to_exact, q_rows,
+                                     col_ids, self.best, self.best_index, budget)
 
     def brute(self, q_rows: torch.Tensor, refs_y: torch.Tensor, ref_ids: Optional[torch.Tensor]) -> None:
         """Queries ``q_rows`` against all frame points ``refs_y`` (ids ``ref_ids``, or 0..m-1), in
@@ -230,6 +285,11 @@ def _pruned_group(search: _Search, index: LeafIndex, rows: torch.Tensor, top: to
     visited = 0
     width = FIRST_COLUMNS  # small chunks first: the nearest leaves set the reach that prunes the rest
     active, q_active, top_active = rows, q_local, g_top[:, :k_dims]
+    centre_low = g_top.mean(0)
+    centre_low32 = centre_low.to(index.top.dtype)
+    low_active = (g_top - centre_low).to(index.top.dtype)
+    use_bound = USE_BOUND
+    slack = search.slack
     while visited < leaves.numel():
         # each query's k-th distance so far, in frame units: a query whose k-th distance is below
         # the next leaf's bound (the smallest of the rest) is finished and leaves the group, so a
@@ -238,6 +298,7 @@ def _pruned_group(search: _Search, index: LeafIndex, rows: torch.Tensor, top: to
         open_rows = worst.sqrt() >= bound_list[visited]  # inf while the heap is not full
         if not bool(open_rows.all()):
             active, q_active, worst, top_active = active[open_rows], q_active[open_rows], worst[open_rows], top_active[open_rows]
+            low_active = low_active[open_rows]
             if active.numel() == 0:
                 break
         reach = float(worst.max()) ** 0.5
@@ -250,12 +311,28 @@ def _pruned_group(search: _Search, index: LeafIndex, rows: torch.Tensor, top: to
         # coordinates against the box of the chunk's leaves): the group's shared bound lets a leaf
         # in for all of them once it is near any
         chunk_lo, chunk_hi = index.box_lo[chunk].min(0).values, index.box_hi[chunk].max(0).values  # the chunk's box
-        reachable = box_gap(top_active, top_active, chunk_lo, chunk_hi) - index.slack <= worst.sqrt()
+        reachable = box_gap(top_active, top_active, chunk_lo, chunk_hi) - slack <= worst.sqrt()
         positions = index.positions(chunk)
         if bool(reachable.any()):
-            rows_here = active if bool(reachable.all()) else active[reachable]
-            search.tile(rows_here, q_active[reachable], centre, index.points[positions], index.order[positions], index.norms[positions])
-            search.pairs += rows_here.numel() * positions.numel()
+            every = bool(reachable.all())
+            rows_here = active if every else active[reachable]
+            col_ids, col_global = index.order[positions], index.norms[positions]
+            q_here = q_active if every else q_active[reachable]
+            if use_bound and bool(torch.isfinite(worst).all()):
+                # heaps full: the principal coordinates first (a lower bound), exact tests for what it leaves
+                done, tests = search.bound_tile(rows_here, low_active if every else low_active[reachable], centre_low32,
+                                                index.top[positions], col_ids, col_global,
+                                                worst if every else worst[reachable], slack)
+                search.bound_pairs += done * positions.numel()
+                search.bound_tests += tests
+                if done < rows_here.numel():
+                    use_bound = False  # the bound leaves too much here: full tiles for the rest of the group
+                    rows_here, q_here = rows_here[done:], q_here[done:]
+                else:
+                    rows_here = rows_here[:0]
+            if rows_here.numel():
+                search.tile(rows_here, q_here, centre, index.points[positions], col_ids, col_global)
+                search.pairs += rows_here.numel() * positions.numel()
         visited = stop
         width = min(2 * width, search.block)
     return visited / leaves.numel()
@@ -264,6 +341,8 @@ def _pruned_group(search: _Search, index: LeafIndex, rows: torch.Tensor, top: to
 def _indexed_search(search: _Search, refs: torch.Tensor) -> None:
     index = build_index(refs, leaf_size=LEAF_SIZE, frame=fit_frame(refs, also=search.queries))
     search.start(index.frame)
+    # the stored queries are rounded like the stored references: the slack of both
+    search.slack = max(index.slack, 6.0 * index.frame.roundoff * float(search.q_global.max()) + 1e-300)
     groups = _query_groups(index, search.qy)
     top = index.frame.project(search.qy)
     pilot, rest = groups[:PILOT_GROUPS], groups[PILOT_GROUPS:]
@@ -304,14 +383,15 @@ def _knn_tiles(queries: torch.Tensor, references: torch.Tensor, k: int, block: i
 def search_stats(queries, references, k: int, block_refs: int = 8192, backend: Optional[str] = None) -> dict:
     """How the tiled search of ``knn_distance(queries, references, k)`` went (the direct search for
     few queries aside): strategy ("brute", "pruned", "pilot, then brute"), GEMM pairs computed,
-    their share of q x m, and the share of leaves the pilot query groups visited. For benchmarks."""
+    their share of q x m, the share of leaves the pilot query groups visited, and the pairs of
+    lower-bound tiles with the exact tests they left. For benchmarks."""
     q, r = _checked_pair(queries, references)
     name, _ = dispatch.resolve("knn_distance", q.device, backend)
     kept: list = []
     _knn_tiles(q, r, k, block_refs, _CppKnn if name == "cpp" else _TorchKnn, keep=kept)
     search = kept[0]
     return {"strategy": search.strategy, "pairs": search.pairs, "pair_share": search.pairs / (q.shape[0] * r.shape[0]),
-            "leaves_visited": search.leaves_visited}
+            "leaves_visited": search.leaves_visited, "bound_pairs": search.bound_pairs, "bound_tests": search.bound_tests}
 
 
 def _knn_reference(queries, references, k, block_queries, block_refs):
