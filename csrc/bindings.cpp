@@ -228,6 +228,23 @@ int64_t knn_bound_update(py::handle q_low_obj, py::handle cols_low_t_obj, py::ha
                                        portable);
 }
 
+py::tuple kd_order(py::handle coords_obj, int64_t leaf_size) {
+  const std::string op = "kd_order";
+  auto coords = checked<float>(op, "coords", coords_obj, 2);
+  if (leaf_size < 1) fail(op, "leaf_size must be >= 1");
+  const int64_t n = coords.shape(0), dims = coords.shape(1);
+  if (dims < 1) fail(op, "coords must have at least one column");
+  py::array_t<int64_t> order(n);
+  std::vector<int64_t> sizes;
+  {
+    py::gil_scoped_release release;
+    sizes = inform_fast::kd_order(coords.data(), n, dims, leaf_size, order.mutable_data());
+  }
+  py::array_t<int64_t> size_array(static_cast<py::ssize_t>(sizes.size()));
+  std::copy(sizes.begin(), sizes.end(), size_array.mutable_data());
+  return py::make_tuple(order, size_array);
+}
+
 py::tuple knn_exact(py::handle queries_obj, py::handle refs_obj, int64_t k, double scale, int threads) {
   const std::string op = "knn_exact";
   py::array keep_q, keep_r;
@@ -263,6 +280,8 @@ PYBIND11_MODULE(_C, m) {
   m.def("dbscan_tile_union", &tile_union, py::arg("partial"), py::arg("thr_lo"), py::arg("thr_hi"), py::arg("row_ids"),
         py::arg("col_ids"), py::arg("points"), py::arg("scale"), py::arg("eps2"), py::arg("parent"), py::arg("threads") = 1,
         "Union-find (in place, int64 parent, roots at minima) over the neighbour pairs of a tile. Returns the number of exact tests.");
+  m.def("kd_order", &kd_order, py::arg("coords"), py::arg("leaf_size"),
+        "(order, leaf sizes): rows of coords (float32 [n, dims]) in k-d leaf order, median splits on the widest coordinate.");
   m.def("union_edges", &union_edges, py::arg("parent"), py::arg("edge_a"), py::arg("edge_b"),
         "Union-find over parent (int64, in place); roots are the smallest index of each component.");
   m.def("knn_tile_update", &knn_tile_update, py::arg("partial"), py::arg("q_norm"), py::arg("band"),

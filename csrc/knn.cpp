@@ -122,6 +122,29 @@ inline float bound_limit(double worst_exact, double frame_to_exact, float band, 
   return round_up(reach * reach + static_cast<double>(band));
 }
 
+// Offers the candidates ids[0..count) with values[0..count) to the heap (hd, hi): the exact
+// distances four at a time (exact_d2_many), each candidate re-checked against ``limit`` before its
+// group (the limit falls as the heap improves; ``refresh`` recomputes it). Returns the exact tests.
+template <typename Refresh>
+inline int64_t offer_candidates(const Rows& queries, int64_t qid, const Rows& refs, const int64_t* ids, const float* values,
+                                int64_t count, double* hd, int64_t* hi, int64_t k, float& limit, Refresh refresh) {
+  int64_t tests = 0;
+  int64_t pending[4];
+  double d2[4];
+  int64_t t = 0;
+  while (t < count) {
+    int64_t m = 0;
+    for (; t < count && m < 4; ++t)
+      if (values[t] <= limit) pending[m++] = ids[t];
+    if (m == 0) break;
+    exact_d2_many(queries, qid, refs, pending, m, d2);
+    tests += m;
+    for (int64_t u = 0; u < m; ++u)
+      if (offer(hd, hi, k, d2[u], pending[u])) limit = refresh();
+  }
+  return tests;
+}
+
 }  // namespace
 
 int64_t knn_tile_update(const float* partial, int64_t rows, int64_t cols, const float* q_norm, const float* band,
@@ -151,12 +174,16 @@ int64_t knn_tile_update(const float* partial, int64_t rows, int64_t cols, const 
 #pragma omp simd reduction(| : any)
       for (int64_t j = j0; j < j1; ++j) any |= static_cast<int32_t>(row[j] <= limit);
       if (!any) continue;
-      for (int64_t j = j0; j < j1; ++j) {
-        if (!(row[j] <= limit)) continue;
-        ++exact_tests;
-        if (offer(hd, hi, k, exact_d2(queries, qid, refs, col_ids[j]), col_ids[j]))
-          limit = std::min(cap, tile_limit(hd[0], frame_to_exact, band[i], q_norm[i]));
-      }
+      int64_t ids[kChunk];
+      float values[kChunk];
+      int64_t count = 0;
+      for (int64_t j = j0; j < j1; ++j)
+        if (row[j] <= limit) {
+          ids[count] = col_ids[j];
+          values[count++] = row[j];
+        }
+      exact_tests += offer_candidates(queries, qid, refs, ids, values, count, hd, hi, k, limit,
+                                      [&] { return std::min(cap, tile_limit(hd[0], frame_to_exact, band[i], q_norm[i])); });
     }
   }
   return exact_tests;
@@ -186,14 +213,16 @@ inline int64_t bound_rows(Block block, int64_t i0, int64_t stride, int64_t cols,
     if (!block(i0, j0, limit, value)) continue;
     for (int r = 0; r < R; ++r) {
       const int64_t qid = row_ids[i0 + r];
-      double* hd = best_d2 + qid * k;
-      int64_t* hi = best_index + qid * k;
-      for (int64_t j = 0; j < kBoundWidth && j0 + j < cols; ++j) {
-        if (!(value[r][j] <= limit[r])) continue;
-        ++exact_tests;
-        const int64_t id = col_ids[j0 + j];
-        if (offer(hd, hi, k, exact_d2(queries, qid, refs, id), id)) limit[r] = limit_of(r, qid);
-      }
+      int64_t ids[kBoundWidth];
+      float values[kBoundWidth];
+      int64_t count = 0;
+      for (int64_t j = 0; j < kBoundWidth && j0 + j < cols; ++j)
+        if (value[r][j] <= limit[r]) {
+          ids[count] = col_ids[j0 + j];
+          values[count++] = value[r][j];
+        }
+      exact_tests += offer_candidates(queries, qid, refs, ids, values, count, best_d2 + qid * k, best_index + qid * k, k,
+                                      limit[r], [&] { return limit_of(r, qid); });
     }
   }
   return exact_tests;

@@ -16,6 +16,7 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 #include "exact.h"
 
@@ -76,5 +77,10 @@ int64_t knn_bound_update(const float* q_low, int64_t rows, const float* cols_low
 // streams the references once and is faster than any GEMM.
 void knn_exact(const Rows& queries, int64_t n_queries, const Rows& refs, int64_t n_refs, int64_t k, double* best_d2,
                int64_t* best_index, int threads);
+
+// The k-d leaf order of coords [n, dims] (float32, row-major): order [n] receives the permutation
+// (rows in leaf order), the return value the leaf sizes in that order. Median splits along the
+// widest coordinate down to leaves of at most leaf_size (>= 1) rows.
+std::vector<int64_t> kd_order(const float* coords, int64_t n, int64_t dims, int64_t leaf_size, int64_t* order);
 
 }  // namespace inform_fast

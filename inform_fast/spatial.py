@@ -276,9 +276,17 @@ class LeafIndex:
         return offsets + torch.arange(offsets.numel(), device=offsets.device)
 
 
-def _kd_order(coords: np.ndarray, leaf_size: int) -> tuple[np.ndarray, list[int]]:
+def _kd_order(coords: np.ndarray, leaf_size: int, native: bool = False) -> tuple[np.ndarray, list[int]]:
     """Permutation of the rows of ``coords`` [n, k] into k-d leaves of <= leaf_size, and the leaf
-    sizes in order. Median split along the widest coordinate (a stack, not recursion)."""
+    sizes in order. Median split along the widest coordinate (a stack, not recursion).
+    ``native``: the same splits in C++ (``inform_fast._C.kd_order``, 10-20x faster; ties at a
+    median may fall on the other side, which changes no search result), where it is built."""
+    if native:
+        from inform_fast import _native
+
+        if _native.available():
+            order, sizes = _native.module().kd_order(np.ascontiguousarray(coords, dtype=np.float32), int(leaf_size))
+            return order, sizes.tolist()
     n = coords.shape[0]
     order = np.arange(n)
     leaves = []
@@ -310,10 +318,11 @@ def tree_dims_for(n: int, leaf_size: int) -> int:
 
 
 def build_index(x: torch.Tensor, leaf_size: int = 64, radius: Optional[float] = None, frame: Optional[Frame] = None,
-                tree_dims: Optional[int] = None) -> LeafIndex:
+                tree_dims: Optional[int] = None, native: bool = False) -> LeafIndex:
     """The leaf index of ``x`` [n, D] (any float dtype; computed on x's device, the tree built on
     the CPU from the top coordinates). ``frame``: another set's frame (queries against a
-    reference index), else fitted to x with the search ``radius`` in x's units."""
+    reference index), else fitted to x with the search ``radius`` in x's units. ``native``: the
+    tree built by the C++ extension where it is available (``_kd_order``)."""
     frame = frame if frame is not None else fit_frame(x, radius=radius)
     n, rows = x.shape[0], 1 << 14
     # built in row chunks, so that beside the index itself (one copy of x in the frame) only
@@ -322,7 +331,7 @@ def build_index(x: torch.Tensor, leaf_size: int = 64, radius: Optional[float] = 
     for a in range(0, n, rows):
         top64[a : a + rows] = frame.project(frame.apply(x[a : a + rows]))
     k = min(tree_dims or tree_dims_for(x.shape[0], leaf_size), top64.shape[1])
-    order_np, sizes = _kd_order(top64[:, :k].to(torch.float32).cpu().numpy(), leaf_size)
+    order_np, sizes = _kd_order(top64[:, :k].to(torch.float32).cpu().numpy(), leaf_size, native=native)
     order = torch.from_numpy(order_np).to(x.device)
     points = torch.empty(x.shape, dtype=frame.dtype, device=x.device)
     for a in range(0, n, rows):

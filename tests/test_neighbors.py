@@ -310,3 +310,23 @@ def test_knn_on_the_triton_backend():
     want, want_index = knn_distance(queries.cpu(), references.cpu(), 4, backend="reference")
     torch.testing.assert_close(index.cpu(), want_index)
     torch.testing.assert_close(distance.cpu(), want)
+
+
+@pytest.mark.parametrize("n, dims, leaf", [(0, 3, 8), (1, 1, 1), (1000, 5, 64), (777, 2, 7)])
+def test_native_kd_order_matches_python(n, dims, leaf):
+    # the C++ tree build makes the same leaves as the Python one (continuous coordinates: no ties
+    # at a median) and a permutation of the rows
+    from inform_fast import _native
+    from inform_fast.spatial import _kd_order
+
+    if not _native.available():
+        pytest.skip("inform_fast._C not built")
+    coords = np.random.default_rng(n).normal(size=(n, dims)).astype(np.float32) * np.linspace(3, 1, dims, dtype=np.float32)
+    order, sizes = _kd_order(coords, leaf)
+    order_c, sizes_c = _kd_order(coords, leaf, native=True)
+    assert sizes == sizes_c and sorted(order_c.tolist()) == list(range(n))
+    starts = np.cumsum([0] + sizes)
+    for a, b in zip(starts[:-1], starts[1:]):
+        assert set(order[a:b].tolist()) == set(order_c[a:b].tolist())
+    with pytest.raises(ValueError, match="leaf_size"):
+        _native.module().kd_order(coords.reshape(n, dims), 0)

@@ -504,9 +504,9 @@ class CpuTiles:
                 self._record(tried, low)
 
 
-def _index_for(x: torch.Tensor, eps: float, block: int) -> LeafIndex:
+def _index_for(x: torch.Tensor, eps: float, block: int, native: bool) -> LeafIndex:
     leaf_size = max(8, min(LEAF_SIZE, block))
-    return build_index(x, leaf_size=leaf_size, radius=eps)
+    return build_index(x, leaf_size=leaf_size, radius=eps, native=native)
 
 
 @torch.no_grad()  # NumPy views and out= need tensors outside autograd
@@ -514,7 +514,7 @@ def _dbscan_on_cpu(x: torch.Tensor, eps: float, min_samples: int, block: int, ep
     device = x.device
     points = exact_points(x)
     with worker_threads() as workers:
-        index = _index_for(points, eps, block)
+        index = _index_for(points, eps, block, native=epilogue_class is _CppEpilogue)
         scale = index.frame.exact_scale
         epilogue = epilogue_class(points, scale, (eps * scale) ** 2)
         engine = CpuTiles(index, eps, epilogue, block, workers)
@@ -537,7 +537,7 @@ def _dbscan_triton(x: torch.Tensor, eps: float, min_samples: int, block: int):
     from inform_fast.kernels.dbscan import TritonTiles
 
     points = exact_points(x)
-    index = _index_for(x.detach(), eps, block)
+    index = _index_for(x.detach(), eps, block, native=True)
     if index.frame.dtype != torch.float32:  # eps below float32's resolution of the data: the CPU's float64 tiles
         core, root, stats = _dbscan_on_cpu(points, eps, min_samples, block, _TorchEpilogue)
         return core.to(x.device), root.to(x.device), stats

@@ -31,7 +31,6 @@ PyTorch's on the GPU; see ``docs/performance.md`` for the GPU design).
 """
 from __future__ import annotations
 
-import bisect
 from typing import Optional
 
 import numpy as np
@@ -44,7 +43,6 @@ from inform_fast.spatial import (
     LeafIndex,
     _kd_order,
     box_gap,
-    box_lower_bound,
     build_index,
     exact_scale_for,
     fit_frame,
@@ -254,11 +252,11 @@ def _brute_search(search: _Search, refs: torch.Tensor) -> None:
         search.pairs += rows.numel() * chunk.shape[0]
 
 
-def _query_groups(index: LeafIndex, qy: torch.Tensor) -> list[torch.Tensor]:
+def _query_groups(index: LeafIndex, qy: torch.Tensor, native: bool = False) -> list[torch.Tensor]:
     """Queries in compact groups of <= QUERY_GROUP: a k-d order of their principal coordinates."""
     top = index.frame.project(qy)
     dims = min(tree_dims_for(qy.shape[0], QUERY_GROUP), top.shape[1])
-    order, sizes = _kd_order(top[:, :dims].to(torch.float32).cpu().numpy(), QUERY_GROUP)
+    order, sizes = _kd_order(top[:, :dims].to(torch.float32).cpu().numpy(), QUERY_GROUP, native=native)
     order = torch.from_numpy(order).to(qy.device)
     bounds = np.cumsum([0] + sizes)
     return [order[bounds[g] : bounds[g + 1]] for g in range(len(sizes))]
@@ -274,14 +272,15 @@ def _pruned_group(search: _Search, index: LeafIndex, rows: torch.Tensor, top: to
     radius = (q_local * q_local).sum(1).sqrt().max().to(torch.float64) * (1 + 1e-5)
     g_top = top[rows]
     k_dims = index.box_lo.shape[1]
-    bound = box_lower_bound(g_top[:, :k_dims].min(0).values[None], g_top[:, :k_dims].max(0).values[None], centre64[None],
-                            radius[None], index)[0]
+    # the bound of box_lower_bound, with the one distance to the leaves' centres also ordering them
     distance = torch.cdist(centre64[None], index.centre)[0]
+    projected = box_gap(g_top[:, :k_dims].min(0).values, g_top[:, :k_dims].max(0).values, index.box_lo, index.box_hi)
+    bound = torch.maximum(projected, distance - radius - index.radius) - search.slack
     by_distance = torch.argsort(distance)
     leaves = by_distance[torch.argsort(bound[by_distance].clamp_min(0), stable=True)]
-    bound = bound[leaves]
-    covered = [0] + torch.cumsum(index.leaf_sizes[leaves], 0).tolist()  # points in leaves[:i]
-    bound_list = bound.tolist()  # ascending
+    # NumPy arrays, not lists: a list of every leaf's bound per group kept the garbage collector busy
+    bound_np = bound[leaves].numpy()  # ascending
+    covered = np.concatenate([[0], np.cumsum(index.leaf_sizes[leaves].numpy())])  # points in leaves[:i]
     visited = 0
     width = FIRST_COLUMNS  # small chunks first: the nearest leaves set the reach that prunes the rest
     active, q_active, top_active = rows, q_local, g_top[:, :k_dims]
@@ -295,7 +294,7 @@ def _pruned_group(search: _Search, index: LeafIndex, rows: torch.Tensor, top: to
         # the next leaf's bound (the smallest of the rest) is finished and leaves the group, so a
         # few far queries no longer drag the whole group through distant leaves
         worst = search.best[active].max(1).values * search.frame_to_exact  # the C++ heaps are unsorted
-        open_rows = worst.sqrt() >= bound_list[visited]  # inf while the heap is not full
+        open_rows = worst.sqrt() >= float(bound_np[visited])  # inf while the heap is not full
         if not bool(open_rows.all()):
             active, q_active, worst, top_active = active[open_rows], q_active[open_rows], worst[open_rows], top_active[open_rows]
             low_active = low_active[open_rows]
@@ -303,8 +302,8 @@ def _pruned_group(search: _Search, index: LeafIndex, rows: torch.Tensor, top: to
                 break
         reach = float(worst.max()) ** 0.5
         # the next leaves up to ``width`` points, while their bound is within reach (at least one)
-        within_width = bisect.bisect_right(covered, covered[visited] + width) - 1
-        within_reach = bisect.bisect_right(bound_list, reach)
+        within_width = int(np.searchsorted(covered, covered[visited] + width, side="right")) - 1
+        within_reach = int(np.searchsorted(bound_np, reach, side="right"))
         stop = max(visited + 1, min(within_width, within_reach))
         chunk = leaves[visited:stop]
         # only the queries that the chunk can reach, each by its own bound (its principal
@@ -339,11 +338,12 @@ def _pruned_group(search: _Search, index: LeafIndex, rows: torch.Tensor, top: to
 
 
 def _indexed_search(search: _Search, refs: torch.Tensor) -> None:
-    index = build_index(refs, leaf_size=LEAF_SIZE, frame=fit_frame(refs, also=search.queries))
+    native = search.epilogue_class is _CppKnn  # the C++ tree build with the C++ epilogue
+    index = build_index(refs, leaf_size=LEAF_SIZE, frame=fit_frame(refs, also=search.queries), native=native)
     search.start(index.frame)
     # the stored queries are rounded like the stored references: the slack of both
     search.slack = max(index.slack, 6.0 * index.frame.roundoff * float(search.q_global.max()) + 1e-300)
-    groups = _query_groups(index, search.qy)
+    groups = _query_groups(index, search.qy, native=native)
     top = index.frame.project(search.qy)
     pilot, rest = groups[:PILOT_GROUPS], groups[PILOT_GROUPS:]
     shares = []
