@@ -110,6 +110,49 @@ int64_t tile_neighbours(py::handle partial, py::handle lo, py::handle hi, py::ha
                                              threads);
 }
 
+// A lower-bound tile's columns, checked: coordinate-major coordinates padded to a multiple of 16
+// columns, and their squared norms (padded alike).
+void check_bound_columns(const std::string& op, const py::array_t<float, py::array::c_style>& rows_low,
+                         const py::array_t<float, py::array::c_style>& cols_low_t,
+                         const py::array_t<float, py::array::c_style>& col_norm, int64_t cols) {
+  const int64_t stride = cols_low_t.shape(1);
+  if (cols_low_t.shape(0) != rows_low.shape(1)) fail(op, "cols_low_t must be [dim, stride] with the dim of the rows");
+  if (stride % 16 != 0 || stride < cols || stride >= cols + 16)
+    fail(op, "cols_low_t must have its columns padded to the next multiple of 16 (" + std::to_string(cols) + " columns)");
+  check_len(op, "col_norm", col_norm, stride);
+}
+
+int64_t bound_neighbours(py::handle rows_low_obj, py::handle cols_low_t_obj, py::handle col_norm_obj, py::handle hi_obj,
+                         py::handle row_ids_obj, py::handle col_ids_obj, py::handle points_obj, double scale, double eps2,
+                         py::handle counts_obj, py::handle lists_obj, int64_t budget, bool portable) {
+  const std::string op = "dbscan_bound_neighbours";
+  py::array keep;
+  const auto points = rows_of(op, "points", points_obj, scale, keep);
+  const int64_t n = keep.shape(0);
+  if (n >= (int64_t{1} << 31)) fail(op, "points must have fewer than 2^31 rows");
+  auto rows_low = checked<float>(op, "rows_low", rows_low_obj, 2);
+  auto cols_low_t = checked<float>(op, "cols_low_t", cols_low_t_obj, 2);
+  auto col_norm = checked<float>(op, "col_norm", col_norm_obj, 1);
+  auto hi = checked<double>(op, "thr_hi", hi_obj, 1);
+  auto row_ids = checked<int64_t>(op, "row_ids", row_ids_obj, 1);
+  auto col_ids = checked<int64_t>(op, "col_ids", col_ids_obj, 1);
+  auto counts = checked<int32_t>(op, "counts", counts_obj, 1);
+  auto lists = checked<int32_t>(op, "lists", lists_obj, 2);
+  const int64_t rows = rows_low.shape(0), cols = col_ids.shape(0);
+  check_bound_columns(op, rows_low, cols_low_t, col_norm, cols);
+  check_len(op, "thr_hi", hi, rows);
+  check_len(op, "row_ids", row_ids, rows);
+  check_len(op, "counts", counts, n);
+  check_len(op, "lists", lists, n);
+  check_ids(op, "row_ids", row_ids, n, "n_points");
+  check_ids(op, "col_ids", col_ids, n, "n_points");
+  py::gil_scoped_release release;
+  return inform_fast::dbscan_bound_neighbours(rows_low.data(), rows, cols_low_t.data(), cols_low_t.shape(1), cols,
+                                              rows_low.shape(1), col_norm.data(), hi.data(), row_ids.data(), col_ids.data(),
+                                              points, eps2, counts.mutable_data(), lists.mutable_data(), lists.shape(1),
+                                              budget, portable);
+}
+
 int64_t count_at_most(py::handle partial_obj, py::handle hi_obj, int64_t budget) {
   const std::string op = "tile_count_at_most";
   auto partial = checked<float>(op, "partial", partial_obj, 2);
@@ -214,10 +257,7 @@ int64_t knn_bound_update(py::handle q_low_obj, py::handle cols_low_t_obj, py::ha
   auto band = checked<float>(op, "band", band_obj, 1);
   const int64_t dim = q_low.shape(1), stride = cols_low_t.shape(1);
   check_len(op, "row_ids", h.row_ids, q_low.shape(0));
-  if (cols_low_t.shape(0) != dim) fail(op, "cols_low_t must be [dim, stride] with the dim of q_low");
-  if (stride % 16 != 0 || stride < h.cols || stride >= h.cols + 16)
-    fail(op, "cols_low_t must have its columns padded to the next multiple of 16 (" + std::to_string(h.cols) + " columns)");
-  check_len(op, "col_norm", col_norm, stride);
+  check_bound_columns(op, q_low, cols_low_t, col_norm, h.cols);
   check_len(op, "q_norm", q_norm, h.rows);
   check_len(op, "band", band, h.rows);
   if (!(slack >= 0.0) || !std::isfinite(slack)) fail(op, "slack must be a finite number >= 0");
@@ -275,6 +315,11 @@ PYBIND11_MODULE(_C, m) {
         py::arg("lists"), py::arg("threads") = 1,
         "Count the neighbours of each tile row (int32 counts, in place) and append them to its capped int32 list; "
         "partial <= thr_lo: neighbour, > thr_hi: not, else exact test on points. Returns the number of exact tests.");
+  m.def("dbscan_bound_neighbours", &bound_neighbours, py::arg("rows_low"), py::arg("cols_low_t"), py::arg("col_norm"),
+        py::arg("thr_hi"), py::arg("row_ids"), py::arg("col_ids"), py::arg("points"), py::arg("scale"), py::arg("eps2"),
+        py::arg("counts"), py::arg("lists"), py::arg("budget"), py::arg("portable") = false,
+        "dbscan_tile_neighbours from a lower-bound tile computed in the kernel. Returns the exact tests, or -r when the "
+        "first r rows needed more than budget of them (the other rows untouched).");
   m.def("tile_count_at_most", &count_at_most, py::arg("partial"), py::arg("thr_hi"), py::arg("budget"),
         "Count of partial[i, j] <= thr_hi[i] (float32 tile), stopping once it exceeds budget.");
   m.def("dbscan_tile_union", &tile_union, py::arg("partial"), py::arg("thr_lo"), py::arg("thr_hi"), py::arg("row_ids"),

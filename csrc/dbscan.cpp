@@ -7,6 +7,7 @@
 #include <omp.h>
 #endif
 
+#include "bound_block.h"
 #include "ops.h"
 
 namespace inform_fast {
@@ -100,6 +101,32 @@ int64_t dbscan_tile_neighbours(const float* partial, int64_t rows, int64_t cols,
     counts[id] = count;
   }
   return exact_tests;
+}
+
+int64_t dbscan_bound_neighbours(const float* rows_low, int64_t rows, const float* cols_low_t, int64_t stride, int64_t cols,
+                                int64_t dim, const float* col_norm, const double* thr_hi, const int64_t* row_ids,
+                                const int64_t* col_ids, const Rows& points, double eps2, int32_t* counts, int32_t* lists,
+                                int64_t cap, int64_t budget, bool portable) {
+  const auto visit = [&](int64_t i, int, int64_t j0, const float* value, float& limit) -> int64_t {
+    const int64_t id = row_ids[i];
+    int64_t ids[bound::kBoundWidth];
+    int64_t count = 0;
+    for (int64_t j = 0; j < bound::kBoundWidth && j0 + j < cols; ++j)
+      if (value[j] <= limit && col_ids[j0 + j] != id) ids[count++] = col_ids[j0 + j];
+    double d2[bound::kBoundWidth];
+    exact_d2_many(points, id, points, ids, count, d2);
+    int32_t found = counts[id];
+    int32_t* list = lists + id * cap;
+    for (int64_t t = 0; t < count; ++t) {
+      if (!(d2[t] <= eps2)) continue;
+      if (found < cap) list[found] = static_cast<int32_t>(ids[t]);
+      ++found;
+    }
+    counts[id] = found;
+    return count;
+  };
+  return bound::scan_tile(bound::Tile{rows_low, cols_low_t, col_norm, dim, stride}, rows, budget, portable,
+                          [&](int64_t i) { return bound::round_up(thr_hi[i]); }, visit);
 }
 
 int64_t tile_count_at_most(const float* partial, int64_t rows, int64_t cols, const float* thr_hi, int64_t budget) {

@@ -3,11 +3,6 @@
 // the result is the k smallest pairs in that order whatever the order the references come in.
 #include <algorithm>
 #include <cmath>
-#include <cstring>
-
-#if defined(__x86_64__) && defined(__GNUC__)
-#include <immintrin.h>
-#endif
 #include <limits>
 #include <vector>
 
@@ -15,6 +10,7 @@
 #include <omp.h>
 #endif
 
+#include "bound_block.h"
 #include "ops.h"
 
 namespace inform_fast {
@@ -108,11 +104,7 @@ float kth_smallest(const float* row, int64_t cols, int64_t k, std::vector<float>
   return heap.front();
 }
 
-inline float round_up(double value) {
-  float rounded = static_cast<float>(value);
-  if (static_cast<double>(rounded) < value) rounded = std::nextafter(rounded, std::numeric_limits<float>::infinity());
-  return rounded;
-}
+using bound::round_up;
 
 // Largest float L with: a lower-bound value > L means the pair's stored distance, less ``slack``
 // and the band, exceeds the heap's worst exact distance.
@@ -189,149 +181,29 @@ int64_t knn_tile_update(const float* partial, int64_t rows, int64_t cols, const 
   return exact_tests;
 }
 
-namespace {
-
-constexpr int64_t kBoundWidth = 16;  // columns per block of the lower-bound kernel
-constexpr int kBoundRows = 4;        // rows per block: each column value loaded once for four rows
-
-// Rows [i0, i0 + R) against every column: value[r][j] = col_norm[j] - 2 q_r . c_j (the GEMM
-// form, so its error is inside the tile band), a column tested exactly when its value is within
-// the row's limit. ``block`` computes the R x kBoundWidth values of one column block.
-template <int R, typename Block>
-inline int64_t bound_rows(Block block, int64_t i0, int64_t stride, int64_t cols, const float* q_norm, const float* band,
-                          double slack, double frame_to_exact, const int64_t* row_ids, const int64_t* col_ids,
-                          const Rows& queries, const Rows& refs, int64_t k, double* best_d2, int64_t* best_index) {
-  int64_t exact_tests = 0;
-  float limit[R];
-  const auto limit_of = [&](int r, int64_t qid) {
-    return round_up(static_cast<double>(bound_limit(best_d2[qid * k], frame_to_exact, band[i0 + r], slack)) -
-                    static_cast<double>(q_norm[i0 + r]));
-  };
-  for (int r = 0; r < R; ++r) limit[r] = limit_of(r, row_ids[i0 + r]);
-  float value[R][kBoundWidth];
-  for (int64_t j0 = 0; j0 < stride; j0 += kBoundWidth) {
-    if (!block(i0, j0, limit, value)) continue;
-    for (int r = 0; r < R; ++r) {
-      const int64_t qid = row_ids[i0 + r];
-      int64_t ids[kBoundWidth];
-      float values[kBoundWidth];
-      int64_t count = 0;
-      for (int64_t j = 0; j < kBoundWidth && j0 + j < cols; ++j)
-        if (value[r][j] <= limit[r]) {
-          ids[count] = col_ids[j0 + j];
-          values[count++] = value[r][j];
-        }
-      exact_tests += offer_candidates(queries, qid, refs, ids, values, count, best_d2 + qid * k, best_index + qid * k, k,
-                                      limit[r], [&] { return limit_of(r, qid); });
-    }
-  }
-  return exact_tests;
-}
-
-// The rows in blocks of kBoundRows (the last ones one by one), stopping after a block once the
-// exact tests exceed the budget: -(rows done) then.
-template <typename Block1, typename Block4>
-int64_t bound_all(Block1 block1, Block4 block4, int64_t rows, int64_t stride, int64_t cols, const float* q_norm,
-                  const float* band, double slack, double frame_to_exact, const int64_t* row_ids, const int64_t* col_ids,
-                  const Rows& queries, const Rows& refs, int64_t k, double* best_d2, int64_t* best_index, int64_t budget) {
-  int64_t exact_tests = 0;
-  for (int64_t i = 0; i < rows; i += kBoundRows) {
-    if (i + kBoundRows <= rows)
-      exact_tests += bound_rows<kBoundRows>(block4, i, stride, cols, q_norm, band, slack, frame_to_exact, row_ids, col_ids,
-                                            queries, refs, k, best_d2, best_index);
-    else
-      for (int64_t r = i; r < rows; ++r)
-        exact_tests += bound_rows<1>(block1, r, stride, cols, q_norm, band, slack, frame_to_exact, row_ids, col_ids, queries,
-                                     refs, k, best_d2, best_index);
-    const int64_t done = std::min(rows, i + kBoundRows);
-    if (exact_tests > budget && done < rows) return -done;
-  }
-  return exact_tests;
-}
-
-// Portable block: plain loops (the compiler vectorises them for its baseline target).
-template <int R>
-struct PlainBlock {
-  const float *q_low, *cols_low_t, *col_norm;
-  int64_t dim, stride;
-  bool operator()(int64_t i0, int64_t j0, const float* limit, float (*value)[kBoundWidth]) const {
-    float dot[R][kBoundWidth] = {};
-    for (int64_t d = 0; d < dim; ++d) {
-      const float* c = cols_low_t + d * stride + j0;
-      for (int r = 0; r < R; ++r) {
-        const float qd = q_low[(i0 + r) * dim + d];
-        for (int64_t j = 0; j < kBoundWidth; ++j) dot[r][j] += qd * c[j];
-      }
-    }
-    bool any = false;
-    for (int r = 0; r < R; ++r)
-      for (int64_t j = 0; j < kBoundWidth; ++j) {
-        value[r][j] = col_norm[j0 + j] - 2.0f * dot[r][j];
-        any |= value[r][j] <= limit[r];
-      }
-    return any;
-  }
-};
-
-}  // namespace
-
-#if defined(__x86_64__) && defined(__GNUC__)
-namespace {
-
-// The same block with AVX2 fused multiply-adds (chosen at run time where the CPU has them):
-// about 3x the plain loops on a 2-core EPYC (0.6 vs 1.8 ns per pair at 16 coordinates).
-template <int R>
-struct Avx2Block {
-  const float *q_low, *cols_low_t, *col_norm;
-  int64_t dim, stride;
-  __attribute__((target("avx2,fma"))) bool operator()(int64_t i0, int64_t j0, const float* limit,
-                                                       float (*value)[kBoundWidth]) const {
-    __m256 dot[R][2];
-    for (int r = 0; r < R; ++r) dot[r][0] = dot[r][1] = _mm256_setzero_ps();
-    for (int64_t d = 0; d < dim; ++d) {
-      const float* c = cols_low_t + d * stride + j0;
-      const __m256 c0 = _mm256_loadu_ps(c), c1 = _mm256_loadu_ps(c + 8);
-      for (int r = 0; r < R; ++r) {
-        const __m256 qd = _mm256_set1_ps(q_low[(i0 + r) * dim + d]);
-        dot[r][0] = _mm256_fmadd_ps(qd, c0, dot[r][0]);
-        dot[r][1] = _mm256_fmadd_ps(qd, c1, dot[r][1]);
-      }
-    }
-    const __m256 n0 = _mm256_loadu_ps(col_norm + j0), n1 = _mm256_loadu_ps(col_norm + j0 + 8);
-    const __m256 minus_two = _mm256_set1_ps(-2.0f);
-    int any = 0;
-    for (int r = 0; r < R; ++r) {
-      const __m256 v0 = _mm256_fmadd_ps(minus_two, dot[r][0], n0), v1 = _mm256_fmadd_ps(minus_two, dot[r][1], n1);
-      const __m256 lim = _mm256_set1_ps(limit[r]);
-      any |= _mm256_movemask_ps(_mm256_cmp_ps(v0, lim, _CMP_LE_OQ)) | _mm256_movemask_ps(_mm256_cmp_ps(v1, lim, _CMP_LE_OQ));
-      _mm256_storeu_ps(value[r], v0);
-      _mm256_storeu_ps(value[r] + 8, v1);
-    }
-    return any != 0;
-  }
-};
-
-bool has_avx2_fma() {
-  static const bool yes = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return yes;
-}
-
-}  // namespace
-#endif
-
 int64_t knn_bound_update(const float* q_low, int64_t rows, const float* cols_low_t, int64_t stride, int64_t cols,
                          int64_t dim, const float* col_norm, const float* q_norm, const float* band, double slack,
                          double frame_to_exact, const int64_t* row_ids, const int64_t* col_ids, const Rows& queries,
                          const Rows& refs, int64_t k, double* best_d2, int64_t* best_index, int64_t budget, bool portable) {
-#if defined(__x86_64__) && defined(__GNUC__)
-  if (!portable && has_avx2_fma())
-    return bound_all(Avx2Block<1>{q_low, cols_low_t, col_norm, dim, stride}, Avx2Block<kBoundRows>{q_low, cols_low_t, col_norm, dim, stride},
-                     rows, stride, cols, q_norm, band, slack, frame_to_exact, row_ids, col_ids, queries, refs, k, best_d2,
-                     best_index, budget);
-#endif
-  return bound_all(PlainBlock<1>{q_low, cols_low_t, col_norm, dim, stride}, PlainBlock<kBoundRows>{q_low, cols_low_t, col_norm, dim, stride},
-                   rows, stride, cols, q_norm, band, slack, frame_to_exact, row_ids, col_ids, queries, refs, k, best_d2,
-                   best_index, budget);
+  // a row's limit on the block values: (sqrt(k-th best) + slack)^2 + band - q_norm, rounded up
+  const auto limit_of = [&](int64_t i) {
+    return round_up(static_cast<double>(bound_limit(best_d2[row_ids[i] * k], frame_to_exact, band[i], slack)) -
+                    static_cast<double>(q_norm[i]));
+  };
+  const auto visit = [&](int64_t i, int, int64_t j0, const float* value, float& limit) -> int64_t {
+    const int64_t qid = row_ids[i];
+    int64_t ids[bound::kBoundWidth];
+    float values[bound::kBoundWidth];
+    int64_t count = 0;
+    for (int64_t j = 0; j < bound::kBoundWidth && j0 + j < cols; ++j)
+      if (value[j] <= limit) {
+        ids[count] = col_ids[j0 + j];
+        values[count++] = value[j];
+      }
+    return offer_candidates(queries, qid, refs, ids, values, count, best_d2 + qid * k, best_index + qid * k, k, limit,
+                            [&] { return limit_of(i); });
+  };
+  return bound::scan_tile(bound::Tile{q_low, cols_low_t, col_norm, dim, stride}, rows, budget, portable, limit_of, visit);
 }
 
 void knn_exact(const Rows& queries, int64_t n_queries, const Rows& refs, int64_t n_refs, int64_t k, double* best_d2,

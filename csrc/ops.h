@@ -42,6 +42,17 @@ int64_t dbscan_tile_union(const float* partial, int64_t rows, int64_t cols, cons
                           const int64_t* row_ids, const int64_t* col_ids, const Rows& points, double eps2,
                           int64_t* parent, int64_t n, int threads);
 
+// The neighbour counts and lists of dbscan_tile_neighbours from a lower-bound tile (see
+// bound_block.h): rows_low [rows, dim] and cols_low_t [dim, stride] principal coordinates centred
+// alike, col_norm [stride] the columns' squared norms there; a pair whose value col_norm[j] -
+// 2 r_i . c_j is at most thr_hi[i] (float64, rounded up to float) is tested exactly, every other
+// pair is no neighbour. Returns the
+// exact tests, or -r when more than ``budget`` were needed by the first r rows (the others untouched).
+int64_t dbscan_bound_neighbours(const float* rows_low, int64_t rows, const float* cols_low_t, int64_t stride, int64_t cols,
+                                int64_t dim, const float* col_norm, const double* thr_hi, const int64_t* row_ids,
+                                const int64_t* col_ids, const Rows& points, double eps2, int32_t* counts, int32_t* lists,
+                                int64_t cap, int64_t budget, bool portable = false);
+
 // Union-find over parent[0:n] (in place): for each edge links the larger root under the smaller
 // one, so every root is the smallest index of its component; finishes with full compression.
 void union_edges(int64_t* parent, int64_t n, const int64_t* edge_a, const int64_t* edge_b, int64_t n_edges);

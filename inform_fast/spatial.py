@@ -489,6 +489,19 @@ def tile_band(frame: Frame, dim: int, row_local: torch.Tensor, col_local_max: fl
     return c1 * reach * reach + c2 * reach * (row_global + col_global_max)
 
 
+def bound_columns(cols_low: torch.Tensor, col_norm2: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """The columns of a lower-bound tile as the C++ kernel reads them (``csrc/bound_block.h``):
+    coordinates [p, stride] coordinate-major and squared norms [stride], float32, the C columns
+    padded with zeros to a multiple of 16 (the kernel's block; padding is never tested)."""
+    cols, dim = cols_low.shape
+    stride = -(-cols // 16) * 16
+    cols_t = np.zeros((dim, stride), dtype=np.float32)
+    cols_t[:, :cols] = cols_low.T.numpy()
+    norms = np.zeros(stride, dtype=np.float32)
+    norms[:cols] = col_norm2.numpy()
+    return cols_t, norms
+
+
 def outward(lo: torch.Tensor, hi: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """float64 thresholds lo <= hi rounded outwards to ``dtype`` (lo down, hi up)."""
     lo_d, hi_d = lo.to(dtype), hi.to(dtype)

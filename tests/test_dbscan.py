@@ -299,3 +299,38 @@ def test_rows_equal_in_the_hashed_columns_but_not_elsewhere_are_kept():
     assert module.repeated_rows(torch.from_numpy(x), 3) is None
     result = dbscan(x, 0.6, 3)
     check_against_sklearn(x.astype(np.float64), 0.6, 3, result)
+
+
+@requires_cpp()
+@pytest.mark.parametrize("portable", [False, True])
+@pytest.mark.parametrize("rows, cols, dim", [(1, 1, 1), (9, 37, 5), (12, 16, 16)])
+def test_bound_neighbours_kernel(rows, cols, dim, portable):
+    # the fused lower-bound kernel against its definition: with the bound equal to the distance
+    # (dim = the points' dimension) and a limit that leaves every pair, the counts and the lists
+    # (in column order, the row itself excluded) are the brute-force neighbours within eps
+    from inform_fast import _native
+    from inform_fast.spatial import bound_columns
+
+    C = _native.module()
+    rng = np.random.default_rng(rows + cols)
+    n = rows + cols
+    points = rng.normal(size=(n, dim)).astype(np.float32)
+    row_ids = np.arange(rows, dtype=np.int64)
+    col_ids = rng.permutation(n)[:cols].astype(np.int64)
+    eps2 = float(np.median(((points[:, None] - points[None]) ** 2).sum(-1)))
+    cols_t, norms = bound_columns(torch.from_numpy(points[col_ids]), torch.from_numpy((points[col_ids] ** 2).sum(1)))
+    hi = np.full(rows, 1e30)
+    counts = np.zeros(n, np.int32)
+    lists = np.full((n, 4), -1, np.int32)
+    tests = C.dbscan_bound_neighbours(points[:rows], cols_t, norms, hi, row_ids, col_ids, points, 1.0, eps2, counts, lists,
+                                      10**9, portable=portable)
+    d2 = ((points[:rows, None, :].astype(np.float64) - points[col_ids][None]) ** 2).sum(-1)
+    for i in range(rows):
+        want = [int(c) for c, v in zip(col_ids, d2[i]) if v <= eps2 and c != i]
+        assert counts[i] == len(want) and lists[i, : min(4, len(want))].tolist() == want[:4]
+    assert tests == sum(int((col_ids != i).sum()) for i in range(rows))
+    if rows > 4:  # budget 0: the first row block only
+        counts2 = np.zeros(n, np.int32)
+        done = C.dbscan_bound_neighbours(points[:rows], cols_t, norms, hi, row_ids, col_ids, points, 1.0, eps2, counts2,
+                                         lists.copy(), 0, portable=portable)
+        assert done == -4 and bool((counts2[4:] == 0).all()) and counts2[:4].tolist() == counts[:4].tolist()

@@ -74,6 +74,7 @@ from inform_fast.spatial import (
     build_index,
     candidate_leaves,
     dot_band_coefficient,
+    bound_columns,
     outward,
     run_parallel,
     tile_band,
@@ -303,6 +304,15 @@ class _CppEpilogue:
         self.points, self.scale, self.eps2 = points.numpy(), scale, eps2
         self.torch = _TorchEpilogue(points, scale, eps2)
 
+    def bound_neighbours(self, rows_low, cols_low, col_norm2, hi, row_ids, col_ids, counts, lists, budget: int):
+        """``neighbours`` of a lower-bound tile computed in the C++ kernel (float32 only): (rows
+        done, exact tests); rows past the first that needed more than ``budget`` tests are left."""
+        cols_t, norms = bound_columns(cols_low, col_norm2)
+        done = self.C.dbscan_bound_neighbours(rows_low.numpy(), cols_t, norms, hi.numpy(), row_ids.numpy(), col_ids.numpy(),
+                                              self.points, self.scale, self.eps2, counts.numpy(), lists.numpy(),
+                                              int(min(budget, 2**62)))
+        return (row_ids.numel(), done) if done >= 0 else (-done, int(budget))
+
     def count_at_most(self, partial, hi, budget: int) -> int:
         if partial.dtype != torch.float32:
             return self.torch.count_at_most(partial, hi, budget)
@@ -328,21 +338,31 @@ FILTER_RETRY = 4  # after this many dense lower-bound tries in a row, only every
 
 
 class _RowBlock:
-    """A block of row points in a tile's frame: full coordinates and principal coordinates, each
-    centred on the rows' mean where that shrinks the norms (what the GEMM's cancellation is
-    relative to; on diffuse data it does not, and the global frame saves a pass over each column
-    chunk), with float64 norms in that frame, thresholds before the band, global norms and ids."""
+    """A block of row points in a tile's frame: principal coordinates and (``full()``, on first use)
+    full coordinates, each centred on the rows' mean where that shrinks the norms (what the GEMM's
+    cancellation is relative to; on diffuse data it does not, and the global frame saves a pass over
+    each column chunk), with float64 norms in that frame, thresholds before the band, global norms
+    and ids."""
 
     def __init__(self, engine: "CpuTiles", positions: torch.Tensor):
         index = engine.index
+        self.engine = engine
         self.positions = positions
         self.ids = index.order[positions]
         self.global_norm = index.norms[positions]
-        self.full, self.centre, self.full_norm = self._frame(index.points.index_select(0, positions), self.global_norm, engine.eps_frame)
-        self.full_threshold = engine.eps2 - self.full_norm * self.full_norm
+        self._full = None  # built on the first full tile: a block that lower-bound tiles settle never needs it
         low = index.top.index_select(0, positions)
         self.low, self.low_centre, self.low_norm = self._frame(low, engine.top_sqnorm[positions].to(torch.float64).sqrt(), engine.eps_frame)
         self.low_threshold = engine.low_eps2 - self.low_norm * self.low_norm
+
+    def full(self):
+        """(full coordinates, centre or None, float64 norms, thresholds before the band)."""
+        if self._full is None:
+            engine = self.engine
+            full, centre, norm = self._frame(engine.index.points.index_select(0, self.positions), self.global_norm,
+                                             engine.eps_frame)
+            self._full = (full, centre, norm, engine.eps2 - norm * norm)
+        return self._full
 
     @staticmethod
     def _frame(rows: torch.Tensor, global_norm: torch.Tensor, reach: float):
@@ -399,6 +419,8 @@ class CpuTiles:
         self.exact_tests = 0
         self._lock = threading.Lock()
         self._local = threading.local()  # one tile buffer per worker
+        # lower-bound neighbour tiles in the epilogue's own kernel (C++, float32 frames)
+        self.fused = hasattr(epilogue, "bound_neighbours") and index.top.dtype == torch.float32
 
     def _count(self, pairs: int = 0, filtered: int = 0, tests: int = 0) -> None:
         with self._lock:
@@ -419,8 +441,8 @@ class CpuTiles:
             r, c, centre, sqnorm = rb.low, index.top.index_select(0, col_pos), rb.low_centre, self.top_sqnorm
             row_norm, threshold, dim = rb.low_norm, rb.low_threshold, index.top.shape[1]
         else:
-            r, c, centre, sqnorm = rb.full, index.points.index_select(0, col_pos), rb.centre, self.sqnorm
-            row_norm, threshold, dim = rb.full_norm, rb.full_threshold, index.points.shape[1]
+            r, centre, row_norm, threshold = rb.full()
+            c, sqnorm, dim = index.points.index_select(0, col_pos), self.sqnorm, index.points.shape[1]
             self._count(pairs=r.shape[0] * c.shape[0])
         if centre is not None:
             c -= centre
@@ -436,12 +458,37 @@ class CpuTiles:
         torch.addmm(col_norm2[None, :], r, c.T, alpha=-2.0, out=tile)  # ||c||^2 - 2 r.c
         return tile, lo, hi
 
+    def _bound_neighbours(self, rb: _RowBlock, col_pos: torch.Tensor, col_ids: torch.Tensor, budget: float, counts,
+                          lists) -> tuple[int, int]:
+        """The lower-bound tile of ``_tile(rb, col_pos, True)`` with the epilogue's fused kernel:
+        (rows done, exact tests)."""
+        index = self.index
+        c = index.top.index_select(0, col_pos)
+        if rb.low_centre is not None:
+            c -= rb.low_centre
+            col_norm2 = (c * c).sum(1)
+        else:
+            col_norm2 = self.top_sqnorm[col_pos]
+        band = tile_band(index.frame, index.top.shape[1], rb.low_norm, float(col_norm2.max()) ** 0.5 * (1 + 1e-6),
+                         rb.global_norm, float(index.norms[col_pos].max()))
+        # float64: the kernel rounds it up to float32
+        return self.ops.bound_neighbours(rb.low, c, col_norm2, rb.low_threshold + band, rb.ids, col_ids, counts, lists, budget)
+
     def _step(self, kind: str, rb: _RowBlock, col_pos: torch.Tensor, low: Optional[bool], *args) -> Optional[bool]:
         """One tile of ``kind`` ("neighbours" / "union"). ``low`` None: try the lower-bound tile and
         keep it if it leaves few candidates; True: use it; False: a full tile. Returns the choice for
         the next tile (a lower-bound tile that left too many candidates turns it off)."""
         col_ids = self.index.order[col_pos]
         budget = FILTER_MAX_FRACTION * rb.ids.numel() * col_pos.numel()
+        if low is not False and kind == "neighbours" and self.fused:
+            # the lower-bound tile in the C++ kernel (no tile in memory); rows it leaves for being
+            # too loose go through the full tile below
+            done, tests = self._bound_neighbours(rb, col_pos, col_ids, float("inf") if low is True else budget, *args)
+            self._count(filtered=done * col_pos.numel(), tests=tests)
+            if done == rb.ids.numel():
+                return tests <= budget
+            rb = _RowBlock(self, rb.positions[done:])
+            low = False
         if low is not False:
             tile, lo, hi = self._tile(rb, col_pos, True)
             if low is True or self.ops.count_at_most(tile, hi, budget) <= budget:

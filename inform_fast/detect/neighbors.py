@@ -42,6 +42,7 @@ from inform_fast.ops.registry import define_op
 from inform_fast.spatial import (
     LeafIndex,
     _kd_order,
+    bound_columns,
     box_gap,
     build_index,
     exact_scale_for,
@@ -155,14 +156,8 @@ class _CppKnn:
             return self.torch.bound_update(q_low, cols_low, col_norm2, q_norm2, band, slack, worst, frame_to_exact, row_ids,
                                            col_ids, best, best_index, budget)
         band32 = (band * (1 + 1e-6)).to(torch.float32)
-        # coordinate-major, padded to a multiple of 16 columns (the kernel's block; padding is never tested)
-        cols = cols_low.shape[0]
-        stride = -(-cols // 16) * 16
-        cols_t = torch.zeros((cols_low.shape[1], stride), dtype=torch.float32)
-        cols_t[:, :cols] = cols_low.T
-        norm_padded = torch.zeros(stride, dtype=torch.float32)
-        norm_padded[:cols] = col_norm2
-        done = self.C.knn_bound_update(q_low.numpy(), cols_t.numpy(), norm_padded.numpy(), q_norm2.to(torch.float32).numpy(),
+        cols_t, norm_padded = bound_columns(cols_low, col_norm2)
+        done = self.C.knn_bound_update(q_low.numpy(), cols_t, norm_padded, q_norm2.to(torch.float32).numpy(),
                                        band32.numpy(), slack, frame_to_exact, row_ids.numpy(), col_ids.numpy(),
                                        self.queries, self.refs, self.scale, best.numpy(), best_index.numpy(), int(budget))
         return (row_ids.numel(), done) if done >= 0 else (-done, budget)
