@@ -276,8 +276,8 @@ def _pruned_group(search: _Search, index: LeafIndex, rows: torch.Tensor, top: to
     by_distance = torch.argsort(distance)
     leaves = by_distance[torch.argsort(bound[by_distance].clamp_min(0), stable=True)]
     # NumPy arrays, not lists: a list of every leaf's bound per group kept the garbage collector busy
-    bound_np = bound[leaves].numpy()  # ascending
-    covered = np.concatenate([[0], np.cumsum(index.leaf_sizes[leaves].numpy())])  # points in leaves[:i]
+    bound_np = bound[leaves].cpu().numpy()  # ascending
+    covered = np.concatenate([[0], np.cumsum(index.leaf_sizes[leaves].cpu().numpy())])  # points in leaves[:i]
     visited = 0
     width = FIRST_COLUMNS  # small chunks first: the nearest leaves set the reach that prunes the rest
     active, q_active, top_active = rows, q_local, g_top[:, :k_dims]
