@@ -22,6 +22,7 @@ if os.environ.get("INFORM_FAST_BUILD_CPP", "1") != "0" and glob.glob("csrc/*.cpp
                 "inform_fast._C",
                 sorted(glob.glob("csrc/*.cpp")),
                 include_dirs=["csrc"],
+                depends=sorted(glob.glob("csrc/*.h")),  # rebuilt when a header changes
                 cxx_std=17,
                 extra_compile_args=["-O3", "-fopenmp"],
                 extra_link_args=["-fopenmp"],

@@ -46,3 +46,27 @@ def test_no_top_level_kernels_module_and_kernels_folder(tmp_path):
     assert result["TOP_LEVEL_KERNELS"].startswith("False"), f"a top-level `kernels` module was imported: {result['TOP_LEVEL_KERNELS']}"
     folder = os.path.dirname(os.path.realpath(result["KERNELS_FILE"]))
     assert folder == os.path.realpath(os.path.join(REPO, "kernels"))
+
+
+def test_sdist_carries_the_extension_sources_and_headers(tmp_path):
+    # an sdist without csrc/*.h would build no inform_fast._C (optional extension: silently).
+    # Built from a copy of what setup.py reads, without any egg-info: setuptools would otherwise
+    # reuse an earlier SOURCES.txt and pass whatever the manifest says.
+    import glob
+    import shutil
+    import tarfile
+
+    source = tmp_path / "src"
+    source.mkdir()
+    for name in ("setup.py", "pyproject.toml", "MANIFEST.in", "README.md", "LICENSE"):
+        if os.path.exists(os.path.join(REPO, name)):
+            shutil.copy(os.path.join(REPO, name), source / name)
+    for folder in ("csrc", "inform_fast", "kernels"):
+        shutil.copytree(os.path.join(REPO, folder), source / folder, ignore=shutil.ignore_patterns("__pycache__", "*.so"))
+    out = subprocess.run([sys.executable, "setup.py", "-q", "sdist", "--dist-dir", str(tmp_path / "dist")], cwd=source,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    archive = next((tmp_path / "dist").glob("*.tar.gz"))
+    names = {name.split("/", 1)[1] for name in tarfile.open(archive).getnames() if "/" in name}
+    wanted = {os.path.relpath(path, REPO) for pattern in ("csrc/*.cpp", "csrc/*.h") for path in glob.glob(os.path.join(REPO, pattern))}
+    assert wanted and wanted <= names, sorted(wanted - names)
