@@ -110,17 +110,26 @@ int64_t tile_neighbours(py::handle partial, py::handle lo, py::handle hi, py::ha
                                              threads);
 }
 
-// A lower-bound tile's columns, checked: coordinate-major coordinates padded to a multiple of 16
-// columns, and their squared norms (padded alike).
-void check_bound_columns(const std::string& op, const py::array_t<float, py::array::c_style>& rows_low,
-                         const py::array_t<float, py::array::c_style>& cols_low_t,
-                         const py::array_t<float, py::array::c_style>& col_norm, int64_t cols) {
-  const int64_t stride = cols_low_t.shape(1);
-  if (cols_low_t.shape(0) != rows_low.shape(1)) fail(op, "cols_low_t must be [dim, stride] with the dim of the rows");
-  if (stride % 16 != 0 || stride < cols || stride >= cols + 16)
-    fail(op, "cols_low_t must have its columns padded to the next multiple of 16 (" + std::to_string(cols) + " columns)");
-  check_len(op, "col_norm", col_norm, stride);
-}
+// A lower-bound tile's operands, checked: the rows' principal coordinates, the columns'
+// coordinate-major and padded to a multiple of 16, and the columns' squared norms (padded alike).
+struct BoundTile {
+  py::array_t<float, py::array::c_style> rows_low, cols_low_t, col_norm;
+  int64_t rows, dim, stride;
+
+  BoundTile(const std::string& op, const char* rows_name, py::handle rows_obj, py::handle cols_obj, py::handle norm_obj,
+            int64_t cols) {
+    rows_low = checked<float>(op, rows_name, rows_obj, 2);
+    cols_low_t = checked<float>(op, "cols_low_t", cols_obj, 2);
+    col_norm = checked<float>(op, "col_norm", norm_obj, 1);
+    rows = rows_low.shape(0);
+    dim = rows_low.shape(1);
+    stride = cols_low_t.shape(1);
+    if (cols_low_t.shape(0) != dim) fail(op, std::string("cols_low_t must be [dim, stride] with the dim of ") + rows_name);
+    if (stride % 16 != 0 || stride < cols || stride >= cols + 16)
+      fail(op, "cols_low_t must have its columns padded to the next multiple of 16 (" + std::to_string(cols) + " columns)");
+    check_len(op, "col_norm", col_norm, stride);
+  }
+};
 
 int64_t bound_neighbours(py::handle rows_low_obj, py::handle cols_low_t_obj, py::handle col_norm_obj, py::handle hi_obj,
                          py::handle row_ids_obj, py::handle col_ids_obj, py::handle points_obj, double scale, double eps2,
@@ -130,25 +139,21 @@ int64_t bound_neighbours(py::handle rows_low_obj, py::handle cols_low_t_obj, py:
   const auto points = rows_of(op, "points", points_obj, scale, keep);
   const int64_t n = keep.shape(0);
   if (n >= (int64_t{1} << 31)) fail(op, "points must have fewer than 2^31 rows");
-  auto rows_low = checked<float>(op, "rows_low", rows_low_obj, 2);
-  auto cols_low_t = checked<float>(op, "cols_low_t", cols_low_t_obj, 2);
-  auto col_norm = checked<float>(op, "col_norm", col_norm_obj, 1);
   auto hi = checked<double>(op, "thr_hi", hi_obj, 1);
   auto row_ids = checked<int64_t>(op, "row_ids", row_ids_obj, 1);
   auto col_ids = checked<int64_t>(op, "col_ids", col_ids_obj, 1);
   auto counts = checked<int32_t>(op, "counts", counts_obj, 1);
   auto lists = checked<int32_t>(op, "lists", lists_obj, 2);
-  const int64_t rows = rows_low.shape(0), cols = col_ids.shape(0);
-  check_bound_columns(op, rows_low, cols_low_t, col_norm, cols);
-  check_len(op, "thr_hi", hi, rows);
-  check_len(op, "row_ids", row_ids, rows);
+  const BoundTile t(op, "rows_low", rows_low_obj, cols_low_t_obj, col_norm_obj, col_ids.shape(0));
+  check_len(op, "thr_hi", hi, t.rows);
+  check_len(op, "row_ids", row_ids, t.rows);
   check_len(op, "counts", counts, n);
   check_len(op, "lists", lists, n);
   check_ids(op, "row_ids", row_ids, n, "n_points");
   check_ids(op, "col_ids", col_ids, n, "n_points");
   py::gil_scoped_release release;
-  return inform_fast::dbscan_bound_neighbours(rows_low.data(), rows, cols_low_t.data(), cols_low_t.shape(1), cols,
-                                              rows_low.shape(1), col_norm.data(), hi.data(), row_ids.data(), col_ids.data(),
+  return inform_fast::dbscan_bound_neighbours(t.rows_low.data(), t.rows, t.cols_low_t.data(), t.stride, col_ids.shape(0),
+                                              t.dim, t.col_norm.data(), hi.data(), row_ids.data(), col_ids.data(),
                                               points, eps2, counts.mutable_data(), lists.mutable_data(), lists.shape(1),
                                               budget, portable);
 }
@@ -250,19 +255,15 @@ int64_t knn_bound_update(py::handle q_low_obj, py::handle cols_low_t_obj, py::ha
                          py::handle best_d2_obj, py::handle best_index_obj, int64_t budget, bool portable) {
   const std::string op = "knn_bound_update";
   KnnHeaps h(op, queries_obj, refs_obj, scale, row_ids_obj, col_ids_obj, best_d2_obj, best_index_obj, frame_to_exact);
-  auto q_low = checked<float>(op, "q_low", q_low_obj, 2);
-  auto cols_low_t = checked<float>(op, "cols_low_t", cols_low_t_obj, 2);
-  auto col_norm = checked<float>(op, "col_norm", col_norm_obj, 1);
+  const BoundTile t(op, "q_low", q_low_obj, cols_low_t_obj, col_norm_obj, h.cols);
   auto q_norm = checked<float>(op, "q_norm", q_norm_obj, 1);
   auto band = checked<float>(op, "band", band_obj, 1);
-  const int64_t dim = q_low.shape(1), stride = cols_low_t.shape(1);
-  check_len(op, "row_ids", h.row_ids, q_low.shape(0));
-  check_bound_columns(op, q_low, cols_low_t, col_norm, h.cols);
+  check_len(op, "row_ids", h.row_ids, t.rows);
   check_len(op, "q_norm", q_norm, h.rows);
   check_len(op, "band", band, h.rows);
   if (!(slack >= 0.0) || !std::isfinite(slack)) fail(op, "slack must be a finite number >= 0");
   py::gil_scoped_release release;
-  return inform_fast::knn_bound_update(q_low.data(), h.rows, cols_low_t.data(), stride, h.cols, dim, col_norm.data(),
+  return inform_fast::knn_bound_update(t.rows_low.data(), h.rows, t.cols_low_t.data(), t.stride, h.cols, t.dim, t.col_norm.data(),
                                        q_norm.data(), band.data(), slack, frame_to_exact, h.row_ids.data(), h.col_ids.data(),
                                        h.queries, h.refs, h.k, h.best_d2.mutable_data(), h.best_index.mutable_data(), budget,
                                        portable);

@@ -434,8 +434,10 @@ class CpuTiles:
             buffer = self._local.buffer = torch.empty(size, dtype=self.index.points.dtype)
         return buffer[:size]
 
-    def _tile(self, rb: _RowBlock, col_pos: torch.Tensor, low: bool):
-        """(partial [R, C], thr_lo [R], thr_hi [R]) of the row block against ``col_pos``."""
+    def _operands(self, rb: _RowBlock, col_pos: torch.Tensor, low: bool):
+        """(rows [R, d], columns [C, d] in the rows' frame, the columns' squared norms, the rows'
+        thresholds before the band [R], the band [R]) of the row block against ``col_pos``: all
+        D coordinates, or the principal ones (``low``)."""
         index = self.index
         if low:
             r, c, centre, sqnorm = rb.low, index.top.index_select(0, col_pos), rb.low_centre, self.top_sqnorm
@@ -443,7 +445,6 @@ class CpuTiles:
         else:
             r, centre, row_norm, threshold = rb.full()
             c, sqnorm, dim = index.points.index_select(0, col_pos), self.sqnorm, index.points.shape[1]
-            self._count(pairs=r.shape[0] * c.shape[0])
         if centre is not None:
             c -= centre
             col_norm2 = (c * c).sum(1)
@@ -451,6 +452,13 @@ class CpuTiles:
             col_norm2 = sqnorm[col_pos]
         band = tile_band(index.frame, dim, row_norm, float(col_norm2.max()) ** 0.5 * (1 + 1e-6), rb.global_norm,
                          float(index.norms[col_pos].max()))
+        return r, c, col_norm2, threshold, band
+
+    def _tile(self, rb: _RowBlock, col_pos: torch.Tensor, low: bool):
+        """(partial [R, C], thr_lo [R], thr_hi [R]) of the row block against ``col_pos``."""
+        r, c, col_norm2, threshold, band = self._operands(rb, col_pos, low)
+        if not low:
+            self._count(pairs=r.shape[0] * c.shape[0])
         lo, hi = outward(threshold - band, threshold + band, r.dtype)
         if low:  # a lower bound only rules pairs out
             lo = torch.full_like(lo, float("-inf"))
@@ -462,17 +470,9 @@ class CpuTiles:
                           lists) -> tuple[int, int]:
         """The lower-bound tile of ``_tile(rb, col_pos, True)`` with the epilogue's fused kernel:
         (rows done, exact tests)."""
-        index = self.index
-        c = index.top.index_select(0, col_pos)
-        if rb.low_centre is not None:
-            c -= rb.low_centre
-            col_norm2 = (c * c).sum(1)
-        else:
-            col_norm2 = self.top_sqnorm[col_pos]
-        band = tile_band(index.frame, index.top.shape[1], rb.low_norm, float(col_norm2.max()) ** 0.5 * (1 + 1e-6),
-                         rb.global_norm, float(index.norms[col_pos].max()))
+        r, c, col_norm2, threshold, band = self._operands(rb, col_pos, True)
         # float64: the kernel rounds it up to float32
-        return self.ops.bound_neighbours(rb.low, c, col_norm2, rb.low_threshold + band, rb.ids, col_ids, counts, lists, budget)
+        return self.ops.bound_neighbours(r, c, col_norm2, threshold + band, rb.ids, col_ids, counts, lists, budget)
 
     def _step(self, kind: str, rb: _RowBlock, col_pos: torch.Tensor, low: Optional[bool], *args) -> Optional[bool]:
         """One tile of ``kind`` ("neighbours" / "union"). ``low`` None: try the lower-bound tile and

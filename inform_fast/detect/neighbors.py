@@ -74,7 +74,6 @@ FIRST_COLUMNS = 2048  # references in a group's first chunk (the chunks then dou
 QUERY_BLOCK = 512  # query rows per brute-force tile
 LEAF_SIZE = 64
 BOUND_MAX_FRACTION = 1 / 32  # a lower-bound tile leaving more pairs than this: the full tile instead
-USE_BOUND = True
 PILOT_GROUPS = 4  # groups searched before deciding between pruning and brute force
 BRUTE_FRACTION = 0.5  # pilot groups visiting more than this share of the leaves: brute force
 
@@ -147,14 +146,13 @@ class _CppKnn:
         self.queries, self.refs, self.scale = queries.numpy(), refs.numpy(), scale
         self.torch = _TorchKnn(queries, refs, scale)
 
-    def update(self, partial, q_norm, band, frame_to_exact, row_ids, col_ids, best, best_index, bound: bool = False) -> int:
+    def update(self, partial, q_norm, band, frame_to_exact, row_ids, col_ids, best, best_index) -> int:
         if partial.dtype != torch.float32:
-            return self.torch.update(partial, q_norm, band, frame_to_exact, row_ids, col_ids, best, best_index, bound)
+            return self.torch.update(partial, q_norm, band, frame_to_exact, row_ids, col_ids, best, best_index)
         band32 = (band * (1 + 1e-6)).to(torch.float32)  # rounded up by the factor (and tile_limit rounds up)
         return self.C.knn_tile_update(partial.numpy(), q_norm.to(torch.float32).numpy(), band32.numpy(), frame_to_exact,
                                       row_ids.numpy(), col_ids.numpy(), self.queries, self.refs, self.scale,
                                       best.numpy(), best_index.numpy())
-
 
     def bound_update(self, q_low, cols_low, col_norm2, q_norm2, band, slack, worst, frame_to_exact, row_ids, col_ids,
                      best, best_index, budget: int) -> tuple[int, int]:
@@ -196,15 +194,22 @@ class _Search:
         self.qy = frame.apply(self.queries)
         self.q_global = (self.qy * self.qy).sum(1).sqrt().to(torch.float64) * (1 + 1e-5)
 
-    def tile(self, q_rows: torch.Tensor, q_local: torch.Tensor, centre: Optional[torch.Tensor], cols: torch.Tensor,
-             col_ids: torch.Tensor, col_global: torch.Tensor) -> None:
-        """Rows ``q_local`` (queries ``q_rows`` in the tile's frame) against frame points ``cols``."""
+    def _operands(self, q_rows: torch.Tensor, q_local: torch.Tensor, centre: Optional[torch.Tensor], cols: torch.Tensor,
+                  col_global: torch.Tensor):
+        """(cols less ``centre``, their squared norms, the rows' squared norms, the band [R]) of a
+        tile of rows ``q_local`` (queries ``q_rows``) against ``cols``, full or principal coordinates."""
         if centre is not None:
             cols = cols - centre
         col_norm2 = (cols * cols).sum(1)
         q_norm2 = (q_local * q_local).sum(1)
         band = tile_band(self.frame, cols.shape[1], q_norm2.to(torch.float64).sqrt(), float(col_norm2.max()) ** 0.5 * (1 + 1e-6),
                          self.q_global[q_rows], float(col_global.max()))
+        return cols, col_norm2, q_norm2, band
+
+    def tile(self, q_rows: torch.Tensor, q_local: torch.Tensor, centre: Optional[torch.Tensor], cols: torch.Tensor,
+             col_ids: torch.Tensor, col_global: torch.Tensor) -> None:
+        """Rows ``q_local`` (queries ``q_rows`` in the tile's frame) against frame points ``cols``."""
+        cols, col_norm2, q_norm2, band = self._operands(q_rows, q_local, centre, cols, col_global)
         partial = torch.addmm(col_norm2[None, :], q_local, cols.T, alpha=-2.0)  # ||c||^2 - 2 q.c
         self.ops.update(partial, q_norm2, band, self.frame_to_exact, q_rows, col_ids, self.best, self.best_index)
 
@@ -217,11 +222,7 @@ class _Search:
         distances at the start, frame units, all finite. Returns (rows done, exact tests): the
         rows from the first one on that would need more than BOUND_MAX_FRACTION of their pairs
         tested are left to a full tile."""
-        cols_low = cols_low - centre_low
-        col_norm2 = (cols_low * cols_low).sum(1)
-        q_norm2 = (q_low * q_low).sum(1)
-        band = tile_band(self.frame, cols_low.shape[1], q_norm2.to(torch.float64).sqrt(),
-                         float(col_norm2.max()) ** 0.5 * (1 + 1e-6), self.q_global[q_rows], float(col_global.max()))
+        cols_low, col_norm2, q_norm2, band = self._operands(q_rows, q_low, centre_low, cols_low, col_global)
         budget = int(BOUND_MAX_FRACTION * q_rows.numel() * cols_low.shape[0])
         return self.ops.bound_update(q_low, cols_low, col_norm2, q_norm2, band, slack, worst, self.frame_to_exact, q_rows,
                                      col_ids, self.best, self.best_index, budget)
@@ -290,7 +291,7 @@ def _pruned_group(search: _Search, index: LeafIndex, rows: torch.Tensor, top: to
     centre_low = g_top.mean(0)
     centre_low32 = centre_low.to(index.top.dtype)
     low_active = (g_top - centre_low).to(index.top.dtype)
-    use_bound = USE_BOUND
+    use_bound = True
     slack = search.slack
     while visited < leaves.numel():
         # each query's k-th distance so far, in frame units: a query whose k-th distance is below
