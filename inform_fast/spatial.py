@@ -74,15 +74,22 @@ class Frame:
     def roundoff(self) -> float:
         return FLOAT32_ROUNDOFF if self.dtype == torch.float32 else FLOAT64_ROUNDOFF
 
-    def apply(self, x: torch.Tensor, rows: int = 1 << 15) -> torch.Tensor:
+    def apply(self, x: torch.Tensor, rows: int = 1 << 12, out: Optional[torch.Tensor] = None) -> torch.Tensor:
         """[n, D] ``(x - mean) * scale`` in ``dtype``, each value rounded once: float32 input into a
         float32 frame is shifted in float32 (the mean is a float32 value, and a correctly rounded
-        difference is all the band assumes), anything else in float64."""
-        out = torch.empty(x.shape, dtype=self.dtype, device=x.device)
+        difference is all the band assumes), anything else in float64. Written into ``out`` where
+        given ([n, D], ``dtype``); temporaries are ``rows``-row chunks (the scale is a power of
+        two, so scaling in place rounds nothing)."""
+        if out is None:
+            out = torch.empty(x.shape, dtype=self.dtype, device=x.device)
         work = torch.float32 if (x.dtype == torch.float32 and self.dtype == torch.float32) else torch.float64
         mean = self.mean.to(x.device, work)
         for a in range(0, x.shape[0], rows):
-            out[a : a + rows] = (x[a : a + rows].to(work) - mean) * self.scale
+            target = out[a : a + rows]
+            if work == self.dtype:
+                torch.sub(x[a : a + rows].to(work), mean, out=target).mul_(self.scale)
+            else:
+                target.copy_((x[a : a + rows].to(work) - mean).mul_(self.scale))
         return out
 
     def project(self, y: torch.Tensor, rows: int = 1 << 15) -> torch.Tensor:
@@ -324,9 +331,10 @@ def build_index(x: torch.Tensor, leaf_size: int = 64, radius: Optional[float] = 
     reference index), else fitted to x with the search ``radius`` in x's units. ``native``: the
     tree built by the C++ extension where it is available (``_kd_order``)."""
     frame = frame if frame is not None else fit_frame(x, radius=radius)
-    n, rows = x.shape[0], 1 << 14
+    n, rows = x.shape[0], 1 << 12
     # built in row chunks, so that beside the index itself (one copy of x in the frame) only
-    # chunk-sized temporaries exist: at 10^6 x 128 each whole-matrix temporary is 0.5 GiB
+    # chunk-sized temporaries exist: at 10^6 x 128 each whole-matrix temporary is 0.5 GiB, and at
+    # 32,000 points chunks of 2^14 rows were twice the index's size at the peak
     top64 = torch.empty((n, frame.axes.shape[1]), dtype=torch.float64, device=x.device)
     for a in range(0, n, rows):
         top64[a : a + rows] = frame.project(frame.apply(x[a : a + rows]))
@@ -335,7 +343,7 @@ def build_index(x: torch.Tensor, leaf_size: int = 64, radius: Optional[float] = 
     order = torch.from_numpy(order_np).to(x.device)
     points = torch.empty(x.shape, dtype=frame.dtype, device=x.device)
     for a in range(0, n, rows):
-        points[a : a + rows] = frame.apply(x.index_select(0, order[a : a + rows]))
+        frame.apply(x.index_select(0, order[a : a + rows]), out=points[a : a + rows])
     top64 = top64.index_select(0, order)
     device = points.device
     n_leaves = len(sizes)
@@ -405,7 +413,7 @@ def _box_levels(index: LeafIndex, top_groups: int = 64) -> list[tuple[torch.Tens
     return levels
 
 
-def _box_pairs(index: LeafIndex, radius: float, chunk_pairs: int = 1 << 18) -> tuple[torch.Tensor, torch.Tensor]:
+def _box_pairs(index: LeafIndex, radius: float, chunk_pairs: int = 1 << 16) -> tuple[torch.Tensor, torch.Tensor]:
     """(i, j) int64: every pair of leaves whose boxes come within ``radius`` (less the slack), by a
     descent of ``_box_levels``: the pairs of runs at each level whose boxes come within it are
     split into their children's pairs, so the work is about the number of pairs found at each

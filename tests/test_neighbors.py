@@ -330,3 +330,25 @@ def test_native_kd_order_matches_python(n, dims, leaf):
         assert set(order[a:b].tolist()) == set(order_c[a:b].tolist())
     with pytest.raises(ValueError, match="leaf_size"):
         _native.module().kd_order(coords.reshape(n, dims), 0)
+
+
+@pytest.mark.parametrize("x_dtype,radius", [(torch.float32, None), (torch.float64, None), (torch.float64, 1e-9)])
+def test_frame_apply_in_place_chunks_match_one_pass(x_dtype, radius):
+    """``Frame.apply`` in small chunks and into ``out`` (how the index is built, to keep its
+    temporaries small) gives each value rounded once, as one float64 pass then a rounding does:
+    float32 frames of float32 and float64 input, and a float64 frame (a radius below float32's
+    resolution)."""
+    from inform_fast.spatial import fit_frame
+
+    gen = torch.Generator().manual_seed(7)
+    x = (torch.randn(1003, 37, generator=gen, dtype=torch.float64) * 3 + 1e3).to(x_dtype)
+    frame = fit_frame(x, radius=radius)
+    expected_dtype = torch.float64 if radius is not None else torch.float32
+    assert frame.dtype == expected_dtype
+    work = torch.float32 if x_dtype == torch.float32 and frame.dtype == torch.float32 else torch.float64
+    expected = ((x.to(work) - frame.mean.to(work)) * frame.scale).to(frame.dtype)
+    out = torch.full(x.shape, float("nan"), dtype=frame.dtype)
+    returned = frame.apply(x, rows=100, out=out)
+    assert returned is out
+    assert torch.equal(out, expected)
+    assert torch.equal(frame.apply(x, rows=7), expected)

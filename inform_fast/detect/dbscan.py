@@ -800,10 +800,11 @@ def _gap_floor(points: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
 
 
 def _ball_gap(points: torch.Tensor, positions: torch.Tensor, centres: torch.Tensor, radii: torch.Tensor,
-              chunk_elements: int = 1 << 21) -> torch.Tensor:
+              chunk_elements: int = 1 << 18) -> torch.Tensor:
     """[P] float64: for each of ``points[positions]``, a lower bound of its distance to the nearest
     of the balls (``centres`` [C, D], ``radii`` [C]), in row chunks of about ``chunk_elements / C``
-    (a giant component against hundreds of small ones held a [P, C] float64 matrix of 1 GB)."""
+    (a giant component against hundreds of small ones held a [P, C] float64 matrix of 1 GB; at
+    2^21 elements a chunk's temporaries were still 4x the index at 32,000 duplicated rows)."""
     rows = max(1, chunk_elements // max(1, centres.shape[0]))
     if positions.numel() == 0:
         return torch.zeros(0, dtype=torch.float64, device=points.device)
@@ -827,9 +828,10 @@ def _join_components(index: LeafIndex, engine, parent: torch.Tensor, incomplete:
     device = incomplete.device
     sizes = torch.bincount(member, minlength=k)
     # centres and radii in float64, row chunks at a time: at 10^6 latents most core points are
-    # here, and a float64 copy of them (and its difference from the centres) was 1.6 GB
+    # here, and a float64 copy of them (and its difference from the centres) was 1.6 GB; chunks
+    # of 2^16 rows were still 90 MB, five times the index, at 32,000 points
     centre = torch.zeros((k, index.points.shape[1]), dtype=torch.float64, device=device)
-    rows = 1 << 16
+    rows = 1 << 12
     for a in range(0, incomplete.numel(), rows):
         centre.index_add_(0, member[a : a + rows], index.points.index_select(0, incomplete[a : a + rows]).to(torch.float64))
     centre /= sizes[:, None]
@@ -841,9 +843,12 @@ def _join_components(index: LeafIndex, engine, parent: torch.Tensor, incomplete:
     # partners: the larger side of each touching pair (size, then id), so each pair is searched once
     key = sizes.to(torch.float64) * (k + 1) + torch.arange(k, device=device)
     part_a, part_b = [], []
-    for a in range(0, k, 1024):
-        gap = torch.cdist(centre[a : a + 1024], centre) - radius[a : a + 1024, None] - radius[None, :]
-        i, j = torch.nonzero((gap <= reach) & (key[a : a + 1024, None] < key[None, :]), as_tuple=True)
+    # blocks of ~2^18 component pairs: with 10^4 components, blocks of 1024 rows were 90 MB of
+    # temporaries, five times the index itself at 32,000 points
+    step = max(1, min(1024, (1 << 18) // k))
+    for a in range(0, k, step):
+        gap = torch.cdist(centre[a : a + step], centre) - radius[a : a + step, None] - radius[None, :]
+        i, j = torch.nonzero((gap <= reach) & (key[a : a + step, None] < key[None, :]), as_tuple=True)
         part_a.append(i + a)
         part_b.append(j)
     part_a, part_b = torch.cat(part_a), torch.cat(part_b)
