@@ -74,31 +74,39 @@ class Frame:
     def roundoff(self) -> float:
         return FLOAT32_ROUNDOFF if self.dtype == torch.float32 else FLOAT64_ROUNDOFF
 
-    def apply(self, x: torch.Tensor, rows: int = 1 << 12, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def apply(self, x: torch.Tensor, rows: int = 1 << 12, out: Optional[torch.Tensor] = None,
+              workers: int = 1) -> torch.Tensor:
         """[n, D] ``(x - mean) * scale`` in ``dtype``, each value rounded once: float32 input into a
         float32 frame is shifted in float32 (the mean is a float32 value, and a correctly rounded
         difference is all the band assumes), anything else in float64. Written into ``out`` where
         given ([n, D], ``dtype``); temporaries are ``rows``-row chunks (the scale is a power of
-        two, so scaling in place rounds nothing)."""
+        two, so scaling in place rounds nothing), on ``workers`` threads (``run_parallel``)."""
         if out is None:
             out = torch.empty(x.shape, dtype=self.dtype, device=x.device)
         work = torch.float32 if (x.dtype == torch.float32 and self.dtype == torch.float32) else torch.float64
         mean = self.mean.to(x.device, work)
-        for a in range(0, x.shape[0], rows):
+
+        def chunk(a: int) -> None:
             target = out[a : a + rows]
             if work == self.dtype:
                 torch.sub(x[a : a + rows].to(work), mean, out=target).mul_(self.scale)
             else:
                 target.copy_((x[a : a + rows].to(work) - mean).mul_(self.scale))
+
+        run_parallel(chunk, range(0, x.shape[0], rows), workers)
         return out
 
-    def project(self, y: torch.Tensor, rows: int = 1 << 15) -> torch.Tensor:
+    def project(self, y: torch.Tensor, rows: int = 1 << 12, workers: int = 1) -> torch.Tensor:
         """[n, p] float64 principal coordinates of frame points ``y`` (exact products of the
-        stored values, so the only error is float64's)."""
+        stored values, so the only error is float64's), in ``rows``-row chunks on ``workers``
+        threads."""
         axes = self.axes.to(y.device)
         out = torch.empty((y.shape[0], axes.shape[1]), dtype=torch.float64, device=y.device)
-        for a in range(0, y.shape[0], rows):
-            out[a : a + rows] = y[a : a + rows].to(torch.float64) @ axes
+
+        def chunk(a: int) -> None:
+            torch.mm(y[a : a + rows].to(torch.float64), axes, out=out[a : a + rows])
+
+        run_parallel(chunk, range(0, y.shape[0], rows), workers)
         return out
 
     def band_coefficients(self, dim: int) -> tuple[float, float]:
@@ -136,17 +144,26 @@ def max_abs(x: torch.Tensor, rows: int = 1 << 16) -> float:
     return worst
 
 
-def _centred_extent(x: torch.Tensor, mean: torch.Tensor, pre: float, rows: int = 1 << 16) -> float:
-    """max |x - mean| over all elements (of x * pre, a power of two, then undone; in x's precision,
-    float32 at least: only a power of two above it is needed)."""
-    work = torch.float64 if x.dtype == torch.float64 else torch.float32
-    shifted = (mean * pre).to(x.device, work)
-    worst = 0.0
-    for a in range(0, x.shape[0], rows):
-        chunk = x[a : a + rows].to(work)
-        if pre != 1.0:
-            chunk = chunk * pre
-        worst = max(worst, float((chunk - shifted).abs().max()))
+def column_range(x: torch.Tensor, rows: int = 1 << 16) -> tuple[torch.Tensor, torch.Tensor]:
+    """([D], [D]) smallest and largest value of each column, in x's dtype (amin and amax apart:
+    torch's aminmax along a dimension was 10x slower on the CPU)."""
+    lo, hi = x[:rows].amin(0), x[:rows].amax(0)
+    for a in range(rows, x.shape[0], rows):
+        chunk = x[a : a + rows]
+        lo, hi = torch.minimum(lo, chunk.amin(0)), torch.maximum(hi, chunk.amax(0))
+    return lo, hi
+
+
+def _centred_extent(column_lo: torch.Tensor, column_hi: torch.Tensor, mean: torch.Tensor, pre: float) -> float:
+    """max |x - mean| over all elements of x (of x * pre, a power of two, then undone; in x's
+    precision, float32 at least: only a power of two above it is needed), from x's column ranges:
+    rounding is monotone, so the largest rounded difference in a column is that of its extreme."""
+    work = torch.float64 if column_lo.dtype == torch.float64 else torch.float32
+    shifted = (mean * pre).to(column_lo.device, work)
+    lo, hi = column_lo.to(work), column_hi.to(work)
+    if pre != 1.0:
+        lo, hi = lo * pre, hi * pre
+    worst = max(0.0, float((hi - shifted).max()), float((shifted - lo).max()))
     return worst / pre
 
 
@@ -204,15 +221,14 @@ def fit_frame(x: torch.Tensor, radius: Optional[float] = None, filter_dims: int 
     """The frame of ``x`` [n, D] (see ``Frame``); ``radius``: the search radius in x's units, which
     decides whether float32 can resolve it; ``also``: another set (queries) the frame must hold
     without overflow; ``axes=False`` skips the principal axes (identity)."""
-    big = max_abs(x) if also is None else max(max_abs(x), max_abs(also))
+    ranges = [column_range(t) for t in (x, also) if t is not None and t.shape[0] and t.shape[1]]
+    big = max((max(abs(float(lo.min())), abs(float(hi.max()))) for lo, hi in ranges), default=0.0)
     # centred on a scaled copy where the values could overflow a sum or a difference
     pre = 1.0 / _power_of_two_above(big) if big > 2.0**960 else 1.0
     mean = column_mean(x * pre if pre != 1.0 else x) / pre
     if x.dtype != torch.float64:
         mean = mean.to(torch.float32).to(torch.float64)  # a float32 shift: float32 input is centred in float32
-    extent = _centred_extent(x, mean, pre)
-    if also is not None:
-        extent = max(extent, _centred_extent(also, mean, pre))
+    extent = max((_centred_extent(lo, hi, mean, pre) for lo, hi in ranges), default=0.0)
     extent *= 1.0 + 1e-6  # bounds |x - mean| elementwise
     scale = 1.0 / _power_of_two_above(extent) if extent > 0 else 1.0
     exact_scale = exact_scale_for(big)
@@ -325,26 +341,38 @@ def tree_dims_for(n: int, leaf_size: int) -> int:
 
 
 def build_index(x: torch.Tensor, leaf_size: int = 64, radius: Optional[float] = None, frame: Optional[Frame] = None,
-                tree_dims: Optional[int] = None, native: bool = False) -> LeafIndex:
+                tree_dims: Optional[int] = None, native: bool = False, workers: int = 1) -> LeafIndex:
     """The leaf index of ``x`` [n, D] (any float dtype; computed on x's device, the tree built on
     the CPU from the top coordinates). ``frame``: another set's frame (queries against a
     reference index), else fitted to x with the search ``radius`` in x's units. ``native``: the
-    tree built by the C++ extension where it is available (``_kd_order``)."""
+    tree built by the C++ extension where it is available (``_kd_order``). ``workers``: threads
+    for the row-chunk passes (``run_parallel``; inside ``worker_threads``, where torch runs one
+    thread per operation, a serial build left the other cores idle: 18% of excess ICDS's time at
+    5x10^5 latents)."""
     frame = frame if frame is not None else fit_frame(x, radius=radius)
     n, rows = x.shape[0], 1 << 12
     # built in row chunks, so that beside the index itself (one copy of x in the frame) only
     # chunk-sized temporaries exist: at 10^6 x 128 each whole-matrix temporary is 0.5 GiB, and at
     # 32,000 points chunks of 2^14 rows were twice the index's size at the peak
+    starts_of_chunks = range(0, n, rows)
     top64 = torch.empty((n, frame.axes.shape[1]), dtype=torch.float64, device=x.device)
-    for a in range(0, n, rows):
+
+    def principal(a: int) -> None:
         top64[a : a + rows] = frame.project(frame.apply(x[a : a + rows]))
+
+    run_parallel(principal, starts_of_chunks, workers)
     k = min(tree_dims or tree_dims_for(x.shape[0], leaf_size), top64.shape[1])
     order_np, sizes = _kd_order(top64[:, :k].to(torch.float32).cpu().numpy(), leaf_size, native=native)
     order = torch.from_numpy(order_np).to(x.device)
     points = torch.empty(x.shape, dtype=frame.dtype, device=x.device)
-    for a in range(0, n, rows):
+    top_ordered = torch.empty_like(top64)
+
+    def reorder(a: int) -> None:
         frame.apply(x.index_select(0, order[a : a + rows]), out=points[a : a + rows])
-    top64 = top64.index_select(0, order)
+        torch.index_select(top64, 0, order[a : a + rows], out=top_ordered[a : a + rows])
+
+    run_parallel(reorder, starts_of_chunks, workers)
+    top64 = top_ordered
     device = points.device
     n_leaves = len(sizes)
     size_t = torch.tensor(sizes, dtype=torch.int64, device=device)
@@ -361,10 +389,13 @@ def build_index(x: torch.Tensor, leaf_size: int = 64, radius: Optional[float] = 
     centre /= size_t[:, None].to(points.dtype)
     norms = torch.empty(n, **f64)
     spread = torch.empty(n, **f64)
-    for a in range(0, n, rows):
+
+    def norms_and_spread(a: int) -> None:
         chunk = points[a : a + rows]
         norms[a : a + rows] = (chunk * chunk).sum(1).sqrt().to(torch.float64) * inflate
         spread[a : a + rows] = (chunk - centre[leaf[a : a + rows]]).norm(dim=1).to(torch.float64) * inflate
+
+    run_parallel(norms_and_spread, starts_of_chunks, workers)
     radius_t = torch.zeros(n_leaves, **f64).scatter_reduce_(0, leaf, spread, reduce="amax")
     # stored coordinates are within roundoff * |y| of the frame's exact values, so a distance between
     # stored points can exceed the true one by 2 roundoff max|y| (plus the centres' own rounding)

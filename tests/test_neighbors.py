@@ -352,3 +352,26 @@ def test_frame_apply_in_place_chunks_match_one_pass(x_dtype, radius):
     assert returned is out
     assert torch.equal(out, expected)
     assert torch.equal(frame.apply(x, rows=7), expected)
+
+
+@pytest.mark.parametrize("dtype,magnitude", [(torch.float32, 1.0), (torch.float64, 1.0), (torch.float64, 1e300),
+                                             (torch.bfloat16, 1.0)])
+def test_frame_extent_from_column_ranges_matches_elementwise(dtype, magnitude):
+    """The frame's scale comes from column ranges (one amin/amax pass), not an elementwise
+    |x - mean| pass: it must be the same power of two as the elementwise extent, queries included,
+    and at magnitudes where the values are pre-scaled."""
+    import math
+
+    from inform_fast.spatial import fit_frame
+
+    gen = torch.Generator().manual_seed(11)
+    x = (torch.randn(517, 23, generator=gen, dtype=torch.float64) * magnitude).to(dtype)
+    also = (torch.randn(61, 23, generator=gen, dtype=torch.float64) * 3 * magnitude).to(dtype)
+    for queries in (None, also):
+        frame = fit_frame(x, also=queries)
+        work = torch.float64 if dtype == torch.float64 else torch.float32
+        pre = 1.0 / 2.0 ** math.frexp(magnitude * 100)[1] if magnitude > 1e200 else 1.0
+        sets = [x] if queries is None else [x, queries]
+        extent = max(float(((s.to(work) * pre) - (frame.mean * pre).to(work)).abs().max()) for s in sets) / pre
+        extent *= 1.0 + 1e-6
+        assert frame.scale == 1.0 / 2.0 ** math.frexp(extent)[1]

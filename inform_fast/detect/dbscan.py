@@ -551,9 +551,9 @@ class CpuTiles:
                 self._record(tried, low)
 
 
-def _index_for(x: torch.Tensor, eps: float, block: int, native: bool) -> LeafIndex:
+def _index_for(x: torch.Tensor, eps: float, block: int, native: bool, workers: int = 1) -> LeafIndex:
     leaf_size = max(8, min(LEAF_SIZE, block))
-    return build_index(x, leaf_size=leaf_size, radius=eps, native=native)
+    return build_index(x, leaf_size=leaf_size, radius=eps, native=native, workers=workers)
 
 
 @torch.no_grad()  # NumPy views and out= need tensors outside autograd
@@ -561,7 +561,7 @@ def _dbscan_on_cpu(x: torch.Tensor, eps: float, min_samples: int, block: int, ep
     device = x.device
     points = exact_points(x)
     with worker_threads() as workers:
-        index = _index_for(points, eps, block, native=epilogue_class is _CppEpilogue)
+        index = _index_for(points, eps, block, native=epilogue_class is _CppEpilogue, workers=workers)
         scale = index.frame.exact_scale
         epilogue = epilogue_class(points, scale, (eps * scale) ** 2)
         engine = CpuTiles(index, eps, epilogue, block, workers)

@@ -191,7 +191,7 @@ class _Search:
         self.bound_tests = 0
         # heap values are exact squared distances of the originals times exact_scale^2
         self.frame_to_exact = (frame.scale / frame.exact_scale) ** 2
-        self.qy = frame.apply(self.queries)
+        self.qy = frame.apply(self.queries, workers=self.workers)
         self.q_global = (self.qy * self.qy).sum(1).sqrt().to(torch.float64) * (1 + 1e-5)
 
     def _operands(self, q_rows: torch.Tensor, q_local: torch.Tensor, centre: Optional[torch.Tensor], cols: torch.Tensor,
@@ -254,9 +254,9 @@ def _brute_search(search: _Search, refs: torch.Tensor) -> None:
         search.pairs += rows.numel() * chunk.shape[0]
 
 
-def _query_groups(index: LeafIndex, qy: torch.Tensor, native: bool = False) -> list[torch.Tensor]:
-    """Queries in compact groups of <= QUERY_GROUP: a k-d order of their principal coordinates."""
-    top = index.frame.project(qy)
+def _query_groups(qy: torch.Tensor, top: torch.Tensor, native: bool = False) -> list[torch.Tensor]:
+    """Queries ``qy`` in compact groups of <= QUERY_GROUP: a k-d order of their principal
+    coordinates ``top`` [n, p]."""
     dims = min(tree_dims_for(qy.shape[0], QUERY_GROUP), top.shape[1])
     order, sizes = _kd_order(top[:, :dims].to(torch.float32).cpu().numpy(), QUERY_GROUP, native=native)
     order = torch.from_numpy(order).to(qy.device)
@@ -343,13 +343,14 @@ def _pruned_group(search: _Search, index: LeafIndex, rows: torch.Tensor, top: to
 
 def _indexed_search(search: _Search, refs: torch.Tensor) -> None:
     native = search.epilogue_class is _CppKnn  # the C++ tree build with the C++ epilogue
-    index = build_index(refs, leaf_size=LEAF_SIZE, frame=fit_frame(refs, also=search.queries), native=native)
+    index = build_index(refs, leaf_size=LEAF_SIZE, frame=fit_frame(refs, also=search.queries), native=native,
+                        workers=search.workers)
     search.start(index.frame)
     # the stored queries are rounded like the stored references: the slack of both
     search.slack = max(index.slack, 6.0 * index.frame.roundoff * float(search.q_global.max()) + 1e-300)
-    groups = _query_groups(index, search.qy, native=native)
+    top = index.frame.project(search.qy, workers=search.workers)
+    groups = _query_groups(search.qy, top, native=native)
     search.centre_top = index.frame.project(index.centre)  # [leaves, p] float64
-    top = index.frame.project(search.qy)
     pilot, rest = groups[:PILOT_GROUPS], groups[PILOT_GROUPS:]
     shares = []
     run_parallel(lambda rows: shares.append(_pruned_group(search, index, rows, top)), pilot, search.workers)
