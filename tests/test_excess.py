@@ -128,3 +128,25 @@ def test_cli_excess_variant(tmp_path, capsys):
     assert "excess ICDS" in capsys.readouterr().out
     assert main(["icds", "--variant", "excess", "--include-noise", "--rlhf", str(tmp_path / "rlhf.npy"),
                  "--reference", str(tmp_path / "ref.npy")]) == 2
+
+
+def test_pvalues_equal_the_binomial_tail_per_latent():
+    """The binomial tails are evaluated once per distinct (a, a + b) and spread back: every
+    latent's p-value must equal SciPy's tail at its own counts, ties (a + b > k) included."""
+    from scipy.stats import binom
+
+    from inform_fast.detect.excess import local_excess_neighbours, local_excess_pvalues
+
+    gen = torch.Generator().manual_seed(5)
+    policy = torch.randn(1201, 6, generator=gen)
+    reference = torch.randn(997, 6, generator=gen)
+    policy[:40] = policy[0]  # duplicated rows: ties at the radius
+    reference[:7] = policy[0]
+    k = 20
+    a, b, _ = local_excess_neighbours(policy, reference, k)
+    assert bool(((a + b) > k).any())  # the ties are exercised
+    pvalues, _ = local_excess_pvalues(policy, reference, k)
+    q = (policy.shape[0] - 1) / (policy.shape[0] - 1 + reference.shape[0])
+    expected = binom.sf((a - 1).numpy(), (a + b).numpy(), q)
+    assert pvalues.dtype == torch.float64
+    assert np.array_equal(pvalues.numpy(), expected)

@@ -31,6 +31,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional, Union
 
+import numpy as np
 import torch
 
 from inform_fast.detect.inputs import as_latents
@@ -134,8 +135,12 @@ def local_excess_pvalues(rlhf: torch.Tensor, reference: torch.Tensor, k: int = 2
     n, m = rlhf.shape[0], reference.shape[0]
     a, b, radius = local_excess_neighbours(rlhf, reference, k, backend=backend)
     q = (n - 1) / (n - 1 + m)
-    # P(Binomial(a + b, q) >= a) = sf(a - 1)
-    pvalues = torch.from_numpy(binom.sf((a - 1).cpu().numpy(), (a + b).cpu().numpy(), q)).to(torch.float64)
+    # P(Binomial(a + b, q) >= a) = sf(a - 1), evaluated once per distinct (a, a + b): a + b is k
+    # except at ties, so a few dozen values serve 10^6 latents (0.23 s per element-wise call there)
+    pairs = torch.stack([a, a + b], dim=1).cpu().numpy()
+    distinct, inverse = np.unique(pairs, axis=0, return_inverse=True)
+    tail = binom.sf(distinct[:, 0] - 1, distinct[:, 1], q)
+    pvalues = torch.from_numpy(np.asarray(tail, dtype=np.float64)[inverse.reshape(-1)])
     return pvalues.to(rlhf.device), radius
 
 
