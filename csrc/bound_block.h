@@ -110,10 +110,12 @@ inline int64_t scan_rows(const Block& block, int64_t i0, int64_t stride, float* 
 }
 
 // Every row, in blocks of kBoundRows (the last ones one by one): init(i) gives row i's starting
-// limit, visit(i, r, j0, values, limit) handles a block (updating limit). Stops after a block once
-// the exact tests exceed ``budget``: returns -(rows done) then, else the exact tests.
-template <typename Init, typename Visit>
-int64_t scan_tile(const Tile& tile, int64_t rows, int64_t budget, bool portable, Init init, Visit visit) {
+// limit, visit(i, r, j0, values, limit) handles a block (updating limit), flush(i0, count) ends the
+// rows [i0, i0 + count) once every column block was seen (work visit deferred; its exact tests).
+// Stops after a block once the exact tests exceed ``budget``: returns -(rows done) then, else the
+// exact tests.
+template <typename Init, typename Visit, typename Flush>
+int64_t scan_tile(const Tile& tile, int64_t rows, int64_t budget, bool portable, Init init, Visit visit, Flush flush) {
   const auto run = [&](const auto& block1, const auto& block4) -> int64_t {
     int64_t tests = 0;
     for (int64_t i = 0; i < rows; i += kBoundRows) {
@@ -121,10 +123,12 @@ int64_t scan_tile(const Tile& tile, int64_t rows, int64_t budget, bool portable,
         float limit[kBoundRows];
         for (int r = 0; r < kBoundRows; ++r) limit[r] = init(i + r);
         tests += scan_rows<kBoundRows>(block4, i, tile.stride, limit, visit);
+        tests += flush(i, kBoundRows);
       } else {
         for (int64_t r = i; r < rows; ++r) {
           float limit[1] = {init(r)};
           tests += scan_rows<1>(block1, r, tile.stride, limit, visit);
+          tests += flush(r, 1);
         }
       }
       const int64_t done = std::min(rows, i + kBoundRows);
@@ -136,6 +140,11 @@ int64_t scan_tile(const Tile& tile, int64_t rows, int64_t budget, bool portable,
   if (!portable && has_avx2_fma()) return run(Avx2Block<1>{tile}, Avx2Block<kBoundRows>{tile});
 #endif
   return run(PlainBlock<1>{tile}, PlainBlock<kBoundRows>{tile});
+}
+
+template <typename Init, typename Visit>
+int64_t scan_tile(const Tile& tile, int64_t rows, int64_t budget, bool portable, Init init, Visit visit) {
+  return scan_tile(tile, rows, budget, portable, init, visit, [](int64_t, int64_t) { return int64_t{0}; });
 }
 
 }  // namespace bound

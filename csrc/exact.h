@@ -87,6 +87,19 @@ inline void exact_d2_four_typed(const T* a, const T* b0, const T* b1, const T* b
   out[3] = acc3;
 }
 
+// Asks the caches for row j of ``b`` ahead of its exact test (the rows a search tests are
+// scattered over the whole array: each test otherwise waits on memory).
+inline void prefetch_row(const Rows& b, int64_t j) {
+#if defined(__GNUC__)
+  const int64_t bytes = b.dim * (b.is_double ? 8 : 4);
+  const char* row = static_cast<const char*>(b.data) + j * bytes;
+  for (int64_t offset = 0; offset < bytes; offset += 64) __builtin_prefetch(row + offset);
+#else
+  (void)b;
+  (void)j;
+#endif
+}
+
 // exact_d2 of row i of ``a`` and rows j[0..count) of ``b`` into out[0..count).
 inline void exact_d2_many(const Rows& a, int64_t i, const Rows& b, const int64_t* j, int64_t count, double* out) {
   const int64_t dim = a.dim;

@@ -114,26 +114,43 @@ inline float bound_limit(double worst_exact, double frame_to_exact, float band, 
   return round_up(reach * reach + static_cast<double>(band));
 }
 
-// Offers the candidates ids[0..count) with values[0..count) to the heap (hd, hi): the exact
-// distances four at a time (exact_d2_many), each candidate re-checked against ``limit`` before its
-// group (the limit falls as the heap improves; ``refresh`` recomputes it). Returns the exact tests.
+// A pair that passed a tile's limit: its tile value (the approximate or lower-bound distance, less
+// the query's norm) and reference id.
+struct Candidate {
+  float value;
+  int64_t id;
+};
+
+// Offers a row's candidates to its heap (hd, hi), nearest by tile value first, so that the heap's
+// k-th distance, and with it ``limit``, falls as early as it can (``refresh`` recomputes the limit
+// after an improvement; candidates above it are not tested). The exact distances go four at a
+// time (exact_d2_many), the next four rows prefetched meanwhile: the rows are scattered over the
+// reference array, and tested one at a time, as they came in column order, each test waited on
+// memory and on its own chain of additions (~0.5 us a test). Any order offers the same pairs to
+// the same heap, so the result is unchanged. Empties ``cand``; returns the exact tests.
 template <typename Refresh>
-inline int64_t offer_candidates(const Rows& queries, int64_t qid, const Rows& refs, const int64_t* ids, const float* values,
-                                int64_t count, double* hd, int64_t* hi, int64_t k, float& limit, Refresh refresh) {
+inline int64_t offer_nearest_first(const Rows& queries, int64_t qid, const Rows& refs, std::vector<Candidate>& cand,
+                                   double* hd, int64_t* hi, int64_t k, float limit, Refresh refresh) {
+  std::sort(cand.begin(), cand.end(), [](const Candidate& a, const Candidate& b) {
+    return a.value < b.value || (a.value == b.value && a.id < b.id);
+  });
+  const int64_t count = static_cast<int64_t>(cand.size());
+  constexpr int64_t kAhead = 8;  // rows prefetched ahead: two groups (one hid too little of a miss)
+  for (int64_t u = 0; u < std::min(count, kAhead); ++u) prefetch_row(refs, cand[u].id);
   int64_t tests = 0;
   int64_t pending[4];
   double d2[4];
   int64_t t = 0;
-  while (t < count) {
+  while (t < count && cand[t].value <= limit) {
     int64_t m = 0;
-    for (; t < count && m < 4; ++t)
-      if (values[t] <= limit) pending[m++] = ids[t];
-    if (m == 0) break;
+    for (; t < count && m < 4 && cand[t].value <= limit; ++t) pending[m++] = cand[t].id;
+    for (int64_t u = t + kAhead - 4; u < std::min(count, t + kAhead); ++u) prefetch_row(refs, cand[u].id);
     exact_d2_many(queries, qid, refs, pending, m, d2);
     tests += m;
     for (int64_t u = 0; u < m; ++u)
       if (offer(hd, hi, k, d2[u], pending[u])) limit = refresh();
   }
+  cand.clear();
   return tests;
 }
 
@@ -160,23 +177,18 @@ int64_t knn_tile_update(const float* partial, int64_t rows, int64_t cols, const 
       cap = round_up(static_cast<double>(kth_smallest(row, cols, k, scratch)) + 2.0 * static_cast<double>(band[i]));
       limit = std::min(limit, cap);
     }
+    thread_local std::vector<Candidate> cand;
     for (int64_t j0 = 0; j0 < cols; j0 += kChunk) {
       const int64_t j1 = std::min(cols, j0 + kChunk);
       int32_t any = 0;
 #pragma omp simd reduction(| : any)
       for (int64_t j = j0; j < j1; ++j) any |= static_cast<int32_t>(row[j] <= limit);
       if (!any) continue;
-      int64_t ids[kChunk];
-      float values[kChunk];
-      int64_t count = 0;
       for (int64_t j = j0; j < j1; ++j)
-        if (row[j] <= limit) {
-          ids[count] = col_ids[j];
-          values[count++] = row[j];
-        }
-      exact_tests += offer_candidates(queries, qid, refs, ids, values, count, hd, hi, k, limit,
-                                      [&] { return std::min(cap, tile_limit(hd[0], frame_to_exact, band[i], q_norm[i])); });
+        if (row[j] <= limit) cand.push_back({row[j], col_ids[j]});
     }
+    exact_tests += offer_nearest_first(queries, qid, refs, cand, hd, hi, k, limit,
+                                       [&] { return std::min(cap, tile_limit(hd[0], frame_to_exact, band[i], q_norm[i])); });
   }
   return exact_tests;
 }
@@ -190,20 +202,24 @@ int64_t knn_bound_update(const float* q_low, int64_t rows, const float* cols_low
     return round_up(static_cast<double>(bound_limit(best_d2[row_ids[i] * k], frame_to_exact, band[i], slack)) -
                     static_cast<double>(q_norm[i]));
   };
-  const auto visit = [&](int64_t i, int, int64_t j0, const float* value, float& limit) -> int64_t {
-    const int64_t qid = row_ids[i];
-    int64_t ids[bound::kBoundWidth];
-    float values[bound::kBoundWidth];
-    int64_t count = 0;
+  // each row's candidates are collected over the whole tile and tested at its end, nearest first
+  thread_local std::vector<Candidate> cand[bound::kBoundRows];
+  const auto visit = [&](int64_t, int r, int64_t j0, const float* value, float& limit) -> int64_t {
     for (int64_t j = 0; j < bound::kBoundWidth && j0 + j < cols; ++j)
-      if (value[j] <= limit) {
-        ids[count] = col_ids[j0 + j];
-        values[count++] = value[j];
-      }
-    return offer_candidates(queries, qid, refs, ids, values, count, best_d2 + qid * k, best_index + qid * k, k, limit,
-                            [&] { return limit_of(i); });
+      if (value[j] <= limit) cand[r].push_back({value[j], col_ids[j0 + j]});
+    return 0;
   };
-  return bound::scan_tile(bound::Tile{q_low, cols_low_t, col_norm, dim, stride}, rows, budget, portable, limit_of, visit);
+  const auto flush = [&](int64_t i0, int64_t count) -> int64_t {
+    int64_t tests = 0;
+    for (int64_t r = 0; r < count; ++r) {
+      const int64_t i = i0 + r, qid = row_ids[i];
+      tests += offer_nearest_first(queries, qid, refs, cand[r], best_d2 + qid * k, best_index + qid * k, k, limit_of(i),
+                                   [&] { return limit_of(i); });
+    }
+    return tests;
+  };
+  return bound::scan_tile(bound::Tile{q_low, cols_low_t, col_norm, dim, stride}, rows, budget, portable, limit_of, visit,
+                          flush);
 }
 
 void knn_exact(const Rows& queries, int64_t n_queries, const Rows& refs, int64_t n_refs, int64_t k, double* best_d2,
