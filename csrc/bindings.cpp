@@ -252,7 +252,8 @@ int64_t knn_tile_update(py::handle partial_obj, py::handle q_norm_obj, py::handl
 int64_t knn_bound_update(py::handle q_low_obj, py::handle cols_low_t_obj, py::handle col_norm_obj, py::handle q_norm_obj,
                          py::handle band_obj, double slack, double frame_to_exact, py::handle row_ids_obj,
                          py::handle col_ids_obj, py::handle queries_obj, py::handle refs_obj, double scale,
-                         py::handle best_d2_obj, py::handle best_index_obj, int64_t budget, bool portable) {
+                         py::handle best_d2_obj, py::handle best_index_obj, int64_t budget, bool portable,
+                         py::handle gate_starts_obj, py::handle gate_lo_obj, py::handle gate_hi_obj, py::handle gate_rows_obj) {
   const std::string op = "knn_bound_update";
   KnnHeaps h(op, queries_obj, refs_obj, scale, row_ids_obj, col_ids_obj, best_d2_obj, best_index_obj, frame_to_exact);
   const BoundTile t(op, "q_low", q_low_obj, cols_low_t_obj, col_norm_obj, h.cols);
@@ -262,11 +263,36 @@ int64_t knn_bound_update(py::handle q_low_obj, py::handle cols_low_t_obj, py::ha
   check_len(op, "q_norm", q_norm, h.rows);
   check_len(op, "band", band, h.rows);
   if (!(slack >= 0.0) || !std::isfinite(slack)) fail(op, "slack must be a finite number >= 0");
+  // the optional leaf gate: all four arrays or none
+  const int given = !gate_starts_obj.is_none() + !gate_lo_obj.is_none() + !gate_hi_obj.is_none() + !gate_rows_obj.is_none();
+  if (given != 0 && given != 4) fail(op, "gate_starts, gate_lo, gate_hi and gate_rows go together (all or none)");
+  I64 gate_starts;
+  F64 gate_lo, gate_hi, gate_rows;
+  inform_fast::LeafGate gate;
+  if (given == 4) {
+    gate_starts = checked<int64_t>(op, "gate_starts", gate_starts_obj, 1);
+    gate_lo = checked<double>(op, "gate_lo", gate_lo_obj, 2);
+    gate_hi = checked<double>(op, "gate_hi", gate_hi_obj, 2);
+    gate_rows = checked<double>(op, "gate_rows", gate_rows_obj, 2);
+    const int64_t groups = gate_lo.shape(0), dims = gate_lo.shape(1);
+    check_len(op, "gate_starts", gate_starts, groups + 1);
+    if (gate_hi.shape(0) != groups || gate_hi.shape(1) != dims) fail(op, "gate_hi must have the shape of gate_lo");
+    if (gate_rows.shape(0) != h.rows || gate_rows.shape(1) != dims)
+      fail(op, "gate_rows must be [rows, " + std::to_string(dims) + "] (one row per query row, gate_lo's columns)");
+    const int64_t* starts = gate_starts.data();
+    if (starts[0] != 0 || starts[groups] != h.cols) fail(op, "gate_starts must run from 0 to the number of columns");
+    for (int64_t g = 0; g < groups; ++g)
+      if (starts[g + 1] < starts[g]) fail(op, "gate_starts must be non-decreasing");
+    for (const F64* arr : {&gate_lo, &gate_hi, &gate_rows})
+      for (int64_t e = 0; e < arr->size(); ++e)
+        if (!std::isfinite(arr->data()[e])) fail(op, "gate_lo, gate_hi and gate_rows must be finite");
+    gate = inform_fast::LeafGate{starts, groups, dims, gate_lo.data(), gate_hi.data(), gate_rows.data()};
+  }
   py::gil_scoped_release release;
   return inform_fast::knn_bound_update(t.rows_low.data(), h.rows, t.cols_low_t.data(), t.stride, h.cols, t.dim, t.col_norm.data(),
                                        q_norm.data(), band.data(), slack, frame_to_exact, h.row_ids.data(), h.col_ids.data(),
                                        h.queries, h.refs, h.k, h.best_d2.mutable_data(), h.best_index.mutable_data(), budget,
-                                       portable);
+                                       portable, gate);
 }
 
 py::tuple kd_order(py::handle coords_obj, int64_t leaf_size) {
@@ -339,6 +365,8 @@ PYBIND11_MODULE(_C, m) {
         py::arg("q_norm"), py::arg("band"), py::arg("slack"),
         py::arg("frame_to_exact"), py::arg("row_ids"), py::arg("col_ids"), py::arg("queries"), py::arg("references"),
         py::arg("scale"), py::arg("best_d2"), py::arg("best_index"), py::arg("budget"), py::arg("portable") = false,
+        py::arg("gate_starts") = py::none(), py::arg("gate_lo") = py::none(), py::arg("gate_hi") = py::none(),
+        py::arg("gate_rows") = py::none(),
         "k-NN heaps updated from lower-bound coordinates (in place). Returns the number of exact tests, or -r when "
         "the first r rows needed more than budget of them (the other rows untouched).");
   m.def("knn_exact", &knn_exact, py::arg("queries"), py::arg("references"), py::arg("k"), py::arg("scale") = 1.0,

@@ -98,11 +98,14 @@ inline bool has_avx2_fma() {
 // Rows [i0, i0 + R) over every column block: ``limit`` [R] (the caller's, updated by ``visit``);
 // visit(r, j0, values) handles row i0 + r's values in block j0 (some at or below limit[r]) and
 // returns its exact tests.
+// ``skip`` (or nullptr): per column block, nonzero where the caller knows no row of these needs it.
 template <int R, typename Block, typename Visit>
-inline int64_t scan_rows(const Block& block, int64_t i0, int64_t stride, float* limit, Visit& visit) {
+inline int64_t scan_rows(const Block& block, int64_t i0, int64_t stride, float* limit, Visit& visit,
+                         const uint8_t* skip = nullptr) {
   int64_t tests = 0;
   float value[R][kBoundWidth];
   for (int64_t j0 = 0; j0 < stride; j0 += kBoundWidth) {
+    if (skip != nullptr && skip[j0 / kBoundWidth]) continue;
     if (!block(i0, j0, limit, value)) continue;
     for (int r = 0; r < R; ++r) tests += visit(i0 + r, r, j0, value[r], limit[r]);
   }
@@ -111,23 +114,25 @@ inline int64_t scan_rows(const Block& block, int64_t i0, int64_t stride, float* 
 
 // Every row, in blocks of kBoundRows (the last ones one by one): init(i) gives row i's starting
 // limit, visit(i, r, j0, values, limit) handles a block (updating limit), flush(i0, count) ends the
-// rows [i0, i0 + count) once every column block was seen (work visit deferred; its exact tests).
+// rows [i0, i0 + count) once every column block was seen (work visit deferred; its exact tests),
+// skip(i0, count) names the column blocks those rows need not see (see scan_rows; nullptr: none).
 // Stops after a block once the exact tests exceed ``budget``: returns -(rows done) then, else the
 // exact tests.
-template <typename Init, typename Visit, typename Flush>
-int64_t scan_tile(const Tile& tile, int64_t rows, int64_t budget, bool portable, Init init, Visit visit, Flush flush) {
+template <typename Init, typename Visit, typename Flush, typename Skip>
+int64_t scan_tile(const Tile& tile, int64_t rows, int64_t budget, bool portable, Init init, Visit visit, Flush flush,
+                  Skip skip) {
   const auto run = [&](const auto& block1, const auto& block4) -> int64_t {
     int64_t tests = 0;
     for (int64_t i = 0; i < rows; i += kBoundRows) {
       if (i + kBoundRows <= rows) {
         float limit[kBoundRows];
         for (int r = 0; r < kBoundRows; ++r) limit[r] = init(i + r);
-        tests += scan_rows<kBoundRows>(block4, i, tile.stride, limit, visit);
+        tests += scan_rows<kBoundRows>(block4, i, tile.stride, limit, visit, skip(i, kBoundRows));
         tests += flush(i, kBoundRows);
       } else {
         for (int64_t r = i; r < rows; ++r) {
           float limit[1] = {init(r)};
-          tests += scan_rows<1>(block1, r, tile.stride, limit, visit);
+          tests += scan_rows<1>(block1, r, tile.stride, limit, visit, skip(r, 1));
           tests += flush(r, 1);
         }
       }
@@ -144,7 +149,8 @@ int64_t scan_tile(const Tile& tile, int64_t rows, int64_t budget, bool portable,
 
 template <typename Init, typename Visit>
 int64_t scan_tile(const Tile& tile, int64_t rows, int64_t budget, bool portable, Init init, Visit visit) {
-  return scan_tile(tile, rows, budget, portable, init, visit, [](int64_t, int64_t) { return int64_t{0}; });
+  return scan_tile(tile, rows, budget, portable, init, visit, [](int64_t, int64_t) { return int64_t{0}; },
+                   [](int64_t, int64_t) -> const uint8_t* { return nullptr; });
 }
 
 }  // namespace bound

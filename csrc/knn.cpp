@@ -196,7 +196,8 @@ int64_t knn_tile_update(const float* partial, int64_t rows, int64_t cols, const 
 int64_t knn_bound_update(const float* q_low, int64_t rows, const float* cols_low_t, int64_t stride, int64_t cols,
                          int64_t dim, const float* col_norm, const float* q_norm, const float* band, double slack,
                          double frame_to_exact, const int64_t* row_ids, const int64_t* col_ids, const Rows& queries,
-                         const Rows& refs, int64_t k, double* best_d2, int64_t* best_index, int64_t budget, bool portable) {
+                         const Rows& refs, int64_t k, double* best_d2, int64_t* best_index, int64_t budget, bool portable,
+                         const LeafGate& gate) {
   // a row's limit on the block values: (sqrt(k-th best) + slack)^2 + band - q_norm, rounded up
   const auto limit_of = [&](int64_t i) {
     return round_up(static_cast<double>(bound_limit(best_d2[row_ids[i] * k], frame_to_exact, band[i], slack)) -
@@ -218,8 +219,41 @@ int64_t knn_bound_update(const float* q_low, int64_t rows, const float* cols_low
     }
     return tests;
   };
+  // the column blocks no row of a block needs: those of groups whose box is beyond each row's reach
+  // (sqrt(k-th best) + slack; the box distance in double, compared with a relative margin far
+  // above its rounding, so only a group that is certainly out of reach is skipped)
+  thread_local std::vector<uint8_t> skip_blocks;
+  const auto skip = [&](int64_t i0, int64_t count) -> const uint8_t* {
+    if (gate.starts == nullptr) return nullptr;
+    double reach2[bound::kBoundRows];
+    for (int64_t r = 0; r < count; ++r) {
+      const double worst = best_d2[row_ids[i0 + r] * k];
+      if (std::isinf(worst)) return nullptr;
+      const double reach = std::sqrt(worst * frame_to_exact) + slack;
+      reach2[r] = reach * reach * (1.0 + 1e-9);
+    }
+    skip_blocks.assign(stride / bound::kBoundWidth, 1);
+    for (int64_t g = 0; g < gate.groups; ++g) {
+      const double* lo = gate.lo + g * gate.dims;
+      const double* hi = gate.hi + g * gate.dims;
+      bool needed = false;
+      for (int64_t r = 0; r < count && !needed; ++r) {
+        const double* q = gate.rows + (i0 + r) * gate.dims;
+        double gap2 = 0.0;
+        for (int64_t d = 0; d < gate.dims; ++d) {
+          const double gap = std::max({0.0, lo[d] - q[d], q[d] - hi[d]});
+          gap2 += gap * gap;
+        }
+        needed = gap2 <= reach2[r];
+      }
+      if (!needed || gate.starts[g + 1] <= gate.starts[g]) continue;
+      const int64_t first = gate.starts[g] / bound::kBoundWidth, last = (gate.starts[g + 1] - 1) / bound::kBoundWidth;
+      for (int64_t b = first; b <= last; ++b) skip_blocks[b] = 0;
+    }
+    return skip_blocks.data();
+  };
   return bound::scan_tile(bound::Tile{q_low, cols_low_t, col_norm, dim, stride}, rows, budget, portable, limit_of, visit,
-                          flush);
+                          flush, skip);
 }
 
 void knn_exact(const Rows& queries, int64_t n_queries, const Rows& refs, int64_t n_refs, int64_t k, double* best_d2,

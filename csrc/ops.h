@@ -78,11 +78,23 @@ int64_t knn_tile_update(const float* partial, int64_t rows, int64_t cols, const 
 // (sqrt(k-th best) + slack)^2 + band[i]. Returns the number of exact tests, or -r when more than
 // ``budget`` tests were needed by the first r rows (those rows are done, the others untouched: a
 // loose bound hands them to a full tile). ``portable``: the plain loops even where AVX2 is there.
+//
+// ``gate`` (optional): the columns come in groups (the leaves of the tile, gate.starts [groups + 1]
+// column offsets) with boxes gate.lo / gate.hi [groups, gate.dims] in some principal coordinates,
+// and gate.rows [rows, gate.dims] are the queries' coordinates there (the same frame, not centred):
+// the box distance, less ``slack``, is a lower bound too, so a query skips the column blocks of
+// every group whose box lies beyond its k-th distance (each query's own reach, where the caller's
+// chunk is shared by a whole group of queries).
+struct LeafGate {
+  const int64_t* starts = nullptr;
+  int64_t groups = 0, dims = 0;
+  const double *lo = nullptr, *hi = nullptr, *rows = nullptr;
+};
 int64_t knn_bound_update(const float* q_low, int64_t rows, const float* cols_low_t, int64_t stride, int64_t cols,
                          int64_t dim, const float* col_norm, const float* q_norm, const float* band, double slack,
                          double frame_to_exact, const int64_t* row_ids, const int64_t* col_ids, const Rows& queries,
                          const Rows& refs, int64_t k, double* best_d2, int64_t* best_index, int64_t budget,
-                         bool portable = false);
+                         bool portable = false, const LeafGate& gate = LeafGate{});
 
 // The same heaps filled by an exact search over every reference (no tiles): for few queries this
 // streams the references once and is faster than any GEMM.

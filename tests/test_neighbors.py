@@ -375,3 +375,72 @@ def test_frame_extent_from_column_ranges_matches_elementwise(dtype, magnitude):
         extent = max(float(((s.to(work) * pre) - (frame.mean * pre).to(work)).abs().max()) for s in sets) / pre
         extent *= 1.0 + 1e-6
         assert frame.scale == 1.0 / 2.0 ** math.frexp(extent)[1]
+
+
+@requires_cpp()
+@pytest.mark.parametrize("portable", [False, True])
+def test_knn_bound_update_leaf_gate(portable):
+    """The kernel's per-query leaf gate (``gate_*``: column groups with boxes in some coordinates)
+    only skips what no heap could take: with true boxes the heaps end exactly as brute force, with
+    the same exact tests; with boxes moved out of every query's reach nothing is scanned (no test,
+    heaps untouched); malformed gates are refused."""
+    from inform_fast import _native
+
+    C = _native.module()
+    rng = np.random.default_rng(23)
+    rows, cols, dim, k, first = 13, 203, 5, 4, 40
+    queries = rng.normal(size=(rows, dim)).astype(np.float32)
+    refs = (rng.normal(size=(cols, dim)) * np.array([4, 3, 1, 1, 1])).astype(np.float32)
+    refs[first:] = refs[first:][np.argsort(refs[first:, 0])]  # leaves of neighbouring columns are compact
+    d2 = ((queries[:, None, :].astype(np.float64) - refs[None].astype(np.float64)) ** 2).sum(-1)
+    # heaps holding the exact k best of the first 40 references (finite worst: the gate applies)
+    start_index = np.argsort(d2[:, :first], axis=1)[:, :k][:, ::-1].copy()  # descending: a valid max-heap
+    start_d2 = np.take_along_axis(d2[:, :first], start_index, 1)
+    tile = refs[first:]
+    n_tile = tile.shape[0]
+    stride = -(-n_tile // 16) * 16
+    cols_t = np.zeros((dim, stride), np.float32)
+    cols_t[:, :n_tile] = tile.T
+    col_norm = np.zeros(stride, np.float32)
+    col_norm[:n_tile] = (tile * tile).sum(1)
+    q_norm = (queries * queries).sum(1).astype(np.float32)
+    band = np.full(rows, 1e-3, np.float32)
+    col_ids = np.arange(first, cols)
+    # leaves of 0-30 consecutive columns (one empty), boxes in the first two coordinates
+    sizes = rng.integers(1, 31, size=40)
+    sizes[3] = 0
+    starts = np.concatenate([[0], np.cumsum(sizes)])
+    starts = starts[starts < n_tile].tolist() + [n_tile]
+    starts = np.array(starts, np.int64)
+    gate_dims = 2
+    lo = np.array([tile[a:b, :gate_dims].min(0) if b > a else np.zeros(gate_dims) for a, b in zip(starts[:-1], starts[1:])],
+                  np.float64)
+    hi = np.array([tile[a:b, :gate_dims].max(0) if b > a else np.zeros(gate_dims) for a, b in zip(starts[:-1], starts[1:])],
+                  np.float64)
+    gate_rows = queries[:, :gate_dims].astype(np.float64)
+
+    def run(**gate):
+        best, best_index = start_d2.copy(), start_index.copy()
+        tests = C.knn_bound_update(queries, cols_t, col_norm, q_norm, band, 0.0, 1.0, np.arange(rows), col_ids, queries,
+                                   refs, 1.0, best, best_index, 10**9, portable=portable, **gate)
+        return best, best_index, tests
+
+    plain = run()
+    gated = run(gate_starts=starts, gate_lo=lo, gate_hi=hi, gate_rows=gate_rows)
+    want = np.sort(d2, axis=1)[:, :k]
+    for best, best_index, _ in (plain, gated):
+        np.testing.assert_array_equal(np.sort(best, axis=1), want)
+        np.testing.assert_array_equal(np.take_along_axis(d2, best_index, 1), best)
+    # the bound here is the full distance, so the pairs the gate skips are ones it rejects anyway
+    assert gated[2] == plain[2]
+    far = run(gate_starts=starts, gate_lo=lo + 1e4, gate_hi=hi + 1e4, gate_rows=gate_rows)
+    assert far[2] == 0 and np.array_equal(far[0], start_d2)
+    bad = dict(gate_starts=starts, gate_lo=lo, gate_hi=hi, gate_rows=gate_rows)
+    with pytest.raises(ValueError, match="all or none"):
+        run(gate_starts=starts, gate_lo=lo)
+    with pytest.raises(ValueError, match="from 0 to the number of columns"):
+        run(**{**bad, "gate_starts": np.concatenate([starts[:-1], [n_tile - 1]])})
+    with pytest.raises(ValueError, match="finite"):
+        run(**{**bad, "gate_rows": np.full_like(gate_rows, np.nan)})
+    with pytest.raises(ValueError, match="gate_rows must be"):
+        run(**{**bad, "gate_rows": gate_rows[:-1]})
