@@ -396,13 +396,11 @@ def test_knn_bound_update_leaf_gate(portable):
     # heaps holding the exact k best of the first 40 references (finite worst: the gate applies)
     start_index = np.argsort(d2[:, :first], axis=1)[:, :k][:, ::-1].copy()  # descending: a valid max-heap
     start_d2 = np.take_along_axis(d2[:, :first], start_index, 1)
+    from inform_fast.spatial import bound_columns
+
     tile = refs[first:]
     n_tile = tile.shape[0]
-    stride = -(-n_tile // 16) * 16
-    cols_t = np.zeros((dim, stride), np.float32)
-    cols_t[:, :n_tile] = tile.T
-    col_norm = np.zeros(stride, np.float32)
-    col_norm[:n_tile] = (tile * tile).sum(1)
+    cols_t, col_norm = bound_columns(torch.from_numpy(tile), torch.from_numpy((tile * tile).sum(1)))
     q_norm = (queries * queries).sum(1).astype(np.float32)
     band = np.full(rows, 1e-3, np.float32)
     col_ids = np.arange(first, cols)
