@@ -74,13 +74,15 @@ class Frame:
     def roundoff(self) -> float:
         return FLOAT32_ROUNDOFF if self.dtype == torch.float32 else FLOAT64_ROUNDOFF
 
-    def apply(self, x: torch.Tensor, rows: int = 1 << 12, out: Optional[torch.Tensor] = None,
+    def apply(self, x: torch.Tensor, rows: Optional[int] = None, out: Optional[torch.Tensor] = None,
               workers: int = 1) -> torch.Tensor:
         """[n, D] ``(x - mean) * scale`` in ``dtype``, each value rounded once: float32 input into a
         float32 frame is shifted in float32 (the mean is a float32 value, and a correctly rounded
         difference is all the band assumes), anything else in float64. Written into ``out`` where
         given ([n, D], ``dtype``); temporaries are ``rows``-row chunks (the scale is a power of
-        two, so scaling in place rounds nothing), on ``workers`` threads (``run_parallel``)."""
+        two, so scaling in place rounds nothing; ``chunk_rows`` by default), on ``workers`` threads
+        (``run_parallel``)."""
+        rows = rows or chunk_rows(x.device)
         if out is None:
             out = torch.empty(x.shape, dtype=self.dtype, device=x.device)
         work = torch.float32 if (x.dtype == torch.float32 and self.dtype == torch.float32) else torch.float64
@@ -96,10 +98,11 @@ class Frame:
         run_parallel(chunk, range(0, x.shape[0], rows), workers)
         return out
 
-    def project(self, y: torch.Tensor, rows: int = 1 << 12, workers: int = 1) -> torch.Tensor:
+    def project(self, y: torch.Tensor, rows: Optional[int] = None, workers: int = 1) -> torch.Tensor:
         """[n, p] float64 principal coordinates of frame points ``y`` (exact products of the
-        stored values, so the only error is float64's), in ``rows``-row chunks on ``workers``
-        threads."""
+        stored values, so the only error is float64's), in ``rows``-row chunks (``chunk_rows`` by
+        default) on ``workers`` threads."""
+        rows = rows or chunk_rows(y.device)
         axes = self.axes.to(y.device)
         out = torch.empty((y.shape[0], axes.shape[1]), dtype=torch.float64, device=y.device)
 
@@ -116,6 +119,14 @@ class Frame:
         # coordinates: float32 (or float64) storage of frame values computed in float64
         c2 = 2.0 * (4.0 * u + 4.0 * FLOAT64_ROUNDOFF)
         return c1, c2
+
+
+def chunk_rows(device: torch.device) -> int:
+    """Rows per chunk of the whole-set passes (frame copies, principal coordinates, the index's
+    norms): on the CPU small chunks keep the temporaries a fraction of the index (at 32,000 points
+    chunks of 2^14 rows made the heap's peak twice the index); on a GPU each chunk is a few kernel
+    launches, so chunks stay large (10^7 references in 2^12-row chunks would be ~7,000 launches)."""
+    return 1 << 12 if device.type == "cpu" else 1 << 16
 
 
 def dot_band_coefficient(dim: int, roundoff: float) -> float:
@@ -350,7 +361,7 @@ def build_index(x: torch.Tensor, leaf_size: int = 64, radius: Optional[float] = 
     thread per operation, a serial build left the other cores idle: 18% of excess ICDS's time at
     5x10^5 latents)."""
     frame = frame if frame is not None else fit_frame(x, radius=radius)
-    n, rows = x.shape[0], 1 << 12
+    n, rows = x.shape[0], chunk_rows(x.device)
     # built in row chunks, so that beside the index itself (one copy of x in the frame) only
     # chunk-sized temporaries exist: at 10^6 x 128 each whole-matrix temporary is 0.5 GiB, and at
     # 32,000 points chunks of 2^14 rows were twice the index's size at the peak

@@ -73,6 +73,7 @@ from inform_fast.spatial import (
     box_lower_bound,
     build_index,
     candidate_leaves,
+    chunk_rows,
     dot_band_coefficient,
     bound_columns,
     outward,
@@ -829,9 +830,10 @@ def _join_components(index: LeafIndex, engine, parent: torch.Tensor, incomplete:
     sizes = torch.bincount(member, minlength=k)
     # centres and radii in float64, row chunks at a time: at 10^6 latents most core points are
     # here, and a float64 copy of them (and its difference from the centres) was 1.6 GB; chunks
-    # of 2^16 rows were still 90 MB, five times the index, at 32,000 points
+    # of 2^16 rows were still 90 MB, five times the index, at 32,000 points (``chunk_rows``: small on
+    # the CPU, large on a GPU where each chunk costs launches)
     centre = torch.zeros((k, index.points.shape[1]), dtype=torch.float64, device=device)
-    rows = 1 << 12
+    rows = chunk_rows(device)
     for a in range(0, incomplete.numel(), rows):
         centre.index_add_(0, member[a : a + rows], index.points.index_select(0, incomplete[a : a + rows]).to(torch.float64))
     centre /= sizes[:, None]
