@@ -59,35 +59,16 @@ void exact_search(const T* queries, int64_t n_queries, const T* refs, int64_t n_
   for (int64_t r = 0; r < n_refs; ++r) {
     const T* ref = refs + r * dim;
     int64_t q = 0;
-    // four queries per pass over a reference row: independent accumulators, each element loaded
-    // once; each sum is sequential, in the order of exact.h (no vector reduction reordering it)
+    // four queries per pass over a reference row (exact.h's four-at-once sums: the same values as
+    // exact_d2, the four chains overlapped)
     for (; q + 4 <= n_queries; q += 4) {
       const T* q0 = queries + q * dim;
-      const T *q1 = q0 + dim, *q2 = q1 + dim, *q3 = q2 + dim;
-      double a0 = 0.0, a1 = 0.0, a2 = 0.0, a3 = 0.0;
-      for (int64_t d = 0; d < dim; ++d) {
-        const double x = static_cast<double>(ref[d]) * scale;
-        const double d0 = static_cast<double>(q0[d]) * scale - x, d1 = static_cast<double>(q1[d]) * scale - x;
-        const double d2 = static_cast<double>(q2[d]) * scale - x, d3 = static_cast<double>(q3[d]) * scale - x;
-        a0 += d0 * d0;
-        a1 += d1 * d1;
-        a2 += d2 * d2;
-        a3 += d3 * d3;
-      }
-      offer(heap_d + q * k, heap_i + q * k, k, a0, r);
-      offer(heap_d + (q + 1) * k, heap_i + (q + 1) * k, k, a1, r);
-      offer(heap_d + (q + 2) * k, heap_i + (q + 2) * k, k, a2, r);
-      offer(heap_d + (q + 3) * k, heap_i + (q + 3) * k, k, a3, r);
+      double d2[4];
+      exact_d2_four_typed(ref, q0, q0 + dim, q0 + 2 * dim, q0 + 3 * dim, dim, scale, d2);
+      for (int64_t u = 0; u < 4; ++u) offer(heap_d + (q + u) * k, heap_i + (q + u) * k, k, d2[u], r);
     }
-    for (; q < n_queries; ++q) {
-      const T* query = queries + q * dim;
-      double acc = 0.0;
-      for (int64_t d = 0; d < dim; ++d) {
-        const double diff = static_cast<double>(query[d]) * scale - static_cast<double>(ref[d]) * scale;
-        acc += diff * diff;
-      }
-      offer(heap_d + q * k, heap_i + q * k, k, acc, r);
-    }
+    for (; q < n_queries; ++q)
+      offer(heap_d + q * k, heap_i + q * k, k, exact_d2_typed(queries + q * dim, ref, dim, scale), r);
   }
 }
 
@@ -108,9 +89,15 @@ using bound::round_up;
 
 // Largest float L with: a lower-bound value > L means the pair's stored distance, less ``slack``
 // and the band, exceeds the heap's worst exact distance.
+// A heap's reach in frame units: its k-th exact distance (``worst_exact``, squared) plus the
+// stored points' ``slack``; a lower bound of a pair's distance above it cannot enter the heap.
+inline double bound_reach(double worst_exact, double frame_to_exact, double slack) {
+  return std::sqrt(worst_exact * frame_to_exact) + slack;
+}
+
 inline float bound_limit(double worst_exact, double frame_to_exact, float band, double slack) {
   if (std::isinf(worst_exact)) return std::numeric_limits<float>::infinity();
-  const double reach = std::sqrt(worst_exact * frame_to_exact) + slack;
+  const double reach = bound_reach(worst_exact, frame_to_exact, slack);
   return round_up(reach * reach + static_cast<double>(band));
 }
 
@@ -229,7 +216,7 @@ int64_t knn_bound_update(const float* q_low, int64_t rows, const float* cols_low
     for (int64_t r = 0; r < count; ++r) {
       const double worst = best_d2[row_ids[i0 + r] * k];
       if (std::isinf(worst)) return nullptr;
-      const double reach = std::sqrt(worst * frame_to_exact) + slack;
+      const double reach = bound_reach(worst, frame_to_exact, slack);
       reach2[r] = reach * reach * (1.0 + 1e-9);
     }
     skip_blocks.assign(stride / bound::kBoundWidth, 1);
