@@ -333,9 +333,9 @@ def _pruned_group(search: _Search, index: LeafIndex, rows: torch.Tensor, top: to
                 # each row skips the chunk's leaves whose box is beyond its own reach (the chunk's
                 # box above is the group's: at 10^5 x 2x10^5, k = 22, 76% of the pairs it let
                 # through lay in leaves beyond their row's reach)
-                sizes = index.leaf_sizes[chunk]
-                gate = (torch.cat([sizes.new_zeros(1), torch.cumsum(sizes, 0)]), index.box_lo[chunk], index.box_hi[chunk],
-                        top_active if every else top_active[reachable])
+                # the chunk's leaf offsets are the visit's running point counts, from the chunk's start
+                gate = (torch.from_numpy(covered[visited : stop + 1] - covered[visited]), index.box_lo[chunk],
+                        index.box_hi[chunk], top_active if every else top_active[reachable])
                 done, tests = search.bound_tile(rows_here, low_active if every else low_active[reachable], centre_low32,
                                                 index.top[positions], col_ids, col_global,
                                                 worst if every else worst[reachable], slack, gate=gate)
