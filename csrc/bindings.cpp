@@ -201,6 +201,29 @@ void union_edges(py::handle parent_obj, py::handle a_obj, py::handle b_obj) {
   inform_fast::union_edges(parent.mutable_data(), n, a.data(), b.data(), e);
 }
 
+void union_lists(py::handle parent_obj, py::handle lists_obj, py::handle counts_obj, py::handle core_obj) {
+  const std::string op = "union_lists";
+  auto parent = checked<int64_t>(op, "parent", parent_obj, 1);
+  auto lists = checked<int32_t>(op, "lists", lists_obj, 2);
+  auto counts = checked<int32_t>(op, "counts", counts_obj, 1);
+  auto core = checked<bool>(op, "core", core_obj, 1);
+  const int64_t n = parent.shape(0), cap = lists.shape(1);
+  check_len(op, "lists", lists, n);
+  check_len(op, "counts", counts, n);
+  check_len(op, "core", core, n);
+  for (int64_t k = 0; k < n; ++k)
+    if (parent.data()[k] < 0 || parent.data()[k] >= n) fail(op, "parent holds an index outside [0, n)");
+  for (int64_t i = 0; i < n; ++i) {
+    if (!core.data()[i]) continue;
+    const int64_t listed = std::min<int64_t>(counts.data()[i], cap);
+    for (int64_t t = 0; t < listed; ++t)
+      if (lists.data()[i * cap + t] < 0 || lists.data()[i * cap + t] >= n)
+        fail(op, "lists holds an index outside [0, n) within a core point's count");
+  }
+  py::gil_scoped_release release;
+  inform_fast::union_lists(parent.mutable_data(), n, lists.data(), cap, counts.data(), core.data());
+}
+
 // The arguments every k-NN heap update shares, checked: the original rows (exact tests), the
 // heaps, and the ids of a tile's rows (queries) and columns (references).
 struct KnnHeaps {
@@ -312,6 +335,27 @@ py::tuple kd_order(py::handle coords_obj, int64_t leaf_size) {
   return py::make_tuple(order, size_array);
 }
 
+py::array_t<int64_t> box_pairs(py::handle lo_obj, py::handle hi_obj, double reach, int64_t top_groups, int threads) {
+  const std::string op = "box_pairs";
+  auto lo = checked<double>(op, "box_lo", lo_obj, 2);
+  auto hi = checked<double>(op, "box_hi", hi_obj, 2);
+  const int64_t n = lo.shape(0), dims = lo.shape(1);
+  if (hi.shape(0) != n || hi.shape(1) != dims) fail(op, "box_hi must have the shape of box_lo");
+  if (!(reach >= 0.0) || std::isinf(reach)) fail(op, "reach must be a finite number >= 0");
+  if (top_groups < 1) fail(op, "top_groups must be >= 1");
+  for (int64_t e = 0; e < n * dims; ++e)
+    if (!std::isfinite(lo.data()[e]) || !std::isfinite(hi.data()[e]) || lo.data()[e] > hi.data()[e])
+      fail(op, "box_lo and box_hi must be finite with box_lo <= box_hi");
+  std::vector<int64_t> pairs;
+  {
+    py::gil_scoped_release release;
+    pairs = inform_fast::box_pairs(lo.data(), hi.data(), n, dims, reach, top_groups, threads);
+  }
+  py::array_t<int64_t> out({static_cast<py::ssize_t>(pairs.size() / 2), static_cast<py::ssize_t>(2)});
+  std::copy(pairs.begin(), pairs.end(), out.mutable_data());
+  return out;
+}
+
 py::tuple knn_exact(py::handle queries_obj, py::handle refs_obj, int64_t k, double scale, int threads) {
   const std::string op = "knn_exact";
   py::array keep_q, keep_r;
@@ -352,6 +396,10 @@ PYBIND11_MODULE(_C, m) {
   m.def("dbscan_tile_union", &tile_union, py::arg("partial"), py::arg("thr_lo"), py::arg("thr_hi"), py::arg("row_ids"),
         py::arg("col_ids"), py::arg("points"), py::arg("scale"), py::arg("eps2"), py::arg("parent"), py::arg("threads") = 1,
         "Union-find (in place, int64 parent, roots at minima) over the neighbour pairs of a tile. Returns the number of exact tests.");
+  m.def("box_pairs", &box_pairs, py::arg("box_lo"), py::arg("box_hi"), py::arg("reach"), py::arg("top_groups") = 64,
+        py::arg("threads") = 1, "Ordered leaf pairs (i, j) [P, 2] int64 whose boxes are at most reach apart.");
+  m.def("union_lists", &union_lists, py::arg("parent"), py::arg("lists"), py::arg("counts"), py::arg("core"),
+        "union_edges over the listed neighbours of the core points that are core too.");
   m.def("kd_order", &kd_order, py::arg("coords"), py::arg("leaf_size"),
         "(order, leaf sizes): rows of coords (float32 [n, dims]) in k-d leaf order, median splits on the widest coordinate.");
   m.def("union_edges", &union_edges, py::arg("parent"), py::arg("edge_a"), py::arg("edge_b"),

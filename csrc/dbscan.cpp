@@ -206,4 +206,22 @@ void union_edges(int64_t* parent, int64_t n, const int64_t* edge_a, const int64_
   for (int64_t x = 0; x < n; ++x) parent[x] = find_root(parent, x);
 }
 
+void union_lists(int64_t* parent, int64_t n, const int32_t* lists, int64_t cap, const int32_t* counts, const bool* core) {
+  for (int64_t i = 0; i < n; ++i) {
+    if (!core[i]) continue;
+    const int32_t* list = lists + i * cap;
+    const int64_t listed = std::min<int64_t>(counts[i], cap);
+    for (int64_t t = 0; t < listed; ++t) {
+      const int64_t j = list[t];
+      if (!core[j]) continue;
+      int64_t ri = find_root(parent, i);
+      int64_t rj = find_root(parent, j);
+      if (ri == rj) continue;
+      if (ri < rj) std::swap(ri, rj);
+      parent[ri] = rj;  // smaller index becomes the root
+    }
+  }
+  for (int64_t x = 0; x < n; ++x) parent[x] = find_root(parent, x);
+}
+
 }  // namespace inform_fast

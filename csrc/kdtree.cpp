@@ -1,9 +1,12 @@
 // The k-d leaf order of the pair searches (inform_fast.spatial._kd_order): median splits along the
 // widest coordinate down to leaves of at most leaf_size rows. The Python version copies each
 // node's rows to find the widest coordinate and partition them (2.4 of the 4 s that indexing
-// 6x10^5 latents took); here the permutation is partitioned in place.
+// 6x10^5 latents took); here the permutation is partitioned in place. And the leaf pairs whose
+// boxes come within a radius (spatial._box_pairs), by a descent over runs of consecutive leaves.
 #include <algorithm>
+#include <cmath>
 #include <limits>
+#include <utility>
 #include <vector>
 
 #include "ops.h"
@@ -42,6 +45,88 @@ std::vector<int64_t> kd_order(const float* coords, int64_t n, int64_t dims, int6
     stack.push_back({a, a + half});
   }
   return sizes;
+}
+
+}  // namespace inform_fast
+
+namespace inform_fast {
+
+namespace {
+
+// Boxes of runs of 1, 2, 4, ... consecutive leaves (spatial._box_levels): level l + 1's run a
+// is the union of level l's runs 2a and 2a + 1 (2a alone at an odd end).
+struct BoxLevel {
+  int64_t runs = 0;
+  std::vector<double> lo, hi;  // [runs, dims]
+};
+
+double box_gap2(const BoxLevel& level, int64_t a, int64_t b, int64_t dims) {
+  const double *lo_a = level.lo.data() + a * dims, *hi_a = level.hi.data() + a * dims;
+  const double *lo_b = level.lo.data() + b * dims, *hi_b = level.hi.data() + b * dims;
+  double sum = 0.0;
+  for (int64_t d = 0; d < dims; ++d) {
+    const double gap = std::max({0.0, lo_b[d] - hi_a[d], lo_a[d] - hi_b[d]});
+    sum += gap * gap;
+  }
+  return sum;
+}
+
+// Pairs (a, b), a <= b, of runs at ``level`` whose boxes are within reach: their children's
+// pairs, down to the leaves; both orders of a leaf pair are written.
+void descend(const std::vector<BoxLevel>& levels, int64_t level, int64_t a, int64_t b, int64_t dims, double reach,
+             std::vector<int64_t>& out) {
+  if (std::sqrt(box_gap2(levels[level], a, b, dims)) > reach) return;
+  if (level == 0) {
+    out.push_back(a);
+    out.push_back(b);
+    if (a != b) {
+      out.push_back(b);
+      out.push_back(a);
+    }
+    return;
+  }
+  const int64_t below = levels[level - 1].runs;
+  for (int64_t ca = 2 * a; ca <= 2 * a + 1 && ca < below; ++ca)
+    for (int64_t cb = (a == b ? ca : 2 * b); cb <= 2 * b + 1 && cb < below; ++cb) descend(levels, level - 1, ca, cb, dims, reach, out);
+}
+
+}  // namespace
+
+std::vector<int64_t> box_pairs(const double* box_lo, const double* box_hi, int64_t n_leaves, int64_t dims, double reach,
+                               int64_t top_groups, int threads) {
+  std::vector<BoxLevel> levels(1);
+  levels[0].runs = n_leaves;
+  levels[0].lo.assign(box_lo, box_lo + n_leaves * dims);
+  levels[0].hi.assign(box_hi, box_hi + n_leaves * dims);
+  while (levels.back().runs > top_groups) {
+    const BoxLevel& child = levels.back();
+    BoxLevel up;
+    up.runs = (child.runs + 1) / 2;
+    up.lo.resize(up.runs * dims);
+    up.hi.resize(up.runs * dims);
+    for (int64_t a = 0; a < up.runs; ++a) {
+      const int64_t second = std::min(2 * a + 1, child.runs - 1);
+      for (int64_t d = 0; d < dims; ++d) {
+        up.lo[a * dims + d] = std::min(child.lo[2 * a * dims + d], child.lo[second * dims + d]);
+        up.hi[a * dims + d] = std::max(child.hi[2 * a * dims + d], child.hi[second * dims + d]);
+      }
+    }
+    levels.push_back(std::move(up));
+  }
+  const int64_t top = levels.back().runs, level = static_cast<int64_t>(levels.size()) - 1;
+  std::vector<std::pair<int64_t, int64_t>> roots;
+  for (int64_t a = 0; a < top; ++a)
+    for (int64_t b = a; b < top; ++b) roots.push_back({a, b});
+  std::vector<std::vector<int64_t>> found(roots.size());
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads) if (threads > 1)
+  for (int64_t r = 0; r < static_cast<int64_t>(roots.size()); ++r)
+    descend(levels, level, roots[r].first, roots[r].second, dims, reach, found[r]);
+  std::vector<int64_t> pairs;
+  size_t total = 0;
+  for (const auto& f : found) total += f.size();
+  pairs.reserve(total);
+  for (const auto& f : found) pairs.insert(pairs.end(), f.begin(), f.end());
+  return pairs;
 }
 
 }  // namespace inform_fast

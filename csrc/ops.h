@@ -57,6 +57,10 @@ int64_t dbscan_bound_neighbours(const float* rows_low, int64_t rows, const float
 // one, so every root is the smallest index of its component; finishes with full compression.
 void union_edges(int64_t* parent, int64_t n, const int64_t* edge_a, const int64_t* edge_b, int64_t n_edges);
 
+// union_edges over the neighbour lists of dbscan_tile_neighbours: an edge (i, lists[i, t]) for
+// every core point i, t < min(counts[i], cap), whose neighbour is core too.
+void union_lists(int64_t* parent, int64_t n, const int32_t* lists, int64_t cap, const int32_t* counts, const bool* core);
+
 // k nearest references, exact, for queries whose tiles are given: partial[i, j] = ||c_j||^2 -
 // 2 q_i . c_j in the tile's frame, q_norm[i] = ||q_i||^2 there, band[i] >= the rounding error of
 // partial[i, j] + q_norm[i] as a squared distance (frame units), frame_to_exact = the factor from
@@ -105,5 +109,13 @@ void knn_exact(const Rows& queries, int64_t n_queries, const Rows& refs, int64_t
 // (rows in leaf order), the return value the leaf sizes in that order. Median splits along the
 // widest coordinate down to leaves of at most leaf_size (>= 1) rows.
 std::vector<int64_t> kd_order(const float* coords, int64_t n, int64_t dims, int64_t leaf_size, int64_t* order);
+
+// Every ordered pair (i, j) of leaves whose boxes (box_lo / box_hi [n_leaves, dims], float64)
+// are at most ``reach`` apart (Euclidean distance between boxes; i == j included), flattened as
+// i0, j0, i1, j1, ...: spatial._box_pairs's descent over runs of 1, 2, 4, ... consecutive leaves
+// (down from the first level of at most ``top_groups`` runs), each unordered pair of runs tested
+// once. The same set as the Python version, in another order.
+std::vector<int64_t> box_pairs(const double* box_lo, const double* box_hi, int64_t n_leaves, int64_t dims, double reach,
+                               int64_t top_groups, int threads);
 
 }  // namespace inform_fast

@@ -455,17 +455,29 @@ def _box_levels(index: LeafIndex, top_groups: int = 64) -> list[tuple[torch.Tens
     return levels
 
 
-def _box_pairs(index: LeafIndex, radius: float, chunk_pairs: int = 1 << 16) -> tuple[torch.Tensor, torch.Tensor]:
+def _box_pairs(index: LeafIndex, radius: float, chunk_pairs: int = 1 << 16, native: bool = False,
+               workers: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """(i, j) int64: every pair of leaves whose boxes come within ``radius`` (less the slack), by a
     descent of ``_box_levels``: the pairs of runs at each level whose boxes come within it are
     split into their children's pairs, so the work is about the number of pairs found at each
     level, not n_leaves^2 (at 10^6 points, 16,384 leaves, the all-pairs box test was half the
-    clustering's time)."""
+    clustering's time). ``native``: the same descent in C++ (``inform_fast._C.box_pairs``, each
+    unordered pair of runs once, on ``workers`` threads; the same pairs in another order), for an
+    index on the CPU where the extension is built: this serial pass was 5% of DBSCAN's time on the
+    1/k spectrum at 32,000 points."""
+    reach = radius + index.slack
+    if native and index.box_lo.device.type == "cpu":
+        from inform_fast import _native
+
+        if _native.available():
+            pairs = torch.from_numpy(_native.module().box_pairs(index.box_lo.contiguous().numpy(),
+                                                                index.box_hi.contiguous().numpy(), float(reach),
+                                                                top_groups=64, threads=int(workers)))
+            return pairs[:, 0], pairs[:, 1]
     levels = _box_levels(index)
     top = levels[-1][0].shape[0]
     grid = torch.arange(top, device=index.box_lo.device)
     i, j = grid.repeat_interleave(top), grid.repeat(top)
-    reach = radius + index.slack
     for level in range(len(levels) - 1, -1, -1):
         lo, hi = levels[level]
         n_runs = lo.shape[0]
@@ -484,20 +496,22 @@ def _box_pairs(index: LeafIndex, radius: float, chunk_pairs: int = 1 << 16) -> t
     return i, j
 
 
-def candidate_leaves(index: LeafIndex, radius: float, chunk_elements: int = 1 << 20) -> tuple[torch.Tensor, torch.Tensor]:
+def candidate_leaves(index: LeafIndex, radius: float, chunk_elements: int = 1 << 20, native: bool = False,
+                     workers: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """CSR (indptr [n_leaves + 1], indices int32) of, for each leaf, the leaves that may hold a
     point within ``radius`` (frame units) of one of its points, nearest centre first (itself
     first). The boxes (a few coordinates, by ``_box_pairs``'s descent) rule out most pairs first;
     only the pairs they leave get the ball bound (all D coordinates). Rows go in chunks of about
     ``chunk_elements / n_leaves`` leaves, each ordered on its own, so the temporaries stay near
-    ``chunk_elements`` values and only the int32 lists are kept."""
+    ``chunk_elements`` values and only the int32 lists are kept. ``native``, ``workers``: see
+    ``_box_pairs``."""
     n_leaves = index.n_leaves
     device = index.box_lo.device
     if n_leaves == 0:
         return torch.zeros(1, dtype=torch.int64), torch.zeros(0, dtype=torch.int32)
     chunk = max(1, min(n_leaves, chunk_elements // max(1, n_leaves)))
     tolerance = 4.0 * (index.centre.shape[1] * FLOAT64_ROUNDOFF) ** 0.5 * float(index.centre.norm(dim=1).max())
-    box_i, box_j = _box_pairs(index, radius)
+    box_i, box_j = _box_pairs(index, radius, native=native, workers=workers)
     if n_leaves <= chunk:  # one chunk: no grouping of the pairs by row needed
         row_start = [0, box_i.numel()]
     else:
@@ -518,10 +532,12 @@ def candidate_leaves(index: LeafIndex, radius: float, chunk_elements: int = 1 <<
         ball = distance - index.radius[i] - index.radius[j] - index.slack - tolerance
         keep = ball <= radius
         i, j, distance = i[keep], j[keep], distance[keep]
-        # by row, then itself first, then by centre distance: one sort of a combined key (the
-        # distance part only orders the scan, so its rounding in the sum is harmless)
-        span = 2.0 * float(distance.max()) + 2.0 if distance.numel() else 1.0
-        key = (i - a).to(torch.float64) * span + torch.where(i == j, torch.full_like(distance, -1.0), distance)
+        # by row, then itself first, then by centre distance: one sort of a combined int64 key,
+        # the row above 32 bits of the distance's float32 pattern (monotone for values >= 0; the
+        # distance only orders the scan, so its rounding is harmless), 0 for itself; integer keys
+        # sort by radix, 6x faster than a float64 key (a quarter of this function on the 1/k spectrum)
+        order_bits = distance.to(torch.float32).abs_().view(torch.int32).to(torch.int64) + 1  # abs: a -0.0 to +0.0
+        key = ((i - a) << 32) | torch.where(i == j, torch.zeros_like(order_bits), order_bits)
         col_parts.append(j[torch.argsort(key)].to(torch.int32))
         counts += torch.bincount(i, minlength=n_leaves)
     indptr = torch.zeros(n_leaves + 1, dtype=torch.int64, device=device)

@@ -81,6 +81,37 @@ def test_union_edges_gives_components():
     assert_roots_are_component_minima(parent, components(hit, 60))
 
 
+def test_union_lists_equals_union_edges_of_the_core_pairs():
+    # the listed neighbours of core points that are core too, as union_edges gets them; counts
+    # beyond the list's capacity read only the capacity, non-core rows' lists are not read
+    rng = np.random.default_rng(3)
+    n, cap = 301, 5
+    counts = rng.integers(0, 9, size=n).astype(np.int32)
+    lists = np.full((n, cap), -1, np.int32)
+    for i in range(n):
+        listed = min(int(counts[i]), cap)
+        lists[i, :listed] = rng.integers(0, n, size=listed)
+    core = rng.random(n) < 0.6
+    lists[~core, 0] = -7  # never read
+    a, b = [], []
+    for i in np.flatnonzero(core):
+        for j in lists[i, : min(int(counts[i]), cap)]:
+            if core[j]:
+                a.append(i)
+                b.append(j)
+    want = np.arange(n, dtype=np.int64)
+    C().union_edges(want, np.array(a, np.int64), np.array(b, np.int64))
+    got = np.arange(n, dtype=np.int64)
+    C().union_lists(got, lists, counts, core)
+    np.testing.assert_array_equal(got, want)
+    with pytest.raises(ValueError, match="union_lists: lists holds an index outside"):
+        bad = lists.copy()
+        bad[np.flatnonzero(core & (counts > 0))[0], 0] = n
+        C().union_lists(np.arange(n, dtype=np.int64), bad, counts, core)
+    with pytest.raises(ValueError, match="union_lists: core must have dtype bool"):
+        C().union_lists(np.arange(n, dtype=np.int64), lists, counts, core.astype(np.uint8))
+
+
 def test_count_at_most_stops_past_the_budget():
     tile = np.arange(12, dtype=np.float32).reshape(3, 4)
     hi = np.array([1.5, 100.0, -1.0], np.float32)
@@ -120,6 +151,55 @@ def test_knn_exact_and_tile_update_match_numpy(dtype):
     np.testing.assert_array_equal(tiled_d2, got_d2)  # the same sequential float64 sums
 
 
+@pytest.mark.parametrize("n_leaves, dims, top_groups", [(1, 1, 64), (7, 3, 2), (67, 4, 4), (300, 16, 64), (129, 2, 1)])
+def test_box_pairs_match_all_pairs_and_the_python_descent(n_leaves, dims, top_groups):
+    # every ordered leaf pair whose boxes are within reach, against the n^2 box distances in
+    # float64, odd level sizes (a run paired with itself) and the Python descent included
+    from inform_fast.spatial import LeafIndex, _box_pairs
+
+    rng = np.random.default_rng(n_leaves * 10 + dims)
+    centre = np.cumsum(rng.normal(size=(n_leaves, dims)), axis=0)  # consecutive leaves near, as in k-d order
+    half = rng.uniform(0.0, 0.5, size=(n_leaves, dims))
+    lo, hi = centre - half, centre + half
+    gap = np.maximum(0.0, np.maximum(lo[None] - hi[:, None], lo[:, None] - hi[None]))
+    distance = np.sqrt((gap * gap).sum(-1))
+    reach = float(np.quantile(distance, 0.2)) if n_leaves > 1 else 0.0
+    want = set(zip(*np.nonzero(distance <= reach)))
+    for threads in (1, 2):
+        got = C().box_pairs(lo, hi, reach, top_groups=top_groups, threads=threads)
+        assert got.dtype == np.int64 and got.shape[1] == 2
+        assert len(got) == len(want) and set(map(tuple, got.tolist())) == {(int(a), int(b)) for a, b in want}
+    index = LeafIndex(frame=None, points=torch.zeros(0, 1), top=torch.zeros(0, 1), order=torch.zeros(0, dtype=torch.int64),
+                      starts=torch.zeros(n_leaves + 1, dtype=torch.int64), norms=torch.zeros(0), box_lo=torch.from_numpy(lo),
+                      box_hi=torch.from_numpy(hi), centre=torch.zeros(n_leaves, 1), radius=torch.zeros(n_leaves), slack=0.0)
+    python = _box_pairs(index, reach)
+    native = _box_pairs(index, reach, native=True, workers=2)
+    assert set(zip(*(t.tolist() for t in python))) == set(zip(*(t.tolist() for t in native)))
+
+
+def test_candidate_leaves_native_gives_the_same_lists():
+    # the same candidate leaves per leaf, itself first and nearest centre first, through the C++
+    # box pairs as through the Python descent (one chunk and several)
+    from inform_fast.spatial import build_index, candidate_leaves
+
+    rng = np.random.default_rng(5)
+    x = torch.from_numpy((rng.normal(size=(3001, 24)) * np.linspace(3.0, 0.1, 24)).astype(np.float32))
+    index = build_index(x, leaf_size=16, radius=1.5)
+    radius = 1.5 * index.frame.scale
+    for chunk_elements in (1 << 20, 4096):
+        ip_py, col_py = candidate_leaves(index, radius, chunk_elements=chunk_elements)
+        ip_cc, col_cc = candidate_leaves(index, radius, chunk_elements=chunk_elements, native=True, workers=2)
+        assert torch.equal(ip_py, ip_cc)
+        centre = index.centre
+        for leaf in range(index.n_leaves):
+            a, b = int(ip_py[leaf]), int(ip_py[leaf + 1])
+            got, want = col_cc[a:b].long(), col_py[a:b].long()
+            assert int(got[0]) == leaf == int(want[0])
+            assert set(got.tolist()) == set(want.tolist())
+            d = (centre[got] - centre[leaf]).norm(dim=1)
+            assert bool((d[2:] >= d[1:-1] * (1 - 1e-5) - 1e-9).all())  # nearest centre first after itself
+
+
 def test_checks_name_op_and_argument():
     points = np.zeros((5, 3), np.float32)
     partial = np.zeros((2, 3), np.float32)
@@ -140,6 +220,14 @@ def test_checks_name_op_and_argument():
         C().dbscan_tile_union(partial, lo, hi, ids2, ids3, points, 1.0, 1.0, np.array([0, 0, 1, 4, 3], np.int64))
     with pytest.raises(ValueError, match="union_edges: edge_a/edge_b hold an index"):
         C().union_edges(np.arange(3, dtype=np.int64), np.array([0], np.int64), np.array([5], np.int64))
+    with pytest.raises(ValueError, match="box_pairs: box_hi must have the shape of box_lo"):
+        C().box_pairs(np.zeros((3, 2)), np.zeros((3, 1)), 1.0)
+    with pytest.raises(ValueError, match="box_pairs: box_lo and box_hi must be finite with box_lo <= box_hi"):
+        C().box_pairs(np.array([[0.0, np.nan]]), np.zeros((1, 2)), 1.0)
+    with pytest.raises(ValueError, match="box_pairs: reach must be a finite number >= 0"):
+        C().box_pairs(np.zeros((3, 2)), np.zeros((3, 2)), -1.0)
+    with pytest.raises(ValueError, match="box_pairs: box_lo must have dtype float64"):
+        C().box_pairs(np.zeros((3, 2), np.float32), np.zeros((3, 2)), 1.0)
     with pytest.raises(ValueError, match="knn_exact: queries and references must have the same dimension"):
         C().knn_exact(np.zeros((2, 3), np.float32), np.zeros((4, 2), np.float32), 1)
     with pytest.raises(ValueError, match="knn_exact: k must be in"):

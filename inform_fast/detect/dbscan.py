@@ -402,6 +402,7 @@ class CpuTiles:
 
     def __init__(self, index: LeafIndex, eps: float, epilogue, block: int, workers: int = 1):
         self.index = index
+        self.native = isinstance(epilogue, _CppEpilogue)  # the C++ extension serves the index passes too
         eps_frame = eps * index.frame.scale
         self.eps_frame = eps_frame
         self.eps2 = eps_frame**2
@@ -664,7 +665,7 @@ def _core_and_roots(index: LeafIndex, engine, eps_frame: float, min_samples: int
     cap = list_capacity(n, min_samples)
     counts = torch.zeros(n, dtype=torch.int32, device=device)  # neighbours found (itself excluded)
     lists = torch.full((n, cap), -1, dtype=torch.int32, device=device)
-    indptr, candidates = candidate_leaves(index, eps_frame)
+    indptr, candidates = candidate_leaves(index, eps_frame, native=getattr(engine, "native", False), workers=engine.workers)
     indptr_list = indptr.tolist()
     sizes = index.leaf_sizes.tolist()
     starts = index.starts.tolist()
@@ -719,9 +720,14 @@ def _core_and_roots(index: LeafIndex, engine, eps_frame: float, min_samples: int
     # 3. union: every listed edge between core points; the near leaves' cores from a few cores
     # per group; then the components of the cores whose lists are incomplete
     parent = torch.arange(n, dtype=torch.int64, device=device)
-    listed = torch.clamp(counts, max=cap)
-    src = torch.nonzero(core).flatten()
-    if src.numel():
+    if getattr(engine, "native", False) and device.type == "cpu":
+        # the same edges without materialising them (2% of the run on the 1/k spectrum at 32,000)
+        from inform_fast import _native
+
+        _native.module().union_lists(parent.numpy(), lists.numpy(), counts.numpy(), core.numpy())
+    elif bool(core.any()):
+        listed = torch.clamp(counts, max=cap)
+        src = torch.nonzero(core).flatten()
         valid = torch.arange(cap, device=device)[None, :] < listed[src][:, None]
         a = src[:, None].expand(-1, cap)[valid]
         b = lists[src][valid].to(torch.int64)
