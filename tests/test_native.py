@@ -151,6 +151,31 @@ def test_knn_exact_and_tile_update_match_numpy(dtype):
     np.testing.assert_array_equal(tiled_d2, got_d2)  # the same sequential float64 sums
 
 
+@pytest.mark.parametrize("k", [1, 5, 22])
+@pytest.mark.parametrize("cols", [22, 23, 37, 211, 1000])
+def test_knn_tile_update_first_tile_caps_at_the_kth_value(k, cols):
+    # empty heaps: the tile's own k-th value caps the exact tests (segment minima bound it, then a
+    # selection among the values below): integer coordinates, so many exact ties, and widths that
+    # are and are not multiples of the segment count
+    if cols < k:
+        pytest.skip("a tile narrower than k has no cap")
+    rng = np.random.default_rng(k * 1000 + cols)
+    queries = rng.integers(-3, 4, size=(7, 3)).astype(np.float32)
+    refs = rng.integers(-3, 4, size=(cols, 3)).astype(np.float32)
+    d2 = ((queries[:, None].astype(np.float64) - refs[None].astype(np.float64)) ** 2).sum(-1)
+    want = np.lexsort((np.broadcast_to(np.arange(cols), d2.shape), d2), axis=1)[:, :k]
+    best_d2, best_index = np.full((7, k), np.inf), np.full((7, k), -1, np.int64)
+    partial = ((refs**2).sum(1)[None, :] - 2 * queries @ refs.T).astype(np.float32)
+    tests = C().knn_tile_update(partial, (queries * queries).sum(1).astype(np.float32), np.full(7, 1e-4, np.float32), 1.0,
+                                np.arange(7, dtype=np.int64), np.arange(cols, dtype=np.int64), queries, refs, 1.0,
+                                best_d2, best_index)
+    got_d2, got_index = heap_sorted(best_d2, best_index)
+    np.testing.assert_array_equal(got_index, want)
+    np.testing.assert_array_equal(got_d2, np.take_along_axis(d2, want, 1))
+    kth = np.sort(d2, axis=1)[:, k - 1]
+    assert tests <= int((d2 <= kth[:, None] + 1e-3).sum())  # nothing beyond the k-th value (and its ties) is tested
+
+
 @pytest.mark.parametrize("n_leaves, dims, top_groups", [(1, 1, 64), (7, 3, 2), (67, 4, 4), (300, 16, 64), (129, 2, 1)])
 def test_box_pairs_match_all_pairs_and_the_python_descent(n_leaves, dims, top_groups):
     # every ordered leaf pair whose boxes are within reach, against the n^2 box distances in
