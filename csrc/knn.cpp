@@ -72,6 +72,21 @@ void exact_search(const T* queries, int64_t n_queries, const T* refs, int64_t n_
   }
 }
 
+// Calls take(j) for every j < cols with row[j] <= limit, in order: chunks of ``chunk`` values
+// are compared as a vector first, and only a chunk holding such a value is walked one by one.
+template <typename Take>
+inline void for_each_at_most(const float* row, int64_t cols, float limit, int64_t chunk, Take take) {
+  for (int64_t j0 = 0; j0 < cols; j0 += chunk) {
+    const int64_t j1 = std::min(cols, j0 + chunk);
+    int32_t any = 0;
+#pragma omp simd reduction(| : any)
+    for (int64_t j = j0; j < j1; ++j) any |= static_cast<int32_t>(row[j] <= limit);
+    if (!any) continue;
+    for (int64_t j = j0; j < j1; ++j)
+      if (row[j] <= limit) take(j);
+  }
+}
+
 // The k-th smallest of row[0:cols] (cols >= k). The row is dealt into S >= k interleaved
 // segments (value j to segment j mod S): the k smallest of their minima are k values of the row,
 // so the k-th of them bounds the answer from above, and only the values at or below it (about k
@@ -94,15 +109,7 @@ float kth_smallest(const float* row, int64_t cols, int64_t k, std::vector<float>
   std::nth_element(scratch.begin(), scratch.begin() + (k - 1), scratch.end());
   const float bound = scratch[k - 1];
   scratch.clear();
-  for (int64_t j0 = 0; j0 < cols; j0 += kLanes) {
-    const int64_t j1 = std::min(cols, j0 + kLanes);
-    int32_t any = 0;
-#pragma omp simd reduction(| : any)
-    for (int64_t t = j0; t < j1; ++t) any |= static_cast<int32_t>(row[t] <= bound);
-    if (!any) continue;
-    for (int64_t t = j0; t < j1; ++t)
-      if (row[t] <= bound) scratch.push_back(row[t]);
-  }
+  for_each_at_most(row, cols, bound, kLanes, [&](int64_t t) { scratch.push_back(row[t]); });
   if (static_cast<int64_t>(scratch.size()) < k) return std::numeric_limits<float>::infinity();  // NaN in the row: no cap
   std::nth_element(scratch.begin(), scratch.begin() + (k - 1), scratch.end());
   return scratch[k - 1];
@@ -188,15 +195,7 @@ int64_t knn_tile_update(const float* partial, int64_t rows, int64_t cols, const 
       limit = std::min(limit, cap);
     }
     thread_local std::vector<Candidate> cand;
-    for (int64_t j0 = 0; j0 < cols; j0 += kChunk) {
-      const int64_t j1 = std::min(cols, j0 + kChunk);
-      int32_t any = 0;
-#pragma omp simd reduction(| : any)
-      for (int64_t j = j0; j < j1; ++j) any |= static_cast<int32_t>(row[j] <= limit);
-      if (!any) continue;
-      for (int64_t j = j0; j < j1; ++j)
-        if (row[j] <= limit) cand.push_back({row[j], col_ids[j]});
-    }
+    for_each_at_most(row, cols, limit, kChunk, [&](int64_t j) { cand.push_back({row[j], col_ids[j]}); });
     exact_tests += offer_nearest_first(queries, qid, refs, cand, hd, hi, k, limit,
                                        [&] { return std::min(cap, tile_limit(hd[0], frame_to_exact, band[i], q_norm[i])); });
   }
