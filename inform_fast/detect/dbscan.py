@@ -339,31 +339,47 @@ FILTER_RETRY = 4  # after this many dense lower-bound tries in a row, only every
 
 
 class _RowBlock:
-    """A block of row points in a tile's frame: principal coordinates and (``full()``, on first use)
-    full coordinates, each centred on the rows' mean where that shrinks the norms (what the GEMM's
-    cancellation is relative to; on diffuse data it does not, and the global frame saves a pass over
-    each column chunk), with float64 norms in that frame, thresholds before the band, global norms
-    and ids."""
+    """A block of row points in a tile's frame: principal coordinates (``low()``) and full
+    coordinates (``full()``), each built on first use and centred on the rows' mean where that
+    shrinks the norms (what the GEMM's cancellation is relative to; on diffuse data it does not,
+    and the global frame saves a pass over each column chunk), with float64 norms in that frame,
+    thresholds before the band, global norms and ids. A block that full tiles settle never builds
+    its principal coordinates, and one that lower-bound tiles settle never its full ones (on the
+    1/k spectrum at 32,000 points, the eager build of both was a tenth of the passes' CPU time)."""
 
-    def __init__(self, engine: "CpuTiles", positions: torch.Tensor):
+    def __init__(self, engine: "CpuTiles", positions: torch.Tensor, _parts: Optional[dict] = None):
         index = engine.index
         self.engine = engine
         self.positions = positions
         self.ids = index.order[positions]
         self.global_norm = index.norms[positions]
-        self._full = None  # built on the first full tile: a block that lower-bound tiles settle never needs it
-        low = index.top.index_select(0, positions)
-        self.low, self.low_centre, self.low_norm = self._frame(low, engine.top_sqnorm[positions].to(torch.float64).sqrt(), engine.eps_frame)
-        self.low_threshold = engine.low_eps2 - self.low_norm * self.low_norm
+        self._parts = {} if _parts is None else _parts
+
+    def subset(self, keep: torch.Tensor) -> "_RowBlock":
+        """The rows ``keep`` (bool mask or positions into this block) of this block, in the frames
+        already built (a frame centred on the whole block's mean holds its rows as well: only the
+        norms it shrinks by centring are then a little larger)."""
+        parts = {name: (rows[keep], centre, norm[keep], threshold[keep])
+                 for name, (rows, centre, norm, threshold) in self._parts.items()}
+        return _RowBlock(self.engine, self.positions[keep], parts)
+
+    def low(self):
+        """(principal coordinates, centre or None, float64 norms, thresholds before the band)."""
+        if "low" not in self._parts:
+            engine = self.engine
+            rows, centre, norm = self._frame(engine.index.top.index_select(0, self.positions),
+                                             engine.top_sqnorm[self.positions].to(torch.float64).sqrt(), engine.eps_frame)
+            self._parts["low"] = (rows, centre, norm, engine.low_eps2 - norm * norm)
+        return self._parts["low"]
 
     def full(self):
         """(full coordinates, centre or None, float64 norms, thresholds before the band)."""
-        if self._full is None:
+        if "full" not in self._parts:
             engine = self.engine
-            full, centre, norm = self._frame(engine.index.points.index_select(0, self.positions), self.global_norm,
+            rows, centre, norm = self._frame(engine.index.points.index_select(0, self.positions), self.global_norm,
                                              engine.eps_frame)
-            self._full = (full, centre, norm, engine.eps2 - norm * norm)
-        return self._full
+            self._parts["full"] = (rows, centre, norm, engine.eps2 - norm * norm)
+        return self._parts["full"]
 
     @staticmethod
     def _frame(rows: torch.Tensor, global_norm: torch.Tensor, reach: float):
@@ -442,8 +458,8 @@ class CpuTiles:
         D coordinates, or the principal ones (``low``)."""
         index = self.index
         if low:
-            r, c, centre, sqnorm = rb.low, index.top.index_select(0, col_pos), rb.low_centre, self.top_sqnorm
-            row_norm, threshold, dim = rb.low_norm, rb.low_threshold, index.top.shape[1]
+            r, centre, row_norm, threshold = rb.low()
+            c, sqnorm, dim = index.top.index_select(0, col_pos), self.top_sqnorm, index.top.shape[1]
         else:
             r, centre, row_norm, threshold = rb.full()
             c, sqnorm, dim = index.points.index_select(0, col_pos), self.sqnorm, index.points.shape[1]
@@ -489,7 +505,7 @@ class CpuTiles:
             self._count(filtered=done * col_pos.numel(), tests=tests)
             if done == rb.ids.numel():
                 return tests <= budget
-            rb = _RowBlock(self, rb.positions[done:])
+            rb = rb.subset(torch.arange(done, rb.ids.numel()))
             low = False
         if low is not False:
             tile, lo, hi = self._tile(rb, col_pos, True)
@@ -533,7 +549,7 @@ class CpuTiles:
                     if not bool(open_rows.any()):
                         break
                     if not bool(open_rows.all()):
-                        rb = _RowBlock(self, rb.positions[open_rows])
+                        rb = rb.subset(open_rows)
 
     def union(self, rows, cols, parent, mode: str = "full", stop: Optional[Callable[[], bool]] = None) -> None:
         # with ``stop``, the rows come closest first and the first few usually make the join:
