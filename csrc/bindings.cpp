@@ -27,7 +27,8 @@ template <typename T>
 py::array_t<T, py::array::c_style> checked(const std::string& op, const char* name, const py::handle& obj, int ndim) {
   if (!py::isinstance<py::array>(obj)) fail(op, std::string(name) + " must be a NumPy array");
   auto arr = py::reinterpret_borrow<py::array>(obj);
-  if (!arr.dtype().is(py::dtype::of<T>()))
+  // equal, not identical: an unpickled array carries its own dtype object (same type, same byte order)
+  if (!arr.dtype().equal(py::dtype::of<T>()))
     fail(op, std::string(name) + " must have dtype " + std::string(py::str(py::dtype::of<T>())) + ", got " +
                  std::string(py::str(arr.dtype())));
   if (!(arr.flags() & py::array::c_style)) fail(op, std::string(name) + " must be C-contiguous");
@@ -51,8 +52,8 @@ void check_ids(const std::string& op, const char* name, const I64& ids, int64_t 
 inform_fast::Rows rows_of(const std::string& op, const char* name, const py::handle& obj, double scale, py::array& keep) {
   if (!py::isinstance<py::array>(obj)) fail(op, std::string(name) + " must be a NumPy array");
   keep = py::reinterpret_borrow<py::array>(obj);
-  const bool is_double = keep.dtype().is(py::dtype::of<double>());
-  if (!is_double && !keep.dtype().is(py::dtype::of<float>()))
+  const bool is_double = keep.dtype().equal(py::dtype::of<double>());
+  if (!is_double && !keep.dtype().equal(py::dtype::of<float>()))
     fail(op, std::string(name) + " must have dtype float32 or float64, got " + std::string(py::str(keep.dtype())));
   if (!(keep.flags() & py::array::c_style)) fail(op, std::string(name) + " must be C-contiguous");
   if (keep.ndim() != 2) fail(op, std::string(name) + " must be 2-D, got " + std::to_string(keep.ndim()) + "-D");

@@ -112,6 +112,22 @@ def test_union_lists_equals_union_edges_of_the_core_pairs():
         C().union_lists(np.arange(n, dtype=np.int64), lists, counts, core.astype(np.uint8))
 
 
+def test_arrays_with_an_equal_dtype_object_are_accepted_and_written_in_place():
+    # an unpickled array (as from multiprocessing) carries its own dtype object: the same type and
+    # byte order must pass the checks and be written in place; another byte order is refused
+    import pickle
+
+    parent = pickle.loads(pickle.dumps(np.arange(5, dtype=np.int64)))
+    assert parent.dtype is not np.dtype(np.int64)
+    C().union_edges(parent, np.array([1], np.int64), np.array([2], np.int64))
+    np.testing.assert_array_equal(parent, [0, 1, 1, 3, 4])
+    points = pickle.loads(pickle.dumps(np.array([[0.0, 0.0], [3.0, 4.0]], np.float32)))
+    d2, index = C().knn_exact(points, points, 2)
+    np.testing.assert_array_equal(np.sort(d2, axis=1), [[0.0, 25.0], [0.0, 25.0]])
+    with pytest.raises(ValueError, match="union_edges: parent must have dtype int64, got >i8"):
+        C().union_edges(np.arange(5, dtype=">i8"), np.array([1], np.int64), np.array([2], np.int64))
+
+
 def test_count_at_most_stops_past_the_budget():
     tile = np.arange(12, dtype=np.float32).reshape(3, 4)
     hi = np.array([1.5, 100.0, -1.0], np.float32)
