@@ -25,6 +25,18 @@ inline float round_up(double value) {
   return rounded;
 }
 
+// Squared Euclidean distance between two axis-aligned boxes [lo_a, hi_a] and [lo_b, hi_b] of
+// ``dims`` coordinates (a point is a box with lo = hi), in double: a lower bound of the distance
+// between any point of one and any point of the other.
+inline double box_gap2(const double* lo_a, const double* hi_a, const double* lo_b, const double* hi_b, int64_t dims) {
+  double sum = 0.0;
+  for (int64_t d = 0; d < dims; ++d) {
+    const double gap = std::max({0.0, lo_b[d] - hi_a[d], lo_a[d] - hi_b[d]});
+    sum += gap * gap;
+  }
+  return sum;
+}
+
 constexpr int64_t kBoundWidth = 16;  // columns per block
 constexpr int kBoundRows = 4;        // rows per block: each column value loaded once for four rows
 

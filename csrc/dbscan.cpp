@@ -9,21 +9,11 @@
 
 #include "bound_block.h"
 #include "ops.h"
+#include "scan.h"
 
 namespace inform_fast {
 
 namespace {
-
-constexpr int64_t kChunk = 64;  // columns tested with one vectorised pass before any scalar work
-
-// Whether any of row[j0:j1] is at most hi: one vectorised pass, the only work a chunk without a
-// candidate pair costs (most chunks of a sparse tile).
-inline bool any_at_most(const float* row, int64_t j0, int64_t j1, float hi) {
-  int32_t any = 0;
-#pragma omp simd reduction(| : any)
-  for (int64_t j = j0; j < j1; ++j) any |= static_cast<int32_t>(row[j] <= hi);
-  return any != 0;
-}
 
 // Certain neighbours in row[j0:j1] and whether any pair needs the exact test.
 inline void summarise(const float* row, int64_t j0, int64_t j1, float lo, float hi, int64_t& sure, bool& maybe) {
@@ -60,6 +50,20 @@ inline int64_t find_root(int64_t* parent, int64_t x) {
   return x;
 }
 
+// Joins the components of a and b: the larger root goes under the smaller, so every root stays
+// the smallest index of its component.
+inline void link(int64_t* parent, int64_t a, int64_t b) {
+  int64_t ra = find_root(parent, a), rb = find_root(parent, b);
+  if (ra == rb) return;
+  if (ra < rb) std::swap(ra, rb);
+  parent[ra] = rb;
+}
+
+// Full compression: every entry its root.
+inline void compress(int64_t* parent, int64_t n) {
+  for (int64_t x = 0; x < n; ++x) parent[x] = find_root(parent, x);
+}
+
 }  // namespace
 
 int64_t dbscan_tile_neighbours(const float* partial, int64_t rows, int64_t cols, const float* thr_lo, const float* thr_hi,
@@ -75,8 +79,8 @@ int64_t dbscan_tile_neighbours(const float* partial, int64_t rows, int64_t cols,
     const int64_t self = column_of(id);  // the row's own column, never its neighbour
     int32_t count = counts[id];
     int32_t* list = lists + id * cap;
-    for (int64_t j0 = 0; j0 < cols; j0 += kChunk) {
-      const int64_t j1 = std::min(cols, j0 + kChunk);
+    for (int64_t j0 = 0; j0 < cols; j0 += kScanChunk) {
+      const int64_t j1 = std::min(cols, j0 + kScanChunk);
       if (!any_at_most(row, j0, j1, hi)) continue;
       if (count >= cap) {  // the list is full: count the certain pairs, test only the band's
         int64_t sure = 0;
@@ -196,14 +200,8 @@ int64_t dbscan_tile_union(const float* partial, int64_t rows, int64_t cols, cons
 }
 
 void union_edges(int64_t* parent, int64_t n, const int64_t* edge_a, const int64_t* edge_b, int64_t n_edges) {
-  for (int64_t e = 0; e < n_edges; ++e) {
-    int64_t ra = find_root(parent, edge_a[e]);
-    int64_t rb = find_root(parent, edge_b[e]);
-    if (ra == rb) continue;
-    if (ra < rb) std::swap(ra, rb);
-    parent[ra] = rb;  // smaller index becomes the root
-  }
-  for (int64_t x = 0; x < n; ++x) parent[x] = find_root(parent, x);
+  for (int64_t e = 0; e < n_edges; ++e) link(parent, edge_a[e], edge_b[e]);
+  compress(parent, n);
 }
 
 void union_lists(int64_t* parent, int64_t n, const int32_t* lists, int64_t cap, const int32_t* counts, const bool* core) {
@@ -212,16 +210,10 @@ void union_lists(int64_t* parent, int64_t n, const int32_t* lists, int64_t cap, 
     const int32_t* list = lists + i * cap;
     const int64_t listed = std::min<int64_t>(counts[i], cap);
     for (int64_t t = 0; t < listed; ++t) {
-      const int64_t j = list[t];
-      if (!core[j]) continue;
-      int64_t ri = find_root(parent, i);
-      int64_t rj = find_root(parent, j);
-      if (ri == rj) continue;
-      if (ri < rj) std::swap(ri, rj);
-      parent[ri] = rj;  // smaller index becomes the root
+      if (core[list[t]]) link(parent, i, list[t]);
     }
   }
-  for (int64_t x = 0; x < n; ++x) parent[x] = find_root(parent, x);
+  compress(parent, n);
 }
 
 }  // namespace inform_fast

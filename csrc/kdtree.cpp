@@ -9,6 +9,7 @@
 #include <utility>
 #include <vector>
 
+#include "bound_block.h"
 #include "ops.h"
 
 namespace inform_fast {
@@ -61,14 +62,8 @@ struct BoxLevel {
 };
 
 double box_gap2(const BoxLevel& level, int64_t a, int64_t b, int64_t dims) {
-  const double *lo_a = level.lo.data() + a * dims, *hi_a = level.hi.data() + a * dims;
-  const double *lo_b = level.lo.data() + b * dims, *hi_b = level.hi.data() + b * dims;
-  double sum = 0.0;
-  for (int64_t d = 0; d < dims; ++d) {
-    const double gap = std::max({0.0, lo_b[d] - hi_a[d], lo_a[d] - hi_b[d]});
-    sum += gap * gap;
-  }
-  return sum;
+  return bound::box_gap2(level.lo.data() + a * dims, level.hi.data() + a * dims, level.lo.data() + b * dims,
+                         level.hi.data() + b * dims, dims);
 }
 
 // Pairs (a, b), a <= b, of runs at ``level`` whose boxes are within reach: their children's

@@ -12,12 +12,11 @@
 
 #include "bound_block.h"
 #include "ops.h"
+#include "scan.h"
 
 namespace inform_fast {
 
 namespace {
-
-constexpr int64_t kChunk = 64;
 
 inline bool before(double d_a, int64_t i_a, double d_b, int64_t i_b) {
   return d_a < d_b || (d_a == d_b && i_a < i_b);
@@ -69,21 +68,6 @@ void exact_search(const T* queries, int64_t n_queries, const T* refs, int64_t n_
     }
     for (; q < n_queries; ++q)
       offer(heap_d + q * k, heap_i + q * k, k, exact_d2_typed(queries + q * dim, ref, dim, scale), r);
-  }
-}
-
-// Calls take(j) for every j < cols with row[j] <= limit, in order: chunks of ``chunk`` values
-// are compared as a vector first, and only a chunk holding such a value is walked one by one.
-template <typename Take>
-inline void for_each_at_most(const float* row, int64_t cols, float limit, int64_t chunk, Take take) {
-  for (int64_t j0 = 0; j0 < cols; j0 += chunk) {
-    const int64_t j1 = std::min(cols, j0 + chunk);
-    int32_t any = 0;
-#pragma omp simd reduction(| : any)
-    for (int64_t j = j0; j < j1; ++j) any |= static_cast<int32_t>(row[j] <= limit);
-    if (!any) continue;
-    for (int64_t j = j0; j < j1; ++j)
-      if (row[j] <= limit) take(j);
   }
 }
 
@@ -195,7 +179,7 @@ int64_t knn_tile_update(const float* partial, int64_t rows, int64_t cols, const 
       limit = std::min(limit, cap);
     }
     thread_local std::vector<Candidate> cand;
-    for_each_at_most(row, cols, limit, kChunk, [&](int64_t j) { cand.push_back({row[j], col_ids[j]}); });
+    for_each_at_most(row, cols, limit, kScanChunk, [&](int64_t j) { cand.push_back({row[j], col_ids[j]}); });
     exact_tests += offer_nearest_first(queries, qid, refs, cand, hd, hi, k, limit,
                                        [&] { return std::min(cap, tile_limit(hd[0], frame_to_exact, band[i], q_norm[i])); });
   }
@@ -248,12 +232,7 @@ int64_t knn_bound_update(const float* q_low, int64_t rows, const float* cols_low
       bool needed = false;
       for (int64_t r = 0; r < count && !needed; ++r) {
         const double* q = gate.rows + (i0 + r) * gate.dims;
-        double gap2 = 0.0;
-        for (int64_t d = 0; d < gate.dims; ++d) {
-          const double gap = std::max({0.0, lo[d] - q[d], q[d] - hi[d]});
-          gap2 += gap * gap;
-        }
-        needed = gap2 <= reach2[r];
+        needed = bound::box_gap2(lo, hi, q, q, gate.dims) <= reach2[r];
       }
       if (!needed || gate.starts[g + 1] <= gate.starts[g]) continue;
       const int64_t first = gate.starts[g] / bound::kBoundWidth, last = (gate.starts[g + 1] - 1) / bound::kBoundWidth;

@@ -365,21 +365,23 @@ class _RowBlock:
 
     def low(self):
         """(principal coordinates, centre or None, float64 norms, thresholds before the band)."""
-        if "low" not in self._parts:
-            engine = self.engine
-            rows, centre, norm = self._frame(engine.index.top.index_select(0, self.positions),
-                                             engine.top_sqnorm[self.positions].to(torch.float64).sqrt(), engine.eps_frame)
-            self._parts["low"] = (rows, centre, norm, engine.low_eps2 - norm * norm)
-        return self._parts["low"]
+        engine = self.engine
+        return self._part("low", engine.index.top, lambda: engine.top_sqnorm[self.positions].to(torch.float64).sqrt(),
+                          engine.low_eps2)
 
     def full(self):
         """(full coordinates, centre or None, float64 norms, thresholds before the band)."""
-        if "full" not in self._parts:
-            engine = self.engine
-            rows, centre, norm = self._frame(engine.index.points.index_select(0, self.positions), self.global_norm,
-                                             engine.eps_frame)
-            self._parts["full"] = (rows, centre, norm, engine.eps2 - norm * norm)
-        return self._parts["full"]
+        engine = self.engine
+        return self._part("full", engine.index.points, lambda: self.global_norm, engine.eps2)
+
+    def _part(self, name: str, coordinates: torch.Tensor, global_norm, eps2: float):
+        """The rows of ``coordinates`` in their frame (built once): ``global_norm()`` gives their
+        norms in the global frame, ``eps2`` the squared radius the thresholds start from."""
+        if name not in self._parts:
+            rows, centre, norm = self._frame(coordinates.index_select(0, self.positions), global_norm(),
+                                             self.engine.eps_frame)
+            self._parts[name] = (rows, centre, norm, eps2 - norm * norm)
+        return self._parts[name]
 
     @staticmethod
     def _frame(rows: torch.Tensor, global_norm: torch.Tensor, reach: float):
