@@ -336,6 +336,25 @@ py::tuple kd_order(py::handle coords_obj, int64_t leaf_size) {
   return py::make_tuple(order, size_array);
 }
 
+void gather_frame(py::handle source_obj, py::handle ids_obj, py::handle mean_obj, double scale, py::handle out_obj) {
+  const std::string op = "gather_frame";
+  auto source = checked<float>(op, "source", source_obj, 2);
+  auto ids = checked<int64_t>(op, "ids", ids_obj, 1);
+  auto mean = checked<float>(op, "mean", mean_obj, 1);
+  auto out = checked<float>(op, "out", out_obj, 2);
+  const int64_t n = source.shape(0), dim = source.shape(1), m = ids.shape(0);
+  check_len(op, "mean", mean, dim);
+  check_len(op, "out", out, m);
+  if (out.shape(1) != dim) fail(op, "out must have as many columns as source");
+  // a power of two (frames scale by one), so the product rounds nothing
+  int exponent = 0;
+  if (!(scale > 0.0) || !std::isfinite(scale) || std::frexp(scale, &exponent) != 0.5 || static_cast<double>(static_cast<float>(scale)) != scale)
+    fail(op, "scale must be a power of two representable in float32");
+  check_ids(op, "ids", ids, n, "n");
+  py::gil_scoped_release release;
+  inform_fast::gather_frame(source.data(), dim, ids.data(), m, mean.data(), static_cast<float>(scale), out.mutable_data());
+}
+
 py::array_t<int64_t> box_pairs(py::handle lo_obj, py::handle hi_obj, double reach, int64_t top_groups, int threads) {
   const std::string op = "box_pairs";
   auto lo = checked<double>(op, "box_lo", lo_obj, 2);
@@ -401,6 +420,8 @@ PYBIND11_MODULE(_C, m) {
         py::arg("threads") = 1, "Ordered leaf pairs (i, j) [P, 2] int64 whose boxes are at most reach apart.");
   m.def("union_lists", &union_lists, py::arg("parent"), py::arg("lists"), py::arg("counts"), py::arg("core"),
         "union_edges over the listed neighbours of the core points that are core too.");
+  m.def("gather_frame", &gather_frame, py::arg("source"), py::arg("ids"), py::arg("mean"), py::arg("scale"), py::arg("out"),
+        "out[i] = (source[ids[i]] - mean) * scale, float32, scale a power of two (spatial.Frame.apply's values).");
   m.def("kd_order", &kd_order, py::arg("coords"), py::arg("leaf_size"),
         "(order, leaf sizes): rows of coords (float32 [n, dims]) in k-d leaf order, median splits on the widest coordinate.");
   m.def("union_edges", &union_edges, py::arg("parent"), py::arg("edge_a"), py::arg("edge_b"),

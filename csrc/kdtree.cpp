@@ -124,4 +124,19 @@ std::vector<int64_t> box_pairs(const double* box_lo, const double* box_hi, int64
   return pairs;
 }
 
+void gather_frame(const float* source, int64_t dim, const int64_t* ids, int64_t m, const float* mean, float scale,
+                  float* out) {
+  constexpr int64_t kAhead = 8;  // rows requested ahead: the ids are scattered over the source
+  for (int64_t i = 0; i < m; ++i) {
+    if (i + kAhead < m) {
+      const char* next = reinterpret_cast<const char*>(source + ids[i + kAhead] * dim);
+      for (int64_t b = 0; b < dim * static_cast<int64_t>(sizeof(float)); b += 64) __builtin_prefetch(next + b);
+    }
+    const float* row = source + ids[i] * dim;
+    float* target = out + i * dim;
+#pragma omp simd
+    for (int64_t d = 0; d < dim; ++d) target[d] = (row[d] - mean[d]) * scale;
+  }
+}
+
 }  // namespace inform_fast

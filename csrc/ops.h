@@ -110,6 +110,13 @@ void knn_exact(const Rows& queries, int64_t n_queries, const Rows& refs, int64_t
 // widest coordinate down to leaves of at most leaf_size (>= 1) rows.
 std::vector<int64_t> kd_order(const float* coords, int64_t n, int64_t dims, int64_t leaf_size, int64_t* order);
 
+// Rows ``ids`` [m] of ``source`` [n, dim] (float32, row-major) mapped through a frame into out
+// [m, dim]: out[i][d] = (source[ids[i]][d] - mean[d]) * scale, each difference rounded once to
+// float32 and ``scale`` a power of two (exact): the values of spatial.Frame.apply, without its
+// second pass over the rows.
+void gather_frame(const float* source, int64_t dim, const int64_t* ids, int64_t m, const float* mean, float scale,
+                  float* out);
+
 // Every ordered pair (i, j) of leaves whose boxes (box_lo / box_hi [n_leaves, dims], float64)
 // are at most ``reach`` apart (Euclidean distance between boxes; i == j included), flattened as
 // i0, j0, i1, j1, ...: spatial._box_pairs's descent over runs of 1, 2, 4, ... consecutive leaves

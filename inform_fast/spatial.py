@@ -26,8 +26,9 @@ If float32 cannot resolve the radius at all (``eps`` below ~1e-4 of the data's e
 units), the frame is float64 and the same band uses float64's unit roundoff.
 
 The tree: median splits along the widest of the top ``TREE_DIMS`` principal coordinates, down to
-leaves of at most ``leaf_size`` points, stored contiguously (``LeafIndex.points`` is in leaf
-order). Each leaf keeps its box in those coordinates, the range of the norm of its remaining
+leaves of at most ``leaf_size`` points, each leaf a run of consecutive positions (``LeafIndex.order``
+maps a position to its row of the indexed array, which the index reads in place: ``gather`` maps
+the rows a tile needs through the frame, so no second copy of the points exists). Each leaf keeps its box in those coordinates, the range of the norm of its remaining
 coordinates, and its bounding ball; two leaves can hold a pair within ``r`` only if
 ``max(sqrt(box_gap^2 + tail_gap^2), centre_distance - radius_a - radius_b) <= r`` (an orthogonal
 projection never lengthens a vector, and ``|u - v| >= ||u| - |v||``). On latents whose variance
@@ -252,10 +253,15 @@ def fit_frame(x: torch.Tensor, radius: Optional[float] = None, filter_dims: int 
         dtype = torch.float64
     if axes and x.shape[0] > 1 and x.shape[1] > 1:
         # the axes only steer the tree and the lower-bound tiles (any orthonormal axes keep them
-        # exact), so a float32 covariance of a strided sample serves
+        # exact), so a float32 covariance of a strided sample serves, summed over row chunks (the
+        # whole sample in float64 was 34 MB at 32,000 x 128: the largest allocation of a DBSCAN)
         step = max(1, x.shape[0] // PCA_SAMPLE)
-        sample = ((x[::step][:PCA_SAMPLE].to(torch.float64) - mean.to(x.device)) * scale).to(torch.float32)
-        covariance = (sample.T @ sample).to(torch.float64).cpu()
+        sample = x[::step][:PCA_SAMPLE]
+        covariance = torch.zeros((x.shape[1], x.shape[1]), dtype=torch.float64, device=x.device)
+        for a in range(0, sample.shape[0], 1 << 11):
+            part = ((sample[a : a + (1 << 11)].to(torch.float64) - mean.to(x.device)) * scale).to(torch.float32)
+            covariance += (part.T @ part).to(torch.float64)
+        covariance = covariance.cpu()
         with single_thread():  # a D x D problem: threads only wait for each other (60x slower on a busy machine)
             _, vectors = torch.linalg.eigh(covariance)  # ascending eigenvalues
         axes = vectors.flip(1)[:, : min(filter_dims, x.shape[1])].contiguous()
@@ -268,35 +274,92 @@ def fit_frame(x: torch.Tensor, radius: Optional[float] = None, filter_dims: int 
 class LeafIndex:
     """Points in a frame, in k-d tree leaf order, with per-leaf bounds (see the module docstring).
 
-    points: [n, D] frame dtype, leaf order.  top: [n, p] same dtype, their principal coordinates
-    (the lower-bound tiles).  order: [n] int64, original row of each position.
+    source: [n, D] the indexed array itself, as given (rows in their original order).
+    points: None, or [n, D] frame dtype: the points in the frame in leaf order (``build_index``'s
+    ``copy``), which ``gather`` then reads instead of mapping rows of ``source``.
+    top: [n, p] frame dtype, the principal coordinates of each position (the lower-bound tiles).
+    order: [n] int64, original row of each position.
     starts: [n_leaves + 1] int64 (leaf l holds positions starts[l]:starts[l+1]).
-    norms: [n] float64, upper bounds of |points| (global norms in the frame).  box_lo / box_hi:
-    [n_leaves, k] float64 in the top-k principal coordinates.  centre: [n_leaves, D] float64.
-    radius: [n_leaves] float64, an upper bound of the leaf's distance from its centre.
+    norms: [n] float64, upper bounds of |points| (global norms in the frame).  sqnorm: [n] frame
+    dtype, the squared norms of the stored frame points.  box_lo / box_hi: [n_leaves, k] float64
+    in the top-k principal coordinates.  centre: [n_leaves, D] float64.  radius: [n_leaves]
+    float64, an upper bound of the leaf's distance from its centre.
     slack: float64, by how much a distance between stored points can exceed the true one (the
     stored coordinates are rounded); every bound here is lowered by it.
     """
 
     frame: Frame
-    points: torch.Tensor
+    source: torch.Tensor
     top: torch.Tensor
     order: torch.Tensor
     starts: torch.Tensor
     norms: torch.Tensor
+    sqnorm: torch.Tensor
     box_lo: torch.Tensor
     box_hi: torch.Tensor
     centre: torch.Tensor
     radius: torch.Tensor
     slack: float
+    native: bool = False  # ``gather`` through the C++ extension (float32 on the CPU)
+    points: Optional[torch.Tensor] = None  # [n, D] frame dtype, leaf order: a frame copy, where built
 
     @property
     def n_leaves(self) -> int:
         return self.starts.numel() - 1
 
     @property
+    def n(self) -> int:
+        return self.source.shape[0]
+
+    @property
+    def dim(self) -> int:
+        return self.source.shape[1]
+
+    @property
+    def device(self) -> torch.device:
+        return self.source.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The frame's dtype: that of ``gather``'s rows."""
+        return self.frame.dtype
+
+    @property
     def leaf_sizes(self) -> torch.Tensor:
         return self.starts[1:] - self.starts[:-1]
+
+    def gather(self, positions: torch.Tensor, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """[len(positions), D] frame dtype: the frame coordinates of the points at ``positions``,
+        read from ``source`` and mapped through the frame (``Frame.apply``, per element: the values
+        a stored frame copy would hold). ``out``: where to write them."""
+        if self.points is not None:
+            return self.points.index_select(0, positions) if out is None else torch.index_select(self.points, 0, positions, out=out)
+        ids = self.order[positions]
+        if self.native and self.source.dtype == self.dtype == torch.float32 and self.source.device.type == "cpu":
+            from inform_fast import _native
+
+            if _native.available():
+                out = torch.empty((ids.numel(), self.dim), dtype=self.dtype) if out is None else out
+                _native.module().gather_frame(self.source.numpy(), ids.numpy(), self.frame.mean.to(torch.float32).numpy(),
+                                              self.frame.scale, out.numpy())
+                return out
+        if self.source.dtype != self.dtype:
+            return self.frame.apply(self.source.index_select(0, ids), out=out)
+        # the frame's own arithmetic (Frame.apply: a shift in the points' precision, then an exact
+        # power-of-two scale), in place on the gathered rows instead of a second buffer
+        rows = self.source.index_select(0, ids) if out is None else torch.index_select(self.source, 0, ids, out=out)
+        return rows.sub_(self.frame.mean.to(rows.device, rows.dtype)).mul_(self.frame.scale)
+
+    def frame_points(self) -> torch.Tensor:
+        """[n, D] frame dtype: every point in the frame, in leaf order (``points``, or a copy, for the
+        kernels that address all of them by position: the Triton tiles)."""
+        if self.points is not None:
+            return self.points
+        out = torch.empty((self.n, self.dim), dtype=self.dtype, device=self.device)
+        rows = chunk_rows(self.device)
+        for a in range(0, self.n, rows):
+            self.gather(torch.arange(a, min(a + rows, self.n), device=self.device), out=out[a : a + rows])
+        return out
 
     def leaf_of_position(self) -> torch.Tensor:
         """[n] int64: the leaf of each position."""
@@ -352,19 +415,26 @@ def tree_dims_for(n: int, leaf_size: int) -> int:
 
 
 def build_index(x: torch.Tensor, leaf_size: int = 64, radius: Optional[float] = None, frame: Optional[Frame] = None,
-                tree_dims: Optional[int] = None, native: bool = False, workers: int = 1) -> LeafIndex:
+                tree_dims: Optional[int] = None, native: bool = False, workers: int = 1, copy: bool = True) -> LeafIndex:
     """The leaf index of ``x`` [n, D] (any float dtype; computed on x's device, the tree built on
-    the CPU from the top coordinates). ``frame``: another set's frame (queries against a
-    reference index), else fitted to x with the search ``radius`` in x's units. ``native``: the
-    tree built by the C++ extension where it is available (``_kd_order``). ``workers``: threads
-    for the row-chunk passes (``run_parallel``; inside ``worker_threads``, where torch runs one
-    thread per operation, a serial build left the other cores idle: 18% of excess ICDS's time at
-    5x10^5 latents)."""
+    the CPU from the top coordinates). ``copy``: keep the points in the frame in leaf order
+    (``LeafIndex.points``: one copy of x, from which a tile's rows are read in runs); else the
+    index reads ``x`` in place (``LeafIndex.gather``: rows scattered over x, each mapped through
+    the frame as it is read), and the caller must not modify x while the index is in use. On 32,000
+    x 128 latents with a 1/k spectrum, DBSCAN's tiles read in place cost 10-15% more time (their
+    columns are read once per row block); a k-NN search reads few full tiles, and at 10^6 x 128
+    the copy is 0.5 GB. ``frame``: another set's frame (queries
+    against a reference index), else fitted to x with the search ``radius`` in x's units.
+    ``native``: the tree built by the C++ extension where it is available (``_kd_order``).
+    ``workers``: threads for the row-chunk passes (``run_parallel``; inside ``worker_threads``,
+    where torch runs one thread per operation, a serial build left the other cores idle: 18% of
+    excess ICDS's time at 5x10^5 latents)."""
     frame = frame if frame is not None else fit_frame(x, radius=radius)
     n, rows = x.shape[0], chunk_rows(x.device)
-    # built in row chunks, so that beside the index itself (one copy of x in the frame) only
-    # chunk-sized temporaries exist: at 10^6 x 128 each whole-matrix temporary is 0.5 GiB, and at
-    # 32,000 points chunks of 2^14 rows were twice the index's size at the peak
+    # built in row chunks, so that beside the index itself (its principal coordinates and per-leaf
+    # bounds; the points stay in x) only chunk-sized temporaries exist: at 10^6 x 128 each
+    # whole-matrix temporary is 0.5 GiB (a frame copy of the points was the index's largest part:
+    # 16 MiB of the 47 MiB heap peak of DBSCAN on 32,000 x 128 float32 latents)
     starts_of_chunks = range(0, n, rows)
     top64 = torch.empty((n, frame.axes.shape[1]), dtype=torch.float64, device=x.device)
 
@@ -375,16 +445,11 @@ def build_index(x: torch.Tensor, leaf_size: int = 64, radius: Optional[float] = 
     k = min(tree_dims or tree_dims_for(x.shape[0], leaf_size), top64.shape[1])
     order_np, sizes = _kd_order(top64[:, :k].to(torch.float32).cpu().numpy(), leaf_size, native=native)
     order = torch.from_numpy(order_np).to(x.device)
-    points = torch.empty(x.shape, dtype=frame.dtype, device=x.device)
     top_ordered = torch.empty_like(top64)
-
-    def reorder(a: int) -> None:
-        frame.apply(x.index_select(0, order[a : a + rows]), out=points[a : a + rows])
-        torch.index_select(top64, 0, order[a : a + rows], out=top_ordered[a : a + rows])
-
-    run_parallel(reorder, starts_of_chunks, workers)
+    run_parallel(lambda a: torch.index_select(top64, 0, order[a : a + rows], out=top_ordered[a : a + rows]),
+                 starts_of_chunks, workers)
     top64 = top_ordered
-    device = points.device
+    device = x.device
     n_leaves = len(sizes)
     size_t = torch.tensor(sizes, dtype=torch.int64, device=device)
     starts = torch.zeros(n_leaves + 1, dtype=torch.int64, device=device)
@@ -393,27 +458,48 @@ def build_index(x: torch.Tensor, leaf_size: int = 64, radius: Optional[float] = 
     f64 = dict(dtype=torch.float64, device=device)
     box_lo = torch.full((n_leaves, k), float("inf"), **f64).scatter_reduce_(0, leaf[:, None].expand(-1, k), top64[:, :k], reduce="amin")
     box_hi = torch.full((n_leaves, k), float("-inf"), **f64).scatter_reduce_(0, leaf[:, None].expand(-1, k), top64[:, :k], reduce="amax")
+    index = LeafIndex(frame=frame, source=x, top=top64.to(frame.dtype).contiguous(), order=order, starts=starts,
+                      norms=torch.empty(n, **f64), sqnorm=torch.empty(n, dtype=frame.dtype, device=device),
+                      box_lo=box_lo, box_hi=box_hi, centre=torch.zeros((n_leaves, x.shape[1]), dtype=frame.dtype, device=device),
+                      radius=torch.zeros(n_leaves, **f64), slack=0.0, native=native)
+    del top64, top_ordered
     # norms, centres and radii in the points' precision: they enter bounds and bands only, so they
     # are inflated by their relative error (gamma_D) instead of computed in float64
-    inflate = 1.0 + 2.0 * (points.shape[1] + 2) * frame.roundoff
-    centre = torch.zeros((n_leaves, points.shape[1]), dtype=points.dtype, device=device).index_add_(0, leaf, points)
-    centre /= size_t[:, None].to(points.dtype)
-    norms = torch.empty(n, **f64)
+    inflate = 1.0 + 2.0 * (x.shape[1] + 2) * frame.roundoff
+    sums = {}  # per chunk: (its first leaf, the sums of its leaves' points)
+
+    def norms_and_sums(a: int) -> None:
+        positions = torch.arange(a, min(a + rows, n), device=device)
+        chunk = index.gather(positions)
+        index.sqnorm[a : a + rows] = (chunk * chunk).sum(1)
+        index.norms[a : a + rows] = index.sqnorm[a : a + rows].sqrt().to(torch.float64) * inflate
+        first = int(leaf[a])
+        sums[a] = (first, torch.zeros((int(leaf[positions[-1]]) - first + 1, x.shape[1]), dtype=frame.dtype,
+                                      device=device).index_add_(0, leaf[positions] - first, chunk))
+
+    if copy:
+        points = torch.empty((n, x.shape[1]), dtype=frame.dtype, device=device)
+        run_parallel(lambda a: index.gather(torch.arange(a, min(a + rows, n), device=device), out=points[a : a + rows]),
+                     starts_of_chunks, workers)
+        index.points = points
+    run_parallel(norms_and_sums, starts_of_chunks, workers)
+    for a in starts_of_chunks:  # in chunk order: the same sums whatever the threads' timing
+        first, part = sums.pop(a)
+        index.centre[first : first + part.shape[0]] += part
+    index.centre /= size_t[:, None].to(frame.dtype)
     spread = torch.empty(n, **f64)
 
-    def norms_and_spread(a: int) -> None:
-        chunk = points[a : a + rows]
-        norms[a : a + rows] = (chunk * chunk).sum(1).sqrt().to(torch.float64) * inflate
-        spread[a : a + rows] = (chunk - centre[leaf[a : a + rows]]).norm(dim=1).to(torch.float64) * inflate
+    def spreads(a: int) -> None:
+        positions = torch.arange(a, min(a + rows, n), device=device)
+        spread[a : a + rows] = (index.gather(positions) - index.centre[leaf[positions]]).norm(dim=1).to(torch.float64) * inflate
 
-    run_parallel(norms_and_spread, starts_of_chunks, workers)
-    radius_t = torch.zeros(n_leaves, **f64).scatter_reduce_(0, leaf, spread, reduce="amax")
+    run_parallel(spreads, starts_of_chunks, workers)
+    index.radius.scatter_reduce_(0, leaf, spread, reduce="amax")
+    index.centre = index.centre.to(torch.float64)
     # stored coordinates are within roundoff * |y| of the frame's exact values, so a distance between
     # stored points can exceed the true one by 2 roundoff max|y| (plus the centres' own rounding)
-    slack = 6.0 * frame.roundoff * float(norms.max()) + 1e-300 if norms.numel() else 0.0
-    return LeafIndex(frame=frame, points=points.contiguous(), top=top64.to(frame.dtype).contiguous(), order=order,
-                     starts=starts, norms=norms, box_lo=box_lo, box_hi=box_hi, centre=centre.to(torch.float64),
-                     radius=radius_t, slack=slack)
+    index.slack = 6.0 * frame.roundoff * float(index.norms.max()) + 1e-300 if n else 0.0
+    return index
 
 
 def box_gap(lo_a, hi_a, lo_b, hi_b) -> torch.Tensor:

@@ -179,37 +179,40 @@ class TritonTiles:
     workers = 1
 
     def __init__(self, index: LeafIndex, points: torch.Tensor, eps: float):
-        if index.points.dtype != torch.float32:
+        if index.dtype != torch.float32:
             raise NotImplementedError("TritonTiles: the radius needs a float64 frame; use the cpp or reference backend")
         self.index = index
         self.points = points
+        # the kernels address the frame points by position: one frame copy on the kernels' device
+        # (the CPU passes gather tiles from the caller's array instead)
+        self.frame_points = index.frame_points()
         self.exact_scale = index.frame.exact_scale
         self.eps_exact2 = (eps * self.exact_scale) ** 2
         self.eps2 = (eps * index.frame.scale) ** 2
         self.pairs = 0
         self.filtered_pairs = 0
         self.exact_tests = 0
-        device = index.points.device
+        device = self.frame_points.device
         # 32 x 64 tiles at 8 warps: ptxas keeps everything in registers on sm_90 (64 x 64 spilled 6-10
         # local stores, ``resource_report``); the interpreter runs one program at a time, 32 x 32
-        self.meta = dict(BLOCK_M=32, BLOCK_N=64 if index.points.is_cuda else 32,
-                         BLOCK_D=max(16, min(64, triton.next_power_of_2(index.points.shape[1]))))
+        self.meta = dict(BLOCK_M=32, BLOCK_N=64 if self.frame_points.is_cuda else 32,
+                         BLOCK_D=max(16, min(64, triton.next_power_of_2(self.frame_points.shape[1]))))
         self.pair_count = torch.zeros(1, dtype=torch.int32, device=device)
         self.capacity = 1 << 16
         self.pair_buffer = torch.empty((self.capacity, 2), dtype=torch.int64, device=device)
-        self.zero_centre = torch.zeros(index.points.shape[1], dtype=torch.float32, device=device)
+        self.zero_centre = torch.zeros(self.frame_points.shape[1], dtype=torch.float32, device=device)
         self.leaf_of_position = index.leaf_of_position()
 
     def _band(self, rows: torch.Tensor, cols: torch.Tensor):
         """(centre, band [R]) for rows against cols: centred on the rows' mean, the columns' norms
         bounded from their leaves' balls."""
         index = self.index
-        r = index.points.index_select(0, rows)
+        r = self.frame_points.index_select(0, rows)
         centre = r.mean(0)
         local = (r - centre).norm(dim=1).to(torch.float64) * (1 + 1e-5)
         col_leaves = torch.unique(self.leaf_of_position[cols])
         reach = float(((index.centre[col_leaves] - centre.to(torch.float64)).norm(dim=1) + index.radius[col_leaves]).max())
-        band = tile_band(index.frame, index.points.shape[1], local, reach, index.norms[rows], float(index.norms[cols].max()))
+        band = tile_band(index.frame, self.frame_points.shape[1], local, reach, index.norms[rows], float(index.norms[cols].max()))
         return centre.contiguous(), (band * (1 + 1e-6)).to(torch.float32)
 
     def _launch(self, kernel, rows, cols, *args):
@@ -244,9 +247,9 @@ class TritonTiles:
             centre, band = self._band(r, c)
             while True:
                 saved = (counts.clone(), lists.clone())
-                self._launch(_neighbour_kernel, r, c, index.points, centre, r, c, index.order, band, counts, lists,
-                             self.pair_buffer, self.pair_count, r.numel(), c.numel(), index.points.shape[1],
-                             index.points.stride(0), self.eps2, lists.shape[1], self.capacity)
+                self._launch(_neighbour_kernel, r, c, self.frame_points, centre, r, c, index.order, band, counts, lists,
+                             self.pair_buffer, self.pair_count, r.numel(), c.numel(), self.frame_points.shape[1],
+                             self.frame_points.stride(0), self.eps2, lists.shape[1], self.capacity)
                 try:
                     a, b = self._uncertain(r, c)
                     break
@@ -255,7 +258,7 @@ class TritonTiles:
                     lists.copy_(saved[1])
                     self.pair_count.zero_()
                     self.capacity = max(2 * self.capacity, int(error.args[0]))
-                    self.pair_buffer = torch.empty((self.capacity, 2), dtype=torch.int64, device=index.points.device)
+                    self.pair_buffer = torch.empty((self.capacity, 2), dtype=torch.int64, device=self.frame_points.device)
             self.pairs += r.numel() * c.numel()
             if a.numel():
                 _append(counts, lists, a.to(counts.device), b.to(counts.device))
@@ -269,16 +272,16 @@ class TritonTiles:
             self.pairs += r.numel() * c.numel()
             while True:
                 root = parent.clone()
-                self._launch(_hook_kernel, r, c, index.points, centre, r, c, index.order, band, root, parent,
+                self._launch(_hook_kernel, r, c, self.frame_points, centre, r, c, index.order, band, root, parent,
                              self.pair_buffer, self.pair_count, parent.numel(), r.numel(), c.numel(),
-                             index.points.shape[1], index.points.stride(0), self.eps2, self.capacity)
+                             self.frame_points.shape[1], self.frame_points.stride(0), self.eps2, self.capacity)
                 try:
                     a, b = self._uncertain(r, c)
                 except OverflowError as error:
                     parent.copy_(root)
                     self.pair_count.zero_()
                     self.capacity = max(2 * self.capacity, int(error.args[0]))
-                    self.pair_buffer = torch.empty((self.capacity, 2), dtype=torch.int64, device=index.points.device)
+                    self.pair_buffer = torch.empty((self.capacity, 2), dtype=torch.int64, device=self.frame_points.device)
                     continue
                 changed = not torch.equal(parent, root)
                 if a.numel():

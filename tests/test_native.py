@@ -210,8 +210,9 @@ def test_box_pairs_match_all_pairs_and_the_python_descent(n_leaves, dims, top_gr
         got = C().box_pairs(lo, hi, reach, top_groups=top_groups, threads=threads)
         assert got.dtype == np.int64 and got.shape[1] == 2
         assert len(got) == len(want) and set(map(tuple, got.tolist())) == {(int(a), int(b)) for a, b in want}
-    index = LeafIndex(frame=None, points=torch.zeros(0, 1), top=torch.zeros(0, 1), order=torch.zeros(0, dtype=torch.int64),
-                      starts=torch.zeros(n_leaves + 1, dtype=torch.int64), norms=torch.zeros(0), box_lo=torch.from_numpy(lo),
+    index = LeafIndex(frame=None, source=torch.zeros(0, 1), top=torch.zeros(0, 1), order=torch.zeros(0, dtype=torch.int64),
+                      starts=torch.zeros(n_leaves + 1, dtype=torch.int64), norms=torch.zeros(0), sqnorm=torch.zeros(0),
+                      box_lo=torch.from_numpy(lo),
                       box_hi=torch.from_numpy(hi), centre=torch.zeros(n_leaves, 1), radius=torch.zeros(n_leaves), slack=0.0)
     python = _box_pairs(index, reach)
     native = _box_pairs(index, reach, native=True, workers=2)
@@ -239,6 +240,56 @@ def test_candidate_leaves_native_gives_the_same_lists():
             assert set(got.tolist()) == set(want.tolist())
             d = (centre[got] - centre[leaf]).norm(dim=1)
             assert bool((d[2:] >= d[1:-1] * (1 - 1e-5) - 1e-9).all())  # nearest centre first after itself
+
+
+@pytest.mark.parametrize("dim", [1, 7, 128, 131])
+def test_gather_frame_equals_the_frame_map_of_the_gathered_rows(dim):
+    # bit for bit the values of Frame.apply (a float32 shift, then an exact power-of-two scale),
+    # rows in any order and repeated, at widths around the vector length
+    from inform_fast.spatial import fit_frame
+
+    rng = np.random.default_rng(dim)
+    x = torch.from_numpy((rng.normal(size=(301, dim)) * 10.0 ** rng.uniform(-3, 6, size=dim) + 1e4).astype(np.float32))
+    frame = fit_frame(x)
+    ids = torch.from_numpy(rng.integers(0, 301, size=97))
+    out = np.full((97, dim), np.nan, np.float32)
+    C().gather_frame(x.numpy(), ids.numpy(), frame.mean.to(torch.float32).numpy(), frame.scale, out)
+    assert torch.equal(torch.from_numpy(out), frame.apply(x[ids]))
+
+
+def test_gather_frame_refuses_bad_arguments():
+    x, mean, out = np.zeros((5, 3), np.float32), np.zeros(3, np.float32), np.zeros((2, 3), np.float32)
+    ids = np.array([0, 4], np.int64)
+    with pytest.raises(ValueError, match="gather_frame: ids holds an index outside"):
+        C().gather_frame(x, np.array([0, 5], np.int64), mean, 0.5, out)
+    with pytest.raises(ValueError, match="gather_frame: scale must be a power of two"):
+        C().gather_frame(x, ids, mean, 0.3, out)
+    with pytest.raises(ValueError, match="gather_frame: out must have length 2"):
+        C().gather_frame(x, ids, mean, 0.5, out[:1])
+    with pytest.raises(ValueError, match="gather_frame: mean must have length 3"):
+        C().gather_frame(x, ids, mean[:2], 0.5, out)
+    with pytest.raises(ValueError, match="gather_frame: source must have dtype float32"):
+        C().gather_frame(x.astype(np.float64), ids, mean, 0.5, out)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("native", [False, True])
+def test_index_read_in_place_equals_the_frame_copy(dtype, native):
+    # an index without its frame copy (copy=False) reads the same frame values from the caller's
+    # array, and every bound built from them is the same
+    from inform_fast.spatial import build_index
+
+    rng = np.random.default_rng(3)
+    x = torch.from_numpy(rng.normal(size=(2003, 37)) * np.linspace(4.0, 0.01, 37) + 50.0).to(dtype)
+    copied = build_index(x, leaf_size=16, radius=0.5, native=native)
+    in_place = build_index(x, leaf_size=16, radius=0.5, native=native, copy=False)
+    assert in_place.points is None and copied.points is not None
+    positions = torch.from_numpy(rng.permutation(2003)[:500])
+    assert torch.equal(in_place.gather(positions), copied.points[positions])
+    assert torch.equal(in_place.frame_points(), copied.points)
+    for name in ("top", "order", "starts", "norms", "sqnorm", "box_lo", "box_hi", "centre", "radius"):
+        assert torch.equal(getattr(in_place, name), getattr(copied, name)), name
+    assert in_place.slack == copied.slack
 
 
 def test_checks_name_op_and_argument():

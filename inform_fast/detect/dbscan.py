@@ -366,20 +366,20 @@ class _RowBlock:
     def low(self):
         """(principal coordinates, centre or None, float64 norms, thresholds before the band)."""
         engine = self.engine
-        return self._part("low", engine.index.top, lambda: engine.top_sqnorm[self.positions].to(torch.float64).sqrt(),
-                          engine.low_eps2)
+        return self._part("low", lambda: engine.index.top.index_select(0, self.positions),
+                          lambda: engine.top_sqnorm[self.positions].to(torch.float64).sqrt(), engine.low_eps2)
 
     def full(self):
         """(full coordinates, centre or None, float64 norms, thresholds before the band)."""
         engine = self.engine
-        return self._part("full", engine.index.points, lambda: self.global_norm, engine.eps2)
+        return self._part("full", lambda: engine.index.gather(self.positions), lambda: self.global_norm, engine.eps2)
 
-    def _part(self, name: str, coordinates: torch.Tensor, global_norm, eps2: float):
-        """The rows of ``coordinates`` in their frame (built once): ``global_norm()`` gives their
-        norms in the global frame, ``eps2`` the squared radius the thresholds start from."""
+    def _part(self, name: str, coordinates, global_norm, eps2: float):
+        """The rows (``coordinates()``: their global-frame coordinates) in their frame (built once):
+        ``global_norm()`` gives their norms in the global frame, ``eps2`` the squared radius the
+        thresholds start from."""
         if name not in self._parts:
-            rows, centre, norm = self._frame(coordinates.index_select(0, self.positions), global_norm(),
-                                             self.engine.eps_frame)
+            rows, centre, norm = self._frame(coordinates(), global_norm(), self.engine.eps_frame)
             self._parts[name] = (rows, centre, norm, eps2 - norm * norm)
         return self._parts[name]
 
@@ -407,7 +407,7 @@ class CpuTiles:
     row block and keeps it while it leaves at most FILTER_MAX_FRACTION of the pairs.
 
     Every pair engine (this one, ``inform_fast.kernels.dbscan.TritonTiles``) offers, for
-    positions ``rows`` and ``cols`` into ``index.points`` (counts, lists and parent are indexed
+    positions ``rows`` and ``cols`` of the index (counts, lists and parent are indexed
     by original row):
 
     * ``neighbours(rows, cols, counts, lists, mode, need=None)``: counts[i] += neighbours of i
@@ -424,7 +424,6 @@ class CpuTiles:
         eps_frame = eps * index.frame.scale
         self.eps_frame = eps_frame
         self.eps2 = eps_frame**2
-        self.sqnorm = (index.points * index.points).sum(1)  # squared norms in the global frame
         self.top_sqnorm = (index.top * index.top).sum(1)
         self.filter_failures = 0  # lower-bound tiles found dense in a row (auto mode then rests)
         self.row_blocks = 0
@@ -451,7 +450,7 @@ class CpuTiles:
     def _buffer(self, size: int) -> torch.Tensor:
         buffer = getattr(self._local, "buffer", None)
         if buffer is None or buffer.numel() < size:
-            buffer = self._local.buffer = torch.empty(size, dtype=self.index.points.dtype)
+            buffer = self._local.buffer = torch.empty(size, dtype=self.index.dtype)
         return buffer[:size]
 
     def _operands(self, rb: _RowBlock, col_pos: torch.Tensor, low: bool):
@@ -464,7 +463,7 @@ class CpuTiles:
             c, sqnorm, dim = index.top.index_select(0, col_pos), self.top_sqnorm, index.top.shape[1]
         else:
             r, centre, row_norm, threshold = rb.full()
-            c, sqnorm, dim = index.points.index_select(0, col_pos), self.sqnorm, index.points.shape[1]
+            c, sqnorm, dim = index.gather(col_pos), index.sqnorm, index.dim
         if centre is not None:
             c -= centre
             col_norm2 = (c * c).sum(1)
@@ -674,10 +673,10 @@ def _leaf_groups(index: LeafIndex, target: int) -> list[list[int]]:
 
 def _core_and_roots(index: LeafIndex, engine, eps_frame: float, min_samples: int):
     """Returns (core [n] bool, root [n] int64: smallest core index of the cluster, -1 for noise,
-    stats dict), indexed by original row, on the device of ``index.points``; see the module
-    docstring for the passes."""
-    device = index.points.device
-    n = index.points.shape[0]
+    stats dict), indexed by original row, on the index's device; see the module docstring for the
+    passes."""
+    device = index.device
+    n = index.n
     order = index.order
     need = min_samples - 1  # neighbours besides the point itself
     cap = list_capacity(n, min_samples)
@@ -824,16 +823,17 @@ def _gap_floor(points: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
     return (d2 - band).clamp_min(0).sqrt() - 1e-6 * (p_norm[:, None] + c_norm[None, :])
 
 
-def _ball_gap(points: torch.Tensor, positions: torch.Tensor, centres: torch.Tensor, radii: torch.Tensor,
+def _ball_gap(index: LeafIndex, positions: torch.Tensor, centres: torch.Tensor, radii: torch.Tensor,
               chunk_elements: int = 1 << 18) -> torch.Tensor:
-    """[P] float64: for each of ``points[positions]``, a lower bound of its distance to the nearest
-    of the balls (``centres`` [C, D], ``radii`` [C]), in row chunks of about ``chunk_elements / C``
-    (a giant component against hundreds of small ones held a [P, C] float64 matrix of 1 GB; at
-    2^21 elements a chunk's temporaries were still 4x the index at 32,000 duplicated rows)."""
+    """[P] float64: for each of the index's points at ``positions``, a lower bound of its distance
+    to the nearest of the balls (``centres`` [C, D], ``radii`` [C]), in row chunks of about
+    ``chunk_elements / C`` (a giant component against hundreds of small ones held a [P, C] float64
+    matrix of 1 GB; at 2^21 elements a chunk's temporaries were still 4x the index at 32,000
+    duplicated rows)."""
     rows = max(1, chunk_elements // max(1, centres.shape[0]))
     if positions.numel() == 0:
-        return torch.zeros(0, dtype=torch.float64, device=points.device)
-    return torch.cat([(_gap_floor(points.index_select(0, positions[a : a + rows]), centres) - radii).min(1).values
+        return torch.zeros(0, dtype=torch.float64, device=index.device)
+    return torch.cat([(_gap_floor(index.gather(positions[a : a + rows]), centres) - radii).min(1).values
                       for a in range(0, positions.numel(), rows)])
 
 
@@ -856,14 +856,14 @@ def _join_components(index: LeafIndex, engine, parent: torch.Tensor, incomplete:
     # here, and a float64 copy of them (and its difference from the centres) was 1.6 GB; chunks
     # of 2^16 rows were still 90 MB, five times the index, at 32,000 points (``chunk_rows``: small on
     # the CPU, large on a GPU where each chunk costs launches)
-    centre = torch.zeros((k, index.points.shape[1]), dtype=torch.float64, device=device)
+    centre = torch.zeros((k, index.dim), dtype=torch.float64, device=device)
     rows = chunk_rows(device)
     for a in range(0, incomplete.numel(), rows):
-        centre.index_add_(0, member[a : a + rows], index.points.index_select(0, incomplete[a : a + rows]).to(torch.float64))
+        centre.index_add_(0, member[a : a + rows], index.gather(incomplete[a : a + rows]).to(torch.float64))
     centre /= sizes[:, None]
     radius = torch.zeros(k, dtype=torch.float64, device=device)
     for a in range(0, incomplete.numel(), rows):
-        spread = (index.points.index_select(0, incomplete[a : a + rows]).to(torch.float64) - centre[member[a : a + rows]]).norm(dim=1)
+        spread = (index.gather(incomplete[a : a + rows]).to(torch.float64) - centre[member[a : a + rows]]).norm(dim=1)
         radius.scatter_reduce_(0, member[a : a + rows], spread, reduce="amax")
     reach = eps_frame + 2 * index.slack
     # partners: the larger side of each touching pair (size, then id), so each pair is searched once
@@ -906,8 +906,8 @@ def _join_components(index: LeafIndex, engine, parent: torch.Tensor, incomplete:
         cols = cols[(leaf_gap <= reach).any(0)[leaf_of_position[cols]]]
         if cols.numel() == 0:
             return
-        row_gap = _ball_gap(index.points, rows, centre[col_comps], radius[col_comps])
-        col_gap = _ball_gap(index.points, cols, centre[row_comps], radius[row_comps])
+        row_gap = _ball_gap(index, rows, centre[col_comps], radius[col_comps])
+        col_gap = _ball_gap(index, cols, centre[row_comps], radius[row_comps])
         rows, row_gap = rows[row_gap <= reach], row_gap[row_gap <= reach]
         cols, col_gap = cols[col_gap <= reach], col_gap[col_gap <= reach]
         if rows.numel() == 0 or cols.numel() == 0:

@@ -234,31 +234,21 @@ class _Search:
         return self.ops.bound_update(q_low, cols_low, col_norm2, q_norm2, band, slack, worst, self.frame_to_exact, q_rows,
                                      col_ids, self.best, self.best_index, budget, gate=gate)
 
-    def brute(self, q_rows: torch.Tensor, refs_y: torch.Tensor, ref_ids: Optional[torch.Tensor]) -> None:
-        """Queries ``q_rows`` against all frame points ``refs_y`` (ids ``ref_ids``, or 0..m-1), in
-        storage order, reference chunks outer."""
-        m = refs_y.shape[0]
+    def brute(self, q_rows: torch.Tensor, refs: torch.Tensor) -> None:
+        """Queries ``q_rows`` against all references ``refs`` (original values), in storage order,
+        reference chunks outer, each mapped through the frame as it comes (no copy of all of them)."""
         blocks = [q_rows[a : a + QUERY_BLOCK] for a in range(0, q_rows.numel(), QUERY_BLOCK)]
-        for r0 in range(0, m, self.block):
-            chunk = refs_y[r0 : r0 + self.block]
-            ids = torch.arange(r0, r0 + chunk.shape[0], device=chunk.device) if ref_ids is None else ref_ids[r0 : r0 + self.block]
+        for r0 in range(0, refs.shape[0], self.block):
+            chunk = self.frame.apply(refs[r0 : r0 + self.block])
+            ids = torch.arange(r0, r0 + chunk.shape[0], device=refs.device)
             chunk_global = (chunk * chunk).sum(1).sqrt().to(torch.float64) * (1 + 1e-5)
             run_parallel(lambda rows: self.tile(rows, self.qy[rows], None, chunk, ids, chunk_global), blocks, self.workers)
             self.pairs += q_rows.numel() * chunk.shape[0]
 
 
 def _brute_search(search: _Search, refs: torch.Tensor) -> None:
-    frame = fit_frame(refs, also=search.queries)
-    search.start(frame)
-    rows = torch.arange(search.queries.shape[0], device=refs.device)
-    # the references enter the frame one chunk at a time: no copy of all of them
-    blocks = [rows[a : a + QUERY_BLOCK] for a in range(0, rows.numel(), QUERY_BLOCK)]
-    for r0 in range(0, refs.shape[0], search.block):
-        chunk = frame.apply(refs[r0 : r0 + search.block])
-        ids = torch.arange(r0, r0 + chunk.shape[0], device=refs.device)
-        chunk_global = (chunk * chunk).sum(1).sqrt().to(torch.float64) * (1 + 1e-5)
-        run_parallel(lambda b: search.tile(b, search.qy[b], None, chunk, ids, chunk_global), blocks, search.workers)
-        search.pairs += rows.numel() * chunk.shape[0]
+    search.start(fit_frame(refs, also=search.queries))
+    search.brute(torch.arange(search.queries.shape[0], device=refs.device), refs)
 
 
 def _query_groups(qy: torch.Tensor, top: torch.Tensor, native: bool = False) -> list[torch.Tensor]:
@@ -347,7 +337,7 @@ def _pruned_group(search: _Search, index: LeafIndex, rows: torch.Tensor, top: to
                 else:
                     rows_here = rows_here[:0]
             if rows_here.numel():
-                search.tile(rows_here, q_here, centre, index.points[positions], col_ids, col_global)
+                search.tile(rows_here, q_here, centre, index.gather(positions), col_ids, col_global)
                 search.pairs += rows_here.numel() * positions.numel()
         visited = stop
         width = min(2 * width, search.block)
@@ -356,8 +346,10 @@ def _pruned_group(search: _Search, index: LeafIndex, rows: torch.Tensor, top: to
 
 def _indexed_search(search: _Search, refs: torch.Tensor) -> None:
     native = search.epilogue_class is _CppKnn  # the C++ tree build with the C++ epilogue
+    # read in place: the search's full tiles are few (the first chunks), and a frame copy of 10^6
+    # references is 0.5 GB (excess ICDS's union of 2x10^6, 1 GB)
     index = build_index(refs, leaf_size=LEAF_SIZE, frame=fit_frame(refs, also=search.queries), native=native,
-                        workers=search.workers)
+                        workers=search.workers, copy=False)
     search.start(index.frame)
     # the stored queries are rounded like the stored references: the slack of both
     search.slack = max(index.slack, 6.0 * index.frame.roundoff * float(search.q_global.max()) + 1e-300)
@@ -374,7 +366,7 @@ def _indexed_search(search: _Search, refs: torch.Tensor) -> None:
     if search.leaves_visited > BRUTE_FRACTION:
         # pruning does not pay here: every remaining query against the index's points in storage order
         search.strategy = "pilot, then brute"
-        search.brute(torch.cat(rest), index.points, index.order)
+        search.brute(torch.cat(rest), refs)
     else:
         run_parallel(lambda rows: _pruned_group(search, index, rows, top), rest, search.workers)
 
