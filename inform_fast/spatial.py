@@ -329,26 +329,12 @@ class LeafIndex:
         return self.starts[1:] - self.starts[:-1]
 
     def gather(self, positions: torch.Tensor, out: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """[len(positions), D] frame dtype: the frame coordinates of the points at ``positions``,
-        read from ``source`` and mapped through the frame (``Frame.apply``, per element: the values
-        a stored frame copy would hold). ``out``: where to write them."""
+        """[len(positions), D] frame dtype: the frame coordinates of the points at ``positions``
+        (``points``' rows, or rows of ``source`` mapped through the frame: ``frame_rows``).
+        ``out``: where to write them."""
         if self.points is not None:
             return self.points.index_select(0, positions) if out is None else torch.index_select(self.points, 0, positions, out=out)
-        ids = self.order[positions]
-        if self.native and self.source.dtype == self.dtype == torch.float32 and self.source.device.type == "cpu":
-            from inform_fast import _native
-
-            if _native.available():
-                out = torch.empty((ids.numel(), self.dim), dtype=self.dtype) if out is None else out
-                _native.module().gather_frame(self.source.numpy(), ids.numpy(), self.frame.mean.to(torch.float32).numpy(),
-                                              self.frame.scale, out.numpy())
-                return out
-        if self.source.dtype != self.dtype:
-            return self.frame.apply(self.source.index_select(0, ids), out=out)
-        # the frame's own arithmetic (Frame.apply: a shift in the points' precision, then an exact
-        # power-of-two scale), in place on the gathered rows instead of a second buffer
-        rows = self.source.index_select(0, ids) if out is None else torch.index_select(self.source, 0, ids, out=out)
-        return rows.sub_(self.frame.mean.to(rows.device, rows.dtype)).mul_(self.frame.scale)
+        return frame_rows(self.frame, self.source, self.order[positions], self.native, out=out)
 
     def frame_points(self) -> torch.Tensor:
         """[n, D] frame dtype: every point in the frame, in leaf order (``points``, or a copy, for the
@@ -371,6 +357,27 @@ class LeafIndex:
         sizes = self.leaf_sizes[leaves]
         offsets = torch.repeat_interleave(self.starts[leaves] - torch.cumsum(sizes, 0) + sizes, sizes)
         return offsets + torch.arange(offsets.numel(), device=offsets.device)
+
+
+def frame_rows(frame: Frame, source: torch.Tensor, ids: torch.Tensor, native: bool = False,
+               out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """[len(ids), D] frame dtype: rows ``ids`` of ``source`` [n, D] mapped through ``frame``, the
+    values of ``frame.apply(source[ids])`` (per element), written into ``out`` where given.
+    ``native``: float32 on the CPU in one pass through the C++ extension (``_C.gather_frame``)."""
+    if native and source.dtype == frame.dtype == torch.float32 and source.device.type == "cpu":
+        from inform_fast import _native
+
+        if _native.available():
+            out = torch.empty((ids.numel(), source.shape[1]), dtype=frame.dtype) if out is None else out
+            _native.module().gather_frame(source.numpy(), ids.contiguous().numpy(), frame.mean.to(torch.float32).numpy(),
+                                          frame.scale, out.numpy())
+            return out
+    if source.dtype != frame.dtype:
+        return frame.apply(source.index_select(0, ids), out=out)
+    # the frame's own arithmetic (Frame.apply: a shift in the points' precision, then an exact
+    # power-of-two scale), in place on the gathered rows instead of a second buffer
+    rows = source.index_select(0, ids) if out is None else torch.index_select(source, 0, ids, out=out)
+    return rows.sub_(frame.mean.to(rows.device, rows.dtype)).mul_(frame.scale)
 
 
 def _kd_order(coords: np.ndarray, leaf_size: int, native: bool = False) -> tuple[np.ndarray, list[int]]:

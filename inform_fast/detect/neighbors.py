@@ -51,8 +51,10 @@ from inform_fast.spatial import (
     bound_columns,
     box_gap,
     build_index,
+    chunk_rows,
     exact_scale_for,
     fit_frame,
+    frame_rows,
     max_abs,
     run_parallel,
     tile_band,
@@ -195,8 +197,32 @@ class _Search:
         self.bound_tests = 0
         # heap values are exact squared distances of the originals times exact_scale^2
         self.frame_to_exact = (frame.scale / frame.exact_scale) ** 2
-        self.qy = frame.apply(self.queries, workers=self.workers)
-        self.q_global = (self.qy * self.qy).sum(1).sqrt().to(torch.float64) * (1 + 1e-5)
+        # the queries in the frame are mapped a group at a time (``query_rows``), not copied whole:
+        # at 10^6 x 128 a frame copy is 0.5 GB
+        self.native = self.epilogue_class is _CppKnn
+        self.q_global = torch.empty(self.queries.shape[0], dtype=torch.float64, device=self.queries.device)
+        rows = chunk_rows(self.queries.device)
+
+        def norms(a: int) -> None:
+            y = frame.apply(self.queries[a : a + rows])
+            self.q_global[a : a + rows] = (y * y).sum(1).sqrt().to(torch.float64) * (1 + 1e-5)
+
+        run_parallel(norms, range(0, self.queries.shape[0], rows), self.workers)
+
+    def query_rows(self, rows: torch.Tensor) -> torch.Tensor:
+        """[R, D] the queries ``rows`` in the frame (``frame.apply``'s values)."""
+        return frame_rows(self.frame, self.queries, rows, self.native)
+
+    def query_top(self, frame) -> torch.Tensor:
+        """[q, p] float64 principal coordinates of every query in the frame, in row chunks."""
+        rows = chunk_rows(self.queries.device)
+        top = torch.empty((self.queries.shape[0], frame.axes.shape[1]), dtype=torch.float64, device=self.queries.device)
+
+        def chunk(a: int) -> None:
+            top[a : a + rows] = frame.project(frame.apply(self.queries[a : a + rows]))
+
+        run_parallel(chunk, range(0, self.queries.shape[0], rows), self.workers)
+        return top
 
     def _operands(self, q_rows: torch.Tensor, q_local: torch.Tensor, centre: Optional[torch.Tensor], cols: torch.Tensor,
                   col_global: torch.Tensor):
@@ -242,7 +268,7 @@ class _Search:
             chunk = self.frame.apply(refs[r0 : r0 + self.block])
             ids = torch.arange(r0, r0 + chunk.shape[0], device=refs.device)
             chunk_global = (chunk * chunk).sum(1).sqrt().to(torch.float64) * (1 + 1e-5)
-            run_parallel(lambda rows: self.tile(rows, self.qy[rows], None, chunk, ids, chunk_global), blocks, self.workers)
+            run_parallel(lambda rows: self.tile(rows, self.query_rows(rows), None, chunk, ids, chunk_global), blocks, self.workers)
             self.pairs += q_rows.numel() * chunk.shape[0]
 
 
@@ -251,12 +277,12 @@ def _brute_search(search: _Search, refs: torch.Tensor) -> None:
     search.brute(torch.arange(search.queries.shape[0], device=refs.device), refs)
 
 
-def _query_groups(qy: torch.Tensor, top: torch.Tensor, native: bool = False) -> list[torch.Tensor]:
-    """Queries ``qy`` in compact groups of <= QUERY_GROUP: a k-d order of their principal
-    coordinates ``top`` [n, p]."""
-    dims = min(tree_dims_for(qy.shape[0], QUERY_GROUP), top.shape[1])
+def _query_groups(top: torch.Tensor, native: bool = False) -> list[torch.Tensor]:
+    """Queries in compact groups of <= QUERY_GROUP: a k-d order of their principal coordinates
+    ``top`` [n, p]."""
+    dims = min(tree_dims_for(top.shape[0], QUERY_GROUP), top.shape[1])
     order, sizes = _kd_order(top[:, :dims].to(torch.float32).cpu().numpy(), QUERY_GROUP, native=native)
-    order = torch.from_numpy(order).to(qy.device)
+    order = torch.from_numpy(order).to(top.device)
     bounds = np.cumsum([0] + sizes)
     return [order[bounds[g] : bounds[g + 1]] for g in range(len(sizes))]
 
@@ -264,7 +290,7 @@ def _query_groups(qy: torch.Tensor, top: torch.Tensor, native: bool = False) -> 
 def _pruned_group(search: _Search, index: LeafIndex, rows: torch.Tensor, top: torch.Tensor) -> float:
     """One query group over the leaves, nearest first, until the lower bound passes the group's
     k-th distance. Returns the share of leaves visited."""
-    q = search.qy[rows]
+    q = search.query_rows(rows)
     centre = q.mean(0)
     q_local = q - centre
     centre64 = centre.to(torch.float64)
@@ -353,8 +379,8 @@ def _indexed_search(search: _Search, refs: torch.Tensor) -> None:
     search.start(index.frame)
     # the stored queries are rounded like the stored references: the slack of both
     search.slack = max(index.slack, 6.0 * index.frame.roundoff * float(search.q_global.max()) + 1e-300)
-    top = index.frame.project(search.qy, workers=search.workers)
-    groups = _query_groups(search.qy, top, native=native)
+    top = search.query_top(index.frame)
+    groups = _query_groups(top, native=native)
     search.centre_top = index.frame.project(index.centre)  # [leaves, p] float64
     pilot, rest = groups[:PILOT_GROUPS], groups[PILOT_GROUPS:]
     shares = []
