@@ -125,9 +125,11 @@ class Frame:
 def chunk_rows(device: torch.device) -> int:
     """Rows per chunk of the whole-set passes (frame copies, principal coordinates, the index's
     norms): on the CPU small chunks keep the temporaries a fraction of the index (at 32,000 points
-    chunks of 2^14 rows made the heap's peak twice the index); on a GPU each chunk is a few kernel
+    chunks of 2^14 rows made the heap's peak twice the index, and with 2^12 the worker threads' malloc
+    arenas kept ~40 MB of freed chunk temporaries: DBSCAN's RSS growth on noise + clusters
+    ~100 -> ~75-80 MB with 2^10); on a GPU each chunk is a few kernel
     launches, so chunks stay large (10^7 references in 2^12-row chunks would be ~7,000 launches)."""
-    return 1 << 12 if device.type == "cpu" else 1 << 16
+    return 1 << 10 if device.type == "cpu" else 1 << 16
 
 
 def dot_band_coefficient(dim: int, roundoff: float) -> float:
@@ -258,8 +260,8 @@ def fit_frame(x: torch.Tensor, radius: Optional[float] = None, filter_dims: int 
         step = max(1, x.shape[0] // PCA_SAMPLE)
         sample = x[::step][:PCA_SAMPLE]
         covariance = torch.zeros((x.shape[1], x.shape[1]), dtype=torch.float64, device=x.device)
-        for a in range(0, sample.shape[0], 1 << 11):
-            part = ((sample[a : a + (1 << 11)].to(torch.float64) - mean.to(x.device)) * scale).to(torch.float32)
+        for a in range(0, sample.shape[0], 1 << 9):
+            part = ((sample[a : a + (1 << 9)].to(torch.float64) - mean.to(x.device)) * scale).to(torch.float32)
             covariance += (part.T @ part).to(torch.float64)
         covariance = covariance.cpu()
         with single_thread():  # a D x D problem: threads only wait for each other (60x slower on a busy machine)
