@@ -27,9 +27,11 @@ units), the frame is float64 and the same band uses float64's unit roundoff.
 
 The tree: median splits along the widest of the top ``TREE_DIMS`` principal coordinates, down to
 leaves of at most ``leaf_size`` points, each leaf a run of consecutive positions (``LeafIndex.order``
-maps a position to its row of the indexed array, which the index reads in place: ``gather`` maps
-the rows a tile needs through the frame, so no second copy of the points exists). Each leaf keeps its box in those coordinates, the range of the norm of its remaining
-coordinates, and its bounding ball; two leaves can hold a pair within ``r`` only if
+maps a position to its row of the indexed array). A tile's rows come from ``LeafIndex.gather``:
+from a frame copy of the points in leaf order where the index keeps one (DBSCAN, whose tiles
+re-read their columns), else read from the indexed array in place and mapped through the frame
+(the k-NN searches: no second copy of the references). Each leaf keeps its box in those
+coordinates, the range of the norm of its remaining coordinates, and its bounding ball; two leaves can hold a pair within ``r`` only if
 ``max(sqrt(box_gap^2 + tail_gap^2), centre_distance - radius_a - radius_b) <= r`` (an orthogonal
 projection never lengthens a vector, and ``|u - v| >= ||u| - |v||``). On latents whose variance
 lives in a few directions this prunes almost every pair; on isotropic high-dimensional data it
@@ -440,10 +442,9 @@ def build_index(x: torch.Tensor, leaf_size: int = 64, radius: Optional[float] = 
     excess ICDS's time at 5x10^5 latents)."""
     frame = frame if frame is not None else fit_frame(x, radius=radius)
     n, rows = x.shape[0], chunk_rows(x.device)
-    # built in row chunks, so that beside the index itself (its principal coordinates and per-leaf
-    # bounds; the points stay in x) only chunk-sized temporaries exist: at 10^6 x 128 each
-    # whole-matrix temporary is 0.5 GiB (a frame copy of the points was the index's largest part:
-    # 16 MiB of the 47 MiB heap peak of DBSCAN on 32,000 x 128 float32 latents)
+    # built in row chunks, so that beside the index itself (its principal coordinates, per-leaf
+    # bounds and, with ``copy``, the frame copy) only chunk-sized temporaries exist: at 10^6 x 128
+    # each whole-matrix temporary is 0.5 GiB
     starts_of_chunks = range(0, n, rows)
     top64 = torch.empty((n, frame.axes.shape[1]), dtype=torch.float64, device=x.device)
 
