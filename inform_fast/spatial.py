@@ -363,6 +363,20 @@ class LeafIndex:
         return offsets + torch.arange(offsets.numel(), device=offsets.device)
 
 
+def principal_coordinates(frame: Frame, x: torch.Tensor, workers: int = 1) -> torch.Tensor:
+    """[n, p] float64 principal coordinates of the rows of ``x`` [n, D] in ``frame``
+    (``frame.project(frame.apply(x))``), in ``chunk_rows`` chunks on ``workers`` threads: no frame
+    copy of all of x."""
+    rows = chunk_rows(x.device)
+    top = torch.empty((x.shape[0], frame.axes.shape[1]), dtype=torch.float64, device=x.device)
+
+    def chunk(a: int) -> None:
+        top[a : a + rows] = frame.project(frame.apply(x[a : a + rows]))
+
+    run_parallel(chunk, range(0, x.shape[0], rows), workers)
+    return top
+
+
 def frame_rows(frame: Frame, source: torch.Tensor, ids: torch.Tensor, native: bool = False,
                out: Optional[torch.Tensor] = None) -> torch.Tensor:
     """[len(ids), D] frame dtype: rows ``ids`` of ``source`` [n, D] mapped through ``frame``, the
@@ -446,12 +460,7 @@ def build_index(x: torch.Tensor, leaf_size: int = 64, radius: Optional[float] = 
     # bounds and, with ``copy``, the frame copy) only chunk-sized temporaries exist: at 10^6 x 128
     # each whole-matrix temporary is 0.5 GiB
     starts_of_chunks = range(0, n, rows)
-    top64 = torch.empty((n, frame.axes.shape[1]), dtype=torch.float64, device=x.device)
-
-    def principal(a: int) -> None:
-        top64[a : a + rows] = frame.project(frame.apply(x[a : a + rows]))
-
-    run_parallel(principal, starts_of_chunks, workers)
+    top64 = principal_coordinates(frame, x, workers)
     k = min(tree_dims or tree_dims_for(x.shape[0], leaf_size), top64.shape[1])
     order_np, sizes = _kd_order(top64[:, :k].to(torch.float32).cpu().numpy(), leaf_size, native=native)
     order = torch.from_numpy(order_np).to(x.device)

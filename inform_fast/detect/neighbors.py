@@ -56,6 +56,7 @@ from inform_fast.spatial import (
     fit_frame,
     frame_rows,
     max_abs,
+    principal_coordinates,
     run_parallel,
     tile_band,
     tree_dims_for,
@@ -213,17 +214,6 @@ class _Search:
         """[R, D] the queries ``rows`` in the frame (``frame.apply``'s values)."""
         return frame_rows(self.frame, self.queries, rows, self.native)
 
-    def query_top(self, frame) -> torch.Tensor:
-        """[q, p] float64 principal coordinates of every query in the frame, in row chunks."""
-        rows = chunk_rows(self.queries.device)
-        top = torch.empty((self.queries.shape[0], frame.axes.shape[1]), dtype=torch.float64, device=self.queries.device)
-
-        def chunk(a: int) -> None:
-            top[a : a + rows] = frame.project(frame.apply(self.queries[a : a + rows]))
-
-        run_parallel(chunk, range(0, self.queries.shape[0], rows), self.workers)
-        return top
-
     def _operands(self, q_rows: torch.Tensor, q_local: torch.Tensor, centre: Optional[torch.Tensor], cols: torch.Tensor,
                   col_global: torch.Tensor):
         """(cols less ``centre``, their squared norms, the rows' squared norms, the band [R]) of a
@@ -379,7 +369,7 @@ def _indexed_search(search: _Search, refs: torch.Tensor) -> None:
     search.start(index.frame)
     # the stored queries are rounded like the stored references: the slack of both
     search.slack = max(index.slack, 6.0 * index.frame.roundoff * float(search.q_global.max()) + 1e-300)
-    top = search.query_top(index.frame)
+    top = principal_coordinates(index.frame, search.queries, search.workers)
     groups = _query_groups(top, native=native)
     search.centre_top = index.frame.project(index.centre)  # [leaves, p] float64
     pilot, rest = groups[:PILOT_GROUPS], groups[PILOT_GROUPS:]
