@@ -340,15 +340,23 @@ class LeafIndex:
             return self.points.index_select(0, positions) if out is None else torch.index_select(self.points, 0, positions, out=out)
         return frame_rows(self.frame, self.source, self.order[positions], self.native, out=out)
 
-    def frame_points(self) -> torch.Tensor:
+    def gather_run(self, start: int, stop: int) -> torch.Tensor:
+        """[stop - start, D] frame dtype: the points at positions start:stop (a view of ``points``
+        where the index keeps them, else mapped from ``source``)."""
+        if self.points is not None:
+            return self.points[start:stop]
+        return frame_rows(self.frame, self.source, self.order[start:stop], self.native)
+
+    def frame_points(self, workers: int = 1) -> torch.Tensor:
         """[n, D] frame dtype: every point in the frame, in leaf order (``points``, or a copy, for the
-        kernels that address all of them by position: the Triton tiles)."""
+        kernels that address all of them by position: the Triton tiles, and ``build_index``'s
+        ``copy``), in ``chunk_rows`` chunks on ``workers`` threads."""
         if self.points is not None:
             return self.points
         out = torch.empty((self.n, self.dim), dtype=self.dtype, device=self.device)
         rows = chunk_rows(self.device)
-        for a in range(0, self.n, rows):
-            self.gather(torch.arange(a, min(a + rows, self.n), device=self.device), out=out[a : a + rows])
+        run_parallel(lambda a: frame_rows(self.frame, self.source, self.order[a : a + rows], self.native,
+                                          out=out[a : a + rows]), range(0, self.n, rows), workers)
         return out
 
     def leaf_of_position(self) -> torch.Tensor:
@@ -488,19 +496,15 @@ def build_index(x: torch.Tensor, leaf_size: int = 64, radius: Optional[float] = 
     sums = {}  # per chunk: (its first leaf, the sums of its leaves' points)
 
     def norms_and_sums(a: int) -> None:
-        positions = torch.arange(a, min(a + rows, n), device=device)
-        chunk = index.gather(positions)
+        chunk, chunk_leaf = index.gather_run(a, a + rows), leaf[a : a + rows]
         index.sqnorm[a : a + rows] = (chunk * chunk).sum(1)
         index.norms[a : a + rows] = index.sqnorm[a : a + rows].sqrt().to(torch.float64) * inflate
-        first = int(leaf[a])
-        sums[a] = (first, torch.zeros((int(leaf[positions[-1]]) - first + 1, x.shape[1]), dtype=frame.dtype,
-                                      device=device).index_add_(0, leaf[positions] - first, chunk))
+        first = int(chunk_leaf[0])
+        sums[a] = (first, torch.zeros((int(chunk_leaf[-1]) - first + 1, x.shape[1]), dtype=frame.dtype,
+                                      device=device).index_add_(0, chunk_leaf - first, chunk))
 
     if copy:
-        points = torch.empty((n, x.shape[1]), dtype=frame.dtype, device=device)
-        run_parallel(lambda a: index.gather(torch.arange(a, min(a + rows, n), device=device), out=points[a : a + rows]),
-                     starts_of_chunks, workers)
-        index.points = points
+        index.points = index.frame_points(workers)
     run_parallel(norms_and_sums, starts_of_chunks, workers)
     for a in starts_of_chunks:  # in chunk order: the same sums whatever the threads' timing
         first, part = sums.pop(a)
@@ -509,8 +513,7 @@ def build_index(x: torch.Tensor, leaf_size: int = 64, radius: Optional[float] = 
     spread = torch.empty(n, **f64)
 
     def spreads(a: int) -> None:
-        positions = torch.arange(a, min(a + rows, n), device=device)
-        spread[a : a + rows] = (index.gather(positions) - index.centre[leaf[positions]]).norm(dim=1).to(torch.float64) * inflate
+        spread[a : a + rows] = (index.gather_run(a, a + rows) - index.centre[leaf[a : a + rows]]).norm(dim=1).to(torch.float64) * inflate
 
     run_parallel(spreads, starts_of_chunks, workers)
     index.radius.scatter_reduce_(0, leaf, spread, reduce="amax")
