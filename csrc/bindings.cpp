@@ -319,6 +319,90 @@ int64_t knn_bound_update(py::handle q_low_obj, py::handle cols_low_t_obj, py::ha
                                        portable, gate);
 }
 
+py::tuple knn_bound_group(py::handle top_obj, py::handle starts_obj, py::handle order_obj, py::handle norms_obj,
+                          py::handle box_lo_obj, py::handle box_hi_obj, py::handle visit_order_obj, py::handle visit_bound_obj,
+                          py::handle covered_obj, int64_t visited, int64_t width, int64_t max_width, double slack,
+                          py::handle ids_obj, py::handle low_obj, py::handle box_coords_obj, py::handle global_obj,
+                          py::handle centre_low_obj, double c1, double c2, double frame_to_exact, py::handle queries_obj,
+                          py::handle refs_obj, double scale, py::handle best_d2_obj, py::handle best_index_obj,
+                          double bound_fraction, bool portable) {
+  const std::string op = "knn_bound_group";
+  auto top = checked<float>(op, "top", top_obj, 2);
+  auto starts = checked<int64_t>(op, "starts", starts_obj, 1);
+  auto order = checked<int64_t>(op, "order", order_obj, 1);
+  auto norms = checked<double>(op, "norms", norms_obj, 1);
+  auto box_lo = checked<double>(op, "box_lo", box_lo_obj, 2);
+  auto box_hi = checked<double>(op, "box_hi", box_hi_obj, 2);
+  auto visit_order = checked<int64_t>(op, "visit_order", visit_order_obj, 1);
+  auto visit_bound = checked<double>(op, "visit_bound", visit_bound_obj, 1);
+  auto covered = checked<int64_t>(op, "covered", covered_obj, 1);
+  auto ids = checked<int64_t>(op, "ids", ids_obj, 1);
+  auto low = checked<float>(op, "low", low_obj, 2);
+  auto box_coords = checked<double>(op, "box_coords", box_coords_obj, 2);
+  auto global = checked<double>(op, "global_norms", global_obj, 1);
+  auto centre_low = checked<float>(op, "centre_low", centre_low_obj, 1);
+  auto best_d2 = checked<double>(op, "best_d2", best_d2_obj, 2);
+  auto best_index = checked<int64_t>(op, "best_index", best_index_obj, 2);
+  py::array keep_q, keep_r;
+  const auto queries = rows_of(op, "queries", queries_obj, scale, keep_q);
+  const auto refs = rows_of(op, "references", refs_obj, scale, keep_r);
+  if (queries.dim != refs.dim) fail(op, "queries and references must have the same dimension");
+  const int64_t n = top.shape(0), dim_low = top.shape(1), n_leaves = box_lo.shape(0), box_dims = box_lo.shape(1);
+  const int64_t leaves = visit_order.shape(0), rows = ids.shape(0), k = best_d2.shape(1);
+  check_len(op, "order", order, n);
+  check_len(op, "norms", norms, n);
+  check_len(op, "starts", starts, n_leaves + 1);
+  if (box_hi.shape(0) != n_leaves || box_hi.shape(1) != box_dims) fail(op, "box_hi must have the shape of box_lo");
+  check_len(op, "visit_bound", visit_bound, leaves);
+  check_len(op, "covered", covered, leaves + 1);
+  check_len(op, "low", low, rows);
+  check_len(op, "box_coords", box_coords, rows);
+  check_len(op, "global_norms", global, rows);
+  check_len(op, "centre_low", centre_low, dim_low);
+  if (low.shape(1) != dim_low) fail(op, "low must have the columns of top");
+  if (box_coords.shape(1) != box_dims) fail(op, "box_coords must have the columns of box_lo");
+  check_len(op, "best_d2", best_d2, keep_q.shape(0));
+  check_len(op, "best_index", best_index, keep_q.shape(0));
+  if (best_index.shape(1) != k || k < 1) fail(op, "best_d2 and best_index must both be [n_queries, k] with k >= 1");
+  check_ids(op, "ids", ids, keep_q.shape(0), "n_queries");
+  check_ids(op, "visit_order", visit_order, n_leaves, "n_leaves");
+  const int64_t* st = starts.data();
+  if (st[0] != 0 || st[n_leaves] != n) fail(op, "starts must run from 0 to the number of points");
+  for (int64_t l = 0; l < n_leaves; ++l)
+    if (st[l + 1] < st[l]) fail(op, "starts must be non-decreasing");
+  const int64_t* cov = covered.data();
+  if (cov[0] != 0) fail(op, "covered must start at 0");
+  for (int64_t v = 0; v < leaves; ++v) {
+    const int64_t leaf = visit_order.data()[v];
+    if (cov[v + 1] - cov[v] != st[leaf + 1] - st[leaf]) fail(op, "covered must be the running point counts of visit_order");
+    if (v > 0 && !(visit_bound.data()[v] >= visit_bound.data()[v - 1])) fail(op, "visit_bound must be ascending");
+  }
+  if (visited < 0 || visited > leaves) fail(op, "visited must be in [0, the number of leaves to visit]");
+  if (width < 1 || max_width < width) fail(op, "width must satisfy 1 <= width <= max_width");
+  if (!(slack >= 0.0) || !std::isfinite(slack)) fail(op, "slack must be a finite number >= 0");
+  if (!(frame_to_exact > 0.0) || !std::isfinite(frame_to_exact)) fail(op, "frame_to_exact must be a finite number > 0");
+  if (!(c1 >= 0.0) || !(c2 >= 0.0) || !std::isfinite(c1) || !std::isfinite(c2)) fail(op, "c1 and c2 must be finite numbers >= 0");
+  if (!(bound_fraction >= 0.0) || !(bound_fraction <= 1.0)) fail(op, "bound_fraction must be in [0, 1]");
+  // order's values are checked where the search reads them (all n of them per group would cost more than the group)
+  const int64_t n_refs = keep_r.shape(0);
+  py::array_t<int64_t> keep(rows), full_rows(rows);
+  inform_fast::KnnGroupResult result;
+  {
+    py::gil_scoped_release release;
+    const inform_fast::KnnLeafIndex index{top.data(), dim_low, st, order.data(), norms.data(), box_lo.data(), box_hi.data(), box_dims};
+    inform_fast::KnnVisit visit{visit_order.data(), visit_bound.data(), cov, leaves, visited, width, max_width, slack};
+    const inform_fast::KnnGroupRows group{ids.data(), low.data(), box_coords.data(), global.data(), centre_low.data(), rows};
+    const inform_fast::KnnBand band{c1, c2, frame_to_exact};
+    result = inform_fast::knn_bound_group(index, visit, group, band, queries, refs, k, best_d2.mutable_data(),
+                                          best_index.mutable_data(), bound_fraction, portable, keep.mutable_data(),
+                                          full_rows.mutable_data(), n_refs);
+  }
+  keep.resize({static_cast<py::ssize_t>(result.active)});
+  full_rows.resize({static_cast<py::ssize_t>(result.failed_rows)});
+  return py::make_tuple(result.status, result.visited, result.width, keep, full_rows, result.failed_start,
+                        result.bound_pairs, result.tests);
+}
+
 py::tuple kd_order(py::handle coords_obj, int64_t leaf_size) {
   const std::string op = "kd_order";
   auto coords = checked<float>(op, "coords", coords_obj, 2);
@@ -439,6 +523,15 @@ PYBIND11_MODULE(_C, m) {
         py::arg("gate_rows") = py::none(),
         "k-NN heaps updated from lower-bound coordinates (in place). Returns the number of exact tests, or -r when "
         "the first r rows needed more than budget of them (the other rows untouched).");
+  m.def("knn_bound_group", &knn_bound_group, py::arg("top"), py::arg("starts"), py::arg("order"), py::arg("norms"),
+        py::arg("box_lo"), py::arg("box_hi"), py::arg("visit_order"), py::arg("visit_bound"), py::arg("covered"),
+        py::arg("visited"), py::arg("width"), py::arg("max_width"), py::arg("slack"), py::arg("ids"), py::arg("low"),
+        py::arg("box_coords"), py::arg("global_norms"), py::arg("centre_low"), py::arg("c1"), py::arg("c2"),
+        py::arg("frame_to_exact"), py::arg("queries"), py::arg("references"), py::arg("scale"), py::arg("best_d2"),
+        py::arg("best_index"), py::arg("bound_fraction"), py::arg("portable") = false,
+        "One query group of the pruned k-NN search after its first chunk (ops.h knn_bound_group), heaps in place. Returns "
+        "(status 0 done / 1 a heap not full / 2 full tile needed, visited, width, open rows, rows needing a full tile, "
+        "that chunk's first leaf, lower-bound pairs, exact tests).");
   m.def("knn_exact", &knn_exact, py::arg("queries"), py::arg("references"), py::arg("k"), py::arg("scale") = 1.0,
         py::arg("threads") = 1,
         "Exact k nearest references by direct float64 differences: (squared distances float64 [q, k], ids int64 [q, k]), "

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <stdexcept>
 #include <vector>
 
 #ifdef _OPENMP
@@ -272,6 +273,152 @@ void knn_exact(const Rows& queries, int64_t n_queries, const Rows& refs, int64_t
       offer(best_d2 + (s / k) * k, best_index + (s / k) * k, k, local_d[s], local_i[s] + begin);
     }
   }
+}
+
+}  // namespace inform_fast
+
+namespace inform_fast {
+
+KnnGroupResult knn_bound_group(const KnnLeafIndex& index, const KnnVisit& visit, const KnnGroupRows& group,
+                               const KnnBand& band_of, const Rows& queries, const Rows& refs, int64_t k, double* best_d2,
+                               int64_t* best_index, double bound_fraction, bool portable, int64_t* keep, int64_t* full_rows,
+                               int64_t n_refs) {
+  const int64_t dim = index.dim_low, box_dims = index.box_dims;
+  KnnGroupResult out;
+  out.visited = visit.visited;
+  out.width = visit.width;
+  // the group's rows still open (indices into the caller's arrays), their k-th distances (frame units)
+  std::vector<int64_t> active(group.rows);
+  for (int64_t a = 0; a < group.rows; ++a) active[a] = a;
+  std::vector<double> worst(group.rows);
+  // per chunk: the rows it reaches, its columns (coordinate-major, padded to the kernel's block),
+  // their ids, and the leaf gate
+  std::vector<int64_t> here, row_ids, col_ids, positions, gate_starts;
+  std::vector<float> cols_t, col_norm, q_low, q_norm, band;
+  std::vector<double> gate_lo, gate_hi, gate_rows, chunk_lo(box_dims), chunk_hi(box_dims);
+  const auto finish = [&](int status) {
+    out.status = status;
+    out.active = static_cast<int64_t>(active.size());
+    std::copy(active.begin(), active.end(), keep);
+    return out;
+  };
+  while (out.visited < visit.leaves) {
+    const int64_t at = out.visited;
+    // each open row's k-th distance; a row whose heap is not full goes back to the caller
+    for (const int64_t a : active) {
+      const double w = best_d2[group.ids[a] * k];
+      if (std::isinf(w)) return finish(KnnGroupResult::kNotFull);
+      worst[a] = w * band_of.frame_to_exact;
+    }
+    // rows whose k-th distance is below the next leaf's bound are finished
+    active.erase(std::remove_if(active.begin(), active.end(), [&](int64_t a) { return std::sqrt(worst[a]) < visit.bound[at]; }),
+                 active.end());
+    if (active.empty()) return finish(KnnGroupResult::kDone);
+    double reach2 = 0.0;
+    for (const int64_t a : active) reach2 = std::max(reach2, worst[a]);
+    const double reach = std::sqrt(reach2);
+    // the next leaves up to ``width`` points, while their bound is within reach (at least one)
+    const int64_t* covered = visit.covered;
+    const int64_t within_width = std::upper_bound(covered, covered + visit.leaves + 1, covered[at] + out.width) - covered - 1;
+    const int64_t within_reach = std::upper_bound(visit.bound, visit.bound + visit.leaves, reach) - visit.bound;
+    const int64_t stop = std::max(at + 1, std::min(within_width, within_reach));
+    // the rows the chunk can reach, each by its own bound (its coordinates against the chunk's box)
+    std::fill(chunk_lo.begin(), chunk_lo.end(), std::numeric_limits<double>::infinity());
+    std::fill(chunk_hi.begin(), chunk_hi.end(), -std::numeric_limits<double>::infinity());
+    for (int64_t v = at; v < stop; ++v) {
+      const int64_t leaf = visit.order[v];
+      for (int64_t d = 0; d < box_dims; ++d) {
+        chunk_lo[d] = std::min(chunk_lo[d], index.box_lo[leaf * box_dims + d]);
+        chunk_hi[d] = std::max(chunk_hi[d], index.box_hi[leaf * box_dims + d]);
+      }
+    }
+    here.clear();
+    for (const int64_t a : active) {
+      const double* p = group.box_coords + a * box_dims;
+      if (std::sqrt(bound::box_gap2(chunk_lo.data(), chunk_hi.data(), p, p, box_dims)) - visit.slack <= std::sqrt(worst[a]))
+        here.push_back(a);
+    }
+    if (!here.empty()) {
+      // the chunk's columns: top coordinates less the group's centre, coordinate-major
+      positions.clear();
+      gate_starts.assign(1, 0);
+      gate_lo.clear();
+      gate_hi.clear();
+      for (int64_t v = at; v < stop; ++v) {
+        const int64_t leaf = visit.order[v];
+        for (int64_t p = index.starts[leaf]; p < index.starts[leaf + 1]; ++p) positions.push_back(p);
+        gate_starts.push_back(static_cast<int64_t>(positions.size()));
+        gate_lo.insert(gate_lo.end(), index.box_lo + leaf * box_dims, index.box_lo + (leaf + 1) * box_dims);
+        gate_hi.insert(gate_hi.end(), index.box_hi + leaf * box_dims, index.box_hi + (leaf + 1) * box_dims);
+      }
+      const int64_t cols = static_cast<int64_t>(positions.size());
+      const int64_t stride = (cols + bound::kBoundWidth - 1) / bound::kBoundWidth * bound::kBoundWidth;
+      cols_t.assign(dim * stride, 0.0f);
+      col_norm.assign(stride, 0.0f);
+      col_ids.resize(cols);
+      float col_norm_max = 0.0f;
+      double col_global_max = 0.0;
+      for (int64_t j = 0; j < cols; ++j) {
+        const int64_t p = positions[j];
+        const float* c = index.top + p * dim;
+        float sum = 0.0f;
+        for (int64_t d = 0; d < dim; ++d) {
+          const float value = c[d] - group.centre_low[d];
+          cols_t[d * stride + j] = value;
+          sum += value * value;
+        }
+        col_norm[j] = sum;
+        col_norm_max = std::max(col_norm_max, sum);
+        col_ids[j] = index.order[p];
+        if (col_ids[j] < 0 || col_ids[j] >= n_refs)
+          throw std::invalid_argument("knn_bound_group: order holds an index outside [0, n_references)");
+        col_global_max = std::max(col_global_max, index.norms[p]);
+      }
+      const double col_local = std::sqrt(static_cast<double>(col_norm_max)) * (1 + 1e-6);
+      // the rows' operands and error bands (spatial.tile_band, rounded up into float32)
+      const int64_t rows = static_cast<int64_t>(here.size());
+      row_ids.resize(rows);
+      q_low.resize(rows * dim);
+      q_norm.resize(rows);
+      band.resize(rows);
+      gate_rows.resize(rows * box_dims);
+      for (int64_t r = 0; r < rows; ++r) {
+        const int64_t a = here[r];
+        row_ids[r] = group.ids[a];
+        const float* q = group.low + a * dim;
+        float sum = 0.0f;
+        for (int64_t d = 0; d < dim; ++d) {
+          q_low[r * dim + d] = q[d];
+          sum += q[d] * q[d];
+        }
+        q_norm[r] = sum;
+        const double local = std::sqrt(static_cast<double>(sum)) + col_local;
+        const double width = band_of.c1 * local * local + band_of.c2 * local * (group.global[a] + col_global_max);
+        band[r] = static_cast<float>(width * (1 + 1e-6));
+        std::copy(group.box_coords + a * box_dims, group.box_coords + (a + 1) * box_dims, gate_rows.begin() + r * box_dims);
+      }
+      const LeafGate gate{gate_starts.data(), stop - at, box_dims, gate_lo.data(), gate_hi.data(), gate_rows.data()};
+      const int64_t budget = static_cast<int64_t>(bound_fraction * static_cast<double>(rows) * static_cast<double>(cols));
+      const int64_t done = knn_bound_update(q_low.data(), rows, cols_t.data(), stride, cols, dim, col_norm.data(), q_norm.data(),
+                                            band.data(), visit.slack, band_of.frame_to_exact, row_ids.data(), col_ids.data(),
+                                            queries, refs, k, best_d2, best_index, budget, portable, gate);
+      const int64_t rows_done = done >= 0 ? rows : -done;
+      out.bound_pairs += rows_done * cols;
+      out.tests += done >= 0 ? done : budget;
+      if (done < 0) {
+        // the bound leaves too much here: the caller gives the other rows a full tile of this chunk
+        out.failed_start = at;
+        out.failed_rows = rows - rows_done;
+        for (int64_t r = rows_done; r < rows; ++r) full_rows[r - rows_done] = here[r];
+        out.visited = stop;
+        out.width = std::min(2 * out.width, visit.max_width);
+        return finish(KnnGroupResult::kFullTile);
+      }
+    }
+    out.visited = stop;
+    out.width = std::min(2 * out.width, visit.max_width);
+  }
+  return finish(KnnGroupResult::kDone);
 }
 
 }  // namespace inform_fast

@@ -100,6 +100,54 @@ int64_t knn_bound_update(const float* q_low, int64_t rows, const float* cols_low
                          const Rows& refs, int64_t k, double* best_d2, int64_t* best_index, int64_t budget,
                          bool portable = false, const LeafGate& gate = LeafGate{});
 
+// One query group of the pruned k-NN search (neighbors._pruned_group) after its first chunk: the
+// group visits the index's leaves in ``visit.order`` (their lower bounds ``visit.bound`` ascending,
+// ``visit.covered`` [leaves + 1] the running point counts), from leaf ``visit.visited`` on, in
+// chunks of at most ``visit.width`` points (doubling up to ``visit.max_width``) while a leaf's bound
+// is within the largest open k-th distance. Per chunk: rows whose k-th distance is below the next
+// leaf's bound leave; the rows the chunk's box can reach get a lower-bound tile of the chunk's
+// columns (knn_bound_update with its leaf gate). Runs until the group is done, a row's heap is not
+// full (kNotFull: the caller goes on), or a bound tile leaves too many pairs (kFullTile: the rows
+// full_rows[0:failed_rows] (indices into the group's arrays) still need a full tile of the chunk
+// from leaf failed_start to ``visited``). keep[0:active] receives the indices of the rows still open.
+struct KnnLeafIndex {
+  const float* top = nullptr;  // [n, dim_low] the points' principal coordinates, leaf order
+  int64_t dim_low = 0;
+  const int64_t* starts = nullptr;  // [n_leaves + 1] first position of each leaf
+  const int64_t* order = nullptr;   // [n] position -> reference id
+  const double* norms = nullptr;    // [n] global norms by position (rounded up)
+  const double *box_lo = nullptr, *box_hi = nullptr;  // [n_leaves, box_dims] tree-coordinate boxes
+  int64_t box_dims = 0;
+};
+struct KnnVisit {
+  const int64_t* order = nullptr;  // [leaves] leaf ids in visit order
+  const double* bound = nullptr;   // [leaves] their lower bounds (frame units, less the slack), ascending
+  const int64_t* covered = nullptr;  // [leaves + 1]
+  int64_t leaves = 0, visited = 0, width = 0, max_width = 0;
+  double slack = 0.0;
+};
+struct KnnGroupRows {
+  const int64_t* ids = nullptr;         // [rows] query ids
+  const float* low = nullptr;           // [rows, dim_low] principal coordinates less centre_low
+  const double* box_coords = nullptr;   // [rows, box_dims] tree coordinates
+  const double* global = nullptr;       // [rows] global norms (rounded up)
+  const float* centre_low = nullptr;    // [dim_low]
+  int64_t rows = 0;
+};
+struct KnnBand {
+  double c1 = 0.0, c2 = 0.0;  // spatial.Frame.band_coefficients(dim_low)
+  double frame_to_exact = 1.0;
+};
+struct KnnGroupResult {
+  static constexpr int kDone = 0, kNotFull = 1, kFullTile = 2;
+  int status = kDone;
+  int64_t visited = 0, width = 0, active = 0, failed_start = 0, failed_rows = 0, bound_pairs = 0, tests = 0;
+};
+KnnGroupResult knn_bound_group(const KnnLeafIndex& index, const KnnVisit& visit, const KnnGroupRows& group,
+                               const KnnBand& band, const Rows& queries, const Rows& refs, int64_t k, double* best_d2,
+                               int64_t* best_index, double bound_fraction, bool portable, int64_t* keep, int64_t* full_rows,
+                               int64_t n_refs);
+
 // The same heaps filled by an exact search over every reference (no tiles): for few queries this
 // streams the references once and is faster than any GEMM.
 void knn_exact(const Rows& queries, int64_t n_queries, const Rows& refs, int64_t n_refs, int64_t k, double* best_d2,

@@ -259,6 +259,108 @@ def test_knn_loose_bound_hands_rows_to_full_tiles(monkeypatch, backend):
     np.testing.assert_allclose(distance.double().numpy(), np.take_along_axis(d, want_index, 1), rtol=1e-6)
 
 
+def _record_group_statuses(monkeypatch) -> list:
+    """Wraps the C++ epilogue's group loop so a test sees which of its exits ran."""
+    statuses = []
+    original = neighbors._CppKnn.bound_group
+
+    def recording(self, *args):
+        result = original(self, *args)
+        statuses.append(result[0])
+        return result
+
+    monkeypatch.setattr(neighbors._CppKnn, "bound_group", recording)
+    return statuses
+
+
+@pytest.mark.parametrize("case", ["bound", "loose bound", "heaps not full"])
+def test_knn_group_loop_in_cpp_is_exact(monkeypatch, case):
+    # the C++ group loop (_C.knn_bound_group) through each of its exits: done; a bound tile that
+    # leaves too many pairs (its rows go to a full tile of that chunk, in Python); heaps not yet
+    # full after the first chunk (k above a leaf: Python takes one more chunk). Against brute force.
+    monkeypatch.setattr(neighbors, "INDEX_MIN_QUERIES", 64)
+    monkeypatch.setattr(neighbors, "INDEX_MIN_REFS", 512)
+    monkeypatch.setattr(neighbors, "QUERY_GROUP", 41)
+    monkeypatch.setattr(neighbors, "FIRST_COLUMNS", 100)
+    k = 6
+    if case == "loose bound":
+        monkeypatch.setattr(neighbors, "BOUND_MAX_FRACTION", 0.0)
+    if case == "heaps not full":
+        monkeypatch.setattr(neighbors, "LEAF_SIZE", 8)
+        monkeypatch.setattr(neighbors, "FIRST_COLUMNS", 4)
+        k = 13
+    statuses = _record_group_statuses(monkeypatch)
+    rng = np.random.default_rng(14)
+    spectrum = 0.35 ** np.arange(21)
+    references = (rng.normal(size=(2501, 21)) * spectrum + 30.0).astype(np.float32)
+    references[2000:2012] = references[5]  # ties at the k-th distance
+    queries = (rng.normal(size=(257, 21)) * spectrum + 30.0).astype(np.float32)
+    queries[:3] = references[5]
+    distance, index = knn_distance(queries, references, k, backend="cpp")
+    want = {"bound": neighbors._GROUP_DONE, "loose bound": neighbors._GROUP_FULL_TILE,
+            "heaps not full": neighbors._GROUP_NOT_FULL}[case]
+    assert want in statuses
+    d = np.sqrt(((queries[:, None, :].astype(np.float64) - references[None]) ** 2).sum(-1))
+    want_index = np.argsort(d, axis=1, kind="stable")[:, :k]
+    np.testing.assert_array_equal(index.numpy(), want_index)
+    np.testing.assert_allclose(distance.double().numpy(), np.take_along_axis(d, want_index, 1), rtol=1e-6)
+
+
+def test_knn_group_loop_refuses_bad_arguments(monkeypatch):
+    # the arguments of _C.knn_bound_group as the search passes them, then one broken at a time
+    from inform_fast import _native
+
+    monkeypatch.setattr(neighbors, "INDEX_MIN_QUERIES", 64)
+    monkeypatch.setattr(neighbors, "INDEX_MIN_REFS", 512)
+    monkeypatch.setattr(neighbors, "QUERY_GROUP", 64)
+    monkeypatch.setattr(neighbors, "FIRST_COLUMNS", 100)
+    calls = []
+    original = _native.module().knn_bound_group
+
+    class Recording:
+        def __getattr__(self, name):
+            return getattr(_native.module(), name)
+
+        def knn_bound_group(self, *args):
+            calls.append(tuple(a.copy() if isinstance(a, np.ndarray) else a for a in args))
+            return original(*args)
+
+    original_init = neighbors._CppKnn.__init__
+
+    def init(self, *args):
+        original_init(self, *args)
+        self.C = Recording()
+
+    monkeypatch.setattr(neighbors._CppKnn, "__init__", init)
+    rng = np.random.default_rng(15)
+    references = (rng.normal(size=(1200, 9)) * 0.3 ** np.arange(9)).astype(np.float32)
+    queries = (rng.normal(size=(128, 9)) * 0.3 ** np.arange(9)).astype(np.float32)
+    knn_distance(queries, references, 4, backend="cpp")
+    assert calls
+    good = list(calls[0])
+    names = ["top", "starts", "order", "norms", "box_lo", "box_hi", "visit_order", "visit_bound", "covered", "visited",
+             "width", "max_width", "slack", "ids", "low", "box_coords", "global_norms", "centre_low", "c1", "c2",
+             "frame_to_exact", "queries", "references", "scale", "best_d2", "best_index", "bound_fraction"]
+    at = {name: i for i, name in enumerate(names)}
+
+    def broken(name, value, message):
+        args = [a.copy() if isinstance(a, np.ndarray) else a for a in good]
+        args[at[name]] = value(args[at[name]]) if callable(value) else value
+        with pytest.raises(ValueError, match=f"knn_bound_group: .*{message}"):
+            original(*args)
+
+    broken("visit_bound", lambda b: b[::-1].copy() if b.size > 1 and b[0] != b[-1] else np.array([1.0] + [0.0] * (b.size - 1)),
+           "visit_bound must be ascending")
+    broken("covered", lambda c: c + 1, "covered must")
+    broken("order", lambda o: np.full_like(o, 10**7), "order holds an index outside")
+    broken("ids", lambda i: np.full_like(i, -1), "ids holds an index outside")
+    broken("low", lambda a: a.astype(np.float64), "low must have dtype float32")
+    broken("box_coords", lambda a: np.ascontiguousarray(a[:, :1]), "box_coords must have the columns of box_lo")
+    broken("width", 0, "width must satisfy")
+    broken("bound_fraction", 2.0, "bound_fraction must be in")
+    broken("slack", float("nan"), "slack must be")
+
+
 @pytest.mark.parametrize("portable", [False, True])
 @pytest.mark.parametrize("rows, cols, dim", [(1, 1, 1), (7, 33, 5), (13, 16, 16), (4, 50, 3)])
 def test_knn_bound_update_kernel(rows, cols, dim, portable):

@@ -81,6 +81,9 @@ PILOT_GROUPS = 4  # groups searched before deciding between pruning and brute fo
 BRUTE_FRACTION = 0.5  # pilot groups visiting more than this share of the leaves: brute force
 
 
+_GROUP_DONE, _GROUP_NOT_FULL, _GROUP_FULL_TILE = 0, 1, 2  # knn_bound_group's status
+
+
 def _work_dtype(*tensors: torch.Tensor) -> torch.dtype:
     return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
 
@@ -172,6 +175,23 @@ class _CppKnn:
                                        self.queries, self.refs, self.scale, best.numpy(), best_index.numpy(), int(budget),
                                        **gate_arrays)
         return (row_ids.numel(), done) if done >= 0 else (-done, budget)
+
+
+    def bound_group(self, index: LeafIndex, leaves: torch.Tensor, bound: np.ndarray, covered: np.ndarray, visited: int,
+                    width: int, max_width: int, slack: float, rows: torch.Tensor, low: torch.Tensor, box_coords: torch.Tensor,
+                    centre_low: torch.Tensor, search: "_Search"):
+        """``_C.knn_bound_group`` over one query group (see ``_pruned_group``): (status, visited,
+        width, open rows, rows needing a full tile, that chunk's first leaf, lower-bound pairs,
+        exact tests), the row lists as indices into ``rows``."""
+        if getattr(self, "_index_arrays", (None,))[0] is not index:
+            self._index_arrays = (index, index.top.numpy(), index.starts.numpy(), index.order.numpy(), index.norms.numpy(),
+                                  index.box_lo.numpy(), index.box_hi.numpy(), *search.frame.band_coefficients(index.top.shape[1]))
+        _, top, starts, order, norms, box_lo, box_hi, c1, c2 = self._index_arrays
+        return self.C.knn_bound_group(top, starts, order, norms, box_lo, box_hi, leaves.numpy(), bound, covered, visited, width,
+                                      max_width, slack, rows.numpy(), low.numpy(), box_coords.numpy(),
+                                      search.q_global[rows].numpy(), centre_low.numpy(), c1, c2, search.frame_to_exact,
+                                      self.queries, self.refs, self.scale, search.best.numpy(), search.best_index.numpy(),
+                                      BOUND_MAX_FRACTION)
 
 
 # --- the tiled search -------------------------------------------------------------------------
@@ -300,13 +320,39 @@ def _pruned_group(search: _Search, index: LeafIndex, rows: torch.Tensor, top: to
     covered = np.concatenate([[0], np.cumsum(index.leaf_sizes[leaves].cpu().numpy())])  # points in leaves[:i]
     visited = 0
     width = FIRST_COLUMNS  # small chunks first: the nearest leaves set the reach that prunes the rest
-    active, q_active, top_active = rows, q_local, g_top[:, :k_dims]
+    active, q_active, top_active = rows, q_local, g_top[:, :k_dims].contiguous()
     centre_low = g_top.mean(0)
     centre_low32 = centre_low.to(index.top.dtype)
     low_active = (g_top - centre_low).to(index.top.dtype)
     use_bound = True
     slack = search.slack
+    in_native = search.native and index.top.dtype == torch.float32 and index.device.type == "cpu"
     while visited < leaves.numel():
+        if in_native and use_bound and visited:
+            # after the first chunk (a full tile, which fills the heaps) the rest of the loop below
+            # in C++ (``_C.knn_bound_group``), while the lower-bound tiles suffice: at 5x10^5 x 10^6,
+            # k = 22, the loop's Python (per chunk: positions, boxes, operands, bands) was ~28% of
+            # the workers' time, and held the lock that the other worker needed to return
+            status, visited, width, keep, full_rows, failed_start, pairs, tests = search.ops.bound_group(
+                index, leaves, np.maximum(bound_np, 0.0), covered, visited, width, search.block, slack, active, low_active,
+                top_active, centre_low32, search)
+            search.bound_pairs += pairs
+            search.bound_tests += tests
+            if status == _GROUP_FULL_TILE:  # the bound left too many pairs: these rows get the full tile
+                full = torch.from_numpy(full_rows)
+                positions = index.positions(leaves[failed_start:visited])
+                search.tile(active[full], q_active[full], centre, index.gather(positions), index.order[positions],
+                            index.norms[positions])
+                search.pairs += full.numel() * positions.numel()
+                use_bound = False
+            keep = torch.from_numpy(keep)
+            active, q_active, top_active, low_active = active[keep], q_active[keep], top_active[keep], low_active[keep]
+            if status == _GROUP_DONE or active.numel() == 0:
+                break
+            if status == _GROUP_FULL_TILE:
+                width = min(width, search.block)
+                continue
+            # _GROUP_NOT_FULL: a heap is not full yet, one chunk below
         # each query's k-th distance so far, in frame units: a query whose k-th distance is below
         # the next leaf's bound (the smallest of the rest) is finished and leaves the group, so a
         # few far queries no longer drag the whole group through distant leaves
