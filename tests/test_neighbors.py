@@ -273,8 +273,9 @@ def _record_group_statuses(monkeypatch) -> list:
     return statuses
 
 
-@pytest.mark.parametrize("case", ["bound", "loose bound", "heaps not full"])
-def test_knn_group_loop_in_cpp_is_exact(monkeypatch, case):
+@pytest.mark.parametrize("case, dtype", [("bound", np.float32), ("bound", np.float64), ("loose bound", np.float32),
+                                         ("heaps not full", np.float32)])
+def test_knn_group_loop_in_cpp_is_exact(monkeypatch, case, dtype):
     # the C++ group loop (_C.knn_bound_group) through each of its exits: done; a bound tile that
     # leaves too many pairs (its rows go to a full tile of that chunk, in Python); heaps not yet
     # full after the first chunk (k above a leaf: Python takes one more chunk). Against brute force.
@@ -292,9 +293,9 @@ def test_knn_group_loop_in_cpp_is_exact(monkeypatch, case):
     statuses = _record_group_statuses(monkeypatch)
     rng = np.random.default_rng(14)
     spectrum = 0.35 ** np.arange(21)
-    references = (rng.normal(size=(2501, 21)) * spectrum + 30.0).astype(np.float32)
+    references = (rng.normal(size=(2501, 21)) * spectrum + 30.0).astype(dtype)
     references[2000:2012] = references[5]  # ties at the k-th distance
-    queries = (rng.normal(size=(257, 21)) * spectrum + 30.0).astype(np.float32)
+    queries = (rng.normal(size=(257, 21)) * spectrum + 30.0).astype(dtype)
     queries[:3] = references[5]
     distance, index = knn_distance(queries, references, k, backend="cpp")
     want = {"bound": neighbors._GROUP_DONE, "loose bound": neighbors._GROUP_FULL_TILE,

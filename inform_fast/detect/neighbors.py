@@ -16,7 +16,9 @@ How the references are found:
   ``QUERY_GROUP`` (themselves ordered by a k-d tree, so a group is compact) visit the leaves
   nearest first, one GEMM tile per chunk of leaves centred on the group, and stop at the first
   leaf whose lower bound exceeds the group's current k-th distance. On latents whose variance
-  lives in a few directions this visits a few leaves per group instead of all of them.
+  lives in a few directions this visits a few leaves per group instead of all of them. With the
+  C++ backend, a group's visit after its first chunk is one call (``_C.knn_bound_group``) that
+  returns to Python only where a full tile is needed.
 * **Brute** (otherwise, or when the first ``PILOT_GROUPS`` groups visit more than
   ``BRUTE_FRACTION`` of the leaves, as on isotropic high-dimensional data): every query block
   against every reference chunk in storage order, references read once per chunk.
