@@ -352,8 +352,7 @@ def _pruned_group(search: _Search, index: LeafIndex, rows: torch.Tensor, top: to
             if status == _GROUP_DONE or active.numel() == 0:
                 break
             if status == _GROUP_FULL_TILE:
-                width = min(width, search.block)
-                continue
+                continue  # full tiles from here on, below
             # _GROUP_NOT_FULL: a heap is not full yet, one chunk below
         # each query's k-th distance so far, in frame units: a query whose k-th distance is below
         # the next leaf's bound (the smallest of the rest) is finished and leaves the group, so a
