@@ -393,8 +393,8 @@ KnnGroupResult knn_bound_group(const KnnLeafIndex& index, const KnnVisit& visit,
         }
         q_norm[r] = sum;
         const double local = std::sqrt(static_cast<double>(sum)) + col_local;
-        const double width = band_of.c1 * local * local + band_of.c2 * local * (group.global[a] + col_global_max);
-        band[r] = static_cast<float>(width * (1 + 1e-6));
+        const double band_width = band_of.c1 * local * local + band_of.c2 * local * (group.global[a] + col_global_max);
+        band[r] = static_cast<float>(band_width * (1 + 1e-6));
         std::copy(group.box_coords + a * box_dims, group.box_coords + (a + 1) * box_dims, gate_rows.begin() + r * box_dims);
       }
       const LeafGate gate{gate_starts.data(), stop - at, box_dims, gate_lo.data(), gate_hi.data(), gate_rows.data()};

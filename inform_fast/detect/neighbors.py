@@ -178,7 +178,6 @@ class _CppKnn:
                                        **gate_arrays)
         return (row_ids.numel(), done) if done >= 0 else (-done, budget)
 
-
     def bound_group(self, index: LeafIndex, leaves: torch.Tensor, bound: np.ndarray, covered: np.ndarray, visited: int,
                     width: int, max_width: int, slack: float, rows: torch.Tensor, low: torch.Tensor, box_coords: torch.Tensor,
                     centre_low: torch.Tensor, search: "_Search"):
