@@ -403,6 +403,19 @@ py::tuple knn_bound_group(py::handle top_obj, py::handle starts_obj, py::handle 
                         result.bound_pairs, result.tests);
 }
 
+void knn_sort_rows(py::handle best_d2_obj, py::handle best_index_obj, int threads) {
+  const std::string op = "knn_sort_rows";
+  auto best_d2 = checked<double>(op, "best_d2", best_d2_obj, 2);
+  auto best_index = checked<int64_t>(op, "best_index", best_index_obj, 2);
+  if (best_index.shape(0) != best_d2.shape(0) || best_index.shape(1) != best_d2.shape(1))
+    fail(op, "best_index must have the shape of best_d2");
+  if (!best_d2.writeable() || !best_index.writeable()) fail(op, "best_d2 and best_index must be writeable (sorted in place)");
+  if (threads < 1) fail(op, "threads must be >= 1");
+  const int64_t rows = best_d2.shape(0), k = best_d2.shape(1);
+  py::gil_scoped_release release;
+  inform_fast::knn_sort_rows(best_d2.mutable_data(), best_index.mutable_data(), rows, k, threads);
+}
+
 py::tuple kd_order(py::handle coords_obj, int64_t leaf_size) {
   const std::string op = "kd_order";
   auto coords = checked<float>(op, "coords", coords_obj, 2);
@@ -532,6 +545,8 @@ PYBIND11_MODULE(_C, m) {
         "One query group of the pruned k-NN search after its first chunk (ops.h knn_bound_group), heaps in place. Returns "
         "(status 0 done / 1 a heap not full / 2 full tile needed, visited, width, open rows, rows needing a full tile, "
         "that chunk's first leaf, lower-bound pairs, exact tests).");
+  m.def("knn_sort_rows", &knn_sort_rows, py::arg("best_d2"), py::arg("best_index"), py::arg("threads") = 1,
+        "Sorts each row of k-NN heaps (float64 distances, int64 ids, [rows, k]) in place by (distance, id).");
   m.def("knn_exact", &knn_exact, py::arg("queries"), py::arg("references"), py::arg("k"), py::arg("scale") = 1.0,
         py::arg("threads") = 1,
         "Exact k nearest references by direct float64 differences: (squared distances float64 [q, k], ids int64 [q, k]), "

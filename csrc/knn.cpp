@@ -421,4 +421,24 @@ KnnGroupResult knn_bound_group(const KnnLeafIndex& index, const KnnVisit& visit,
   return finish(KnnGroupResult::kDone);
 }
 
+void knn_sort_rows(double* best_d2, int64_t* best_index, int64_t rows, int64_t k, int threads) {
+#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
+  for (int64_t i = 0; i < rows; ++i) {
+    double* d = best_d2 + i * k;
+    int64_t* id = best_index + i * k;
+    // insertion sort: k is small (tens), and a row comes as a heap, already partly ordered
+    for (int64_t a = 1; a < k; ++a) {
+      const double dv = d[a];
+      const int64_t iv = id[a];
+      int64_t b = a;
+      for (; b > 0 && before(dv, iv, d[b - 1], id[b - 1]); --b) {
+        d[b] = d[b - 1];
+        id[b] = id[b - 1];
+      }
+      d[b] = dv;
+      id[b] = iv;
+    }
+  }
+}
+
 }  // namespace inform_fast

@@ -153,6 +153,10 @@ KnnGroupResult knn_bound_group(const KnnLeafIndex& index, const KnnVisit& visit,
 void knn_exact(const Rows& queries, int64_t n_queries, const Rows& refs, int64_t n_refs, int64_t k, double* best_d2,
                int64_t* best_index, int threads);
 
+// Each row of the heaps best_d2 / best_index [rows, k] sorted in place by (distance, id), ascending:
+// the order of knn_distance's results (the heaps themselves are unordered max-heaps).
+void knn_sort_rows(double* best_d2, int64_t* best_index, int64_t rows, int64_t k, int threads);
+
 // The k-d leaf order of coords [n, dims] (float32, row-major): order [n] receives the permutation
 // (rows in leaf order), the return value the leaf sizes in that order. Median splits along the
 // widest coordinate down to leaves of at most leaf_size (>= 1) rows.

@@ -545,3 +545,23 @@ def test_knn_bound_update_leaf_gate(portable):
         run(**{**bad, "gate_rows": np.full_like(gate_rows, np.nan)})
     with pytest.raises(ValueError, match="gate_rows must be"):
         run(**{**bad, "gate_rows": gate_rows[:-1]})
+
+
+@pytest.mark.parametrize("rows, k", [(1, 1), (37, 5), (203, 22)])
+def test_knn_sort_rows_orders_by_distance_then_id(rows, k):
+    # the C++ sort of the finished heaps (_finish with the cpp backend) against a lexicographic sort;
+    # distances drawn from a few values so that ties must be ordered by id
+    from inform_fast import _native
+
+    rng = np.random.default_rng(rows + k)
+    d2 = rng.integers(0, 4, size=(rows, k)).astype(np.float64) / 3.0
+    ids = np.stack([rng.permutation(10 * k)[:k] for _ in range(rows)]).astype(np.int64)
+    order = np.lexsort((ids, d2), axis=1)
+    want_d, want_i = np.take_along_axis(d2, order, 1), np.take_along_axis(ids, order, 1)
+    _native.module().knn_sort_rows(d2, ids, 2)
+    np.testing.assert_array_equal(d2, want_d)
+    np.testing.assert_array_equal(ids, want_i)
+    with pytest.raises(ValueError, match="knn_sort_rows: best_index must have the shape of best_d2"):
+        _native.module().knn_sort_rows(d2, ids[:, :0].copy(), 1)
+    with pytest.raises(ValueError, match="knn_sort_rows: best_d2 must have dtype float64"):
+        _native.module().knn_sort_rows(d2.astype(np.float32), ids, 1)

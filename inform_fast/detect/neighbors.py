@@ -539,8 +539,16 @@ def knn_distance(
     return knn_distance_checked(q, r, k, block_queries, block_refs, backend)
 
 
-def _finish(d2: torch.Tensor, index: torch.Tensor, out_dtype: torch.dtype, scale: float = 1.0):
-    """Sort rows by (distance, id) and take square roots."""
+def _finish(d2: torch.Tensor, index: torch.Tensor, out_dtype: torch.dtype, scale: float = 1.0, native: bool = False):
+    """Sort rows by (distance, id) and take square roots. ``native``: sorted in place by the C++
+    extension (``_C.knn_sort_rows``; the arrays are the search's own): the two stable argsorts
+    below took 1.5 s of excess ICDS's 25 s at 5x10^5 latents, with rows of 22."""
+    if native and d2.device.type == "cpu" and d2.dtype == torch.float64 and d2.is_contiguous() and index.is_contiguous():
+        from inform_fast import _native
+
+        if _native.available():
+            _native.module().knn_sort_rows(d2.numpy(), index.numpy(), torch.get_num_threads())
+            return (d2.sqrt() / scale).to(out_dtype), index
     by_id = torch.argsort(index, dim=1, stable=True)
     d2, index = d2.gather(1, by_id), index.gather(1, by_id)
     by_distance = torch.argsort(d2, dim=1, stable=True)
@@ -552,9 +560,9 @@ def _knn_distance_op(q: torch.Tensor, r: torch.Tensor, k: int, block_queries: in
                      backend: Optional[str], op: str) -> tuple[torch.Tensor, torch.Tensor]:
     """(distances [q, k], indices [q, k] int64) of validated inputs, through the backend of
     ``inform_fast.dispatch`` op ``op`` ("knn_distance", or "nearest_distance" for k = 1)."""
-    _, impl = dispatch.resolve(op, q.device, backend)
+    name, impl = dispatch.resolve(op, q.device, backend)
     d2, index, scale = impl(q, r, k, block_queries, block_refs)
-    return _finish(d2.to(q.device), index.to(q.device), _work_dtype(q, r), scale)
+    return _finish(d2.to(q.device), index.to(q.device), _work_dtype(q, r), scale, native=name == "cpp")
 
 
 def _knn_distance_fake(q, r, k, block_queries, block_refs, backend, op):
