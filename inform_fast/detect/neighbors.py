@@ -328,6 +328,8 @@ def _pruned_group(search: _Search, index: LeafIndex, rows: torch.Tensor, top: to
     use_bound = True
     slack = search.slack
     in_native = search.native and index.top.dtype == torch.float32 and index.device.type == "cpu"
+    # the C++ loop takes the bounds ascending: the visit order sorted them clamped at 0
+    bound_visit = np.maximum(bound_np, 0.0) if in_native else None
     while visited < leaves.numel():
         if in_native and use_bound and visited:
             # after the first chunk (a full tile, which fills the heaps) the rest of the loop below
@@ -335,7 +337,7 @@ def _pruned_group(search: _Search, index: LeafIndex, rows: torch.Tensor, top: to
             # k = 22, the loop's Python (per chunk: positions, boxes, operands, bands) was ~28% of
             # the workers' time, and held the lock that the other worker needed to return
             status, visited, width, keep, full_rows, failed_start, pairs, tests = search.ops.bound_group(
-                index, leaves, np.maximum(bound_np, 0.0), covered, visited, width, search.block, slack, active, low_active,
+                index, leaves, bound_visit, covered, visited, width, search.block, slack, active, low_active,
                 top_active, centre_low32, search)
             search.bound_pairs += pairs
             search.bound_tests += tests
@@ -543,16 +545,16 @@ def _finish(d2: torch.Tensor, index: torch.Tensor, out_dtype: torch.dtype, scale
     """Sort rows by (distance, id) and take square roots. ``native``: sorted in place by the C++
     extension (``_C.knn_sort_rows``; the arrays are the search's own): the two stable argsorts
     below took 1.5 s of excess ICDS's 25 s at 5x10^5 latents, with rows of 22."""
-    if native and d2.device.type == "cpu" and d2.dtype == torch.float64 and d2.is_contiguous() and index.is_contiguous():
-        from inform_fast import _native
+    from inform_fast import _native
 
-        if _native.available():
-            _native.module().knn_sort_rows(d2.numpy(), index.numpy(), torch.get_num_threads())
-            return (d2.sqrt() / scale).to(out_dtype), index
-    by_id = torch.argsort(index, dim=1, stable=True)
-    d2, index = d2.gather(1, by_id), index.gather(1, by_id)
-    by_distance = torch.argsort(d2, dim=1, stable=True)
-    d2, index = d2.gather(1, by_distance), index.gather(1, by_distance)
+    if (native and d2.device.type == "cpu" and d2.dtype == torch.float64 and d2.is_contiguous() and index.is_contiguous()
+            and _native.available()):
+        _native.module().knn_sort_rows(d2.numpy(), index.numpy(), torch.get_num_threads())
+    else:
+        by_id = torch.argsort(index, dim=1, stable=True)
+        d2, index = d2.gather(1, by_id), index.gather(1, by_id)
+        by_distance = torch.argsort(d2, dim=1, stable=True)
+        d2, index = d2.gather(1, by_distance), index.gather(1, by_distance)
     return (d2.sqrt() / scale).to(out_dtype), index
 
 
