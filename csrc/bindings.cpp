@@ -66,51 +66,6 @@ inform_fast::Rows rows_of(const std::string& op, const char* name, const py::han
   return rows;
 }
 
-struct Tile {
-  F32 partial, lo, hi;
-  I64 row_ids, col_ids;
-  int64_t rows = 0, cols = 0;
-};
-
-Tile tile_of(const std::string& op, py::handle partial_obj, py::handle lo_obj, py::handle hi_obj, py::handle row_ids_obj,
-             py::handle col_ids_obj, int64_t n) {
-  Tile t;
-  t.partial = checked<float>(op, "partial", partial_obj, 2);
-  t.lo = checked<float>(op, "thr_lo", lo_obj, 1);
-  t.hi = checked<float>(op, "thr_hi", hi_obj, 1);
-  t.row_ids = checked<int64_t>(op, "row_ids", row_ids_obj, 1);
-  t.col_ids = checked<int64_t>(op, "col_ids", col_ids_obj, 1);
-  t.rows = t.partial.shape(0);
-  t.cols = t.partial.shape(1);
-  check_len(op, "thr_lo", t.lo, t.rows);
-  check_len(op, "thr_hi", t.hi, t.rows);
-  check_len(op, "row_ids", t.row_ids, t.rows);
-  check_len(op, "col_ids", t.col_ids, t.cols);
-  check_ids(op, "row_ids", t.row_ids, n, "n");
-  check_ids(op, "col_ids", t.col_ids, n, "n");
-  return t;
-}
-
-int64_t tile_neighbours(py::handle partial, py::handle lo, py::handle hi, py::handle row_ids, py::handle col_ids,
-                        py::handle points_obj, double scale, double eps2, py::handle counts_obj, py::handle lists_obj,
-                        int threads) {
-  const std::string op = "dbscan_tile_neighbours";
-  py::array keep;
-  const auto points = rows_of(op, "points", points_obj, scale, keep);
-  const int64_t n = keep.shape(0);
-  if (n >= (int64_t{1} << 31)) fail(op, "points must have fewer than 2^31 rows");
-  Tile t = tile_of(op, partial, lo, hi, row_ids, col_ids, n);
-  auto counts = checked<int32_t>(op, "counts", counts_obj, 1);
-  auto lists = checked<int32_t>(op, "lists", lists_obj, 2);
-  check_len(op, "counts", counts, n);
-  check_len(op, "lists", lists, n);
-  const int64_t cap = lists.shape(1);
-  py::gil_scoped_release release;
-  return inform_fast::dbscan_tile_neighbours(t.partial.data(), t.rows, t.cols, t.lo.data(), t.hi.data(), t.row_ids.data(),
-                                             t.col_ids.data(), points, eps2, counts.mutable_data(), lists.mutable_data(), cap,
-                                             threads);
-}
-
 // A lower-bound tile's operands, checked: the rows' principal coordinates, the columns'
 // coordinate-major and padded to a multiple of 16, and the columns' squared norms (padded alike).
 struct BoundTile {
@@ -132,58 +87,133 @@ struct BoundTile {
   }
 };
 
-int64_t bound_neighbours(py::handle rows_low_obj, py::handle cols_low_t_obj, py::handle col_norm_obj, py::handle hi_obj,
-                         py::handle row_ids_obj, py::handle col_ids_obj, py::handle points_obj, double scale, double eps2,
-                         py::handle counts_obj, py::handle lists_obj, int64_t budget, bool portable) {
-  const std::string op = "dbscan_bound_neighbours";
+// The columns of a panel tile, packed (ops.h pack_panels) into caller-owned buffers.
+template <typename T>
+void pack_panels_typed(const std::string& op, const py::array& source, const I64& ids, py::handle mean_obj, double scale,
+                       py::handle centre_obj, py::array_t<float, py::array::c_style>& panels,
+                       py::array_t<float, py::array::c_style>& norm) {
+  const int64_t dim = source.shape(1);
+  py::array_t<T, py::array::c_style> mean;
+  if (!mean_obj.is_none()) {
+    mean = checked<T>(op, "mean", mean_obj, 1);
+    check_len(op, "mean", mean, dim);
+  }
+  F32 centre;
+  if (!centre_obj.is_none()) {
+    centre = checked<float>(op, "centre", centre_obj, 1);
+    check_len(op, "centre", centre, dim);
+  }
+  const T* data = static_cast<const T*>(source.data());
+  const T* mean_data = mean_obj.is_none() ? nullptr : mean.data();
+  const float* centre_data = centre_obj.is_none() ? nullptr : centre.data();
+  py::gil_scoped_release release;
+  inform_fast::pack_panels<T>(data, dim, ids.data(), ids.shape(0), mean_data, scale, centre_data, panels.mutable_data(),
+                              norm.mutable_data());
+}
+
+void pack_panels(py::handle source_obj, py::handle ids_obj, py::handle mean_obj, double scale, py::handle centre_obj,
+                 py::handle panels_obj, py::handle norm_obj) {
+  const std::string op = "pack_panels";
+  if (!py::isinstance<py::array>(source_obj)) fail(op, "source must be a NumPy array");
+  auto source = py::reinterpret_borrow<py::array>(source_obj);
+  const bool is_double = source.dtype().equal(py::dtype::of<double>());
+  if (!is_double && !source.dtype().equal(py::dtype::of<float>()))
+    fail(op, "source must have dtype float32 or float64, got " + std::string(py::str(source.dtype())));
+  if (!(source.flags() & py::array::c_style)) fail(op, "source must be C-contiguous");
+  if (source.ndim() != 2) fail(op, "source must be 2-D, got " + std::to_string(source.ndim()) + "-D");
+  auto ids = checked<int64_t>(op, "ids", ids_obj, 1);
+  auto panels = checked<float>(op, "panels", panels_obj, 3);
+  auto norm = checked<float>(op, "norm", norm_obj, 1);
+  const int64_t cols = ids.shape(0), dim = source.shape(1), n_panels = (cols + 15) / 16;
+  if (panels.shape(0) != n_panels || panels.shape(1) != dim || panels.shape(2) != 16)
+    fail(op, "panels must be [ceil(len(ids) / 16), dim, 16] = [" + std::to_string(n_panels) + ", " + std::to_string(dim) +
+                 ", 16]");
+  check_len(op, "norm", norm, n_panels * 16);
+  check_ids(op, "ids", ids, source.shape(0), "len(source)");
+  if (!(scale > 0.0) || !std::isfinite(scale)) fail(op, "scale must be a finite number > 0");
+  if (is_double)
+    pack_panels_typed<double>(op, source, ids, mean_obj, scale, centre_obj, panels, norm);
+  else
+    pack_panels_typed<float>(op, source, ids, mean_obj, scale, centre_obj, panels, norm);
+}
+
+// A panel tile's operands, checked: the rows, the packed columns and their norms, the thresholds
+// and the ids of rows and columns (in [0, n)).
+struct PanelTile {
+  F32 rows, panels, col_norm;
+  F64 lo, hi;
+  I64 row_ids, col_ids;
+  bool has_lo = false;
+  int64_t n_rows = 0, dim = 0, cols = 0;
+
+  PanelTile(const std::string& op, py::handle rows_obj, py::handle panels_obj, py::handle norm_obj, py::handle lo_obj,
+            py::handle hi_obj, py::handle row_ids_obj, py::handle col_ids_obj, int64_t n) {
+    rows = checked<float>(op, "rows", rows_obj, 2);
+    panels = checked<float>(op, "panels", panels_obj, 3);
+    col_norm = checked<float>(op, "col_norm", norm_obj, 1);
+    has_lo = !lo_obj.is_none();
+    if (has_lo) lo = checked<double>(op, "thr_lo", lo_obj, 1);
+    hi = checked<double>(op, "thr_hi", hi_obj, 1);
+    row_ids = checked<int64_t>(op, "row_ids", row_ids_obj, 1);
+    col_ids = checked<int64_t>(op, "col_ids", col_ids_obj, 1);
+    n_rows = rows.shape(0);
+    dim = rows.shape(1);
+    cols = col_ids.shape(0);
+    if (panels.shape(0) != (cols + 15) / 16 || panels.shape(1) != dim || panels.shape(2) != 16)
+      fail(op, "panels must be [ceil(len(col_ids) / 16), dim of rows, 16]");
+    check_len(op, "col_norm", col_norm, panels.shape(0) * 16);
+    if (has_lo) check_len(op, "thr_lo", lo, n_rows);
+    check_len(op, "thr_hi", hi, n_rows);
+    check_len(op, "row_ids", row_ids, n_rows);
+    for (int64_t i = 0; i < n_rows; ++i)
+      if ((has_lo && std::isnan(lo.data()[i])) || std::isnan(hi.data()[i])) fail(op, "thr_lo and thr_hi must not be NaN");
+    check_ids(op, "row_ids", row_ids, n, "n_points");
+    check_ids(op, "col_ids", col_ids, n, "n_points");
+  }
+
+  const double* lo_data() const { return has_lo ? lo.data() : nullptr; }
+};
+
+int64_t panel_neighbours(py::handle rows_obj, py::handle panels_obj, py::handle norm_obj, py::handle lo_obj,
+                         py::handle hi_obj, py::handle row_ids_obj, py::handle col_ids_obj, py::handle points_obj,
+                         double scale, double eps2, py::handle counts_obj, py::handle lists_obj, int64_t budget,
+                         bool portable) {
+  const std::string op = "dbscan_panel_neighbours";
   py::array keep;
   const auto points = rows_of(op, "points", points_obj, scale, keep);
   const int64_t n = keep.shape(0);
   if (n >= (int64_t{1} << 31)) fail(op, "points must have fewer than 2^31 rows");
-  auto hi = checked<double>(op, "thr_hi", hi_obj, 1);
-  auto row_ids = checked<int64_t>(op, "row_ids", row_ids_obj, 1);
-  auto col_ids = checked<int64_t>(op, "col_ids", col_ids_obj, 1);
+  const PanelTile t(op, rows_obj, panels_obj, norm_obj, lo_obj, hi_obj, row_ids_obj, col_ids_obj, n);
   auto counts = checked<int32_t>(op, "counts", counts_obj, 1);
   auto lists = checked<int32_t>(op, "lists", lists_obj, 2);
-  const BoundTile t(op, "rows_low", rows_low_obj, cols_low_t_obj, col_norm_obj, col_ids.shape(0));
-  check_len(op, "thr_hi", hi, t.rows);
-  check_len(op, "row_ids", row_ids, t.rows);
   check_len(op, "counts", counts, n);
   check_len(op, "lists", lists, n);
-  check_ids(op, "row_ids", row_ids, n, "n_points");
-  check_ids(op, "col_ids", col_ids, n, "n_points");
+  if (budget < 0) fail(op, "budget must be >= 0");
   py::gil_scoped_release release;
-  return inform_fast::dbscan_bound_neighbours(t.rows_low.data(), t.rows, t.cols_low_t.data(), t.stride, col_ids.shape(0),
-                                              t.dim, t.col_norm.data(), hi.data(), row_ids.data(), col_ids.data(),
-                                              points, eps2, counts.mutable_data(), lists.mutable_data(), lists.shape(1),
-                                              budget, portable);
+  return inform_fast::dbscan_panel_neighbours(t.rows.data(), t.n_rows, t.dim, t.panels.data(), t.col_norm.data(), t.cols,
+                                              t.lo_data(), t.hi.data(), t.row_ids.data(), t.col_ids.data(), points, eps2,
+                                              counts.mutable_data(), lists.mutable_data(), lists.shape(1), budget, portable);
 }
 
-int64_t count_at_most(py::handle partial_obj, py::handle hi_obj, int64_t budget) {
-  const std::string op = "tile_count_at_most";
-  auto partial = checked<float>(op, "partial", partial_obj, 2);
-  auto hi = checked<float>(op, "thr_hi", hi_obj, 1);
-  check_len(op, "thr_hi", hi, partial.shape(0));
-  py::gil_scoped_release release;
-  return inform_fast::tile_count_at_most(partial.data(), partial.shape(0), partial.shape(1), hi.data(), budget);
-}
-
-int64_t tile_union(py::handle partial, py::handle lo, py::handle hi, py::handle row_ids, py::handle col_ids,
-                   py::handle points_obj, double scale, double eps2, py::handle parent_obj, int threads) {
-  const std::string op = "dbscan_tile_union";
+int64_t panel_union(py::handle rows_obj, py::handle panels_obj, py::handle norm_obj, py::handle lo_obj, py::handle hi_obj,
+                    py::handle row_ids_obj, py::handle col_ids_obj, py::handle points_obj, double scale, double eps2,
+                    py::handle parent_obj, int64_t budget, bool portable) {
+  const std::string op = "dbscan_panel_union";
   py::array keep;
   const auto points = rows_of(op, "points", points_obj, scale, keep);
   auto parent = checked<int64_t>(op, "parent", parent_obj, 1);
   const int64_t n = parent.shape(0);
-  if (n >= (int64_t{1} << 31)) fail(op, "parent must have fewer than 2^31 entries");
   if (keep.shape(0) != n) fail(op, "points must have one row per parent entry");
-  Tile t = tile_of(op, partial, lo, hi, row_ids, col_ids, n);
+  const PanelTile t(op, rows_obj, panels_obj, norm_obj, lo_obj, hi_obj, row_ids_obj, col_ids_obj, n);
   const int64_t* p = parent.data();
   for (int64_t k = 0; k < n; ++k)
-    if (p[k] < 0 || p[k] > k) fail(op, "parent must satisfy 0 <= parent[x] <= x (a union-find forest rooted at minima)");
+    if (p[k] < 0 || p[k] > k || p[p[k]] != p[k])
+      fail(op, "parent must be a fully compressed union-find forest rooted at minima (parent[parent[x]] == parent[x] <= x)");
+  if (budget < 0) fail(op, "budget must be >= 0");
   py::gil_scoped_release release;
-  return inform_fast::dbscan_tile_union(t.partial.data(), t.rows, t.cols, t.lo.data(), t.hi.data(), t.row_ids.data(),
-                                        t.col_ids.data(), points, eps2, parent.mutable_data(), n, threads);
+  return inform_fast::dbscan_panel_union(t.rows.data(), t.n_rows, t.dim, t.panels.data(), t.col_norm.data(), t.cols,
+                                         t.lo_data(), t.hi.data(), t.row_ids.data(), t.col_ids.data(), points, eps2,
+                                         parent.mutable_data(), n, budget, portable);
 }
 
 void union_edges(py::handle parent_obj, py::handle a_obj, py::handle b_obj) {
@@ -498,21 +528,22 @@ py::tuple knn_exact(py::handle queries_obj, py::handle refs_obj, int64_t k, doub
 PYBIND11_MODULE(_C, m) {
   m.doc() = "inform_fast CPU kernels: DBSCAN and k-NN tile epilogues with the exact test of pairs inside the GEMM's "
             "error band, union-find, exact k-NN search";
-  m.def("dbscan_tile_neighbours", &tile_neighbours, py::arg("partial"), py::arg("thr_lo"), py::arg("thr_hi"),
-        py::arg("row_ids"), py::arg("col_ids"), py::arg("points"), py::arg("scale"), py::arg("eps2"), py::arg("counts"),
-        py::arg("lists"), py::arg("threads") = 1,
-        "Count the neighbours of each tile row (int32 counts, in place) and append them to its capped int32 list; "
-        "partial <= thr_lo: neighbour, > thr_hi: not, else exact test on points. Returns the number of exact tests.");
-  m.def("dbscan_bound_neighbours", &bound_neighbours, py::arg("rows_low"), py::arg("cols_low_t"), py::arg("col_norm"),
+  m.def("pack_panels", &pack_panels, py::arg("source"), py::arg("ids"), py::arg("mean"), py::arg("scale"),
+        py::arg("centre"), py::arg("panels"), py::arg("norm"),
+        "Rows ids of source (float32/float64 [n, dim]), through the frame (x - mean) * scale where mean is given, less "
+        "centre (float32) where given, into panels [ceil(cols / 16), dim, 16] and their squared norms (padding 0 / +inf).");
+  m.def("dbscan_panel_neighbours", &panel_neighbours, py::arg("rows"), py::arg("panels"), py::arg("col_norm"),
+        py::arg("thr_lo"), py::arg("thr_hi"), py::arg("row_ids"), py::arg("col_ids"), py::arg("points"), py::arg("scale"),
+        py::arg("eps2"), py::arg("counts"), py::arg("lists"), py::arg("budget"), py::arg("portable") = false,
+        "Count the neighbours of each tile row (int32 counts, in place) and append them to its capped int32 list, the "
+        "tile computed in registers from packed columns: value <= thr_lo: neighbour, > thr_hi: not, else exact test on "
+        "points (thr_lo None: every pair <= thr_hi tested). Returns the exact tests, or -r when the first r rows needed "
+        "more than budget of them (the other rows untouched).");
+  m.def("dbscan_panel_union", &panel_union, py::arg("rows"), py::arg("panels"), py::arg("col_norm"), py::arg("thr_lo"),
         py::arg("thr_hi"), py::arg("row_ids"), py::arg("col_ids"), py::arg("points"), py::arg("scale"), py::arg("eps2"),
-        py::arg("counts"), py::arg("lists"), py::arg("budget"), py::arg("portable") = false,
-        "dbscan_tile_neighbours from a lower-bound tile computed in the kernel. Returns the exact tests, or -r when the "
-        "first r rows needed more than budget of them (the other rows untouched).");
-  m.def("tile_count_at_most", &count_at_most, py::arg("partial"), py::arg("thr_hi"), py::arg("budget"),
-        "Count of partial[i, j] <= thr_hi[i] (float32 tile), stopping once it exceeds budget.");
-  m.def("dbscan_tile_union", &tile_union, py::arg("partial"), py::arg("thr_lo"), py::arg("thr_hi"), py::arg("row_ids"),
-        py::arg("col_ids"), py::arg("points"), py::arg("scale"), py::arg("eps2"), py::arg("parent"), py::arg("threads") = 1,
-        "Union-find (in place, int64 parent, roots at minima) over the neighbour pairs of a tile. Returns the number of exact tests.");
+        py::arg("parent"), py::arg("budget"), py::arg("portable") = false,
+        "Union-find (in place, int64 parent, roots at minima) over the neighbour pairs of a tile computed in registers "
+        "from packed columns. Returns the exact tests, or -r as dbscan_panel_neighbours.");
   m.def("box_pairs", &box_pairs, py::arg("box_lo"), py::arg("box_hi"), py::arg("reach"), py::arg("top_groups") = 64,
         py::arg("threads") = 1, "Ordered leaf pairs (i, j) [P, 2] int64 whose boxes are at most reach apart.");
   m.def("union_lists", &union_lists, py::arg("parent"), py::arg("lists"), py::arg("counts"), py::arg("core"),

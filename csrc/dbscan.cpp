@@ -1,33 +1,21 @@
-// DBSCAN tile epilogues (see ops.h): neighbour counts + capped lists, union-find, both with the
-// exact test of the pairs inside the error band. OpenMP over tile rows.
+// DBSCAN's tiles (see ops.h): neighbour counts + capped lists and union-find from the panel kernel
+// (panel_block.h), both with the exact test of the pairs inside the error band; the union-find
+// over listed edges.
 #include <algorithm>
+#include <limits>
 #include <vector>
 
 #ifdef _OPENMP
 #include <omp.h>
 #endif
 
-#include "bound_block.h"
+#include "bound_block.h"  // bound::round_up
 #include "ops.h"
-#include "scan.h"
+#include "panel_block.h"
 
 namespace inform_fast {
 
 namespace {
-
-// Certain neighbours in row[j0:j1] and whether any pair needs the exact test.
-inline void summarise(const float* row, int64_t j0, int64_t j1, float lo, float hi, int64_t& sure, bool& maybe) {
-  int64_t s = 0;
-  int32_t m = 0;
-#pragma omp simd reduction(+ : s) reduction(| : m)
-  for (int64_t j = j0; j < j1; ++j) {
-    const float v = row[j];
-    s += v <= lo;
-    m |= static_cast<int32_t>(v > lo) & static_cast<int32_t>(v <= hi);
-  }
-  sure = s;
-  maybe = m != 0;
-}
 
 // Column of each id in the tile (-1 if absent), by binary search in the sorted (id, column) pairs.
 struct ColumnOf {
@@ -66,137 +54,142 @@ inline void compress(int64_t* parent, int64_t n) {
 
 }  // namespace
 
-int64_t dbscan_tile_neighbours(const float* partial, int64_t rows, int64_t cols, const float* thr_lo, const float* thr_hi,
-                               const int64_t* row_ids, const int64_t* col_ids, const Rows& points, double eps2,
-                               int32_t* counts, int32_t* lists, int64_t cap, int threads) {
-  int64_t exact_tests = 0;
+template <typename T>
+void pack_panels(const T* source, int64_t dim, const int64_t* ids, int64_t cols, const T* mean, double scale,
+                 const float* centre, float* panels, float* norm) {
+  using panel::kPanelWidth;
+  constexpr int64_t kAhead = 8;  // rows requested ahead: the ids are scattered over the source
+  const int64_t n_panels = (cols + kPanelWidth - 1) / kPanelWidth;
+  const T scale_t = static_cast<T>(scale);
+  for (int64_t j = 0; j < n_panels * kPanelWidth; ++j) {
+    float* out = panels + (j / kPanelWidth) * dim * kPanelWidth + j % kPanelWidth;
+    if (j >= cols) {
+      for (int64_t d = 0; d < dim; ++d) out[d * kPanelWidth] = 0.0f;
+      norm[j] = std::numeric_limits<float>::infinity();
+      continue;
+    }
+    if (j + kAhead < cols) {
+      const char* next = reinterpret_cast<const char*>(source + ids[j + kAhead] * dim);
+      for (int64_t b = 0; b < dim * static_cast<int64_t>(sizeof(T)); b += 64) __builtin_prefetch(next + b);
+    }
+    const T* row = source + ids[j] * dim;
+    double sum = 0.0;
+    for (int64_t d = 0; d < dim; ++d) {
+      // the frame's value rounded once to float (float input: a float difference, then an exact
+      // power-of-two scale), then the tile's centre subtracted in float: spatial.frame_rows, then ``c -= centre``
+      float v = mean != nullptr ? static_cast<float>((row[d] - mean[d]) * scale_t) : static_cast<float>(row[d]);
+      if (centre != nullptr) v -= centre[d];
+      out[d * kPanelWidth] = v;
+      sum += static_cast<double>(v) * v;
+    }
+    norm[j] = static_cast<float>(sum);
+  }
+}
+
+template void pack_panels<float>(const float*, int64_t, const int64_t*, int64_t, const float*, double, const float*,
+                                 float*, float*);
+template void pack_panels<double>(const double*, int64_t, const int64_t*, int64_t, const double*, double, const float*,
+                                  float*, float*);
+
+namespace {
+
+// A tile's float64 thresholds rounded outwards to float (lo down, hi up: a value the float
+// comparison takes is one the exact comparison takes); no lo: -inf (a lower-bound tile).
+struct Thresholds {
+  std::vector<float> lo, hi;
+  Thresholds(const double* thr_lo, const double* thr_hi, int64_t rows) : lo(rows), hi(rows) {
+    for (int64_t i = 0; i < rows; ++i) {
+      hi[i] = bound::round_up(thr_hi[i]);
+      lo[i] = thr_lo == nullptr ? -std::numeric_limits<float>::infinity() : -bound::round_up(-thr_lo[i]);
+    }
+  }
+};
+
+// Each row's own column in the tile (-1 where absent): never its own neighbour.
+std::vector<int64_t> own_columns(const int64_t* row_ids, int64_t rows, const int64_t* col_ids, int64_t cols) {
   const ColumnOf column_of(col_ids, cols);
-#pragma omp parallel for schedule(dynamic, 4) reduction(+ : exact_tests) num_threads(threads) if (threads > 1)
-  for (int64_t i = 0; i < rows; ++i) {
-    const float* row = partial + i * cols;
-    const float lo = thr_lo[i], hi = thr_hi[i];
+  std::vector<int64_t> own(rows);
+  for (int64_t i = 0; i < rows; ++i) own[i] = column_of(row_ids[i]);
+  return own;
+}
+
+}  // namespace
+
+int64_t dbscan_panel_neighbours(const float* rows, int64_t n_rows, int64_t dim, const float* panels, const float* col_norm,
+                                int64_t cols, const double* thr_lo, const double* thr_hi, const int64_t* row_ids,
+                                const int64_t* col_ids, const Rows& points, double eps2, int32_t* counts, int32_t* lists,
+                                int64_t cap, int64_t budget, bool portable) {
+  using panel::kPanelWidth;
+  const std::vector<int64_t> own = own_columns(row_ids, n_rows, col_ids, cols);
+  const auto visit = [&](int64_t i, int64_t p, uint32_t below_lo, uint32_t mask) -> int64_t {
+    const int64_t j0 = p * kPanelWidth;
+    if (own[i] >= j0 && own[i] < j0 + kPanelWidth) mask &= ~(uint32_t{1} << (own[i] - j0));
+    const uint32_t sure = below_lo & mask;
+    const uint32_t band = mask & ~sure;
     const int64_t id = row_ids[i];
-    const int64_t self = column_of(id);  // the row's own column, never its neighbour
     int32_t count = counts[id];
-    int32_t* list = lists + id * cap;
-    for (int64_t j0 = 0; j0 < cols; j0 += kScanChunk) {
-      const int64_t j1 = std::min(cols, j0 + kScanChunk);
-      if (!any_at_most(row, j0, j1, hi)) continue;
-      if (count >= cap) {  // the list is full: count the certain pairs, test only the band's
-        int64_t sure = 0;
-        bool maybe = false;
-        summarise(row, j0, j1, lo, hi, sure, maybe);
-        if (!maybe) {
-          count += static_cast<int32_t>(sure - (self >= j0 && self < j1 && row[self] <= lo));
-          continue;
+    if (band == 0 && count >= cap) {  // a full list and no pair to test: only the count moves
+      counts[id] = count + __builtin_popcount(sure);
+      return 0;
+    }
+    // the band's pairs tested together (four sums at once), then taken in column order
+    int64_t tested[kPanelWidth];
+    double d2[kPanelWidth];
+    int64_t n_tested = 0;
+    for (uint32_t b = band; b != 0; b &= b - 1) tested[n_tested++] = col_ids[j0 + __builtin_ctz(b)];
+    exact_d2_many(points, id, points, tested, n_tested, d2);
+    if (count >= cap) {
+      count += __builtin_popcount(sure);
+      for (int64_t t = 0; t < n_tested; ++t) count += d2[t] <= eps2;
+    } else {
+      int32_t* list = lists + id * cap;
+      int64_t t = 0;
+      for (uint32_t b = mask; b != 0; b &= b - 1) {
+        const int j = __builtin_ctz(b);
+        if ((band >> j) & 1u) {
+          if (!(d2[t++] <= eps2)) continue;
         }
-      }
-      for (int64_t j = j0; j < j1; ++j) {
-        const float v = row[j];
-        if (v > hi || j == self) continue;
-        if (v > lo) {
-          ++exact_tests;
-          if (!(exact_d2(points, id, points, col_ids[j]) <= eps2)) continue;
-        }
-        if (count < cap) list[count] = static_cast<int32_t>(col_ids[j]);
+        if (count < cap) list[count] = static_cast<int32_t>(col_ids[j0 + j]);
         ++count;
       }
     }
     counts[id] = count;
-  }
-  return exact_tests;
-}
-
-int64_t dbscan_bound_neighbours(const float* rows_low, int64_t rows, const float* cols_low_t, int64_t stride, int64_t cols,
-                                int64_t dim, const float* col_norm, const double* thr_hi, const int64_t* row_ids,
-                                const int64_t* col_ids, const Rows& points, double eps2, int32_t* counts, int32_t* lists,
-                                int64_t cap, int64_t budget, bool portable) {
-  const auto visit = [&](int64_t i, int, int64_t j0, const float* value, float& limit) -> int64_t {
-    const int64_t id = row_ids[i];
-    int64_t ids[bound::kBoundWidth];
-    int64_t count = 0;
-    for (int64_t j = 0; j < bound::kBoundWidth && j0 + j < cols; ++j)
-      if (value[j] <= limit && col_ids[j0 + j] != id) ids[count++] = col_ids[j0 + j];
-    double d2[bound::kBoundWidth];
-    exact_d2_many(points, id, points, ids, count, d2);
-    int32_t found = counts[id];
-    int32_t* list = lists + id * cap;
-    for (int64_t t = 0; t < count; ++t) {
-      if (!(d2[t] <= eps2)) continue;
-      if (found < cap) list[found] = static_cast<int32_t>(ids[t]);
-      ++found;
-    }
-    counts[id] = found;
-    return count;
+    return n_tested;
   };
-  return bound::scan_tile(bound::Tile{rows_low, cols_low_t, col_norm, dim, stride}, rows, budget, portable,
-                          [&](int64_t i) { return bound::round_up(thr_hi[i]); }, visit);
+  const panel::Operands t{rows, panels, col_norm, n_rows, (cols + kPanelWidth - 1) / kPanelWidth, dim};
+  const Thresholds thr(thr_lo, thr_hi, n_rows);
+  return panel::scan(t, thr.lo.data(), thr.hi.data(), budget, portable, visit);
 }
 
-int64_t tile_count_at_most(const float* partial, int64_t rows, int64_t cols, const float* thr_hi, int64_t budget) {
-  int64_t total = 0;
-  for (int64_t i = 0; i < rows && total <= budget; ++i) {
-    const float* row = partial + i * cols;
-    const float hi = thr_hi[i];
-    int64_t count = 0;
-#pragma omp simd reduction(+ : count)
-    for (int64_t j = 0; j < cols; ++j) count += row[j] <= hi;
-    total += count;
-  }
-  return total;
-}
-
-int64_t dbscan_tile_union(const float* partial, int64_t rows, int64_t cols, const float* thr_lo, const float* thr_hi,
-                          const int64_t* row_ids, const int64_t* col_ids, const Rows& points, double eps2,
-                          int64_t* parent, int64_t n, int threads) {
-  // Phase 1 (parallel, read-only): with parent fully compressed, parent[id] is the root. A row
-  // needs work only if a possible neighbour has another root; once the clusters have merged almost
-  // no row does, and this vectorised scan is all the tile costs.
-  std::vector<char> busy(rows, 0);
-  std::vector<int32_t> root_cols(cols);  // int32 snapshot (the binding checks n < 2^31): as wide as float
-  for (int64_t j = 0; j < cols; ++j) root_cols[j] = static_cast<int32_t>(parent[col_ids[j]]);
-  const int32_t* rc = root_cols.data();
-#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
-  for (int64_t i = 0; i < rows; ++i) {
-    const float* row = partial + i * cols;
-    const float hi = thr_hi[i];
-    const int32_t ri = static_cast<int32_t>(parent[row_ids[i]]);
-    int32_t any = 0;
-#pragma omp simd reduction(| : any)
-    for (int64_t j = 0; j < cols; ++j) any |= static_cast<int32_t>(row[j] <= hi) & static_cast<int32_t>(rc[j] != ri);
-    busy[i] = any != 0;
-  }
-  // Phase 2 (sequential, live union-find): after the first busy row of a cluster links its
-  // neighbours, the next rows of that cluster find one root and link nothing more.
-  int64_t exact_tests = 0;
+int64_t dbscan_panel_union(const float* rows, int64_t n_rows, int64_t dim, const float* panels, const float* col_norm,
+                           int64_t cols, const double* thr_lo, const double* thr_hi, const int64_t* row_ids,
+                           const int64_t* col_ids, const Rows& points, double eps2, int64_t* parent, int64_t n,
+                           int64_t budget, bool portable) {
+  using panel::kPanelWidth;
   bool changed = false;
-  for (int64_t i = 0; i < rows; ++i) {
-    if (!busy[i]) continue;
-    const float* row = partial + i * cols;
-    const float lo = thr_lo[i], hi = thr_hi[i];
-    for (int64_t j = 0; j < cols; ++j) {
-      if (row[j] > hi) continue;
-      int64_t ri = find_root(parent, row_ids[i]);
-      int64_t rj = find_root(parent, col_ids[j]);
-      if (rj == ri) continue;
-      if (row[j] > lo) {
-        ++exact_tests;
-        if (!(exact_d2(points, row_ids[i], points, col_ids[j]) <= eps2)) continue;
+  const auto visit = [&](int64_t i, int64_t p, uint32_t below_lo, uint32_t mask) -> int64_t {
+    const int64_t j0 = p * kPanelWidth;
+    const int64_t a = row_ids[i];
+    int64_t tests = 0;
+    for (uint32_t b = mask; b != 0; b &= b - 1) {
+      const int j = __builtin_ctz(b);
+      int64_t ra = find_root(parent, a), rb = find_root(parent, col_ids[j0 + j]);
+      if (ra == rb) continue;
+      if (!((below_lo >> j) & 1u)) {
+        ++tests;
+        if (!(exact_d2(points, a, points, col_ids[j0 + j]) <= eps2)) continue;
       }
-      if (rj < ri) std::swap(ri, rj);
-      parent[rj] = ri;  // smaller index becomes the root
+      if (ra < rb) std::swap(ra, rb);
+      parent[ra] = rb;  // the smaller index stays the root
       changed = true;
     }
-  }
-  if (changed) {
-#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
-    for (int64_t x = 0; x < n; ++x) {
-      int64_t r = x;
-      while (parent[r] != r) r = parent[r];
-      parent[x] = r;  // readers only; every write is a root, so concurrent chasing stays valid
-    }
-  }
-  return exact_tests;
+    return tests;
+  };
+  const panel::Operands t{rows, panels, col_norm, n_rows, (cols + kPanelWidth - 1) / kPanelWidth, dim};
+  const Thresholds thr(thr_lo, thr_hi, n_rows);
+  const int64_t result = panel::scan(t, thr.lo.data(), thr.hi.data(), budget, portable, visit);
+  if (changed) compress(parent, n);
+  return result;
 }
 
 void union_edges(int64_t* parent, int64_t n, const int64_t* edge_a, const int64_t* edge_b, int64_t n_edges) {

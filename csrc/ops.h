@@ -1,14 +1,16 @@
 // Plain CPU kernels behind inform_fast._C (no Python, no pybind11 here: csrc/bindings.cpp holds
 // the one PYBIND11_MODULE and checks the arguments before calling these).
 //
-// Tiles: the Python driver computes, with a BLAS GEMM on float32 copies of the points (centred,
-// rotated, scaled by a power of two, and centred again on the tile's row group),
-//   partial[i, j] = ||c_j||^2 - 2 r_i . c_j            [rows, cols] float32, row-major
-// For DBSCAN, "r_i and c_j are eps-neighbours" is ||r_i - c_j||^2 <= eps^2, i.e. partial[i, j] <=
-// eps^2 - ||r_i||^2. The GEMM's rounding is bounded, so the driver passes two thresholds per row:
-// partial <= thr_lo[i] is certainly a neighbour, partial > thr_hi[i] certainly not, and a pair in
-// between is decided exactly on the original data (exact.h). The result is therefore the one of
-// the exact float64 test whatever the GEMM's cancellation.
+// Tiles: the value of a pair is the GEMM form of its squared distance less the row's norm,
+//   partial[i, j] = ||c_j||^2 - 2 r_i . c_j
+// of float32 coordinates in a frame (centred, scaled by a power of two, centred again on the
+// tile's row group). For DBSCAN, "r_i and c_j are eps-neighbours" is ||r_i - c_j||^2 <= eps^2,
+// i.e. partial[i, j] <= eps^2 - ||r_i||^2. The rounding is bounded, so the driver passes two
+// thresholds per row: partial <= thr_lo[i] is certainly a neighbour, partial > thr_hi[i] certainly
+// not, and a pair in between is decided exactly on the original data (exact.h). The result is
+// therefore the one of the exact float64 test whatever the cancellation. The k-NN tiles come from
+// a BLAS GEMM ([rows, cols] float32, row-major); DBSCAN's are computed in registers by the panel
+// kernel (panel_block.h) and never stored.
 // ``threads``: OpenMP threads of a call (1: no parallel region at all). The Python drivers run
 // their own pool of workers over row groups and call these with 1, so that no call waits at a
 // barrier for a thread the OS has descheduled (measured on a busy 2-core machine: per-call
@@ -22,42 +24,45 @@
 
 namespace inform_fast {
 
-// Neighbour counts and capped neighbour lists over one tile. For every pair (i, j) with
-// col_ids[j] != row_ids[i] that is a neighbour (see above; exact test: exact_d2 <= eps2), with
-// id = row_ids[i]: if counts[id] < cap, lists[id * cap + counts[id]] = col_ids[j]; then
-// counts[id] += 1. row_ids must be distinct within the tile (rows run in parallel). Columns are
-// visited in order, so a list holds the first neighbours found. Returns the number of exact tests.
-int64_t dbscan_tile_neighbours(const float* partial, int64_t rows, int64_t cols, const float* thr_lo, const float* thr_hi,
-                               const int64_t* row_ids, const int64_t* col_ids, const Rows& points, double eps2,
-                               int32_t* counts, int32_t* lists, int64_t cap, int threads);
+// The columns of a panel tile (panel_block.h): column j is row ids[j] of ``source`` [n, dim]
+// (float32 or float64, row-major), mapped through a frame where ``mean`` is given ((x - mean) *
+// scale rounded once to float32, scale a power of two: the values of spatial.frame_rows) and less
+// ``centre`` [dim] (float32) where given, stored in panels [ceil(cols / 16), dim, 16]; norm
+// [ceil(cols / 16) * 16] receives each column's squared norm (summed in double, rounded to float),
+// padding columns 0 and +inf.
+template <typename T>
+void pack_panels(const T* source, int64_t dim, const int64_t* ids, int64_t cols, const T* mean, double scale,
+                 const float* centre, float* panels, float* norm);
 
-// Number of entries with partial[i, j] <= thr_hi[i], counted row by row until it exceeds budget
-// (then some number > budget): whether a lower-bound tile is sparse enough for exact tests.
-int64_t tile_count_at_most(const float* partial, int64_t rows, int64_t cols, const float* thr_hi, int64_t budget);
-
-// Union-find over the neighbour pairs of a tile (same test), in place on parent[0:n], which must be
-// fully compressed on entry (parent[x] is x's root) and is again on exit. Roots are always the
-// smallest index of their component. Returns the number of exact tests.
-int64_t dbscan_tile_union(const float* partial, int64_t rows, int64_t cols, const float* thr_lo, const float* thr_hi,
-                          const int64_t* row_ids, const int64_t* col_ids, const Rows& points, double eps2,
-                          int64_t* parent, int64_t n, int threads);
-
-// The neighbour counts and lists of dbscan_tile_neighbours from a lower-bound tile (see
-// bound_block.h): rows_low [rows, dim] and cols_low_t [dim, stride] principal coordinates centred
-// alike, col_norm [stride] the columns' squared norms there; a pair whose value col_norm[j] -
-// 2 r_i . c_j is at most thr_hi[i] (float64, rounded up to float) is tested exactly, every other
-// pair is no neighbour. Returns the
-// exact tests, or -r when more than ``budget`` were needed by the first r rows (the others untouched).
-int64_t dbscan_bound_neighbours(const float* rows_low, int64_t rows, const float* cols_low_t, int64_t stride, int64_t cols,
-                                int64_t dim, const float* col_norm, const double* thr_hi, const int64_t* row_ids,
+// DBSCAN's neighbour counts and capped lists over one tile, computed by the panel kernel
+// (panel_block.h): rows [n_rows, dim] (float32, the row points in the tile's frame) against the
+// packed columns (col_ids [cols] their ids). A pair whose value ||c_j||^2 - 2 r_i . c_j is at most
+// thr_lo[i] is a neighbour, one in (thr_lo[i], thr_hi[i]] is decided by the exact test (exact_d2 <=
+// eps2), one above thr_hi[i] is not (float64 thresholds, rounded outwards to float; thr_lo null for
+// a lower-bound tile: every pair it keeps is tested). For each neighbour pair (i, j) with col_ids[j]
+// != row_ids[i], id = row_ids[i]: if counts[id] < cap, lists[id * cap + counts[id]] = col_ids[j];
+// then counts[id] += 1 (each row's columns in order, so a list holds its first neighbours). Returns
+// the exact tests, or -r when more than ``budget`` were needed by the first r rows (those done, the
+// others untouched; budget INT64_MAX: none).
+int64_t dbscan_panel_neighbours(const float* rows, int64_t n_rows, int64_t dim, const float* panels, const float* col_norm,
+                                int64_t cols, const double* thr_lo, const double* thr_hi, const int64_t* row_ids,
                                 const int64_t* col_ids, const Rows& points, double eps2, int32_t* counts, int32_t* lists,
                                 int64_t cap, int64_t budget, bool portable = false);
+
+// Union-find over the neighbour pairs of a panel tile (operands, thresholds and budget as in
+// dbscan_panel_neighbours), in place on parent[0:n], which must be fully compressed on entry
+// (parent[x] is x's root) and is again on exit; roots are always the smallest index of their
+// component. Returns the exact tests, or -r as above.
+int64_t dbscan_panel_union(const float* rows, int64_t n_rows, int64_t dim, const float* panels, const float* col_norm,
+                           int64_t cols, const double* thr_lo, const double* thr_hi, const int64_t* row_ids,
+                           const int64_t* col_ids, const Rows& points, double eps2, int64_t* parent, int64_t n,
+                           int64_t budget, bool portable = false);
 
 // Union-find over parent[0:n] (in place): for each edge links the larger root under the smaller
 // one, so every root is the smallest index of its component; finishes with full compression.
 void union_edges(int64_t* parent, int64_t n, const int64_t* edge_a, const int64_t* edge_b, int64_t n_edges);
 
-// union_edges over the neighbour lists of dbscan_tile_neighbours: an edge (i, lists[i, t]) for
+// union_edges over the neighbour lists of dbscan_panel_neighbours: an edge (i, lists[i, t]) for
 // every core point i, t < min(counts[i], cap), whose neighbour is core too.
 void union_lists(int64_t* parent, int64_t n, const int32_t* lists, int64_t cap, const int32_t* counts, const bool* core);
 

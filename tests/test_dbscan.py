@@ -303,34 +303,42 @@ def test_rows_equal_in_the_hashed_columns_but_not_elsewhere_are_kept():
 
 @requires_cpp()
 @pytest.mark.parametrize("portable", [False, True])
-@pytest.mark.parametrize("rows, cols, dim", [(1, 1, 1), (9, 37, 5), (12, 16, 16)])
-def test_bound_neighbours_kernel(rows, cols, dim, portable):
-    # the fused lower-bound kernel against its definition: with the bound equal to the distance
-    # (dim = the points' dimension) and a limit that leaves every pair, the counts and the lists
-    # (in column order, the row itself excluded) are the brute-force neighbours within eps
+@pytest.mark.parametrize("rows, cols, dim", [(1, 1, 1), (9, 37, 5), (12, 16, 16), (7, 33, 128)])
+def test_panel_kernel_lower_bound_and_full_tiles(rows, cols, dim, portable):
+    # the panel kernel against its definition: a lower-bound tile (no thr_lo) whose limit leaves
+    # every pair tests them all, a full tile with a zero band tests none; both give the brute-force
+    # neighbours within eps (in column order, the row itself excluded) and the budget stops after
+    # the first block of six rows
     from inform_fast import _native
-    from inform_fast.spatial import bound_columns
 
     C = _native.module()
-    rng = np.random.default_rng(rows + cols)
+    rng = np.random.default_rng(rows + cols + dim)
     n = rows + cols
     points = rng.normal(size=(n, dim)).astype(np.float32)
     row_ids = np.arange(rows, dtype=np.int64)
     col_ids = rng.permutation(n)[:cols].astype(np.int64)
-    eps2 = float(np.median(((points[:, None] - points[None]) ** 2).sum(-1)))
-    cols_t, norms = bound_columns(torch.from_numpy(points[col_ids]), torch.from_numpy((points[col_ids] ** 2).sum(1)))
-    hi = np.full(rows, 1e30)
-    counts = np.zeros(n, np.int32)
-    lists = np.full((n, 4), -1, np.int32)
-    tests = C.dbscan_bound_neighbours(points[:rows], cols_t, norms, hi, row_ids, col_ids, points, 1.0, eps2, counts, lists,
-                                      10**9, portable=portable)
+    eps2 = float(np.median(((points[:, None].astype(np.float64) - points[None]) ** 2).sum(-1)))
+    n_panels = -(-cols // 16)
+    panels, norm = np.empty((n_panels, dim, 16), np.float32), np.empty(n_panels * 16, np.float32)
+    C.pack_panels(points, col_ids, None, 1.0, None, panels, norm)
     d2 = ((points[:rows, None, :].astype(np.float64) - points[col_ids][None]) ** 2).sum(-1)
-    for i in range(rows):
-        want = [int(c) for c, v in zip(col_ids, d2[i]) if v <= eps2 and c != i]
-        assert counts[i] == len(want) and lists[i, : min(4, len(want))].tolist() == want[:4]
-    assert tests == sum(int((col_ids != i).sum()) for i in range(rows))
-    if rows > 4:  # budget 0: the first row block only
+    want = [[int(c) for c, v in zip(col_ids, d2[i]) if v <= eps2 and c != i] for i in range(rows)]
+    # thresholds of the float32 value that no rounding can cross: pairs within 1e-3 of eps2 tested
+    thr = eps2 - (points[:rows].astype(np.float64) ** 2).sum(1)
+    for lo, hi in ((None, np.full(rows, 1e30)), (thr - 1e-3 * (1 + eps2), thr + 1e-3 * (1 + eps2))):
+        counts = np.zeros(n, np.int32)
+        lists = np.full((n, 4), -1, np.int32)
+        tests = C.dbscan_panel_neighbours(points[:rows], panels, norm, lo, hi, row_ids, col_ids, points, 1.0, eps2, counts,
+                                          lists, 2**63 - 1, portable=portable)
+        for i in range(rows):
+            assert counts[i] == len(want[i]) and lists[i, : min(4, len(want[i]))].tolist() == want[i][:4]
+        if lo is None:
+            assert tests == sum(int((col_ids != i).sum()) for i in range(rows))
+        else:
+            # only pairs near the threshold are tested (the band plus float32 rounding, well inside 2x)
+            assert tests <= int(sum(((np.abs(d2[i] - eps2) <= 2e-3 * (1 + eps2)) & (col_ids != i)).sum() for i in range(rows)))
+    if rows > 6:  # budget 0: the first block of six rows only
         counts2 = np.zeros(n, np.int32)
-        done = C.dbscan_bound_neighbours(points[:rows], cols_t, norms, hi, row_ids, col_ids, points, 1.0, eps2, counts2,
-                                         lists.copy(), 0, portable=portable)
-        assert done == -4 and bool((counts2[4:] == 0).all()) and counts2[:4].tolist() == counts[:4].tolist()
+        done = C.dbscan_panel_neighbours(points[:rows], panels, norm, None, np.full(rows, 1e30), row_ids, col_ids, points,
+                                         1.0, eps2, counts2, np.full((n, 4), -1, np.int32), 0, portable=portable)
+        assert done == -6 and bool((counts2[6:] == 0).all()) and counts2[:6].tolist() == [len(w) for w in want[:6]]

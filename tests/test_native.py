@@ -27,47 +27,134 @@ def assert_roots_are_component_minima(parent, comp):
         assert (parent[members] == members.min()).all()
 
 
-def banded_tile(points, rows, cols, eps2, band):
-    """partial = ||c||^2 - 2 r.c of float32 points and thresholds eps2 - ||r||^2 -/+ band."""
-    r, c = points[rows], points[cols]
-    partial = ((c * c).sum(1)[None, :] - 2 * r @ c.T).astype(np.float32)
-    thr = eps2 - (r * r).sum(1)
-    return partial, (thr - band).astype(np.float32), (thr + band).astype(np.float32)
-
-
 def exact_d2(points, a, b):
     return ((points[a].astype(np.float64)[:, None] - points[b].astype(np.float64)[None]) ** 2).sum(-1)
 
 
-@pytest.mark.parametrize("band", [0.0, 0.3, 100.0])  # none, some and every pair decided exactly
-def test_tile_neighbours_counts_and_lists(band):
+def packed(points, cols, centre=None):
+    """(panels, norms) of the columns ``cols`` of float32 points, through pack_panels."""
+    n_panels = -(-len(cols) // 16)
+    panels = np.full((n_panels, points.shape[1], 16), np.nan, np.float32)  # every entry must be written
+    norm = np.full(n_panels * 16, np.nan, np.float32)
+    C().pack_panels(points, np.asarray(cols, np.int64), None, 1.0, centre, panels, norm)
+    return panels, norm
+
+
+def panel_thresholds(points, rows, eps2, band):
+    """float64 thresholds eps2 - ||r||^2 -/+ band of the tile rows."""
+    r = points[rows].astype(np.float64)
+    thr = eps2 - (r * r).sum(1)
+    return thr - band, thr + band
+
+
+@pytest.mark.parametrize("source_dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("cols", [1, 16, 37])
+def test_pack_panels_is_the_frame_map_column_by_column(cols, source_dtype):
+    # column j of panel p, coordinate d, is (source[ids[16 p + j], d] - mean[d]) * scale rounded once
+    # to float32, less the centre in float32; padding columns are 0 with norm +inf
+    rng = np.random.default_rng(cols)
+    source = (rng.normal(size=(50, 7)) * 100 + 3).astype(source_dtype)
+    ids = rng.integers(0, 50, cols).astype(np.int64)
+    mean = source.mean(0).astype(source_dtype)
+    centre = rng.normal(size=7).astype(np.float32)
+    n_panels = -(-cols // 16)
+    panels = np.full((n_panels, 7, 16), np.nan, np.float32)
+    norm = np.full(n_panels * 16, np.nan, np.float32)
+    C().pack_panels(source, ids, mean, 0.25, centre, panels, norm)
+    want = ((source[ids] - mean) * source_dtype(0.25)).astype(np.float32) - centre
+    got = panels.transpose(0, 2, 1).reshape(-1, 7)
+    np.testing.assert_array_equal(got[:cols], want)
+    assert (got[cols:] == 0).all() and np.isinf(norm[cols:]).all()
+    np.testing.assert_allclose(norm[:cols], (want.astype(np.float64) ** 2).sum(1), rtol=1e-6)
+
+
+@pytest.mark.parametrize("portable", [False, True])
+@pytest.mark.parametrize("band", [0.0, 0.3, None])  # none, some, every pair decided exactly (None: a lower bound)
+@pytest.mark.parametrize("points_dtype", [np.float32, np.float64])
+def test_panel_neighbours_counts_and_lists(band, portable, points_dtype):
+    # rows not a multiple of the kernel's 6, columns not a multiple of its 16, the rows among the
+    # columns (self pairs), an exact duplicate, a list cap below the counts
     rng = np.random.default_rng(0)
-    points = rng.normal(size=(90, 5)).astype(np.float32)
-    points[10] = points[3]  # an exact duplicate
-    rows, cols = np.arange(0, 40), np.arange(0, 90)  # the rows are among the columns (self pairs)
-    partial, lo, hi = banded_tile(points, rows, cols, 2.0, band)
+    points = rng.normal(size=(90, 5)).astype(points_dtype)
+    points[10] = points[3]
+    rows, cols = np.arange(0, 41), np.arange(0, 90)
+    coords = points.astype(np.float32)
+    panels, norm = packed(coords, cols)
+    lo, hi = panel_thresholds(coords, rows, 2.0, 0.0 if band is None else band)
+    if band is None:
+        lo, hi = None, hi + 100.0  # a loose lower bound: every pair is tested
     counts = np.zeros(90, np.int32)
     lists = np.full((90, 6), -1, np.int32)
-    tests = C().dbscan_tile_neighbours(partial, lo, hi, rows.astype(np.int64), cols.astype(np.int64), points, 1.0, 2.0,
-                                       counts, lists)
+    tests = C().dbscan_panel_neighbours(coords[rows], panels, norm, lo, hi, rows.astype(np.int64), cols.astype(np.int64),
+                                        points, 1.0, 2.0, counts, lists, 2**63 - 1, portable=portable)
     hit = (exact_d2(points, rows, cols) <= 2.0) & (rows[:, None] != cols[None, :])
-    np.testing.assert_array_equal(counts[:40], hit.sum(1))
-    assert (counts[40:] == 0).all()
-    for i in range(40):  # the first neighbours in column order, while there is room
+    np.testing.assert_array_equal(counts[:41], hit.sum(1))
+    assert (counts[41:] == 0).all()
+    for i in range(41):  # the first neighbours in column order, while there is room
         want = cols[hit[i]][:6]
         np.testing.assert_array_equal(lists[i, : len(want)], want)
     assert counts[3] >= 1 and 10 in lists[3].tolist()
+    if band == 0.0:
+        assert tests == 0
+    elif band is None:
+        assert tests == 41 * 90 - 41  # every pair but the rows' own
+    else:
+        assert tests > 0
+
+
+@pytest.mark.parametrize("portable", [False, True])
+def test_panel_neighbours_stops_after_the_budget_with_the_rows_before_untouched(portable):
+    rng = np.random.default_rng(2)
+    points = rng.normal(size=(40, 4)).astype(np.float32)
+    rows, cols = np.arange(20, dtype=np.int64), np.arange(40, dtype=np.int64)
+    panels, norm = packed(points, cols)
+    _, hi = panel_thresholds(points, rows, 1.0, 100.0)
+    full_counts = np.zeros(40, np.int32)
+    C().dbscan_panel_neighbours(points[rows], panels, norm, None, hi, rows, cols, points, 1.0, 1.0, full_counts,
+                                np.full((40, 8), -1, np.int32), 2**63 - 1, portable=portable)
+    counts = np.zeros(40, np.int32)
+    done = C().dbscan_panel_neighbours(points[rows], panels, norm, None, hi, rows, cols, points, 1.0, 1.0, counts,
+                                       np.full((40, 8), -1, np.int32), 0, portable=portable)
+    assert done == -6  # the first block of six rows, then the budget (0 tests) is spent
+    np.testing.assert_array_equal(counts[:6], full_counts[:6])
+    assert (counts[6:] == 0).all()
+
+
+@pytest.mark.parametrize("portable", [False, True])
+@pytest.mark.parametrize("band", [0.0, 0.2, None])
+def test_panel_union_gives_components_with_exact_band(band, portable):
+    rng = np.random.default_rng(1)
+    points = rng.normal(size=(61, 3)).astype(np.float32)
+    ids = np.arange(61, dtype=np.int64)
+    panels, norm = packed(points, ids)
+    lo, hi = panel_thresholds(points, ids, 0.6, 0.0 if band is None else band)
+    if band is None:
+        lo, hi = None, hi + 50.0
+    parent = np.arange(61, dtype=np.int64)
+    tests = C().dbscan_panel_union(points, panels, norm, lo, hi, ids, ids, points, 1.0, 0.6, parent, 2**63 - 1,
+                                   portable=portable)
+    assert_roots_are_component_minima(parent, components(exact_d2(points, ids, ids) <= 0.6, 61))
+    assert (parent[parent] == parent).all()  # fully compressed
     assert (tests == 0) if band == 0.0 else tests > 0
 
 
-def test_tile_union_gives_components_with_exact_band():
-    rng = np.random.default_rng(1)
-    points = rng.normal(size=(60, 3)).astype(np.float32)
-    ids = np.arange(60, dtype=np.int64)
-    partial, lo, hi = banded_tile(points, ids, ids, 0.6, 0.2)
-    parent = np.arange(60, dtype=np.int64)
-    C().dbscan_tile_union(partial, lo, hi, ids, ids, points, 1.0, 0.6, parent)
-    assert_roots_are_component_minima(parent, components(exact_d2(points, ids, ids) <= 0.6, 60))
+def test_panel_kernel_values_come_from_the_centred_frame():
+    # the pair values of a tile centred on its rows (points far from the origin, pack_panels with a
+    # centre): the same neighbours as brute force, only band pairs tested
+    rng = np.random.default_rng(4)
+    points = (rng.normal(size=(70, 6)) * 0.1 + 1e3).astype(np.float32)
+    rows, cols = np.arange(25, dtype=np.int64), np.arange(70, dtype=np.int64)
+    centre = points[rows].mean(0).astype(np.float32)
+    panels, norm = packed(points, cols, centre)
+    local = points[rows] - centre
+    eps2 = 0.02
+    thr = eps2 - (local.astype(np.float64) ** 2).sum(1)
+    band = 1e-3
+    counts = np.zeros(70, np.int32)
+    C().dbscan_panel_neighbours(local, panels, norm, thr - band, thr + band, rows, cols, points, 1.0, eps2, counts,
+                                np.full((70, 4), -1, np.int32), 2**63 - 1)
+    hit = (exact_d2(points, rows, cols) <= eps2) & (rows[:, None] != cols[None, :])
+    np.testing.assert_array_equal(counts[:25], hit.sum(1))
 
 
 def test_union_edges_gives_components():
@@ -126,13 +213,6 @@ def test_arrays_with_an_equal_dtype_object_are_accepted_and_written_in_place():
     np.testing.assert_array_equal(np.sort(d2, axis=1), [[0.0, 25.0], [0.0, 25.0]])
     with pytest.raises(ValueError, match="union_edges: parent must have dtype int64, got >i8"):
         C().union_edges(np.arange(5, dtype=">i8"), np.array([1], np.int64), np.array([2], np.int64))
-
-
-def test_count_at_most_stops_past_the_budget():
-    tile = np.arange(12, dtype=np.float32).reshape(3, 4)
-    hi = np.array([1.5, 100.0, -1.0], np.float32)
-    assert C().tile_count_at_most(tile, hi, 100) == 2 + 4
-    assert C().tile_count_at_most(tile, hi, 1) > 1
 
 
 def heap_sorted(d2, index):
@@ -295,21 +375,56 @@ def test_index_read_in_place_equals_the_frame_copy(dtype, native):
 def test_checks_name_op_and_argument():
     points = np.zeros((5, 3), np.float32)
     partial = np.zeros((2, 3), np.float32)
-    lo = hi = np.zeros(2, np.float32)
+    rows = np.zeros((2, 3), np.float32)
+    panels, norm = np.zeros((1, 3, 16), np.float32), np.zeros(16, np.float32)
+    lo = hi = np.zeros(2)
     ids2, ids3 = np.arange(2, dtype=np.int64), np.arange(3, dtype=np.int64)
     counts, lists = np.zeros(5, np.int32), np.zeros((5, 2), np.int32)
-    with pytest.raises(ValueError, match="dbscan_tile_neighbours: thr_lo must have length 2"):
-        C().dbscan_tile_neighbours(partial, lo[:1], hi, ids2, ids3, points, 1.0, 1.0, counts, lists)
-    with pytest.raises(ValueError, match="dbscan_tile_neighbours: counts must have dtype int32"):
-        C().dbscan_tile_neighbours(partial, lo, hi, ids2, ids3, points, 1.0, 1.0, counts.astype(np.int64), lists)
-    with pytest.raises(ValueError, match="dbscan_tile_neighbours: partial must be C-contiguous"):
-        C().dbscan_tile_neighbours(np.asfortranarray(np.zeros((2, 3), np.float32)), lo, hi, ids2, ids3, points, 1.0, 1.0, counts, lists)
-    with pytest.raises(ValueError, match="dbscan_tile_neighbours: col_ids holds an index outside"):
-        C().dbscan_tile_neighbours(partial, lo, hi, ids2, np.array([0, 1, 9], np.int64), points, 1.0, 1.0, counts, lists)
-    with pytest.raises(ValueError, match="dbscan_tile_neighbours: points must have dtype float32 or float64"):
-        C().dbscan_tile_neighbours(partial, lo, hi, ids2, ids3, points.astype(np.int32), 1.0, 1.0, counts, lists)
-    with pytest.raises(ValueError, match="dbscan_tile_union: parent must satisfy"):
-        C().dbscan_tile_union(partial, lo, hi, ids2, ids3, points, 1.0, 1.0, np.array([0, 0, 1, 4, 3], np.int64))
+    big = 2**63 - 1
+
+    def neighbours(**changed):
+        args = dict(rows=rows, panels=panels, col_norm=norm, thr_lo=lo, thr_hi=hi, row_ids=ids2, col_ids=ids3,
+                    points=points, scale=1.0, eps2=1.0, counts=counts, lists=lists, budget=big)
+        args.update(changed)
+        C().dbscan_panel_neighbours(**args)
+
+    with pytest.raises(ValueError, match="dbscan_panel_neighbours: thr_lo must have length 2"):
+        neighbours(thr_lo=lo[:1])
+    with pytest.raises(ValueError, match="dbscan_panel_neighbours: thr_hi must have dtype float64"):
+        neighbours(thr_hi=hi.astype(np.float32))
+    with pytest.raises(ValueError, match="dbscan_panel_neighbours: thr_lo and thr_hi must not be NaN"):
+        neighbours(thr_hi=np.array([0.0, np.nan]))
+    with pytest.raises(ValueError, match="dbscan_panel_neighbours: counts must have dtype int32"):
+        neighbours(counts=counts.astype(np.int64))
+    with pytest.raises(ValueError, match="dbscan_panel_neighbours: rows must be C-contiguous"):
+        neighbours(rows=np.asfortranarray(np.zeros((2, 3), np.float32)))
+    with pytest.raises(ValueError, match="dbscan_panel_neighbours: col_ids holds an index outside"):
+        neighbours(col_ids=np.array([0, 1, 9], np.int64))
+    with pytest.raises(ValueError, match=r"dbscan_panel_neighbours: panels must be \[ceil\(len\(col_ids\) / 16\)"):
+        neighbours(panels=np.zeros((1, 2, 16), np.float32))
+    with pytest.raises(ValueError, match="dbscan_panel_neighbours: col_norm must have length 16"):
+        neighbours(col_norm=np.zeros(3, np.float32))
+    with pytest.raises(ValueError, match="dbscan_panel_neighbours: points must have dtype float32 or float64"):
+        neighbours(points=points.astype(np.int32))
+    with pytest.raises(ValueError, match="dbscan_panel_neighbours: budget must be >= 0"):
+        neighbours(budget=-1)
+    with pytest.raises(ValueError, match="dbscan_panel_union: parent must be a fully compressed union-find forest"):
+        C().dbscan_panel_union(rows, panels, norm, lo, hi, ids2, ids3, points, 1.0, 1.0, np.array([0, 0, 1, 3, 3], np.int64),
+                               big)
+    with pytest.raises(ValueError, match="dbscan_panel_union: points must have one row per parent entry"):
+        C().dbscan_panel_union(rows, panels, norm, lo, hi, ids2, ids3, points, 1.0, 1.0, np.arange(4, dtype=np.int64), big)
+    with pytest.raises(ValueError, match="pack_panels: source must have dtype float32 or float64"):
+        C().pack_panels(points.astype(np.int32), ids3, None, 1.0, None, panels, norm)
+    with pytest.raises(ValueError, match="pack_panels: ids holds an index outside"):
+        C().pack_panels(points, np.array([0, 7], np.int64), None, 1.0, None, panels, norm)
+    with pytest.raises(ValueError, match="pack_panels: mean must have dtype float32"):
+        C().pack_panels(points, ids3, np.zeros(3), 1.0, None, panels, norm)
+    with pytest.raises(ValueError, match="pack_panels: centre must have length 3"):
+        C().pack_panels(points, ids3, None, 1.0, np.zeros(2, np.float32), panels, norm)
+    with pytest.raises(ValueError, match="pack_panels: scale must be a finite number > 0"):
+        C().pack_panels(points, ids3, None, float("nan"), None, panels, norm)
+    with pytest.raises(ValueError, match=r"pack_panels: panels must be \[ceil\(len\(ids\) / 16\), dim, 16\]"):
+        C().pack_panels(points, ids3, None, 1.0, None, np.zeros((2, 3, 16), np.float32), np.zeros(32, np.float32))
     with pytest.raises(ValueError, match="union_edges: edge_a/edge_b hold an index"):
         C().union_edges(np.arange(3, dtype=np.int64), np.array([0], np.int64), np.array([5], np.int64))
     with pytest.raises(ValueError, match="box_pairs: box_hi must have the shape of box_lo"):

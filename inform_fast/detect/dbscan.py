@@ -75,7 +75,6 @@ from inform_fast.spatial import (
     candidate_leaves,
     chunk_rows,
     dot_band_coefficient,
-    bound_columns,
     outward,
     run_parallel,
     tile_band,
@@ -295,41 +294,35 @@ class _TorchEpilogue:
         return tests
 
 
-class _CppEpilogue:
-    """The same epilogues in inform_fast._C (float32 tiles, OpenMP)."""
+_NO_BUDGET = 2**63 - 1  # the C++ panel kernel's "no budget" (its L2-blocked order)
+
+
+class _CppEpilogue(_TorchEpilogue):
+    """The C++ epilogue: every tile of a float32 frame in the panel kernel of inform_fast._C
+    (``panel``: the tile computed in registers from packed columns, never stored); a float64 frame
+    (eps below float32's resolution of the data) keeps the reference's GEMM tiles and epilogues."""
 
     def __init__(self, points: torch.Tensor, scale: float, eps2: float):
         from inform_fast import _native
 
+        super().__init__(points, scale, eps2)
         self.C = _native.module()
-        self.points, self.scale, self.eps2 = points.numpy(), scale, eps2
-        self.torch = _TorchEpilogue(points, scale, eps2)
+        self.points_np = points.numpy()
 
-    def bound_neighbours(self, rows_low, cols_low, col_norm2, hi, row_ids, col_ids, counts, lists, budget: int):
-        """``neighbours`` of a lower-bound tile computed in the C++ kernel (float32 only): (rows
-        done, exact tests); rows past the first that needed more than ``budget`` tests are left."""
-        cols_t, norms = bound_columns(cols_low, col_norm2)
-        done = self.C.dbscan_bound_neighbours(rows_low.numpy(), cols_t, norms, hi.numpy(), row_ids.numpy(), col_ids.numpy(),
-                                              self.points, self.scale, self.eps2, counts.numpy(), lists.numpy(),
-                                              int(min(budget, 2**62)))
-        return (row_ids.numel(), done) if done >= 0 else (-done, int(budget))
-
-    def count_at_most(self, partial, hi, budget: int) -> int:
-        if partial.dtype != torch.float32:
-            return self.torch.count_at_most(partial, hi, budget)
-        return self.C.tile_count_at_most(partial.numpy(), hi.numpy(), int(budget))
-
-    def neighbours(self, partial, lo, hi, row_ids, col_ids, counts, lists) -> int:
-        if partial.dtype != torch.float32:  # a float64 frame: the reference epilogue keeps float64
-            return self.torch.neighbours(partial, lo, hi, row_ids, col_ids, counts, lists)
-        return self.C.dbscan_tile_neighbours(partial.numpy(), lo.numpy(), hi.numpy(), row_ids.numpy(), col_ids.numpy(),
-                                             self.points, self.scale, self.eps2, counts.numpy(), lists.numpy())
-
-    def union(self, partial, lo, hi, row_ids, col_ids, parent) -> int:
-        if partial.dtype != torch.float32:
-            return self.torch.union(partial, lo, hi, row_ids, col_ids, parent)
-        return self.C.dbscan_tile_union(partial.numpy(), lo.numpy(), hi.numpy(), row_ids.numpy(), col_ids.numpy(),
-                                        self.points, self.scale, self.eps2, parent.numpy())
+    def panel(self, kind: str, rows, panels, norm, lo, hi, row_ids, col_ids, budget: Optional[float], *args) -> tuple[int, int]:
+        """``neighbours`` / ``union`` of a tile computed by the C++ panel kernel from packed columns
+        (``CpuTiles._panel_tile``; float64 thresholds, ``lo`` None for a lower bound): (rows done,
+        exact tests); with a ``budget``, rows past the first that needed more tests than it are left."""
+        limit = _NO_BUDGET if budget is None else int(min(budget, 2**62))
+        common = (rows.numpy(), panels.numpy(), norm.numpy(), None if lo is None else lo.numpy(), hi.numpy(),
+                  row_ids.numpy(), col_ids.numpy(), self.points_np, self.scale, self.eps2)
+        if kind == "neighbours":
+            counts, lists = args
+            done = self.C.dbscan_panel_neighbours(*common, counts.numpy(), lists.numpy(), limit)
+        else:
+            (parent,) = args
+            done = self.C.dbscan_panel_union(*common, parent.numpy(), limit)
+        return (row_ids.numel(), done) if done >= 0 else (-done, limit)
 
 
 # --- the CPU pair engine ----------------------------------------------------------------------
@@ -438,8 +431,13 @@ class CpuTiles:
         self.exact_tests = 0
         self._lock = threading.Lock()
         self._local = threading.local()  # one tile buffer per worker
-        # lower-bound neighbour tiles in the epilogue's own kernel (C++, float32 frames)
-        self.fused = hasattr(epilogue, "bound_neighbours") and index.top.dtype == torch.float32
+        # every tile in the C++ panel kernel (float32 frames; columns packed from the indexed array)
+        self.panel = (hasattr(epilogue, "panel") and index.frame.dtype == torch.float32
+                      and index.source.dtype in (torch.float32, torch.float64) and index.source.device.type == "cpu")
+        if self.panel:
+            self.source = index.source.contiguous().numpy()
+            self.frame_mean = index.frame.mean.to(index.source.dtype).numpy()
+            self.top = index.top.contiguous().numpy()
 
     def _count(self, pairs: int = 0, filtered: int = 0, tests: int = 0) -> None:
         with self._lock:
@@ -492,13 +490,43 @@ class CpuTiles:
         torch.addmm(col_norm2[None, :], r, c.T, alpha=-2.0, out=tile)  # ||c||^2 - 2 r.c
         return tile, lo, hi
 
-    def _bound_neighbours(self, rb: _RowBlock, col_pos: torch.Tensor, col_ids: torch.Tensor, budget: float, counts,
-                          lists) -> tuple[int, int]:
-        """The lower-bound tile of ``_tile(rb, col_pos, True)`` with the epilogue's fused kernel:
-        (rows done, exact tests)."""
-        r, c, col_norm2, threshold, band = self._operands(rb, col_pos, True)
-        # float64: the kernel rounds it up to float32
-        return self.ops.bound_neighbours(r, c, col_norm2, threshold + band, rb.ids, col_ids, counts, lists, budget)
+    def _panel_tile(self, kind: str, rb: _RowBlock, col_pos: torch.Tensor, col_ids: torch.Tensor, low: bool,
+                    budget: Optional[float], *args) -> tuple[int, int]:
+        """The tile of ``_tile(rb, col_pos, low)`` in the C++ panel kernel: the columns packed straight
+        from the indexed array (through the frame and the rows' centre) into this worker's panel
+        buffer, the band from their norms, then the kernel: (rows done, exact tests)."""
+        index = self.index
+        if low:
+            r, centre, row_norm, threshold = rb.low()
+            source, ids, mean, scale = self.top, col_pos, None, 1.0
+        else:
+            r, centre, row_norm, threshold = rb.full()
+            source, ids, mean, scale = self.source, col_ids, self.frame_mean, index.frame.scale
+        dim, cols = r.shape[1], ids.numel()
+        n_panels = -(-cols // 16)
+        panels = self._buffer(n_panels * dim * 16, "panels").view(n_panels, dim, 16)
+        norm = self._buffer(n_panels * 16, "norms")
+        self.ops.C.pack_panels(source, ids.numpy(), mean, scale, None if centre is None else centre.numpy(), panels.numpy(),
+                               norm.numpy())
+        band = tile_band(index.frame, dim, row_norm, float(norm[:cols].max()) ** 0.5 * (1 + 1e-6), rb.global_norm,
+                         float(index.norms[col_pos].max()))
+        # float64 thresholds (the kernel rounds them outwards); a lower bound only rules pairs out
+        lo = None if low else threshold - band
+        return self.ops.panel(kind, r.contiguous(), panels, norm, lo, threshold + band, rb.ids, col_ids, budget, *args)
+
+    def _panel_step(self, kind: str, rb: _RowBlock, col_pos: torch.Tensor, col_ids: torch.Tensor, low: Optional[bool],
+                    budget: float, *args) -> Optional[bool]:
+        """``_step`` with every tile in the C++ panel kernel: the lower-bound try, then a full tile for
+        the rows it left."""
+        if low is not False:
+            done, tests = self._panel_tile(kind, rb, col_pos, col_ids, True, None if low is True else budget, *args)
+            self._count(filtered=done * col_pos.numel(), tests=tests)
+            if done == rb.ids.numel():
+                return tests <= budget
+            rb = rb.subset(torch.arange(done, rb.ids.numel()))
+        _, tests = self._panel_tile(kind, rb, col_pos, col_ids, False, None, *args)
+        self._count(pairs=rb.ids.numel() * col_pos.numel(), tests=tests)
+        return False
 
     def _step(self, kind: str, rb: _RowBlock, col_pos: torch.Tensor, low: Optional[bool], *args) -> Optional[bool]:
         """One tile of ``kind`` ("neighbours" / "union"). ``low`` None: try the lower-bound tile and
@@ -506,15 +534,8 @@ class CpuTiles:
         the next tile (a lower-bound tile that left too many candidates turns it off)."""
         col_ids = self.index.order[col_pos]
         budget = FILTER_MAX_FRACTION * rb.ids.numel() * col_pos.numel()
-        if low is not False and kind == "neighbours" and self.fused:
-            # the lower-bound tile in the C++ kernel (no tile in memory); rows it leaves for being
-            # too loose go through the full tile below
-            done, tests = self._bound_neighbours(rb, col_pos, col_ids, float("inf") if low is True else budget, *args)
-            self._count(filtered=done * col_pos.numel(), tests=tests)
-            if done == rb.ids.numel():
-                return tests <= budget
-            rb = rb.subset(torch.arange(done, rb.ids.numel()))
-            low = False
+        if self.panel:
+            return self._panel_step(kind, rb, col_pos, col_ids, low, budget, *args)
         if low is not False:
             tile, lo, hi = self._tile(rb, col_pos, True)
             if low is True or self.ops.count_at_most(tile, hi, budget) <= budget:
@@ -578,8 +599,11 @@ class CpuTiles:
 
 
 def _index_for(x: torch.Tensor, eps: float, block: int, native: bool, workers: int = 1) -> LeafIndex:
+    """The leaf index of the points; with the C++ extension (``native``) without a frame copy: its
+    panel kernel packs every tile's columns straight from ``x`` (the copy was 16 MB of DBSCAN's
+    memory at 32,000 x 128), while the GEMM tiles of the reference re-read copied runs faster."""
     leaf_size = max(8, min(LEAF_SIZE, block))
-    return build_index(x, leaf_size=leaf_size, radius=eps, native=native, workers=workers)
+    return build_index(x, leaf_size=leaf_size, radius=eps, native=native, workers=workers, copy=not native)
 
 
 @torch.no_grad()  # NumPy views and out= need tensors outside autograd
