@@ -48,15 +48,22 @@ void check_ids(const std::string& op, const char* name, const I64& ids, int64_t 
     if (p[i] < 0 || p[i] >= n) fail(op, std::string(name) + " holds an index outside [0, " + bound + ")");
 }
 
+// A float32 or float64 C-contiguous 2-D array, checked (``is_double`` receives which).
+py::array float_matrix(const std::string& op, const char* name, py::handle obj, bool& is_double) {
+  if (!py::isinstance<py::array>(obj)) fail(op, std::string(name) + " must be a NumPy array");
+  auto arr = py::reinterpret_borrow<py::array>(obj);
+  is_double = arr.dtype().equal(py::dtype::of<double>());
+  if (!is_double && !arr.dtype().equal(py::dtype::of<float>()))
+    fail(op, std::string(name) + " must have dtype float32 or float64, got " + std::string(py::str(arr.dtype())));
+  if (!(arr.flags() & py::array::c_style)) fail(op, std::string(name) + " must be C-contiguous");
+  if (arr.ndim() != 2) fail(op, std::string(name) + " must be 2-D, got " + std::to_string(arr.ndim()) + "-D");
+  return arr;
+}
+
 // A float32 or float64 [n, dim] C-contiguous array as exact-test rows; the array is kept alive by ``keep``.
 inform_fast::Rows rows_of(const std::string& op, const char* name, const py::handle& obj, double scale, py::array& keep) {
-  if (!py::isinstance<py::array>(obj)) fail(op, std::string(name) + " must be a NumPy array");
-  keep = py::reinterpret_borrow<py::array>(obj);
-  const bool is_double = keep.dtype().equal(py::dtype::of<double>());
-  if (!is_double && !keep.dtype().equal(py::dtype::of<float>()))
-    fail(op, std::string(name) + " must have dtype float32 or float64, got " + std::string(py::str(keep.dtype())));
-  if (!(keep.flags() & py::array::c_style)) fail(op, std::string(name) + " must be C-contiguous");
-  if (keep.ndim() != 2) fail(op, std::string(name) + " must be 2-D, got " + std::to_string(keep.ndim()) + "-D");
+  bool is_double = false;
+  keep = float_matrix(op, name, obj, is_double);
   if (!(scale > 0.0) || !std::isfinite(scale)) fail(op, "scale must be a finite number > 0");
   inform_fast::Rows rows;
   rows.data = keep.data();
@@ -114,13 +121,8 @@ void pack_panels_typed(const std::string& op, const py::array& source, const I64
 void pack_panels(py::handle source_obj, py::handle ids_obj, py::handle mean_obj, double scale, py::handle centre_obj,
                  py::handle panels_obj, py::handle norm_obj) {
   const std::string op = "pack_panels";
-  if (!py::isinstance<py::array>(source_obj)) fail(op, "source must be a NumPy array");
-  auto source = py::reinterpret_borrow<py::array>(source_obj);
-  const bool is_double = source.dtype().equal(py::dtype::of<double>());
-  if (!is_double && !source.dtype().equal(py::dtype::of<float>()))
-    fail(op, "source must have dtype float32 or float64, got " + std::string(py::str(source.dtype())));
-  if (!(source.flags() & py::array::c_style)) fail(op, "source must be C-contiguous");
-  if (source.ndim() != 2) fail(op, "source must be 2-D, got " + std::to_string(source.ndim()) + "-D");
+  bool is_double = false;
+  const py::array source = float_matrix(op, "source", source_obj, is_double);
   auto ids = checked<int64_t>(op, "ids", ids_obj, 1);
   auto panels = checked<float>(op, "panels", panels_obj, 3);
   auto norm = checked<float>(op, "norm", norm_obj, 1);
@@ -482,6 +484,34 @@ void gather_frame(py::handle source_obj, py::handle ids_obj, py::handle mean_obj
   inform_fast::gather_frame(source.data(), dim, ids.data(), m, mean.data(), static_cast<float>(scale), out.mutable_data());
 }
 
+template <typename T>
+void principal_coordinates_typed(const std::string& op, const py::array& source, py::handle mean_obj, double scale,
+                                 bool float_frame, const F64& axes, F64& out, int threads) {
+  auto mean = checked<T>(op, "mean", mean_obj, 1);
+  check_len(op, "mean", mean, source.shape(1));
+  const T* data = static_cast<const T*>(source.data());
+  py::gil_scoped_release release;
+  inform_fast::principal_coordinates<T>(data, source.shape(0), source.shape(1), mean.data(), scale, float_frame, axes.data(),
+                                        axes.shape(1), out.mutable_data(), threads);
+}
+
+void principal_coordinates(py::handle source_obj, py::handle mean_obj, double scale, bool float_frame, py::handle axes_obj,
+                           py::handle out_obj, int threads) {
+  const std::string op = "principal_coordinates";
+  bool is_double = false;
+  const py::array source = float_matrix(op, "source", source_obj, is_double);
+  auto axes = checked<double>(op, "axes", axes_obj, 2);
+  auto out = checked<double>(op, "out", out_obj, 2);
+  if (axes.shape(0) != source.shape(1)) fail(op, "axes must be [dim, p] with the dim of source");
+  if (out.shape(0) != source.shape(0) || out.shape(1) != axes.shape(1)) fail(op, "out must be [len(source), p]");
+  if (!(scale > 0.0) || !std::isfinite(scale)) fail(op, "scale must be a finite number > 0");
+  if (threads < 1) fail(op, "threads must be >= 1");
+  if (is_double)
+    principal_coordinates_typed<double>(op, source, mean_obj, scale, float_frame, axes, out, threads);
+  else
+    principal_coordinates_typed<float>(op, source, mean_obj, scale, float_frame, axes, out, threads);
+}
+
 py::array_t<int64_t> box_pairs(py::handle lo_obj, py::handle hi_obj, double reach, int64_t top_groups, int threads) {
   const std::string op = "box_pairs";
   auto lo = checked<double>(op, "box_lo", lo_obj, 2);
@@ -550,6 +580,9 @@ PYBIND11_MODULE(_C, m) {
         "union_edges over the listed neighbours of the core points that are core too.");
   m.def("gather_frame", &gather_frame, py::arg("source"), py::arg("ids"), py::arg("mean"), py::arg("scale"), py::arg("out"),
         "out[i] = (source[ids[i]] - mean) * scale, float32, scale a power of two (spatial.Frame.apply's values).");
+  m.def("principal_coordinates", &principal_coordinates, py::arg("source"), py::arg("mean"), py::arg("scale"),
+        py::arg("float_frame"), py::arg("axes"), py::arg("out"), py::arg("threads") = 1,
+        "out = y @ axes (float64) with y = (source - mean) * scale, rounded to float32 first where float_frame.");
   m.def("kd_order", &kd_order, py::arg("coords"), py::arg("leaf_size"),
         "(order, leaf sizes): rows of coords (float32 [n, dims]) in k-d leaf order, median splits on the widest coordinate.");
   m.def("union_edges", &union_edges, py::arg("parent"), py::arg("edge_a"), py::arg("edge_b"),

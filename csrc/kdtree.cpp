@@ -7,6 +7,7 @@
 #include <cmath>
 #include <limits>
 #include <utility>
+#include <type_traits>
 #include <vector>
 
 #include "bound_block.h"
@@ -138,5 +139,39 @@ void gather_frame(const float* source, int64_t dim, const int64_t* ids, int64_t 
     for (int64_t d = 0; d < dim; ++d) target[d] = (row[d] - mean[d]) * scale;
   }
 }
+
+template <typename T>
+void principal_coordinates(const T* source, int64_t n, int64_t dim, const T* mean, double scale, bool float_frame,
+                           const double* axes, int64_t p, double* out, int threads) {
+  const T scale_t = static_cast<T>(scale);
+#pragma omp parallel num_threads(threads) if (threads > 1)
+  {
+    std::vector<double> y(dim);
+#pragma omp for schedule(static)
+    for (int64_t i = 0; i < n; ++i) {
+      const T* row = source + i * dim;
+      for (int64_t d = 0; d < dim; ++d) {
+        if (std::is_same<T, float>::value && float_frame) {  // float32 rows into a float32 frame: a float difference
+          y[d] = static_cast<double>(static_cast<float>((row[d] - mean[d]) * scale_t));
+        } else {  // anything else in double, rounded once to the frame's precision
+          const double v = (static_cast<double>(row[d]) - static_cast<double>(mean[d])) * scale;
+          y[d] = float_frame ? static_cast<double>(static_cast<float>(v)) : v;
+        }
+      }
+      double* target = out + i * p;
+      for (int64_t k = 0; k < p; ++k) target[k] = 0.0;
+      for (int64_t d = 0; d < dim; ++d) {
+        const double yd = y[d];
+        const double* axis_row = axes + d * p;
+        for (int64_t k = 0; k < p; ++k) target[k] += yd * axis_row[k];
+      }
+    }
+  }
+}
+
+template void principal_coordinates<float>(const float*, int64_t, int64_t, const float*, double, bool, const double*,
+                                           int64_t, double*, int);
+template void principal_coordinates<double>(const double*, int64_t, int64_t, const double*, double, bool, const double*,
+                                            int64_t, double*, int);
 
 }  // namespace inform_fast

@@ -261,13 +261,25 @@ def fit_frame(x: torch.Tensor, radius: Optional[float] = None, filter_dims: int 
         # whole sample in float64 was 34 MB at 32,000 x 128: the largest allocation of a DBSCAN)
         step = max(1, x.shape[0] // PCA_SAMPLE)
         sample = x[::step][:PCA_SAMPLE]
-        covariance = torch.zeros((x.shape[1], x.shape[1]), dtype=torch.float64, device=x.device)
-        for a in range(0, sample.shape[0], 1 << 9):
-            part = ((sample[a : a + (1 << 9)].to(torch.float64) - mean.to(x.device)) * scale).to(torch.float32)
-            covariance += (part.T @ part).to(torch.float64)
-        covariance = covariance.cpu()
-        with single_thread():  # a D x D problem: threads only wait for each other (60x slower on a busy machine)
-            _, vectors = torch.linalg.eigh(covariance)  # ascending eigenvalues
+        if x.device.type == "cpu":
+            # NumPy's BLAS and LAPACK on the CPU: torch's (MKL) allocate per-thread workspaces on
+            # first use that stay with the process (~5 MB of a DBSCAN at 32,000 points for a D x D
+            # problem); NumPy's grew it by ~1 MB
+            sample_np = sample.numpy() if sample.dtype in (torch.float32, torch.float64) else sample.to(torch.float64).numpy()
+            mean_np = mean.numpy()
+            covariance_np = np.zeros((x.shape[1], x.shape[1]))
+            for a in range(0, sample_np.shape[0], 1 << 9):
+                part = ((sample_np[a : a + (1 << 9)].astype(np.float64) - mean_np) * scale).astype(np.float32)
+                covariance_np += (part.T @ part).astype(np.float64)
+            _, vectors_np = np.linalg.eigh(covariance_np)  # ascending eigenvalues
+            vectors = torch.from_numpy(np.ascontiguousarray(vectors_np))
+        else:
+            covariance = torch.zeros((x.shape[1], x.shape[1]), dtype=torch.float64, device=x.device)
+            for a in range(0, sample.shape[0], 1 << 9):
+                part = ((sample[a : a + (1 << 9)].to(torch.float64) - mean.to(x.device)) * scale).to(torch.float32)
+                covariance += (part.T @ part).to(torch.float64)
+            with single_thread():  # a D x D problem: threads only wait for each other (60x slower on a busy machine)
+                _, vectors = torch.linalg.eigh(covariance.cpu())  # ascending eigenvalues
         axes = vectors.flip(1)[:, : min(filter_dims, x.shape[1])].contiguous()
     else:
         axes = torch.eye(x.shape[1], dtype=torch.float64)[:, : min(filter_dims, x.shape[1])]
@@ -371,12 +383,22 @@ class LeafIndex:
         return offsets + torch.arange(offsets.numel(), device=offsets.device)
 
 
-def principal_coordinates(frame: Frame, x: torch.Tensor, workers: int = 1) -> torch.Tensor:
+def principal_coordinates(frame: Frame, x: torch.Tensor, workers: int = 1, native: bool = False) -> torch.Tensor:
     """[n, p] float64 principal coordinates of the rows of ``x`` [n, D] in ``frame``
     (``frame.project(frame.apply(x))``), in ``chunk_rows`` chunks on ``workers`` threads: no frame
-    copy of all of x."""
-    rows = chunk_rows(x.device)
+    copy of all of x. ``native``: in one pass of the C++ extension for float32/float64 rows on the
+    CPU (``_C.principal_coordinates``: the same products summed in another order; no chunk copies
+    and no BLAS workspaces, which grew DBSCAN's process by ~16 MB at 32,000 x 128)."""
     top = torch.empty((x.shape[0], frame.axes.shape[1]), dtype=torch.float64, device=x.device)
+    if native and x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and x.is_contiguous():
+        from inform_fast import _native
+
+        if _native.available():
+            _native.module().principal_coordinates(x.numpy(), frame.mean.to(x.dtype).numpy(), frame.scale,
+                                                   frame.dtype == torch.float32, frame.axes.contiguous().numpy(),
+                                                   top.numpy(), threads=max(1, int(workers)))
+            return top
+    rows = chunk_rows(x.device)
 
     def chunk(a: int) -> None:
         top[a : a + rows] = frame.project(frame.apply(x[a : a + rows]))
@@ -468,14 +490,10 @@ def build_index(x: torch.Tensor, leaf_size: int = 64, radius: Optional[float] = 
     # bounds and, with ``copy``, the frame copy) only chunk-sized temporaries exist: at 10^6 x 128
     # each whole-matrix temporary is 0.5 GiB
     starts_of_chunks = range(0, n, rows)
-    top64 = principal_coordinates(frame, x, workers)
+    top64 = principal_coordinates(frame, x, workers, native=native)
     k = min(tree_dims or tree_dims_for(x.shape[0], leaf_size), top64.shape[1])
     order_np, sizes = _kd_order(top64[:, :k].to(torch.float32).cpu().numpy(), leaf_size, native=native)
     order = torch.from_numpy(order_np).to(x.device)
-    top_ordered = torch.empty_like(top64)
-    run_parallel(lambda a: torch.index_select(top64, 0, order[a : a + rows], out=top_ordered[a : a + rows]),
-                 starts_of_chunks, workers)
-    top64 = top_ordered
     device = x.device
     n_leaves = len(sizes)
     size_t = torch.tensor(sizes, dtype=torch.int64, device=device)
@@ -483,13 +501,21 @@ def build_index(x: torch.Tensor, leaf_size: int = 64, radius: Optional[float] = 
     starts[1:] = torch.cumsum(size_t, 0)
     leaf = torch.repeat_interleave(torch.arange(n_leaves, device=device), size_t)
     f64 = dict(dtype=torch.float64, device=device)
-    box_lo = torch.full((n_leaves, k), float("inf"), **f64).scatter_reduce_(0, leaf[:, None].expand(-1, k), top64[:, :k], reduce="amin")
-    box_hi = torch.full((n_leaves, k), float("-inf"), **f64).scatter_reduce_(0, leaf[:, None].expand(-1, k), top64[:, :k], reduce="amax")
-    index = LeafIndex(frame=frame, source=x, top=top64.to(frame.dtype).contiguous(), order=order, starts=starts,
+    # the boxes from the rows in x's order (each row's leaf), and the stored coordinates in leaf
+    # order chunk by chunk: no second float64 copy of all of them in leaf order (4 MB at 32,000)
+    leaf_of_row = torch.empty_like(leaf)
+    leaf_of_row[order] = leaf
+    box_index = leaf_of_row[:, None].expand(-1, k)
+    box_lo = torch.full((n_leaves, k), float("inf"), **f64).scatter_reduce_(0, box_index, top64[:, :k], reduce="amin")
+    box_hi = torch.full((n_leaves, k), float("-inf"), **f64).scatter_reduce_(0, box_index, top64[:, :k], reduce="amax")
+    del leaf_of_row, box_index
+    top = torch.empty(top64.shape, dtype=frame.dtype, device=device)
+    run_parallel(lambda a: top[a : a + rows].copy_(top64.index_select(0, order[a : a + rows])), starts_of_chunks, workers)
+    del top64
+    index = LeafIndex(frame=frame, source=x, top=top, order=order, starts=starts,
                       norms=torch.empty(n, **f64), sqnorm=torch.empty(n, dtype=frame.dtype, device=device),
                       box_lo=box_lo, box_hi=box_hi, centre=torch.zeros((n_leaves, x.shape[1]), dtype=frame.dtype, device=device),
                       radius=torch.zeros(n_leaves, **f64), slack=0.0, native=native)
-    del top64, top_ordered
     # norms, centres and radii in the points' precision: they enter bounds and bands only, so they
     # are inflated by their relative error (gamma_D) instead of computed in float64
     inflate = 1.0 + 2.0 * (x.shape[1] + 2) * frame.roundoff

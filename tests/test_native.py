@@ -372,6 +372,30 @@ def test_index_read_in_place_equals_the_frame_copy(dtype, native):
     assert in_place.slack == copied.slack
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("radius", [None, 1e-9])  # a float32 frame, and one float32 cannot resolve (float64)
+def test_principal_coordinates_native_equals_the_frame_map_and_projection(dtype, radius):
+    from inform_fast.spatial import fit_frame, principal_coordinates
+
+    rng = np.random.default_rng(7)
+    x = torch.from_numpy(rng.normal(size=(1001, 37)) * np.linspace(0.1, 9, 37) + 250.0).to(dtype)
+    frame = fit_frame(x, radius=radius)
+    assert frame.dtype == (torch.float32 if radius is None else torch.float64)
+    want = frame.project(frame.apply(x))
+    got = principal_coordinates(frame, x, workers=2, native=True)
+    # the same stored values, products summed in another order: float64 rounding apart
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-12 * float(want.abs().max()))
+    with pytest.raises(ValueError, match="principal_coordinates: out must be"):
+        C().principal_coordinates(x.numpy(), frame.mean.to(dtype).numpy(), frame.scale, True, frame.axes.numpy(),
+                                  np.zeros((3, frame.axes.shape[1])))
+    with pytest.raises(ValueError, match="principal_coordinates: mean must have length 37"):
+        C().principal_coordinates(x.numpy(), np.zeros(3, x.numpy().dtype), frame.scale, True, frame.axes.numpy(),
+                                  np.zeros((1001, frame.axes.shape[1])))
+    with pytest.raises(ValueError, match="principal_coordinates: axes must be"):
+        C().principal_coordinates(x.numpy(), frame.mean.to(dtype).numpy(), frame.scale, True, np.zeros((3, 2)),
+                                  np.zeros((1001, 2)))
+
+
 def test_checks_name_op_and_argument():
     points = np.zeros((5, 3), np.float32)
     partial = np.zeros((2, 3), np.float32)
