@@ -48,9 +48,40 @@ def make_latents(n: int, m: int, dim: int = 128, clusters: int = 6, seed: int = 
     return rlhf, reference
 
 
-def _rss() -> int:
+def _resident() -> tuple[int, int]:
+    """(resident bytes, resident anonymous bytes: resident less file-backed and shared pages, i.e.
+    without the code pages of the libraries a first call touches)."""
     with open("/proc/self/statm") as stream:
-        return int(stream.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        fields = stream.read().split()
+    page = os.sysconf("SC_PAGE_SIZE")
+    return int(fields[1]) * page, (int(fields[1]) - int(fields[2])) * page
+
+
+def peak_resident(fn) -> tuple[int, int]:
+    """(resident-set growth, anonymous-memory growth) in bytes at their peaks during one call of
+    ``fn`` (sampled every 2 ms); (-1, -1) where /proc is not there."""
+    if not os.path.exists("/proc/self/statm"):
+        fn()
+        return -1, -1
+    start = _resident()
+    peak = list(start)
+    done = threading.Event()
+
+    def sample():
+        while not done.is_set():
+            now = _resident()
+            peak[0], peak[1] = max(peak[0], now[0]), max(peak[1], now[1])
+            time.sleep(0.002)
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        fn()
+    finally:
+        done.set()
+        thread.join()
+    end = _resident()
+    return max(peak[0], end[0]) - start[0], max(peak[1], end[1]) - start[1]
 
 
 def peak_memory(fn, device: str) -> int:
@@ -62,25 +93,7 @@ def peak_memory(fn, device: str) -> int:
         fn()
         torch.cuda.synchronize()
         return torch.cuda.max_memory_allocated() - start
-    if not os.path.exists("/proc/self/statm"):
-        return -1
-    start = _rss()
-    peak = [start]
-    done = threading.Event()
-
-    def sample():
-        while not done.is_set():
-            peak[0] = max(peak[0], _rss())
-            time.sleep(0.002)
-
-    thread = threading.Thread(target=sample, daemon=True)
-    thread.start()
-    try:
-        fn()
-    finally:
-        done.set()
-        thread.join()
-    return max(peak[0], _rss()) - start
+    return peak_resident(fn)[0]
 
 
 def _sync(device):

@@ -15,7 +15,9 @@ scikit-learn's ``DBSCAN(eps, min_samples)`` (where ``n <= --sklearn-max-n``), in
 equal, the partition of core points equal up to relabelling, noise equal; border points may join
 either of two clusters, as scikit-learn allows). Growth exponents: least-squares slope of
 log(time) against log(n). Memory: the resident-set growth during the call (sampled every 2 ms,
-data and imports excluded) and the process's peak RSS. The machine is shared: each row records
+data and imports excluded), its anonymous part (the same less file-backed pages: without the code
+pages of the libraries that a first call in a fresh process touches, which no allocation of the
+algorithm makes; the runs report both), and the process's peak RSS. The machine is shared: each row records
 the load average; ratios measured side by side move much less than times.
 
 k-NN case (``--knn``): ``knn_distance`` (k = 10) of 10^5 InfoRM latents against 10^6 others,
@@ -50,13 +52,13 @@ MIN_SAMPLES = 5
 
 
 def _measure(fn):
-    """(result, wall seconds, CPU seconds, RSS growth bytes) of one call."""
+    """(result, wall seconds, CPU seconds, (RSS growth, anonymous-memory growth) bytes) of one call."""
     sys.path.insert(0, HERE)
-    from bench_detection import peak_memory
+    from bench_detection import peak_resident
 
     out = {}
     start, cpu = time.perf_counter(), time.process_time()
-    memory = peak_memory(lambda: out.setdefault("result", fn()), "cpu")
+    memory = peak_resident(lambda: out.setdefault("result", fn()))
     return out["result"], time.perf_counter() - start, time.process_time() - cpu, memory
 
 
@@ -93,7 +95,7 @@ def child_dbscan(args) -> dict:
         core[result.core_sample_indices_] = True
     if args.save:
         np.savez(args.save, labels=labels, core=core)
-    row.update(eps=eps, seconds=wall, cpu_seconds=cpu, memory_growth_bytes=memory,
+    row.update(eps=eps, seconds=wall, cpu_seconds=cpu, memory_growth_bytes=memory[0], anon_growth_bytes=memory[1],
                max_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
                n_clusters=int(labels.max() + 1) if labels.size else 0, n_core=int(core.sum()), n_noise=int((labels < 0).sum()))
     return row
@@ -128,7 +130,7 @@ def child_knn(args) -> dict:
         _, wall, cpu, memory = _measure(gemm_pass)
         row["measured_queries"] = q.shape[0]
         wall, cpu = wall * args.nq / q.shape[0], cpu * args.nq / q.shape[0]
-    row.update(seconds=wall, cpu_seconds=cpu, memory_growth_bytes=memory,
+    row.update(seconds=wall, cpu_seconds=cpu, memory_growth_bytes=memory[0], anon_growth_bytes=memory[1],
                max_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
     return row
 
@@ -156,7 +158,7 @@ def child_scores(args) -> dict:
     }
     result, wall, cpu, memory = _measure(calls[args.impl])
     row = {"distribution": "inform", "n": args.n, "m": args.n, "impl": args.impl, "threads": torch.get_num_threads(),
-           "seconds": wall, "cpu_seconds": cpu, "memory_growth_bytes": memory,
+           "seconds": wall, "cpu_seconds": cpu, "memory_growth_bytes": memory[0], "anon_growth_bytes": memory[1],
            "max_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
     if args.impl == "icds":
         row.update(score=float(result.score), n_clusters=int(result.n_clusters), eps=float(result.eps))
@@ -272,6 +274,7 @@ def run_dbscan(args) -> list:
                     summary["cpu_seconds"] = _median([r["cpu_seconds"] for r in runs])
                     summary["seconds_runs"] = [r["seconds"] for r in runs]
                     summary["memory_growth_bytes"] = max(r["memory_growth_bytes"] for r in runs)
+                    summary["anon_growth_bytes"] = max(r.get("anon_growth_bytes", -1) for r in runs)
                     rows.append(summary)
                 line = f"{name:15s} n={n:>8}  eps={eps if eps is None else f'{eps:.4g}'}"
                 if ours:
@@ -304,6 +307,8 @@ def summarise(rows: list) -> dict:
         for n in sorted(set(ours) & set(theirs)):
             entry[f"speedup_{n}"] = theirs[n]["seconds"] / ours[n]["seconds"]
             entry[f"memory_ratio_{n}"] = ours[n]["memory_growth_bytes"] / max(theirs[n]["memory_growth_bytes"], 1)
+            if ours[n].get("anon_growth_bytes", -1) >= 0 and theirs[n].get("anon_growth_bytes", -1) > 0:
+                entry[f"anon_ratio_{n}"] = ours[n]["anon_growth_bytes"] / theirs[n]["anon_growth_bytes"]
             entry[f"identical_{n}"] = theirs[n]["same_core"] and theirs[n]["same_partition"]
         for n, r in ours.items():
             entry[f"seconds_{n}"] = r["seconds"]
@@ -390,6 +395,13 @@ def _fmt_bytes(value: float) -> str:
     return f"{value / 2**30:.2f} GiB" if value >= 2**30 else f"{value / 2**20:.0f} MiB"
 
 
+def _memory(row: dict) -> str:
+    """RSS growth, and the anonymous-memory growth where the row has it (results before 2026-12-02e
+    recorded the RSS only)."""
+    anon = row.get("anon_growth_bytes", -1)
+    return _fmt_bytes(row["memory_growth_bytes"]) + (f" / {_fmt_bytes(anon)}" if anon >= 0 else "")
+
+
 def _equality(row: dict) -> str:
     """The comparison with scikit-learn in words: identical, or how the core points differ."""
     if row["same_core"] and row["same_partition"]:
@@ -428,7 +440,7 @@ def markdown(payload: dict) -> str:
             lines.append(f"| {r['impl']} | {r['nq']:,} x {r['nr']:,} | {r['k']} | {r['seconds']:.1f} s | {r['cpu_seconds']:.1f} s | "
                          f"{_fmt_bytes(r['memory_growth_bytes'])} | {strategy} |")
         return "\n".join(lines)
-    lines += ["| distribution | n | eps | ours | scikit-learn | speedup | ours memory | sklearn memory | same core / clusters | clusters | pairs computed (share of n^2) |",
+    lines += ["| distribution | n | eps | ours | scikit-learn | speedup | ours memory (RSS / anonymous) | sklearn memory (RSS / anonymous) | same core / clusters | clusters | pairs computed (share of n^2) |",
               "|---|---|---|---|---|---|---|---|---|---|---|"]
     by = {}
     for r in rows:
@@ -443,10 +455,9 @@ def markdown(payload: dict) -> str:
             f"| {name} | {n:,} | {o['eps']:.3g} | {o['seconds']:.2f} s | {s['seconds']:.2f} s |" if s else
             f"| {name} | {n:,} | {o['eps']:.3g} | {o['seconds']:.2f} s | - |")
         if s:
-            lines[-1] += (f" {s['seconds'] / o['seconds']:.1f}x | {_fmt_bytes(o['memory_growth_bytes'])} | "
-                          f"{_fmt_bytes(s['memory_growth_bytes'])} | {_equality(s)} |")
+            lines[-1] += f" {s['seconds'] / o['seconds']:.1f}x | {_memory(o)} | {_memory(s)} | {_equality(s)} |"
         else:
-            lines[-1] += f" - | {_fmt_bytes(o['memory_growth_bytes'])} | - | - |"
+            lines[-1] += f" - | {_memory(o)} | - | - |"
         lines[-1] += f" {o['n_clusters']} | {pairs / n / n:.3f} |"
     for r in timeouts:
         lines.append(f"| {r.get('distribution')} | {r.get('n', 0):,} | | {r.get('impl')}: stopped after {r['timeout']:.0f} s | | | | | | | |")
