@@ -484,32 +484,48 @@ void gather_frame(py::handle source_obj, py::handle ids_obj, py::handle mean_obj
   inform_fast::gather_frame(source.data(), dim, ids.data(), m, mean.data(), static_cast<float>(scale), out.mutable_data());
 }
 
-template <typename T>
-void principal_coordinates_typed(const std::string& op, const py::array& source, py::handle mean_obj, double scale,
-                                 bool float_frame, const F64& axes, F64& out, int threads) {
+template <typename T, typename O>
+void principal_coordinates_typed(const std::string& op, const py::array& source, const int64_t* ids, int64_t n,
+                                 py::handle mean_obj, double scale, bool float_frame, const F64& axes, py::handle out_obj,
+                                 int threads) {
   auto mean = checked<T>(op, "mean", mean_obj, 1);
   check_len(op, "mean", mean, source.shape(1));
+  auto out = checked<O>(op, "out", out_obj, 2);
+  if (out.shape(0) != n || out.shape(1) != axes.shape(1)) fail(op, "out must be [len(ids) or len(source), p]");
   const T* data = static_cast<const T*>(source.data());
   py::gil_scoped_release release;
-  inform_fast::principal_coordinates<T>(data, source.shape(0), source.shape(1), mean.data(), scale, float_frame, axes.data(),
-                                        axes.shape(1), out.mutable_data(), threads);
+  inform_fast::principal_coordinates<T, O>(data, source.shape(1), ids, n, mean.data(), scale, float_frame, axes.data(),
+                                           axes.shape(1), out.mutable_data(), threads);
 }
 
 void principal_coordinates(py::handle source_obj, py::handle mean_obj, double scale, bool float_frame, py::handle axes_obj,
-                           py::handle out_obj, int threads) {
+                           py::handle out_obj, int threads, py::handle ids_obj) {
   const std::string op = "principal_coordinates";
   bool is_double = false;
   const py::array source = float_matrix(op, "source", source_obj, is_double);
   auto axes = checked<double>(op, "axes", axes_obj, 2);
-  auto out = checked<double>(op, "out", out_obj, 2);
   if (axes.shape(0) != source.shape(1)) fail(op, "axes must be [dim, p] with the dim of source");
-  if (out.shape(0) != source.shape(0) || out.shape(1) != axes.shape(1)) fail(op, "out must be [len(source), p]");
   if (!(scale > 0.0) || !std::isfinite(scale)) fail(op, "scale must be a finite number > 0");
   if (threads < 1) fail(op, "threads must be >= 1");
-  if (is_double)
-    principal_coordinates_typed<double>(op, source, mean_obj, scale, float_frame, axes, out, threads);
+  I64 ids;
+  const int64_t* id_data = nullptr;
+  int64_t n = source.shape(0);
+  if (!ids_obj.is_none()) {
+    ids = checked<int64_t>(op, "ids", ids_obj, 1);
+    check_ids(op, "ids", ids, source.shape(0), "len(source)");
+    id_data = ids.data();
+    n = ids.shape(0);
+  }
+  if (!py::isinstance<py::array>(out_obj)) fail(op, "out must be a NumPy array");
+  const bool out_double = py::reinterpret_borrow<py::array>(out_obj).dtype().equal(py::dtype::of<double>());
+  if (is_double && out_double)
+    principal_coordinates_typed<double, double>(op, source, id_data, n, mean_obj, scale, float_frame, axes, out_obj, threads);
+  else if (is_double)
+    principal_coordinates_typed<double, float>(op, source, id_data, n, mean_obj, scale, float_frame, axes, out_obj, threads);
+  else if (out_double)
+    principal_coordinates_typed<float, double>(op, source, id_data, n, mean_obj, scale, float_frame, axes, out_obj, threads);
   else
-    principal_coordinates_typed<float>(op, source, mean_obj, scale, float_frame, axes, out, threads);
+    principal_coordinates_typed<float, float>(op, source, id_data, n, mean_obj, scale, float_frame, axes, out_obj, threads);
 }
 
 py::array_t<int64_t> box_pairs(py::handle lo_obj, py::handle hi_obj, double reach, int64_t top_groups, int threads) {
@@ -581,8 +597,9 @@ PYBIND11_MODULE(_C, m) {
   m.def("gather_frame", &gather_frame, py::arg("source"), py::arg("ids"), py::arg("mean"), py::arg("scale"), py::arg("out"),
         "out[i] = (source[ids[i]] - mean) * scale, float32, scale a power of two (spatial.Frame.apply's values).");
   m.def("principal_coordinates", &principal_coordinates, py::arg("source"), py::arg("mean"), py::arg("scale"),
-        py::arg("float_frame"), py::arg("axes"), py::arg("out"), py::arg("threads") = 1,
-        "out = y @ axes (float64) with y = (source - mean) * scale, rounded to float32 first where float_frame.");
+        py::arg("float_frame"), py::arg("axes"), py::arg("out"), py::arg("threads") = 1, py::arg("ids") = py::none(),
+        "out = y @ axes (summed in float64, stored in out's dtype, float32 or float64) with y = (source[ids] - mean) * "
+        "scale, rounded to float32 first where float_frame; all rows in order where ids is None.");
   m.def("kd_order", &kd_order, py::arg("coords"), py::arg("leaf_size"),
         "(order, leaf sizes): rows of coords (float32 [n, dims]) in k-d leaf order, median splits on the widest coordinate.");
   m.def("union_edges", &union_edges, py::arg("parent"), py::arg("edge_a"), py::arg("edge_b"),

@@ -140,16 +140,16 @@ void gather_frame(const float* source, int64_t dim, const int64_t* ids, int64_t 
   }
 }
 
-template <typename T>
-void principal_coordinates(const T* source, int64_t n, int64_t dim, const T* mean, double scale, bool float_frame,
-                           const double* axes, int64_t p, double* out, int threads) {
+template <typename T, typename O>
+void principal_coordinates(const T* source, int64_t dim, const int64_t* ids, int64_t n, const T* mean, double scale,
+                           bool float_frame, const double* axes, int64_t p, O* out, int threads) {
   const T scale_t = static_cast<T>(scale);
 #pragma omp parallel num_threads(threads) if (threads > 1)
   {
-    std::vector<double> y(dim);
+    std::vector<double> y(dim), sum(p);
 #pragma omp for schedule(static)
     for (int64_t i = 0; i < n; ++i) {
-      const T* row = source + i * dim;
+      const T* row = source + (ids != nullptr ? ids[i] : i) * dim;
       for (int64_t d = 0; d < dim; ++d) {
         if (std::is_same<T, float>::value && float_frame) {  // float32 rows into a float32 frame: a float difference
           y[d] = static_cast<double>(static_cast<float>((row[d] - mean[d]) * scale_t));
@@ -158,20 +158,25 @@ void principal_coordinates(const T* source, int64_t n, int64_t dim, const T* mea
           y[d] = float_frame ? static_cast<double>(static_cast<float>(v)) : v;
         }
       }
-      double* target = out + i * p;
-      for (int64_t k = 0; k < p; ++k) target[k] = 0.0;
-      for (int64_t d = 0; d < dim; ++d) {
+      for (int64_t k = 0; k < p; ++k) sum[k] = 0.0;
+      for (int64_t d = 0; d < dim; ++d) {  // coordinate k's sum in the same order whatever p
         const double yd = y[d];
         const double* axis_row = axes + d * p;
-        for (int64_t k = 0; k < p; ++k) target[k] += yd * axis_row[k];
+        for (int64_t k = 0; k < p; ++k) sum[k] += yd * axis_row[k];
       }
+      O* target = out + i * p;
+      for (int64_t k = 0; k < p; ++k) target[k] = static_cast<O>(sum[k]);
     }
   }
 }
 
-template void principal_coordinates<float>(const float*, int64_t, int64_t, const float*, double, bool, const double*,
-                                           int64_t, double*, int);
-template void principal_coordinates<double>(const double*, int64_t, int64_t, const double*, double, bool, const double*,
-                                            int64_t, double*, int);
+#define INFORM_FAST_PRINCIPAL(T, O)                                                                                   \
+  template void principal_coordinates<T, O>(const T*, int64_t, const int64_t*, int64_t, const T*, double, bool,      \
+                                            const double*, int64_t, O*, int);
+INFORM_FAST_PRINCIPAL(float, float)
+INFORM_FAST_PRINCIPAL(float, double)
+INFORM_FAST_PRINCIPAL(double, float)
+INFORM_FAST_PRINCIPAL(double, double)
+#undef INFORM_FAST_PRINCIPAL
 
 }  // namespace inform_fast

@@ -174,16 +174,18 @@ std::vector<int64_t> kd_order(const float* coords, int64_t n, int64_t dims, int6
 void gather_frame(const float* source, int64_t dim, const int64_t* ids, int64_t m, const float* mean, float scale,
                   float* out);
 
-// The principal coordinates of every row of ``source`` [n, dim] (float32 or float64, row-major) in a
-// frame: out[i][k] = sum_d y_d axes[d][k] (float64, out [n, p]) with y = (x_i - mean) * scale, the
-// values the frame stores (spatial.Frame.apply: float32 rows into a float32 frame in float, else in
-// double, rounded to float32 where ``float_frame``; scale a power of two; ``mean`` holds the frame's
-// mean in the source's dtype, exact for float32 rows, whose frames centre on a float32 value): spatial.principal_coordinates in one pass, without its
-// per-chunk copies (at 32,000 x 128 those and the BLAS's per-thread workspaces grew the process
-// by ~16 MB for a 4 MB result).
-template <typename T>
-void principal_coordinates(const T* source, int64_t n, int64_t dim, const T* mean, double scale, bool float_frame,
-                           const double* axes, int64_t p, double* out, int threads);
+// The principal coordinates of rows of ``source`` [.., dim] (float32 or float64, row-major) in a
+// frame: out[i][k] = sum_d y_d axes[d][k] (summed in double, d ascending, then rounded to O; out
+// [n, p]) for row ids[i] (row i where ids is null), with y = (x - mean) * scale, the values the
+// frame stores (spatial.Frame.apply: float32 rows into a float32 frame in float, else in double,
+// rounded to float32 where ``float_frame``; scale a power of two; ``mean`` holds the frame's mean
+// in the source's dtype, exact for float32 rows, whose frames centre on a float32 value). A
+// coordinate's value does not depend on p, so the first k axes alone give the first k
+// coordinates of all p bit for bit: spatial.build_index computes the tree's coordinates (float64)
+// first, then all of them in leaf order in the frame's dtype, without a float64 copy of all.
+template <typename T, typename O>
+void principal_coordinates(const T* source, int64_t dim, const int64_t* ids, int64_t n, const T* mean, double scale,
+                           bool float_frame, const double* axes, int64_t p, O* out, int threads);
 
 // Every ordered pair (i, j) of leaves whose boxes (box_lo / box_hi [n_leaves, dims], float64)
 // are at most ``reach`` apart (Euclidean distance between boxes; i == j included), flattened as

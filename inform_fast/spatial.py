@@ -383,27 +383,44 @@ class LeafIndex:
         return offsets + torch.arange(offsets.numel(), device=offsets.device)
 
 
-def principal_coordinates(frame: Frame, x: torch.Tensor, workers: int = 1, native: bool = False) -> torch.Tensor:
-    """[n, p] float64 principal coordinates of the rows of ``x`` [n, D] in ``frame``
-    (``frame.project(frame.apply(x))``), in ``chunk_rows`` chunks on ``workers`` threads: no frame
-    copy of all of x. ``native``: in one pass of the C++ extension for float32/float64 rows on the
-    CPU (``_C.principal_coordinates``: the same products summed in another order; no chunk copies
-    and no BLAS workspaces, which grew DBSCAN's process by ~16 MB at 32,000 x 128)."""
-    top = torch.empty((x.shape[0], frame.axes.shape[1]), dtype=torch.float64, device=x.device)
-    if native and x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and x.is_contiguous():
+def _native_rows(x: torch.Tensor, native: bool) -> bool:
+    """Whether the C++ extension's passes over whole rows serve ``x``."""
+    if not (native and x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and x.is_contiguous()):
+        return False
+    from inform_fast import _native
+
+    return _native.available()
+
+
+def principal_coordinates(frame: Frame, x: torch.Tensor, workers: int = 1, native: bool = False,
+                          axes: Optional[int] = None, ids: Optional[torch.Tensor] = None,
+                          dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """[n, p] principal coordinates (in ``dtype``, summed in float64) of the rows of ``x`` [n, D]
+    in ``frame`` (``frame.project(frame.apply(x))``): the first ``axes`` of them (all by default),
+    of the rows ``ids`` in that order (all by default). In ``chunk_rows`` chunks on ``workers``
+    threads: no frame copy of all of x. ``native``: in one pass of the C++ extension for
+    float32/float64 rows on the CPU (``_C.principal_coordinates``: the same products summed in
+    another order; no chunk copies and no BLAS workspaces, which grew DBSCAN's process by ~16 MB
+    at 32,000 x 128)."""
+    p = frame.axes.shape[1] if axes is None else axes
+    n = x.shape[0] if ids is None else ids.numel()
+    top = torch.empty((n, p), dtype=dtype, device=x.device)
+    if _native_rows(x, native):
         from inform_fast import _native
 
-        if _native.available():
-            _native.module().principal_coordinates(x.numpy(), frame.mean.to(x.dtype).numpy(), frame.scale,
-                                                   frame.dtype == torch.float32, frame.axes.contiguous().numpy(),
-                                                   top.numpy(), threads=max(1, int(workers)))
-            return top
+        _native.module().principal_coordinates(x.numpy(), frame.mean.to(x.dtype).numpy(), frame.scale,
+                                               frame.dtype == torch.float32, frame.axes[:, :p].contiguous().numpy(),
+                                               top.numpy(), threads=max(1, int(workers)),
+                                               ids=None if ids is None else ids.contiguous().numpy())
+        return top
     rows = chunk_rows(x.device)
+    frame_axes = Frame(frame.mean, frame.axes[:, :p], frame.scale, frame.exact_scale, frame.dtype)
 
     def chunk(a: int) -> None:
-        top[a : a + rows] = frame.project(frame.apply(x[a : a + rows]))
+        part = x[a : a + rows] if ids is None else x.index_select(0, ids[a : a + rows])
+        top[a : a + rows] = frame_axes.project(frame_axes.apply(part))
 
-    run_parallel(chunk, range(0, x.shape[0], rows), workers)
+    run_parallel(chunk, range(0, n, rows), workers)
     return top
 
 
@@ -490,8 +507,12 @@ def build_index(x: torch.Tensor, leaf_size: int = 64, radius: Optional[float] = 
     # bounds and, with ``copy``, the frame copy) only chunk-sized temporaries exist: at 10^6 x 128
     # each whole-matrix temporary is 0.5 GiB
     starts_of_chunks = range(0, n, rows)
-    top64 = principal_coordinates(frame, x, workers, native=native)
-    k = min(tree_dims or tree_dims_for(x.shape[0], leaf_size), top64.shape[1])
+    p = frame.axes.shape[1]
+    k = min(tree_dims or tree_dims_for(x.shape[0], leaf_size), p)
+    # the tree's coordinates first (float64: the boxes bound them), then all p in leaf order in the
+    # frame's dtype: with the C++ extension no float64 copy of all p (4 MB at 32,000; 128 MB at 10^6)
+    in_two_passes = _native_rows(x, native)
+    top64 = principal_coordinates(frame, x, workers, native=native, axes=k if in_two_passes else None)
     order_np, sizes = _kd_order(top64[:, :k].to(torch.float32).cpu().numpy(), leaf_size, native=native)
     order = torch.from_numpy(order_np).to(x.device)
     device = x.device
@@ -502,16 +523,20 @@ def build_index(x: torch.Tensor, leaf_size: int = 64, radius: Optional[float] = 
     leaf = torch.repeat_interleave(torch.arange(n_leaves, device=device), size_t)
     f64 = dict(dtype=torch.float64, device=device)
     # the boxes from the rows in x's order (each row's leaf), and the stored coordinates in leaf
-    # order chunk by chunk: no second float64 copy of all of them in leaf order (4 MB at 32,000)
+    # order: no second float64 copy of them in leaf order
     leaf_of_row = torch.empty_like(leaf)
     leaf_of_row[order] = leaf
     box_index = leaf_of_row[:, None].expand(-1, k)
     box_lo = torch.full((n_leaves, k), float("inf"), **f64).scatter_reduce_(0, box_index, top64[:, :k], reduce="amin")
     box_hi = torch.full((n_leaves, k), float("-inf"), **f64).scatter_reduce_(0, box_index, top64[:, :k], reduce="amax")
     del leaf_of_row, box_index
-    top = torch.empty(top64.shape, dtype=frame.dtype, device=device)
-    run_parallel(lambda a: top[a : a + rows].copy_(top64.index_select(0, order[a : a + rows])), starts_of_chunks, workers)
-    del top64
+    if in_two_passes:
+        del top64
+        top = principal_coordinates(frame, x, workers, native=native, ids=order, dtype=frame.dtype)
+    else:
+        top = torch.empty(top64.shape, dtype=frame.dtype, device=device)
+        run_parallel(lambda a: top[a : a + rows].copy_(top64.index_select(0, order[a : a + rows])), starts_of_chunks, workers)
+        del top64
     index = LeafIndex(frame=frame, source=x, top=top, order=order, starts=starts,
                       norms=torch.empty(n, **f64), sqnorm=torch.empty(n, dtype=frame.dtype, device=device),
                       box_lo=box_lo, box_hi=box_hi, centre=torch.zeros((n_leaves, x.shape[1]), dtype=frame.dtype, device=device),

@@ -385,9 +385,20 @@ def test_principal_coordinates_native_equals_the_frame_map_and_projection(dtype,
     got = principal_coordinates(frame, x, workers=2, native=True)
     # the same stored values, products summed in another order: float64 rounding apart
     torch.testing.assert_close(got, want, rtol=0, atol=1e-12 * float(want.abs().max()))
+    # the first axes of some rows, in the frame's dtype: bit for bit the native values of all axes
+    # (build_index's two passes), and the reference path's within float64 rounding
+    ids = torch.from_numpy(rng.permutation(1001)[:400].astype(np.int64))
+    part = principal_coordinates(frame, x, workers=2, native=True, axes=3, ids=ids, dtype=frame.dtype)
+    assert part.dtype == frame.dtype and part.shape == (400, 3)
+    assert torch.equal(part, got[ids, :3].to(frame.dtype))
+    reference = principal_coordinates(frame, x, workers=2, native=False, axes=3, ids=ids)
+    torch.testing.assert_close(reference, want[ids, :3], rtol=0, atol=1e-12 * float(want.abs().max()))
     with pytest.raises(ValueError, match="principal_coordinates: out must be"):
         C().principal_coordinates(x.numpy(), frame.mean.to(dtype).numpy(), frame.scale, True, frame.axes.numpy(),
                                   np.zeros((3, frame.axes.shape[1])))
+    with pytest.raises(ValueError, match="principal_coordinates: ids holds an index outside"):
+        C().principal_coordinates(x.numpy(), frame.mean.to(dtype).numpy(), frame.scale, True, frame.axes.numpy(),
+                                  np.zeros((1, frame.axes.shape[1])), ids=np.array([1001], np.int64))
     with pytest.raises(ValueError, match="principal_coordinates: mean must have length 37"):
         C().principal_coordinates(x.numpy(), np.zeros(3, x.numpy().dtype), frame.scale, True, frame.axes.numpy(),
                                   np.zeros((1001, frame.axes.shape[1])))

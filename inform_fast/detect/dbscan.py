@@ -423,7 +423,6 @@ class CpuTiles:
         # the principal-coordinate distance bounds the distance of the *stored* points, which may
         # exceed the true one by the index's slack
         self.low_eps2 = (eps_frame + index.slack) ** 2
-        self.block = block
         self.ops = epilogue
         self.workers = workers
         self.pairs = 0  # pairs in full tiles
@@ -438,6 +437,7 @@ class CpuTiles:
             self.source = index.source.contiguous().numpy()
             self.frame_mean = index.frame.mean.to(index.source.dtype).numpy()
             self.top = index.top.contiguous().numpy()
+        self.block = block
 
     def _count(self, pairs: int = 0, filtered: int = 0, tests: int = 0) -> None:
         with self._lock:
@@ -900,9 +900,10 @@ def _join_components(index: LeafIndex, engine, parent: torch.Tensor, incomplete:
     # partners: the larger side of each touching pair (size, then id), so each pair is searched once
     key = sizes.to(torch.float64) * (k + 1) + torch.arange(k, device=device)
     part_a, part_b = [], []
-    # blocks of ~2^18 component pairs: with 10^4 components, blocks of 1024 rows were 90 MB of
-    # temporaries, five times the index itself at 32,000 points
-    step = max(1, min(1024, (1 << 18) // k))
+    # blocks of ~2^16 component pairs: with 10^4 components, blocks of 1024 rows were 90 MB of
+    # temporaries, five times the index itself at 32,000 points; 2^18 were still 6 MB of a 16 MB
+    # heap on 1,280 small clusters (a few dozen blocks cost nothing next to the searches)
+    step = max(1, min(1024, (1 << 16) // k))
     for a in range(0, k, step):
         gap = torch.cdist(centre[a : a + step], centre) - radius[a : a + step, None] - radius[None, :]
         i, j = torch.nonzero((gap <= reach) & (key[a : a + step, None] < key[None, :]), as_tuple=True)
