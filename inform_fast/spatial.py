@@ -28,9 +28,10 @@ units), the frame is float64 and the same band uses float64's unit roundoff.
 The tree: median splits along the widest of the top ``TREE_DIMS`` principal coordinates, down to
 leaves of at most ``leaf_size`` points, each leaf a run of consecutive positions (``LeafIndex.order``
 maps a position to its row of the indexed array). A tile's rows come from ``LeafIndex.gather``:
-from a frame copy of the points in leaf order where the index keeps one (DBSCAN, whose tiles
-re-read their columns), else read from the indexed array in place and mapped through the frame
-(the k-NN searches: no second copy of the references). Each leaf keeps its box in those
+from a frame copy of the points in leaf order where the index keeps one (DBSCAN's reference and
+Triton backends, whose tiles re-read their columns), else read from the indexed array in place and
+mapped through the frame (the k-NN searches: no second copy of the references; DBSCAN's C++ panel
+kernel, which packs each tile's columns from it). Each leaf keeps its box in those
 coordinates, the range of the norm of its remaining coordinates, and its bounding ball; two leaves can hold a pair within ``r`` only if
 ``max(sqrt(box_gap^2 + tail_gap^2), centre_distance - radius_a - radius_b) <= r`` (an orthogonal
 projection never lengthens a vector, and ``|u - v| >= ||u| - |v||``). On latents whose variance
@@ -655,15 +656,20 @@ def _box_pairs(index: LeafIndex, radius: float, chunk_pairs: int = 1 << 16, nati
     return i, j
 
 
+MASK_CHUNKS = 16  # candidate_leaves: at most this many chunks select their pairs by a mask (no sort)
+
+
 def candidate_leaves(index: LeafIndex, radius: float, chunk_elements: int = 1 << 20, native: bool = False,
-                     workers: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+                     workers: int = 1, chunk_pairs: int = 1 << 16) -> tuple[torch.Tensor, torch.Tensor]:
     """CSR (indptr [n_leaves + 1], indices int32) of, for each leaf, the leaves that may hold a
     point within ``radius`` (frame units) of one of its points, nearest centre first (itself
     first). The boxes (a few coordinates, by ``_box_pairs``'s descent) rule out most pairs first;
     only the pairs they leave get the ball bound (all D coordinates). Rows go in chunks of about
     ``chunk_elements / n_leaves`` leaves, each ordered on its own, so the temporaries stay near
-    ``chunk_elements`` values and only the int32 lists are kept. ``native``, ``workers``: see
-    ``_box_pairs``."""
+    ``chunk_elements`` values and only the int32 lists are kept; where the pairs are up to
+    MASK_CHUNKS x ``chunk_pairs``, chunks of about ``chunk_pairs`` pairs that each select theirs by a
+    mask (on the 1/k spectrum at 32,000 points, 250,000 pairs in one chunk were 24 MB of
+    temporaries, three quarters of DBSCAN's heap). ``native``, ``workers``: see ``_box_pairs``."""
     n_leaves = index.n_leaves
     device = index.box_lo.device
     if n_leaves == 0:
@@ -671,8 +677,12 @@ def candidate_leaves(index: LeafIndex, radius: float, chunk_elements: int = 1 <<
     chunk = max(1, min(n_leaves, chunk_elements // max(1, n_leaves)))
     tolerance = 4.0 * (index.centre.shape[1] * FLOAT64_ROUNDOFF) ** 0.5 * float(index.centre.norm(dim=1).max())
     box_i, box_j = _box_pairs(index, radius, native=native, workers=workers)
-    if n_leaves <= chunk:  # one chunk: no grouping of the pairs by row needed
-        row_start = [0, box_i.numel()]
+    pairs = box_i.numel()
+    by_mask = chunk_pairs < pairs <= MASK_CHUNKS * chunk_pairs
+    if by_mask:
+        chunk = max(1, min(chunk, n_leaves * chunk_pairs // pairs))
+    if n_leaves <= chunk or by_mask:  # one chunk, or chunks that pick their pairs: no grouping by row
+        row_start = None
     else:
         order = torch.argsort(box_i * n_leaves + box_j)
         box_i, box_j = box_i[order], box_j[order]
@@ -680,8 +690,14 @@ def candidate_leaves(index: LeafIndex, radius: float, chunk_elements: int = 1 <<
     counts = torch.zeros(n_leaves, dtype=torch.int64, device=device)
     col_parts = []
     for c, a in enumerate(range(0, n_leaves, chunk)):
-        i, j = box_i[row_start[c] : row_start[c + 1]], box_j[row_start[c] : row_start[c + 1]]
         rows = min(a + chunk, n_leaves) - a
+        if row_start is not None:
+            i, j = box_i[row_start[c] : row_start[c + 1]], box_j[row_start[c] : row_start[c + 1]]
+        elif by_mask:
+            take = torch.nonzero((box_i >= a) & (box_i < a + rows)).flatten()
+            i, j = box_i[take], box_j[take]
+        else:
+            i, j = box_i, box_j
         # the ball bound: one GEMM-based cdist of the chunk's leaves against the leaves its pairs
         # name (consecutive leaves are close in space, so few), less a tolerance for its float64
         # cancellation (a lower bound must not overstate); gathering both centres per pair moved

@@ -183,8 +183,8 @@ class TritonTiles:
             raise NotImplementedError("TritonTiles: the radius needs a float64 frame; use the cpp or reference backend")
         self.index = index
         self.points = points
-        # the kernels address the frame points by position: the index's frame copy (DBSCAN builds
-        # its index with one), else one made here, on the kernels' device
+        # the kernels address the frame points by position: the index's frame copy (DBSCAN's
+        # Triton backend builds its index with one), else one made here, on the kernels' device
         self.frame_points = index.frame_points()
         self.exact_scale = index.frame.exact_scale
         self.eps_exact2 = (eps * self.exact_scale) ** 2

@@ -301,17 +301,26 @@ def test_box_pairs_match_all_pairs_and_the_python_descent(n_leaves, dims, top_gr
 
 def test_candidate_leaves_native_gives_the_same_lists():
     # the same candidate leaves per leaf, itself first and nearest centre first, through the C++
-    # box pairs as through the Python descent (one chunk and several)
-    from inform_fast.spatial import build_index, candidate_leaves
+    # box pairs as through the Python descent (one chunk, chunks grouped by a sort, chunks that
+    # select their pairs by a mask)
+    from inform_fast.spatial import _box_pairs, build_index, candidate_leaves
 
     rng = np.random.default_rng(5)
     x = torch.from_numpy((rng.normal(size=(3001, 24)) * np.linspace(3.0, 0.1, 24)).astype(np.float32))
     index = build_index(x, leaf_size=16, radius=1.5)
     radius = 1.5 * index.frame.scale
-    for chunk_elements in (1 << 20, 4096):
-        ip_py, col_py = candidate_leaves(index, radius, chunk_elements=chunk_elements)
-        ip_cc, col_cc = candidate_leaves(index, radius, chunk_elements=chunk_elements, native=True, workers=2)
+    pairs = len(_box_pairs(index, radius)[0])
+    for chunk_elements, chunk_pairs in ((1 << 20, pairs), (4096, pairs), (1 << 20, pairs // 5 + 1)):
+        ip_py, col_py = candidate_leaves(index, radius, chunk_elements=chunk_elements, chunk_pairs=chunk_pairs)
+        ip_cc, col_cc = candidate_leaves(index, radius, chunk_elements=chunk_elements, native=True, workers=2,
+                                         chunk_pairs=chunk_pairs)
         assert torch.equal(ip_py, ip_cc)
+        if chunk_pairs == pairs and chunk_elements == 1 << 20:
+            one_chunk = (ip_py, [set(col_py[int(ip_py[leaf]) : int(ip_py[leaf + 1])].tolist()) for leaf in range(index.n_leaves)])
+        else:  # every chunking lists the same leaves as one chunk
+            assert torch.equal(ip_py, one_chunk[0])
+            assert all(set(col_py[int(ip_py[leaf]) : int(ip_py[leaf + 1])].tolist()) == one_chunk[1][leaf]
+                       for leaf in range(index.n_leaves))
         centre = index.centre
         for leaf in range(index.n_leaves):
             a, b = int(ip_py[leaf]), int(ip_py[leaf + 1])

@@ -47,12 +47,15 @@ Cost: the near pass is ``n x NEAR_COLUMNS`` pairs; the far pass ``(points not ce
 x (candidate columns)``, which is small where the data are dense around most points or where
 the tree prunes (latents whose variance lives in few directions), and ``n^2`` only for data that
 are both diffuse and high-dimensional at the scale of eps; the union passes are near-linear
-unless many separate components touch. Memory: the index (a float32 copy of the points), the
-lists (``n x cap`` int32) and one tile (``ROW_BLOCK x block`` floats).
+unless many separate components touch. Memory (cpp backend): the index (the top principal
+coordinates, n x 16 float32, and per-leaf bounds; the points are read in place), the lists
+(``n x cap`` int32) and, per worker, one tile's packed columns (``block x D`` floats); the
+reference backend also keeps a float32 frame copy of the points and a ``ROW_BLOCK x block`` tile.
 
-Backends (``inform_fast.dispatch``, op ``"dbscan"``): ``reference`` (PyTorch epilogues),
-``cpp`` (the epilogues of ``inform_fast._C``, OpenMP), ``triton`` (the engine's passes as fused
-Triton kernels, ``inform_fast.kernels.dbscan``; the exact test of the band's pairs on the host).
+Backends (``inform_fast.dispatch``, op ``"dbscan"``): ``reference`` (GEMM tiles and PyTorch
+epilogues), ``cpp`` (every tile in the panel kernel of ``inform_fast._C``: computed in registers
+from columns packed straight from the points, never stored), ``triton`` (the engine's passes as
+fused Triton kernels, ``inform_fast.kernels.dbscan``; the exact test of the band's pairs on the host).
 """
 from __future__ import annotations
 
@@ -120,8 +123,9 @@ def dbscan(
 ) -> DBSCANResult:
     """Cluster ``x`` [n, L] (tensor or array, any float dtype) with DBSCAN(eps, min_samples).
 
-    ``block`` is the column count of a tile: peak extra memory is about ``ROW_BLOCK x block``
-    floats beyond the index (a float32 copy of x) and the neighbour lists. Returns a
+    ``block`` is the column count of a tile: peak extra memory is about ``block x D`` floats per
+    worker thread beyond the index and the neighbour lists (cpp backend; the reference backend's
+    GEMM tiles are ``ROW_BLOCK x block`` floats, beside a float32 frame copy of x). Returns a
     DBSCANResult on ``x``'s device.
     """
     x = as_latents("x", x)
@@ -598,12 +602,13 @@ class CpuTiles:
                 self._record(tried, low)
 
 
-def _index_for(x: torch.Tensor, eps: float, block: int, native: bool, workers: int = 1) -> LeafIndex:
-    """The leaf index of the points; with the C++ extension (``native``) without a frame copy: its
-    panel kernel packs every tile's columns straight from ``x`` (the copy was 16 MB of DBSCAN's
-    memory at 32,000 x 128), while the GEMM tiles of the reference re-read copied runs faster."""
+def _index_for(x: torch.Tensor, eps: float, block: int, native: bool, workers: int = 1, copy: bool = True) -> LeafIndex:
+    """The leaf index of the points, with a frame copy of them where ``copy``: the C++ panel kernel
+    packs every tile's columns straight from ``x`` and needs none (it was 16 MB of DBSCAN's memory
+    at 32,000 x 128), while the reference's GEMM tiles re-read copied runs faster and the Triton
+    kernels address the frame points by position."""
     leaf_size = max(8, min(LEAF_SIZE, block))
-    return build_index(x, leaf_size=leaf_size, radius=eps, native=native, workers=workers, copy=not native)
+    return build_index(x, leaf_size=leaf_size, radius=eps, native=native, workers=workers, copy=copy)
 
 
 @torch.no_grad()  # NumPy views and out= need tensors outside autograd
@@ -611,7 +616,8 @@ def _dbscan_on_cpu(x: torch.Tensor, eps: float, min_samples: int, block: int, ep
     device = x.device
     points = exact_points(x)
     with worker_threads() as workers:
-        index = _index_for(points, eps, block, native=epilogue_class is _CppEpilogue, workers=workers)
+        native = epilogue_class is _CppEpilogue
+        index = _index_for(points, eps, block, native=native, workers=workers, copy=not native)
         scale = index.frame.exact_scale
         epilogue = epilogue_class(points, scale, (eps * scale) ** 2)
         engine = CpuTiles(index, eps, epilogue, block, workers)
