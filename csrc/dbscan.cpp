@@ -10,6 +10,7 @@
 #endif
 
 #include "bound_block.h"  // bound::round_up
+#include "frame.h"
 #include "ops.h"
 #include "panel_block.h"
 
@@ -60,7 +61,6 @@ void pack_panels(const T* source, int64_t dim, const int64_t* ids, int64_t cols,
   using panel::kPanelWidth;
   constexpr int64_t kAhead = 8;  // rows requested ahead: the ids are scattered over the source
   const int64_t n_panels = (cols + kPanelWidth - 1) / kPanelWidth;
-  const T scale_t = static_cast<T>(scale);
   for (int64_t j = 0; j < n_panels * kPanelWidth; ++j) {
     float* out = panels + (j / kPanelWidth) * dim * kPanelWidth + j % kPanelWidth;
     if (j >= cols) {
@@ -77,7 +77,7 @@ void pack_panels(const T* source, int64_t dim, const int64_t* ids, int64_t cols,
     for (int64_t d = 0; d < dim; ++d) {
       // the frame's value rounded once to float (float input: a float difference, then an exact
       // power-of-two scale), then the tile's centre subtracted in float: spatial.frame_rows, then ``c -= centre``
-      float v = mean != nullptr ? static_cast<float>((row[d] - mean[d]) * scale_t) : static_cast<float>(row[d]);
+      float v = static_cast<float>(mean != nullptr ? frame_value(row[d], mean[d], scale, true) : row[d]);
       if (centre != nullptr) v -= centre[d];
       out[d * kPanelWidth] = v;
       sum += static_cast<double>(v) * v;

@@ -7,10 +7,10 @@
 #include <cmath>
 #include <limits>
 #include <utility>
-#include <type_traits>
 #include <vector>
 
 #include "bound_block.h"
+#include "frame.h"
 #include "ops.h"
 
 namespace inform_fast {
@@ -136,28 +136,20 @@ void gather_frame(const float* source, int64_t dim, const int64_t* ids, int64_t 
     const float* row = source + ids[i] * dim;
     float* target = out + i * dim;
 #pragma omp simd
-    for (int64_t d = 0; d < dim; ++d) target[d] = (row[d] - mean[d]) * scale;
+    for (int64_t d = 0; d < dim; ++d) target[d] = static_cast<float>(frame_value(row[d], mean[d], scale, true));
   }
 }
 
 template <typename T, typename O>
 void principal_coordinates(const T* source, int64_t dim, const int64_t* ids, int64_t n, const T* mean, double scale,
                            bool float_frame, const double* axes, int64_t p, O* out, int threads) {
-  const T scale_t = static_cast<T>(scale);
 #pragma omp parallel num_threads(threads) if (threads > 1)
   {
     std::vector<double> y(dim), sum(p);
 #pragma omp for schedule(static)
     for (int64_t i = 0; i < n; ++i) {
       const T* row = source + (ids != nullptr ? ids[i] : i) * dim;
-      for (int64_t d = 0; d < dim; ++d) {
-        if (std::is_same<T, float>::value && float_frame) {  // float32 rows into a float32 frame: a float difference
-          y[d] = static_cast<double>(static_cast<float>((row[d] - mean[d]) * scale_t));
-        } else {  // anything else in double, rounded once to the frame's precision
-          const double v = (static_cast<double>(row[d]) - static_cast<double>(mean[d])) * scale;
-          y[d] = float_frame ? static_cast<double>(static_cast<float>(v)) : v;
-        }
-      }
+      for (int64_t d = 0; d < dim; ++d) y[d] = frame_value(row[d], mean[d], scale, float_frame);
       for (int64_t k = 0; k < p; ++k) sum[k] = 0.0;
       for (int64_t d = 0; d < dim; ++d) {  // coordinate k's sum in the same order whatever p
         const double yd = y[d];
