@@ -4,6 +4,8 @@
 #include <pybind11/pybind11.h>
 
 #include <cmath>
+#include <cstdlib>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -46,6 +48,20 @@ void check_ids(const std::string& op, const char* name, const I64& ids, int64_t 
   const int64_t* p = ids.data();
   for (int64_t i = 0; i < ids.shape(0); ++i)
     if (p[i] < 0 || p[i] >= n) fail(op, std::string(name) + " holds an index outside [0, " + bound + ")");
+}
+
+// fn(In{}, Out{}) for the float types of an input (float64 where ``in_double``, else float32) and of
+// an output: one call site for the four instantiations of a kernel templated on both.
+template <typename Fn>
+void with_float_types(bool in_double, bool out_double, Fn&& fn) {
+  if (in_double && out_double)
+    fn(double{}, double{});
+  else if (in_double)
+    fn(double{}, float{});
+  else if (out_double)
+    fn(float{}, double{});
+  else
+    fn(float{}, float{});
 }
 
 // A float32 or float64 C-contiguous 2-D array, checked (``is_double`` receives which).
@@ -518,14 +534,10 @@ void principal_coordinates(py::handle source_obj, py::handle mean_obj, double sc
   }
   if (!py::isinstance<py::array>(out_obj)) fail(op, "out must be a NumPy array");
   const bool out_double = py::reinterpret_borrow<py::array>(out_obj).dtype().equal(py::dtype::of<double>());
-  if (is_double && out_double)
-    principal_coordinates_typed<double, double>(op, source, id_data, n, mean_obj, scale, float_frame, axes, out_obj, threads);
-  else if (is_double)
-    principal_coordinates_typed<double, float>(op, source, id_data, n, mean_obj, scale, float_frame, axes, out_obj, threads);
-  else if (out_double)
-    principal_coordinates_typed<float, double>(op, source, id_data, n, mean_obj, scale, float_frame, axes, out_obj, threads);
-  else
-    principal_coordinates_typed<float, float>(op, source, id_data, n, mean_obj, scale, float_frame, axes, out_obj, threads);
+  with_float_types(is_double, out_double, [&](auto in, auto out) {
+    principal_coordinates_typed<decltype(in), decltype(out)>(op, source, id_data, n, mean_obj, scale, float_frame, axes,
+                                                             out_obj, threads);
+  });
 }
 
 py::array_t<int64_t> box_pairs(py::handle lo_obj, py::handle hi_obj, double reach, int64_t top_groups, int threads) {
@@ -547,6 +559,91 @@ py::array_t<int64_t> box_pairs(py::handle lo_obj, py::handle hi_obj, double reac
   py::array_t<int64_t> out({static_cast<py::ssize_t>(pairs.size() / 2), static_cast<py::ssize_t>(2)});
   std::copy(pairs.begin(), pairs.end(), out.mutable_data());
   return out;
+}
+
+template <typename T, typename O>
+void leaf_statistics_typed(const std::string& op, const py::array& source, const I64& order, const I64& starts,
+                           py::handle mean_obj, double scale, bool float_frame, double inflate, py::handle sqnorm_obj,
+                           F64& norms, F64& centre, F64& radius, int threads) {
+  auto mean = checked<T>(op, "mean", mean_obj, 1);
+  check_len(op, "mean", mean, source.shape(1));
+  auto sqnorm = checked<O>(op, "sqnorm", sqnorm_obj, 1);
+  check_len(op, "sqnorm", sqnorm, order.shape(0));
+  const T* data = static_cast<const T*>(source.data());
+  py::gil_scoped_release release;
+  inform_fast::leaf_statistics<T, O>(data, source.shape(1), order.data(), starts.data(), starts.shape(0) - 1, mean.data(),
+                                     scale, float_frame, inflate, sqnorm.mutable_data(), norms.mutable_data(),
+                                     centre.mutable_data(), radius.mutable_data(), threads);
+}
+
+void leaf_statistics(py::handle source_obj, py::handle order_obj, py::handle starts_obj, py::handle mean_obj, double scale,
+                     bool float_frame, double inflate, py::handle sqnorm_obj, py::handle norms_obj, py::handle centre_obj,
+                     py::handle radius_obj, int threads) {
+  const std::string op = "leaf_statistics";
+  bool is_double = false;
+  const py::array source = float_matrix(op, "source", source_obj, is_double);
+  auto order = checked<int64_t>(op, "order", order_obj, 1);
+  auto starts = checked<int64_t>(op, "starts", starts_obj, 1);
+  auto norms = checked<double>(op, "norms", norms_obj, 1);
+  auto centre = checked<double>(op, "centre", centre_obj, 2);
+  auto radius = checked<double>(op, "radius", radius_obj, 1);
+  const int64_t n = order.shape(0), n_leaves = starts.shape(0) - 1;
+  if (n_leaves < 0) fail(op, "starts must hold n_leaves + 1 >= 1 entries");
+  const int64_t* st = starts.data();
+  if (st[0] != 0 || st[n_leaves] != n) fail(op, "starts must run from 0 to len(order)");
+  for (int64_t l = 0; l < n_leaves; ++l)
+    if (st[l + 1] < st[l]) fail(op, "starts must be non-decreasing");
+  check_ids(op, "order", order, source.shape(0), "len(source)");
+  check_len(op, "norms", norms, n);
+  check_len(op, "centre", centre, n_leaves);
+  if (centre.shape(1) != source.shape(1)) fail(op, "centre must be [n_leaves, dim of source]");
+  check_len(op, "radius", radius, n_leaves);
+  if (!(scale > 0.0) || !std::isfinite(scale)) fail(op, "scale must be a finite number > 0");
+  if (!(inflate >= 1.0) || !std::isfinite(inflate)) fail(op, "inflate must be a finite number >= 1");
+  if (threads < 1) fail(op, "threads must be >= 1");
+  const bool out_double = py::isinstance<py::array>(sqnorm_obj) &&
+                          py::reinterpret_borrow<py::array>(sqnorm_obj).dtype().equal(py::dtype::of<double>());
+  with_float_types(is_double, out_double, [&](auto in, auto out) {
+    leaf_statistics_typed<decltype(in), decltype(out)>(op, source, order, starts, mean_obj, scale, float_frame, inflate,
+                                                       sqnorm_obj, norms, centre, radius, threads);
+  });
+}
+
+py::tuple leaf_candidates(py::handle lo_obj, py::handle hi_obj, double box_reach, py::handle centre_obj, py::handle radius_obj,
+                          double ball_offset, double ball_reach, int64_t top_groups, int threads) {
+  const std::string op = "leaf_candidates";
+  auto lo = checked<double>(op, "box_lo", lo_obj, 2);
+  auto hi = checked<double>(op, "box_hi", hi_obj, 2);
+  auto centre = checked<double>(op, "centre", centre_obj, 2);
+  auto radius = checked<double>(op, "radius", radius_obj, 1);
+  const int64_t n = lo.shape(0), dims = lo.shape(1);
+  if (hi.shape(0) != n || hi.shape(1) != dims) fail(op, "box_hi must have the shape of box_lo");
+  check_len(op, "centre", centre, n);
+  check_len(op, "radius", radius, n);
+  if (n > std::numeric_limits<int32_t>::max()) fail(op, "more than 2^31 - 1 leaves");
+  if (!(box_reach >= 0.0) || std::isinf(box_reach)) fail(op, "box_reach must be a finite number >= 0");
+  if (!std::isfinite(ball_offset) || !std::isfinite(ball_reach)) fail(op, "ball_offset and ball_reach must be finite");
+  if (top_groups < 1) fail(op, "top_groups must be >= 1");
+  for (int64_t e = 0; e < n * dims; ++e)
+    if (!std::isfinite(lo.data()[e]) || !std::isfinite(hi.data()[e]) || lo.data()[e] > hi.data()[e])
+      fail(op, "box_lo and box_hi must be finite with box_lo <= box_hi");
+  for (int64_t e = 0; e < centre.size(); ++e)
+    if (!std::isfinite(centre.data()[e])) fail(op, "centre must be finite");
+  for (int64_t e = 0; e < n; ++e)
+    if (!(radius.data()[e] >= 0.0) || std::isinf(radius.data()[e])) fail(op, "radius must be finite and >= 0");
+  I64 indptr(n + 1);
+  int32_t* columns;
+  {
+    py::gil_scoped_release release;
+    columns = inform_fast::leaf_candidates(lo.data(), hi.data(), n, dims, box_reach, top_groups, centre.data(),
+                                           radius.data(), centre.shape(1), ball_offset, ball_reach, threads,
+                                           indptr.mutable_data());
+  }
+  // the columns stay where the search wrote them: the array owns them
+  py::capsule owner(columns, [](void* p) { std::free(p); });
+  py::array_t<int32_t> out({static_cast<py::ssize_t>(indptr.data()[n])}, {static_cast<py::ssize_t>(sizeof(int32_t))}, columns,
+                           owner);
+  return py::make_tuple(indptr, out);
 }
 
 py::tuple knn_exact(py::handle queries_obj, py::handle refs_obj, int64_t k, double scale, int threads) {
@@ -592,6 +689,15 @@ PYBIND11_MODULE(_C, m) {
         "from packed columns. Returns the exact tests, or -r as dbscan_panel_neighbours.");
   m.def("box_pairs", &box_pairs, py::arg("box_lo"), py::arg("box_hi"), py::arg("reach"), py::arg("top_groups") = 64,
         py::arg("threads") = 1, "Ordered leaf pairs (i, j) [P, 2] int64 whose boxes are at most reach apart.");
+  m.def("leaf_statistics", &leaf_statistics, py::arg("source"), py::arg("order"), py::arg("starts"), py::arg("mean"),
+        py::arg("scale"), py::arg("float_frame"), py::arg("inflate"), py::arg("sqnorm"), py::arg("norms"), py::arg("centre"),
+        py::arg("radius"), py::arg("threads") = 1,
+        "An index's squared norms, inflated norms, leaf centres and inflated leaf radii of the frame values of "
+        "source[order], leaf l being order[starts[l]:starts[l + 1]] (into the given arrays)");
+  m.def("leaf_candidates", &leaf_candidates, py::arg("box_lo"), py::arg("box_hi"), py::arg("box_reach"), py::arg("centre"),
+        py::arg("radius"), py::arg("ball_offset"), py::arg("ball_reach"), py::arg("top_groups") = 64, py::arg("threads") = 1,
+        "(indptr int64 [n_leaves + 1], columns int32): per leaf, the leaves whose boxes come within box_reach and "
+        "whose balls within ball_reach (distance - radii - ball_offset), itself first, then by centre distance");
   m.def("union_lists", &union_lists, py::arg("parent"), py::arg("lists"), py::arg("counts"), py::arg("core"),
         "union_edges over the listed neighbours of the core points that are core too.");
   m.def("gather_frame", &gather_frame, py::arg("source"), py::arg("ids"), py::arg("mean"), py::arg("scale"), py::arg("out"),

@@ -5,6 +5,9 @@
 // boxes come within a radius (spatial._box_pairs), by a descent over runs of consecutive leaves.
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <new>
 #include <limits>
 #include <utility>
 #include <vector>
@@ -67,29 +70,8 @@ double box_gap2(const BoxLevel& level, int64_t a, int64_t b, int64_t dims) {
                          level.hi.data() + b * dims, dims);
 }
 
-// Pairs (a, b), a <= b, of runs at ``level`` whose boxes are within reach: their children's
-// pairs, down to the leaves; both orders of a leaf pair are written.
-void descend(const std::vector<BoxLevel>& levels, int64_t level, int64_t a, int64_t b, int64_t dims, double reach,
-             std::vector<int64_t>& out) {
-  if (std::sqrt(box_gap2(levels[level], a, b, dims)) > reach) return;
-  if (level == 0) {
-    out.push_back(a);
-    out.push_back(b);
-    if (a != b) {
-      out.push_back(b);
-      out.push_back(a);
-    }
-    return;
-  }
-  const int64_t below = levels[level - 1].runs;
-  for (int64_t ca = 2 * a; ca <= 2 * a + 1 && ca < below; ++ca)
-    for (int64_t cb = (a == b ? ca : 2 * b); cb <= 2 * b + 1 && cb < below; ++cb) descend(levels, level - 1, ca, cb, dims, reach, out);
-}
-
-}  // namespace
-
-std::vector<int64_t> box_pairs(const double* box_lo, const double* box_hi, int64_t n_leaves, int64_t dims, double reach,
-                               int64_t top_groups, int threads) {
+std::vector<BoxLevel> box_levels(const double* box_lo, const double* box_hi, int64_t n_leaves, int64_t dims,
+                                 int64_t top_groups) {
   std::vector<BoxLevel> levels(1);
   levels[0].runs = n_leaves;
   levels[0].lo.assign(box_lo, box_lo + n_leaves * dims);
@@ -109,20 +91,140 @@ std::vector<int64_t> box_pairs(const double* box_lo, const double* box_hi, int64
     }
     levels.push_back(std::move(up));
   }
+  return levels;
+}
+
+// visit(a, b) for every unordered pair a <= b of leaves below the runs (a, b) at ``level`` whose
+// boxes are within reach.
+template <typename Visit>
+void descend(const std::vector<BoxLevel>& levels, int64_t level, int64_t a, int64_t b, int64_t dims, double reach,
+             Visit& visit) {
+  if (std::sqrt(box_gap2(levels[level], a, b, dims)) > reach) return;
+  if (level == 0) {
+    visit(a, b);
+    return;
+  }
+  const int64_t below = levels[level - 1].runs;
+  for (int64_t ca = 2 * a; ca <= 2 * a + 1 && ca < below; ++ca)
+    for (int64_t cb = (a == b ? ca : 2 * b); cb <= 2 * b + 1 && cb < below; ++cb) descend(levels, level - 1, ca, cb, dims, reach, visit);
+}
+
+// The descent from every pair of top-level runs, on ``threads`` threads; ``visit`` must be safe to
+// call concurrently.
+template <typename Visit>
+void for_each_box_pair(const std::vector<BoxLevel>& levels, int64_t dims, double reach, int threads, Visit& visit) {
   const int64_t top = levels.back().runs, level = static_cast<int64_t>(levels.size()) - 1;
-  std::vector<std::pair<int64_t, int64_t>> roots;
-  for (int64_t a = 0; a < top; ++a)
-    for (int64_t b = a; b < top; ++b) roots.push_back({a, b});
-  std::vector<std::vector<int64_t>> found(roots.size());
 #pragma omp parallel for schedule(dynamic, 1) num_threads(threads) if (threads > 1)
-  for (int64_t r = 0; r < static_cast<int64_t>(roots.size()); ++r)
-    descend(levels, level, roots[r].first, roots[r].second, dims, reach, found[r]);
+  for (int64_t r = 0; r < top * top; ++r) {
+    const int64_t a = r / top, b = r % top;
+    if (a <= b) descend(levels, level, a, b, dims, reach, visit);
+  }
+}
+
+}  // namespace
+
+std::vector<int64_t> box_pairs(const double* box_lo, const double* box_hi, int64_t n_leaves, int64_t dims, double reach,
+                               int64_t top_groups, int threads) {
+  const auto levels = box_levels(box_lo, box_hi, n_leaves, dims, top_groups);
+  const int64_t top = levels.back().runs;
+  std::vector<std::vector<int64_t>> found(top * top);  // per pair of top runs, so the order does not depend on threads
+  const int64_t level = static_cast<int64_t>(levels.size()) - 1;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads) if (threads > 1)
+  for (int64_t r = 0; r < top * top; ++r) {
+    const int64_t a = r / top, b = r % top;
+    if (a > b) continue;
+    auto write = [&found, r](int64_t i, int64_t j) {
+      found[r].push_back(i);
+      found[r].push_back(j);
+      if (i != j) {
+        found[r].push_back(j);
+        found[r].push_back(i);
+      }
+    };
+    descend(levels, level, a, b, dims, reach, write);
+  }
   std::vector<int64_t> pairs;
   size_t total = 0;
   for (const auto& f : found) total += f.size();
   pairs.reserve(total);
   for (const auto& f : found) pairs.insert(pairs.end(), f.begin(), f.end());
   return pairs;
+}
+
+int32_t* leaf_candidates(const double* box_lo, const double* box_hi, int64_t n_leaves, int64_t dims, double box_reach,
+                         int64_t top_groups, const double* centre, const double* radius, int64_t centre_dims,
+                         double ball_offset, double ball_reach, int threads, int64_t* indptr) {
+  const auto levels = box_levels(box_lo, box_hi, n_leaves, dims, top_groups);
+  // 1. how many box pairs each leaf has (both orders), 2. the pairs written into their rows:
+  // no list of pairs is ever held, only the CSR of the box pairs, which the ball bound then shrinks
+  std::fill(indptr, indptr + n_leaves + 1, int64_t{0});
+  int64_t* count = indptr + 1;
+  auto tally = [count](int64_t a, int64_t b) {
+#pragma omp atomic
+    count[a] += 1;
+    if (a != b) {
+#pragma omp atomic
+      count[b] += 1;
+    }
+  };
+  for_each_box_pair(levels, dims, box_reach, threads, tally);
+  for (int64_t l = 0; l < n_leaves; ++l) indptr[l + 1] += indptr[l];
+  const int64_t total = indptr[n_leaves];
+  auto* columns = static_cast<int32_t*>(std::malloc(std::max<int64_t>(total, 1) * sizeof(int32_t)));
+  if (columns == nullptr) throw std::bad_alloc();
+  std::vector<int64_t> cursor(indptr, indptr + n_leaves);
+  auto place = [&cursor, columns](int64_t a, int64_t b) {
+    int64_t slot;
+#pragma omp atomic capture
+    slot = cursor[a]++;
+    columns[slot] = static_cast<int32_t>(b);
+    if (a != b) {
+#pragma omp atomic capture
+      slot = cursor[b]++;
+      columns[slot] = static_cast<int32_t>(a);
+    }
+  };
+  for_each_box_pair(levels, dims, box_reach, threads, place);
+  std::vector<int64_t>().swap(cursor);
+  // 3. per leaf: the ball bound (the centres' distance less both radii and the offset), itself
+  // first, then by centre distance (ties by leaf), kept ones moved to the front of the row
+  std::vector<int64_t> kept(n_leaves);
+#pragma omp parallel num_threads(threads) if (threads > 1)
+  {
+    std::vector<std::pair<float, int32_t>> row;
+#pragma omp for schedule(dynamic, 16)
+    for (int64_t a = 0; a < n_leaves; ++a) {
+      row.clear();
+      const double* ca = centre + a * centre_dims;
+      for (int64_t s = indptr[a]; s < indptr[a + 1]; ++s) {
+        const int32_t b = columns[s];
+        const double* cb = centre + b * centre_dims;
+        double sum = 0.0;
+        for (int64_t d = 0; d < centre_dims; ++d) {
+          const double diff = ca[d] - cb[d];
+          sum += diff * diff;
+        }
+        const double distance = std::sqrt(sum);
+        if (distance - radius[a] - radius[b] - ball_offset <= ball_reach)
+          row.push_back({b == a ? -1.0f : static_cast<float>(distance), b});
+      }
+      std::sort(row.begin(), row.end());
+      for (size_t k = 0; k < row.size(); ++k) columns[indptr[a] + k] = row[k].second;
+      kept[a] = static_cast<int64_t>(row.size());
+    }
+  }
+  // 4. rows compacted to the left, and the array shrunk to what is kept
+  int64_t write = 0;
+  for (int64_t a = 0; a < n_leaves; ++a) {
+    const int64_t begin = indptr[a];
+    std::memmove(columns + write, columns + begin, kept[a] * sizeof(int32_t));
+    indptr[a] = write;
+    write += kept[a];
+  }
+  indptr[n_leaves] = write;
+  if (auto* shrunk = static_cast<int32_t*>(std::realloc(columns, std::max<int64_t>(write, 1) * sizeof(int32_t))))
+    columns = shrunk;
+  return columns;
 }
 
 void gather_frame(const float* source, int64_t dim, const int64_t* ids, int64_t m, const float* mean, float scale,
@@ -161,6 +263,55 @@ void principal_coordinates(const T* source, int64_t dim, const int64_t* ids, int
     }
   }
 }
+
+template <typename T, typename O>
+void leaf_statistics(const T* source, int64_t dim, const int64_t* order, const int64_t* starts, int64_t n_leaves,
+                     const T* mean, double scale, bool float_frame, double inflate, O* sqnorm, double* norms,
+                     double* centre, double* radius, int threads) {
+#pragma omp parallel num_threads(threads) if (threads > 1)
+  {
+    std::vector<double> y(dim);
+#pragma omp for schedule(dynamic, 8)
+    for (int64_t leaf = 0; leaf < n_leaves; ++leaf) {
+      double* c = centre + leaf * dim;
+      std::fill(c, c + dim, 0.0);
+      for (int64_t i = starts[leaf]; i < starts[leaf + 1]; ++i) {
+        const T* row = source + order[i] * dim;
+        double sum = 0.0;
+        for (int64_t d = 0; d < dim; ++d) {
+          const double v = frame_value(row[d], mean[d], scale, float_frame);
+          sum += v * v;
+          c[d] += v;
+        }
+        sqnorm[i] = static_cast<O>(sum);
+        norms[i] = std::sqrt(sum) * inflate;
+      }
+      const int64_t size = starts[leaf + 1] - starts[leaf];
+      if (size > 0)
+        for (int64_t d = 0; d < dim; ++d) c[d] /= static_cast<double>(size);
+      double widest = 0.0;
+      for (int64_t i = starts[leaf]; i < starts[leaf + 1]; ++i) {  // the leaf's rows again: a few KB, still in cache
+        const T* row = source + order[i] * dim;
+        double sum = 0.0;
+        for (int64_t d = 0; d < dim; ++d) {
+          const double v = frame_value(row[d], mean[d], scale, float_frame) - c[d];
+          sum += v * v;
+        }
+        widest = std::max(widest, sum);
+      }
+      radius[leaf] = std::sqrt(widest) * inflate;
+    }
+  }
+}
+
+#define INFORM_FAST_LEAF_STATISTICS(T, O)                                                                             \
+  template void leaf_statistics<T, O>(const T*, int64_t, const int64_t*, const int64_t*, int64_t, const T*, double, bool, \
+                                      double, O*, double*, double*, double*, int);
+INFORM_FAST_LEAF_STATISTICS(float, float)
+INFORM_FAST_LEAF_STATISTICS(float, double)
+INFORM_FAST_LEAF_STATISTICS(double, float)
+INFORM_FAST_LEAF_STATISTICS(double, double)
+#undef INFORM_FAST_LEAF_STATISTICS
 
 #define INFORM_FAST_PRINCIPAL(T, O)                                                                                   \
   template void principal_coordinates<T, O>(const T*, int64_t, const int64_t*, int64_t, const T*, double, bool,      \

@@ -187,6 +187,17 @@ template <typename T, typename O>
 void principal_coordinates(const T* source, int64_t dim, const int64_t* ids, int64_t n, const T* mean, double scale,
                            bool float_frame, const double* axes, int64_t p, O* out, int threads);
 
+// The per-point and per-leaf statistics of an index (spatial.build_index) in one pass over the
+// leaves, each point y = the frame value (frame.h) of source[order[i]], its leaf's rows being
+// order[starts[l] : starts[l + 1]]: sqnorm[i] = |y|^2 (summed in double, rounded to O), norms[i] =
+// |y| * inflate, centre[l] = the mean of the leaf's y [n_leaves, dim], radius[l] = the largest
+// |y - centre| * inflate, all but sqnorm in double (each an upper bound where the caller's bounds
+// need one: the inflation covers the rounding of the frame's dtype).
+template <typename T, typename O>
+void leaf_statistics(const T* source, int64_t dim, const int64_t* order, const int64_t* starts, int64_t n_leaves,
+                     const T* mean, double scale, bool float_frame, double inflate, O* sqnorm, double* norms,
+                     double* centre, double* radius, int threads);
+
 // Every ordered pair (i, j) of leaves whose boxes (box_lo / box_hi [n_leaves, dims], float64)
 // are at most ``reach`` apart (Euclidean distance between boxes; i == j included), flattened as
 // i0, j0, i1, j1, ...: spatial._box_pairs's descent over runs of 1, 2, 4, ... consecutive leaves
@@ -194,5 +205,15 @@ void principal_coordinates(const T* source, int64_t dim, const int64_t* ids, int
 // once. The same set as the Python version, in another order.
 std::vector<int64_t> box_pairs(const double* box_lo, const double* box_hi, int64_t n_leaves, int64_t dims, double reach,
                                int64_t top_groups, int threads);
+
+// The candidate leaves of every leaf (spatial.candidate_leaves) in CSR form: the leaves whose
+// boxes come within ``box_reach`` (the descent of box_pairs, counted, then written straight into
+// their rows: no list of pairs) and whose balls (centre [n_leaves, centre_dims], radius
+// [n_leaves], float64) come within ``ball_reach`` (distance - radius_a - radius_b - ball_offset
+// <= ball_reach), itself first, then by centre distance (ties by leaf). Writes indptr
+// [n_leaves + 1]; returns the malloc'ed int32 columns [indptr[n_leaves]] (the caller frees them).
+int32_t* leaf_candidates(const double* box_lo, const double* box_hi, int64_t n_leaves, int64_t dims, double box_reach,
+                         int64_t top_groups, const double* centre, const double* radius, int64_t centre_dims,
+                         double ball_offset, double ball_reach, int threads, int64_t* indptr);
 
 }  // namespace inform_fast

@@ -41,7 +41,11 @@ prunes none, and the searches cost what tiled brute force costs.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
+import mmap
+import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Optional
@@ -125,6 +129,19 @@ class Frame:
         return c1, c2
 
 
+def mapped_empty(numel: int, dtype: torch.dtype) -> torch.Tensor:
+    """[numel] uninitialised CPU tensor of ``dtype`` in pages mapped for it alone (anonymous mmap):
+    a page costs memory only once written, and all of them go back to the system with the tensor.
+    For the scratch buffers the CPU workers keep: from malloc, a worker thread's buffer stays in
+    that thread's arena after it is freed (once anything in the process has freed a large block,
+    glibc serves blocks up to 32 MB from the arenas and trims them only past 64 MB free), so every
+    worker thread a pass starts kept its own copy: at 32,000 points DBSCAN's RSS grew by twice its
+    live heap."""
+    itemsize = torch.empty(0, dtype=dtype).element_size()
+    pages = mmap.mmap(-1, max(1, numel * itemsize), flags=mmap.MAP_PRIVATE)  # private: counted as the process's anonymous memory
+    return torch.frombuffer(pages, dtype=dtype, count=numel) if numel else torch.empty(0, dtype=dtype)
+
+
 def chunk_rows(device: torch.device) -> int:
     """Rows per chunk of the whole-set passes (frame copies, principal coordinates, the index's
     norms): on the CPU small chunks keep the temporaries a fraction of the index (at 32,000 points
@@ -140,6 +157,22 @@ def dot_band_coefficient(dim: int, roundoff: float) -> float:
     ``dim`` coordinates, then the sums) is within c1 (|a| + |b|)^2 of the exact one, with a factor
     2 of safety, in a precision of unit ``roundoff``."""
     return 2.0 * (dim + 8) * roundoff
+
+
+def distance_floor(a: torch.Tensor, b: torch.Tensor, b_sqnorm: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """[A, B] float64 lower bounds of the distances between the rows of ``a`` [A, D] and ``b`` [B, D]
+    (float64; ``b_sqnorm``: b's squared norms where known): the GEMM form |a|^2 + |b|^2 - 2 a.b
+    less its rounding (``dot_band_coefficient`` (max |a| + max |b|)^2), so a pruning test on it
+    never overstates a distance. One [A, B] matrix and no copies of the sets (torch.cdist's GEMM
+    path pads both into new [*, D + 2] matrices: 2.5 MB per call of DBSCAN's component join at
+    1,280 components, a fifth of its heap)."""
+    a_sq = (a * a).sum(1)
+    b_sq = (b * b).sum(1) if b_sqnorm is None else b_sqnorm
+    if a.shape[0] == 0 or b.shape[0] == 0:
+        return a.new_zeros((a.shape[0], b.shape[0]))
+    error = dot_band_coefficient(a.shape[1], FLOAT64_ROUNDOFF) * (float(a_sq.max()) ** 0.5 + float(b_sq.max()) ** 0.5) ** 2
+    d2 = torch.addmm(b_sq[None, :], a, b.T, alpha=-2.0).add_(a_sq[:, None])
+    return d2.sub_(error).clamp_min_(0.0).sqrt_()
 
 
 def _power_of_two_above(value: float) -> float:
@@ -202,13 +235,46 @@ def run_parallel(fn, items, workers: int) -> None:
     """fn(item) for every item, on ``workers`` threads (the heavy parts release the GIL). Items
     must touch disjoint state (each writes its own rows)."""
     items = list(items)
-    if workers <= 1 or len(items) <= 1:
-        for item in items:
+    if workers <= 1 or len(items) <= 1 or getattr(_IN_POOL, "value", False):
+        for item in items:  # a pass inside a worker runs inline: a nested wait on the pool could deadlock it
             fn(item)
         return
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        for future in [pool.submit(fn, item) for item in items]:
-            future.result()  # re-raises a worker's exception
+    for future in [_pool(workers).submit(fn, item) for item in items]:
+        future.result()  # re-raises a worker's exception
+
+
+_IN_POOL = threading.local()
+_POOLS: dict = {}
+_POOLS_LOCK = threading.Lock()
+
+
+def _mark_pool_thread(slots) -> None:
+    _IN_POOL.value = True
+    _IN_POOL.slot = next(slots)
+
+
+def worker_slot() -> int:
+    """This thread's index in its ``run_parallel`` pool (0 .. workers - 1), 0 outside the pools. A
+    pass's caller waits while the pool runs its items, so the caller's work (slot 0) never overlaps
+    the items of the same pass: per-slot scratch serves both."""
+    return getattr(_IN_POOL, "slot", 0)
+
+
+def _pool(workers: int) -> ThreadPoolExecutor:
+    """The process's pool of ``workers`` threads for ``run_parallel``, kept between passes and
+    calls (as torch keeps its intra-op threads): a pool per pass started new threads each time,
+    and glibc gave each its arena, so freed temporaries piled up in arenas a later pass's threads
+    did not reuse (4 arenas grew by 17 MB at 32,000 small clusters, against a 14 MB heap). Keyed by
+    process id too: a forked child has none of its parent's threads."""
+    key = (os.getpid(), workers)
+    with _POOLS_LOCK:
+        pool = _POOLS.get(key)
+        if pool is None:
+            for other in [k for k in _POOLS if k[0] != key[0]]:
+                del _POOLS[other]  # a parent's pool: its threads do not exist here
+            pool = _POOLS[key] = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="inform_fast",
+                                                    initializer=_mark_pool_thread, initargs=(itertools.count(),))
+    return pool
 
 
 @contextlib.contextmanager
@@ -488,7 +554,8 @@ def tree_dims_for(n: int, leaf_size: int) -> int:
 
 
 def build_index(x: torch.Tensor, leaf_size: int = 64, radius: Optional[float] = None, frame: Optional[Frame] = None,
-                tree_dims: Optional[int] = None, native: bool = False, workers: int = 1, copy: bool = True) -> LeafIndex:
+                tree_dims: Optional[int] = None, native: bool = False, workers: int = 1, copy: bool = True,
+                filter_dims: int = FILTER_DIMS) -> LeafIndex:
     """The leaf index of ``x`` [n, D] (any float dtype; computed on x's device, the tree built on
     the CPU from the top coordinates). ``copy``: keep the points in the frame in leaf order
     (``LeafIndex.points``: one copy of x, from which a tile's rows are read in runs); else the
@@ -499,10 +566,11 @@ def build_index(x: torch.Tensor, leaf_size: int = 64, radius: Optional[float] = 
     the copy is 0.5 GB. ``frame``: another set's frame (queries
     against a reference index), else fitted to x with the search ``radius`` in x's units.
     ``native``: the tree built by the C++ extension where it is available (``_kd_order``).
+    ``filter_dims``: principal coordinates kept per point (``top``; where ``frame`` is not given).
     ``workers``: threads for the row-chunk passes (``run_parallel``; inside ``worker_threads``,
     where torch runs one thread per operation, a serial build left the other cores idle: 18% of
     excess ICDS's time at 5x10^5 latents)."""
-    frame = frame if frame is not None else fit_frame(x, radius=radius)
+    frame = frame if frame is not None else fit_frame(x, radius=radius, filter_dims=filter_dims)
     n, rows = x.shape[0], chunk_rows(x.device)
     # built in row chunks, so that beside the index itself (its principal coordinates, per-leaf
     # bounds and, with ``copy``, the frame copy) only chunk-sized temporaries exist: at 10^6 x 128
@@ -540,7 +608,8 @@ def build_index(x: torch.Tensor, leaf_size: int = 64, radius: Optional[float] = 
         del top64
     index = LeafIndex(frame=frame, source=x, top=top, order=order, starts=starts,
                       norms=torch.empty(n, **f64), sqnorm=torch.empty(n, dtype=frame.dtype, device=device),
-                      box_lo=box_lo, box_hi=box_hi, centre=torch.zeros((n_leaves, x.shape[1]), dtype=frame.dtype, device=device),
+                      box_lo=box_lo, box_hi=box_hi,
+                      centre=torch.empty((n_leaves, x.shape[1]), **f64) if in_two_passes else torch.zeros((n_leaves, x.shape[1]), dtype=frame.dtype, device=device),
                       radius=torch.zeros(n_leaves, **f64), slack=0.0, native=native)
     # norms, centres and radii in the points' precision: they enter bounds and bands only, so they
     # are inflated by their relative error (gamma_D) instead of computed in float64
@@ -557,19 +626,29 @@ def build_index(x: torch.Tensor, leaf_size: int = 64, radius: Optional[float] = 
 
     if copy:
         index.points = index.frame_points(workers)
-    run_parallel(norms_and_sums, starts_of_chunks, workers)
-    for a in starts_of_chunks:  # in chunk order: the same sums whatever the threads' timing
-        first, part = sums.pop(a)
-        index.centre[first : first + part.shape[0]] += part
-    index.centre /= size_t[:, None].to(frame.dtype)
-    spread = torch.empty(n, **f64)
+    if in_two_passes:
+        # one C++ pass over the leaves, in float64: no chunk temporaries on the worker threads
+        # (their freed chunks stayed in the threads' malloc arenas: 7-9 MB of DBSCAN's growth at
+        # 32,000 points, whose heap peaked at 12 MB)
+        from inform_fast import _native
 
-    def spreads(a: int) -> None:
-        spread[a : a + rows] = (index.gather_run(a, a + rows) - index.centre[leaf[a : a + rows]]).norm(dim=1).to(torch.float64) * inflate
+        _native.module().leaf_statistics(x.numpy(), order.numpy(), starts.numpy(), frame.mean.to(x.dtype).numpy(), frame.scale,
+                                         frame.dtype == torch.float32, inflate, index.sqnorm.numpy(), index.norms.numpy(),
+                                         index.centre.numpy(), index.radius.numpy(), threads=max(1, int(workers)))
+    else:
+        run_parallel(norms_and_sums, starts_of_chunks, workers)
+        for a in starts_of_chunks:  # in chunk order: the same sums whatever the threads' timing
+            first, part = sums.pop(a)
+            index.centre[first : first + part.shape[0]] += part
+        index.centre /= size_t[:, None].to(frame.dtype)
+        spread = torch.empty(n, **f64)
 
-    run_parallel(spreads, starts_of_chunks, workers)
-    index.radius.scatter_reduce_(0, leaf, spread, reduce="amax")
-    index.centre = index.centre.to(torch.float64)
+        def spreads(a: int) -> None:
+            spread[a : a + rows] = (index.gather_run(a, a + rows) - index.centre[leaf[a : a + rows]]).norm(dim=1).to(torch.float64) * inflate
+
+        run_parallel(spreads, starts_of_chunks, workers)
+        index.radius.scatter_reduce_(0, leaf, spread, reduce="amax")
+        index.centre = index.centre.to(torch.float64)
     # stored coordinates are within roundoff * |y| of the frame's exact values, so a distance between
     # stored points can exceed the true one by 2 roundoff max|y| (plus the centres' own rounding)
     index.slack = 6.0 * frame.roundoff * float(index.norms.max()) + 1e-300 if n else 0.0
@@ -676,6 +755,17 @@ def candidate_leaves(index: LeafIndex, radius: float, chunk_elements: int = 1 <<
         return torch.zeros(1, dtype=torch.int64), torch.zeros(0, dtype=torch.int32)
     chunk = max(1, min(n_leaves, chunk_elements // max(1, n_leaves)))
     tolerance = 4.0 * (index.centre.shape[1] * FLOAT64_ROUNDOFF) ** 0.5 * float(index.centre.norm(dim=1).max())
+    if native and device.type == "cpu":
+        from inform_fast import _native
+
+        if _native.available():
+            # the same lists in one C++ pass that never holds the pairs (only their CSR): at 10^5
+            # points on the 1/k spectrum the pairs and their sort below were 210 MB of a 232 MB heap
+            indptr, columns = _native.module().leaf_candidates(
+                index.box_lo.contiguous().numpy(), index.box_hi.contiguous().numpy(), float(radius + index.slack),
+                index.centre.to(torch.float64).contiguous().numpy(), index.radius.to(torch.float64).contiguous().numpy(),
+                float(index.slack + tolerance), float(radius), threads=int(workers))
+            return torch.from_numpy(indptr), torch.from_numpy(columns)
     box_i, box_j = _box_pairs(index, radius, native=native, workers=workers)
     pairs = box_i.numel()
     by_mask = chunk_pairs < pairs <= MASK_CHUNKS * chunk_pairs

@@ -331,6 +331,86 @@ def test_candidate_leaves_native_gives_the_same_lists():
             assert bool((d[2:] >= d[1:-1] * (1 - 1e-5) - 1e-9).all())  # nearest centre first after itself
 
 
+@pytest.mark.parametrize("n_leaves, dims, centre_dims, top_groups", [(1, 1, 1, 64), (9, 3, 5, 2), (157, 4, 37, 4),
+                                                                    (300, 8, 128, 64)])
+def test_leaf_candidates_match_brute_force(n_leaves, dims, centre_dims, top_groups):
+    # per leaf: exactly the leaves whose boxes and whose balls come within their reaches, itself
+    # first, then by centre distance (ties by leaf), on one and on two threads
+    rng = np.random.default_rng(n_leaves + dims)
+    walk = np.cumsum(rng.normal(size=(n_leaves, centre_dims)), axis=0)  # consecutive leaves near, as in k-d order
+    walk[rng.random(n_leaves) < 0.1] = walk[0]  # equal centres: ties broken by leaf
+    half = rng.uniform(0.0, 0.6, size=(n_leaves, dims))
+    lo = np.ascontiguousarray(walk[:, :dims] - half) if centre_dims >= dims else rng.normal(size=(n_leaves, dims)) - half
+    hi = lo + 2 * half
+    radius = rng.uniform(0.0, 0.5, size=n_leaves)
+    gap = np.maximum(0.0, np.maximum(lo[None] - hi[:, None], lo[:, None] - hi[None]))
+    box_distance = np.sqrt((gap * gap).sum(-1))
+    centre_distance = np.sqrt(((walk[:, None] - walk[None]) ** 2).sum(-1))
+    box_reach = float(np.quantile(box_distance, 0.3))
+    offset, ball_reach = 0.05, float(np.quantile(centre_distance, 0.2))
+    ball = centre_distance - radius[:, None] - radius[None] - offset
+    for threads in (1, 2):
+        indptr, columns = C().leaf_candidates(lo, hi, box_reach, walk, radius, offset, ball_reach, top_groups=top_groups,
+                                              threads=threads)
+        assert indptr.dtype == np.int64 and columns.dtype == np.int32 and indptr[0] == 0 and indptr[-1] == len(columns)
+        for a in range(n_leaves):
+            want = np.flatnonzero((box_distance[a] <= box_reach) & (ball[a] <= ball_reach))
+            key = np.where(want == a, -1.0, centre_distance[a, want].astype(np.float32))
+            want = want[np.lexsort((want, key))]
+            np.testing.assert_array_equal(columns[indptr[a] : indptr[a + 1]], want)
+    with pytest.raises(ValueError, match="leaf_candidates: radius must be finite and >= 0"):
+        C().leaf_candidates(lo, hi, box_reach, walk, -radius - 1, offset, ball_reach)
+    with pytest.raises(ValueError, match="leaf_candidates: centre must have length"):
+        C().leaf_candidates(lo, hi, box_reach, walk[:-1], radius, offset, ball_reach)
+    with pytest.raises(ValueError, match="leaf_candidates: centre must be finite"):
+        C().leaf_candidates(lo, hi, box_reach, np.full_like(walk, np.nan), radius, offset, ball_reach)
+    with pytest.raises(ValueError, match="leaf_candidates: box_reach must be a finite number >= 0"):
+        C().leaf_candidates(lo, hi, -1.0, walk, radius, offset, ball_reach)
+    with pytest.raises(ValueError, match="leaf_candidates: box_lo must have dtype float64"):
+        C().leaf_candidates(lo.astype(np.float32), hi, box_reach, walk, radius, offset, ball_reach)
+
+
+@pytest.mark.parametrize("source_dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("radius", [None, 1e-9])  # a float32 frame, and one float32 cannot resolve (float64)
+@pytest.mark.parametrize("native", [True, False])
+def test_leaf_statistics_bound_the_stored_points(source_dtype, radius, native):
+    # norms and radii are upper bounds of the float64 values of the stored (frame) points, tight
+    # to the inflation; squared norms and centres within the rounding of their dtype: the C++ pass
+    # (float64 sums) and the Python chunks (in the frame's precision)
+    from inform_fast.spatial import build_index, fit_frame
+
+    rng = np.random.default_rng(11)
+    x = torch.from_numpy(rng.normal(size=(2003, 37)) * np.linspace(4.0, 0.01, 37) + 50.0).to(source_dtype)
+    frame = fit_frame(x, radius=radius)
+    index = build_index(x, leaf_size=16, radius=radius, frame=frame, native=native, workers=2, copy=False)
+    stored = index.frame_points().to(torch.float64)  # leaf order
+    exact_norm = stored.norm(dim=1)
+    inflate = 1.0 + 2.0 * (x.shape[1] + 2) * frame.roundoff
+    sum_error = (1 if native else x.shape[1]) * frame.roundoff + x.shape[1] * 2.0**-53
+    assert bool((index.norms >= exact_norm).all()) and bool((index.norms <= exact_norm * inflate * (1 + sum_error)).all())
+    torch.testing.assert_close(index.sqnorm.to(torch.float64), (stored * stored).sum(1), rtol=sum_error, atol=0)
+    for leaf in range(index.n_leaves):
+        points = stored[int(index.starts[leaf]) : int(index.starts[leaf + 1])]
+        torch.testing.assert_close(index.centre[leaf], points.mean(0), rtol=0, atol=sum_error * float(points.abs().max()))
+        spread = float((points - index.centre[leaf]).norm(dim=1).max())  # from the centre the index holds
+        rounding = sum_error * float(points.norm(dim=1).max())  # the Python chunks' float32 differences
+        assert spread <= float(index.radius[leaf]) <= spread * inflate * (1 + 1e-12) + rounding + 1e-300
+    if not native:
+        return
+    with pytest.raises(ValueError, match="leaf_statistics: starts must run from 0 to len\\(order\\)"):
+        C().leaf_statistics(x.numpy(), index.order.numpy(), index.starts.numpy()[:-1], frame.mean.to(source_dtype).numpy(),
+                            frame.scale, True, inflate, np.zeros(2003, np.float32), np.zeros(2003),
+                            np.zeros((index.n_leaves, 37)), np.zeros(index.n_leaves))
+    with pytest.raises(ValueError, match="leaf_statistics: inflate must be a finite number >= 1"):
+        C().leaf_statistics(x.numpy(), index.order.numpy(), index.starts.numpy(), frame.mean.to(source_dtype).numpy(),
+                            frame.scale, True, 0.5, np.zeros(2003, np.float32), np.zeros(2003),
+                            np.zeros((index.n_leaves, 37)), np.zeros(index.n_leaves))
+    with pytest.raises(ValueError, match="leaf_statistics: centre must be \\[n_leaves, dim of source\\]"):
+        C().leaf_statistics(x.numpy(), index.order.numpy(), index.starts.numpy(), frame.mean.to(source_dtype).numpy(),
+                            frame.scale, True, inflate, np.zeros(2003, np.float32), np.zeros(2003),
+                            np.zeros((index.n_leaves, 3)), np.zeros(index.n_leaves))
+
+
 @pytest.mark.parametrize("dim", [1, 7, 128, 131])
 def test_gather_frame_equals_the_frame_map_of_the_gathered_rows(dim):
     # bit for bit the values of Frame.apply (a float32 shift, then an exact power-of-two scale),

@@ -77,11 +77,14 @@ from inform_fast.spatial import (
     build_index,
     candidate_leaves,
     chunk_rows,
+    distance_floor,
     dot_band_coefficient,
+    mapped_empty,
     outward,
     run_parallel,
     tile_band,
     union_roots,
+    worker_slot,
     worker_threads,
 )
 from inform_fast.validation import check_positive_int, check_real
@@ -89,13 +92,15 @@ from inform_fast.validation import check_positive_int, check_real
 # backends: inform_fast.dispatch.BACKENDS
 
 DEFAULT_BLOCK = 4096  # columns per tile
+PANEL_BLOCK = 1024  # at most this many columns per tile of the C++ panel kernel (CpuTiles)
 LEAF_SIZE = 64  # points per k-d leaf
 ROW_BLOCK = 512  # rows per tile
 ROW_GROUP = 1024  # rows the near and far passes take together (whole leaves; 256 spent more on per-group overhead than it saved in pairs, on every distribution at 32k and 10^5)
 FAR_GROUP = 256  # far rows per group where the leaf bounds prune (below DENSE_CANDIDATES); else ROW_GROUP
 DENSE_CANDIDATES = 0.5  # share of n^2 pairs left by the leaf bounds above which a group's candidates are ~all
 NEAR_COLUMNS = 1024  # columns of the near pass (the nearest candidate leaves)
-LIST_CAP = 16  # neighbour list length (at least min_samples - 1)
+LIST_CAP = 8  # neighbour list length (at least min_samples - 1); 16 cost 1 MB more at 32,000 points for no measurable time
+FILTER_DIMS = 8  # principal coordinates per point for the lower-bound tiles (16: 2 MB at 32,000 points; times within noise at 32,000 and 10^5)
 LIST_BUDGET = 1 << 28  # bound on n x cap list entries (1 GiB of int32)
 
 
@@ -433,7 +438,7 @@ class CpuTiles:
         self.filtered_pairs = 0  # pairs in lower-bound tiles
         self.exact_tests = 0
         self._lock = threading.Lock()
-        self._local = threading.local()  # one tile buffer per worker
+        self._buffers = {}  # (worker slot, name): one scratch buffer per worker (spatial.worker_slot)
         # every tile in the C++ panel kernel (float32 frames; columns packed from the indexed array)
         self.panel = (hasattr(epilogue, "panel") and index.frame.dtype == torch.float32
                       and index.source.dtype in (torch.float32, torch.float64) and index.source.device.type == "cpu")
@@ -441,7 +446,9 @@ class CpuTiles:
             self.source = index.source.contiguous().numpy()
             self.frame_mean = index.frame.mean.to(index.source.dtype).numpy()
             self.top = index.top.contiguous().numpy()
-        self.block = block
+        # the panel kernel packs a tile's columns into a worker buffer: 1,024 of them (512 KB at D = 128)
+        # stay in L2 and cost a quarter of 4,096's memory for each of the three threads that pack
+        self.block = min(block, PANEL_BLOCK) if self.panel else block
 
     def _count(self, pairs: int = 0, filtered: int = 0, tests: int = 0) -> None:
         with self._lock:
@@ -449,15 +456,23 @@ class CpuTiles:
             self.filtered_pairs += filtered
             self.exact_tests += tests
 
-    def _buffer(self, size: int, name: str = "tile") -> torch.Tensor:
-        """This worker's buffer ``name`` (grown on demand) as a flat view of ``size`` elements:
-        tiles and gathered columns reuse one allocation each instead of a fresh one per tile (the
-        freed ones stayed in the worker threads' malloc arenas: at 32,000 points the process grew
-        by about twice its live heap)."""
-        buffer = getattr(self._local, name, None)
+    def release_scratch(self) -> None:
+        """Drop the scratch buffers of every pool slot but 0's, which the caller's thread uses (the
+        union and join passes run there alone): their pages go back to the system."""
+        for key in [key for key in self._buffers if key[0] != 0]:
+            del self._buffers[key]
+
+    def _buffer(self, size: int, name: str = "tile", capacity: int = 0) -> torch.Tensor:
+        """This worker's buffer ``name`` as a flat view of ``size`` elements, mapped pages of its own
+        (``mapped_empty``) of at least ``capacity`` elements (the most a tile can ask, so it is
+        never reallocated: a page costs memory only once used): tiles and packed columns reuse one
+        buffer each instead of a fresh one per tile, and they go with the engine instead of
+        staying in a worker thread's malloc arena (at 32,000 points the process grew by about
+        twice its live heap). One per pool slot: the passes' caller shares slot 0's."""
+        key = (worker_slot(), name)
+        buffer = self._buffers.get(key)
         if buffer is None or buffer.numel() < size:
-            buffer = torch.empty(size, dtype=self.index.dtype)
-            setattr(self._local, name, buffer)
+            buffer = self._buffers[key] = mapped_empty(max(size, capacity), self.index.dtype)
         return buffer[:size]
 
     def _operands(self, rb: _RowBlock, col_pos: torch.Tensor, low: bool):
@@ -508,8 +523,9 @@ class CpuTiles:
             source, ids, mean, scale = self.source, col_ids, self.frame_mean, index.frame.scale
         dim, cols = r.shape[1], ids.numel()
         n_panels = -(-cols // 16)
-        panels = self._buffer(n_panels * dim * 16, "panels").view(n_panels, dim, 16)
-        norm = self._buffer(n_panels * 16, "norms")
+        most = -(-self.block // 16) * 16  # columns of the widest tile
+        panels = self._buffer(n_panels * dim * 16, "panels", most * max(index.dim, index.top.shape[1])).view(n_panels, dim, 16)
+        norm = self._buffer(n_panels * 16, "norms", most)
         self.ops.C.pack_panels(source, ids.numpy(), mean, scale, None if centre is None else centre.numpy(), panels.numpy(),
                                norm.numpy())
         band = tile_band(index.frame, dim, row_norm, float(norm[:cols].max()) ** 0.5 * (1 + 1e-6), rb.global_norm,
@@ -608,7 +624,7 @@ def _index_for(x: torch.Tensor, eps: float, block: int, native: bool, workers: i
     at 32,000 x 128), while the reference's GEMM tiles re-read copied runs faster and the Triton
     kernels address the frame points by position."""
     leaf_size = max(8, min(LEAF_SIZE, block))
-    return build_index(x, leaf_size=leaf_size, radius=eps, native=native, workers=workers, copy=copy)
+    return build_index(x, leaf_size=leaf_size, radius=eps, native=native, workers=workers, copy=copy, filter_dims=FILTER_DIMS)
 
 
 @torch.no_grad()  # NumPy views and out= need tensors outside autograd
@@ -731,7 +747,7 @@ def _core_and_roots(index: LeafIndex, engine, eps_frame: float, min_samples: int
 
     candidate_share = _candidate_fraction(index, indptr, candidates)
     groups = _leaf_groups(index, ROW_GROUP)
-    near_of = [None] * len(groups)  # per group: (rows, columns of its nearest candidate leaves)
+    near_of = [None] * len(groups)  # per group: ((first, end) row positions, columns of its nearest candidate leaves)
     done = torch.zeros(n, dtype=torch.bool, device=device)  # by position: the near pass saw every candidate
 
     def near_pass(g: int) -> None:
@@ -742,9 +758,9 @@ def _core_and_roots(index: LeafIndex, engine, eps_frame: float, min_samples: int
         covered = np.cumsum([sizes[c] for c in cand.tolist()])
         take = max(1, int(np.searchsorted(covered, NEAR_COLUMNS, side="right")))
         rows = torch.arange(starts[members[0]], starts[members[-1] + 1], device=device)
-        near_of[g] = (rows, index.positions(cand[:take]))
+        near_of[g] = ((int(rows[0]), int(rows[-1]) + 1), index.positions(cand[:take]))
         done[rows] = take == cand.numel()  # each group its own rows
-        engine.neighbours(*near_of[g], counts, lists, mode="auto")
+        engine.neighbours(rows, near_of[g][1], counts, lists, mode="auto")
 
     # 1. near pass: every group of leaves against its nearest candidate leaves
     run_parallel(near_pass, range(len(groups)), engine.workers)
@@ -770,6 +786,9 @@ def _core_and_roots(index: LeafIndex, engine, eps_frame: float, min_samples: int
     complete = torch.zeros(n, dtype=torch.bool, device=device)
     complete[order] = done & (counts[order] <= cap)
     complete[order[far]] = counts[order[far]] < need
+    far_points = int(far.numel())
+    del far
+    engine.release_scratch()  # the passes below run on this thread alone
 
     # 3. union: every listed edge between core points; the near leaves' cores from a few cores
     # per group; then the components of the cores whose lists are incomplete
@@ -788,7 +807,8 @@ def _core_and_roots(index: LeafIndex, engine, eps_frame: float, min_samples: int
         keep = core[b]
         _union_edges(parent, a[keep], b[keep])
     core_position = core[order]
-    for rows, cols in near_of:
+    for (first_row, end_row), cols in near_of:
+        rows = torch.arange(first_row, end_row, device=device)
         rows = rows[core_position[rows]]
         if rows.numel() == 0:
             continue
@@ -819,7 +839,7 @@ def _core_and_roots(index: LeafIndex, engine, eps_frame: float, min_samples: int
         "n": n, "leaves": index.n_leaves, "tree_dims": int(index.box_lo.shape[1]),
         "frame_dtype": str(index.frame.dtype).replace("torch.", ""),
         **{f"pairs_{k}": v for k, v in pairs.items()}, "pairs_full": engine.pairs,
-        "pairs_filtered": engine.filtered_pairs, "exact_tests": engine.exact_tests, "far_points": int(far.numel()),
+        "pairs_filtered": engine.filtered_pairs, "exact_tests": engine.exact_tests, "far_points": far_points,
         "component_pairs_searched": joined, "candidate_fraction": candidate_share,
     }
     return core, root, stats
@@ -867,7 +887,8 @@ def _ball_gap(index: LeafIndex, positions: torch.Tensor, centres: torch.Tensor, 
     ``chunk_elements / C`` (a giant component against hundreds of small ones held a [P, C] float64
     matrix of 1 GB; at 2^21 elements a chunk's temporaries were still 4x the index at 32,000
     duplicated rows)."""
-    rows = max(1, chunk_elements // max(1, centres.shape[0]))
+    # and at most a quarter of ``chunk_rows`` rows (against one ball a chunk would be 2^18 rows, 128 MB at D = 128)
+    rows = max(1, min(chunk_rows(positions.device) // 4, chunk_elements // max(1, centres.shape[0])))
     if positions.numel() == 0:
         return torch.zeros(0, dtype=torch.float64, device=index.device)
     return torch.cat([(_gap_floor(index.gather(positions[a : a + rows]), centres) - radii).min(1).values
@@ -894,7 +915,7 @@ def _join_components(index: LeafIndex, engine, parent: torch.Tensor, incomplete:
     # of 2^16 rows were still 90 MB, five times the index, at 32,000 points (``chunk_rows``: small on
     # the CPU, large on a GPU where each chunk costs launches)
     centre = torch.zeros((k, index.dim), dtype=torch.float64, device=device)
-    rows = chunk_rows(device)
+    rows = chunk_rows(device) // 4  # four float64 copies of a chunk at once (3 MB, a third of the heap, at 2^10 rows)
     for a in range(0, incomplete.numel(), rows):
         centre.index_add_(0, member[a : a + rows], index.gather(incomplete[a : a + rows]).to(torch.float64))
     centre /= sizes[:, None]
@@ -906,12 +927,13 @@ def _join_components(index: LeafIndex, engine, parent: torch.Tensor, incomplete:
     # partners: the larger side of each touching pair (size, then id), so each pair is searched once
     key = sizes.to(torch.float64) * (k + 1) + torch.arange(k, device=device)
     part_a, part_b = [], []
-    # blocks of ~2^16 component pairs: with 10^4 components, blocks of 1024 rows were 90 MB of
+    # blocks of ~2^14 component pairs: with 10^4 components, blocks of 1024 rows were 90 MB of
     # temporaries, five times the index itself at 32,000 points; 2^18 were still 6 MB of a 16 MB
-    # heap on 1,280 small clusters (a few dozen blocks cost nothing next to the searches)
-    step = max(1, min(1024, (1 << 16) // k))
+    # heap on 1,280 small clusters, 2^16 1.6 MB of 10 (a hundred blocks cost nothing next to the searches)
+    step = max(1, min(1024, (1 << 14) // k))
+    centre_sqnorm = (centre * centre).sum(1)
     for a in range(0, k, step):
-        gap = torch.cdist(centre[a : a + step], centre) - radius[a : a + step, None] - radius[None, :]
+        gap = distance_floor(centre[a : a + step], centre, centre_sqnorm).sub_(radius[a : a + step, None]).sub_(radius[None, :])
         i, j = torch.nonzero((gap <= reach) & (key[a : a + step, None] < key[None, :]), as_tuple=True)
         part_a.append(i + a)
         part_b.append(j)
@@ -921,11 +943,24 @@ def _join_components(index: LeafIndex, engine, parent: torch.Tensor, incomplete:
     # pairs in the order of their smaller side's key, so a batch holds whole components
     by_key = torch.argsort(key[part_a], stable=True)  # keys are distinct: whole components stay together
     part_a, part_b = part_a[by_key], part_b[by_key]
-    leaf_of_position = index.leaf_of_position()
-    by_comp = torch.argsort(member)
+    # every component's positions in one array (a tensor per component was a few hundred bytes of
+    # heap each, long-lived between the join's temporaries: 1,280 of them fragmented the heap)
+    by_component = incomplete[torch.argsort(member)]
     bounds = [0] + torch.cumsum(sizes, 0).tolist()
-    members = [incomplete[by_comp[bounds[c] : bounds[c + 1]]] for c in range(k)]
     searched = 0
+
+    def members(components: list[int]) -> torch.Tensor:
+        return torch.cat([by_component[bounds[c] : bounds[c + 1]] for c in components])
+
+    def near_leaves(components: list[int]) -> torch.Tensor:
+        """[n_leaves] bool: leaves whose ball comes within eps of one of the components' balls (16
+        components at a time: one [components, leaves] matrix of gaps for all was 0.6 MB)."""
+        near = torch.zeros(index.n_leaves, dtype=torch.bool, device=device)
+        for a in range(0, len(components), 16):
+            part = components[a : a + 16]
+            gap = distance_floor(centre[part], index.centre).sub_(radius[part, None]).sub_(index.radius[None, :])
+            near |= (gap <= reach).any(0)
+        return near
 
     def search(pair_a: torch.Tensor, pair_b: torch.Tensor) -> None:
         nonlocal searched
@@ -936,12 +971,11 @@ def _join_components(index: LeafIndex, engine, parent: torch.Tensor, incomplete:
         searched += pair_a.numel()
         row_comps = torch.unique(pair_a).tolist()
         col_comps = torch.unique(pair_b).tolist()
-        rows = torch.cat([members[c] for c in row_comps])
-        cols = torch.cat([members[c] for c in col_comps])
+        rows = members(row_comps)
+        cols = members(col_comps)
         # columns only from leaves whose ball comes within eps of a row component's ball, then
         # points within eps of such a ball (and rows likewise against the partners' balls)
-        leaf_gap = torch.cdist(centre[row_comps], index.centre) - radius[row_comps, None] - index.radius[None, :]
-        cols = cols[(leaf_gap <= reach).any(0)[leaf_of_position[cols]]]
+        cols = cols[near_leaves(row_comps)[torch.searchsorted(index.starts, cols, right=True) - 1]]
         if cols.numel() == 0:
             return
         row_gap = _ball_gap(index, rows, centre[col_comps], radius[col_comps])
