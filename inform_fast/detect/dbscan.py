@@ -73,7 +73,7 @@ from inform_fast.ops.registry import define_op
 from inform_fast.spatial import (
     FLOAT32_ROUNDOFF,
     LeafIndex,
-    box_lower_bound,
+    box_gap,
     build_index,
     candidate_leaves,
     chunk_rows,
@@ -426,7 +426,8 @@ class CpuTiles:
         eps_frame = eps * index.frame.scale
         self.eps_frame = eps_frame
         self.eps2 = eps_frame**2
-        self.top_sqnorm = (index.top * index.top).sum(1)
+        # squared norms of the principal coordinates in chunks (one n x p product at once was 1 MB at 32,000 points)
+        self.top_sqnorm = torch.cat([(part * part).sum(1) for part in index.top.split(chunk_rows(index.device))])
         self.filter_failures = 0  # lower-bound tiles found dense in a row (auto mode then rests)
         self.row_blocks = 0
         # the principal-coordinate distance bounds the distance of the *stored* points, which may
@@ -697,15 +698,19 @@ def _groups(index: LeafIndex, positions: torch.Tensor, target: int) -> list[tupl
     return groups
 
 
-def _nearest_first(index: LeafIndex, members: list[int], leaves: torch.Tensor) -> torch.Tensor:
+def _nearest_first(index: LeafIndex, members: list[int], leaves: torch.Tensor, centre_sqnorm: torch.Tensor) -> torch.Tensor:
     """``leaves`` ordered by their lower bound from the union of leaves ``members`` (then by centre
-    distance), so the scan meets the neighbours first."""
+    distance), so the scan meets the neighbours first. The order only steers the scan, so the
+    centre distances come from one product with all leaf centres (``centre_sqnorm``: their squared
+    norms) rounded as it may: gathering the candidates' centres was 0.5 MB per worker at 32,000
+    points, the largest temporary of the near pass."""
     m = torch.tensor(members)
-    lo, hi = index.box_lo[m].min(0).values[None], index.box_hi[m].max(0).values[None]
-    centre = index.centre[m].mean(0, keepdim=True)
-    radius = ((index.centre[m] - centre).norm(dim=1) + index.radius[m]).max()[None]
-    bound = box_lower_bound(lo, hi, centre, radius, index, leaves)[0]
-    distance = torch.cdist(centre, index.centre[leaves])[0]
+    lo, hi = index.box_lo[m].min(0).values, index.box_hi[m].max(0).values
+    centre = index.centre[m].mean(0)
+    radius = ((index.centre[m] - centre).norm(dim=1) + index.radius[m]).max()
+    distance = (centre_sqnorm - 2.0 * (index.centre @ centre) + centre.dot(centre))[leaves].clamp_min_(0).sqrt_()
+    box = box_gap(lo, hi, index.box_lo[leaves], index.box_hi[leaves])
+    bound = torch.maximum(box, distance - radius - index.radius[leaves])
     by_distance = torch.argsort(distance)
     return leaves[by_distance[torch.argsort(bound[by_distance].clamp_min(0), stable=True)]]
 
@@ -739,11 +744,12 @@ def _core_and_roots(index: LeafIndex, engine, eps_frame: float, min_samples: int
     indptr_list = indptr.tolist()
     sizes = index.leaf_sizes.tolist()
     starts = index.starts.tolist()
+    centre_sqnorm = torch.linalg.vector_norm(index.centre, dim=1).square_()
 
     def group_candidates(members: list[int]) -> torch.Tensor:
         """The candidate leaves of a group's leaves, nearest first."""
         cand = torch.unique(torch.cat([candidates[indptr_list[l] : indptr_list[l + 1]] for l in members]).to(torch.int64))
-        return _nearest_first(index, members, cand)
+        return _nearest_first(index, members, cand, centre_sqnorm)
 
     candidate_share = _candidate_fraction(index, indptr, candidates)
     groups = _leaf_groups(index, ROW_GROUP)
@@ -931,7 +937,7 @@ def _join_components(index: LeafIndex, engine, parent: torch.Tensor, incomplete:
     # temporaries, five times the index itself at 32,000 points; 2^18 were still 6 MB of a 16 MB
     # heap on 1,280 small clusters, 2^16 1.6 MB of 10 (a hundred blocks cost nothing next to the searches)
     step = max(1, min(1024, (1 << 14) // k))
-    centre_sqnorm = (centre * centre).sum(1)
+    centre_sqnorm = torch.linalg.vector_norm(centre, dim=1).square_()  # (centre * centre) would be a copy of them
     for a in range(0, k, step):
         gap = distance_floor(centre[a : a + step], centre, centre_sqnorm).sub_(radius[a : a + step, None]).sub_(radius[None, :])
         i, j = torch.nonzero((gap <= reach) & (key[a : a + step, None] < key[None, :]), as_tuple=True)
