@@ -234,6 +234,95 @@ int64_t panel_union(py::handle rows_obj, py::handle panels_obj, py::handle norm_
                                          parent.mutable_data(), n, budget, portable);
 }
 
+template <typename T>
+int64_t full_tile_typed(const std::string& op, inform_fast::FullTile<T> tile, const py::array& source, py::handle mean_obj,
+                        const inform_fast::Rows& points, double eps2, int32_t* counts, int32_t* lists, int64_t cap,
+                        int64_t* parent, int64_t n, bool portable) {
+  auto mean = checked<T>(op, "mean", mean_obj, 1);
+  check_len(op, "mean", mean, tile.dim);
+  tile.source = static_cast<const T*>(source.data());
+  tile.mean = mean.data();
+  py::gil_scoped_release release;
+  return inform_fast::dbscan_full_tile<T>(tile, points, eps2, counts, lists, cap, parent, n, portable);
+}
+
+int64_t full_tile(py::handle rows_obj, py::handle threshold_obj, py::handle row_local_obj, py::handle row_global_obj,
+                  double c1, double c2, py::handle source_obj, py::handle mean_obj, double scale, py::handle centre_obj,
+                  py::handle col_ids_obj, py::handle col_pos_obj, py::handle global_norms_obj, py::handle row_ids_obj,
+                  py::handle points_obj, double points_scale, double eps2, py::handle panels_obj, py::handle norm_obj,
+                  py::handle counts_obj, py::handle lists_obj, py::handle parent_obj, bool portable) {
+  const std::string op = "dbscan_full_tile";
+  auto rows = checked<float>(op, "rows", rows_obj, 2);
+  const int64_t n_rows = rows.shape(0), dim = rows.shape(1);
+  auto threshold = checked<double>(op, "threshold", threshold_obj, 1);
+  auto row_local = checked<double>(op, "row_local", row_local_obj, 1);
+  auto row_global = checked<double>(op, "row_global", row_global_obj, 1);
+  auto row_ids = checked<int64_t>(op, "row_ids", row_ids_obj, 1);
+  for (const auto* arr : {&threshold, &row_local, &row_global}) check_len(op, "threshold, row_local and row_global", *arr, n_rows);
+  check_len(op, "row_ids", row_ids, n_rows);
+  for (int64_t i = 0; i < n_rows; ++i)
+    if (std::isnan(threshold.data()[i]) || !std::isfinite(row_local.data()[i]) || !std::isfinite(row_global.data()[i]))
+      fail(op, "threshold must not be NaN and row_local, row_global must be finite");
+  if (!std::isfinite(c1) || !std::isfinite(c2) || c1 < 0.0 || c2 < 0.0) fail(op, "c1 and c2 must be finite numbers >= 0");
+  if (!(scale > 0.0) || !std::isfinite(scale)) fail(op, "scale must be a finite number > 0");
+  bool is_double = false;
+  const py::array source = float_matrix(op, "source", source_obj, is_double);
+  if (source.shape(1) != dim) fail(op, "source must have the dim of rows");
+  F32 centre;
+  if (!centre_obj.is_none()) {
+    centre = checked<float>(op, "centre", centre_obj, 1);
+    check_len(op, "centre", centre, dim);
+  }
+  auto col_ids = checked<int64_t>(op, "col_ids", col_ids_obj, 1);
+  auto col_pos = checked<int64_t>(op, "col_pos", col_pos_obj, 1);
+  auto global_norms = checked<double>(op, "global_norms", global_norms_obj, 1);
+  check_len(op, "col_pos", col_pos, col_ids.shape(0));
+  check_ids(op, "col_pos", col_pos, global_norms.shape(0), "len(global_norms)");
+  py::array keep;
+  const auto points = rows_of(op, "points", points_obj, points_scale, keep);
+  const int64_t n = keep.shape(0);
+  if (points.dim != dim || source.shape(0) != n) fail(op, "points must have the rows and the dim of source");
+  check_ids(op, "col_ids", col_ids, n, "len(source)");
+  check_ids(op, "row_ids", row_ids, n, "len(source)");
+  auto panels = checked<float>(op, "panels", panels_obj, 3);
+  auto norm = checked<float>(op, "norm", norm_obj, 1);
+  if (panels.shape(0) < 1 || panels.shape(1) != dim || panels.shape(2) != 16)
+    fail(op, "panels must be [chunk_cols / 16 >= 1, dim of rows, 16]");
+  check_len(op, "norm", norm, panels.shape(0) * 16);
+  const bool neighbours = !counts_obj.is_none();
+  if (neighbours == !parent_obj.is_none() || neighbours == lists_obj.is_none())
+    fail(op, "give counts and lists (neighbours) or parent (union)");
+  py::array_t<int32_t, py::array::c_style> counts, lists;
+  I64 parent;
+  if (neighbours) {
+    counts = checked<int32_t>(op, "counts", counts_obj, 1);
+    lists = checked<int32_t>(op, "lists", lists_obj, 2);
+    check_len(op, "counts", counts, n);
+    check_len(op, "lists", lists, n);
+  } else {
+    parent = checked<int64_t>(op, "parent", parent_obj, 1);
+    check_len(op, "parent", parent, n);
+    const int64_t* p = parent.data();
+    for (int64_t k = 0; k < n; ++k)
+      if (p[k] < 0 || p[k] > k || p[p[k]] != p[k])
+        fail(op, "parent must be a fully compressed union-find forest rooted at minima (parent[parent[x]] == parent[x] <= x)");
+  }
+  const float* centre_data = centre_obj.is_none() ? nullptr : centre.data();
+  int32_t* counts_data = neighbours ? counts.mutable_data() : nullptr;
+  int32_t* lists_data = neighbours ? lists.mutable_data() : nullptr;
+  const int64_t cap = neighbours ? lists.shape(1) : 0;
+  int64_t* parent_data = neighbours ? nullptr : parent.mutable_data();
+  const auto run = [&](auto zero) {
+    using T = decltype(zero);
+    const inform_fast::FullTile<T> tile{rows.data(), n_rows, dim, threshold.data(), row_local.data(), row_global.data(),
+                                        c1, c2, nullptr, nullptr, scale, centre_data, col_ids.data(), col_pos.data(),
+                                        global_norms.data(), col_ids.shape(0), row_ids.data(), panels.mutable_data(),
+                                        norm.mutable_data(), panels.shape(0) * 16};
+    return full_tile_typed<T>(op, tile, source, mean_obj, points, eps2, counts_data, lists_data, cap, parent_data, n, portable);
+  };
+  return is_double ? run(double{}) : run(float{});
+}
+
 void union_edges(py::handle parent_obj, py::handle a_obj, py::handle b_obj) {
   const std::string op = "union_edges";
   auto parent = checked<int64_t>(op, "parent", parent_obj, 1);
@@ -682,6 +771,14 @@ PYBIND11_MODULE(_C, m) {
         "tile computed in registers from packed columns: value <= thr_lo: neighbour, > thr_hi: not, else exact test on "
         "points (thr_lo None: every pair <= thr_hi tested). Returns the exact tests, or -r when the first r rows needed "
         "more than budget of them (the other rows untouched).");
+  m.def("dbscan_full_tile", &full_tile, py::arg("rows"), py::arg("threshold"), py::arg("row_local"), py::arg("row_global"),
+        py::arg("c1"), py::arg("c2"), py::arg("source"), py::arg("mean"), py::arg("scale"), py::arg("centre"),
+        py::arg("col_ids"), py::arg("col_pos"), py::arg("global_norms"), py::arg("row_ids"), py::arg("points"),
+        py::arg("points_scale"), py::arg("eps2"), py::arg("panels"), py::arg("norm"), py::arg("counts") = py::none(),
+        py::arg("lists") = py::none(), py::arg("parent") = py::none(), py::arg("portable") = false,
+        "A full tile of dbscan_panel_neighbours (counts and lists given) or dbscan_panel_union (parent given) whose "
+        "columns are packed a scratch's worth at a time (panels [chunk_cols / 16, dim, 16], norm [chunk_cols]), each "
+        "chunk with its own error band: c1 (row_local + L)^2 + c2 (row_local + L)(row_global + G). Returns the exact tests.");
   m.def("dbscan_panel_union", &panel_union, py::arg("rows"), py::arg("panels"), py::arg("col_norm"), py::arg("thr_lo"),
         py::arg("thr_hi"), py::arg("row_ids"), py::arg("col_ids"), py::arg("points"), py::arg("scale"), py::arg("eps2"),
         py::arg("parent"), py::arg("budget"), py::arg("portable") = false,

@@ -2,6 +2,7 @@
 // (panel_block.h), both with the exact test of the pairs inside the error band; the union-find
 // over listed edges.
 #include <algorithm>
+#include <cmath>
 #include <limits>
 #include <vector>
 
@@ -191,6 +192,43 @@ int64_t dbscan_panel_union(const float* rows, int64_t n_rows, int64_t dim, const
   if (changed) compress(parent, n);
   return result;
 }
+
+template <typename T>
+int64_t dbscan_full_tile(const FullTile<T>& tile, const Rows& points, double eps2, int32_t* counts, int32_t* lists,
+                         int64_t cap, int64_t* parent, int64_t n, bool portable) {
+  std::vector<double> lo(tile.n_rows), hi(tile.n_rows);
+  int64_t tests = 0;
+  for (int64_t c0 = 0; c0 < tile.cols; c0 += tile.chunk_cols) {
+    const int64_t m = std::min(tile.chunk_cols, tile.cols - c0);
+    pack_panels<T>(tile.source, tile.dim, tile.col_ids + c0, m, tile.mean, tile.scale, tile.centre, tile.panels, tile.norm);
+    float widest = 0.0f;
+    double global = 0.0;
+    for (int64_t j = 0; j < m; ++j) {
+      widest = std::max(widest, tile.norm[j]);
+      global = std::max(global, tile.global_norms[tile.col_pos[c0 + j]]);
+    }
+    const double local = std::sqrt(static_cast<double>(widest)) * (1.0 + 1e-6);
+    for (int64_t i = 0; i < tile.n_rows; ++i) {
+      const double reach = tile.row_local[i] + local;
+      const double band = tile.c1 * reach * reach + tile.c2 * reach * (tile.row_global[i] + global);
+      lo[i] = tile.threshold[i] - band;
+      hi[i] = tile.threshold[i] + band;
+    }
+    constexpr int64_t kNoBudget = std::numeric_limits<int64_t>::max();
+    tests += counts != nullptr
+                 ? dbscan_panel_neighbours(tile.rows, tile.n_rows, tile.dim, tile.panels, tile.norm, m, lo.data(), hi.data(),
+                                           tile.row_ids, tile.col_ids + c0, points, eps2, counts, lists, cap, kNoBudget,
+                                           portable)
+                 : dbscan_panel_union(tile.rows, tile.n_rows, tile.dim, tile.panels, tile.norm, m, lo.data(), hi.data(),
+                                      tile.row_ids, tile.col_ids + c0, points, eps2, parent, n, kNoBudget, portable);
+  }
+  return tests;
+}
+
+template int64_t dbscan_full_tile<float>(const FullTile<float>&, const Rows&, double, int32_t*, int32_t*, int64_t, int64_t*,
+                                         int64_t, bool);
+template int64_t dbscan_full_tile<double>(const FullTile<double>&, const Rows&, double, int32_t*, int32_t*, int64_t,
+                                          int64_t*, int64_t, bool);
 
 void union_edges(int64_t* parent, int64_t n, const int64_t* edge_a, const int64_t* edge_b, int64_t n_edges) {
   for (int64_t e = 0; e < n_edges; ++e) link(parent, edge_a[e], edge_b[e]);

@@ -58,6 +58,39 @@ int64_t dbscan_panel_union(const float* rows, int64_t n_rows, int64_t dim, const
                            const int64_t* col_ids, const Rows& points, double eps2, int64_t* parent, int64_t n,
                            int64_t budget, bool portable = false);
 
+// A full DBSCAN tile (all D coordinates) whose columns are packed chunk by chunk into the caller's
+// scratch instead of all at once: for each chunk of ``chunk_cols`` columns, pack_panels of
+// source rows col_ids (through mean/scale, less centre), then per row the error band of
+// spatial.tile_band, band_i = c1 (l_i + L)^2 + c2 (l_i + L)(g_i + G) with l_i = row_local[i], g_i =
+// row_global[i], L = sqrt(the chunk's largest packed squared norm) (1 + 1e-6), G = the largest
+// global_norms[col_pos[j]] of the chunk, and thresholds threshold[i] -/+ band_i for the panel kernel
+// (dbscan_panel_neighbours where counts is given, else dbscan_panel_union on parent).
+template <typename T>
+struct FullTile {
+  const float* rows;           // [n_rows, dim], the rows in the tile's frame
+  int64_t n_rows, dim;
+  const double* threshold;     // [n_rows] eps2 - |r_i|^2 in that frame, before the band
+  const double* row_local;     // [n_rows] |r_i| in that frame
+  const double* row_global;    // [n_rows] |r_i| in the global frame
+  double c1, c2;               // spatial.Frame.band_coefficients(dim)
+  const T* source;             // [*, dim] the points, mapped through mean / scale as pack_panels does
+  const T* mean;
+  double scale;
+  const float* centre;         // [dim] or null: the rows' centre
+  const int64_t* col_ids;      // [cols] rows of source (and of points for the exact test)
+  const int64_t* col_pos;      // [cols] their positions in global_norms
+  const double* global_norms;
+  int64_t cols;
+  const int64_t* row_ids;      // [n_rows]
+  float* panels;               // scratch [chunk_cols / 16, dim, 16]
+  float* norm;                 // scratch [chunk_cols]
+  int64_t chunk_cols;          // a multiple of 16
+};
+
+template <typename T>
+int64_t dbscan_full_tile(const FullTile<T>& tile, const Rows& points, double eps2, int32_t* counts, int32_t* lists,
+                         int64_t cap, int64_t* parent, int64_t n, bool portable = false);
+
 // Union-find over parent[0:n] (in place): for each edge links the larger root under the smaller
 // one, so every root is the smallest index of its component; finishes with full compression.
 void union_edges(int64_t* parent, int64_t n, const int64_t* edge_a, const int64_t* edge_b, int64_t n_edges);

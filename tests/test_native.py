@@ -157,6 +157,75 @@ def test_panel_kernel_values_come_from_the_centred_frame():
     np.testing.assert_array_equal(counts[:25], hit.sum(1))
 
 
+def full_tile_operands(points, rows, cols, chunk, centre=None, c1=1e-6, c2=1e-6):
+    """dbscan_full_tile's tile arguments for float points (a float32 frame with mean 0, scale 1)."""
+    source = points
+    local = (points[rows].astype(np.float32) - (0 if centre is None else centre)).astype(np.float32)
+    row_local = np.sqrt((local.astype(np.float64) ** 2).sum(1))
+    return dict(rows=local, threshold=None, row_local=row_local, row_global=np.sqrt((points[rows].astype(np.float64) ** 2).sum(1)),
+                c1=c1, c2=c2, source=source, mean=np.zeros(points.shape[1], points.dtype), scale=1.0, centre=centre,
+                col_ids=cols.astype(np.int64), col_pos=cols.astype(np.int64),
+                global_norms=np.sqrt((points.astype(np.float64) ** 2).sum(1)), row_ids=rows.astype(np.int64),
+                panels=np.full((chunk // 16, points.shape[1], 16), np.nan, np.float32), norm=np.full(chunk, np.nan, np.float32))
+
+
+@pytest.mark.parametrize("portable", [False, True])
+@pytest.mark.parametrize("chunk", [16, 48, 256])  # several chunks, the last one partial; one chunk
+@pytest.mark.parametrize("points_dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("centred", [False, True])
+def test_full_tile_neighbours_and_union_in_chunks_equal_brute_force(portable, chunk, points_dtype, centred):
+    # the columns packed a chunk at a time, each chunk with its own band: exact counts, lists in
+    # column order across chunks, and the components of the union; points far from the origin
+    # when the tile is centred on its rows
+    rng = np.random.default_rng(chunk)
+    points = (rng.normal(size=(101, 7)) * (0.3 if centred else 1.0) + (50.0 if centred else 0.0)).astype(points_dtype)
+    points[17] = points[4]
+    rows, cols = np.arange(3, 44), np.arange(101)[::-1].copy()  # columns in a non-sorted order
+    centre = points[rows].astype(np.float32).mean(0).astype(np.float32) if centred else None
+    eps2 = 1.5 * (0.3**2 if centred else 1.0)
+    operands = full_tile_operands(points, rows, cols, chunk, centre)
+    operands["threshold"] = eps2 - operands["row_local"] ** 2
+    counts = np.zeros(101, np.int32)
+    lists = np.full((101, 5), -1, np.int32)
+    C().dbscan_full_tile(**operands, points=points, points_scale=1.0, eps2=eps2, counts=counts, lists=lists, portable=portable)
+    hit = (exact_d2(points, rows, cols) <= eps2) & (rows[:, None] != cols[None, :])
+    np.testing.assert_array_equal(counts[rows], hit.sum(1))
+    assert (np.delete(counts, rows) == 0).all()
+    for i, row in enumerate(rows):
+        want = cols[hit[i]][:5]
+        np.testing.assert_array_equal(lists[row, : len(want)], want)
+    everything = np.arange(101)
+    operands = full_tile_operands(points, everything, everything, chunk, None if centre is None else points.astype(np.float32).mean(0))
+    operands["threshold"] = eps2 - operands["row_local"] ** 2
+    parent = np.arange(101, dtype=np.int64)
+    C().dbscan_full_tile(**operands, points=points, points_scale=1.0, eps2=eps2, parent=parent, portable=portable)
+    assert_roots_are_component_minima(parent, components(exact_d2(points, everything, everything) <= eps2, 101))
+    assert (parent[parent] == parent).all()
+
+
+def test_full_tile_refuses_bad_arguments():
+    points = np.random.default_rng(0).normal(size=(20, 4)).astype(np.float32)
+    ids = np.arange(20)
+    operands = full_tile_operands(points, ids, ids, 16)
+    operands["threshold"] = 1.0 - operands["row_local"] ** 2
+    state = dict(points=points, points_scale=1.0, eps2=1.0)
+    lists = np.full((20, 4), -1, np.int32)
+    with pytest.raises(ValueError, match="dbscan_full_tile: give counts and lists \\(neighbours\\) or parent \\(union\\)"):
+        C().dbscan_full_tile(**operands, **state)
+    with pytest.raises(ValueError, match="dbscan_full_tile: give counts and lists"):
+        C().dbscan_full_tile(**operands, **state, counts=np.zeros(20, np.int32), lists=lists, parent=np.arange(20))
+    with pytest.raises(ValueError, match="dbscan_full_tile: col_pos holds an index outside"):
+        C().dbscan_full_tile(**{**operands, "col_pos": ids + 1}, **state, parent=np.arange(20))
+    with pytest.raises(ValueError, match="dbscan_full_tile: panels must be"):
+        C().dbscan_full_tile(**{**operands, "panels": np.zeros((1, 3, 16), np.float32)}, **state, parent=np.arange(20))
+    with pytest.raises(ValueError, match="dbscan_full_tile: c1 and c2 must be finite numbers >= 0"):
+        C().dbscan_full_tile(**{**operands, "c1": -1.0}, **state, parent=np.arange(20))
+    with pytest.raises(ValueError, match="dbscan_full_tile: threshold must not be NaN"):
+        C().dbscan_full_tile(**{**operands, "threshold": np.full(20, np.nan)}, **state, parent=np.arange(20))
+    with pytest.raises(ValueError, match="dbscan_full_tile: parent must be a fully compressed"):
+        C().dbscan_full_tile(**operands, **state, parent=np.arange(20)[::-1].copy())
+
+
 def test_union_edges_gives_components():
     rng = np.random.default_rng(6)
     a = rng.integers(0, 60, 45).astype(np.int64)

@@ -93,6 +93,7 @@ from inform_fast.validation import check_positive_int, check_real
 
 DEFAULT_BLOCK = 4096  # columns per tile
 PANEL_BLOCK = 1024  # at most this many columns per tile of the C++ panel kernel (CpuTiles)
+FULL_PANEL_COLUMNS = 256  # a full tile's columns packed this many at a time (128 KB at D = 128, in L2)
 LEAF_SIZE = 64  # points per k-d leaf
 ROW_BLOCK = 512  # rows per tile
 ROW_GROUP = 1024  # rows the near and far passes take together (whole leaves; 256 spent more on per-group overhead than it saved in pairs, on every distribution at 32k and 10^5)
@@ -318,13 +319,14 @@ class _CppEpilogue(_TorchEpilogue):
         self.C = _native.module()
         self.points_np = points.numpy()
 
-    def panel(self, kind: str, rows, panels, norm, lo, hi, row_ids, col_ids, budget: Optional[float], *args) -> tuple[int, int]:
-        """``neighbours`` / ``union`` of a tile computed by the C++ panel kernel from packed columns
-        (``CpuTiles._panel_tile``; float64 thresholds, ``lo`` None for a lower bound): (rows done,
-        exact tests); with a ``budget``, rows past the first that needed more tests than it are left."""
+    def bound_tile(self, kind: str, rows, panels, norm, hi, row_ids, col_ids, budget: Optional[float], *args) -> tuple[int, int]:
+        """``neighbours`` / ``union`` of a lower-bound tile computed by the C++ panel kernel from packed
+        columns (``CpuTiles._panel_bound``; float64 upper thresholds ``hi``, every pair at most them
+        tested): (rows done, exact tests); with a ``budget``, rows past the first that needed more
+        tests than it are left."""
         limit = _NO_BUDGET if budget is None else int(min(budget, 2**62))
-        common = (rows.numpy(), panels.numpy(), norm.numpy(), None if lo is None else lo.numpy(), hi.numpy(),
-                  row_ids.numpy(), col_ids.numpy(), self.points_np, self.scale, self.eps2)
+        common = (rows.numpy(), panels.numpy(), norm.numpy(), None, hi.numpy(), row_ids.numpy(), col_ids.numpy(),
+                  self.points_np, self.scale, self.eps2)
         if kind == "neighbours":
             counts, lists = args
             done = self.C.dbscan_panel_neighbours(*common, counts.numpy(), lists.numpy(), limit)
@@ -332,6 +334,17 @@ class _CppEpilogue(_TorchEpilogue):
             (parent,) = args
             done = self.C.dbscan_panel_union(*common, parent.numpy(), limit)
         return (row_ids.numel(), done) if done >= 0 else (-done, limit)
+
+    def full_tile(self, kind: str, operands: dict, *args) -> int:
+        """``neighbours`` / ``union`` of a full tile in C++ (``CpuTiles._panel_full``: ``operands`` are
+        ``_C.dbscan_full_tile``'s tile arguments): the exact tests."""
+        if kind == "neighbours":
+            counts, lists = args
+            state = dict(counts=counts.numpy(), lists=lists.numpy())
+        else:
+            (parent,) = args
+            state = dict(parent=parent.numpy())
+        return self.C.dbscan_full_tile(**operands, points=self.points_np, points_scale=self.scale, eps2=self.eps2, **state)
 
 
 # --- the CPU pair engine ----------------------------------------------------------------------
@@ -441,7 +454,7 @@ class CpuTiles:
         self._lock = threading.Lock()
         self._buffers = {}  # (worker slot, name): one scratch buffer per worker (spatial.worker_slot)
         # every tile in the C++ panel kernel (float32 frames; columns packed from the indexed array)
-        self.panel = (hasattr(epilogue, "panel") and index.frame.dtype == torch.float32
+        self.panel = (hasattr(epilogue, "bound_tile") and index.frame.dtype == torch.float32
                       and index.source.dtype in (torch.float32, torch.float64) and index.source.device.type == "cpu")
         if self.panel:
             self.source = index.source.contiguous().numpy()
@@ -510,44 +523,59 @@ class CpuTiles:
         torch.addmm(col_norm2[None, :], r, c.T, alpha=-2.0, out=tile)  # ||c||^2 - 2 r.c
         return tile, lo, hi
 
-    def _panel_tile(self, kind: str, rb: _RowBlock, col_pos: torch.Tensor, col_ids: torch.Tensor, low: bool,
-                    budget: Optional[float], *args) -> tuple[int, int]:
-        """The tile of ``_tile(rb, col_pos, low)`` in the C++ panel kernel: the columns packed straight
-        from the indexed array (through the frame and the rows' centre) into this worker's panel
-        buffer, the band from their norms, then the kernel: (rows done, exact tests)."""
+    def _panel_bound(self, kind: str, rb: _RowBlock, col_pos: torch.Tensor, col_ids: torch.Tensor, budget: Optional[float],
+                     *args) -> tuple[int, int]:
+        """The lower-bound tile of ``_tile(rb, col_pos, True)`` in the C++ panel kernel: the columns'
+        principal coordinates packed (less the rows' centre) into this worker's panel buffer, the
+        band from their norms, then the kernel with no lower threshold (a lower bound only rules
+        pairs out): (rows done, exact tests); with a ``budget``, rows past the first that needed
+        more tests than it are left."""
         index = self.index
-        if low:
-            r, centre, row_norm, threshold = rb.low()
-            source, ids, mean, scale = self.top, col_pos, None, 1.0
-        else:
-            r, centre, row_norm, threshold = rb.full()
-            source, ids, mean, scale = self.source, col_ids, self.frame_mean, index.frame.scale
-        dim, cols = r.shape[1], ids.numel()
+        r, centre, row_norm, threshold = rb.low()
+        dim, cols = r.shape[1], col_pos.numel()
         n_panels = -(-cols // 16)
         most = -(-self.block // 16) * 16  # columns of the widest tile
-        panels = self._buffer(n_panels * dim * 16, "panels", most * max(index.dim, index.top.shape[1])).view(n_panels, dim, 16)
+        panels = self._buffer(n_panels * dim * 16, "panels", most * dim).view(n_panels, dim, 16)
         norm = self._buffer(n_panels * 16, "norms", most)
-        self.ops.C.pack_panels(source, ids.numpy(), mean, scale, None if centre is None else centre.numpy(), panels.numpy(),
+        self.ops.C.pack_panels(self.top, col_pos.numpy(), None, 1.0, None if centre is None else centre.numpy(), panels.numpy(),
                                norm.numpy())
         band = tile_band(index.frame, dim, row_norm, float(norm[:cols].max()) ** 0.5 * (1 + 1e-6), rb.global_norm,
                          float(index.norms[col_pos].max()))
-        # float64 thresholds (the kernel rounds them outwards); a lower bound only rules pairs out
-        lo = None if low else threshold - band
-        return self.ops.panel(kind, r.contiguous(), panels, norm, lo, threshold + band, rb.ids, col_ids, budget, *args)
+        # float64 thresholds: the kernel rounds them outwards
+        return self.ops.bound_tile(kind, r.contiguous(), panels, norm, threshold + band, rb.ids, col_ids, budget, *args)
 
     def _panel_step(self, kind: str, rb: _RowBlock, col_pos: torch.Tensor, col_ids: torch.Tensor, low: Optional[bool],
                     budget: float, *args) -> Optional[bool]:
         """``_step`` with every tile in the C++ panel kernel: the lower-bound try, then a full tile for
         the rows it left."""
         if low is not False:
-            done, tests = self._panel_tile(kind, rb, col_pos, col_ids, True, None if low is True else budget, *args)
+            done, tests = self._panel_bound(kind, rb, col_pos, col_ids, None if low is True else budget, *args)
             self._count(filtered=done * col_pos.numel(), tests=tests)
             if done == rb.ids.numel():
                 return tests <= budget
             rb = rb.subset(torch.arange(done, rb.ids.numel()))
-        _, tests = self._panel_tile(kind, rb, col_pos, col_ids, False, None, *args)
+        tests = self._panel_full(kind, rb, col_pos, col_ids, *args)
         self._count(pairs=rb.ids.numel() * col_pos.numel(), tests=tests)
         return False
+
+    def _panel_full(self, kind: str, rb: _RowBlock, col_pos: torch.Tensor, col_ids: torch.Tensor, *args) -> int:
+        """The full tile of ``_tile(rb, col_pos, False)`` in the C++ panel kernel, its columns packed
+        straight from the indexed array (through the frame and the rows' centre) FULL_PANEL_COLUMNS
+        at a time (``_C.dbscan_full_tile``, each chunk with its own band): a whole tile's packed
+        columns were 512 KB per worker at 1,024 x 128, a sixth of DBSCAN's heap at 32,000 points,
+        and chunks packed from Python cost 20-80% more time. Returns the exact tests."""
+        index = self.index
+        r, centre, row_norm, threshold = rb.full()
+        c1, c2 = index.frame.band_coefficients(index.dim)
+        chunk = -(-FULL_PANEL_COLUMNS // 16)
+        panels = self._buffer(chunk * index.dim * 16, "full_panels").view(chunk, index.dim, 16)
+        norm = self._buffer(chunk * 16, "full_norms")
+        operands = dict(rows=r.contiguous().numpy(), threshold=threshold.numpy(), row_local=row_norm.numpy(),
+                        row_global=rb.global_norm.numpy(), c1=c1, c2=c2, source=self.source, mean=self.frame_mean,
+                        scale=index.frame.scale, centre=None if centre is None else centre.numpy(), col_ids=col_ids.numpy(),
+                        col_pos=col_pos.numpy(), global_norms=index.norms.numpy(), row_ids=rb.ids.numpy(),
+                        panels=panels.numpy(), norm=norm.numpy())
+        return self.ops.full_tile(kind, operands, *args)
 
     def _step(self, kind: str, rb: _RowBlock, col_pos: torch.Tensor, low: Optional[bool], *args) -> Optional[bool]:
         """One tile of ``kind`` ("neighbours" / "union"). ``low`` None: try the lower-bound tile and
