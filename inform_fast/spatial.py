@@ -171,8 +171,18 @@ def distance_floor(a: torch.Tensor, b: torch.Tensor, b_sqnorm: Optional[torch.Te
     if a.shape[0] == 0 or b.shape[0] == 0:
         return a.new_zeros((a.shape[0], b.shape[0]))
     error = dot_band_coefficient(a.shape[1], FLOAT64_ROUNDOFF) * (float(a_sq.max()) ** 0.5 + float(b_sq.max()) ** 0.5) ** 2
-    d2 = torch.addmm(b_sq[None, :], a, b.T, alpha=-2.0).add_(a_sq[:, None])
+    d2 = cross_products(a, b).mul_(-2.0).add_(b_sq[None, :]).add_(a_sq[:, None])
     return d2.sub_(error).clamp_min_(0.0).sqrt_()
+
+
+def cross_products(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """[A, B] a @ b.T (a [A, D], b [B, D], one dtype): on the CPU through NumPy's BLAS, the one the
+    frame's covariance already uses (``fit_frame``), not torch's MKL, whose first product in a
+    thread allocates ~5 MB of workspace that stays with the process: at 32,000 points the component
+    join's first float64 product was that much of DBSCAN's memory, in one run of four."""
+    if a.device.type == "cpu" and a.dtype in (torch.float32, torch.float64):
+        return torch.from_numpy(np.matmul(a.numpy(), b.numpy().T))
+    return a @ b.T
 
 
 def _power_of_two_above(value: float) -> float:

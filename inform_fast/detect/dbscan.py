@@ -77,6 +77,7 @@ from inform_fast.spatial import (
     build_index,
     candidate_leaves,
     chunk_rows,
+    cross_products,
     distance_floor,
     dot_band_coefficient,
     mapped_empty,
@@ -736,7 +737,7 @@ def _nearest_first(index: LeafIndex, members: list[int], leaves: torch.Tensor, c
     lo, hi = index.box_lo[m].min(0).values, index.box_hi[m].max(0).values
     centre = index.centre[m].mean(0)
     radius = ((index.centre[m] - centre).norm(dim=1) + index.radius[m]).max()
-    distance = (centre_sqnorm - 2.0 * (index.centre @ centre) + centre.dot(centre))[leaves].clamp_min_(0).sqrt_()
+    distance = (centre_sqnorm - 2.0 * cross_products(index.centre, centre[None])[:, 0] + centre.dot(centre))[leaves].clamp_min_(0).sqrt_()
     box = box_gap(lo, hi, index.box_lo[leaves], index.box_hi[leaves])
     bound = torch.maximum(box, distance - radius - index.radius[leaves])
     by_distance = torch.argsort(distance)
@@ -910,7 +911,7 @@ def _gap_floor(points: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
     p_norm = points.norm(dim=1).to(torch.float64)
     c_norm = c.norm(dim=1).to(torch.float64)
     band = dot_band_coefficient(points.shape[1], FLOAT32_ROUNDOFF) * (p_norm[:, None] + c_norm[None, :] + 1e-30) ** 2
-    d2 = torch.addmm((c * c).sum(1)[None, :], points, c.T, alpha=-2.0).to(torch.float64) + (points * points).sum(1).to(torch.float64)[:, None]
+    d2 = cross_products(points, c).mul_(-2.0).add_((c * c).sum(1)[None, :]).to(torch.float64) + (points * points).sum(1).to(torch.float64)[:, None]
     return (d2 - band).clamp_min(0).sqrt() - 1e-6 * (p_norm[:, None] + c_norm[None, :])
 
 
