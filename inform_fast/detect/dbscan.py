@@ -93,7 +93,6 @@ from inform_fast.validation import check_positive_int, check_real
 # backends: inform_fast.dispatch.BACKENDS
 
 DEFAULT_BLOCK = 4096  # columns per tile
-PANEL_BLOCK = 1024  # at most this many columns per tile of the C++ panel kernel (CpuTiles)
 FULL_PANEL_COLUMNS = 256  # a full tile's columns packed this many at a time (128 KB at D = 128, in L2)
 LEAF_SIZE = 64  # points per k-d leaf
 ROW_BLOCK = 512  # rows per tile
@@ -461,9 +460,7 @@ class CpuTiles:
             self.source = index.source.contiguous().numpy()
             self.frame_mean = index.frame.mean.to(index.source.dtype).numpy()
             self.top = index.top.contiguous().numpy()
-        # the panel kernel packs a tile's columns into a worker buffer: 1,024 of them (512 KB at D = 128)
-        # stay in L2 and cost a quarter of 4,096's memory for each of the three threads that pack
-        self.block = min(block, PANEL_BLOCK) if self.panel else block
+        self.block = block
 
     def _count(self, pairs: int = 0, filtered: int = 0, tests: int = 0) -> None:
         with self._lock:
