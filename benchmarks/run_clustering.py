@@ -8,8 +8,9 @@ benchmarks/results/.
     python benchmarks/run_clustering.py --report results/clustering-DATE.json   # markdown tables
 
 Distributions and eps rules: ``benchmarks/latent_data.py`` (min_samples = 5; eps "auto" is our
-``auto_eps_details`` on the same data, computed before the timed call and passed to scikit-learn
-too). Per (distribution, n): ours (the default backend, torch's default threads) and
+``auto_eps_details`` on the same data, computed once in a process of its own and passed to both
+implementations, so that the timed processes start alike). Per (distribution, n): ours (the
+default backend, torch's default threads) and
 scikit-learn's ``DBSCAN(eps, min_samples)`` (where ``n <= --sklearn-max-n``), interleaved,
 ``--repeats`` runs each in fresh processes, medians; the clusterings are compared (core points
 equal, the partition of core points equal up to relabelling, noise equal; border points may join
@@ -78,14 +79,8 @@ def child_dbscan(args) -> dict:
     if args.impl == "ours":
         from inform_fast import dispatch
         from inform_fast.detect.dbscan import dbscan
-        from inform_fast.detect.icds import auto_eps_details
 
-        if args.eps == "auto":
-            choice = auto_eps_details(x, MIN_SAMPLES)
-            eps = choice.eps
-            row["eps_choice"] = choice.to_dict()
-        else:
-            eps = float(args.eps)
+        eps = float(args.eps)
         if args.warmup_rows:
             dbscan(x[: args.warmup_rows], eps, MIN_SAMPLES)
         result, wall, cpu, memory = _measure(lambda: dbscan(x, eps, MIN_SAMPLES))
@@ -107,6 +102,18 @@ def child_dbscan(args) -> dict:
                max_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
                n_clusters=int(labels.max() + 1) if labels.size else 0, n_core=int(core.sum()), n_noise=int((labels < 0).sum()))
     return row
+
+
+def child_eps(args) -> dict:
+    """The "auto" eps of a case (our ``auto_eps_details``), in a process of its own: computed in a
+    DBSCAN run's process, the memory it freed stayed in that process's heap and served the timed
+    call, so ours (which computed it) grew less than scikit-learn (which was given the number)."""
+    sys.path.insert(0, HERE)
+    import latent_data
+    from inform_fast.detect.icds import auto_eps_details
+
+    choice = auto_eps_details(latent_data.generate(args.distribution, args.n, args.seed), MIN_SAMPLES)
+    return {"eps": choice.eps, "eps_choice": choice.to_dict()}
 
 
 def child_knn(args) -> dict:
@@ -253,18 +260,26 @@ def run_dbscan(args) -> list:
                 base = ["--child", "dbscan", "--distribution", name, "--n", str(n), "--seed", str(args.seed),
                         "--warmup-rows", str(args.warmup_rows)]
                 repeats = args.repeats if n <= 100_000 else 1
-                ours, theirs, eps = [], [], None
+                ours, theirs, eps, choice = [], [], latent_data.EPS[name], None
+                if eps == "auto":  # one number for both implementations, computed apart from either
+                    found = _run_child(["--child", "eps", "--distribution", name, "--n", str(n), "--seed", str(args.seed)],
+                                       args.case_timeout)
+                    if "error" in found:
+                        rows.append(dict(found, distribution=name, n=n, impl="eps"))
+                        print(f"{name} n={n} eps failed:\n{found['error']}")
+                        continue
+                    eps, choice = found["eps"], found["eps_choice"]
                 for r in range(repeats):
                     save = os.path.join(folder, f"ours-{name}-{n}.npz")
-                    row = _run_child(base + ["--impl", "ours", "--eps", str(latent_data.EPS[name]), "--save", save],
-                                     args.case_timeout)
+                    row = _run_child(base + ["--impl", "ours", "--eps", repr(float(eps)), "--save", save], args.case_timeout)
                     if "error" in row:
                         row.update(distribution=name, n=n, impl="ours")
                         rows.append(row)
                         print(f"{name} n={n} ours failed:\n{row['error']}")
                         break
+                    if choice is not None:
+                        row["eps_choice"] = choice
                     ours.append(row)
-                    eps = row["eps"]
                     if n <= args.sklearn_max_n:
                         other = os.path.join(folder, f"sklearn-{name}-{n}.npz")
                         row = _run_child(base + ["--impl", "sklearn", "--eps", repr(eps), "--save", other], args.case_timeout)
@@ -358,7 +373,7 @@ def main() -> int:
             print(markdown(json.load(stream)))
         return 0
     if args.child:
-        child = {"dbscan": child_dbscan, "knn": child_knn, "scores": child_scores}[args.child]
+        child = {"dbscan": child_dbscan, "eps": child_eps, "knn": child_knn, "scores": child_scores}[args.child]
         print("RESULT " + json.dumps(child(args)))
         return 0
     sys.path.insert(0, HERE)
