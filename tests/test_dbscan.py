@@ -191,6 +191,23 @@ def test_every_pass_matches_sklearn(monkeypatch, backend, settings):
     check_against_sklearn(x.astype(np.float64), 1.9, 5, result)
 
 
+@pytest.mark.parametrize("backend", ["reference", pytest.param("cpp", marks=requires_cpp())])
+@pytest.mark.parametrize("few_dims_below", [0, 10**9])  # 16 principal coordinates per point, or 8
+def test_lower_bound_tiles_on_8_or_16_principal_coordinates_match_sklearn(monkeypatch, backend, few_dims_below):
+    # D = 40 with a decaying spectrum: the lower bound from 8 or 16 coordinates rules pairs out,
+    # every tile tries it, and the clustering stays sklearn's
+    module = importlib.import_module("inform_fast.detect.dbscan")
+    monkeypatch.setattr(module, "FEW_DIMS_BELOW", few_dims_below)
+    monkeypatch.setattr(module, "FILTER_MAX_FRACTION", 1.0)
+    monkeypatch.setattr(module, "LEAF_SIZE", 16)
+    rng = np.random.default_rng(3)
+    x = (rng.normal(size=(1501, 40)) * (1.0 / np.arange(1, 41)) ** 0.5).astype(np.float32)
+    x[:300] = x[:300] * 0.05 + x[0]  # a dense cluster among diffuse points
+    result = dbscan(torch.from_numpy(x), 0.45, 5, block=200, backend=backend)
+    assert result.stats["pairs_filtered"] > 0 and result.stats["filter_dims"] == (16 if few_dims_below == 0 else 8)
+    check_against_sklearn(x.astype(np.float64), 0.45, 5, result)
+
+
 # --- exactness (issue 11): the reproduction cases, on every backend --------------------------
 
 

@@ -48,9 +48,11 @@ x (candidate columns)``, which is small where the data are dense around most poi
 the tree prunes (latents whose variance lives in few directions), and ``n^2`` only for data that
 are both diffuse and high-dimensional at the scale of eps; the union passes are near-linear
 unless many separate components touch. Memory (cpp backend): the index (the top principal
-coordinates, n x 16 float32, and per-leaf bounds; the points are read in place), the lists
-(``n x cap`` int32) and, per worker, one tile's packed columns (``block x D`` floats); the
-reference backend also keeps a float32 frame copy of the points and a ``ROW_BLOCK x block`` tile.
+coordinates, n x 8 float32 below 65,536 points and n x 16 above, and per-leaf bounds; the points
+are read in place), the lists (``n x cap`` int32, cap = 8 for min_samples <= 9) and, per worker,
+mapped scratch for one tile's packed columns (a lower-bound tile's ``block x 8`` or ``x 16``
+floats, a full tile's 256 x D); the reference backend also keeps a float32 frame copy of the
+points and a ``ROW_BLOCK x block`` tile.
 
 Backends (``inform_fast.dispatch``, op ``"dbscan"``): ``reference`` (GEMM tiles and PyTorch
 epilogues), ``cpp`` (every tile in the panel kernel of ``inform_fast._C``: computed in registers
@@ -71,6 +73,7 @@ from inform_fast import dispatch
 from inform_fast.detect.inputs import as_latents
 from inform_fast.ops.registry import define_op
 from inform_fast.spatial import (
+    FILTER_DIMS,
     FLOAT32_ROUNDOFF,
     LeafIndex,
     box_gap,
@@ -101,7 +104,13 @@ FAR_GROUP = 256  # far rows per group where the leaf bounds prune (below DENSE_C
 DENSE_CANDIDATES = 0.5  # share of n^2 pairs left by the leaf bounds above which a group's candidates are ~all
 NEAR_COLUMNS = 1024  # columns of the near pass (the nearest candidate leaves)
 LIST_CAP = 8  # neighbour list length (at least min_samples - 1); 16 cost 1 MB more at 32,000 points for no measurable time
-FILTER_DIMS = 8  # principal coordinates per point for the lower-bound tiles (16: 2 MB at 32,000 points; times within noise at 32,000 and 10^5)
+# principal coordinates per point for the lower-bound tiles: 16 (spatial.FILTER_DIMS) from
+# FEW_DIMS_BELOW points on, 8 below: at 32,000 points 8 took the same time and 1 MB less (the
+# resident arrays are most of DBSCAN's memory there); at 10^5-10^6, where eps shrinks and the
+# finer directions decide more pairs, 16 were 2-17% faster (InfoRM latents at 3x10^5: 6.65 s
+# against 7.98 s; at 10^6, 41.5 s against 47.2 s with 5x the full-tile pairs)
+FEW_DIMS = 8
+FEW_DIMS_BELOW = 1 << 16
 LIST_BUDGET = 1 << 28  # bound on n x cap list entries (1 GiB of int32)
 
 
@@ -129,10 +138,11 @@ def dbscan(
 ) -> DBSCANResult:
     """Cluster ``x`` [n, L] (tensor or array, any float dtype) with DBSCAN(eps, min_samples).
 
-    ``block`` is the column count of a tile: peak extra memory is about ``block x D`` floats per
-    worker thread beyond the index and the neighbour lists (cpp backend; the reference backend's
-    GEMM tiles are ``ROW_BLOCK x block`` floats, beside a float32 frame copy of x). Returns a
-    DBSCANResult on ``x``'s device.
+    ``block`` is the column count of a tile: the cpp backend's scratch per worker thread is a
+    lower-bound tile's ``block x 16`` floats at most and a full tile's 256 x D (packed 256 columns
+    at a time), beyond the index and the neighbour lists; the reference backend's GEMM tiles are
+    ``ROW_BLOCK x block`` floats, beside a float32 frame copy of x. Returns a DBSCANResult on
+    ``x``'s device.
     """
     x = as_latents("x", x)
     eps = check_eps(eps)
@@ -651,7 +661,8 @@ def _index_for(x: torch.Tensor, eps: float, block: int, native: bool, workers: i
     at 32,000 x 128), while the reference's GEMM tiles re-read copied runs faster and the Triton
     kernels address the frame points by position."""
     leaf_size = max(8, min(LEAF_SIZE, block))
-    return build_index(x, leaf_size=leaf_size, radius=eps, native=native, workers=workers, copy=copy, filter_dims=FILTER_DIMS)
+    filter_dims = FEW_DIMS if x.shape[0] < FEW_DIMS_BELOW else FILTER_DIMS
+    return build_index(x, leaf_size=leaf_size, radius=eps, native=native, workers=workers, copy=copy, filter_dims=filter_dims)
 
 
 @torch.no_grad()  # NumPy views and out= need tensors outside autograd
@@ -868,7 +879,7 @@ def _core_and_roots(index: LeafIndex, engine, eps_frame: float, min_samples: int
         found = first < n
         root[border[found]] = root[first[found]]
     stats = {
-        "n": n, "leaves": index.n_leaves, "tree_dims": int(index.box_lo.shape[1]),
+        "n": n, "leaves": index.n_leaves, "tree_dims": int(index.box_lo.shape[1]), "filter_dims": int(index.top.shape[1]),
         "frame_dtype": str(index.frame.dtype).replace("torch.", ""),
         **{f"pairs_{k}": v for k, v in pairs.items()}, "pairs_full": engine.pairs,
         "pairs_filtered": engine.filtered_pairs, "exact_tests": engine.exact_tests, "far_points": far_points,
