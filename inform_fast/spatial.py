@@ -242,8 +242,9 @@ def worker_threads():
 
 
 def run_parallel(fn, items, workers: int) -> None:
-    """fn(item) for every item, on ``workers`` threads (the heavy parts release the GIL). Items
-    must touch disjoint state (each writes its own rows)."""
+    """fn(item) for every item, on the process's pool of ``workers`` threads (``_pool``: kept from
+    pass to pass; the heavy parts release the GIL), inline where there is one worker or one item or
+    the caller is a pool thread itself. Items must touch disjoint state (each writes its own rows)."""
     items = list(items)
     if workers <= 1 or len(items) <= 1 or getattr(_IN_POOL, "value", False):
         for item in items:  # a pass inside a worker runs inline: a nested wait on the pool could deadlock it

@@ -208,6 +208,24 @@ def test_lower_bound_tiles_on_8_or_16_principal_coordinates_match_sklearn(monkey
     check_against_sklearn(x.astype(np.float64), 0.45, 5, result)
 
 
+def test_candidate_fraction_in_chunks_is_the_share_of_candidate_pairs():
+    # the share of all n^2 point pairs in candidate leaf pairs, summed a chunk of leaf pairs at a
+    # time, equals the sum over every leaf pair at once
+    from inform_fast.spatial import build_index, candidate_leaves
+
+    module = importlib.import_module("inform_fast.detect.dbscan")
+    rng = np.random.default_rng(4)
+    x = torch.from_numpy((rng.normal(size=(3001, 12)) * np.linspace(3.0, 0.2, 12)).astype(np.float32))
+    index = build_index(x, leaf_size=16, radius=1.0)
+    indptr, candidates = candidate_leaves(index, 1.0 * index.frame.scale)
+    sizes = index.leaf_sizes.to(torch.float64)
+    owner = torch.repeat_interleave(torch.arange(index.n_leaves), indptr[1:] - indptr[:-1])
+    want = float((sizes[owner] * sizes[candidates.long()]).sum()) / 3001.0**2
+    assert 0 < want < 1
+    for chunk in (1, 7, 1 << 16):
+        assert module._candidate_fraction(index, indptr, candidates, chunk=chunk) == pytest.approx(want, rel=1e-12)
+
+
 # --- exactness (issue 11): the reproduction cases, on every backend --------------------------
 
 

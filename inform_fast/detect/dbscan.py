@@ -888,11 +888,16 @@ def _core_and_roots(index: LeafIndex, engine, eps_frame: float, min_samples: int
     return core, root, stats
 
 
-def _candidate_fraction(index: LeafIndex, indptr: torch.Tensor, candidates: torch.Tensor) -> float:
-    """Fraction of all n^2 pairs that the leaf bounds leave as candidates."""
+def _candidate_fraction(index: LeafIndex, indptr: torch.Tensor, candidates: torch.Tensor, chunk: int = 1 << 16) -> float:
+    """Fraction of all n^2 pairs that the leaf bounds leave as candidates, over ``chunk`` leaf
+    pairs at a time: at 10^5 points on the 1/k spectrum (3.8 M leaf pairs) the leaf pairs'
+    owners and sizes at once were 122 MB, four fifths of DBSCAN's heap."""
     sizes = index.leaf_sizes.to(torch.float64)
-    owner = torch.repeat_interleave(torch.arange(index.n_leaves, device=sizes.device), indptr[1:] - indptr[:-1])
-    total = float((sizes[owner] * sizes[candidates.to(torch.int64)]).sum())
+    total = 0.0
+    for a in range(0, candidates.numel(), chunk):
+        pairs = torch.arange(a, min(a + chunk, candidates.numel()), device=indptr.device)
+        owner = torch.searchsorted(indptr, pairs, right=True) - 1
+        total += float((sizes[owner] * sizes[candidates[a : a + chunk].to(torch.int64)]).sum())
     n = float(sizes.sum())
     return total / (n * n)
 
