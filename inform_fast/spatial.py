@@ -46,7 +46,7 @@ import math
 import mmap
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Optional
 
@@ -250,8 +250,16 @@ def run_parallel(fn, items, workers: int) -> None:
         for item in items:  # a pass inside a worker runs inline: a nested wait on the pool could deadlock it
             fn(item)
         return
-    for future in [_pool(workers).submit(fn, item) for item in items]:
-        future.result()  # re-raises a worker's exception
+    futures = [_pool(workers).submit(fn, item) for item in items]
+    try:
+        for future in futures:
+            future.result()  # re-raises a worker's exception
+    except BaseException:
+        # no item of this pass may still be writing once the caller sees the error
+        for future in futures:
+            future.cancel()
+        wait(futures)
+        raise
 
 
 _IN_POOL = threading.local()

@@ -2,6 +2,7 @@
 import os
 import signal
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -66,6 +67,19 @@ def test_run_parallel_reraises_a_worker_exception():
 
     with pytest.raises(ValueError, match="item 3"):
         spatial.run_parallel(item, range(6), 2)
+    finished = []
+
+    def slow(k):
+        if k == 0:
+            raise ValueError("item 0")
+        time.sleep(0.05)
+        finished.append(k)
+
+    with pytest.raises(ValueError, match="item 0"):
+        spatial.run_parallel(slow, range(4), 2)
+    count = len(finished)
+    time.sleep(0.3)
+    assert len(finished) == count  # every item that ran had finished when the error reached the caller
     out = []
     spatial.run_parallel(out.append, range(6), 2)  # the pool still serves
     assert sorted(out) == list(range(6))
