@@ -629,27 +629,6 @@ void principal_coordinates(py::handle source_obj, py::handle mean_obj, double sc
   });
 }
 
-py::array_t<int64_t> box_pairs(py::handle lo_obj, py::handle hi_obj, double reach, int64_t top_groups, int threads) {
-  const std::string op = "box_pairs";
-  auto lo = checked<double>(op, "box_lo", lo_obj, 2);
-  auto hi = checked<double>(op, "box_hi", hi_obj, 2);
-  const int64_t n = lo.shape(0), dims = lo.shape(1);
-  if (hi.shape(0) != n || hi.shape(1) != dims) fail(op, "box_hi must have the shape of box_lo");
-  if (!(reach >= 0.0) || std::isinf(reach)) fail(op, "reach must be a finite number >= 0");
-  if (top_groups < 1) fail(op, "top_groups must be >= 1");
-  for (int64_t e = 0; e < n * dims; ++e)
-    if (!std::isfinite(lo.data()[e]) || !std::isfinite(hi.data()[e]) || lo.data()[e] > hi.data()[e])
-      fail(op, "box_lo and box_hi must be finite with box_lo <= box_hi");
-  std::vector<int64_t> pairs;
-  {
-    py::gil_scoped_release release;
-    pairs = inform_fast::box_pairs(lo.data(), hi.data(), n, dims, reach, top_groups, threads);
-  }
-  py::array_t<int64_t> out({static_cast<py::ssize_t>(pairs.size() / 2), static_cast<py::ssize_t>(2)});
-  std::copy(pairs.begin(), pairs.end(), out.mutable_data());
-  return out;
-}
-
 template <typename T, typename O>
 void leaf_statistics_typed(const std::string& op, const py::array& source, const I64& order, const I64& starts,
                            py::handle mean_obj, double scale, bool float_frame, double inflate, py::handle sqnorm_obj,
@@ -784,8 +763,6 @@ PYBIND11_MODULE(_C, m) {
         py::arg("parent"), py::arg("budget"), py::arg("portable") = false,
         "Union-find (in place, int64 parent, roots at minima) over the neighbour pairs of a tile computed in registers "
         "from packed columns. Returns the exact tests, or -r as dbscan_panel_neighbours.");
-  m.def("box_pairs", &box_pairs, py::arg("box_lo"), py::arg("box_hi"), py::arg("reach"), py::arg("top_groups") = 64,
-        py::arg("threads") = 1, "Ordered leaf pairs (i, j) [P, 2] int64 whose boxes are at most reach apart.");
   m.def("leaf_statistics", &leaf_statistics, py::arg("source"), py::arg("order"), py::arg("starts"), py::arg("mean"),
         py::arg("scale"), py::arg("float_frame"), py::arg("inflate"), py::arg("sqnorm"), py::arg("norms"), py::arg("centre"),
         py::arg("radius"), py::arg("threads") = 1,

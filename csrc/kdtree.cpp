@@ -123,34 +123,6 @@ void for_each_box_pair(const std::vector<BoxLevel>& levels, int64_t dims, double
 
 }  // namespace
 
-std::vector<int64_t> box_pairs(const double* box_lo, const double* box_hi, int64_t n_leaves, int64_t dims, double reach,
-                               int64_t top_groups, int threads) {
-  const auto levels = box_levels(box_lo, box_hi, n_leaves, dims, top_groups);
-  const int64_t top = levels.back().runs;
-  std::vector<std::vector<int64_t>> found(top * top);  // per pair of top runs, so the order does not depend on threads
-  const int64_t level = static_cast<int64_t>(levels.size()) - 1;
-#pragma omp parallel for schedule(dynamic, 1) num_threads(threads) if (threads > 1)
-  for (int64_t r = 0; r < top * top; ++r) {
-    const int64_t a = r / top, b = r % top;
-    if (a > b) continue;
-    auto write = [&found, r](int64_t i, int64_t j) {
-      found[r].push_back(i);
-      found[r].push_back(j);
-      if (i != j) {
-        found[r].push_back(j);
-        found[r].push_back(i);
-      }
-    };
-    descend(levels, level, a, b, dims, reach, write);
-  }
-  std::vector<int64_t> pairs;
-  size_t total = 0;
-  for (const auto& f : found) total += f.size();
-  pairs.reserve(total);
-  for (const auto& f : found) pairs.insert(pairs.end(), f.begin(), f.end());
-  return pairs;
-}
-
 int32_t* leaf_candidates(const double* box_lo, const double* box_hi, int64_t n_leaves, int64_t dims, double box_reach,
                          int64_t top_groups, const double* centre, const double* radius, int64_t centre_dims,
                          double ball_offset, double ball_reach, int threads, int64_t* indptr) {

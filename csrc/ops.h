@@ -231,17 +231,11 @@ void leaf_statistics(const T* source, int64_t dim, const int64_t* order, const i
                      const T* mean, double scale, bool float_frame, double inflate, O* sqnorm, double* norms,
                      double* centre, double* radius, int threads);
 
-// Every ordered pair (i, j) of leaves whose boxes (box_lo / box_hi [n_leaves, dims], float64)
-// are at most ``reach`` apart (Euclidean distance between boxes; i == j included), flattened as
-// i0, j0, i1, j1, ...: spatial._box_pairs's descent over runs of 1, 2, 4, ... consecutive leaves
-// (down from the first level of at most ``top_groups`` runs), each unordered pair of runs tested
-// once. The same set as the Python version, in another order.
-std::vector<int64_t> box_pairs(const double* box_lo, const double* box_hi, int64_t n_leaves, int64_t dims, double reach,
-                               int64_t top_groups, int threads);
-
 // The candidate leaves of every leaf (spatial.candidate_leaves) in CSR form: the leaves whose
-// boxes come within ``box_reach`` (the descent of box_pairs, counted, then written straight into
-// their rows: no list of pairs) and whose balls (centre [n_leaves, centre_dims], radius
+// boxes come within ``box_reach`` (spatial._box_pairs's descent over runs of 1, 2, 4, ...
+// consecutive leaves, down from the first level of at most ``top_groups`` runs, each unordered
+// pair of runs tested once: the pairs counted, then written straight into their rows, no list of
+// pairs) and whose balls (centre [n_leaves, centre_dims], radius
 // [n_leaves], float64) come within ``ball_reach`` (distance - radius_a - radius_b - ball_offset
 // <= ball_reach), itself first, then by centre distance (ties by leaf). Writes indptr
 // [n_leaves + 1]; returns the malloc'ed int32 columns [indptr[n_leaves]] (the caller frees them).

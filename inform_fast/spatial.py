@@ -681,24 +681,6 @@ def box_gap(lo_a, hi_a, lo_b, hi_b) -> torch.Tensor:
     return gap.square_().sum(-1).sqrt_()
 
 
-def box_lower_bound(lo_a, hi_a, centre_a, radius_a, index: LeafIndex, leaves=None) -> torch.Tensor:
-    """[A, B] float64 lower bounds of the distance between any point of each of A groups (boxes
-    lo_a/hi_a [A, k] in the principal coordinates, balls centre_a [A, D] / radius_a [A]) and any
-    point of the index's leaves (all, or ``leaves``), less the index's slack."""
-    sel = slice(None) if leaves is None else leaves
-    lo_b, hi_b = index.box_lo[sel], index.box_hi[sel]
-    projected = box_gap(lo_a[:, None], hi_a[:, None], lo_b[None], hi_b[None])
-    ball = torch.cdist(centre_a, index.centre[sel]) - radius_a[:, None] - index.radius[sel][None]
-    return torch.maximum(projected, ball) - index.slack
-
-
-def leaf_lower_bound(index: LeafIndex, leaves, others=None) -> torch.Tensor:
-    """[len(leaves), B] lower bounds between the index's ``leaves`` and its leaves ``others`` (all by default)."""
-    return box_lower_bound(index.box_lo[leaves], index.box_hi[leaves], index.centre[leaves], index.radius[leaves], index, others)
-
-
-
-
 def _box_levels(index: LeafIndex, top_groups: int = 64) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Boxes of runs of 1, 2, 4, ... consecutive leaves (level l: runs of 2^l leaves), up to a
     level with at most ``top_groups`` runs. Consecutive leaves in k-d order are neighbours in
@@ -713,25 +695,14 @@ def _box_levels(index: LeafIndex, top_groups: int = 64) -> list[tuple[torch.Tens
     return levels
 
 
-def _box_pairs(index: LeafIndex, radius: float, chunk_pairs: int = 1 << 16, native: bool = False,
-               workers: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+def _box_pairs(index: LeafIndex, radius: float, chunk_pairs: int = 1 << 16) -> tuple[torch.Tensor, torch.Tensor]:
     """(i, j) int64: every pair of leaves whose boxes come within ``radius`` (less the slack), by a
     descent of ``_box_levels``: the pairs of runs at each level whose boxes come within it are
     split into their children's pairs, so the work is about the number of pairs found at each
     level, not n_leaves^2 (at 10^6 points, 16,384 leaves, the all-pairs box test was half the
-    clustering's time). ``native``: the same descent in C++ (``inform_fast._C.box_pairs``, each
-    unordered pair of runs once, on ``workers`` threads; the same pairs in another order), for an
-    index on the CPU where the extension is built: this serial pass was 5% of DBSCAN's time on the
-    1/k spectrum at 32,000 points."""
+    clustering's time). On the CPU with the extension built, ``candidate_leaves`` runs the same
+    descent in C++ (``_C.leaf_candidates``) and never calls this."""
     reach = radius + index.slack
-    if native and index.box_lo.device.type == "cpu":
-        from inform_fast import _native
-
-        if _native.available():
-            pairs = torch.from_numpy(_native.module().box_pairs(index.box_lo.contiguous().numpy(),
-                                                                index.box_hi.contiguous().numpy(), float(reach),
-                                                                top_groups=64, threads=int(workers)))
-            return pairs[:, 0], pairs[:, 1]
     levels = _box_levels(index)
     top = levels[-1][0].shape[0]
     grid = torch.arange(top, device=index.box_lo.device)
@@ -767,7 +738,9 @@ def candidate_leaves(index: LeafIndex, radius: float, chunk_elements: int = 1 <<
     ``chunk_elements`` values and only the int32 lists are kept; where the pairs are up to
     MASK_CHUNKS x ``chunk_pairs``, chunks of about ``chunk_pairs`` pairs that each select theirs by a
     mask (on the 1/k spectrum at 32,000 points, 250,000 pairs in one chunk were 24 MB of
-    temporaries, three quarters of DBSCAN's heap). ``native``, ``workers``: see ``_box_pairs``."""
+    temporaries, three quarters of DBSCAN's heap). ``native``: the whole of it in one C++ pass
+(``_C.leaf_candidates``, on ``workers`` threads) for an index on the CPU where the extension is
+built; the same lists."""
     n_leaves = index.n_leaves
     device = index.box_lo.device
     if n_leaves == 0:
@@ -785,7 +758,7 @@ def candidate_leaves(index: LeafIndex, radius: float, chunk_elements: int = 1 <<
                 index.centre.to(torch.float64).contiguous().numpy(), index.radius.to(torch.float64).contiguous().numpy(),
                 float(index.slack + tolerance), float(radius), threads=int(workers))
             return torch.from_numpy(indptr), torch.from_numpy(columns)
-    box_i, box_j = _box_pairs(index, radius, native=native, workers=workers)
+    box_i, box_j = _box_pairs(index, radius)
     pairs = box_i.numel()
     by_mask = chunk_pairs < pairs <= MASK_CHUNKS * chunk_pairs
     if by_mask:

@@ -342,9 +342,10 @@ def test_knn_tile_update_first_tile_caps_at_the_kth_value(k, cols):
 
 
 @pytest.mark.parametrize("n_leaves, dims, top_groups", [(1, 1, 64), (7, 3, 2), (67, 4, 4), (300, 16, 64), (129, 2, 1)])
-def test_box_pairs_match_all_pairs_and_the_python_descent(n_leaves, dims, top_groups):
+def test_box_descent_matches_all_pairs_in_cpp_and_python(n_leaves, dims, top_groups):
     # every ordered leaf pair whose boxes are within reach, against the n^2 box distances in
-    # float64, odd level sizes (a run paired with itself) and the Python descent included
+    # float64, odd level sizes (a run paired with itself): the C++ descent of leaf_candidates (balls
+    # that never prune) and the Python one
     from inform_fast.spatial import LeafIndex, _box_pairs
 
     rng = np.random.default_rng(n_leaves * 10 + dims)
@@ -355,23 +356,24 @@ def test_box_pairs_match_all_pairs_and_the_python_descent(n_leaves, dims, top_gr
     distance = np.sqrt((gap * gap).sum(-1))
     reach = float(np.quantile(distance, 0.2)) if n_leaves > 1 else 0.0
     want = set(zip(*np.nonzero(distance <= reach)))
+    want = {(int(a), int(b)) for a, b in want}
     for threads in (1, 2):
-        got = C().box_pairs(lo, hi, reach, top_groups=top_groups, threads=threads)
-        assert got.dtype == np.int64 and got.shape[1] == 2
-        assert len(got) == len(want) and set(map(tuple, got.tolist())) == {(int(a), int(b)) for a, b in want}
+        indptr, columns = C().leaf_candidates(lo, hi, reach, np.zeros((n_leaves, 1)), np.zeros(n_leaves), 0.0, 1.0,
+                                              top_groups=top_groups, threads=threads)
+        got = {(a, int(b)) for a in range(n_leaves) for b in columns[indptr[a] : indptr[a + 1]]}
+        assert len(columns) == len(want) and got == want
     index = LeafIndex(frame=None, source=torch.zeros(0, 1), top=torch.zeros(0, 1), order=torch.zeros(0, dtype=torch.int64),
                       starts=torch.zeros(n_leaves + 1, dtype=torch.int64), norms=torch.zeros(0), sqnorm=torch.zeros(0),
                       box_lo=torch.from_numpy(lo),
                       box_hi=torch.from_numpy(hi), centre=torch.zeros(n_leaves, 1), radius=torch.zeros(n_leaves), slack=0.0)
     python = _box_pairs(index, reach)
-    native = _box_pairs(index, reach, native=True, workers=2)
-    assert set(zip(*(t.tolist() for t in python))) == set(zip(*(t.tolist() for t in native)))
+    assert len(python[0]) == len(want) and set(zip(*(t.tolist() for t in python))) == want
 
 
 def test_candidate_leaves_native_gives_the_same_lists():
-    # the same candidate leaves per leaf, itself first and nearest centre first, through the C++
-    # box pairs as through the Python descent (one chunk, chunks grouped by a sort, chunks that
-    # select their pairs by a mask)
+    # the same candidate leaves per leaf, itself first and nearest centre first, from the C++ pass
+    # (_C.leaf_candidates) as from the Python descent (one chunk, chunks grouped by a sort, chunks
+    # that select their pairs by a mask)
     from inform_fast.spatial import _box_pairs, build_index, candidate_leaves
 
     rng = np.random.default_rng(5)
@@ -620,14 +622,15 @@ def test_checks_name_op_and_argument():
         C().pack_panels(points, ids3, None, 1.0, None, np.zeros((2, 3, 16), np.float32), np.zeros(32, np.float32))
     with pytest.raises(ValueError, match="union_edges: edge_a/edge_b hold an index"):
         C().union_edges(np.arange(3, dtype=np.int64), np.array([0], np.int64), np.array([5], np.int64))
-    with pytest.raises(ValueError, match="box_pairs: box_hi must have the shape of box_lo"):
-        C().box_pairs(np.zeros((3, 2)), np.zeros((3, 1)), 1.0)
-    with pytest.raises(ValueError, match="box_pairs: box_lo and box_hi must be finite with box_lo <= box_hi"):
-        C().box_pairs(np.array([[0.0, np.nan]]), np.zeros((1, 2)), 1.0)
-    with pytest.raises(ValueError, match="box_pairs: reach must be a finite number >= 0"):
-        C().box_pairs(np.zeros((3, 2)), np.zeros((3, 2)), -1.0)
-    with pytest.raises(ValueError, match="box_pairs: box_lo must have dtype float64"):
-        C().box_pairs(np.zeros((3, 2), np.float32), np.zeros((3, 2)), 1.0)
+    balls = (np.zeros((3, 1)), np.zeros(3), 0.0, 1.0)
+    with pytest.raises(ValueError, match="leaf_candidates: box_hi must have the shape of box_lo"):
+        C().leaf_candidates(np.zeros((3, 2)), np.zeros((3, 1)), 1.0, *balls)
+    with pytest.raises(ValueError, match="leaf_candidates: box_lo and box_hi must be finite with box_lo <= box_hi"):
+        C().leaf_candidates(np.array([[0.0, np.nan]] * 3), np.zeros((3, 2)), 1.0, *balls)
+    with pytest.raises(ValueError, match="leaf_candidates: box_reach must be a finite number >= 0"):
+        C().leaf_candidates(np.zeros((3, 2)), np.zeros((3, 2)), -1.0, *balls)
+    with pytest.raises(ValueError, match="leaf_candidates: box_lo must have dtype float64"):
+        C().leaf_candidates(np.zeros((3, 2), np.float32), np.zeros((3, 2)), 1.0, *balls)
     with pytest.raises(ValueError, match="knn_exact: queries and references must have the same dimension"):
         C().knn_exact(np.zeros((2, 3), np.float32), np.zeros((4, 2), np.float32), 1)
     with pytest.raises(ValueError, match="knn_exact: k must be in"):

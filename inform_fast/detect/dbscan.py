@@ -800,10 +800,10 @@ def _core_and_roots(index: LeafIndex, engine, eps_frame: float, min_samples: int
         cand = group_candidates(members)
         covered = np.cumsum([sizes[c] for c in cand.tolist()])
         take = max(1, int(np.searchsorted(covered, NEAR_COLUMNS, side="right")))
-        rows = torch.arange(starts[members[0]], starts[members[-1] + 1], device=device)
-        near_of[g] = ((int(rows[0]), int(rows[-1]) + 1), index.positions(cand[:take]))
-        done[rows] = take == cand.numel()  # each group its own rows
-        engine.neighbours(rows, near_of[g][1], counts, lists, mode="auto")
+        first_row, end_row = starts[members[0]], starts[members[-1] + 1]
+        near_of[g] = ((first_row, end_row), index.positions(cand[:take]))
+        done[first_row:end_row] = take == cand.numel()  # each group its own rows
+        engine.neighbours(torch.arange(first_row, end_row, device=device), near_of[g][1], counts, lists, mode="auto")
 
     # 1. near pass: every group of leaves against its nearest candidate leaves
     run_parallel(near_pass, range(len(groups)), engine.workers)
