@@ -64,6 +64,14 @@ void with_float_types(bool in_double, bool out_double, Fn&& fn) {
     fn(float{}, float{});
 }
 
+// The union-find forest the panel kernels update in place: fully compressed, roots at minima.
+void check_parent(const std::string& op, const I64& parent) {
+  const int64_t* p = parent.data();
+  for (int64_t k = 0; k < parent.shape(0); ++k)
+    if (p[k] < 0 || p[k] > k || p[p[k]] != p[k])
+      fail(op, "parent must be a fully compressed union-find forest rooted at minima (parent[parent[x]] == parent[x] <= x)");
+}
+
 // A float32 or float64 C-contiguous 2-D array, checked (``is_double`` receives which).
 py::array float_matrix(const std::string& op, const char* name, py::handle obj, bool& is_double) {
   if (!py::isinstance<py::array>(obj)) fail(op, std::string(name) + " must be a NumPy array");
@@ -223,10 +231,7 @@ int64_t panel_union(py::handle rows_obj, py::handle panels_obj, py::handle norm_
   const int64_t n = parent.shape(0);
   if (keep.shape(0) != n) fail(op, "points must have one row per parent entry");
   const PanelTile t(op, rows_obj, panels_obj, norm_obj, lo_obj, hi_obj, row_ids_obj, col_ids_obj, n);
-  const int64_t* p = parent.data();
-  for (int64_t k = 0; k < n; ++k)
-    if (p[k] < 0 || p[k] > k || p[p[k]] != p[k])
-      fail(op, "parent must be a fully compressed union-find forest rooted at minima (parent[parent[x]] == parent[x] <= x)");
+  check_parent(op, parent);
   if (budget < 0) fail(op, "budget must be >= 0");
   py::gil_scoped_release release;
   return inform_fast::dbscan_panel_union(t.rows.data(), t.n_rows, t.dim, t.panels.data(), t.col_norm.data(), t.cols,
@@ -302,10 +307,7 @@ int64_t full_tile(py::handle rows_obj, py::handle threshold_obj, py::handle row_
   } else {
     parent = checked<int64_t>(op, "parent", parent_obj, 1);
     check_len(op, "parent", parent, n);
-    const int64_t* p = parent.data();
-    for (int64_t k = 0; k < n; ++k)
-      if (p[k] < 0 || p[k] > k || p[p[k]] != p[k])
-        fail(op, "parent must be a fully compressed union-find forest rooted at minima (parent[parent[x]] == parent[x] <= x)");
+    check_parent(op, parent);
   }
   const float* centre_data = centre_obj.is_none() ? nullptr : centre.data();
   int32_t* counts_data = neighbours ? counts.mutable_data() : nullptr;
