@@ -137,8 +137,7 @@ def mapped_empty(numel: int, dtype: torch.dtype) -> torch.Tensor:
     glibc serves blocks up to 32 MB from the arenas and trims them only past 64 MB free), so every
     worker thread a pass starts kept its own copy: at 32,000 points DBSCAN's RSS grew by twice its
     live heap."""
-    itemsize = torch.empty(0, dtype=dtype).element_size()
-    pages = mmap.mmap(-1, max(1, numel * itemsize), flags=mmap.MAP_PRIVATE)  # private: counted as the process's anonymous memory
+    pages = mmap.mmap(-1, max(1, numel * dtype.itemsize), flags=mmap.MAP_PRIVATE)  # private: counted as the process's anonymous memory
     return torch.frombuffer(pages, dtype=dtype, count=numel) if numel else torch.empty(0, dtype=dtype)
 
 
